@@ -1,0 +1,7 @@
+//go:build ((freebsd || linux || darwin) && amd64) || (windows && arm64)
+
+package ffi
+
+const (
+	DefaultAbi Abi = 2
+)

@@ -1,0 +1,5 @@
+//go:build (freebsd || linux || windows || darwin) && amd64
+
+package ffi
+
+const TrampolineSize = 32

@@ -1,0 +1,5 @@
+//go:build darwin && arm64
+
+package ffi
+
+const TrampolineSize = 16
