@@ -198,6 +198,10 @@ func (f *File) WriteFile(path string) error {
 		return fmt.Errorf("write gguf: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write gguf: %w", err)
+	}
 	if _, err := f.WriteTo(tmp); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write gguf %s: %w", path, err)

@@ -1,0 +1,43 @@
+# rbee — see README.md. `make help` lists the targets.
+GO         ?= go
+DEV        ?= .rbee-dev
+ENGINE_DIR ?= $(DEV)/engine/llama-cpu
+MODELS_DIR ?= $(DEV)/models
+BIN        ?= bin
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -s -w -X github.com/rbee-dev/rbee.Version=$(VERSION)
+TESTFLAGS  ?= -count=1 -timeout 15m
+
+export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
+
+.PHONY: help build test check bench engine models demo clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## Build rbee-worker (pure Go, CGO_ENABLED=0) into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee-worker ./cmd/rbee-worker
+
+test: engine ## Run every test (needs the engine bundle; fetched if missing)
+	$(GO) test $(TESTFLAGS) ./...
+
+check: ## gofmt, go vet and go mod tidy must leave nothing to change
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) mod tidy -diff
+
+bench: engine models ## Benchmarks: worker stream vs in-process yzma (F32, Q8_0, Q4_K_M), bundle validation
+	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./bundle/
+
+engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR)
+	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache
+
+models: engine ## Write the generated models into $(MODELS_DIR)
+	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -engine $(ENGINE_DIR)
+
+demo: build engine ## Start rbee-worker on the alphabet model and stream a completion of "abc"
+	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -only alphabet
+	./scripts/demo.sh $(BIN)/rbee-worker $(MODELS_DIR)/alphabet.gguf $(ENGINE_DIR)
+
+clean: ## Remove bin/ (keeps the engine and models in .rbee-dev/)
+	rm -rf $(BIN)

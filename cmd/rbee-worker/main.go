@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
+	"github.com/rbee-dev/rbee/llm"
+	"github.com/rbee-dev/rbee/worker"
+)
+
+type cli struct {
+	Model   string        `required:"" type:"path" help:"GGUF model file to serve."`
+	Engine  string        `required:"" type:"path" env:"RBEE_ENGINE" help:"Engine bundle directory (llama.cpp shared libraries; make engine builds one)."`
+	Listen  string        `default:"127.0.0.1:0" help:"Loopback host:port (port 0 picks a free port, announced on stdout), or a unix socket path (unix:PATH or an absolute path)."`
+	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0."`
+	Threads int           `help:"Generation threads; 0 uses every CPU this process may run on. ggml threads spin: match free cores."`
+	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = the model's training context, at most 4096."`
+	Slots   int           `default:"1" help:"Requests generated in parallel (one context each)."`
+	Queue   int           `default:"8" help:"Requests that may wait for a free slot; beyond that the worker answers 503 with Retry-After."`
+	ID      string        `help:"Worker id, reported by /health and in logs."`
+	Alias   string        `help:"Model name in responses (default: the file name without .gguf)."`
+	Grace   time.Duration `default:"10s" help:"On SIGTERM or SIGINT, how long running requests may finish before their streams are cut."`
+
+	Version kong.VersionFlag `help:"Print the version and exit."`
+}
+
+// announce is a line on stdout for the parent process.
+type announce struct {
+	Event   string `json:"event"` // "listening" or "ready"
+	Network string `json:"network,omitempty"`
+	Address string `json:"address,omitempty"`
+	PID     int    `json:"pid"`
+	ID      string `json:"id,omitempty"`
+	Device  string `json:"device,omitempty"`
+}
+
+func main() {
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("rbee-worker"),
+		kong.Description("Serve one GGUF model over an OpenAI-compatible HTTP API (started by rbee-hive)."),
+		kong.Vars{"version": rbee.Version},
+	)
+	if err != nil {
+		panic(err) // a bug in the flag definitions
+	}
+	if _, err := parser.Parse(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "rbee-worker: %v\nhint: rbee-worker --help lists the flags\n", err)
+		os.Exit(2)
+	}
+	if err := run(c); err != nil {
+		fmt.Fprintf(os.Stderr, "rbee-worker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(c cli) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("worker", c.ID)
+	// Everything that can be checked is checked before the port is opened.
+	if err := llm.Preflight(c.Engine); err != nil {
+		return err
+	}
+	if err := llm.CheckGGUF(c.Model); err != nil {
+		return err
+	}
+	if c.Slots < 1 || c.Queue < 0 || c.Threads < 0 || c.CtxSize < 0 {
+		return errors.New("--slots must be at least 1; --queue, --threads and --ctx-size must not be negative")
+	}
+	version := "unknown"
+	if m, err := bundle.Validate(c.Engine); err == nil {
+		version = m.Version
+	} else if !errors.Is(err, bundle.ErrNotBundle) {
+		return fmt.Errorf("engine: %w", err)
+	}
+
+	ln, network, err := listen(c.Listen)
+	if err != nil {
+		return err
+	}
+	srv := worker.New(worker.Config{
+		ModelPath: c.Model, ModelName: c.Alias, EngineDir: c.Engine, EngineVersion: version,
+		Device: c.Device, CtxSize: c.CtxSize, Threads: c.Threads, Slots: c.Slots, Queue: c.Queue, ID: c.ID, Log: log,
+	})
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
+	defer wg.Wait()
+	say(announce{Event: "listening", Network: network, Address: ln.Addr().String(), PID: os.Getpid(), ID: c.ID})
+
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	loaded := make(chan error, 1)
+	start := time.Now()
+	go func() { loaded <- srv.Load() }() // llama.cpp cannot be interrupted; abandoned on a signal
+	select {
+	case err := <-loaded:
+		if err != nil {
+			hs.Close()
+			return err
+		}
+	case <-sig.Done():
+		hs.Close()
+		return errors.New("interrupted while loading the model")
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+	m := srv.Model()
+	log.Info("ready", "model", c.Model, "device", m.Device, "ctx_size", m.CtxSize, "threads", m.Threads,
+		"slots", c.Slots, "engine_version", version, "load_ms", time.Since(start).Milliseconds())
+	say(announce{Event: "ready", Network: network, Address: ln.Addr().String(), PID: os.Getpid(), ID: c.ID, Device: m.Device})
+
+	select {
+	case <-sig.Done():
+	case err := <-serveErr:
+		srv.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("shutting down", "grace", c.Grace)
+	// Let running requests finish within the grace period, then cut them.
+	ctx, cancel := context.WithTimeout(context.Background(), c.Grace)
+	defer cancel()
+	if err := hs.Shutdown(ctx); err != nil {
+		srv.Cut()
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel2()
+		if err := hs.Shutdown(ctx2); err != nil {
+			hs.Close()
+		}
+	}
+	srv.Close()
+	if network == "unix" {
+		os.Remove(ln.Addr().String())
+	}
+	return nil
+}
+
+func say(a announce) {
+	b, _ := json.Marshal(a)
+	fmt.Fprintln(os.Stdout, string(b))
+}
+
+// listen opens a loopback TCP port or a unix socket (mode 0600).
+func listen(addr string) (net.Listener, string, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok || filepath.IsAbs(addr) {
+		if !ok {
+			path = addr
+		}
+		return listenUnix(path)
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("--listen %q: %w; want 127.0.0.1:PORT or a unix socket path", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, "", fmt.Errorf("--listen %q: not a loopback address; the worker only listens on loopback (the hive reaches it locally)", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen: %w", err)
+	}
+	return ln, "tcp", nil
+}
+
+func listenUnix(path string) (net.Listener, string, error) {
+	if _, err := os.Lstat(path); err == nil {
+		// A socket left by a dead worker is removed; a live one is not taken over.
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, "", fmt.Errorf("listen %s: another process is serving on this socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, "", fmt.Errorf("listen %s: remove stale socket: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("listen %s: %w", path, err)
+	}
+	return ln, "unix", nil
+}
