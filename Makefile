@@ -15,7 +15,9 @@ export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## Build rbee-worker (pure Go, CGO_ENABLED=0) into bin/
+build: ## Build rbee, rbee-hive (cgo, for NVML) and rbee-worker (pure Go) into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee ./cmd/rbee
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee-hive ./cmd/rbee-hive
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee-worker ./cmd/rbee-worker
 
 test: engine ## Run every test (needs the engine bundle; fetched if missing)

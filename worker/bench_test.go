@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,8 @@ import (
 )
 
 const (
-	benchGenTokens = 128
-	benchRuns      = 3
+	benchGenTokens = 256
+	benchRuns      = 5
 )
 
 // benchPrompt is ASCII text; the byte-level vocabulary makes it one token
@@ -32,13 +33,22 @@ var benchPrompt = strings.Repeat("The quick brown fox jumps over the lazy dog. "
 
 // timing is one generation measured from the caller's side.
 type timing struct {
-	first, total     time.Duration // to the first text, to the end
-	prompt, gen      int           // token counts
-	promptMS, workMS float64       // as the worker reports them (HTTP only)
+	first, total        time.Duration // to the first text, to the end
+	prompt, gen         int           // token counts
+	promptMS, engineGen float64       // as the worker reports them (HTTP only)
 }
 
 func (t timing) promptRate() float64 { return float64(t.prompt) / t.first.Seconds() }
 func (t timing) genRate() float64    { return float64(t.gen-1) / (t.total - t.first).Seconds() }
+
+// benchThreads is the thread count both sides use: $RBEE_BENCH_THREADS, or
+// every CPU.
+func benchThreads() int {
+	if n, err := strconv.Atoi(os.Getenv("RBEE_BENCH_THREADS")); err == nil && n > 0 {
+		return n
+	}
+	return runtime.NumCPU()
+}
 
 // median returns the run with the median total time.
 func median(ts []timing) timing {
@@ -63,12 +73,12 @@ func BenchmarkWorker(b *testing.B) {
 		}
 		b.Run(q, func(b *testing.B) {
 			for range b.N {
-				httpT, rss := benchHTTP(b, model)
-				inT := benchInProcess(b, model)
+				httpT, inT, rss := benchPair(b, model)
 				b.ReportMetric(httpT.promptRate(), "http_prompt_tok/s")
 				b.ReportMetric(httpT.genRate(), "http_gen_tok/s")
 				b.ReportMetric(inT.promptRate(), "yzma_prompt_tok/s")
 				b.ReportMetric(inT.genRate(), "yzma_gen_tok/s")
+				b.ReportMetric(httpT.engineGen, "worker_engine_gen_tok/s")
 				b.ReportMetric(httpT.genRate()/inT.genRate(), "gen_ratio")
 				b.ReportMetric(inT.total.Seconds()/httpT.total.Seconds(), "total_ratio")
 				b.ReportMetric(float64(rss)/(1<<20), "worker_peak_MiB")
@@ -78,8 +88,11 @@ func BenchmarkWorker(b *testing.B) {
 	}
 }
 
-func benchHTTP(b *testing.B, model string) (timing, int64) {
-	threads := fmt.Sprint(runtime.NumCPU())
+// benchPair starts the worker and loads the same model in-process, then
+// alternates runs (HTTP, in-process, HTTP, ...) so that drift in the
+// machine's load hits both sides alike; it returns the median of each.
+func benchPair(b *testing.B, model string) (httpT, inT timing, rss int64) {
+	threads := fmt.Sprint(benchThreads())
 	p := testenv.Start(b, workerBin, nil, "--engine", engineDir, "--model", model, "--threads", threads, "--ctx-size", "1024")
 	ln, err := p.Next("listening", 30*time.Second)
 	if err != nil {
@@ -89,17 +102,21 @@ func benchHTTP(b *testing.B, model string) (timing, int64) {
 		b.Fatal(err)
 	}
 	url := "http://" + ln["address"].(string)
+	inproc, closeInproc := inProcess(b, model)
+	defer closeInproc()
 	streamOnce(b, url) // warm-up
-	var ts []timing
+	inproc()
+	var hs, is []timing
 	for range benchRuns {
-		ts = append(ts, streamOnce(b, url))
+		hs = append(hs, streamOnce(b, url))
+		is = append(is, inproc())
 	}
-	rss, err := testenv.PeakRSS(p.Cmd.Process.Pid)
+	rss, err = testenv.PeakRSS(p.Cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
 	p.Stop(30 * time.Second)
-	return median(ts), rss
+	return median(hs), median(is), rss
 }
 
 func streamOnce(b *testing.B, url string) timing {
@@ -132,7 +149,7 @@ func streamOnce(b *testing.B, url string) timing {
 		}
 		if c.Usage != nil {
 			t.prompt, t.gen = c.Usage.PromptTokens, c.Usage.CompletionTokens
-			t.promptMS = c.Timings.PromptMS
+			t.promptMS, t.engineGen = c.Timings.PromptMS, c.Timings.PredictedPerSecond
 		}
 	}
 	if t.gen != benchGenTokens {
@@ -141,9 +158,10 @@ func streamOnce(b *testing.B, url string) timing {
 	return t
 }
 
-// benchInProcess runs the same generation with yzma directly: the plain
-// llama.cpp loop a program embedding it would write.
-func benchInProcess(b *testing.B, path string) timing {
+// inProcess loads the model with yzma directly and returns a function that
+// runs the same generation: the plain llama.cpp loop a program embedding it
+// would write.
+func inProcess(b *testing.B, path string) (run func() timing, closeFn func()) {
 	if _, err := llm.Load(engineDir); err != nil {
 		b.Fatal(err)
 	}
@@ -153,18 +171,16 @@ func benchInProcess(b *testing.B, path string) timing {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer llama.ModelFree(model)
 	cp := llama.ContextDefaultParams()
 	cp.NCtx, cp.NBatch, cp.NUbatch = 1024, 512, 512
-	cp.NThreads, cp.NThreadsBatch = int32(runtime.NumCPU()), int32(runtime.NumCPU())
+	cp.NThreads, cp.NThreadsBatch = int32(benchThreads()), int32(benchThreads())
 	cp.NoPerf = 1
 	lctx, err := llama.InitFromModel(model, cp)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer llama.Free(lctx)
 	vocab := llama.ModelGetVocab(model)
-	one := func() timing {
+	run = func() timing {
 		mem, _ := llama.GetMemory(lctx)
 		llama.MemoryClear(mem, true)
 		smpl := llama.SamplerChainInit(llama.SamplerChainDefaultParams())
@@ -193,10 +209,8 @@ func benchInProcess(b *testing.B, path string) timing {
 		t.total = time.Since(start)
 		return t
 	}
-	one() // warm-up
-	var ts []timing
-	for range benchRuns {
-		ts = append(ts, one())
+	return run, func() {
+		llama.Free(lctx)
+		llama.ModelFree(model)
 	}
-	return median(ts)
 }

@@ -160,12 +160,15 @@ type Health struct {
 	Model     string `json:"model"`
 	ModelPath string `json:"model_path"`
 	Device    string `json:"device,omitempty"`
-	CtxSize   int    `json:"ctx_size,omitempty"`
-	Threads   int    `json:"threads,omitempty"`
-	Slots     int    `json:"slots"`
-	SlotsBusy int    `json:"slots_busy"`
-	Queued    int    `json:"queued"`
-	Engine    struct {
+	// ChatTemplate is "model" when the GGUF carries a template llama.cpp
+	// applies, else the fallback's name (llm.FallbackChatTemplate).
+	ChatTemplate string `json:"chat_template,omitempty"`
+	CtxSize      int    `json:"ctx_size,omitempty"`
+	Threads      int    `json:"threads,omitempty"`
+	Slots        int    `json:"slots"`
+	SlotsBusy    int    `json:"slots_busy"`
+	Queued       int    `json:"queued"`
+	Engine       struct {
 		Dir     string `json:"dir"`
 		Version string `json:"version"`
 	} `json:"engine"`
@@ -186,6 +189,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.model != nil {
 		h.Device, h.CtxSize, h.Threads = s.model.Device, s.model.CtxSize, s.model.Threads
+		h.ChatTemplate = s.model.Info().ChatTemplate
 	}
 	s.mu.Unlock()
 	running := int(s.running.Load())

@@ -1,0 +1,418 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/gpu"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/modelfile"
+)
+
+// Worker catalog types.
+const (
+	TypeWorker = "rbee-worker"
+	TypeEngine = "engine-llama.cpp"
+)
+
+// DefaultCtxSize is the context a worker gets, and the models' estimates
+// assume.
+const DefaultCtxSize = 4096
+
+// Config configures an Agent.
+type Config struct {
+	Name      string        // hive name, for narration
+	Home      string        // ~/.rbee: catalogs, sockets, logs
+	WorkerBin string        // rbee-worker to register in the worker catalog
+	EngineDir string        // engine bundle to register
+	KeepAlive time.Duration // idle workers stop after this; 0 = never
+	CtxSize   int           // worker context size; 0 = DefaultCtxSize
+	Threads   int           // CPU worker threads; 0 = every CPU
+	GPU       gpu.Options
+	Log       *slog.Logger
+}
+
+// Agent is the hive agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *catalog.HiveDB
+	sup     *supervisor
+	vram    *vram
+	started time.Time
+
+	detectMu sync.Mutex // one device detection at a time
+
+	ctx      context.Context // ends at Close: stops the reaper
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	shutdown chan struct{} // closed when /v1/shutdown is called
+	once     sync.Once
+}
+
+// Paths under the agent's home.
+func SocketPath(home string) string { return filepath.Join(home, "run", "hive.sock") }
+func dbPath(home string) string     { return filepath.Join(home, "hive.db") }
+
+// New opens the catalogs, registers the worker binary and engine bundle, and
+// starts the keep-alive reaper. Close releases everything.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CtxSize <= 0 {
+		cfg.CtxSize = DefaultCtxSize
+	}
+	if cfg.Threads <= 0 {
+		cfg.Threads = runtime.NumCPU()
+	}
+	if cfg.Name == "" {
+		cfg.Name = "localhost"
+	}
+	for _, d := range []string{cfg.Home, filepath.Join(cfg.Home, "run"), filepath.Join(cfg.Home, "logs")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("agent home: %w", err)
+		}
+	}
+	db, err := catalog.OpenHive(ctx, dbPath(cfg.Home))
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, db: db, vram: newVRAM(2 * time.Minute), started: time.Now(), shutdown: make(chan struct{})}
+	if err := a.registerBinaries(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	a.sup = &supervisor{
+		bin: cfg.WorkerBin, engine: cfg.EngineDir, runDir: filepath.Join(cfg.Home, "run"), logDir: filepath.Join(cfg.Home, "logs"),
+		threads: cfg.Threads, ctxSize: cfg.CtxSize, keepAlive: cfg.KeepAlive, log: cfg.Log, vram: a.vram,
+		workers: map[string]*workerProc{},
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.sup.reap(a.ctx)
+	}()
+	return a, nil
+}
+
+// registerBinaries records the worker binary and the engine bundle in the
+// worker catalog, with their checksums, so workers start from catalog paths.
+func (a *Agent) registerBinaries(ctx context.Context) error {
+	if a.cfg.WorkerBin == "" || a.cfg.EngineDir == "" {
+		return errors.New("agent: a worker binary and an engine bundle are required (--worker-binary, --engine)")
+	}
+	sum, err := fileSHA256(a.cfg.WorkerBin)
+	if err != nil {
+		return fmt.Errorf("register worker binary: %w", err)
+	}
+	now := time.Now()
+	if err := a.db.AddWorkerBinary(ctx, catalog.WorkerBinary{
+		ID: TypeWorker + "-" + rbee.Version, Type: TypeWorker, Version: rbee.Version, Path: a.cfg.WorkerBin,
+		SHA256: sum, Capabilities: []string{"openai"}, Added: now,
+	}); err != nil {
+		return err
+	}
+	m, err := bundle.Validate(a.cfg.EngineDir)
+	if err != nil {
+		return fmt.Errorf("register engine: %w", err)
+	}
+	msum, err := fileSHA256(filepath.Join(a.cfg.EngineDir, bundle.ManifestName))
+	if err != nil {
+		return fmt.Errorf("register engine: %w", err)
+	}
+	return a.db.AddWorkerBinary(ctx, catalog.WorkerBinary{
+		ID: TypeEngine + "-" + m.Version, Type: TypeEngine, Version: m.Version, Path: a.cfg.EngineDir,
+		SHA256: msum, Capabilities: m.Backends, Added: now,
+	})
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Shutdown is closed when a client asked the agent to stop.
+func (a *Agent) Shutdown() <-chan struct{} { return a.shutdown }
+
+// Close stops every worker and closes the catalogs.
+func (a *Agent) Close() error {
+	a.cancel()
+	a.sup.stopAll(10 * time.Second)
+	a.wg.Wait()
+	return a.db.Close()
+}
+
+// Listen opens the agent's unix socket (mode 0600) under its home. A socket
+// left by a dead agent is replaced; a live agent's is not.
+func Listen(home string) (net.Listener, error) {
+	path := SocketPath(home)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen %s: another hive agent is running", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("listen: remove stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return ln, nil
+}
+
+// Handler returns the hive API.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/handshake", a.handshake)
+	mux.HandleFunc("GET /health", a.handshake)
+	mux.HandleFunc("GET /v1/devices", a.devices)
+	mux.HandleFunc("POST /v1/reservations", a.reserve)
+	mux.HandleFunc("DELETE /v1/reservations/{id}", a.release)
+	mux.HandleFunc("POST /v1/models", a.addModel)
+	mux.HandleFunc("GET /v1/models", a.models)
+	mux.HandleFunc("GET /v1/workers", a.workers)
+	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
+	mux.HandleFunc("POST /v1/infer", a.infer)
+	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
+		a.once.Do(func() { close(a.shutdown) })
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, rbee.CodeBadRequest, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (a *Agent) handshake(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, hiveapi.Handshake{
+		Protocol: rbee.ProtocolVersion, Version: rbee.Version, OS: runtime.GOOS, Arch: runtime.GOARCH,
+		PID: os.Getpid(), Name: a.cfg.Name, Started: a.started,
+	})
+}
+
+// detect reads the devices and applies the VRAM checker's reservations.
+func (a *Agent) detect(ctx context.Context) (hiveapi.Devices, error) {
+	a.detectMu.Lock()
+	defer a.detectMu.Unlock()
+	rep, err := gpu.Detect(ctx, a.cfg.GPU)
+	if err != nil {
+		return hiveapi.Devices{}, fmt.Errorf("detect devices: %w", err)
+	}
+	out := hiveapi.Devices{NVML: rep.NVML}
+	for _, d := range rep.Devices {
+		out.Devices = append(out.Devices, hiveapi.Device{
+			ID: d.ID, Kind: d.Kind, Index: d.Index, Name: d.Name, TotalBytes: d.TotalBytes,
+			FreeBytes: a.vram.room(d.ID, d.TotalBytes, d.FreeBytes), ComputeCap: d.ComputeCap, Cores: d.Cores,
+		})
+	}
+	return out, nil
+}
+
+func (a *Agent) devices(w http.ResponseWriter, r *http.Request) {
+	d, err := a.detect(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// reserve is the VRAM checker: 204 with the reservation id, or 409 with the
+// numbers.
+func (a *Agent) reserve(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.ReserveRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	a.detectMu.Lock()
+	defer a.detectMu.Unlock()
+	rep, err := gpu.Detect(r.Context(), a.cfg.GPU)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	for _, d := range rep.Devices {
+		if d.ID != req.Device {
+			continue
+		}
+		id, room, ok := a.vram.reserve(d.ID, req.Bytes, d.TotalBytes, d.FreeBytes)
+		if !ok {
+			writeJSON(w, http.StatusConflict, hiveapi.NoRoom{
+				Error: hiveapi.ErrorBody{Code: rbee.CodeNoRoom, Message: fmt.Sprintf("%s (%s) has %s free, %s requested",
+					d.ID, d.Name, rbee.Bytes(room), rbee.Bytes(req.Bytes))},
+				RequestedBytes: req.Bytes, FreeBytes: room, Device: d.ID,
+			})
+			return
+		}
+		w.Header().Set(hiveapi.ReservationHeader, id)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeErr(w, http.StatusNotFound, rbee.CodeDeviceUnknown, fmt.Sprintf("hive %s has no device %q", a.cfg.Name, req.Device))
+}
+
+func (a *Agent) release(w http.ResponseWriter, r *http.Request) {
+	if !a.vram.release(r.PathValue("id")) {
+		writeErr(w, http.StatusNotFound, rbee.CodeBadRequest, "no reservation "+r.PathValue("id"))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// addModel registers a GGUF file on this host in the model catalog.
+func (a *Agent) addModel(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.AddModelRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	m, err := a.AddModel(r.Context(), req)
+	if err != nil {
+		status := http.StatusInternalServerError
+		switch rbee.CodeOf(err) {
+		case rbee.CodeModelNotFound:
+			status = http.StatusNotFound
+		case rbee.CodeNotGGUF, rbee.CodeBadRequest:
+			status = http.StatusUnprocessableEntity
+		}
+		writeErr(w, status, rbee.CodeOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+// AddModel inspects a local GGUF file and records it in the model catalog.
+// A file already registered with the same size and mtime is not hashed again.
+func (a *Agent) AddModel(ctx context.Context, req hiveapi.AddModelRequest) (hiveapi.Model, error) {
+	if !filepath.IsAbs(req.Path) {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeBadRequest, "model path %q is not absolute", req.Path)
+	}
+	st, err := os.Stat(req.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeModelNotFound, "model file %s does not exist on hive %s", req.Path, a.cfg.Name)
+	}
+	if err != nil {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeModelNotFound, "model file %s: %v", req.Path, err)
+	}
+	if st.IsDir() {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeNotGGUF, "model path %s is a directory; give a .gguf file", req.Path)
+	}
+	if old, err := a.db.Model(ctx, req.Path); err == nil && old.Path == req.Path && old.Size == st.Size() && !old.Added.Before(st.ModTime()) {
+		return a.apiModel(old), nil
+	}
+	info, err := modelfile.Inspect(ctx, req.Path, modelfile.Options{Hash: true})
+	if errors.Is(err, modelfile.ErrNotGGUF) {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeNotGGUF, "%v", err)
+	}
+	if err != nil {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeModelNotFound, "inspect model: %v", err)
+	}
+	ref := req.Ref
+	if ref == "" {
+		ref = req.Path
+	}
+	m, err := a.db.AddModel(ctx, catalog.Model{
+		Ref: ref, Alias: req.Alias, Path: req.Path, Size: info.Size, SHA256: info.SHA256, Format: "gguf",
+		Arch: info.Arch, Quant: info.Quant, Params: info.Params, CtxTrain: info.CtxTrain,
+		WeightsBytes: info.WeightsBytes, KVBytesPerTok: info.KVBytesPerTok, Added: time.Now(),
+	})
+	if err != nil {
+		return hiveapi.Model{}, fmt.Errorf("add model: %w", err)
+	}
+	return a.apiModel(m), nil
+}
+
+func (a *Agent) apiModel(m catalog.Model) hiveapi.Model {
+	info := modelfile.Info{WeightsBytes: m.WeightsBytes, KVBytesPerTok: m.KVBytesPerTok}
+	ctx := a.cfg.CtxSize
+	if m.CtxTrain > 0 {
+		ctx = min(ctx, m.CtxTrain)
+	}
+	return hiveapi.Model{
+		ID: m.ID, Ref: m.Ref, Alias: m.Alias, Path: m.Path, Size: m.Size, SHA256: m.SHA256, Arch: m.Arch, Quant: m.Quant,
+		Params: m.Params, CtxTrain: m.CtxTrain, WeightsBytes: m.WeightsBytes, KVBytesPerTok: m.KVBytesPerTok,
+		EstimateBytes: info.Estimate(ctx), CtxSize: ctx, Added: m.Added, LastUsed: m.LastUsed,
+	}
+}
+
+func (a *Agent) models(w http.ResponseWriter, r *http.Request) {
+	ms, err := a.db.Models(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	out := make([]hiveapi.Model, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, a.apiModel(m))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"models": out})
+}
+
+func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: a.sup.list()})
+}
+
+func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {
+	if err := a.sup.stop(r.PathValue("id"), 10*time.Second); err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", r.PathValue("id"), a.cfg.Name))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err := dec.Decode(v); err != nil {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]hiveapi.ErrorBody{"error": {Code: code, Message: msg}})
+}
+
+func actor(name string) string { return "hive " + name }

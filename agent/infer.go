@@ -1,0 +1,231 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/sse"
+)
+
+// infer runs a prompt on a warm worker or a new one and streams rbee events:
+// narration of the worker's start, tokens, then done or error.
+func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.InferRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if req.Prompt == "" || req.Model == "" {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "infer: prompt and model are required")
+		return
+	}
+	ctx := r.Context()
+	model, err := a.db.Model(ctx, req.Model)
+	if err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", req.Model, a.cfg.Name))
+		return
+	}
+	sw := sse.NewWriter(w)
+	me := actor(a.cfg.Name)
+	send := func(ev rbee.Event) error {
+		ev.Job = req.Job
+		if ev.Actor == "" {
+			ev.Actor = me
+		}
+		return sw.Send(ev)
+	}
+	fail := func(code, msg string) { _ = send(rbee.Fail(me, code, msg)) }
+
+	var wp *workerProc
+	warm := req.Worker != ""
+	if warm {
+		var ok bool
+		if wp, ok = a.sup.get(req.Worker); !ok {
+			fail(rbee.CodeWorkerNotFound, fmt.Sprintf("worker %s is no longer running on hive %s", req.Worker, a.cfg.Name))
+			return
+		}
+		if req.Reservation != "" {
+			a.vram.release(req.Reservation)
+		}
+		_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s already holds %s on %s: no spawn", wp.info.ID, model.Path, wp.info.Device)))
+	} else {
+		if req.Device == "" {
+			fail(rbee.CodeBadRequest, "infer: a device or a worker is required")
+			return
+		}
+		_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
+		start := time.Now()
+		wp, err = a.sup.start(ctx, startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation})
+		if err != nil {
+			if req.Reservation != "" {
+				a.vram.release(req.Reservation)
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			fail(rbee.CodeOf(err), err.Error())
+			return
+		}
+		info := wp.snapshot()
+		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms)",
+			info.ID, info.Device, info.PID, time.Since(start).Milliseconds()))
+		ev.Worker = &info
+		_ = send(ev)
+		if strings.HasPrefix(req.Device, "gpu") && wp.engineDevice == "CPU" {
+			warn := rbee.Narrate(me, "engine_cpu_only", fmt.Sprintf("the engine bundle has no GPU backend: worker %s runs on the CPU although %s was picked", info.ID, req.Device))
+			warn.Level = "warn"
+			_ = send(warn)
+		}
+	}
+	_ = a.db.TouchModel(ctx, model.ID, time.Now())
+	wp.busy.Add(1)
+	defer func() {
+		wp.touch()
+		wp.busy.Add(-1)
+	}()
+	a.stream(ctx, wp, req, warm, send, fail)
+}
+
+// openAIChunk is what the hive reads from a worker's stream.
+type openAIChunk struct {
+	Choices []struct {
+		Text  string `json:"text"`
+		Delta *struct {
+			Content string `json:"content"`
+		} `json:"delta"`
+		FinishReason *string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	} `json:"usage"`
+	Timings *struct {
+		PromptMS           float64 `json:"prompt_ms"`
+		PredictedPerSecond float64 `json:"predicted_per_second"`
+	} `json:"timings"`
+	Error *struct {
+		Message string `json:"message"`
+		Code    string `json:"code"`
+	} `json:"error"`
+}
+
+// stream sends the prompt to the worker and turns its OpenAI stream into
+// rbee events.
+func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferRequest, warm bool, send func(rbee.Event) error, fail func(code, msg string)) {
+	info := wp.snapshot()
+	body := map[string]any{"stream": true}
+	if req.MaxTokens > 0 {
+		body["max_tokens"] = req.MaxTokens
+	}
+	if req.Temperature != nil {
+		body["temperature"] = *req.Temperature
+	}
+	if req.Seed != nil {
+		body["seed"] = *req.Seed
+	}
+	path := "/v1/completions"
+	chat := req.Mode == "chat" || (req.Mode != "raw" && wp.chat)
+	if chat {
+		path = "/v1/chat/completions"
+		body["messages"] = []map[string]string{{"role": "user", "content": req.Prompt}}
+	} else {
+		body["prompt"] = req.Prompt
+	}
+	b, _ := json.Marshal(body)
+	hreq, err := http.NewRequestWithContext(ctx, "POST", "http://worker"+path, bytes.NewReader(b))
+	if err != nil {
+		fail(rbee.CodeInternal, err.Error())
+		return
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := wp.client.Do(hreq)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.brokenStream(wp, fmt.Errorf("send the prompt: %w", err), fail)
+		}
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
+		var c openAIChunk
+		msg := strings.TrimSpace(string(raw))
+		if json.Unmarshal(raw, &c) == nil && c.Error != nil {
+			msg = c.Error.Message
+		}
+		code := rbee.CodeWorkerFailed
+		if resp.StatusCode == http.StatusBadRequest {
+			code = rbee.CodeBadRequest
+		}
+		fail(code, fmt.Sprintf("worker %s refused the prompt (%d): %s", info.ID, resp.StatusCode, msg))
+		return
+	}
+	wactor := "worker " + info.ID
+	rd := sse.NewReader(resp.Body)
+	for {
+		_, data, err := rd.NextRaw()
+		if err != nil {
+			if ctx.Err() == nil {
+				a.brokenStream(wp, err, fail)
+			}
+			return
+		}
+		if string(data) == "[DONE]" {
+			return
+		}
+		var c openAIChunk
+		if err := json.Unmarshal(data, &c); err != nil {
+			fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s sent a chunk that is not JSON: %.200q", info.ID, data))
+			return
+		}
+		if c.Error != nil {
+			fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s: %s (%s)", info.ID, c.Error.Message, c.Error.Code))
+			return
+		}
+		for _, ch := range c.Choices {
+			text := ch.Text
+			if ch.Delta != nil {
+				text = ch.Delta.Content
+			}
+			if text != "" {
+				if send(rbee.Event{Type: rbee.EventToken, Time: time.Now(), Actor: wactor, Text: text}) != nil {
+					return // the queen went away; ctx cancels the worker request
+				}
+			}
+			if ch.FinishReason != nil {
+				d := &rbee.Done{FinishReason: *ch.FinishReason, Hive: a.cfg.Name, Worker: info.ID, Device: info.Device, Warm: warm}
+				if c.Usage != nil {
+					d.PromptTokens, d.CompletionTokens = c.Usage.PromptTokens, c.Usage.CompletionTokens
+				}
+				if c.Timings != nil {
+					d.PromptMS, d.TokensPerSecond = c.Timings.PromptMS, c.Timings.PredictedPerSecond
+				}
+				_ = send(rbee.Event{Type: rbee.EventDone, Time: time.Now(), Actor: wactor, Done: d})
+			}
+		}
+	}
+}
+
+// brokenStream reports a worker stream that ended without [DONE]: a crash
+// when the process is gone, else a broken connection.
+func (a *Agent) brokenStream(wp *workerProc, err error, fail func(code, msg string)) {
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-wp.exited:
+		fail(rbee.CodeWorkerCrashed, wp.exitReason()+"; the next request starts a new worker")
+	case <-t.C:
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			err = errors.New("the stream ended early")
+		}
+		fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s: %v", wp.info.ID, err))
+	}
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/poll"
+	"github.com/rbee-dev/rbee/queen"
+)
+
+type queenCmd struct {
+	Serve  queenServeCmd  `cmd:"" help:"Run the queen in the foreground (rbee starts it for you)."`
+	Start  queenStartCmd  `cmd:"" help:"Start the queen in the background if it is not running."`
+	Stop   queenStopCmd   `cmd:"" help:"Stop the queen (and the local hive and workers it started)."`
+	Status queenStatusCmd `cmd:"" help:"Show the queen's health."`
+}
+
+// queenConfig is what a queen needs, shared by serve and --ephemeral.
+type queenConfig struct {
+	KeepAlive time.Duration `default:"5m" env:"RBEE_KEEP_ALIVE" help:"Unload workers idle for this long."`
+	Engine    string        `env:"RBEE_ENGINE" type:"path" help:"Engine bundle for the local hive (make engine builds one)."`
+}
+
+func (c queenConfig) build(g *globals) (queen.Config, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return queen.Config{}, err
+	}
+	dir := filepath.Dir(exe)
+	cfg := queen.Config{
+		Home: g.Home, KeepAlive: c.KeepAlive, EngineDir: c.Engine,
+		HiveBin: envOr("RBEE_HIVE_BIN", filepath.Join(dir, "rbee-hive")), WorkerBin: envOr("RBEE_WORKER_BIN", filepath.Join(dir, "rbee-worker")),
+	}
+	if lib := os.Getenv("RBEE_NVML_LIBRARY"); lib != "" {
+		cfg.HiveArgs = append(cfg.HiveArgs, "--nvml-library", lib)
+	}
+	if cfg.EngineDir == "" {
+		return cfg, exitf(rbee.ExitUsage, "run `make engine` and set RBEE_ENGINE=.rbee-dev/engine/llama-cpu, or pass --engine", "no engine bundle configured")
+	}
+	return cfg, nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type queenServeCmd struct {
+	queenConfig
+}
+
+func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
+	cfg, err := c.build(g)
+	if err != nil {
+		return err
+	}
+	host, _, err := net.SplitHostPort(g.Queen)
+	if err != nil {
+		return exitf(rbee.ExitUsage, "", "queen address %q: %v", g.Queen, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return exitf(rbee.ExitUsage, "listen on 127.0.0.1 and reach remote machines as hives over SSH",
+			"queen address %s is not loopback; listening beyond this machine needs an auth token, which this queen does not support yet", g.Queen)
+	}
+	ln, err := net.Listen("tcp", g.Queen)
+	if err != nil {
+		return exitf(rbee.ExitQueen, "another program holds the port: stop it, or run the queen elsewhere with --queen HOST:PORT", "queen cannot listen on %s: %v", g.Queen, err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	cfg.Log = log
+	q, err := queen.New(ctx, cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	pidFile := filepath.Join(g.Home, "run", "queen.pid")
+	_ = os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+	defer os.Remove(pidFile)
+	log.Info("queen listening", "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home)
+	return serveQueen(ctx, q, ln)
+}
+
+// serveQueen serves until ctx ends or a client asks for shutdown, then shuts
+// down in cascade.
+func serveQueen(ctx context.Context, q *queen.Queen, ln net.Listener) error {
+	hs := &http.Server{Handler: q.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-q.Shutdown():
+	case err = <-serveErr:
+	}
+	// Jobs are cancelled first so their streams end, then the server stops.
+	cerr := q.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if hs.Shutdown(sctx) != nil {
+		hs.Close()
+	}
+	wg.Wait()
+	if err == nil {
+		err = cerr
+	}
+	return err
+}
+
+type queenStartCmd struct{}
+
+func (queenStartCmd) Run(ctx context.Context, g *globals) error {
+	h, started, err := ensureQueen(ctx, g, func(_, msg string) { fmt.Fprintln(os.Stderr, "[keeper] "+msg) })
+	if err != nil {
+		return err
+	}
+	if !started {
+		fmt.Printf("queen already running at %s (pid %d, up %s)\n", g.Queen, h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second))
+		return nil
+	}
+	fmt.Printf("queen started at %s (pid %d)\n", g.Queen, h.PID)
+	return nil
+}
+
+type queenStopCmd struct{}
+
+func (queenStopCmd) Run(ctx context.Context, g *globals) error {
+	h, err := health(ctx, g.Queen)
+	if err != nil {
+		if isDown(err) {
+			fmt.Printf("queen is not running at %s\n", g.Queen)
+			return nil
+		}
+		return exitf(rbee.ExitQueen, "", "queen at %s: %v", g.Queen, err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+g.Queen+"/v1/shutdown", nil)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return exitf(rbee.ExitQueen, "", "stop queen: %v", err)
+	}
+	resp.Body.Close()
+	err = poll.Until(ctx, poll.Config{Timeout: 60 * time.Second, MaxAttempts: 1000}, func(ctx context.Context) (bool, error) {
+		_, err := health(ctx, g.Queen)
+		return err != nil && isDown(err), nil
+	})
+	if err != nil {
+		return exitf(rbee.ExitQueen, fmt.Sprintf("kill %d", h.PID), "queen did not stop: %v", err)
+	}
+	fmt.Printf("queen stopped (pid %d)\n", h.PID)
+	return nil
+}
+
+type queenStatusCmd struct {
+	JSON bool `help:"Print the health as JSON."`
+}
+
+func (c queenStatusCmd) Run(ctx context.Context, g *globals) error {
+	h, err := health(ctx, g.Queen)
+	if err != nil {
+		if isDown(err) {
+			return exitf(rbee.ExitQueen, "rbee queen start starts it; rbee infer starts it on demand", "queen is not running at %s", g.Queen)
+		}
+		return exitf(rbee.ExitQueen, "", "queen at %s: %v", g.Queen, err)
+	}
+	if c.JSON {
+		b, _ := json.Marshal(h)
+		fmt.Println(string(b))
+		return nil
+	}
+	fmt.Printf("queen %s at %s: %s", h.Version, g.Queen, h.State)
+	if h.Reason != "" {
+		fmt.Printf(" (%s)", h.Reason)
+	}
+	fmt.Printf(", pid %d, up %s, %d job(s) running\n", h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second), h.Jobs)
+	return nil
+}

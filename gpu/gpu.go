@@ -1,0 +1,90 @@
+package gpu
+
+import (
+	"context"
+	"fmt"
+	"os"
+)
+
+// EnvNVMLLibrary names the environment variable that overrides the NVML
+// library's path when Options.NVMLLibrary is empty.
+const EnvNVMLLibrary = "RBEE_NVML_LIBRARY"
+
+// DefaultNVMLLibrary is the library loaded when no path is given; the dynamic
+// loader finds it on its usual search path.
+const DefaultNVMLLibrary = "libnvidia-ml.so.1"
+
+// Device kinds.
+const (
+	KindGPU = "gpu"
+	KindCPU = "cpu"
+)
+
+// Device is one place a model can run.
+type Device struct {
+	ID         string `json:"id"`                    // "gpu0", "gpu1", ...; "cpu" for the CPU
+	Kind       string `json:"kind"`                  // KindGPU or KindCPU
+	Index      int    `json:"index"`                 // NVML index; 0 for the CPU
+	Name       string `json:"name"`                  // "NVIDIA GeForce RTX 3090"; the CPU's model name
+	UUID       string `json:"uuid,omitempty"`        // NVML UUID, GPUs only
+	TotalBytes uint64 `json:"total_bytes"`           // VRAM; for the CPU: MemTotal
+	FreeBytes  uint64 `json:"free_bytes"`            // VRAM free; for the CPU: MemAvailable
+	ComputeCap string `json:"compute_cap,omitempty"` // CUDA compute capability, "8.6"
+	Cores      int    `json:"cores,omitempty"`       // CPU only: usable CPUs (runtime.NumCPU)
+}
+
+// Report is what Detect found.
+type Report struct {
+	Devices []Device `json:"devices"` // GPUs by index, then the CPU (always present)
+	// NVML is "driver 550.54" when NVML was used, followed by "; "-separated
+	// notes on GPUs that were skipped; otherwise why it was not used
+	// ("libnvidia-ml.so.1 not found", "init: ERROR_DRIVER_NOT_LOADED").
+	NVML string `json:"nvml"`
+}
+
+// Options tune Detect. The zero value detects GPUs with the system's NVML.
+type Options struct {
+	// NVMLLibrary is the path of libnvidia-ml.so.1 to use; "" means
+	// $RBEE_NVML_LIBRARY, else DefaultNVMLLibrary.
+	NVMLLibrary string
+	DisableNVML bool
+	// ProcRoot is where /proc is mounted; "" means "/proc".
+	ProcRoot string
+}
+
+// Detect reports the machine's GPUs and its CPU. A missing or broken NVML is
+// not an error: the report then lists the CPU alone and says why in
+// Report.NVML. Detect fails only when the CPU cannot be read or ctx ends.
+//
+// ctx bounds the whole detection, including the wait for another detection
+// in progress; it is checked between NVML calls because a call already in
+// progress cannot be interrupted.
+func Detect(ctx context.Context, opt Options) (Report, error) {
+	if err := ctx.Err(); err != nil {
+		return Report{}, fmt.Errorf("detect devices: %w", err)
+	}
+	cpu, err := CPU(opt.ProcRoot)
+	if err != nil {
+		return Report{}, fmt.Errorf("detect devices: %w", err)
+	}
+	var rep Report
+	if opt.DisableNVML {
+		rep.NVML = "disabled"
+	} else {
+		path := opt.NVMLLibrary
+		if path == "" {
+			path = os.Getenv(EnvNVMLLibrary)
+		}
+		if path == "" {
+			path = DefaultNVMLLibrary
+		}
+		gpus, status, err := detectNVML(ctx, path)
+		if err != nil {
+			return Report{}, fmt.Errorf("detect gpus: %w", err)
+		}
+		rep.Devices = gpus
+		rep.NVML = status
+	}
+	rep.Devices = append(rep.Devices, cpu)
+	return rep, nil
+}

@@ -1,0 +1,111 @@
+package hiveapi
+
+import (
+	"time"
+
+	"github.com/rbee-dev/rbee"
+)
+
+// Handshake is the agent's answer to GET /v1/handshake, the first call on
+// every connection.
+type Handshake struct {
+	Protocol int       `json:"protocol"`
+	Version  string    `json:"version"`
+	OS       string    `json:"os"`
+	Arch     string    `json:"arch"`
+	PID      int       `json:"pid"`
+	Name     string    `json:"name"`
+	Started  time.Time `json:"started"`
+}
+
+// Device is a compute device of a hive, with the room the VRAM checker
+// still grants on it.
+type Device struct {
+	ID         string `json:"id"`   // "gpu0", ..., "cpu"
+	Kind       string `json:"kind"` // "gpu" or "cpu"
+	Index      int    `json:"index"`
+	Name       string `json:"name"`
+	TotalBytes uint64 `json:"total_bytes"`
+	FreeBytes  uint64 `json:"free_bytes"` // after reservations
+	ComputeCap string `json:"compute_cap,omitempty"`
+	Cores      int    `json:"cores,omitempty"`
+}
+
+// Devices is the answer to GET /v1/devices.
+type Devices struct {
+	Devices []Device `json:"devices"`
+	NVML    string   `json:"nvml"`
+}
+
+// ReserveRequest asks the VRAM checker for room (POST /v1/reservations).
+type ReserveRequest struct {
+	Device  string `json:"device"`
+	Bytes   uint64 `json:"bytes"`
+	Purpose string `json:"purpose,omitempty"`
+}
+
+// ReservationHeader carries the id of a granted reservation (204).
+const ReservationHeader = "Rbee-Reservation"
+
+// NoRoom is the body of a 409 from the VRAM checker.
+type NoRoom struct {
+	Error          ErrorBody `json:"error"`
+	RequestedBytes uint64    `json:"requested_bytes"`
+	FreeBytes      uint64    `json:"free_bytes"`
+	Device         string    `json:"device"`
+}
+
+// ErrorBody is the agent's error shape: {"error":{"code","message"}}.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// AddModelRequest registers a GGUF file on the hive (POST /v1/models).
+type AddModelRequest struct {
+	Path  string `json:"path"`
+	Ref   string `json:"ref,omitempty"`
+	Alias string `json:"alias,omitempty"`
+}
+
+// Model is a model in the hive's catalog.
+type Model struct {
+	ID            string    `json:"id"`
+	Ref           string    `json:"ref"`
+	Alias         string    `json:"alias,omitempty"`
+	Path          string    `json:"path"`
+	Size          int64     `json:"size"`
+	SHA256        string    `json:"sha256"`
+	Arch          string    `json:"arch"`
+	Quant         string    `json:"quant"`
+	Params        uint64    `json:"params"`
+	CtxTrain      int       `json:"ctx_train"`
+	WeightsBytes  uint64    `json:"weights_bytes"`
+	KVBytesPerTok uint64    `json:"kv_bytes_per_token"`
+	EstimateBytes uint64    `json:"estimate_bytes"` // at the hive's context size
+	CtxSize       int       `json:"ctx_size"`
+	Added         time.Time `json:"added"`
+	LastUsed      time.Time `json:"last_used"`
+}
+
+// InferRequest runs a prompt on the hive (POST /v1/infer, answered with an
+// SSE stream of rbee events). Worker names a running worker to use (the warm
+// path); otherwise the hive starts one for Model on Device, charging
+// Reservation.
+type InferRequest struct {
+	Job         string   `json:"job,omitempty"`
+	Model       string   `json:"model"` // catalog id
+	Device      string   `json:"device,omitempty"`
+	Reservation string   `json:"reservation,omitempty"`
+	Worker      string   `json:"worker,omitempty"`
+	Prompt      string   `json:"prompt"`
+	Mode        string   `json:"mode,omitempty"` // "auto" (chat if the model has a template), "chat", "raw"
+	MaxTokens   int      `json:"max_tokens,omitempty"`
+	Temperature *float64 `json:"temperature,omitempty"`
+	Seed        *int64   `json:"seed,omitempty"`
+}
+
+// Workers is the answer to GET /v1/workers.
+type Workers struct {
+	Workers []rbee.WorkerInfo `json:"workers"`
+}

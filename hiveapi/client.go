@@ -1,0 +1,202 @@
+package hiveapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/sse"
+)
+
+// Client talks to one hive agent.
+type Client struct {
+	Name string // hive name, for messages
+	hc   *http.Client
+}
+
+// DialFunc opens a connection to the agent.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// NewClient returns a client that reaches the agent through dial.
+func NewClient(name string, dial DialFunc) *Client {
+	tr := &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &Client{Name: name, hc: &http.Client{Transport: tr}}
+}
+
+// UnixDialer dials the agent's unix socket.
+func UnixDialer(path string) DialFunc {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// APIError is an error answer of the agent.
+type APIError struct {
+	Status int
+	Body   ErrorBody
+	Raw    []byte // the whole body, e.g. a NoRoom
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (%s)", e.Body.Message, e.Body.Code)
+}
+
+// Code returns the error's code.
+func (e *APIError) Code() string { return e.Body.Code }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://hive"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("hive %s: %w", c.Name, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
+		e := &APIError{Status: resp.StatusCode, Raw: raw}
+		var wrapper struct {
+			Error ErrorBody `json:"error"`
+		}
+		if json.Unmarshal(raw, &wrapper) == nil && wrapper.Error.Message != "" {
+			e.Body = wrapper.Error
+		} else {
+			e.Body = ErrorBody{Code: rbee.CodeInternal, Message: fmt.Sprintf("hive %s: %s %s: status %d: %s", c.Name, method, path, resp.StatusCode, strings.TrimSpace(string(raw)))}
+		}
+		return nil, e
+	}
+	if out != nil {
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return nil, fmt.Errorf("hive %s: decode %s: %w", c.Name, path, err)
+		}
+	}
+	return resp, nil
+}
+
+// Handshake asks the agent who it is.
+func (c *Client) Handshake(ctx context.Context) (Handshake, error) {
+	var h Handshake
+	_, err := c.do(ctx, "GET", "/v1/handshake", nil, &h)
+	return h, err
+}
+
+// Devices lists the hive's devices with their free room.
+func (c *Client) Devices(ctx context.Context) (Devices, error) {
+	var d Devices
+	_, err := c.do(ctx, "GET", "/v1/devices", nil, &d)
+	return d, err
+}
+
+// Reserve asks the VRAM checker for room. A refusal is an *APIError with
+// status 409 whose Raw body is a NoRoom.
+func (c *Client) Reserve(ctx context.Context, r ReserveRequest) (string, error) {
+	resp, err := c.do(ctx, "POST", "/v1/reservations", r, nil)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	return resp.Header.Get(ReservationHeader), nil
+}
+
+// Release gives a reservation back.
+func (c *Client) Release(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/reservations/"+url.PathEscape(id), nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
+// AddModel registers a GGUF file already on the hive.
+func (c *Client) AddModel(ctx context.Context, r AddModelRequest) (Model, error) {
+	var m Model
+	_, err := c.do(ctx, "POST", "/v1/models", r, &m)
+	return m, err
+}
+
+// Models lists the hive's model catalog.
+func (c *Client) Models(ctx context.Context) ([]Model, error) {
+	var ms struct {
+		Models []Model `json:"models"`
+	}
+	_, err := c.do(ctx, "GET", "/v1/models", nil, &ms)
+	return ms.Models, err
+}
+
+// Workers lists the workers running on the hive.
+func (c *Client) Workers(ctx context.Context) ([]rbee.WorkerInfo, error) {
+	var w Workers
+	_, err := c.do(ctx, "GET", "/v1/workers", nil, &w)
+	return w.Workers, err
+}
+
+// StopWorker stops a worker.
+func (c *Client) StopWorker(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/workers/"+url.PathEscape(id), nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
+// Shutdown asks the agent to stop its workers and exit.
+func (c *Client) Shutdown(ctx context.Context) error {
+	resp, err := c.do(ctx, "POST", "/v1/shutdown", nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
+// Infer runs a prompt and calls send with each event of the hive's stream.
+// ctx bounds the whole stream; cancelling it stops the generation on the
+// worker.
+func (c *Client) Infer(ctx context.Context, r InferRequest, send func(rbee.Event) error) error {
+	resp, err := c.do(ctx, "POST", "/v1/infer", r, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if !sse.IsStream(resp) {
+		return fmt.Errorf("hive %s: infer: want an event stream, got %q", c.Name, resp.Header.Get("Content-Type"))
+	}
+	err = sse.Relay(sse.NewReader(resp.Body), send)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("hive %s: the event stream broke off: %w", c.Name, err)
+	}
+	return err
+}

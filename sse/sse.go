@@ -1,0 +1,172 @@
+package sse
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/rbee-dev/rbee"
+)
+
+// ContentType is the media type of an SSE stream.
+const ContentType = "text/event-stream"
+
+// Writer sends events on an HTTP response. It is safe for concurrent use.
+type Writer struct {
+	mu  sync.Mutex
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	err error
+}
+
+// NewWriter starts an SSE response (status 200).
+func NewWriter(w http.ResponseWriter) *Writer {
+	h := w.Header()
+	h.Set("Content-Type", ContentType)
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sw := &Writer{w: w, rc: http.NewResponseController(w)}
+	sw.err = sw.rc.Flush()
+	return sw
+}
+
+// Send writes one event and flushes it. After a write error every call
+// returns that error (the client is gone).
+func (s *Writer) Send(ev rbee.Event) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	return s.SendRaw(ev.Type, b)
+}
+
+// SendRaw writes one event with the given name and data (one line of data).
+func (s *Writer) SendRaw(name string, data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	var buf bytes.Buffer
+	if name != "" {
+		buf.WriteString("event: ")
+		buf.WriteString(name)
+		buf.WriteByte('\n')
+	}
+	buf.WriteString("data: ")
+	buf.Write(data)
+	buf.WriteString("\n\n")
+	if _, err := s.w.Write(buf.Bytes()); err != nil {
+		s.err = err
+		return err
+	}
+	if err := s.rc.Flush(); err != nil {
+		s.err = err
+	}
+	return s.err
+}
+
+// Reader reads SSE events.
+type Reader struct {
+	r *bufio.Reader
+}
+
+// NewReader reads events from r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 64<<10)} }
+
+// NextRaw returns the next event's name ("" when the stream gave none) and
+// data (data lines joined by "\n"). It returns io.EOF at the end of the
+// stream, and io.ErrUnexpectedEOF when the stream ends inside an event.
+func (r *Reader) NextRaw() (name string, data []byte, err error) {
+	var (
+		sawField bool
+		lines    [][]byte
+	)
+	for {
+		line, err := r.r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A long line: gather it whole.
+			full := append([]byte(nil), line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = r.r.ReadSlice('\n')
+				full = append(full, line...)
+			}
+			line = full
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if sawField || len(line) > 0 {
+					return "", nil, io.ErrUnexpectedEOF
+				}
+				return "", nil, io.EOF
+			}
+			return "", nil, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) == 0 {
+			if !sawField {
+				continue
+			}
+			return name, bytes.Join(lines, []byte("\n")), nil
+		}
+		if line[0] == ':' { // comment / keep-alive
+			continue
+		}
+		field, value, _ := bytes.Cut(line, []byte(":"))
+		value = bytes.TrimPrefix(value, []byte(" "))
+		switch string(field) {
+		case "event":
+			name, sawField = string(value), true
+		case "data":
+			lines, sawField = append(lines, append([]byte(nil), value...)), true
+		default: // id, retry and unknown fields are ignored
+		}
+	}
+}
+
+// Next returns the next rbee event. Events whose data is not an rbee event
+// (a different stream) are an error; unknown event types are returned as
+// they are, for the caller to ignore.
+func (r *Reader) Next() (rbee.Event, error) {
+	name, data, err := r.NextRaw()
+	if err != nil {
+		return rbee.Event{}, err
+	}
+	var ev rbee.Event
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return rbee.Event{}, fmt.Errorf("decode event %q: %w", name, err)
+	}
+	if ev.Type == "" {
+		ev.Type = name
+	}
+	return ev, nil
+}
+
+// Relay forwards every event from r to send until r ends (nil), send fails,
+// or r fails. The seed's sse-relay: hive → queen → keeper.
+func Relay(r *Reader, send func(rbee.Event) error) error {
+	for {
+		ev, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		if err := send(ev); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+	}
+}
+
+// IsStream reports whether resp carries an SSE stream.
+func IsStream(resp *http.Response) bool {
+	return strings.HasPrefix(resp.Header.Get("Content-Type"), ContentType)
+}
