@@ -239,7 +239,7 @@ func (a *Agent) detect(ctx context.Context) (hiveapi.Devices, error) {
 	for _, d := range rep.Devices {
 		out.Devices = append(out.Devices, hiveapi.Device{
 			ID: d.ID, Kind: d.Kind, Index: d.Index, Name: d.Name, TotalBytes: d.TotalBytes,
-			FreeBytes: a.vram.room(d.ID, d.TotalBytes, d.FreeBytes), ComputeCap: d.ComputeCap, Cores: d.Cores,
+			FreeBytes: d.FreeBytes, RoomBytes: a.vram.room(d.ID, d.TotalBytes, d.FreeBytes), ComputeCap: d.ComputeCap, Cores: d.Cores,
 		})
 	}
 	return out, nil

@@ -111,7 +111,7 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	if err := checkModelFile(model); err != nil {
 		return err
 	}
-	if c.Ephemeral && g.Queen != queen.DefaultAddr {
+	if c.Ephemeral && flagGiven("--queen") {
 		return exitf(rbee.ExitUsage, "", "--ephemeral runs its own queen; it contradicts --queen %s", g.Queen)
 	}
 	p := &printer{json: c.JSON, quiet: c.Quiet, out: bufio.NewWriter(os.Stdout)}
@@ -199,6 +199,17 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 		return exitf(rbee.ExitError, "", "the job ended without a result")
 	}
 	return nil
+}
+
+// flagGiven reports whether the flag was on the command line (not from the
+// environment or a default).
+func flagGiven(name string) bool {
+	for _, a := range os.Args[1:] {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // checkModelFile refuses a missing file or one that is not GGUF.

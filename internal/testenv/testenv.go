@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,4 +231,92 @@ func PeakRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("VmHWM not in /proc/%d/status", pid)
+}
+
+// Bins are rbee's three binaries, built side by side (the keeper finds the
+// hive agent and the worker next to itself).
+type Bins struct {
+	Dir, Rbee, Hive, Worker string
+}
+
+// BuildAll builds rbee, rbee-hive (cgo, for NVML) and rbee-worker into
+// dir/bin.
+func BuildAll(dir string) (Bins, error) {
+	root, err := Root()
+	if err != nil {
+		return Bins{}, err
+	}
+	bin := filepath.Join(dir, "bin")
+	b := Bins{Dir: bin, Rbee: filepath.Join(bin, "rbee"), Hive: filepath.Join(bin, "rbee-hive"), Worker: filepath.Join(bin, "rbee-worker")}
+	for _, t := range []struct {
+		out, pkg, cgo string
+	}{{b.Rbee, "./cmd/rbee", "0"}, {b.Hive, "./cmd/rbee-hive", "1"}, {b.Worker, "./cmd/rbee-worker", "0"}} {
+		cmd := exec.Command("go", "build", "-o", t.out, t.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+t.cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Bins{}, fmt.Errorf("go build %s: %w\n%s", t.pkg, err, out)
+		}
+	}
+	return b, nil
+}
+
+// ProcsWithEnv returns the PIDs of processes whose environment holds kv
+// ("KEY=value"): how tests find every process they caused, daemons and
+// grandchildren included, to check and clean them up by PID.
+func ProcsWithEnv(kv string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && strings.Contains(string(st), ") Z ") {
+			continue // a zombie: already dead, waiting for its parent
+		}
+		for _, v := range strings.Split(string(b), "\x00") {
+			if v == kv {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// KillAll sends SIGTERM to pids, waits up to grace for them to go, then
+// SIGKILLs what is left.
+func KillAll(pids []int, grace time.Duration) {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for _, pid := range pids {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func alive(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(st), ") Z ")
+}
+
+// FreePort returns a loopback address with a port free right now.
+func FreePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
