@@ -10,7 +10,7 @@ TESTFLAGS  ?= -count=1 -timeout 15m
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build test check bench engine models demo clean
+.PHONY: help build test check bench engine models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,7 +37,13 @@ engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR)
 models: engine ## Write the generated models into $(MODELS_DIR)
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -engine $(ENGINE_DIR)
 
-demo: build engine ## Start rbee-worker on the alphabet model and stream a completion of "abc"
+demo: build engine ## rbee infer on this machine (the default hive): the alphabet model continues "abc"
+	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -only alphabet
+	@echo '$$ rbee infer --model $(MODELS_DIR)/alphabet.gguf --temperature 0 abc' >&2
+	@RBEE_HOME=$(abspath $(DEV))/home RBEE_QUEEN=127.0.0.1:7834 $(BIN)/rbee infer --model $(MODELS_DIR)/alphabet.gguf --temperature 0 abc; \
+		rc=$$?; RBEE_HOME=$(abspath $(DEV))/home RBEE_QUEEN=127.0.0.1:7834 $(BIN)/rbee queen stop >&2; exit $$rc
+
+worker-demo: build engine ## Start rbee-worker alone on the alphabet model and stream its OpenAI answer
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -only alphabet
 	./scripts/demo.sh $(BIN)/rbee-worker $(MODELS_DIR)/alphabet.gguf $(ENGINE_DIR)
 

@@ -1,0 +1,48 @@
+package rbee_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDependencies keeps the binaries' dependencies pointed one way: the
+// keeper never links NVML or the inference engine, the hive agent never
+// links CLI or TOML code, the worker stays pure Go.
+func TestDependencies(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		pkg       string
+		cgo       string
+		forbidden []string
+	}{
+		{"./cmd/rbee", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/hybridgroup/yzma", "github.com/rbee-dev/rbee/llm", "github.com/rbee-dev/rbee/gpu", "github.com/rbee-dev/rbee/agent"}},
+		{"./cmd/rbee-hive", "1", []string{"github.com/alecthomas/kong", "github.com/BurntSushi/toml", "github.com/hybridgroup/yzma", "github.com/rbee-dev/rbee/llm", "github.com/rbee-dev/rbee/queen"}},
+		{"./cmd/rbee-worker", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/rbee-dev/rbee/catalog", "modernc.org/sqlite", "github.com/rbee-dev/rbee/queen", "github.com/rbee-dev/rbee/agent"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pkg, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command("go", "list", "-deps", tt.pkg)
+			cmd.Env = append(cmd.Environ(), "CGO_ENABLED="+tt.cgo)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("go list: %v\n%s", err, out)
+			}
+			deps := map[string]bool{}
+			for _, d := range strings.Fields(string(out)) {
+				deps[d] = true
+			}
+			if len(deps) < 10 {
+				t.Fatalf("go list found only %d packages: %s", len(deps), out)
+			}
+			for _, f := range tt.forbidden {
+				for d := range deps {
+					if d == f || strings.HasPrefix(d, f+"/") {
+						t.Errorf("%s depends on %s", tt.pkg, d)
+					}
+				}
+			}
+		})
+	}
+}
