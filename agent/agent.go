@@ -45,7 +45,7 @@ type Config struct {
 	EngineDir string        // engine bundle to register
 	KeepAlive time.Duration // idle workers stop after this; 0 = never
 	CtxSize   int           // worker context size; 0 = DefaultCtxSize
-	Threads   int           // CPU worker threads; 0 = every CPU
+	Threads   int           // CPU worker threads; 0 = the worker's default (one per physical core)
 	GPU       gpu.Options
 	Log       *slog.Logger
 }
@@ -80,9 +80,6 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if cfg.CtxSize <= 0 {
 		cfg.CtxSize = DefaultCtxSize
-	}
-	if cfg.Threads <= 0 {
-		cfg.Threads = runtime.NumCPU()
 	}
 	if cfg.Name == "" {
 		cfg.Name = "localhost"

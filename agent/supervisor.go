@@ -111,7 +111,10 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 	}
 	env := os.Environ()
 	if spec.Device == "cpu" {
-		args = append(args, "--device", "cpu", "--threads", strconv.Itoa(s.threads))
+		args = append(args, "--device", "cpu")
+		if s.threads > 0 {
+			args = append(args, "--threads", strconv.Itoa(s.threads))
+		}
 	} else {
 		// The worker sees only its GPU, numbered as NVML numbers them.
 		idx := spec.Device[len("gpu"):]

@@ -69,13 +69,13 @@ func setup(m *testing.M) (int, error) {
 
 // env is one test's world: its own home, queen port and processes.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	home  string
 	queen string
 	vars  []string
 }
 
-func newEnv(t *testing.T, extra ...string) *env {
+func newEnv(t testing.TB, extra ...string) *env {
 	t.Helper()
 	home := t.TempDir()
 	addr, err := testenv.FreePort()

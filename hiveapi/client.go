@@ -183,6 +183,18 @@ func (c *Client) Shutdown(ctx context.Context) error {
 // ctx bounds the whole stream; cancelling it stops the generation on the
 // worker.
 func (c *Client) Infer(ctx context.Context, r InferRequest, send func(rbee.Event) error) error {
+	return c.InferRaw(ctx, r, func(_ string, data []byte) error {
+		var ev rbee.Event
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return fmt.Errorf("hive %s: decode event: %w", c.Name, err)
+		}
+		return send(ev)
+	})
+}
+
+// InferRaw is Infer without decoding: send gets each event's SSE name (its
+// type) and JSON data, so a relay can pass token events on untouched.
+func (c *Client) InferRaw(ctx context.Context, r InferRequest, send func(name string, data []byte) error) error {
 	resp, err := c.do(ctx, "POST", "/v1/infer", r, nil)
 	if err != nil {
 		return err
@@ -191,8 +203,18 @@ func (c *Client) Infer(ctx context.Context, r InferRequest, send func(rbee.Event
 	if !sse.IsStream(resp) {
 		return fmt.Errorf("hive %s: infer: want an event stream, got %q", c.Name, resp.Header.Get("Content-Type"))
 	}
-	err = sse.Relay(sse.NewReader(resp.Body), send)
-	if err != nil && ctx.Err() != nil {
+	rd := sse.NewReader(resp.Body)
+	for err == nil {
+		var name string
+		var data []byte
+		if name, data, err = rd.NextRaw(); err == nil {
+			err = send(name, data)
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) {

@@ -28,7 +28,7 @@ const FallbackChatTemplate = "chatml"
 type ModelOptions struct {
 	Device  string // "", "auto", "cpu" or a device name such as "CUDA0"
 	CtxSize int    // context tokens per slot; 0 = min(model's training context, 4096)
-	Threads int    // generation threads; 0 = the CPUs this process may use
+	Threads int    // generation threads; 0 = one per physical (performance) core, as llama.cpp chooses
 	Slots   int    // parallel sequences (one llama context each); 0 = 1
 }
 
@@ -117,7 +117,7 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	}
 	m.Threads = opt.Threads
 	if m.Threads <= 0 {
-		m.Threads = runtime.NumCPU()
+		m.Threads = int(llama.Threads())
 	}
 	slots := max(opt.Slots, 1)
 	m.sessions = make(chan *Session, slots)

@@ -56,7 +56,7 @@ func (q *Queen) job(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = send(rbee.Event{Type: rbee.EventJob, Actor: me, Message: "job " + id})
 	narrate := func(action, msg string) { _ = send(rbee.Narrate(me, action, msg)) }
-	if err := q.run(ctx, id, req, send, narrate); err != nil {
+	if err := q.run(ctx, id, req, sw, send, narrate); err != nil {
 		if ctx.Err() != nil {
 			q.log.Info("job cancelled", "job", id)
 			return
@@ -89,7 +89,7 @@ func validate(req JobRequest) error {
 }
 
 // run is the happy flow, steps 3–9 of DESIGN.md.
-func (q *Queen) run(ctx context.Context, id string, req JobRequest, send func(rbee.Event) error, narrate func(action, msg string)) error {
+func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writer, send func(rbee.Event) error, narrate func(action, msg string)) error {
 	narrate("job_accepted", fmt.Sprintf("job %s accepted", id))
 	name := req.Hive
 	if name == "" {
@@ -203,7 +203,14 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, send func(rb
 	}
 
 	// 7–9. The hive starts or reuses the worker and streams; we relay.
-	err = h.client.Infer(ctx, ireq, func(ev rbee.Event) error {
+	err = h.client.InferRaw(ctx, ireq, func(name string, data []byte) error {
+		if name == rbee.EventToken {
+			return sw.SendRaw(name, data) // the hot path: tokens pass untouched
+		}
+		var ev rbee.Event
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return fmt.Errorf("hive %s: decode event: %w", name, err)
+		}
 		if ev.Worker != nil {
 			wi := *ev.Worker
 			wi.Hive = name

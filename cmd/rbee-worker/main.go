@@ -29,7 +29,7 @@ type cli struct {
 	Engine  string        `required:"" type:"path" env:"RBEE_ENGINE" help:"Engine bundle directory (llama.cpp shared libraries; make engine builds one)."`
 	Listen  string        `default:"127.0.0.1:0" help:"Loopback host:port (port 0 picks a free port, announced on stdout), or a unix socket path (unix:PATH or an absolute path)."`
 	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0."`
-	Threads int           `help:"Generation threads; 0 uses every CPU this process may run on. ggml threads spin: match free cores."`
+	Threads int           `help:"Generation threads; 0 = one per physical core (llama.cpp's default). ggml threads spin: match free cores."`
 	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = the model's training context, at most 4096."`
 	Slots   int           `default:"1" help:"Requests generated in parallel (one context each)."`
 	Queue   int           `default:"8" help:"Requests that may wait for a free slot; beyond that the worker answers 503 with Retry-After."`

@@ -42,6 +42,12 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 		Home: g.Home, KeepAlive: c.KeepAlive, EngineDir: c.Engine,
 		HiveBin: envOr("RBEE_HIVE_BIN", filepath.Join(dir, "rbee-hive")), WorkerBin: envOr("RBEE_WORKER_BIN", filepath.Join(dir, "rbee-worker")),
 	}
+	if n := os.Getenv("RBEE_WORKER_THREADS"); n != "" {
+		if _, err := strconv.Atoi(n); err != nil {
+			return cfg, exitf(rbee.ExitUsage, "", "RBEE_WORKER_THREADS=%q is not a number", n)
+		}
+		cfg.HiveArgs = append(cfg.HiveArgs, "--threads", n)
+	}
 	if lib := os.Getenv("RBEE_NVML_LIBRARY"); lib != "" {
 		cfg.HiveArgs = append(cfg.HiveArgs, "--nvml-library", lib)
 	}
