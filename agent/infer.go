@@ -34,6 +34,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sw := sse.NewWriter(w)
+	defer sw.Close()
 	me := actor(a.cfg.Name)
 	send := func(ev rbee.Event) error {
 		ev.Job = req.Job

@@ -47,6 +47,7 @@ func (q *Queen) job(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	sw := sse.NewWriter(w)
+	defer sw.Close()
 	send := func(ev rbee.Event) error {
 		ev.Job = id
 		if ev.Time.IsZero() {

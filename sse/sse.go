@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/rbee-dev/rbee"
 )
@@ -17,12 +16,11 @@ import (
 // ContentType is the media type of an SSE stream.
 const ContentType = "text/event-stream"
 
-// Writer sends events on an HTTP response. It is safe for concurrent use.
+// Writer sends events on an HTTP response. Token events are batched (see
+// FlushInterval); every other event is flushed at once. It is safe for
+// concurrent use; Close it before the handler returns.
 type Writer struct {
-	mu  sync.Mutex
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	err error
+	b *Batcher
 }
 
 // NewWriter starts an SSE response (status 200).
@@ -32,10 +30,13 @@ func NewWriter(w http.ResponseWriter) *Writer {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sw := &Writer{w: w, rc: http.NewResponseController(w)}
-	sw.err = sw.rc.Flush()
+	sw := &Writer{b: NewBatcher(w, FlushInterval)}
+	_ = sw.b.Write(nil, true) // the headers go out now
 	return sw
 }
+
+// Close flushes what is pending; the Writer must not be used after.
+func (s *Writer) Close() error { return s.b.Close() }
 
 // Send writes one event and flushes it. After a write error every call
 // returns that error (the client is gone).
@@ -49,11 +50,6 @@ func (s *Writer) Send(ev rbee.Event) error {
 
 // SendRaw writes one event with the given name and data (one line of data).
 func (s *Writer) SendRaw(name string, data []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
-	}
 	var buf bytes.Buffer
 	if name != "" {
 		buf.WriteString("event: ")
@@ -63,14 +59,7 @@ func (s *Writer) SendRaw(name string, data []byte) error {
 	buf.WriteString("data: ")
 	buf.Write(data)
 	buf.WriteString("\n\n")
-	if _, err := s.w.Write(buf.Bytes()); err != nil {
-		s.err = err
-		return err
-	}
-	if err := s.rc.Flush(); err != nil {
-		s.err = err
-	}
-	return s.err
+	return s.b.Write(buf.Bytes(), name != rbee.EventToken)
 }
 
 // Reader reads SSE events.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee/llm"
+	"github.com/rbee-dev/rbee/sse"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -388,6 +389,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 	}
 
 	out := &responder{w: w, id: newID(chat), chat: chat, model: s.cfg.ModelName, created: time.Now().Unix(), stream: req.Stream}
+	defer out.close()
 	res, err := sess.Generate(ctx, tokens, p, out.text)
 	s.lastGen.Store(int64(res.CompletionTokens))
 	switch {
@@ -424,6 +426,7 @@ type responder struct {
 	stream   bool
 	started  bool // stream headers sent
 	buf      strings.Builder
+	out      *sse.Batcher // set by begin
 	writeErr error
 }
 
@@ -450,29 +453,32 @@ func (o *responder) begin() {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	o.w.WriteHeader(http.StatusOK)
+	o.out = sse.NewBatcher(o.w, sse.FlushInterval)
 }
 
-func (o *responder) send(v any) error {
+// close flushes a stream; the handler must call it before returning.
+func (o *responder) close() {
+	if o.out != nil {
+		_ = o.out.Close()
+	}
+}
+
+// send writes one SSE chunk; text chunks are batched, the rest flushed.
+func (o *responder) send(v any, urgent bool) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return o.sendRaw(b)
+	return o.sendRaw(b, urgent)
 }
 
-func (o *responder) sendRaw(b []byte) error {
+func (o *responder) sendRaw(b []byte, urgent bool) error {
 	if o.writeErr != nil {
 		return o.writeErr
 	}
 	buf := make([]byte, 0, len(b)+8)
 	buf = append(append(append(buf, "data: "...), b...), "\n\n"...)
-	if _, err := o.w.Write(buf); err != nil {
-		o.writeErr = err
-		return err
-	}
-	if err := http.NewResponseController(o.w).Flush(); err != nil {
-		o.writeErr = err
-	}
+	o.writeErr = o.out.Write(buf, urgent)
 	return o.writeErr
 }
 
@@ -483,7 +489,7 @@ func (o *responder) text(t string) error {
 		return nil
 	}
 	o.begin()
-	err := o.send(o.chunk(t, nil, nil, nil))
+	err := o.send(o.chunk(t, nil, nil, nil), false)
 	o.started = true
 	return err
 }
@@ -501,8 +507,8 @@ func (o *responder) finish(res llm.Result) {
 		if o.chat {
 			c.Choices = []chatChoice{{Delta: &chatDelta{}, FinishReason: &reason}}
 		}
-		if o.send(c) == nil {
-			_ = o.sendRaw([]byte("[DONE]"))
+		if o.send(c, false) == nil {
+			_ = o.sendRaw([]byte("[DONE]"), true)
 		}
 		return
 	}
@@ -524,8 +530,8 @@ func (o *responder) fail(e *apiError) {
 		writeError(o.w, e)
 		return
 	}
-	if o.send(map[string]any{"error": e}) == nil {
-		_ = o.sendRaw([]byte("[DONE]"))
+	if o.send(map[string]any{"error": e}, false) == nil {
+		_ = o.sendRaw([]byte("[DONE]"), true)
 	}
 }
 
