@@ -204,9 +204,9 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 	}
 
 	// 7–9. The hive starts or reuses the worker and streams; we relay.
-	err = h.client.InferRaw(ctx, ireq, func(name string, data []byte) error {
-		if name == rbee.EventToken {
-			return sw.SendRaw(name, data) // the hot path: tokens pass untouched
+	err = h.client.InferRaw(ctx, ireq, func(evType string, data []byte) error {
+		if evType == rbee.EventToken {
+			return sw.SendRaw(evType, data) // the hot path: tokens pass untouched
 		}
 		var ev rbee.Event
 		if err := json.Unmarshal(data, &ev); err != nil {
