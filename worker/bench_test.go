@@ -24,7 +24,8 @@ import (
 
 const (
 	benchGenTokens = 256
-	benchRuns      = 5
+	benchRuns      = 3
+	benchRounds    = 3
 )
 
 // benchPrompt is ASCII text; the byte-level vocabulary makes it one token
@@ -88,12 +89,33 @@ func BenchmarkWorker(b *testing.B) {
 	}
 }
 
-// benchPair starts the worker and loads the same model in-process, then
-// alternates runs (HTTP, in-process, HTTP, ...) so that drift in the
-// machine's load hits both sides alike; it returns the median of each.
+// benchPair measures the worker over HTTP and the same generation
+// in-process, never both loaded at once (an idle ggml context in one process
+// slows the other's threads). Rounds alternate — worker, in-process, worker,
+// ... — so drift in the machine's load hits both sides alike; it returns the
+// median of each side and the worker's peak memory.
 func benchPair(b *testing.B, model string) (httpT, inT timing, rss int64) {
+	var hs, is []timing
+	for range benchRounds {
+		h, r := benchHTTP(b, model)
+		hs = append(hs, h...)
+		rss = max(rss, r)
+		inproc, closeInproc := inProcess(b, model)
+		inproc() // warm-up
+		for range benchRuns {
+			is = append(is, inproc())
+		}
+		closeInproc()
+	}
+	return median(hs), median(is), rss
+}
+
+// benchHTTP starts a worker, runs benchRuns streamed generations after a
+// warm-up, and stops it.
+func benchHTTP(b *testing.B, model string) ([]timing, int64) {
 	threads := fmt.Sprint(benchThreads())
 	p := testenv.Start(b, workerBin, nil, "--engine", engineDir, "--model", model, "--threads", threads, "--ctx-size", "1024")
+	defer p.Stop(30 * time.Second)
 	ln, err := p.Next("listening", 30*time.Second)
 	if err != nil {
 		b.Fatal(err)
@@ -102,21 +124,16 @@ func benchPair(b *testing.B, model string) (httpT, inT timing, rss int64) {
 		b.Fatal(err)
 	}
 	url := "http://" + ln["address"].(string)
-	inproc, closeInproc := inProcess(b, model)
-	defer closeInproc()
 	streamOnce(b, url) // warm-up
-	inproc()
-	var hs, is []timing
+	var ts []timing
 	for range benchRuns {
-		hs = append(hs, streamOnce(b, url))
-		is = append(is, inproc())
+		ts = append(ts, streamOnce(b, url))
 	}
-	rss, err = testenv.PeakRSS(p.Cmd.Process.Pid)
+	rss, err := testenv.PeakRSS(p.Cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.Stop(30 * time.Second)
-	return median(hs), median(is), rss
+	return ts, rss
 }
 
 func streamOnce(b *testing.B, url string) timing {
