@@ -103,6 +103,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		threads: cfg.Threads, ctxSize: cfg.CtxSize, keepAlive: cfg.KeepAlive, log: cfg.Log, vram: a.vram,
 		workers: map[string]*workerProc{},
 	}
+	if ids := a.sup.adopt(ctx); len(ids) > 0 {
+		cfg.Log.Info("adopted workers from the previous agent", "workers", ids)
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go func() {
@@ -208,6 +211,13 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
 	mux.HandleFunc("POST /v1/infer", a.infer)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
+		// {"keep_workers": true} hands the workers over to the next agent
+		// (an upgrade) instead of stopping them.
+		var req hiveapi.ShutdownRequest
+		_ = json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req)
+		if req.KeepWorkers {
+			a.sup.release()
+		}
 		a.once.Do(func() { close(a.shutdown) })
 		w.WriteHeader(http.StatusNoContent)
 	})

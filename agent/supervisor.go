@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,7 +43,8 @@ type workerProc struct {
 	busy         atomic.Int32
 	exited       chan struct{} // closed when the process has exited
 	err          error         // why it exited (after exited closes)
-	tail         *tailBuffer
+	logPath      string        // the worker's stderr
+	adopted      bool          // started by an earlier agent; not our child
 }
 
 func (w *workerProc) snapshot() rbee.WorkerInfo {
@@ -65,7 +67,7 @@ func (w *workerProc) exitReason() string {
 	if w.err != nil {
 		msg += ": " + w.err.Error()
 	}
-	if t := w.tail.lastLine(); t != "" {
+	if t := lastLogLine(w.logPath); t != "" {
 		msg += ": " + t
 	}
 	return msg
@@ -83,10 +85,11 @@ type supervisor struct {
 	log       *slog.Logger
 	vram      *vram
 
-	mu      sync.Mutex
-	workers map[string]*workerProc
-	next    int
-	wg      sync.WaitGroup // process waiters and stdout readers
+	mu       sync.Mutex
+	workers  map[string]*workerProc
+	next     int
+	released bool           // handed over to the next agent: do not stop workers
+	wg       sync.WaitGroup // process waiters and stdout readers
 }
 
 // startSpec is what a worker is started with.
@@ -121,15 +124,18 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 		args = append(args, "--device", "auto")
 		env = append(env, "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES="+idx)
 	}
-	logf, err := os.OpenFile(filepath.Join(s.logDir, id+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logPath := filepath.Join(s.logDir, id+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("start worker: %w", err)
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	tail := &tailBuffer{max: stderrCap}
-	cmd.Stderr = io.MultiWriter(logf, tail)
+	// stderr is the log file itself, not a pipe: the worker outlives an
+	// agent that hands over to a new version, and must not write into a
+	// pipe nobody reads.
+	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -145,14 +151,7 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 			ID: id, ModelID: spec.ModelID, Model: spec.ModelPath, Device: spec.Device,
 			PID: cmd.Process.Pid, State: "starting", Started: now, LastUsed: now,
 		},
-		socket: socket, cmd: cmd, exited: make(chan struct{}), tail: tail,
-		client: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", socket)
-			},
-			MaxIdleConnsPerHost: 16,
-		}},
+		socket: socket, cmd: cmd, exited: make(chan struct{}), logPath: logPath, client: unixClient(socket),
 	}
 	if spec.Reservation != "" {
 		s.vram.attach(spec.Reservation, id)
@@ -185,12 +184,7 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 		w.err = err
 		w.mu.Unlock()
 		close(w.exited)
-		s.mu.Lock()
-		delete(s.workers, id)
-		s.mu.Unlock()
-		s.vram.releaseWorker(id)
-		os.Remove(socket)
-		s.log.Info("worker exited", "worker", id, "pid", w.info.PID, "err", err)
+		s.forget(w)
 	}()
 
 	timeout := time.NewTimer(2 * time.Minute)
@@ -216,7 +210,34 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 	w.info.State = "ready"
 	w.mu.Unlock()
 	s.vram.loaded(id)
+	s.saveState()
 	return w, nil
+}
+
+func unixClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 16,
+	}}
+}
+
+// forget drops a worker that exited.
+func (s *supervisor) forget(w *workerProc) {
+	s.mu.Lock()
+	delete(s.workers, w.info.ID)
+	s.mu.Unlock()
+	s.vram.releaseWorker(w.info.ID)
+	os.Remove(w.socket)
+	s.log.Info("worker exited", "worker", w.info.ID, "pid", w.info.PID, "err", w.err)
+	s.mu.Lock()
+	released := s.released
+	s.mu.Unlock()
+	if !released {
+		s.saveState()
+	}
 }
 
 // readHealth reads what the worker says about itself once ready.
@@ -281,20 +302,26 @@ func (s *supervisor) stopProc(w *workerProc, grace time.Duration) {
 		return
 	default:
 	}
-	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(w.info.PID, syscall.SIGTERM)
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
 	case <-w.exited:
 	case <-t.C:
-		_ = syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-w.info.PID, syscall.SIGKILL) // its process group
 		<-w.exited
 	}
 }
 
-// stopAll stops every worker and waits for the supervisor's goroutines.
+// stopAll stops every worker and waits for the supervisor's goroutines;
+// after release it stops nothing and waits for nothing (the goroutines
+// watching workers end with the process).
 func (s *supervisor) stopAll(grace time.Duration) {
 	s.mu.Lock()
+	if s.released {
+		s.mu.Unlock()
+		return
+	}
 	ws := make([]*workerProc, 0, len(s.workers))
 	for _, w := range s.workers {
 		ws = append(ws, w)
@@ -341,37 +368,23 @@ func (s *supervisor) reap(ctx context.Context) {
 	}
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
+// lastLogLine returns the last non-empty line of a log file, reading at
+// most its last stderrCap bytes.
+func lastLogLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
 	}
-	return len(p), nil
-}
-
-// lastLine returns the last non-empty line written.
-func (t *tailBuffer) lastLine() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := string(t.b)
-	for len(s) > 0 {
-		i := len(s) - 1
-		for i >= 0 && s[i] != '\n' {
-			i--
-		}
-		if line := s[i+1:]; len(line) > 0 {
-			return line
-		}
-		s = s[:max(i, 0)]
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
 	}
-	return ""
+	off := max(st.Size()-stderrCap, 0)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(buf)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -420,4 +421,44 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestHiveHandoverKeepsWorker is the upgrade path: the agent leaves its
+// workers to the next agent, which adopts them; the next job uses the same
+// worker process, warm.
+func TestHiveHandoverKeepsWorker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	before := e.workers()
+	c := e.hive()
+	hs, err := c.Handshake(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Shutdown(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, "the old agent exits", func() bool { return !pidAlive(hs.PID) })
+	if !pidAlive(before[0].PID) {
+		t.Fatalf("worker %d died with the agent", before[0].PID)
+	}
+	r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	inOrder(t, r.stderr, "hive localhost is asleep", "hive localhost is awake", "warm worker "+before[0].ID, "no spawn")
+	after := e.workers()
+	if len(after) != 1 || after[0].PID != before[0].PID {
+		t.Errorf("workers after handover = %+v, want the adopted %+v", after, before)
+	}
+	e.stopQueen() // the new agent stops the adopted worker too
+}
+
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "stat"))
+	return err == nil && !strings.Contains(string(b), ") Z ")
 }

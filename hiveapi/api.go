@@ -113,3 +113,10 @@ type InferRequest struct {
 type Workers struct {
 	Workers []rbee.WorkerInfo `json:"workers"`
 }
+
+// ShutdownRequest is the optional body of POST /v1/shutdown.
+type ShutdownRequest struct {
+	// KeepWorkers leaves the workers running for the next agent to adopt
+	// (an upgrade); otherwise they are stopped.
+	KeepWorkers bool `json:"keep_workers,omitempty"`
+}

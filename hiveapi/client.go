@@ -170,9 +170,10 @@ func (c *Client) StopWorker(ctx context.Context, id string) error {
 	return err
 }
 
-// Shutdown asks the agent to stop its workers and exit.
-func (c *Client) Shutdown(ctx context.Context) error {
-	resp, err := c.do(ctx, "POST", "/v1/shutdown", nil, nil)
+// Shutdown asks the agent to exit, stopping its workers unless
+// keepWorkers (an upgrade: the next agent adopts them).
+func (c *Client) Shutdown(ctx context.Context, keepWorkers bool) error {
+	resp, err := c.do(ctx, "POST", "/v1/shutdown", ShutdownRequest{KeepWorkers: keepWorkers}, nil)
 	if err == nil {
 		resp.Body.Close()
 	}

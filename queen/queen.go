@@ -127,7 +127,7 @@ func (q *Queen) stopHive(h *hiveConn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_ = h.client.Shutdown(ctx)
+	_ = h.client.Shutdown(ctx, false)
 	cancel()
 	select {
 	case <-h.exited:

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -27,6 +29,13 @@ func main() {
 		return
 	}
 	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "bridge" {
+		if err := bridge(args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "rbee-hive bridge: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(args) > 0 && args[0] == "serve" {
 		args = args[1:]
 	}
@@ -121,4 +130,32 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// bridge pipes stdin and stdout to the agent's socket: how the queen
+// reaches the agent over SSH when the server forbids forwarding.
+func bridge(args []string) error {
+	home, _ := os.UserHomeDir()
+	fs := flag.NewFlagSet("rbee-hive bridge", flag.ContinueOnError)
+	homeDir := fs.String("home", envOr("RBEE_HOME", filepath.Join(home, ".rbee")), "state directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	conn, err := net.Dial("unix", agent.SocketPath(*homeDir))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	go func() { // the agent's answers to stdout; ends when the agent closes
+		defer close(done)
+		_, _ = io.Copy(os.Stdout, conn)
+	}()
+	_, _ = io.Copy(conn, os.Stdin)
+	// stdin closed: let the agent finish what it sends, then leave.
+	if uc, ok := conn.(*net.UnixConn); ok {
+		_ = uc.CloseWrite()
+	}
+	<-done
+	return nil
 }

@@ -71,6 +71,9 @@ func main() {
 }
 
 func run(c cli) error {
+	// The hive may hand this worker over to a newer agent and exit: a write
+	// to a stdout nobody reads must fail, not kill the worker.
+	signal.Ignore(syscall.SIGPIPE)
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("worker", c.ID)
 	// Everything that can be checked is checked before the port is opened.
 	if err := llm.Preflight(c.Engine); err != nil {
