@@ -10,7 +10,7 @@ TESTFLAGS  ?= -count=1 -timeout 15m
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build test check bench engine models demo worker-demo clean
+.PHONY: help build agents test check bench engine models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,6 +19,10 @@ build: ## Build rbee, rbee-hive (cgo, for NVML) and rbee-worker (pure Go) into b
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee ./cmd/rbee
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee-hive ./cmd/rbee-hive
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/rbee-worker ./cmd/rbee-worker
+
+agents: build ## Cross-build the agent and worker for linux/arm64 into bin/agents/ (needs gcc-aarch64-linux-gnu)
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/agents/linux-arm64/rbee-hive ./cmd/rbee-hive
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/agents/linux-arm64/rbee-worker ./cmd/rbee-worker
 
 test: engine ## Run every test (needs the engine bundle; fetched if missing)
 	$(GO) test $(TESTFLAGS) ./...

@@ -33,6 +33,7 @@ const (
 	ExitNotFound    = 4   // model file missing or not GGUF, unknown hive or device
 	ExitNoRoom      = 5   // no device has room for the model
 	ExitWorker      = 6   // the worker failed to start or died mid-stream
+	ExitHive        = 7   // a hive could not be reached (SSH, host key, agent)
 	ExitInterrupted = 130 // Ctrl-C
 )
 
@@ -49,6 +50,8 @@ func ExitCodeFor(code string) int {
 		return ExitWorker
 	case CodeQueenDown:
 		return ExitQueen
+	case CodeHiveDown:
+		return ExitHive
 	case CodeCancelled:
 		return ExitInterrupted
 	}

@@ -108,31 +108,25 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 		}
 		narrate("hive_added", "the hive catalog is empty: added this machine as hive localhost")
 	}
-	entry, err := q.db.Hive(ctx, name)
-	if errors.Is(err, catalog.ErrNotFound) {
-		known, _ := q.db.Hives(ctx)
-		var names []string
-		for _, h := range known {
-			names = append(names, h.Name)
-		}
-		return &rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("no hive named %q (known: %s)", name, strings.Join(names, ", ")),
-			Hint: "rbee hive ls lists the hives"}
-	}
+	entry, inv, err := q.resolveHive(ctx, name)
 	if err != nil {
 		return err
-	}
-	if entry.Kind != "local" {
-		return rbee.Errorf(rbee.CodeHiveDown, "hive %s is reached over SSH, which this queen does not do yet", name)
 	}
 
 	// 4. The hive agent, running and handshaken.
-	h, err := q.localHive(ctx, narrate)
+	var h *hiveConn
+	if inv != nil {
+		h, err = q.connectRemote(ctx, *inv, false, narrate)
+	} else {
+		h, err = q.localHive(ctx, narrate)
+	}
 	if err != nil {
-		_ = q.db.SetStatus(context.WithoutCancel(ctx), name, "offline", err.Error(), time.Now())
+		q.markOffline(name, err)
 		return err
 	}
-	_ = q.db.UpsertHive(ctx, catalog.Hive{Name: name, Kind: entry.Kind, Status: "online", AgentVersion: h.handshake.Version,
-		Added: entry.Added, LastSeen: time.Now(), Capabilities: map[string]string{"os": h.handshake.OS, "arch": h.handshake.Arch}})
+	_ = q.db.UpsertHive(ctx, catalog.Hive{Name: name, Kind: entry.Kind, Host: entry.Host, Port: entry.Port, User: entry.User,
+		Status: "online", AgentVersion: h.handshake.Version, Added: entry.Added, LastSeen: time.Now(),
+		Capabilities: map[string]string{"os": h.handshake.OS, "arch": h.handshake.Arch}})
 
 	// Devices: probed on first contact, and again for each job's free memory.
 	devs, err := h.client.Devices(ctx)
@@ -145,8 +139,15 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 	h.devices = devs.Devices
 	_ = q.db.SetDevices(ctx, name, toCatalog(devs.Devices), time.Now())
 
-	// The model, registered in the hive's catalog (size, sha256, estimate).
-	model, err := h.client.AddModel(ctx, hiveapi.AddModelRequest{Path: req.Model})
+	// The model, on the hive (pushed there when the hive is remote) and in
+	// its catalog (size, sha256, estimate).
+	modelPath := req.Model
+	if h.remote != nil {
+		if modelPath, err = q.pushModel(ctx, h, req.Model, send); err != nil {
+			return err
+		}
+	}
+	model, err := h.client.AddModel(ctx, hiveapi.AddModelRequest{Path: modelPath, Ref: req.Model})
 	if err != nil {
 		return hiveError(err)
 	}
@@ -225,7 +226,18 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 		return send(ev)
 	})
 	if err != nil {
-		return hiveError(err)
+		if h.remote != nil && ctx.Err() == nil {
+			select {
+			case <-h.remote.conn.Done():
+				err = rbee.Errorf(rbee.CodeHiveDown, "hive %s: the SSH connection broke: %v", name, h.remote.conn.Err())
+			default:
+			}
+		}
+		err = hiveError(err)
+		if rbee.CodeOf(err) == rbee.CodeHiveDown {
+			q.markOffline(name, err)
+		}
+		return err
 	}
 	return nil
 }

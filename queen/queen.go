@@ -2,7 +2,10 @@ package queen
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"io"
 
 	"fmt"
 	"log/slog"
@@ -33,6 +36,7 @@ type Config struct {
 	EngineDir string        // engine bundle, handed to the local hive
 	KeepAlive time.Duration // idle workers stop after this (the hive enforces it)
 	HiveArgs  []string      // extra flags for the local hive (tests: --nvml-library)
+	SSH       SSH           // remote hives
 	Scheduler scheduler.Scheduler
 	Log       *slog.Logger
 }
@@ -51,6 +55,9 @@ type Queen struct {
 	workers map[string]rbee.WorkerInfo // worker registry, by worker id
 	jobs    map[string]context.CancelFunc
 
+	shaMu sync.Mutex
+	shas  map[string]string // local model sha256 by path|size|mtime
+
 	wakeMu   sync.Mutex // one hive wake at a time
 	wg       sync.WaitGroup
 	shutdown chan struct{}
@@ -65,6 +72,7 @@ type hiveConn struct {
 	cmd       *exec.Cmd     // set when this queen started the agent
 	exited    chan struct{} // closed when that process exits
 	devices   []hiveapi.Device
+	remote    *remoteHive // set for hives reached over SSH
 }
 
 // New opens the hive catalog and returns a queen in the ready state.
@@ -87,6 +95,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	return &Queen{
 		cfg: cfg, log: cfg.Log, db: db, sched: cfg.Scheduler, started: time.Now(), state: StateReady,
 		hives: map[string]*hiveConn{}, workers: map[string]rbee.WorkerInfo{}, jobs: map[string]context.CancelFunc{},
+		shas:     map[string]string{},
 		shutdown: make(chan struct{}),
 	}, nil
 }
@@ -123,6 +132,12 @@ func (q *Queen) Close() error {
 // stopHive asks an agent this queen started to stop, then signals it.
 func (q *Queen) stopHive(h *hiveConn) {
 	defer h.client.Close()
+	if h.remote != nil {
+		// Remote agents keep running: they serve the next queen, and
+		// their workers stay warm. Only the connection goes.
+		h.remote.conn.Close()
+		return
+	}
 	if h.cmd == nil {
 		return
 	}
@@ -149,7 +164,12 @@ func (q *Queen) Handler() http.Handler {
 	mux.HandleFunc("GET /health", q.health)
 	mux.HandleFunc("POST /v1/jobs", q.job)
 	mux.HandleFunc("DELETE /v1/jobs/{id}", q.cancelJob)
-	mux.HandleFunc("GET /v1/hives", q.listHives)
+	mux.HandleFunc("GET /v1/hives", q.listHiveInfo)
+	mux.HandleFunc("POST /v1/hives", q.addHive)
+	mux.HandleFunc("GET /v1/hives/{name}", q.hiveStatus)
+	mux.HandleFunc("DELETE /v1/hives/{name}", q.removeHive)
+	mux.HandleFunc("GET /v1/hives/{name}/logs", q.hiveLogs)
+	mux.HandleFunc("POST /v1/up", q.up)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })
@@ -193,19 +213,6 @@ func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
 	}
 	cancel()
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func (q *Queen) listHives(w http.ResponseWriter, r *http.Request) {
-	hs, err := q.db.Hives(r.Context())
-	if err != nil {
-		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
-		return
-	}
-	out := make([]HiveStatus, 0, len(hs))
-	for _, h := range hs {
-		out = append(out, HiveStatus{Name: h.Name, Kind: h.Kind, Status: h.Status, Reason: h.StatusReason, Version: h.AgentVersion, LastSeen: h.LastSeen})
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"hives": out})
 }
 
 func (q *Queen) listWorkers(w http.ResponseWriter, r *http.Request) {
@@ -329,4 +336,40 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeErr(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]any{"error": rbee.Error{Code: code, Message: msg}})
+}
+
+func fileSHA256(ctx context.Context, p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+}
+
+// tailFile returns the last n lines of a file.
+func tailFile(p string, n int) ([]byte, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) > n+1 {
+		lines = lines[len(lines)-n-1:]
+	}
+	return []byte(strings.Join(lines, "\n")), nil
 }

@@ -60,10 +60,11 @@ func (c *inferCmd) Validate() error {
 
 // printer shows events the way the person asked for.
 type printer struct {
-	json   bool
-	quiet  bool
-	out    *bufio.Writer
-	tokens int
+	json    bool
+	quiet   bool
+	upLines bool // rbee up: hive lines and errors on stdout, one per host
+	out     *bufio.Writer
+	tokens  int
 }
 
 func (p *printer) event(ev rbee.Event) {
@@ -80,6 +81,11 @@ func (p *printer) event(ev rbee.Event) {
 		p.out.Flush()
 		p.tokens++
 	case rbee.EventNarration, rbee.EventProgress:
+		if p.upLines && ev.Action == "hive_up" {
+			fmt.Fprintf(p.out, "%s: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)
+			p.out.Flush()
+			return
+		}
 		if !p.quiet {
 			fmt.Fprintf(os.Stderr, "[%s] %s\n", ev.Actor, ev.Message)
 		}
@@ -97,7 +103,12 @@ func (p *printer) event(ev rbee.Event) {
 			fmt.Fprintf(os.Stderr, "[%s] done: %d prompt + %d generated tokens, %.1f tokens/s, %s %s on %s/%s (%s)\n",
 				ev.Actor, d.PromptTokens, d.CompletionTokens, d.TokensPerSecond, warm, d.Worker, d.Hive, d.Device, d.FinishReason)
 		}
-	case rbee.EventError, rbee.EventJob:
+	case rbee.EventError:
+		if p.upLines && strings.HasPrefix(ev.Actor, "hive ") {
+			fmt.Fprintf(p.out, "%s: FAILED: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)
+			p.out.Flush()
+		}
+	case rbee.EventJob:
 	default: // a type this keeper does not know: ignored
 	}
 }
@@ -149,7 +160,14 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 		Prompt: c.Prompt, Model: model, Hive: c.Hive, Device: c.Device, MaxTokens: c.MaxTokens,
 		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain,
 	})
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/jobs", bytes.NewReader(body))
+	return followJob(ctx, addr, "/v1/jobs", body, p, true)
+}
+
+// followJob posts body to the queen and follows the event stream it
+// answers with, printing events with p. needDone: the stream must end with
+// a done event.
+func followJob(ctx context.Context, addr, path string, body []byte, p *printer, needDone bool) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -163,14 +181,7 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !sse.IsStream(resp) {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
-		var e struct {
-			Error rbee.Error `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
-			return exitf(rbee.ExitCodeFor(e.Error.Code), "", "%s", e.Error.Message)
-		}
-		return exitf(rbee.ExitQueen, "", "submit job: status %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
+		return apiError(resp)
 	}
 	var failed *rbee.Event
 	done := false
@@ -195,10 +206,22 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return exitf(rbee.ExitQueen, "", "the queen's event stream broke off: %v", err)
 	}
-	if !done {
+	if needDone && !done {
 		return exitf(rbee.ExitError, "", "the job ended without a result")
 	}
 	return nil
+}
+
+// apiError turns a queen error answer into an exit error.
+func apiError(resp *http.Response) error {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
+	var e struct {
+		Error rbee.Error `json:"error"`
+	}
+	if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
+		return exitf(rbee.ExitCodeFor(e.Error.Code), e.Error.Hint, "%s", e.Error.Message)
+	}
+	return exitf(rbee.ExitQueen, "", "queen: status %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
 }
 
 // flagGiven reports whether the flag was on the command line (not from the

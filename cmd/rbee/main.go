@@ -24,6 +24,8 @@ type globals struct {
 type cli struct {
 	globals
 	Infer   inferCmd   `cmd:"" help:"Run a prompt on the fleet (the local machine by default)."`
+	Hive    hiveCmd    `cmd:"" help:"Manage hives: the hosts rbee runs models on."`
+	Up      upCmd      `cmd:"" help:"Connect every hive in the inventory and start its agent."`
 	Queen   queenCmd   `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/rbee-dev/rbee/provision"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +54,29 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	if lib := os.Getenv("RBEE_NVML_LIBRARY"); lib != "" {
 		cfg.HiveArgs = append(cfg.HiveArgs, "--nvml-library", lib)
 	}
+	// What remote hives get: this machine's builds for its own platform,
+	// plus cross builds in <bin>/agents/<os>-<arch>/ (make agents).
+	plat := runtime.GOOS + "/" + runtime.GOARCH
+	a := provision.Artifacts{
+		Agents:  map[string]string{plat: cfg.HiveBin},
+		Workers: map[string]string{plat: cfg.WorkerBin},
+		Engines: map[string]string{plat: cfg.EngineDir},
+	}
+	if ents, err := os.ReadDir(filepath.Join(dir, "agents")); err == nil {
+		for _, e := range ents {
+			osName, arch, ok := strings.Cut(e.Name(), "-")
+			if !ok || !e.IsDir() {
+				continue
+			}
+			p := osName + "/" + arch
+			a.Agents[p] = filepath.Join(dir, "agents", e.Name(), "rbee-hive")
+			a.Workers[p] = filepath.Join(dir, "agents", e.Name(), "rbee-worker")
+			if eng := os.Getenv("RBEE_ENGINE_" + strings.ToUpper(osName+"_"+arch)); eng != "" {
+				a.Engines[p] = eng
+			}
+		}
+	}
+	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG")}
 	if cfg.EngineDir == "" {
 		return cfg, exitf(rbee.ExitUsage, "run `make engine` and set RBEE_ENGINE=.rbee-dev/engine/llama-cpu, or pass --engine", "no engine bundle configured")
 	}

@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/queen"
+)
+
+// sshEnv is an env whose keeper knows SSH hosts from the harness.
+func sshEnv(t *testing.T, n int, opt sshtest.Options) (*env, []*sshtest.Host) {
+	t.Helper()
+	if err := sshtest.Available(); err != nil {
+		t.Fatalf("SSH hosts cannot run here: %v (.ci/run installs openssh-server)", err)
+	}
+	hosts := sshtest.Start(t, n, opt)
+	e := newEnv(t)
+	e.vars = append(e.vars, "RBEE_INVENTORY="+filepath.Join(e.home, "inventory.toml"))
+	return e, hosts
+}
+
+func target(h *sshtest.Host) string { return h.User + "@" + h.Addr }
+
+// addHive runs rbee hive add for h as hive name.
+func (e *env) addHive(h *sshtest.Host, name string) result {
+	e.t.Helper()
+	return e.rbee("hive", "add", target(h), "--name", name, "--identity", h.ClientKey, "--accept-new-host-key")
+}
+
+func TestSSHHivesEndToEnd(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 3, sshtest.Options{})
+	for i, h := range hosts {
+		name := fmt.Sprintf("h%d", i+1)
+		r := e.addHive(h, name)
+		if r.code != 0 || !strings.Contains(r.stdout, "hive "+name+" is ready") {
+			t.Fatalf("hive add %s: exit %d\n%s\n%s", name, r.code, r.stdout, r.stderr)
+		}
+		inOrder(t, r.stderr, "connecting to hive "+name, "uploaded rbee-hive, rbee-worker, engine", "started rbee-hive", "has 1 device(s): cpu", "added to")
+		// Twice is harmless.
+		if r := e.addHive(h, name); r.code != 0 || strings.Contains(r.stderr, "uploaded") {
+			t.Fatalf("second hive add %s: exit %d\n%s", name, r.code, r.stderr)
+		}
+	}
+	r := e.rbee("up")
+	if r.code != 0 {
+		t.Fatalf("rbee up: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for i := range hosts {
+		if !strings.Contains(r.stdout, fmt.Sprintf("h%d: up: rbee-hive", i+1)) {
+			t.Errorf("rbee up lacks the line for h%d:\n%s", i+1, r.stdout)
+		}
+	}
+	for i, h := range hosts {
+		name := fmt.Sprintf("h%d", i+1)
+		r := e.rbee("infer", "--hive", name, "--model", alphabet, "--temperature", "0", "abc")
+		if r.code != 0 || r.stdout != alphabetRest+"\n" {
+			t.Fatalf("infer on %s: exit %d %q\n%s", name, r.code, r.stdout, r.stderr)
+		}
+		inOrder(t, r.stderr, "pushing alphabet.gguf", "starting a worker", "done:")
+		// The worker runs on the host, as the host's user.
+		out := h.Run(t, "pgrep -u "+h.User+" -f rbee-worker || true")
+		if strings.TrimSpace(out) == "" {
+			t.Errorf("no rbee-worker process of %s on host %s", h.User, name)
+		}
+		// Security: the agent's socket is 0600 and no process of the host
+		// user listens on TCP.
+		st, err := os.Stat(filepath.Join(h.Home, ".rbee", "run", "hive.sock"))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("agent socket on %s: %v mode %v, want 0600", name, err, st.Mode())
+		}
+		if ls := tcpListeners(t, h.UID); len(ls) > 0 {
+			t.Errorf("host user %s listens on TCP: %v", h.User, ls)
+		}
+	}
+	var ls []queen.HiveInfo
+	r = e.rbee("hive", "ls", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &ls); err != nil || len(ls) < 3 {
+		t.Fatalf("hive ls --json: %v %q", err, r.stdout)
+	}
+	for _, h := range ls {
+		if h.Kind == "ssh" && (h.Status != "online" || h.Version == "" || len(h.Devices) == 0) {
+			t.Errorf("hive ls: %+v, want online with agent version and devices", h)
+		}
+	}
+	e.stopQueen()
+}
+
+// tcpListeners lists TCP sockets in LISTEN state owned by uid.
+func tcpListeners(t *testing.T, uid int) []string {
+	var out []string
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) > 7 && fs[3] == "0A" && fs[7] == strconv.Itoa(uid) {
+				out = append(out, fs[1])
+			}
+		}
+	}
+	return out
+}
+
+func TestSSHRefusals(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 2, sshtest.Options{})
+	h, other := hosts[0], hosts[1]
+	marker := filepath.Join(e.home, "pwned")
+
+	t.Run("unknown host key", func(t *testing.T) {
+		r := e.rbee("hive", "add", target(h), "--name", "h1", "--identity", h.ClientKey)
+		if r.code != rbee.ExitHive || !strings.Contains(r.stderr, "SHA256:") || !strings.Contains(r.stderr, "--accept-new-host-key") {
+			t.Errorf("exit %d, want %d with the fingerprint and the flag to pass:\n%s", r.code, rbee.ExitHive, r.stderr)
+		}
+		if b, _ := os.ReadFile(filepath.Join(e.home, ".ssh", "known_hosts")); strings.Contains(string(b), h.Addr[:strings.LastIndex(h.Addr, ":")]) {
+			t.Errorf("the unknown key was recorded:\n%s", b)
+		}
+	})
+	t.Run("wrong client key", func(t *testing.T) {
+		r := e.rbee("hive", "add", target(h), "--name", "h1", "--identity", other.ClientKey, "--accept-new-host-key")
+		if r.code != rbee.ExitHive || !strings.Contains(r.stderr, "authorized_keys") {
+			t.Errorf("exit %d, want %d with advice on authorized_keys:\n%s", r.code, rbee.ExitHive, r.stderr)
+		}
+	})
+	t.Run("metacharacters in the host", func(t *testing.T) {
+		for _, bad := range []string{"u@$(touch " + marker + ")", "u@`touch " + marker + "`", "u@h;touch " + marker} {
+			r := e.rbee("hive", "add", bad, "--name", "bad", "--accept-new-host-key")
+			if r.code != rbee.ExitUsage {
+				t.Errorf("hive add %q: exit %d, want %d\n%s", bad, r.code, rbee.ExitUsage, r.stderr)
+			}
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatal("a command in the host name ran")
+		}
+	})
+	t.Run("metacharacters in the model path", func(t *testing.T) {
+		if r := e.addHive(h, "h1"); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+		dir := t.TempDir()
+		evil := filepath.Join(dir, "$(touch "+marker+") `touch "+marker+"`; touch "+marker+".gguf")
+		data, _ := os.ReadFile(alphabet)
+		if err := os.WriteFile(evil, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := e.rbee("infer", "--hive", "h1", "--model", evil, "--temperature", "0", "abc")
+		if r.code != 0 || r.stdout != alphabetRest+"\n" {
+			t.Fatalf("exit %d %q\n%s", r.code, r.stdout, r.stderr)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatal("a command in the model path ran")
+		}
+		if out := h.Run(t, "ls -a ~ /tmp | grep -c pwned || true"); strings.TrimSpace(out) != "0" {
+			t.Fatalf("a command in the model path ran on the host: %s", out)
+		}
+	})
+	t.Run("changed host key", func(t *testing.T) {
+		h.RotateHostKey(t)
+		r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "abc")
+		if r.code != rbee.ExitHive || strings.Count(r.stderr, "SHA256:") < 2 {
+			t.Errorf("exit %d, want %d naming both fingerprints:\n%s", r.code, rbee.ExitHive, r.stderr)
+		}
+		r = e.rbee("hive", "add", target(h), "--name", "h1", "--identity", h.ClientKey, "--accept-new-host-key")
+		if r.code != rbee.ExitHive {
+			t.Errorf("a changed key must be refused even with --accept-new-host-key: exit %d\n%s", r.code, r.stderr)
+		}
+	})
+	e.stopQueen()
+}
+
+func TestSSHForwardingDisabledUsesBridge(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{NoForwarding: true})
+	r := e.addHive(hosts[0], "h1")
+	if r.code != 0 || !strings.Contains(r.stderr, "via bridge") {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("infer through the bridge: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+func TestSSHDKilledMidStream(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	cmd, errb := firstToken(t, e, "--hive", "h1", "hello")
+	h.Kill()
+	err := cmd.Wait()
+	if code := exitCode(err); code != rbee.ExitHive {
+		t.Fatalf("exit %d, want %d\n%s", code, rbee.ExitHive, errb.String())
+	}
+	if !strings.Contains(errb.String(), "hive h1") {
+		t.Errorf("the error does not name the hive:\n%s", errb.String())
+	}
+	var ls []queen.HiveInfo
+	r := e.rbee("hive", "ls", "--json")
+	_ = json.Unmarshal([]byte(r.stdout), &ls)
+	var h1 queen.HiveInfo
+	for _, x := range ls {
+		if x.Name == "h1" {
+			h1 = x
+		}
+	}
+	if h1.Status != "offline" || h1.Reason == "" {
+		t.Errorf("hive h1 = %+v, want offline with a reason", h1)
+	}
+	r = e.rbee("infer", "--hive", "h1", "--model", longModel, "--max-tokens", "3", "hi")
+	if r.code != rbee.ExitHive {
+		t.Errorf("infer to a host without sshd: exit %d, want %d\n%s", r.code, rbee.ExitHive, r.stderr)
+	}
+	h.Restart(t)
+	r = e.rbee("infer", "--hive", "h1", "--model", longModel, "--temperature", "0", "--max-tokens", "3", "hi")
+	if r.code != 0 || !strings.Contains(r.stderr, "no spawn") {
+		t.Errorf("after sshd is back the running worker should be used: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen()
+}
+
+var _ = syscall.SIGKILL

@@ -1,0 +1,414 @@
+package provision
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/poll"
+	"github.com/rbee-dev/rbee/remote"
+)
+
+// Platform names a build target, "linux/amd64".
+type Platform = string
+
+// Artifacts are the local files a host may need.
+type Artifacts struct {
+	Agents  map[Platform]string // rbee-hive builds
+	Workers map[Platform]string // rbee-worker builds
+	Engines map[Platform]string // engine bundle directories
+}
+
+// Probe is what the probe phase learned about a host.
+type Probe struct {
+	OS, Arch  string // "linux", "amd64"
+	Machine   string // uname -m
+	Libc      string // first line of ldd --version
+	Libffi    bool
+	FreeBytes uint64 // in the home's filesystem
+	Home      string
+}
+
+// Platform returns the host's build target.
+func (p Probe) Platform() Platform { return p.OS + "/" + p.Arch }
+
+// Layout is where rbee lives on a host.
+type Layout struct{ Home string }
+
+// RbeeDir is the agent's home on the host.
+func (l Layout) RbeeDir() string { return path.Join(l.Home, ".rbee") }
+
+// AgentPath is the versioned path of the agent binary.
+func (l Layout) AgentPath(version string) string {
+	return path.Join(l.RbeeDir(), "hive", version, "rbee-hive")
+}
+
+// WorkerPath is the versioned path of the worker binary.
+func (l Layout) WorkerPath(version string) string {
+	return path.Join(l.RbeeDir(), "hive", version, "rbee-worker")
+}
+
+// EngineDir is where an engine bundle of a version lives.
+func (l Layout) EngineDir(version string) string { return path.Join(l.RbeeDir(), "engines", version) }
+
+// Socket is the agent's unix socket.
+func (l Layout) Socket() string { return path.Join(l.RbeeDir(), "run", "hive.sock") }
+
+// LogPath is the agent's log file.
+func (l Layout) LogPath() string { return path.Join(l.RbeeDir(), "logs", "hive.log") }
+
+// Result is what Up did on one host.
+type Result struct {
+	Probe     Probe
+	Handshake hiveapi.Handshake
+	Installed bool   // the agent was (re)started by this call
+	Replaced  string // version of an agent replaced gracefully
+	Uploaded  []string
+	Transport string // "streamlocal" or "bridge"
+}
+
+// Options tune Up.
+type Options struct {
+	Name      string        // hive name the agent narrates as
+	KeepAlive time.Duration // worker keep-alive on the host
+	Narrate   func(action, msg string)
+}
+
+// probeScript prints one fact per line. It is a constant: no user input is
+// ever pasted into a remote command.
+const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 1; ` +
+	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libffi.so.8" ] && { echo libffi=yes; break; }; done; ` +
+	`df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
+
+// ProbeHost runs the probe phase.
+func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
+	out, err := c.Run(ctx, []string{"sh", "-c", probeScript}, nil)
+	if err != nil {
+		return Probe{}, fmt.Errorf("probe: %w", err)
+	}
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		lines = append(lines, strings.TrimSpace(sc.Text()))
+	}
+	p := Probe{}
+	if len(lines) < 5 {
+		return p, fmt.Errorf("probe: unexpected answer %q", out)
+	}
+	p.OS = strings.ToLower(lines[0])
+	p.Machine = lines[1]
+	switch lines[1] {
+	case "x86_64", "amd64":
+		p.Arch = "amd64"
+	case "aarch64", "arm64":
+		p.Arch = "arm64"
+	default:
+		p.Arch = lines[1]
+	}
+	p.Libc = lines[2]
+	i := 3
+	if lines[i] == "libffi=yes" {
+		p.Libffi = true
+		i++
+	}
+	if kb, err := strconv.ParseUint(lines[i], 10, 64); err == nil {
+		p.FreeBytes = kb * 1024
+	}
+	p.Home = lines[len(lines)-1]
+	if !path.IsAbs(p.Home) {
+		return p, fmt.Errorf("probe: home %q is not absolute", p.Home)
+	}
+	return p, nil
+}
+
+// Dialer reaches the agent's socket on the host: streamlocal forwarding, or
+// `rbee-hive bridge` when the server forbids it.
+func Dialer(c *remote.Conn, l Layout, version string) (hiveapi.DialFunc, func(ctx context.Context) string) {
+	var mode atomic.Value // "", "streamlocal" or "bridge"
+	mode.Store("")
+	dial := func(ctx context.Context) (net.Conn, error) {
+		if m := mode.Load().(string); m != "bridge" {
+			conn, err := c.DialUnix(ctx, l.Socket())
+			if err == nil {
+				mode.Store("streamlocal")
+				return conn, nil
+			}
+			if m == "streamlocal" || !isForwardingRefused(err) {
+				return nil, err
+			}
+			mode.Store("bridge")
+		}
+		return c.DialBridge(ctx, []string{l.AgentPath(version), "bridge", "--home", l.RbeeDir()})
+	}
+	return dial, func(context.Context) string { return mode.Load().(string) }
+}
+
+// isForwardingRefused tells a server that forbids streamlocal forwarding
+// from a socket nobody listens on.
+func isForwardingRefused(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "administratively prohibited") || strings.Contains(s, "prohibited")
+}
+
+// Up makes sure the agent of this build runs on the host and answers the
+// handshake, installing or replacing it as needed.
+func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, *hiveapi.Client, error) {
+	narrate := opt.Narrate
+	if narrate == nil {
+		narrate = func(string, string) {}
+	}
+	var res Result
+	p, err := ProbeHost(ctx, c)
+	if err != nil {
+		return res, nil, err
+	}
+	res.Probe = p
+	l := Layout{Home: p.Home}
+	dial, mode := Dialer(c, l, rbee.Version)
+	client := hiveapi.NewClient(opt.Name, dial)
+
+	// Try the agent that may already run: same version = nothing to do.
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	hs, herr := client.Handshake(hctx)
+	cancel()
+	if herr == nil && hs.Version == rbee.Version && hs.Protocol == rbee.ProtocolVersion {
+		res.Handshake, res.Transport = hs, mode(ctx)
+		return res, client, nil
+	}
+
+	// Install: the files this platform needs.
+	if p.OS != "linux" {
+		return res, nil, fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
+	}
+	plat := p.Platform()
+	agentSrc, workerSrc, engineSrc := a.Agents[plat], a.Workers[plat], a.Engines[plat]
+	if agentSrc == "" || workerSrc == "" || engineSrc == "" {
+		return res, nil, fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
+	}
+	if !p.Libffi {
+		return res, nil, fmt.Errorf("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
+	}
+	need, err := sizeOf(agentSrc, workerSrc, engineSrc)
+	if err != nil {
+		return res, nil, err
+	}
+	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
+		return res, nil, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
+	}
+	up, err := pushFile(ctx, c, agentSrc, l.AgentPath(rbee.Version), 0o755)
+	if err != nil {
+		return res, nil, err
+	}
+	if up {
+		res.Uploaded = append(res.Uploaded, "rbee-hive")
+	}
+	if up, err = pushFile(ctx, c, workerSrc, l.WorkerPath(rbee.Version), 0o755); err != nil {
+		return res, nil, err
+	}
+	if up {
+		res.Uploaded = append(res.Uploaded, "rbee-worker")
+	}
+	m, err := bundle.Validate(engineSrc)
+	if err != nil {
+		return res, nil, fmt.Errorf("engine bundle: %w", err)
+	}
+	engineDir := l.EngineDir(m.Version)
+	if n, err := pushBundle(ctx, c, engineSrc, engineDir, m); err != nil {
+		return res, nil, err
+	} else if n > 0 {
+		res.Uploaded = append(res.Uploaded, fmt.Sprintf("engine %s (%d files)", m.Version, n))
+	}
+	if len(res.Uploaded) > 0 {
+		narrate("agent_uploaded", fmt.Sprintf("uploaded %s", strings.Join(res.Uploaded, ", ")))
+	}
+
+	// Replace an agent of another version gracefully: its workers stay.
+	if herr == nil {
+		narrate("agent_replace", fmt.Sprintf("replacing rbee-hive %s (pid %d) with %s; its workers stay", hs.Version, hs.PID, rbee.Version))
+		res.Replaced = hs.Version
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := client.Shutdown(sctx, true)
+		cancel()
+		if err != nil {
+			return res, nil, fmt.Errorf("stop the old agent: %w", err)
+		}
+		err = poll.Until(ctx, poll.Config{Timeout: 15 * time.Second}, func(ctx context.Context) (bool, error) {
+			out, err := c.Run(ctx, []string{"sh", "-c", `kill -0 "$1" 2>/dev/null && echo alive || echo gone`, "sh", strconv.Itoa(hs.PID)}, nil)
+			return err == nil && strings.TrimSpace(string(out)) == "gone", err
+		})
+		if err != nil {
+			return res, nil, fmt.Errorf("the old agent (pid %d) did not exit: %w", hs.PID, err)
+		}
+	}
+
+	// Start detached: its own session, stdin from /dev/null, output to its log.
+	args := []string{"sh", "-c", `log=$1; shift; mkdir -p "$(dirname "$log")"; setsid "$@" </dev/null >>"$log" 2>&1 &`, "sh",
+		l.LogPath(), l.AgentPath(rbee.Version), "serve", "--home", l.RbeeDir(), "--name", opt.Name,
+		"--worker-binary", l.WorkerPath(rbee.Version), "--engine", engineDir}
+	if opt.KeepAlive > 0 {
+		args = append(args, "--keep-alive", opt.KeepAlive.String())
+	}
+	if _, err := c.Run(ctx, args, nil); err != nil {
+		return res, nil, fmt.Errorf("start agent: %w", err)
+	}
+	res.Installed = true
+	err = poll.Until(ctx, poll.Config{Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
+		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		hs, err = client.Handshake(hctx)
+		return err == nil, err
+	})
+	if err != nil {
+		tail, _ := c.Run(ctx, []string{"tail", "-n", "5", l.LogPath()}, nil)
+		return res, nil, fmt.Errorf("agent did not answer the handshake: %w; its log ends: %s", err, strings.TrimSpace(string(tail)))
+	}
+	if hs.Version != rbee.Version || hs.Protocol != rbee.ProtocolVersion {
+		return res, nil, fmt.Errorf("agent answers version %s protocol %d, want %s protocol %d", hs.Version, hs.Protocol, rbee.Version, rbee.ProtocolVersion)
+	}
+	res.Handshake, res.Transport = hs, mode(ctx)
+	return res, client, nil
+}
+
+func platforms(a Artifacts) string {
+	var ps []string
+	for p := range a.Agents {
+		ps = append(ps, p)
+	}
+	if len(ps) == 0 {
+		return "none"
+	}
+	return strings.Join(ps, ", ")
+}
+
+func sizeOf(paths ...string) (uint64, error) {
+	var n uint64
+	for _, p := range paths {
+		err := filepath.Walk(p, func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n += uint64(fi.Size())
+			}
+			return err
+		})
+		if err != nil {
+			return 0, fmt.Errorf("size of %s: %w", p, err)
+		}
+	}
+	return n, nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// remoteSums returns the sha256 of each existing path on the host.
+func remoteSums(ctx context.Context, c *remote.Conn, paths []string) (map[string]string, error) {
+	argv := append([]string{"sh", "-c", `for f in "$@"; do [ -f "$f" ] && sha256sum "$f"; done; true`, "sh"}, paths...)
+	out, err := c.Run(ctx, argv, nil)
+	if err != nil {
+		return nil, fmt.Errorf("checksums: %w", err)
+	}
+	sums := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		sum, p, ok := strings.Cut(line, "  ")
+		if ok {
+			sums[p] = sum
+		}
+	}
+	return sums, nil
+}
+
+// pushFile uploads src to dst unless dst already has the same content.
+// The upload goes to a temporary name, is checked, then renamed.
+func pushFile(ctx context.Context, c *remote.Conn, src, dst string, mode os.FileMode) (uploaded bool, err error) {
+	want, err := fileSHA256(src)
+	if err != nil {
+		return false, fmt.Errorf("push %s: %w", src, err)
+	}
+	sums, err := remoteSums(ctx, c, []string{dst})
+	if err != nil {
+		return false, err
+	}
+	if sums[dst] == want {
+		return false, nil
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return false, fmt.Errorf("push %s: %w", src, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	got, err := c.Upload(ctx, f, st.Size(), dst, mode)
+	if err != nil {
+		return false, fmt.Errorf("push %s: %w", filepath.Base(src), err)
+	}
+	if got != want {
+		return false, fmt.Errorf("push %s: checksum %s on the host, %s here", filepath.Base(src), got, want)
+	}
+	return true, nil
+}
+
+// pushBundle uploads the bundle's files that differ and recreates its links.
+func pushBundle(ctx context.Context, c *remote.Conn, src, dst string, m *bundle.Manifest) (int, error) {
+	var paths []string
+	for _, f := range m.Files {
+		paths = append(paths, path.Join(dst, f.Name))
+	}
+	sums, err := remoteSums(ctx, c, append(paths, path.Join(dst, bundle.ManifestName)))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, f := range m.Files {
+		if sums[path.Join(dst, f.Name)] == f.SHA256 {
+			continue
+		}
+		if _, err := pushFile(ctx, c, filepath.Join(src, f.Name), path.Join(dst, f.Name), 0o644); err != nil {
+			return n, err
+		}
+		n++
+	}
+	// The manifest last: a bundle with a manifest is complete.
+	if _, err := pushFile(ctx, c, filepath.Join(src, bundle.ManifestName), path.Join(dst, bundle.ManifestName), 0o644); err != nil {
+		return n, err
+	}
+	if len(m.Links) > 0 {
+		argv := []string{"sh", "-c", `dir=$1; shift; while [ $# -ge 2 ]; do ln -sfn "$2" "$dir/$1"; shift 2; done`, "sh", dst}
+		for name, target := range m.Links {
+			if strings.Contains(name, "/") || strings.Contains(target, "/") {
+				return n, errors.New("engine bundle: links must stay inside the bundle")
+			}
+			argv = append(argv, name, target)
+		}
+		if _, err := c.Run(ctx, argv, nil); err != nil {
+			return n, fmt.Errorf("engine bundle links: %w", err)
+		}
+	}
+	return n, nil
+}
