@@ -136,33 +136,33 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 	return p, nil
 }
 
-// Dialer reaches the agent's socket on the host: streamlocal forwarding, or
-// `rbee-hive bridge` when the server forbids it.
+// Dialer reaches the agent's socket on the host: streamlocal forwarding,
+// or `rbee-hive bridge` over an exec channel when that fails (servers that
+// forbid forwarding answer like a missing socket, so both are told apart
+// only by trying). HTTP keep-alive makes dials rare. mode reports the way
+// the last dial went.
 func Dialer(c *remote.Conn, l Layout, version string) (hiveapi.DialFunc, func(ctx context.Context) string) {
 	var mode atomic.Value // "", "streamlocal" or "bridge"
 	mode.Store("")
 	dial := func(ctx context.Context) (net.Conn, error) {
-		if m := mode.Load().(string); m != "bridge" {
-			conn, err := c.DialUnix(ctx, l.Socket())
-			if err == nil {
-				mode.Store("streamlocal")
-				return conn, nil
-			}
-			if m == "streamlocal" || !isForwardingRefused(err) {
-				return nil, err
-			}
-			mode.Store("bridge")
+		conn, err := c.DialUnix(ctx, l.Socket())
+		if err == nil {
+			mode.Store("streamlocal")
+			return conn, nil
 		}
-		return c.DialBridge(ctx, []string{l.AgentPath(version), "bridge", "--home", l.RbeeDir()})
+		select {
+		case <-c.Done():
+			return nil, err
+		default:
+		}
+		bconn, berr := c.DialBridge(ctx, []string{l.AgentPath(version), "bridge", "--home", l.RbeeDir()})
+		if berr != nil {
+			return nil, fmt.Errorf("%w; bridge: %w", err, berr)
+		}
+		mode.Store("bridge")
+		return bconn, nil
 	}
 	return dial, func(context.Context) string { return mode.Load().(string) }
-}
-
-// isForwardingRefused tells a server that forbids streamlocal forwarding
-// from a socket nobody listens on.
-func isForwardingRefused(err error) bool {
-	s := err.Error()
-	return strings.Contains(s, "administratively prohibited") || strings.Contains(s, "prohibited")
 }
 
 // Up makes sure the agent of this build runs on the host and answers the
