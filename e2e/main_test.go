@@ -70,6 +70,7 @@ func setup(m *testing.M) (int, error) {
 // env is one test's world: its own home, queen port and processes.
 type env struct {
 	t     testing.TB
+	bin   string // the rbee binary; "" = the one built for this test run
 	home  string
 	queen string
 	vars  []string
@@ -110,7 +111,11 @@ type result struct {
 // rbee runs the keeper to completion.
 func (e *env) rbee(args ...string) result {
 	e.t.Helper()
-	cmd := exec.Command(bins.Rbee, args...)
+	bin := e.bin
+	if bin == "" {
+		bin = bins.Rbee
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), e.vars...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -3,11 +3,12 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/rbee-dev/rbee/internal/testenv"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
 	"testing"
 
 	"github.com/rbee-dev/rbee"
@@ -67,7 +68,7 @@ func TestSSHHivesEndToEnd(t *testing.T) {
 		}
 		inOrder(t, r.stderr, "pushing alphabet.gguf", "starting a worker", "done:")
 		// The worker runs on the host, as the host's user.
-		out := h.Run(t, "pgrep -u "+h.User+" -f rbee-worker || true")
+		out := h.Run(t, "pgrep -u "+h.User+" -x rbee-worker || true")
 		if strings.TrimSpace(out) == "" {
 			t.Errorf("no rbee-worker process of %s on host %s", h.User, name)
 		}
@@ -233,4 +234,48 @@ func TestSSHDKilledMidStream(t *testing.T) {
 	e.stopQueen()
 }
 
-var _ = syscall.SIGKILL
+// TestSSHAgentUpgradeKeepsWorker: an older rbee installed the agent and
+// started a worker; the current rbee replaces the agent gracefully and the
+// worker, adopted, serves the next job warm.
+func TestSSHAgentUpgradeKeepsWorker(t *testing.T) {
+	t.Parallel()
+	old, err := testenv.BuildAllVersion(filepath.Join(tmp, "old"), "0.0.9-old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	r := e.run(old.Rbee, "hive", "add", target(h), "--name", "h1", "--identity", h.ClientKey, "--accept-new-host-key")
+	if r.code != 0 {
+		t.Fatalf("old hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r = e.run(old.Rbee, "infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("old infer: exit %d\n%s", r.code, r.stderr)
+	}
+	before := strings.Fields(h.Run(t, "pgrep -u "+h.User+" -x rbee-worker"))
+	if len(before) != 1 {
+		t.Fatalf("workers on the host before the upgrade: %v", before)
+	}
+	if r = e.run(old.Rbee, "queen", "stop"); r.code != 0 {
+		t.Fatalf("old queen stop: exit %d\n%s", r.code, r.stderr)
+	}
+
+	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("infer after upgrade: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	inOrder(t, r.stderr, "replacing rbee-hive 0.0.9-old", "its workers stay", "started rbee-hive", "no spawn")
+	after := strings.Fields(h.Run(t, "pgrep -u "+h.User+" -x rbee-worker"))
+	if len(after) != 1 || after[0] != before[0] {
+		t.Errorf("worker pids after the upgrade %v, want the same %v", after, before)
+	}
+	e.stopQueen()
+}
+
+// run runs another rbee binary (an older build) in this env.
+func (e *env) run(bin string, args ...string) result {
+	e.t.Helper()
+	other := *e
+	other.bin = bin
+	return other.rbee(args...)
+}

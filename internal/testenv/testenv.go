@@ -241,7 +241,11 @@ type Bins struct {
 
 // BuildAll builds rbee, rbee-hive (cgo, for NVML) and rbee-worker into
 // dir/bin.
-func BuildAll(dir string) (Bins, error) {
+func BuildAll(dir string) (Bins, error) { return BuildAllVersion(dir, "") }
+
+// BuildAllVersion is BuildAll with rbee.Version set to version (when not
+// empty): an "older" rbee for upgrade tests.
+func BuildAllVersion(dir, version string) (Bins, error) {
 	root, err := Root()
 	if err != nil {
 		return Bins{}, err
@@ -251,7 +255,11 @@ func BuildAll(dir string) (Bins, error) {
 	for _, t := range []struct {
 		out, pkg, cgo string
 	}{{b.Rbee, "./cmd/rbee", "0"}, {b.Hive, "./cmd/rbee-hive", "1"}, {b.Worker, "./cmd/rbee-worker", "0"}} {
-		cmd := exec.Command("go", "build", "-o", t.out, t.pkg)
+		args := []string{"build", "-o", t.out}
+		if version != "" {
+			args = append(args, "-ldflags", "-X github.com/rbee-dev/rbee.Version="+version)
+		}
+		cmd := exec.Command("go", append(args, t.pkg)...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED="+t.cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
