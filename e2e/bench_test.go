@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/rbee-dev/rbee/internal/sshtest"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +214,99 @@ func medianF(fs []float64) float64 {
 	s := slices.Clone(fs)
 	slices.SortFunc(s, cmp.Compare[float64])
 	return s[len(s)/2]
+}
+
+// upScript does what rbee up does on a fresh host with OpenSSH's own tools:
+// probe, copy the agent, the worker and the engine bundle, start the agent
+// detached, wait for its socket. One host per invocation; hosts in parallel.
+const upScript = `set -eu
+target=$1 port=$2 key=$3 kh=$4 hive=$5 worker=$6 engine=$7
+o="-o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$kh -i $key"
+home=$(ssh $o -p "$port" "$target" 'uname -s -m >/dev/null; ldd --version >/dev/null 2>&1; df -Pk "$HOME" >/dev/null; printf %s "$HOME"')
+ssh $o -p "$port" "$target" "mkdir -p .rbee/hive/s .rbee/engines/s .rbee/run .rbee/logs"
+scp -q $o -P "$port" "$hive" "$worker" "$target:.rbee/hive/s/"
+tar -C "$engine" -cf - . | ssh $o -p "$port" "$target" "tar -C .rbee/engines/s -xf -"
+ssh $o -p "$port" "$target" "cd .rbee/hive/s && sha256sum rbee-hive rbee-worker >/dev/null && { setsid ./rbee-hive serve --home $home/.rbee --name s --worker-binary $home/.rbee/hive/s/rbee-worker --engine $home/.rbee/engines/s </dev/null >>$home/.rbee/logs/hive.log 2>&1 & }"
+for i in $(seq 1 200); do ssh $o -p "$port" "$target" "test -S .rbee/run/hive.sock" && exit 0; sleep 0.05; done
+echo "agent never came up on $target" >&2; exit 1
+`
+
+// BenchmarkUp compares `rbee up` on three fresh loopback hosts with the
+// same push and start done by a shell script over OpenSSH ssh/scp, then
+// times `rbee up` again with the agents already running.
+func BenchmarkUp(b *testing.B) {
+	for range b.N {
+		// rbee up on three fresh hosts.
+		hosts := sshtest.Start(b, 3, sshtest.Options{})
+		e := newEnv(b)
+		var kh, inv strings.Builder
+		for i, h := range hosts {
+			kh.WriteString(readFile(b, h.KnownHosts))
+			fmt.Fprintf(&inv, "[[hive]]\nname = \"h%d\"\nhost = %q\nuser = %q\nport = %d\nidentity = %q\n\n", i+1, strings.Split(h.Addr, ":")[0], h.User, h.Port, h.ClientKey)
+		}
+		writeFile(b, filepath.Join(e.home, "known_hosts"), kh.String())
+		writeFile(b, filepath.Join(e.home, "inventory.toml"), inv.String())
+		e.vars = append(e.vars, "RBEE_INVENTORY="+filepath.Join(e.home, "inventory.toml"), "RBEE_KNOWN_HOSTS="+filepath.Join(e.home, "known_hosts"))
+		q := testenv.Start(b, bins.Rbee, e.vars, "queen", "serve")
+		if _, err := waitQueen(e); err != nil {
+			b.Fatalf("%v\n%s", err, q.StderrText())
+		}
+		start := time.Now()
+		r := e.rbee("up")
+		cold := time.Since(start)
+		if r.code != 0 {
+			b.Fatalf("rbee up: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		b.Logf("rbee up on fresh hosts:\n%s", r.stdout)
+		var warm []time.Duration
+		for range 5 {
+			start = time.Now()
+			if r := e.rbee("up"); r.code != 0 {
+				b.Fatalf("rbee up again: exit %d\n%s", r.code, r.stderr)
+			}
+			warm = append(warm, time.Since(start))
+		}
+		q.Stop(30 * time.Second)
+
+		// The script on three other fresh hosts.
+		others := sshtest.Start(b, 3, sshtest.Options{})
+		start = time.Now()
+		var cmds []*exec.Cmd
+		var errs []*bytes.Buffer
+		for _, h := range others {
+			cmd := exec.Command("bash", "-c", upScript, "up", h.User+"@"+strings.Split(h.Addr, ":")[0], strconv.Itoa(h.Port), h.ClientKey, h.KnownHosts, bins.Hive, bins.Worker, engineDir)
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			cmds = append(cmds, cmd)
+			errs = append(errs, &errb)
+		}
+		for i, cmd := range cmds {
+			if err := cmd.Wait(); err != nil {
+				b.Fatalf("script: %v\n%s", err, errs[i])
+			}
+		}
+		script := time.Since(start)
+		b.ReportMetric(cold.Seconds(), "rbee_up_cold_s")
+		b.ReportMetric(script.Seconds(), "ssh_scp_script_s")
+		b.ReportMetric(cold.Seconds()/script.Seconds(), "cold_ratio")
+		b.ReportMetric(medianD(warm).Seconds(), "rbee_up_warm_s")
+		b.ReportMetric(0, "ns/op")
+	}
+}
+
+func readFile(b *testing.B, p string) string {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return string(data)
+}
+
+func writeFile(b *testing.B, p, s string) {
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		b.Fatal(err)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,7 @@ type Probe struct {
 	Machine   string // uname -m
 	Libc      string // first line of ldd --version
 	Libffi    bool
+	Agent     bool   // an agent's socket exists
 	FreeBytes uint64 // in the home's filesystem
 	Home      string
 }
@@ -80,6 +82,22 @@ type Result struct {
 	Replaced  string // version of an agent replaced gracefully
 	Uploaded  []string
 	Transport string // "streamlocal" or "bridge"
+	Phases    []Phase
+}
+
+// Phase is one step of Up and how long it took.
+type Phase struct {
+	Name     string
+	Duration time.Duration
+}
+
+// Timings formats the phases: "probe 12ms, push 640ms, start 90ms".
+func (r Result) Timings() string {
+	var parts []string
+	for _, p := range r.Phases {
+		parts = append(parts, fmt.Sprintf("%s %s", p.Name, p.Duration.Round(time.Millisecond)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Options tune Up.
@@ -93,7 +111,7 @@ type Options struct {
 // ever pasted into a remote command.
 const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 1; ` +
 	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libffi.so.8" ] && { echo libffi=yes; break; }; done; ` +
-	`df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
+	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
 
 // ProbeHost runs the probe phase.
 func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
@@ -124,6 +142,10 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 	i := 3
 	if lines[i] == "libffi=yes" {
 		p.Libffi = true
+		i++
+	}
+	if lines[i] == "agent=yes" {
+		p.Agent = true
 		i++
 	}
 	if kb, err := strconv.ParseUint(lines[i], 10, 64); err == nil {
@@ -173,6 +195,11 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		narrate = func(string, string) {}
 	}
 	var res Result
+	t0 := time.Now()
+	phase := func(name string) {
+		res.Phases = append(res.Phases, Phase{name, time.Since(t0)})
+		t0 = time.Now()
+	}
 	p, err := ProbeHost(ctx, c)
 	if err != nil {
 		return res, nil, err
@@ -183,9 +210,15 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	client := hiveapi.NewClient(opt.Name, dial)
 
 	// Try the agent that may already run: same version = nothing to do.
-	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	hs, herr := client.Handshake(hctx)
-	cancel()
+	phase("probe")
+	var hs hiveapi.Handshake
+	herr := errors.New("no agent socket")
+	if p.Agent {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		hs, herr = client.Handshake(hctx)
+		cancel()
+		phase("handshake")
+	}
 	if herr == nil && hs.Version == rbee.Version && hs.Protocol == rbee.ProtocolVersion {
 		res.Handshake, res.Transport = hs, mode(ctx)
 		return res, client, nil
@@ -210,29 +243,17 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
 		return res, nil, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
 	}
-	up, err := pushFile(ctx, c, agentSrc, l.AgentPath(rbee.Version), 0o755)
-	if err != nil {
-		return res, nil, err
-	}
-	if up {
-		res.Uploaded = append(res.Uploaded, "rbee-hive")
-	}
-	if up, err = pushFile(ctx, c, workerSrc, l.WorkerPath(rbee.Version), 0o755); err != nil {
-		return res, nil, err
-	}
-	if up {
-		res.Uploaded = append(res.Uploaded, "rbee-worker")
-	}
 	m, err := bundle.Validate(engineSrc)
 	if err != nil {
 		return res, nil, fmt.Errorf("engine bundle: %w", err)
 	}
 	engineDir := l.EngineDir(m.Version)
-	if n, err := pushBundle(ctx, c, engineSrc, engineDir, m); err != nil {
+	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m)
+	if err != nil {
 		return res, nil, err
-	} else if n > 0 {
-		res.Uploaded = append(res.Uploaded, fmt.Sprintf("engine %s (%d files)", m.Version, n))
 	}
+	res.Uploaded = uploaded
+	phase("push")
 	if len(res.Uploaded) > 0 {
 		narrate("agent_uploaded", fmt.Sprintf("uploaded %s", strings.Join(res.Uploaded, ", ")))
 	}
@@ -267,7 +288,8 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, fmt.Errorf("start agent: %w", err)
 	}
 	res.Installed = true
-	err = poll.Until(ctx, poll.Config{Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
+	phase("start")
+	err = poll.Until(ctx, poll.Config{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, MaxAttempts: 400, Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		hs, err = client.Handshake(hctx)
@@ -280,6 +302,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if hs.Version != rbee.Version || hs.Protocol != rbee.ProtocolVersion {
 		return res, nil, fmt.Errorf("agent answers version %s protocol %d, want %s protocol %d", hs.Version, hs.Protocol, rbee.Version, rbee.ProtocolVersion)
 	}
+	phase("handshake")
 	res.Handshake, res.Transport = hs, mode(ctx)
 	return res, client, nil
 }
@@ -341,74 +364,161 @@ func remoteSums(ctx context.Context, c *remote.Conn, paths []string) (map[string
 	return sums, nil
 }
 
-// pushFile uploads src to dst unless dst already has the same content.
-// The upload goes to a temporary name, is checked, then renamed.
-func pushFile(ctx context.Context, c *remote.Conn, src, dst string, mode os.FileMode) (uploaded bool, err error) {
-	want, err := fileSHA256(src)
-	if err != nil {
-		return false, fmt.Errorf("push %s: %w", src, err)
-	}
-	sums, err := remoteSums(ctx, c, []string{dst})
-	if err != nil {
-		return false, err
-	}
-	if sums[dst] == want {
-		return false, nil
-	}
-	f, err := os.Open(src)
-	if err != nil {
-		return false, fmt.Errorf("push %s: %w", src, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	got, err := c.Upload(ctx, f, st.Size(), dst, mode)
-	if err != nil {
-		return false, fmt.Errorf("push %s: %w", filepath.Base(src), err)
-	}
-	if got != want {
-		return false, fmt.Errorf("push %s: checksum %s on the host, %s here", filepath.Base(src), got, want)
-	}
-	return true, nil
+// file is one file to put on the host.
+type file struct {
+	src, dst string
+	mode     os.FileMode
+	sum      string // sha256 of src
 }
 
-// pushBundle uploads the bundle's files that differ and recreates its links.
-func pushBundle(ctx context.Context, c *remote.Conn, src, dst string, m *bundle.Manifest) (int, error) {
-	var paths []string
-	for _, f := range m.Files {
-		paths = append(paths, path.Join(dst, f.Name))
+// pushAll puts the agent, the worker and the engine bundle on the host. One
+// remote command checks what is there already; only files whose checksum
+// differs are uploaded, a few at a time over the one SFTP session, each to a
+// temporary name, checked, then renamed. The bundle's manifest goes last (a
+// bundle with a manifest is complete), then its links.
+func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest) ([]string, error) {
+	var files []file
+	for _, f := range []file{{src: agentSrc, dst: l.AgentPath(rbee.Version), mode: 0o755}, {src: workerSrc, dst: l.WorkerPath(rbee.Version), mode: 0o755}} {
+		sum, err := cachedSHA256(f.src)
+		if err != nil {
+			return nil, fmt.Errorf("push %s: %w", f.src, err)
+		}
+		f.sum = sum
+		files = append(files, f)
 	}
-	sums, err := remoteSums(ctx, c, append(paths, path.Join(dst, bundle.ManifestName)))
+	for _, bf := range m.Files {
+		files = append(files, file{src: filepath.Join(engineSrc, bf.Name), dst: path.Join(engineDir, bf.Name), mode: 0o644, sum: bf.SHA256})
+	}
+	manifest := file{src: filepath.Join(engineSrc, bundle.ManifestName), dst: path.Join(engineDir, bundle.ManifestName), mode: 0o644}
+	sum, err := cachedSHA256(manifest.src)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
-	for _, f := range m.Files {
-		if sums[path.Join(dst, f.Name)] == f.SHA256 {
-			continue
-		}
-		if _, err := pushFile(ctx, c, filepath.Join(src, f.Name), path.Join(dst, f.Name), 0o644); err != nil {
-			return n, err
-		}
-		n++
+	manifest.sum = sum
+	var dsts []string
+	for _, f := range append(files, manifest) {
+		dsts = append(dsts, f.dst)
 	}
-	// The manifest last: a bundle with a manifest is complete.
-	if _, err := pushFile(ctx, c, filepath.Join(src, bundle.ManifestName), path.Join(dst, bundle.ManifestName), 0o644); err != nil {
-		return n, err
+	have, err := remoteSums(ctx, c, dsts)
+	if err != nil {
+		return nil, err
+	}
+	var todo []file
+	for _, f := range files {
+		if have[f.dst] != f.sum {
+			todo = append(todo, f)
+		}
+	}
+	if err := uploadAll(ctx, c, todo); err != nil {
+		return nil, err
+	}
+	if have[manifest.dst] != manifest.sum {
+		if err := uploadOne(ctx, c, manifest); err != nil {
+			return nil, err
+		}
 	}
 	if len(m.Links) > 0 {
-		argv := []string{"sh", "-c", `dir=$1; shift; while [ $# -ge 2 ]; do ln -sfn "$2" "$dir/$1"; shift 2; done`, "sh", dst}
+		argv := []string{"sh", "-c", `dir=$1; shift; while [ $# -ge 2 ]; do ln -sfn "$2" "$dir/$1"; shift 2; done`, "sh", engineDir}
 		for name, target := range m.Links {
 			if strings.Contains(name, "/") || strings.Contains(target, "/") {
-				return n, errors.New("engine bundle: links must stay inside the bundle")
+				return nil, errors.New("engine bundle: links must stay inside the bundle")
 			}
 			argv = append(argv, name, target)
 		}
 		if _, err := c.Run(ctx, argv, nil); err != nil {
-			return n, fmt.Errorf("engine bundle links: %w", err)
+			return nil, fmt.Errorf("engine bundle links: %w", err)
 		}
 	}
-	return n, nil
+	var names []string
+	engineFiles := 0
+	for _, f := range todo {
+		switch f.src {
+		case agentSrc:
+			names = append(names, "rbee-hive")
+		case workerSrc:
+			names = append(names, "rbee-worker")
+		default:
+			engineFiles++
+		}
+	}
+	if engineFiles > 0 {
+		names = append(names, fmt.Sprintf("engine %s (%d files)", m.Version, engineFiles))
+	}
+	return names, nil
+}
+
+// uploadAll uploads files, four at a time.
+func uploadAll(ctx context.Context, c *remote.Conn, files []file) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, 4)
+	)
+	for _, f := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := uploadOne(ctx, c, f); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func uploadOne(ctx context.Context, c *remote.Conn, f file) error {
+	in, err := os.Open(f.src)
+	if err != nil {
+		return fmt.Errorf("push %s: %w", f.src, err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	got, err := c.Upload(ctx, in, st.Size(), f.dst, f.mode)
+	if err != nil {
+		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+	}
+	if got != f.sum {
+		return fmt.Errorf("push %s: checksum %s of what was sent, %s expected (the file changed while rbee read it?)", filepath.Base(f.src), got, f.sum)
+	}
+	return nil
+}
+
+var (
+	shaMu    sync.Mutex
+	shaCache = map[string]string{} // path|size|mtime → sha256
+)
+
+// cachedSHA256 hashes a local file once per content (path, size, mtime):
+// rbee up on many hosts hashes the agent once.
+func cachedSHA256(p string) (string, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	key := fmt.Sprintf("%s|%d|%d", p, st.Size(), st.ModTime().UnixNano())
+	shaMu.Lock()
+	sum, ok := shaCache[key]
+	shaMu.Unlock()
+	if ok {
+		return sum, nil
+	}
+	if sum, err = fileSHA256(p); err != nil {
+		return "", err
+	}
+	shaMu.Lock()
+	shaCache[key] = sum
+	shaMu.Unlock()
+	return sum, nil
 }

@@ -100,10 +100,12 @@ func (q *Queen) connectRemote(ctx context.Context, h inventory.Hive, acceptNew b
 	t, cfg := q.target(h)
 	cfg.AcceptNewHostKey = acceptNew
 	narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
+	dialStart := time.Now()
 	conn, err := remote.Dial(ctx, t, cfg)
 	if err != nil {
 		return nil, sshError(h.Name, err)
 	}
+	dialTime := time.Since(dialStart)
 	res, client, err := provision.Up(ctx, conn, q.cfg.SSH.Artifacts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
 	if err != nil {
 		conn.Close()
@@ -114,6 +116,7 @@ func (q *Queen) connectRemote(ctx context.Context, h inventory.Hive, acceptNew b
 	} else {
 		narrate("hive_awake", fmt.Sprintf("hive %s: rbee-hive %s is running (pid %d, via %s)", h.Name, res.Handshake.Version, res.Handshake.PID, res.Transport))
 	}
+	res.Phases = append([]provision.Phase{{Name: "connect", Duration: dialTime}}, res.Phases...)
 	hc = &hiveConn{name: h.Name, client: client, handshake: res.Handshake,
 		remote: &remoteHive{conn: conn, layout: provision.Layout{Home: res.Probe.Home}, res: res}}
 	q.mu.Lock()
@@ -282,7 +285,7 @@ func (q *Queen) upAll(ctx context.Context, send func(rbee.Event) error) (failed 
 				if hc.remote.res.Installed {
 					how = "started"
 				}
-				msg := fmt.Sprintf("up: rbee-hive %s %s (%s)", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond))
+				msg := fmt.Sprintf("up: rbee-hive %s %s (%s: %s)", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond), hc.remote.res.Timings())
 				if derr == nil {
 					_ = q.db.SetDevices(ctx, h.Name, toCatalog(devs.Devices), time.Now())
 					msg += ", " + describeDevices(devs.Devices)

@@ -214,6 +214,7 @@ func TestDoneWhenServerDies(t *testing.T) {
 		t.Fatal("Done not closed 10s after sshd was killed")
 	}
 	err := c.Err()
+	t.Logf("server killed: %v", err)
 	if !errors.Is(err, ErrConnLost) || !strings.Contains(err.Error(), target(h).Host) {
 		t.Errorf("Err = %v, want ErrConnLost naming the host", err)
 	}
@@ -250,6 +251,7 @@ func TestKeepaliveFindsHungHost(t *testing.T) {
 	if d := time.Since(start); d < 400*time.Millisecond {
 		t.Errorf("died after %s, before three keepalive intervals", d)
 	}
+	t.Logf("host hung: %v", c.Err())
 	if err := c.Err(); !errors.Is(err, ErrConnLost) || !strings.Contains(err.Error(), "keepalive") {
 		t.Errorf("Err = %v, want ErrConnLost about keepalives", err)
 	}

@@ -18,7 +18,7 @@ var (
 	ErrHostKeyChanged = errors.New("host key changed")
 	// ErrAuth: the server accepted none of the keys offered.
 	ErrAuth = errors.New("authentication refused")
-	// ErrForwardingRefused: the server forbids forwarding to a unix socket
+	// ErrForwardingRefused: the server would not forward to a unix socket
 	// (AllowStreamLocalForwarding no); use DialBridge instead.
 	ErrForwardingRefused = errors.New("forwarding refused by the server")
 	// ErrUnsafeArgument: an argument holds a NUL or a newline, which no
@@ -108,7 +108,7 @@ func (e *AuthError) Error() string {
 type ExitError struct {
 	Host    string // the name the caller dialed
 	Command string // argv[0]
-	Status  int    // exit status; -1 when killed by a signal
+	Status  int    // exit status; 128+n when signal n ended it
 	Signal  string // the signal's name, if one ended it
 	Stderr  []byte // the last 32 KiB of its stderr (Run only)
 }

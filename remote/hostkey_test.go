@@ -28,6 +28,7 @@ func TestHostKeyPolicy(t *testing.T) {
 	if !errors.Is(err, ErrUnknownHostKey) {
 		t.Fatalf("unknown host: got %v, want ErrUnknownHostKey", err)
 	}
+	t.Logf("unknown host: %v", err)
 	for _, want := range []string{oldFP, "--accept-new-host-key", "[" + ip + "]:" + port, "dial " + ip} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("unknown-host error %q lacks %q", err, want)
@@ -75,6 +76,7 @@ func TestHostKeyPolicy(t *testing.T) {
 			if !errors.Is(err, ErrHostKeyChanged) {
 				t.Fatalf("got %v, want ErrHostKeyChanged", err)
 			}
+			t.Logf("changed key: %v", err)
 			var hkErr *HostKeyError
 			if !errors.As(err, &hkErr) || len(hkErr.Known) != 1 || hkErr.Known[0].Line != 1 {
 				t.Errorf("got %#v, want a HostKeyError with the recorded key at line 1", hkErr)
@@ -103,6 +105,7 @@ func TestWrongClientKey(t *testing.T) {
 	if !errors.Is(err, ErrAuth) {
 		t.Fatalf("got %v, want ErrAuth", err)
 	}
+	t.Logf("wrong key: %v", err)
 	var ae *AuthError
 	if !errors.As(err, &ae) || len(ae.Tried) != 1 || len(ae.Skipped) != 2 {
 		t.Errorf("got %#v, want one key tried and two skipped", ae)

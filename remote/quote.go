@@ -6,9 +6,13 @@ import (
 )
 
 // Quote makes arg one literal word for a POSIX shell (sh, bash, dash,
-// zsh): it is wrapped in single quotes, each ' written as '\''. One
-// exception, so that paths under the remote home work: a leading "~/" stays
-// outside the quotes and the shell expands it to $HOME; the rest is
+// zsh): it is wrapped in single quotes, and each single quote inside
+// becomes quote, backslash, quote, quote:
+//
+//	it's  ->  'it'\''s'
+//
+// One exception, so that paths under the remote home work: a leading "~/"
+// stays outside the quotes and the shell expands it to $HOME; the rest is
 // literal.
 func Quote(arg string) string {
 	if rest, ok := strings.CutPrefix(arg, "~/"); ok {

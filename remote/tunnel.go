@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -17,7 +18,9 @@ import (
 // connection (OpenSSH streamlocal forwarding). sshd does not expand ~, so
 // a path starting with "~/" is made absolute with Home. Where the server
 // forbids forwarding the error wraps ErrForwardingRefused: use DialBridge.
-// ctx bounds the dial only.
+// OpenSSH gives the same answer when nothing listens on an existing
+// socket, so that too reads as refused (the bridge then fails plainly); no
+// socket at all wraps os.ErrNotExist. ctx bounds the dial only.
 func (c *Conn) DialUnix(ctx context.Context, path string) (net.Conn, error) {
 	if rest, ok := strings.CutPrefix(path, "~/"); ok {
 		home, err := c.Home(ctx)
@@ -30,14 +33,27 @@ func (c *Conn) DialUnix(ctx context.Context, path string) (net.Conn, error) {
 		return nil, fmt.Errorf("dial unix %s on %s: %w", path, c.name, err)
 	}
 	nc, err := c.client.DialContext(ctx, "unix", path)
-	if err != nil {
-		var oce *ssh.OpenChannelError
-		if errors.As(err, &oce) && oce.Reason == ssh.Prohibited {
-			return nil, fmt.Errorf("dial unix %s on %s: %w (AllowStreamLocalForwarding): %w", path, c.name, ErrForwardingRefused, err)
-		}
+	if err == nil {
+		return nc, nil
+	}
+	var oce *ssh.OpenChannelError
+	if !errors.As(err, &oce) {
 		return nil, fmt.Errorf("dial unix %s on %s: %w", path, c.name, c.errOr(err))
 	}
-	return nc, nil
+	if oce.Reason == ssh.Prohibited {
+		return nil, fmt.Errorf("dial unix %s on %s: %w (AllowStreamLocalForwarding): %w", path, c.name, ErrForwardingRefused, err)
+	}
+	// OpenSSH answers "connect failed" both when forwarding is off and
+	// when nothing listens: the socket's presence tells them apart.
+	if _, serr := c.Run(ctx, []string{"test", "-S", path}, nil); serr != nil {
+		var ee *ExitError
+		if errors.As(serr, &ee) {
+			return nil, fmt.Errorf("dial unix %s on %s: no socket there: %w", path, c.name, os.ErrNotExist)
+		}
+		return nil, fmt.Errorf("dial unix %s on %s: %w", path, c.name, err)
+	}
+	return nil, fmt.Errorf("dial unix %s on %s: %w (AllowStreamLocalForwarding no in sshd_config, or nothing listens on the socket): %w",
+		path, c.name, ErrForwardingRefused, err)
 }
 
 // DialBridge runs argv on the host (quoted as Run does) and returns a

@@ -691,8 +691,10 @@ func sweepStale() {
 				continue
 			}
 			for _, p := range listProcs() {
+				// sshd rewrites its argv ("sshd: … -f CONFIG [listener]"); the
+				// config path, random per run, still names it.
 				if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.pid)); err == nil &&
-					bytes.Contains(cmd, []byte("-f\x00"+rec.Config+"\x00")) {
+					bytes.Contains(cmd, []byte(rec.Config)) {
 					_ = syscall.Kill(p.pid, syscall.SIGKILL)
 				}
 			}

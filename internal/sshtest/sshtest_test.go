@@ -188,3 +188,39 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// What a crashed test binary left (its owner pid gone) is removed by the
+// next one's sweep: sshd, the user's processes, the user, the state.
+func TestSweepStale(t *testing.T) {
+	t.Parallel()
+	base, err := newBase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Host{Name: "h1"}
+	t.Cleanup(func() { cleanup(t, base, []*Host{h}) }) // in case the sweep fails
+	if err := h.setup(base, 1, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	h.Run(t, "setsid sleep 300 </dev/null >/dev/null 2>&1 &")
+	sshd := h.PID
+	// An owner that no longer runs: a pid above the kernel's limit.
+	if err := os.WriteFile(base+"/owner", []byte("99999999 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sweepStale()
+	select {
+	case <-h.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sshd %d still running after the sweep", sshd)
+	}
+	if n := userProcs(h.UID); n != 0 {
+		t.Errorf("%d processes of the user left", n)
+	}
+	if _, err := user.Lookup(h.User); err == nil {
+		t.Errorf("user %s still exists", h.User)
+	}
+	if _, err := os.Stat(base); !os.IsNotExist(err) {
+		t.Errorf("state %s still there (%v)", base, err)
+	}
+}

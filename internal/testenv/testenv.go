@@ -255,10 +255,13 @@ func BuildAllVersion(dir, version string) (Bins, error) {
 	for _, t := range []struct {
 		out, pkg, cgo string
 	}{{b.Rbee, "./cmd/rbee", "0"}, {b.Hive, "./cmd/rbee-hive", "1"}, {b.Worker, "./cmd/rbee-worker", "0"}} {
-		args := []string{"build", "-o", t.out}
+		// Built like `make build` builds them: stripped, so what the SSH
+		// tests push is what users push.
+		ldflags := "-s -w"
 		if version != "" {
-			args = append(args, "-ldflags", "-X github.com/rbee-dev/rbee.Version="+version)
+			ldflags += " -X github.com/rbee-dev/rbee.Version=" + version
 		}
+		args := []string{"build", "-trimpath", "-ldflags", ldflags, "-o", t.out}
 		cmd := exec.Command("go", append(args, t.pkg)...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED="+t.cgo)
