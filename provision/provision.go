@@ -225,6 +225,8 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	}
 
 	// Install: the files this platform needs.
+	narrate("host_probed", fmt.Sprintf("host %s: %s/%s, %s, libffi %s, %s free in %s", opt.Name, p.OS, p.Arch, p.Libc,
+		map[bool]string{true: "found", false: "missing"}[p.Libffi], rbee.Bytes(p.FreeBytes), p.Home))
 	if p.OS != "linux" {
 		return res, nil, fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
 	}
