@@ -67,7 +67,7 @@ func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string,
 		out.Close()
 		return "", err
 	}
-	start, last := time.Now(), time.Now()
+	start, last := time.Now(), time.Time{} // the first chunk is reported at once
 	done := have
 	buf := make([]byte, 1<<20)
 	for done < st.Size() {
@@ -83,6 +83,7 @@ func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string,
 			}
 			done += int64(n)
 			if progress != nil && (time.Since(last) > 200*time.Millisecond || done == st.Size()) {
+				// at most five reports a second, and the last one
 				last = time.Now()
 				progress(done, st.Size(), float64(done-have)/time.Since(start).Seconds())
 			}
