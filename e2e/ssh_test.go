@@ -92,6 +92,28 @@ func TestSSHHivesEndToEnd(t *testing.T) {
 			t.Errorf("hive ls: %+v, want online with agent version and devices", h)
 		}
 	}
+	if r := e.rbee("hive", "status", "h1"); r.code != 0 || !strings.Contains(r.stdout, "online") || !strings.Contains(r.stdout, "worker w-") {
+		t.Errorf("hive status h1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.rbee("hive", "logs", "h1"); r.code != 0 || !strings.Contains(r.stdout, "hive agent up") {
+		t.Errorf("hive logs h1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.rbee("hive", "rm", "h3", "--purge"); r.code != 0 {
+		t.Fatalf("hive rm h3 --purge: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(hosts[2].Home, ".rbee")); !os.IsNotExist(err) {
+		t.Errorf("--purge left ~/.rbee on the host: %v", err)
+	}
+	if out := hosts[2].Run(t, "pgrep -u "+hosts[2].User+" -x rbee-hive || true"); strings.TrimSpace(out) != "" {
+		t.Errorf("--purge left the agent running: %s", out)
+	}
+	inv, _ := os.ReadFile(filepath.Join(e.home, "inventory.toml"))
+	if strings.Contains(string(inv), `"h3"`) || !strings.Contains(string(inv), `"h1"`) {
+		t.Errorf("inventory after rm h3:\n%s", inv)
+	}
+	if r := e.rbee("infer", "--hive", "h3", "--model", alphabet, "abc"); r.code != rbee.ExitNotFound {
+		t.Errorf("infer on a removed hive: exit %d, want %d\n%s", r.code, rbee.ExitNotFound, r.stderr)
+	}
 	e.stopQueen()
 }
 

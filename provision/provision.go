@@ -270,12 +270,8 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		if err != nil {
 			return res, nil, fmt.Errorf("stop the old agent: %w", err)
 		}
-		err = poll.Until(ctx, poll.Config{Timeout: 15 * time.Second}, func(ctx context.Context) (bool, error) {
-			out, err := c.Run(ctx, []string{"sh", "-c", `kill -0 "$1" 2>/dev/null && echo alive || echo gone`, "sh", strconv.Itoa(hs.PID)}, nil)
-			return err == nil && strings.TrimSpace(string(out)) == "gone", err
-		})
-		if err != nil {
-			return res, nil, fmt.Errorf("the old agent (pid %d) did not exit: %w", hs.PID, err)
+		if err := WaitExit(ctx, c, hs.PID, 15*time.Second); err != nil {
+			return res, nil, fmt.Errorf("the old agent: %w", err)
 		}
 	}
 
@@ -307,6 +303,18 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	phase("handshake")
 	res.Handshake, res.Transport = hs, mode(ctx)
 	return res, client, nil
+}
+
+// WaitExit waits until process pid on the host has exited.
+func WaitExit(ctx context.Context, c *remote.Conn, pid int, timeout time.Duration) error {
+	err := poll.Until(ctx, poll.Config{Timeout: timeout, MaxAttempts: 1000}, func(ctx context.Context) (bool, error) {
+		out, err := c.Run(ctx, []string{"sh", "-c", `kill -0 "$1" 2>/dev/null && echo alive || echo gone`, "sh", strconv.Itoa(pid)}, nil)
+		return err == nil && strings.TrimSpace(string(out)) == "gone", err
+	})
+	if err != nil {
+		return fmt.Errorf("pid %d did not exit: %w", pid, err)
+	}
+	return nil
 }
 
 func platforms(a Artifacts) string {

@@ -12,6 +12,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/inventory"
+	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/sse"
 )
 
@@ -233,9 +234,12 @@ func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusBadGateway, rbee.CodeOf(err), "purge: "+err.Error())
 			return
 		}
-		_ = hc.client.Shutdown(ctx, false)
-		time.Sleep(0)
-		if _, err := hc.remote.conn.Run(ctx, []string{"sh", "-c", `sleep 1; rm -rf -- "$1"`, "sh", hc.remote.layout.RbeeDir()}, nil); err != nil {
+		_ = hc.client.Shutdown(ctx, false) // stops its workers too
+		if err := provision.WaitExit(ctx, hc.remote.conn, hc.handshake.PID, 30*time.Second); err != nil {
+			writeErr(w, http.StatusBadGateway, rbee.CodeHiveDown, "purge: the agent: "+err.Error())
+			return
+		}
+		if _, err := hc.remote.conn.Run(ctx, []string{"rm", "-rf", "--", hc.remote.layout.RbeeDir()}, nil); err != nil {
 			writeErr(w, http.StatusBadGateway, rbee.CodeHiveDown, "purge: "+err.Error())
 			return
 		}
