@@ -1,6 +1,9 @@
 package rbee
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Event types. Consumers must ignore types they do not know.
 const (
@@ -33,6 +36,10 @@ type Event struct {
 	Done       *Done       `json:"done,omitempty"`
 	Worker     *WorkerInfo `json:"worker,omitempty"`
 	Candidates []Candidate `json:"candidates,omitempty"` // --explain
+
+	// Data carries a typed result a step produced (a pulled model's
+	// catalog entry, for one), for consumers that know the action.
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // Done sums up a finished generation.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"sync"
 	"time"
@@ -132,7 +133,13 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	m, err := bundle.Validate(a.cfg.EngineDir)
+	// Sizes and names only: every file's checksum was verified when the
+	// bundle was prepared or pushed, and hashing 30 MB at every start
+	// would delay the handshake.
+	m, err := bundle.Load(a.cfg.EngineDir)
+	if err == nil {
+		err = m.Quick(a.cfg.EngineDir)
+	}
 	if err != nil {
 		return fmt.Errorf("register engine: %w", err)
 	}
@@ -207,6 +214,8 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/reservations/{id}", a.release)
 	mux.HandleFunc("POST /v1/models", a.addModel)
 	mux.HandleFunc("GET /v1/models", a.models)
+	mux.HandleFunc("POST /v1/models/pull", a.pull)
+	mux.HandleFunc("DELETE /v1/models/{key}", a.removeModel)
 	mux.HandleFunc("GET /v1/workers", a.workers)
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
 	mux.HandleFunc("POST /v1/infer", a.infer)
@@ -389,6 +398,32 @@ func (a *Agent) models(w http.ResponseWriter, r *http.Request) {
 		out = append(out, a.apiModel(m))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"models": out})
+}
+
+// removeModel forgets a model and deletes its file when it lives in the
+// store (files registered from elsewhere are the user's and stay). A model
+// a running worker holds is refused.
+func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	m, err := a.db.Model(r.Context(), key)
+	if err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("no model %q on hive %s", key, a.cfg.Name))
+		return
+	}
+	for _, wi := range a.sup.list() {
+		if wi.ModelID == m.ID {
+			writeErr(w, http.StatusConflict, rbee.CodeBadRequest, fmt.Sprintf("worker %s is running %s; stop it first", wi.ID, key))
+			return
+		}
+	}
+	if _, err := a.db.RemoveModel(r.Context(), m.ID); err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	if strings.HasPrefix(m.Path, a.store().Dir+string(filepath.Separator)) {
+		_ = a.store().Remove(m.SHA256)
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {

@@ -120,3 +120,15 @@ type ShutdownRequest struct {
 	// (an upgrade); otherwise they are stopped.
 	KeepWorkers bool `json:"keep_workers,omitempty"`
 }
+
+// PullRequest asks the hive to download a model by reference (POST
+// /v1/models/pull, answered with an SSE stream of progress; the done event's
+// Data is the Model). Endpoint and Token travel with the request because a
+// remote agent's environment has neither; the token is never logged.
+type PullRequest struct {
+	Job      string `json:"job,omitempty"`
+	Ref      string `json:"ref"`
+	Alias    string `json:"alias,omitempty"`
+	Endpoint string `json:"endpoint,omitempty"` // HF_ENDPOINT
+	Token    string `json:"token,omitempty"`    // HF_TOKEN
+}

@@ -223,3 +223,54 @@ func (c *Client) InferRaw(ctx context.Context, r InferRequest, send func(name st
 	}
 	return err
 }
+
+// Pull asks the hive to download a model; send gets each progress event.
+// It returns the model once it is in the hive's catalog.
+func (c *Client) Pull(ctx context.Context, r PullRequest, send func(rbee.Event) error) (Model, error) {
+	resp, err := c.do(ctx, "POST", "/v1/models/pull", r, nil)
+	if err != nil {
+		return Model{}, err
+	}
+	defer resp.Body.Close()
+	var (
+		m    Model
+		got  bool
+		fail *rbee.Event
+	)
+	err = sse.Relay(sse.NewReader(resp.Body), func(ev rbee.Event) error {
+		switch {
+		case ev.Type == rbee.EventDone && ev.Action == "model_ready":
+			if err := json.Unmarshal(ev.Data, &m); err != nil {
+				return fmt.Errorf("hive %s: pull result: %w", c.Name, err)
+			}
+			got = true
+			return nil
+		case ev.Type == rbee.EventError:
+			e := ev
+			fail = &e
+			return nil
+		}
+		return send(ev)
+	})
+	switch {
+	case fail != nil:
+		return Model{}, &APIError{Status: 0, Body: ErrorBody{Code: fail.Code, Message: fail.Message}}
+	case err != nil:
+		if ctx.Err() != nil {
+			return Model{}, ctx.Err()
+		}
+		return Model{}, err
+	case !got:
+		return Model{}, fmt.Errorf("hive %s: the pull ended without a result", c.Name)
+	}
+	return m, nil
+}
+
+// RemoveModel deletes a model from the hive's catalog (and its store).
+func (c *Client) RemoveModel(ctx context.Context, key string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/models/"+url.PathEscape(key), nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}

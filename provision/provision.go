@@ -159,10 +159,9 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 }
 
 // Dialer reaches the agent's socket on the host: streamlocal forwarding,
-// or `rbee-hive bridge` over an exec channel when that fails (servers that
-// forbid forwarding answer like a missing socket, so both are told apart
-// only by trying). HTTP keep-alive makes dials rare. mode reports the way
-// the last dial went.
+// or `rbee-hive bridge` over an exec channel when the server refuses to
+// forward (remote tells that from a missing socket). HTTP keep-alive makes
+// dials rare. mode reports the way the last dial went.
 func Dialer(c *remote.Conn, l Layout, version string) (hiveapi.DialFunc, func(ctx context.Context) string) {
 	var mode atomic.Value // "", "streamlocal" or "bridge"
 	mode.Store("")
@@ -172,10 +171,8 @@ func Dialer(c *remote.Conn, l Layout, version string) (hiveapi.DialFunc, func(ct
 			mode.Store("streamlocal")
 			return conn, nil
 		}
-		select {
-		case <-c.Done():
+		if !errors.Is(err, remote.ErrForwardingRefused) {
 			return nil, err
-		default:
 		}
 		bconn, berr := c.DialBridge(ctx, []string{l.AgentPath(version), "bridge", "--home", l.RbeeDir()})
 		if berr != nil {

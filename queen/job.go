@@ -14,6 +14,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/scheduler"
 	"github.com/rbee-dev/rbee/sse"
@@ -83,8 +84,8 @@ func validate(req JobRequest) error {
 		return rbee.Errorf(rbee.CodeBadRequest, "temperature must be between 0 and 2")
 	case req.Mode != "" && req.Mode != "auto" && req.Mode != "chat" && req.Mode != "raw":
 		return rbee.Errorf(rbee.CodeBadRequest, "mode %q: want auto, chat or raw", req.Mode)
-	case !filepath.IsAbs(req.Model):
-		return rbee.Errorf(rbee.CodeBadRequest, "model path %q must be absolute", req.Model)
+	case !filepath.IsAbs(req.Model) && !isRef(req.Model):
+		return rbee.Errorf(rbee.CodeBadRequest, "model %q: give an absolute path, https://…/file.gguf or hf:ORG/REPO[/FILE]", req.Model)
 	}
 	return nil
 }
@@ -102,8 +103,7 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 		return err
 	}
 	if n == 0 {
-		now := time.Now()
-		if err := q.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: "unknown", Added: now}); err != nil && !errors.Is(err, catalog.ErrExists) {
+		if err := q.ensureLocalEntry(ctx); err != nil {
 			return err
 		}
 		narrate("hive_added", "the hive catalog is empty: added this machine as hive localhost")
@@ -141,15 +141,22 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 
 	// The model, on the hive (pushed there when the hive is remote) and in
 	// its catalog (size, sha256, estimate).
-	modelPath := req.Model
-	if h.remote != nil {
-		if modelPath, err = q.pushModel(ctx, h, req.Model, send); err != nil {
+	var model hiveapi.Model
+	if _, rerr := download.ParseRef(req.Model); rerr == nil {
+		// A reference: downloaded by the hive itself, after the fit check.
+		if model, err = q.pullOn(ctx, h, req.Model, "", send, narrate); err != nil {
 			return err
 		}
-	}
-	model, err := h.client.AddModel(ctx, hiveapi.AddModelRequest{Path: modelPath, Ref: req.Model})
-	if err != nil {
-		return hiveError(err)
+	} else {
+		modelPath := req.Model
+		if h.remote != nil {
+			if modelPath, err = q.pushModel(ctx, h, req.Model, send); err != nil {
+				return err
+			}
+		}
+		if model, err = h.client.AddModel(ctx, hiveapi.AddModelRequest{Path: modelPath, Ref: req.Model}); err != nil {
+			return hiveError(err)
+		}
 	}
 	narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
 		filepath.Base(model.Path), model.Arch, model.Quant, rbee.Bytes(uint64(model.Size)), rbee.Bytes(model.EstimateBytes), model.CtxSize))
@@ -307,4 +314,18 @@ func toCatalog(ds []hiveapi.Device) []catalog.Device {
 			FreeBytes: d.FreeBytes, ComputeCap: d.ComputeCap, Cores: d.Cores})
 	}
 	return out
+}
+
+func isRef(s string) bool {
+	_, err := download.ParseRef(s)
+	return err == nil
+}
+
+// ensureLocalEntry adds the local machine as hive localhost.
+func (q *Queen) ensureLocalEntry(ctx context.Context) error {
+	err := q.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: "unknown", Added: time.Now()})
+	if err != nil && !errors.Is(err, catalog.ErrExists) {
+		return err
+	}
+	return nil
 }

@@ -34,7 +34,11 @@ func TestPoolRedials(t *testing.T) {
 	}
 
 	h.Kill()
-	<-c1.Done()
+	select {
+	case <-c1.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection alive 10s after sshd was killed")
+	}
 	start := time.Now()
 	_, err = p.Get(ctx, "gpu-box")
 	if err == nil {

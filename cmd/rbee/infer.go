@@ -17,13 +17,14 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/sse"
 )
 
 type inferCmd struct {
 	Hive        string   `help:"Run on this hive (default: the local machine)."`
-	Model       string   `required:"" help:"GGUF model file on this machine."`
+	Model       string   `required:"" help:"GGUF file on this machine, https://…/file.gguf, or hf:ORG/REPO[/FILE.gguf] (downloaded by the hive)."`
 	Device      string   `help:"Pin the device (gpu0, gpu1, cpu)."`
 	MaxTokens   int      `name:"max-tokens" help:"Stop after this many tokens (0 = until the model stops)."`
 	Temperature *float64 `help:"Sampling temperature, 0 (greedy) to 2 (default: the worker's, 1)."`
@@ -63,6 +64,7 @@ type printer struct {
 	json    bool
 	quiet   bool
 	upLines bool // rbee up: hive lines and errors on stdout, one per host
+	bars    *progress
 	out     *bufio.Writer
 	tokens  int
 }
@@ -80,7 +82,18 @@ func (p *printer) event(ev rbee.Event) {
 		p.out.WriteString(ev.Text)
 		p.out.Flush()
 		p.tokens++
-	case rbee.EventNarration, rbee.EventProgress:
+	case rbee.EventProgress:
+		if !p.quiet {
+			if p.bars == nil {
+				p.bars = newProgress()
+			}
+			p.bars.event(ev)
+		}
+	case rbee.EventNarration:
+		if p.bars != nil {
+			p.bars.close() // a step after a download: the bar is done
+			p.bars = nil
+		}
 		if p.upLines && ev.Action == "hive_up" {
 			fmt.Fprintf(p.out, "%s: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)
 			p.out.Flush()
@@ -90,6 +103,10 @@ func (p *printer) event(ev rbee.Event) {
 			fmt.Fprintf(os.Stderr, "[%s] %s\n", ev.Actor, ev.Message)
 		}
 	case rbee.EventDone:
+		if p.bars != nil {
+			p.bars.close()
+			p.bars = nil
+		}
 		if p.tokens > 0 {
 			p.out.WriteByte('\n')
 			p.out.Flush()
@@ -115,12 +132,19 @@ func (p *printer) event(ev rbee.Event) {
 
 func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	// Everything local is checked before any process is started.
-	model, err := filepath.Abs(c.Model)
-	if err != nil {
-		return exitf(rbee.ExitUsage, "", "model path: %v", err)
-	}
-	if err := checkModelFile(model); err != nil {
-		return err
+	model := c.Model
+	if _, rerr := download.ParseRef(c.Model); rerr != nil {
+		if !errors.Is(rerr, download.ErrNotRef) {
+			return exitf(rbee.ExitUsage, "", "model %s: %v", c.Model, rerr)
+		}
+		abs, err := filepath.Abs(c.Model)
+		if err != nil {
+			return exitf(rbee.ExitUsage, "", "model path: %v", err)
+		}
+		if err := checkModelFile(abs); err != nil {
+			return err
+		}
+		model = abs
 	}
 	if c.Ephemeral && flagGiven("--queen") {
 		return exitf(rbee.ExitUsage, "", "--ephemeral runs its own queen; it contradicts --queen %s", g.Queen)

@@ -25,6 +25,7 @@ type cli struct {
 	globals
 	Infer   inferCmd   `cmd:"" help:"Run a prompt on the fleet (the local machine by default)."`
 	Hive    hiveCmd    `cmd:"" help:"Manage hives: the hosts rbee runs models on."`
+	Model   modelCmd   `cmd:"" help:"Manage models on hives: pull, ls, rm."`
 	Up      upCmd      `cmd:"" help:"Connect every hive in the inventory and start its agent."`
 	Queen   queenCmd   `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
 	Version versionCmd `cmd:"" help:"Print the version."`

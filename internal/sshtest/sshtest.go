@@ -503,10 +503,7 @@ func (h *Host) killLocked() {
 		return
 	default:
 	}
-	// Stop the listener first so it forks nothing between the snapshot
-	// of its tree and the kill.
-	_ = syscall.Kill(h.PID, syscall.SIGSTOP)
-	tree := descendants(h.PID)
+	tree := h.stopTree()
 	_ = syscall.Kill(h.PID, syscall.SIGKILL)
 	for _, pid := range tree {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -528,11 +525,33 @@ func (h *Host) Freeze() {
 	if h.cmd == nil {
 		return
 	}
+	h.frozen = append([]int{h.PID}, h.stopTree()...)
+}
+
+// stopTree sends SIGSTOP to the listener and everything below it, again
+// and again until no new process appears: a process caught mid-fork (the
+// monitor forking the post-auth child) would otherwise leave a child
+// outside the snapshot. It returns the stopped descendants.
+func (h *Host) stopTree() []int {
 	_ = syscall.Kill(h.PID, syscall.SIGSTOP)
-	h.frozen = append([]int{h.PID}, descendants(h.PID)...)
-	for _, pid := range h.frozen[1:] {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	stopped := map[int]bool{}
+	var tree []int
+	for range 100 {
+		fresh := 0
+		for _, pid := range descendants(h.PID) {
+			if !stopped[pid] {
+				stopped[pid] = true
+				tree = append(tree, pid)
+				_ = syscall.Kill(pid, syscall.SIGSTOP)
+				fresh++
+			}
+		}
+		if fresh == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
+	return tree
 }
 
 // Thaw resumes what Freeze stopped.

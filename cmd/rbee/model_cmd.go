@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen"
+)
+
+type modelCmd struct {
+	Pull modelPullCmd `cmd:"" help:"Download a model onto a hive (resumable, verified)."`
+	Ls   modelLsCmd   `cmd:"" help:"List a hive's models."`
+	Rm   modelRmCmd   `cmd:"" help:"Remove a model from a hive."`
+}
+
+type modelPullCmd struct {
+	Ref   string `arg:"" help:"https://…/file.gguf or hf:ORG/REPO[/FILE.gguf][:QUANT]."`
+	Hive  string `help:"Hive to download on (default: this machine)."`
+	Alias string `help:"A short name for the model."`
+	JSON  bool   `help:"Print every event as one JSON line."`
+}
+
+func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
+	if _, err := download.ParseRef(c.Ref); err != nil {
+		return exitf(rbee.ExitUsage, "a local file needs no pull: rbee infer --model FILE pushes it", "%v", err)
+	}
+	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout)}
+	if _, _, err := ensureQueen(ctx, g, func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }); err != nil {
+		return err
+	}
+	body, _ := json.Marshal(queen.PullRequest{Ref: c.Ref, Hive: c.Hive, Alias: c.Alias})
+	return followJob(ctx, g.Queen, "/v1/models/pull", body, p, false)
+}
+
+type modelLsCmd struct {
+	Hive string `help:"Hive (default: this machine)."`
+	JSON bool   `help:"Print JSON."`
+}
+
+func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
+	var out struct {
+		Hive   string          `json:"hive"`
+		Models []hiveapi.Model `json:"models"`
+	}
+	if err := getJSON(ctx, g, "/v1/models?hive="+url.QueryEscape(c.Hive), &out); err != nil {
+		return err
+	}
+	if c.JSON {
+		b, _ := json.Marshal(out.Models)
+		fmt.Println(string(b))
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tREF\tALIAS\tARCH\tQUANT\tSIZE\tNEEDS\tLAST USED")
+	for _, m := range out.Models {
+		used := "never"
+		if !m.LastUsed.IsZero() {
+			used = time.Since(m.LastUsed).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Ref, m.Alias, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(m.EstimateBytes), used)
+	}
+	return tw.Flush()
+}
+
+type modelRmCmd struct {
+	Name string `arg:"" help:"Model id, alias, ref or path."`
+	Hive string `help:"Hive (default: this machine)."`
+}
+
+func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
+	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+g.Queen+"/v1/models/"+url.PathEscape(c.Name)+"?hive="+url.QueryEscape(c.Hive), nil)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return exitf(rbee.ExitQueen, "", "queen: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return apiError(resp)
+	}
+	fmt.Printf("model %s removed\n", c.Name)
+	return nil
+}
