@@ -226,7 +226,7 @@ func (h *Hub) Head(ctx context.Context, r Ref) (Remote, error) {
 		}
 	})
 	if err != nil {
-		return Remote{}, fmt.Errorf("head %s: %w", r.Raw, err)
+		return Remote{}, retryError{fmt.Errorf("head %s: %w", r.Raw, err)}
 	}
 	defer drain(resp)
 	if resp.StatusCode != http.StatusOK {

@@ -125,7 +125,7 @@ func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, su
 	if err != nil {
 		return "", "", fmt.Errorf("fetch: %w", err)
 	}
-	rem, err := h.Head(ctx, r)
+	rem, err := headRetrying(ctx, h, r, opt)
 	if err != nil {
 		return "", "", fmt.Errorf("fetch: %w", err)
 	}
@@ -147,6 +147,40 @@ func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, su
 		opt.Progress = report
 		return s.download(ctx, h, r, rem, key, opt)
 	})
+}
+
+// headRetrying is Head with Fetch's retry policy: a hub that answers 503
+// for a moment should not fail a pull.
+func headRetrying(ctx context.Context, h *Hub, r Ref, opt Options) (Remote, error) {
+	for failures := 1; ; failures++ {
+		rem, err := h.Head(ctx, r)
+		if err == nil || !retryable(err) || failures > opt.Retries {
+			return rem, err
+		}
+		if err := sleep(ctx, backoff(opt, failures)); err != nil {
+			return Remote{}, err
+		}
+	}
+}
+
+// backoff is the wait before retry number failures (from 1).
+func backoff(opt Options, failures int) time.Duration {
+	limit := max(maxBackoff, opt.Backoff)
+	if failures > 20 {
+		return limit
+	}
+	return min(opt.Backoff<<(failures-1), limit)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func (s *Store) blobPath(sum string) string {
@@ -395,14 +429,8 @@ func (t *transfer) run(ctx context.Context) error {
 		if failures > t.opt.Retries {
 			return fmt.Errorf("fetch %s: giving up after %d attempts: %w", t.r.Raw, attempt, err)
 		}
-		wait := min(t.opt.Backoff<<(failures-1), max(maxBackoff, t.opt.Backoff))
-		if failures > 20 {
-			wait = max(maxBackoff, t.opt.Backoff)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("fetch %s: %w", t.r.Raw, ctx.Err())
-		case <-time.After(wait):
+		if err := sleep(ctx, backoff(t.opt, failures)); err != nil {
+			return fmt.Errorf("fetch %s: %w", t.r.Raw, err)
 		}
 	}
 }
