@@ -158,8 +158,12 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 			return hiveError(err)
 		}
 	}
+	shown := model.Ref
+	if filepath.IsAbs(shown) {
+		shown = filepath.Base(shown)
+	}
 	narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
-		filepath.Base(model.Path), model.Arch, model.Quant, rbee.Bytes(uint64(model.Size)), rbee.Bytes(model.EstimateBytes), model.CtxSize))
+		shown, model.Arch, model.Quant, rbee.Bytes(uint64(model.Size)), rbee.Bytes(model.EstimateBytes), model.CtxSize))
 
 	// 5. The scheduler, on the registries.
 	workers, err := h.client.Workers(ctx)

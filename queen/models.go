@@ -100,6 +100,15 @@ func (q *Queen) pullOn(ctx context.Context, hc *hiveConn, raw, alias string, sen
 	if err != nil {
 		return hiveapi.Model{}, rbee.Errorf(rbee.CodeBadRequest, "%v", err)
 	}
+	// Already on the hive: no network at all.
+	if ms, err := hc.client.Models(ctx); err == nil {
+		for _, m := range ms {
+			if m.Ref == raw {
+				narrate("model_ready", fmt.Sprintf("%s is already on hive %s", raw, hc.name))
+				return m, nil
+			}
+		}
+	}
 	hub := &download.Hub{Endpoint: os.Getenv("HF_ENDPOINT"), Token: os.Getenv("HF_TOKEN")}
 	ref, err = q.fitBeforeFetch(ctx, hc, hub, ref, narrate)
 	if err != nil {
