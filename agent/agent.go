@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -122,7 +119,7 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 	if a.cfg.WorkerBin == "" || a.cfg.EngineDir == "" {
 		return errors.New("agent: a worker binary and an engine bundle are required (--worker-binary, --engine)")
 	}
-	sum, err := fileSHA256(a.cfg.WorkerBin)
+	sum, err := modelfile.Hash(ctx, a.cfg.WorkerBin)
 	if err != nil {
 		return fmt.Errorf("register worker binary: %w", err)
 	}
@@ -143,7 +140,7 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register engine: %w", err)
 	}
-	msum, err := fileSHA256(filepath.Join(a.cfg.EngineDir, bundle.ManifestName))
+	msum, err := modelfile.Hash(ctx, filepath.Join(a.cfg.EngineDir, bundle.ManifestName))
 	if err != nil {
 		return fmt.Errorf("register engine: %w", err)
 	}
@@ -151,19 +148,6 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 		ID: TypeEngine + "-" + m.Version, Type: TypeEngine, Version: m.Version, Path: a.cfg.EngineDir,
 		SHA256: msum, Capabilities: m.Backends, Added: now,
 	})
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Shutdown is closed when a client asked the agent to stop.

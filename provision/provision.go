@@ -3,11 +3,8 @@ package provision
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path"
@@ -21,6 +18,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/poll"
 	"github.com/rbee-dev/rbee/remote"
 )
@@ -341,19 +339,6 @@ func sizeOf(paths ...string) (uint64, error) {
 	return n, nil
 }
 
-func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // remoteSums returns the sha256 of each existing path on the host.
 func remoteSums(ctx context.Context, c *remote.Conn, paths []string) (map[string]string, error) {
 	argv := append([]string{"sh", "-c", `for f in "$@"; do [ -f "$f" ] && sha256sum "$f"; done; true`, "sh"}, paths...)
@@ -521,7 +506,7 @@ func cachedSHA256(p string) (string, error) {
 	if ok {
 		return sum, nil
 	}
-	if sum, err = fileSHA256(p); err != nil {
+	if sum, err = modelfile.Hash(context.Background(), p); err != nil {
 		return "", err
 	}
 	shaMu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/inventory"
+	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/remote"
 )
@@ -189,7 +190,7 @@ func (q *Queen) localSHA(ctx context.Context, p string) (string, error) {
 	if ok {
 		return sum, nil
 	}
-	sum, err = fileSHA256(ctx, p)
+	sum, err = modelfile.Hash(ctx, p)
 	if err != nil {
 		return "", err
 	}
