@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"net/url"
+	"strconv"
 
 	gguf "github.com/gpustack/gguf-parser-go"
 )
@@ -26,26 +27,93 @@ const kvCacheBytes = 2
 // training context. The body of the file (the weights) is not fetched, so a
 // model that fits no device can be refused before its download.
 //
-// The header is read from the final URL Head found, and the token goes with
-// it only when that is the hub's own host. ctx bounds the whole call.
+// The header is read from the final URL Head found, with gguf-parser-go's
+// own HTTP client (Hub.Client serves only the Head), and the token goes with
+// it only when that URL is on the hub's own host. For the first part of a
+// split model ("-00001-of-00003.gguf") the weights of all parts are summed,
+// each read from its own header. ctx bounds the whole call.
 func (h *Hub) Estimate(ctx context.Context, r Ref) (weightsBytes, kvBytesPerToken uint64, ctxTrain int, err error) {
-	rem, err := h.Head(ctx, r)
+	r, err = h.Resolve(ctx, r)
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("estimate: %w", err)
 	}
+	gf, allParts, err := h.header(ctx, r)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	ga := gf.Architecture()
+	weightsBytes = gf.TensorInfos.Bytes()
+	var siblings []Ref
+	if !allParts {
+		siblings = splitSiblings(r)
+	}
+	for _, part := range siblings {
+		pf, _, err := h.header(ctx, part)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		weightsBytes = satAdd(weightsBytes, pf.TensorInfos.Bytes())
+	}
+	return weightsBytes, kvBytesPerTok(ga), clampInt(ga.MaximumContextLength), nil
+}
+
+// header parses the GGUF header of r's file. When the final URL itself
+// names a part of a split model, the parser reads all parts (allParts);
+// behind the hub's redirect to a content-addressed CDN URL it cannot.
+func (h *Hub) header(ctx context.Context, r Ref) (gf *gguf.GGUFFile, allParts bool, err error) {
+	rem, err := h.Head(ctx, r)
+	if err != nil {
+		return nil, false, fmt.Errorf("estimate: %w", err)
+	}
 	if !rem.AcceptRanges {
-		return 0, 0, 0, fmt.Errorf("estimate %s: %s does not serve byte ranges, so its header cannot be read alone", r.Raw, redact(rem.URL))
+		return nil, false, fmt.Errorf("estimate %s: %s does not serve byte ranges, so its header cannot be read alone", r.Raw, redact(rem.URL))
 	}
 	opts := []gguf.GGUFReadOption{gguf.SkipLargeMetadata(), gguf.UseBufferSize(headerBuffer), gguf.SkipCache()}
 	if u, perr := url.Parse(rem.URL); perr == nil && h.token() != "" && h.isHub(u) {
 		opts = append(opts, gguf.UseBearerAuth(h.token()))
 	}
-	gf, err := parseRemote(ctx, rem.URL, opts)
+	gf, err = parseRemote(ctx, rem.URL, opts)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("estimate %s: read GGUF header from %s: %w", r.Raw, redact(rem.URL), err)
+		return nil, false, fmt.Errorf("estimate %s: read GGUF header from %s: %w", r.Raw, redact(rem.URL), err)
 	}
-	ga := gf.Architecture()
-	return gf.TensorInfos.Bytes(), kvBytesPerTok(ga), clampInt(ga.MaximumContextLength), nil
+	return gf, gguf.CompleteShardGGUFFilename(rem.URL) != nil, nil
+}
+
+// splitSiblings returns the refs of parts 2..N when r names part 1 of N of a
+// split model, else nil.
+func splitSiblings(r Ref) []Ref {
+	name := r.File
+	if r.Kind == KindURL {
+		u, err := url.Parse(r.URL)
+		if err != nil {
+			return nil
+		}
+		name = u.Path
+	}
+	m := splitPart.FindStringSubmatchIndex(name)
+	if m == nil || name[m[2]:m[3]] != "00001" {
+		return nil
+	}
+	n, err := strconv.Atoi(name[m[4]:m[5]])
+	if err != nil || n < 2 || n > 9999 {
+		return nil
+	}
+	var parts []Ref
+	for i := 2; i <= n; i++ {
+		p := r
+		sibling := name[:m[2]] + fmt.Sprintf("%05d", i) + name[m[3]:]
+		p.Raw = fmt.Sprintf("%s (part %d of %d)", r.Raw, i, n)
+		if r.Kind == KindURL {
+			u, _ := url.Parse(r.URL)
+			u.Path, u.RawPath = sibling, ""
+			p.URL = u.String()
+		} else {
+			p.File = sibling
+			p.URL = ""
+		}
+		parts = append(parts, p)
+	}
+	return parts
 }
 
 // parseRemote runs the parser under recover: it panics on some malformed

@@ -155,9 +155,13 @@ func (h *Hub) statusError(r Ref, u string, resp *http.Response) error {
 	case http.StatusNotFound:
 		return fmt.Errorf("%s: %w (looked at %s)", r.Raw, ErrNotFound, redact(u))
 	case http.StatusUnauthorized, http.StatusForbidden:
-		hint := authHint
-		if h.token() != "" {
-			hint = "the token in HF_TOKEN was refused: " + authHint
+		hint := "the server refused access"
+		switch {
+		case !h.isHub(resp.Request.URL):
+		case h.token() == "":
+			hint = authHint
+		default:
+			hint = "check " + strings.TrimPrefix(authHint, "set ")
 		}
 		return fmt.Errorf("%s: %w (%s from %s); %s", r.Raw, ErrAuth, resp.Status, redact(u), hint)
 	}

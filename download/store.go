@@ -77,6 +77,7 @@ const (
 	defaultMinFree = 256 << 20
 	progressEvery  = 200 * time.Millisecond
 	copyBuffer     = 1 << 20
+	hashBuffers    = 4
 )
 
 func (o Options) withDefaults() Options {
@@ -154,8 +155,11 @@ func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, su
 func headRetrying(ctx context.Context, h *Hub, r Ref, opt Options) (Remote, error) {
 	for failures := 1; ; failures++ {
 		rem, err := h.Head(ctx, r)
-		if err == nil || !retryable(err) || failures > opt.Retries {
+		if err == nil || !retryable(err) {
 			return rem, err
+		}
+		if failures > opt.Retries {
+			return rem, fmt.Errorf("giving up after %d attempts: %w", failures, err)
 		}
 		if err := sleep(ctx, backoff(opt, failures)); err != nil {
 			return Remote{}, err
@@ -251,7 +255,9 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 	if err != nil {
 		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, err)
 	}
-	t := &transfer{h: h, r: r, rem: rem, f: f, hash: sha256.New(), opt: opt, buf: make([]byte, copyBuffer)}
+	t := &transfer{h: h, r: r, rem: rem, f: f, hash: sha256.New(), opt: opt}
+	t.async = newAsyncHash(t.hash, hashBuffers, copyBuffer)
+	defer t.async.close()
 	closed := false
 	defer func() {
 		if !closed {
@@ -269,6 +275,7 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 		return "", "", err
 	}
 
+	t.async.sync()
 	sum = hex.EncodeToString(t.hash.Sum(nil))
 	if rem.Size >= 0 && t.off != rem.Size {
 		return "", "", fmt.Errorf("fetch %s: %w: got %d bytes, the server stated %d; the download was deleted", r.Raw, ErrChecksum, t.off, rem.Size)
@@ -369,27 +376,30 @@ func diskError(err error) error {
 
 // transfer is one file's download across attempts.
 type transfer struct {
-	h    *Hub
-	r    Ref
-	rem  Remote
-	f    *os.File
-	hash hash.Hash
-	off  int64 // bytes in f, all of them in hash
-	opt  Options
-	prog progress
-	buf  []byte
+	h     *Hub
+	r     Ref
+	rem   Remote
+	f     *os.File
+	hash  hash.Hash // read or reset only after async.sync()
+	async *asyncHash
+	off   int64 // bytes in f, all of them given to async
+	opt   Options
+	prog  progress
 }
 
 // resumeFrom keeps the first off bytes of the partial file, hashing them,
 // and drops the rest.
 func (t *transfer) resumeFrom(off int64) error {
+	t.async.sync()
 	t.hash.Reset()
 	t.off = 0
 	if err := t.f.Truncate(off); err != nil {
 		return fmt.Errorf("fetch %s: %w", t.r.Raw, err)
 	}
 	if off > 0 {
-		n, err := io.CopyBuffer(t.hash, io.NewSectionReader(t.f, 0, off), t.buf)
+		buf := t.async.buffer()
+		n, err := io.CopyBuffer(t.hash, io.NewSectionReader(t.f, 0, off), buf)
+		t.async.release(buf)
 		if err != nil || n != off {
 			return t.resumeFrom(0)
 		}
@@ -507,14 +517,27 @@ func (t *transfer) attempt(ctx context.Context) error {
 	}
 
 	for {
-		n, rerr := resp.Body.Read(t.buf)
-		if n > 0 {
-			watchdog.Reset(t.opt.StallTimeout)
+		// Fill the buffer before writing: fewer, larger writes matter where
+		// syscalls are dear (VMs, gVisor) and cost nothing elsewhere.
+		buf := t.async.buffer()
+		n, rerr := 0, error(nil)
+		for n < len(buf) && rerr == nil {
+			var m int
+			m, rerr = resp.Body.Read(buf[n:])
+			if m > 0 {
+				watchdog.Reset(t.opt.StallTimeout)
+				n += m
+			}
+		}
+		if n == 0 {
+			t.async.release(buf)
+		} else {
 			if t.rem.Size >= 0 && t.off+int64(n) > t.rem.Size {
+				t.async.release(buf)
 				return fmt.Errorf("fetch %s: %w: the server sent more than the %d bytes it stated; the download was deleted", t.r.Raw, ErrChecksum, t.rem.Size)
 			}
-			w, werr := t.f.Write(t.buf[:n])
-			t.hash.Write(t.buf[:w])
+			w, werr := t.f.Write(buf[:n])
+			t.async.hash(buf[:w])
 			t.off += int64(w)
 			if werr != nil {
 				if err := diskError(werr); errors.Is(err, ErrNoSpace) {

@@ -59,6 +59,7 @@ type Hub struct {
 	mu       sync.Mutex
 	files    map[string][]byte // "org/repo/path" → content
 	bySHA    map[string]string // sha256 → file key
+	sums     map[string]string // file key → sha256
 	log      []Request
 	cuts     map[string]int   // file → percent, once
 	stalls   map[string]stall // file → stall, once
@@ -88,6 +89,7 @@ func New(t testing.TB, files map[string][]byte) *Hub {
 		t:       t,
 		files:   map[string][]byte{},
 		bySHA:   map[string]string{},
+		sums:    map[string]string{},
 		cuts:    map[string]int{},
 		stalls:  map[string]stall{},
 		gates:   map[string]string{},
@@ -127,8 +129,10 @@ func (h *Hub) CDNURL() string {
 func (h *Hub) Add(file string, data []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	sum := SHA256(data)
 	h.files[file] = data
-	h.bySHA[SHA256(data)] = file
+	h.bySHA[sum] = file
+	h.sums[file] = sum
 }
 
 // SHA256 returns the hex sha256 of data.
@@ -362,7 +366,9 @@ func (h *Hub) route(server string, w *countingWriter, r *http.Request, rec *Requ
 			h.body(w, r, rec, file, `"`+gitSHA1(data)+`"`) // a file outside LFS
 			return
 		}
-		sum := SHA256(data)
+		h.mu.Lock()
+		sum := h.sums[file]
+		h.mu.Unlock()
 		w.Header().Set("X-Linked-Size", strconv.Itoa(len(data)))
 		w.Header().Set("X-Linked-Etag", `"`+sum+`"`)
 		w.Header().Set("ETag", `"`+sum+`"`)
@@ -448,7 +454,7 @@ func (h *Hub) tree(w *countingWriter, r *http.Request, rec *Request, repo string
 		}
 		e := treeEntry{Type: "file", Oid: gitSHA1(data), Size: int64(len(data)), Path: dir + rel}
 		if strings.HasSuffix(strings.ToLower(key), ".gguf") {
-			e.LFS = &lfsInfo{Oid: SHA256(data), Size: int64(len(data)), PointerSize: 135}
+			e.LFS = &lfsInfo{Oid: h.sums[key], Size: int64(len(data)), PointerSize: 135}
 		}
 		entries = append(entries, e)
 	}
