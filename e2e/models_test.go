@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"github.com/rbee-dev/rbee/internal/testmodel"
 	"os"
 	"strings"
 	"testing"
@@ -62,6 +64,28 @@ func TestModelsFromTheHub(t *testing.T) {
 		t.Errorf("model rm of a model a worker holds should be refused:\n%s", r.stdout)
 	}
 
+	t.Run("fits no device: refused before the download", func(t *testing.T) {
+		var buf bytes.Buffer
+		if _, err := testmodel.Huge().WriteTo(&buf); err != nil {
+			t.Fatal(err)
+		}
+		hub.Add("rbee/huge/huge-F32.gguf", buf.Bytes())
+		hub.Sparse("rbee/huge/huge-F32.gguf", 137_500_000_000) // what its header describes
+		r := e.rbee("infer", "--model", "hf:rbee/huge/huge-F32.gguf", "abc")
+		if r.code != rbee.ExitNoRoom || !strings.Contains(r.stderr, "nothing was downloaded") {
+			t.Errorf("exit %d, want %d refusing with the numbers:\n%s", r.code, rbee.ExitNoRoom, r.stderr)
+		}
+		if served := hub.BytesServed("rbee/huge/huge-F32.gguf"); served > 4<<20 {
+			t.Errorf("served %d bytes: more than the header", served)
+		}
+		var ms []hiveapi.Model
+		json.Unmarshal([]byte(e.rbee("model", "ls", "--json").stdout), &ms)
+		for _, m := range ms {
+			if strings.Contains(m.Ref, "huge") {
+				t.Errorf("the refused model is in the catalog: %+v", m)
+			}
+		}
+	})
 	t.Run("not found", func(t *testing.T) {
 		r := e.rbee("model", "pull", "hf:rbee/tiny/nope.gguf")
 		if r.code != rbee.ExitNotFound || !strings.Contains(r.stderr, "nope.gguf") {

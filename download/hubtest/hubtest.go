@@ -48,6 +48,7 @@ type Request struct {
 
 // Hub is a fake hub. Its methods are safe for concurrent use.
 type Hub struct {
+	sparse map[string]int64 // virtual sizes (Sparse)
 	// URL is the hub's endpoint: give it to download.Hub.Endpoint or
 	// HF_ENDPOINT.
 	URL string
@@ -133,6 +134,43 @@ func (h *Hub) Add(file string, data []byte) {
 	h.files[file] = data
 	h.bySHA[sum] = file
 	h.sums[file] = sum
+}
+
+// Sparse makes a file as big as size: its bytes past the data it was added
+// with are zeros, served on demand. Such a file's sha256 is not the real
+// one, so it suits header reads (fit-before-fetch tests), not downloads.
+func (h *Hub) Sparse(file string, size int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sparse == nil {
+		h.sparse = map[string]int64{}
+	}
+	h.sparse[file] = size
+}
+
+func (h *Hub) sizeOf(file string, data []byte) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sizeLocked(file, data)
+}
+
+func (h *Hub) sizeLocked(file string, data []byte) int64 {
+	if n, ok := h.sparse[file]; ok {
+		return n
+	}
+	return int64(len(data))
+}
+
+// window returns data[from:to], reading zeros past its end.
+func window(data []byte, from, to int64) []byte {
+	if to <= int64(len(data)) {
+		return data[from:to]
+	}
+	out := make([]byte, to-from)
+	if from < int64(len(data)) {
+		copy(out, data[from:])
+	}
+	return out
 }
 
 // SHA256 returns the hex sha256 of data.
@@ -369,7 +407,7 @@ func (h *Hub) route(server string, w *countingWriter, r *http.Request, rec *Requ
 		h.mu.Lock()
 		sum := h.sums[file]
 		h.mu.Unlock()
-		w.Header().Set("X-Linked-Size", strconv.Itoa(len(data)))
+		w.Header().Set("X-Linked-Size", strconv.FormatInt(h.sizeOf(file, data), 10))
 		w.Header().Set("X-Linked-Etag", `"`+sum+`"`)
 		w.Header().Set("ETag", `"`+sum+`"`)
 		w.Header().Set("Location", h.CDNURL()+"/cdn/"+sum)
@@ -452,9 +490,9 @@ func (h *Hub) tree(w *countingWriter, r *http.Request, rec *Request, repo string
 		if len(parts) > 1 && !deep {
 			continue
 		}
-		e := treeEntry{Type: "file", Oid: gitSHA1(data), Size: int64(len(data)), Path: dir + rel}
+		e := treeEntry{Type: "file", Oid: gitSHA1(data), Size: h.sizeLocked(key, data), Path: dir + rel}
 		if strings.HasSuffix(strings.ToLower(key), ".gguf") {
-			e.LFS = &lfsInfo{Oid: h.sums[key], Size: int64(len(data)), PointerSize: 135}
+			e.LFS = &lfsInfo{Oid: h.sums[key], Size: h.sizeLocked(key, data), PointerSize: 135}
 		}
 		entries = append(entries, e)
 	}
@@ -495,7 +533,7 @@ func (h *Hub) tree(w *countingWriter, r *http.Request, rec *Request, repo string
 // armed cut, stall and corruption.
 func (h *Hub) body(w *countingWriter, r *http.Request, rec *Request, file, etag string) {
 	data, _ := h.file(file)
-	size := int64(len(data))
+	size := h.sizeOf(file, data)
 	h.mu.Lock()
 	noRanges, corrupt := h.noRanges, h.corrupt[file]
 	h.mu.Unlock()
@@ -556,7 +594,7 @@ func (h *Hub) body(w *countingWriter, r *http.Request, rec *Request, file, etag 
 			next = cutAt
 		}
 		if next > pos {
-			if _, err := w.Write(data[pos:next]); err != nil {
+			if _, err := w.Write(window(data, pos, next)); err != nil {
 				return
 			}
 			pos = next

@@ -35,9 +35,10 @@ type kv struct {
 }
 
 type tensor struct {
-	name string
-	dims []uint64
-	data []float32
+	name    string
+	dims    []uint64
+	data    []float32
+	virtual bool // described in the header only; the file ends before its data
 }
 
 // File is a GGUF file being assembled in memory. Add metadata and tensors in
@@ -147,6 +148,18 @@ func (f *File) Tensor(name string, dims []uint64, data []float32) {
 	}
 }
 
+// VirtualTensor adds an F32 tensor to the header only: the file ends before
+// its data. Such a file cannot be loaded, but its header describes a model
+// of any size — what tests of header-only memory estimates need.
+func (f *File) VirtualTensor(name string, dims []uint64) {
+	if f.names["t:"+name] {
+		f.err = errors.Join(f.err, fmt.Errorf("duplicate tensor %q", name))
+		return
+	}
+	f.names["t:"+name] = true
+	f.tensors = append(f.tensors, tensor{name: name, dims: dims, virtual: true})
+}
+
 // WriteTo writes the file in GGUF v3 format.
 func (f *File) WriteTo(w io.Writer) (int64, error) {
 	if f.err != nil {
@@ -170,10 +183,20 @@ func (f *File) WriteTo(w io.Writer) (int64, error) {
 		}
 		e.u32(ggmlTypeF32)
 		e.u64(off)
-		off = alignUp(off+uint64(len(t.data))*4, Alignment)
+		n := uint64(len(t.data))
+		if t.virtual {
+			n = 1
+			for _, d := range t.dims {
+				n *= d
+			}
+		}
+		off = alignUp(off+n*4, Alignment)
 	}
 	e.pad()
 	for _, t := range f.tensors {
+		if t.virtual {
+			break // header only from here on
+		}
 		buf := make([]byte, 4*1024)
 		for i := 0; i < len(t.data); {
 			n := 0

@@ -200,3 +200,17 @@ func Alphabet() *gguf.File {
 	f.Tensor("output.weight", []uint64{uint64(s.Embd), VocabSize}, out)
 	return f
 }
+
+// Huge returns the header of a llama model of about 137 GB (F32): no data
+// follows the header, so the file is small, but a memory estimate read from
+// the header says the model fits no ordinary machine.
+func Huge() *gguf.File {
+	s := Spec{Name: "huge", Embd: 8192, FF: 28672, Layers: 1, Heads: 64, HeadsKV: 8, CtxTrain: 4096}
+	f := gguf.New()
+	header(f, s, "rbee test: a header that describes a model too big for any device")
+	E := uint64(s.Embd)
+	f.VirtualTensor("token_embd.weight", []uint64{E, VocabSize})
+	f.VirtualTensor("blk.0.ffn_up.weight", []uint64{E, 4 * 1024 * 1024})
+	f.VirtualTensor("output.weight", []uint64{E, VocabSize})
+	return f
+}
