@@ -34,7 +34,7 @@ check: ## gofmt, go vet and go mod tidy must leave nothing to change
 
 bench: engine models ## Benchmarks: worker vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
 	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./bundle/ ./catalog/ ./modelfile/ ./sse/ ./gpu/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./bundle/ ./catalog/ ./modelfile/ ./sse/ ./gpu/ ./remote/ ./download/ ./inventory/
 
 engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR)
 	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache

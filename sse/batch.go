@@ -47,9 +47,11 @@ func (b *Batcher) Write(p []byte, urgent bool) error {
 	if b.err != nil {
 		return b.err
 	}
-	if _, err := b.w.Write(p); err != nil {
-		b.err = err
-		return err
+	if len(p) > 0 {
+		if _, err := b.w.Write(p); err != nil {
+			b.err = err
+			return err
+		}
 	}
 	switch since := time.Since(b.last); {
 	case urgent || b.interval <= 0:

@@ -118,8 +118,9 @@ func TestWriterAfterClientGone(t *testing.T) {
 func BenchmarkSendRead(b *testing.B) {
 	pr, pw := io.Pipe()
 	rec := &pipeWriter{h: http.Header{}, w: pw}
-	sw := NewWriter(rec)
 	go func() {
+		sw := NewWriter(rec)
+		defer sw.Close()
 		for range b.N {
 			sw.Send(rbee.Event{Type: rbee.EventToken, Text: "tok"})
 		}
