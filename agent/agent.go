@@ -144,8 +144,9 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register engine: %w", err)
 	}
+	variant := bundle.Variant(m)
 	return a.db.AddWorkerBinary(ctx, catalog.WorkerBinary{
-		ID: TypeEngine + "-" + m.Version, Type: TypeEngine, Version: m.Version, Path: a.cfg.EngineDir,
+		ID: TypeEngine + "-" + variant, Type: TypeEngine, Version: variant, Path: a.cfg.EngineDir,
 		SHA256: msum, Capabilities: m.Backends, Added: now,
 	})
 }
@@ -201,6 +202,9 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/models/pull", a.pull)
 	mux.HandleFunc("DELETE /v1/models/{key}", a.removeModel)
 	mux.HandleFunc("GET /v1/workers", a.workers)
+	mux.HandleFunc("POST /v1/engines", a.installEngine)
+	mux.HandleFunc("GET /v1/engines", a.listEngines)
+	mux.HandleFunc("DELETE /v1/engines/{id}", a.removeEngine)
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
 	mux.HandleFunc("POST /v1/infer", a.infer)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {

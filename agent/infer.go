@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -64,7 +65,8 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		}
 		_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
 		start := time.Now()
-		wp, err = a.sup.start(ctx, startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation})
+		engine := a.pickEngine(ctx, req.Device)
+		wp, err = a.sup.start(ctx, startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine})
 		if err != nil {
 			if req.Reservation != "" {
 				a.vram.release(req.Reservation)
@@ -76,8 +78,8 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		info := wp.snapshot()
-		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms)",
-			info.ID, info.Device, info.PID, time.Since(start).Milliseconds()))
+		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms, engine %s)",
+			info.ID, info.Device, info.PID, time.Since(start).Milliseconds(), filepath.Base(engine)))
 		ev.Worker = &info
 		_ = send(ev)
 		if strings.HasPrefix(req.Device, "gpu") && wp.engineDevice == "CPU" {

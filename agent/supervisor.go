@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,6 +98,7 @@ type startSpec struct {
 	ModelID, ModelPath string
 	Device             string // "cpu" or "gpuN"
 	Reservation        string
+	Engine             string // engine bundle directory; "" = the agent's
 }
 
 // start launches a worker and waits until it is ready, ctx bounding the
@@ -109,7 +111,7 @@ func (s *supervisor) start(ctx context.Context, spec startSpec) (*workerProc, er
 
 	socket := filepath.Join(s.runDir, id+".sock")
 	args := []string{
-		"--model", spec.ModelPath, "--engine", s.engine, "--listen", "unix:" + socket,
+		"--model", spec.ModelPath, "--engine", cmp.Or(spec.Engine, s.engine), "--listen", "unix:" + socket,
 		"--id", id, "--ctx-size", strconv.Itoa(s.ctxSize),
 	}
 	env := os.Environ()

@@ -374,3 +374,13 @@ func isLicense(name string) bool {
 	}
 	return false
 }
+
+// Variant names a bundle by version and backends, "v0.5.0-cpu" or
+// "v0.5.0-cpu-cuda": bundles of one llama.cpp version built for different
+// hardware live side by side under that name.
+func Variant(m *Manifest) string {
+	if len(m.Backends) == 0 {
+		return m.Version
+	}
+	return m.Version + "-" + strings.Join(m.Backends, "-")
+}

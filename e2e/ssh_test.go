@@ -68,8 +68,7 @@ func TestSSHHivesEndToEnd(t *testing.T) {
 		}
 		inOrder(t, r.stderr, "pushing alphabet.gguf", "starting a worker", "done:")
 		// The worker runs on the host, as the host's user.
-		out := h.Run(t, "pgrep -u "+h.User+" -x rbee-worker || true")
-		if strings.TrimSpace(out) == "" {
+		if len(hostProcs(h.UID, "rbee-worker")) == 0 {
 			t.Errorf("no rbee-worker process of %s on host %s", h.User, name)
 		}
 		// Security: the agent's socket is 0600 and no process of the host
@@ -104,8 +103,8 @@ func TestSSHHivesEndToEnd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(hosts[2].Home, ".rbee")); !os.IsNotExist(err) {
 		t.Errorf("--purge left ~/.rbee on the host: %v", err)
 	}
-	if out := hosts[2].Run(t, "pgrep -u "+hosts[2].User+" -x rbee-hive || true"); strings.TrimSpace(out) != "" {
-		t.Errorf("--purge left the agent running: %s", out)
+	if left := hostProcs(hosts[2].UID, "rbee-hive"); len(left) > 0 {
+		t.Errorf("--purge left the agent running: %v", left)
 	}
 	inv, _ := os.ReadFile(filepath.Join(e.home, "inventory.toml"))
 	if strings.Contains(string(inv), `"h3"`) || !strings.Contains(string(inv), `"h1"`) {
@@ -274,7 +273,7 @@ func TestSSHAgentUpgradeKeepsWorker(t *testing.T) {
 	if r = e.run(old.Rbee, "infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
 		t.Fatalf("old infer: exit %d\n%s", r.code, r.stderr)
 	}
-	before := strings.Fields(h.Run(t, "pgrep -u "+h.User+" -x rbee-worker"))
+	before := hostProcs(h.UID, "rbee-worker")
 	if len(before) != 1 {
 		t.Fatalf("workers on the host before the upgrade: %v", before)
 	}
@@ -287,7 +286,7 @@ func TestSSHAgentUpgradeKeepsWorker(t *testing.T) {
 		t.Fatalf("infer after upgrade: exit %d %q\n%s", r.code, r.stdout, r.stderr)
 	}
 	inOrder(t, r.stderr, "replacing rbee-hive 0.0.9-old", "its workers stay", "started rbee-hive", "no spawn")
-	after := strings.Fields(h.Run(t, "pgrep -u "+h.User+" -x rbee-worker"))
+	after := hostProcs(h.UID, "rbee-worker")
 	if len(after) != 1 || after[0] != before[0] {
 		t.Errorf("worker pids after the upgrade %v, want the same %v", after, before)
 	}
@@ -300,4 +299,68 @@ func (e *env) run(bin string, args ...string) result {
 	other := *e
 	other.bin = bin
 	return other.rbee(args...)
+}
+
+// TestSSHEngineInstallFromArchive installs the CPU engine bundle on a remote
+// hive from the npm archive itself, and the next worker runs on it.
+func TestSSHEngineInstallFromArchive(t *testing.T) {
+	t.Parallel()
+	root, err := testenv.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "*.tgz"))
+	if len(archives) == 0 {
+		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
+	}
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	r := e.rbee("worker", "install", "--hive", "h1", archives[0])
+	if r.code != 0 || !strings.Contains(r.stderr, "engine engine-llama.cpp-v0.5.0-cpu installed") {
+		t.Fatalf("worker install: exit %d\n%s", r.code, r.stderr)
+	}
+	r = e.rbee("worker", "ls", "--hive", "h1", "--json")
+	if !strings.Contains(r.stdout, `"engine-llama.cpp-v0.5.0-cpu"`) || !strings.Contains(r.stdout, filepath.Join(".rbee", "engines", "v0.5.0-cpu")) {
+		t.Fatalf("worker ls: %s", r.stdout)
+	}
+	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "engine v0.5.0-cpu") {
+		t.Fatalf("infer on the installed engine: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+// hostProcs lists the live (not zombie) processes named name that run as
+// uid: the host's processes, read from /proc (the hosts share this kernel).
+func hostProcs(uid int, name string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		var comm, state string
+		var puid int
+		for _, line := range strings.Split(string(status), "\n") {
+			switch {
+			case strings.HasPrefix(line, "Name:"):
+				comm = strings.TrimSpace(strings.TrimPrefix(line, "Name:"))
+			case strings.HasPrefix(line, "State:"):
+				state = strings.TrimSpace(strings.TrimPrefix(line, "State:"))
+			case strings.HasPrefix(line, "Uid:"):
+				fmt.Sscanf(strings.TrimPrefix(line, "Uid:"), "%d", &puid)
+			}
+		}
+		if comm == name && puid == uid && !strings.HasPrefix(state, "Z") {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

@@ -132,3 +132,22 @@ type PullRequest struct {
 	Endpoint string `json:"endpoint,omitempty"` // HF_ENDPOINT
 	Token    string `json:"token,omitempty"`    // HF_TOKEN
 }
+
+// InstallEngineRequest installs an engine bundle from a directory or archive
+// on the hive (POST /v1/engines).
+type InstallEngineRequest struct {
+	Source string `json:"source"`
+}
+
+// WorkerBinary is an entry of the hive's worker catalog: a worker binary or
+// an engine bundle.
+type WorkerBinary struct {
+	ID           string    `json:"id"`
+	Type         string    `json:"type"`
+	Version      string    `json:"version"`
+	Path         string    `json:"path"`
+	SHA256       string    `json:"sha256"`
+	Capabilities []string  `json:"capabilities"`
+	Added        time.Time `json:"added"`
+	LastUsed     time.Time `json:"last_used"`
+}

@@ -274,3 +274,28 @@ func (c *Client) RemoveModel(ctx context.Context, key string) error {
 	}
 	return err
 }
+
+// InstallEngine installs an engine bundle from a path on the hive.
+func (c *Client) InstallEngine(ctx context.Context, source string) (WorkerBinary, error) {
+	var wb WorkerBinary
+	_, err := c.do(ctx, "POST", "/v1/engines", InstallEngineRequest{Source: source}, &wb)
+	return wb, err
+}
+
+// WorkerBinaries lists the hive's worker catalog.
+func (c *Client) WorkerBinaries(ctx context.Context) ([]WorkerBinary, error) {
+	var out struct {
+		Workers []WorkerBinary `json:"workers"`
+	}
+	_, err := c.do(ctx, "GET", "/v1/engines", nil, &out)
+	return out.Workers, err
+}
+
+// RemoveEngine removes an engine bundle from the hive.
+func (c *Client) RemoveEngine(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/engines/"+url.PathEscape(id), nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}

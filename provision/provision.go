@@ -244,7 +244,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if err != nil {
 		return res, nil, fmt.Errorf("engine bundle: %w", err)
 	}
-	engineDir := l.EngineDir(m.Version)
+	engineDir := l.EngineDir(bundle.Variant(m))
 	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m)
 	if err != nil {
 		return res, nil, err
@@ -303,7 +303,8 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 // WaitExit waits until process pid on the host has exited.
 func WaitExit(ctx context.Context, c *remote.Conn, pid int, timeout time.Duration) error {
 	err := poll.Until(ctx, poll.Config{Timeout: timeout, MaxAttempts: 1000}, func(ctx context.Context) (bool, error) {
-		out, err := c.Run(ctx, []string{"sh", "-c", `kill -0 "$1" 2>/dev/null && echo alive || echo gone`, "sh", strconv.Itoa(pid)}, nil)
+		// A zombie has exited too (its parent may never reap it).
+		out, err := c.Run(ctx, []string{"sh", "-c", `s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; exit 0; }; s=${s##*) }; case "$s" in Z*) echo gone;; *) echo alive;; esac`, "sh", strconv.Itoa(pid)}, nil)
 		return err == nil && strings.TrimSpace(string(out)) == "gone", err
 	})
 	if err != nil {
@@ -409,17 +410,8 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 			return nil, err
 		}
 	}
-	if len(m.Links) > 0 {
-		argv := []string{"sh", "-c", `dir=$1; shift; while [ $# -ge 2 ]; do ln -sfn "$2" "$dir/$1"; shift 2; done`, "sh", engineDir}
-		for name, target := range m.Links {
-			if strings.Contains(name, "/") || strings.Contains(target, "/") {
-				return nil, errors.New("engine bundle: links must stay inside the bundle")
-			}
-			argv = append(argv, name, target)
-		}
-		if _, err := c.Run(ctx, argv, nil); err != nil {
-			return nil, fmt.Errorf("engine bundle links: %w", err)
-		}
+	if err := linkBundle(ctx, c, engineDir, m); err != nil {
+		return nil, err
 	}
 	var names []string
 	engineFiles := 0
@@ -513,4 +505,63 @@ func cachedSHA256(p string) (string, error) {
 	shaCache[key] = sum
 	shaMu.Unlock()
 	return sum, nil
+}
+
+// PushBundle puts a prepared engine bundle on the host at dst: only the
+// files whose checksum differs are sent, the manifest last, then its links.
+// It returns how many files were sent.
+func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, error) {
+	m, err := bundle.Validate(src)
+	if err != nil {
+		return 0, fmt.Errorf("engine bundle: %w", err)
+	}
+	var files []file
+	for _, bf := range m.Files {
+		files = append(files, file{src: filepath.Join(src, bf.Name), dst: path.Join(dst, bf.Name), mode: 0o644, sum: bf.SHA256})
+	}
+	manifest := file{src: filepath.Join(src, bundle.ManifestName), dst: path.Join(dst, bundle.ManifestName), mode: 0o644}
+	if manifest.sum, err = cachedSHA256(manifest.src); err != nil {
+		return 0, err
+	}
+	var dsts []string
+	for _, f := range append(files, manifest) {
+		dsts = append(dsts, f.dst)
+	}
+	have, err := remoteSums(ctx, c, dsts)
+	if err != nil {
+		return 0, err
+	}
+	var todo []file
+	for _, f := range files {
+		if have[f.dst] != f.sum {
+			todo = append(todo, f)
+		}
+	}
+	if err := uploadAll(ctx, c, todo); err != nil {
+		return 0, err
+	}
+	if have[manifest.dst] != manifest.sum {
+		if err := uploadOne(ctx, c, manifest); err != nil {
+			return 0, err
+		}
+	}
+	return len(todo), linkBundle(ctx, c, dst, m)
+}
+
+// linkBundle recreates a bundle's plain-name links on the host.
+func linkBundle(ctx context.Context, c *remote.Conn, dst string, m *bundle.Manifest) error {
+	if len(m.Links) == 0 {
+		return nil
+	}
+	argv := []string{"sh", "-c", `dir=$1; shift; while [ $# -ge 2 ]; do ln -sfn "$2" "$dir/$1"; shift 2; done`, "sh", dst}
+	for name, target := range m.Links {
+		if strings.Contains(name, "/") || strings.Contains(target, "/") {
+			return errors.New("engine bundle: links must stay inside the bundle")
+		}
+		argv = append(argv, name, target)
+	}
+	if _, err := c.Run(ctx, argv, nil); err != nil {
+		return fmt.Errorf("engine bundle links: %w", err)
+	}
+	return nil
 }

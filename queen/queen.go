@@ -170,6 +170,9 @@ func (q *Queen) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/models/pull", q.pullModel)
 	mux.HandleFunc("GET /v1/models", q.listModels)
 	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
+	mux.HandleFunc("POST /v1/engines", q.installEngine)
+	mux.HandleFunc("GET /v1/engines", q.listEngines)
+	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })

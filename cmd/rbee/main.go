@@ -26,6 +26,7 @@ type cli struct {
 	Infer   inferCmd   `cmd:"" help:"Run a prompt on the fleet (the local machine by default)."`
 	Hive    hiveCmd    `cmd:"" help:"Manage hives: the hosts rbee runs models on."`
 	Model   modelCmd   `cmd:"" help:"Manage models on hives: pull, ls, rm."`
+	Worker  workerCmd  `cmd:"" help:"Manage engine bundles and worker binaries on hives."`
 	Up      upCmd      `cmd:"" help:"Connect every hive in the inventory and start its agent."`
 	Queen   queenCmd   `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
 	Version versionCmd `cmd:"" help:"Print the version."`
