@@ -59,6 +59,7 @@ type Done struct {
 type WorkerInfo struct {
 	ID       string    `json:"id"`
 	Hive     string    `json:"hive,omitempty"`
+	Type     string    `json:"type,omitempty"` // "" = rbee-worker, else an external worker type
 	ModelID  string    `json:"model_id"`
 	Model    string    `json:"model"` // path on the hive
 	Device   string    `json:"device"`

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ type savedWorker struct {
 	LogPath string          `json:"log_path"`
 	Chat    bool            `json:"chat"`
 	Engine  string          `json:"engine_device"`
+	Base    string          `json:"base,omitempty"` // external workers: their loopback URL
 }
 
 // saveState writes the worker list atomically (temp file + rename).
@@ -35,7 +37,7 @@ func (s *supervisor) saveState() {
 	for _, w := range s.workers {
 		w.mu.Lock()
 		if w.info.State == "ready" {
-			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.logPath, Chat: w.chat, Engine: w.engineDevice})
+			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.logPath, Chat: w.chat, Engine: w.engineDevice, Base: w.base})
 		}
 		w.mu.Unlock()
 	}
@@ -80,7 +82,7 @@ func (s *supervisor) adoptOne(ctx context.Context, sw savedWorker) error {
 	if err != nil {
 		return errors.New("not running")
 	}
-	if !strings.Contains(string(cmdline), "rbee-worker") || !strings.Contains(string(cmdline), sw.Info.ID) {
+	if sw.Base == "" && (!strings.Contains(string(cmdline), "rbee-worker") || !strings.Contains(string(cmdline), sw.Info.ID)) {
 		return errors.New("the pid belongs to another process now")
 	}
 	pidfd, err := unix.PidfdOpen(sw.Info.PID, 0)
@@ -88,12 +90,17 @@ func (s *supervisor) adoptOne(ctx context.Context, sw savedWorker) error {
 		return fmt.Errorf("pidfd: %w", err)
 	}
 	w := &workerProc{info: sw.Info, chat: sw.Chat, engineDevice: sw.Engine, socket: sw.Socket, logPath: sw.LogPath,
-		exited: make(chan struct{}), adopted: true, client: unixClient(sw.Socket)}
+		exited: make(chan struct{}), adopted: true, client: unixClient(sw.Socket), base: sw.Base}
+	if sw.Base != "" {
+		w.client = &http.Client{}
+	}
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := w.readHealth(hctx); err != nil {
-		unix.Close(pidfd)
-		return err
+	if sw.Base == "" {
+		if err := w.readHealth(hctx); err != nil {
+			unix.Close(pidfd)
+			return err
+		}
 	}
 	w.info.State = "ready"
 	s.mu.Lock()

@@ -66,7 +66,18 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
 		start := time.Now()
 		engine := a.pickEngine(ctx, req.Device)
-		wp, err = a.sup.start(ctx, startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine})
+		spec := startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
+		if req.WorkerType != "" {
+			wt, terr := a.workerType(req.WorkerType)
+			if terr == nil {
+				engine = "external " + wt.Name
+				wp, err = a.sup.startExternal(ctx, spec, wt)
+			} else {
+				err = terr
+			}
+		} else {
+			wp, err = a.sup.start(ctx, spec)
+		}
 		if err != nil {
 			if req.Reservation != "" {
 				a.vram.release(req.Reservation)
@@ -82,7 +93,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			info.ID, info.Device, info.PID, time.Since(start).Milliseconds(), filepath.Base(engine)))
 		ev.Worker = &info
 		_ = send(ev)
-		if strings.HasPrefix(req.Device, "gpu") && wp.engineDevice == "CPU" {
+		if strings.HasPrefix(req.Device, "gpu") && wp.engineDevice == "CPU" && req.WorkerType == "" {
 			warn := rbee.Narrate(me, "engine_cpu_only", fmt.Sprintf("the engine bundle has no GPU backend: worker %s runs on the CPU although %s was picked", info.ID, req.Device))
 			warn.Level = "warn"
 			_ = send(warn)
@@ -143,7 +154,7 @@ func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferReq
 		body["prompt"] = req.Prompt
 	}
 	b, _ := json.Marshal(body)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "http://worker"+path, bytes.NewReader(b))
+	hreq, err := http.NewRequestWithContext(ctx, "POST", wp.url(path), bytes.NewReader(b))
 	if err != nil {
 		fail(rbee.CodeInternal, err.Error())
 		return

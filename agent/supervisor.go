@@ -46,6 +46,15 @@ type workerProc struct {
 	err          error         // why it exited (after exited closes)
 	logPath      string        // the worker's stderr
 	adopted      bool          // started by an earlier agent; not our child
+	base         string        // URL the client reaches it at
+}
+
+// url returns the worker's URL for path.
+func (w *workerProc) url(path string) string {
+	if w.base == "" {
+		return "http://worker" + path
+	}
+	return w.base + path
 }
 
 func (w *workerProc) snapshot() rbee.WorkerInfo {
@@ -244,7 +253,7 @@ func (s *supervisor) forget(w *workerProc) {
 
 // readHealth reads what the worker says about itself once ready.
 func (w *workerProc) readHealth(ctx context.Context) error {
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://worker/health", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", w.url("/health"), nil)
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("health: %w", err)

@@ -462,3 +462,45 @@ func pidAlive(pid int) bool {
 	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "stat"))
 	return err == nil && !strings.Contains(string(b), ") Z ")
 }
+
+// TestExternalWorkerType declares an OpenAI-speaking engine by a launch
+// template — rbee-worker itself, on a loopback port — and runs jobs on it.
+func TestExternalWorkerType(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.rbee("worker", "add-type", "oai", "--command", bins.Worker, "--health", "/health",
+		"--arg=--model", "--arg={model}", "--arg=--engine", "--arg="+engineDir, "--arg=--listen", "--arg=127.0.0.1:{port}", "--arg=--threads", "--arg=1")
+	if r.code != 0 {
+		t.Fatalf("add-type: exit %d\n%s", r.code, r.stderr)
+	}
+	r = e.rbee("infer", "--worker-type", "oai", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "engine external oai") {
+		t.Fatalf("infer on the external type: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	ws := e.workers()
+	if len(ws) != 1 || ws[0].Type != "oai" {
+		t.Fatalf("workers = %+v, want one of type oai", ws)
+	}
+	// Warm for the same type; a plain job gets its own rbee-worker.
+	r = e.rbee("infer", "--worker-type", "oai", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || !strings.Contains(r.stderr, "no spawn") {
+		t.Errorf("second job on the type should be warm: exit %d\n%s", r.code, r.stderr)
+	}
+	r = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || !strings.Contains(r.stderr, "starting a worker") {
+		t.Errorf("a job without the type must not use the external worker: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, bad := range [][]string{
+		{"worker", "add-type", "Bad Name", "--command", bins.Worker, "--arg={model}", "--arg={port}"},
+		{"worker", "add-type", "x", "--command", "relative/path", "--arg={model}", "--arg={port}"},
+		{"worker", "add-type", "x", "--command", bins.Worker, "--arg={model}"},
+	} {
+		if r := e.rbee(bad...); r.code == 0 {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+	if r := e.rbee("infer", "--worker-type", "nope", "--model", alphabet, "abc"); r.code != rbee.ExitWorker || !strings.Contains(r.stderr, "no worker type") {
+		t.Errorf("unknown type: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen()
+}

@@ -102,6 +102,7 @@ type InferRequest struct {
 	Device      string   `json:"device,omitempty"`
 	Reservation string   `json:"reservation,omitempty"`
 	Worker      string   `json:"worker,omitempty"`
+	WorkerType  string   `json:"worker_type,omitempty"` // an external worker type; "" = rbee-worker
 	Prompt      string   `json:"prompt"`
 	Mode        string   `json:"mode,omitempty"` // "auto" (chat if the model has a template), "chat", "raw"
 	MaxTokens   int      `json:"max_tokens,omitempty"`
@@ -150,4 +151,15 @@ type WorkerBinary struct {
 	Capabilities []string  `json:"capabilities"`
 	Added        time.Time `json:"added"`
 	LastUsed     time.Time `json:"last_used"`
+}
+
+// WorkerType declares an external engine that speaks the OpenAI API
+// (llama.cpp's llama-server, vLLM, ...) as a worker the hive runs like
+// rbee-worker (POST /v1/worker-types). Args may hold the placeholders
+// {model}, {port}, {device} (the CUDA index, "" on the CPU) and {ctx}.
+type WorkerType struct {
+	Name    string   `json:"name"`
+	Command string   `json:"command"` // absolute path on the hive
+	Args    []string `json:"args"`
+	Health  string   `json:"health"` // path answering 200 when ready, e.g. "/health"
 }

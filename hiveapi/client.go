@@ -299,3 +299,12 @@ func (c *Client) RemoveEngine(ctx context.Context, id string) error {
 	}
 	return err
 }
+
+// AddWorkerType declares an external worker type on the hive.
+func (c *Client) AddWorkerType(ctx context.Context, wt WorkerType) error {
+	resp, err := c.do(ctx, "POST", "/v1/worker-types", wt, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}

@@ -39,6 +39,7 @@ type JobRequest struct {
 	Seed        *int64   `json:"seed,omitempty"`
 	Mode        string   `json:"mode,omitempty"` // "auto", "chat", "raw"
 	Explain     bool     `json:"explain,omitempty"`
+	WorkerType  string   `json:"worker_type,omitempty"` // an external worker type declared on the hive`
 }
 
 // HiveStatus is one hive in GET /v1/hives.

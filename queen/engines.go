@@ -12,6 +12,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/download"
+	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/provision"
 )
 
@@ -117,6 +118,31 @@ func (q *Queen) removeEngine(w http.ResponseWriter, r *http.Request) {
 	if err := hc.client.RemoveEngine(r.Context(), r.PathValue("id")); err != nil {
 		e := hiveError(err)
 		writeErr(w, http.StatusConflict, rbee.CodeOf(e), e.Error())
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// AddWorkerTypeRequest is the body of POST /v1/worker-types.
+type AddWorkerTypeRequest struct {
+	Hive string             `json:"hive,omitempty"`
+	Type hiveapi.WorkerType `json:"type"`
+}
+
+func (q *Queen) addWorkerType(w http.ResponseWriter, r *http.Request) {
+	var req AddWorkerTypeRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "add worker type: "+err.Error())
+		return
+	}
+	hc, err := q.hiveFor(r.Context(), req.Hive, func(string, string) {})
+	if err != nil {
+		writeErr(w, http.StatusBadGateway, rbee.CodeOf(err), err.Error())
+		return
+	}
+	if err := hc.client.AddWorkerType(r.Context(), req.Type); err != nil {
+		e := hiveError(err)
+		writeErr(w, http.StatusUnprocessableEntity, rbee.CodeOf(e), e.Error())
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -171,7 +171,7 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 		return hiveError(err)
 	}
 	q.syncWorkers(name, workers)
-	plan, err := q.sched.Plan(scheduler.Request{ModelSHA256: model.SHA256, Need: model.EstimateBytes, Hive: name, Device: req.Device},
+	plan, err := q.sched.Plan(scheduler.Request{ModelSHA256: model.SHA256, Need: model.EstimateBytes, Hive: name, Device: req.Device, WorkerType: req.WorkerType},
 		[]scheduler.Hive{{Name: name, Devices: devs.Devices, Workers: workers, HasModel: true, ModelID: model.ID}})
 	if req.Explain {
 		_ = send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: explainText(plan.Candidates), Candidates: plan.Candidates})
@@ -179,7 +179,7 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 	if err != nil {
 		return err
 	}
-	ireq := hiveapi.InferRequest{Job: id, Model: model.ID, Prompt: req.Prompt, Mode: req.Mode,
+	ireq := hiveapi.InferRequest{Job: id, Model: model.ID, Prompt: req.Prompt, Mode: req.Mode, WorkerType: req.WorkerType,
 		MaxTokens: req.MaxTokens, Temperature: req.Temperature, Seed: req.Seed}
 	if plan.Warm != nil {
 		narrate("device_picked", "scheduler: "+plan.WarmReason)

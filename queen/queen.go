@@ -171,6 +171,7 @@ func (q *Queen) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/models", q.listModels)
 	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
 	mux.HandleFunc("POST /v1/engines", q.installEngine)
+	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
 	mux.HandleFunc("GET /v1/engines", q.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)

@@ -17,6 +17,7 @@ type Request struct {
 	Need        uint64 // estimated bytes: weights + KV cache + overhead
 	Hive        string // pinned hive ("" = any)
 	Device      string // pinned device ("" = any)
+	WorkerType  string // "" = rbee-worker; else an external worker type
 }
 
 // Hive is what the scheduler knows of one hive.
@@ -62,7 +63,7 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 			continue
 		}
 		for _, w := range h.Workers {
-			if h.ModelID == "" || w.ModelID != h.ModelID || w.State != "ready" {
+			if h.ModelID == "" || w.ModelID != h.ModelID || w.State != "ready" || w.Type != req.WorkerType {
 				continue
 			}
 			if req.Device != "" && w.Device != req.Device {

@@ -35,6 +35,7 @@ type inferCmd struct {
 	Explain     bool     `help:"List every scheduling candidate and why it lost."`
 	Ephemeral   bool     `env:"RBEE_EPHEMERAL" help:"Run a queen inside this process and stop everything it started at the end."`
 	Quiet       bool     `short:"q" help:"No narration on stderr."`
+	WorkerType  string   `name:"worker-type" help:"Run on an external engine declared with rbee worker add-type (default: rbee-worker)."`
 	queenConfig `embed:""`
 
 	Prompt string `arg:"" help:"The prompt."`
@@ -182,7 +183,7 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	}
 	body, _ := json.Marshal(queen.JobRequest{
 		Prompt: c.Prompt, Model: model, Hive: c.Hive, Device: c.Device, MaxTokens: c.MaxTokens,
-		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain,
+		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain, WorkerType: c.WorkerType,
 	})
 	return followJob(ctx, addr, "/v1/jobs", body, p, true)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,34 @@ type workerCmd struct {
 	Install workerInstallCmd `cmd:"" help:"Install an engine bundle (llama.cpp libraries) on a hive."`
 	Ls      workerLsCmd      `cmd:"" help:"List a hive's worker catalog: worker binaries and engine bundles."`
 	Rm      workerRmCmd      `cmd:"" help:"Remove an engine bundle from a hive."`
+	AddType workerAddTypeCmd `cmd:"" name:"add-type" help:"Declare an external OpenAI-speaking engine (llama-server, vLLM) as a worker type."`
+}
+
+type workerAddTypeCmd struct {
+	Name    string   `arg:"" help:"Type name (rbee infer --worker-type NAME)."`
+	Command string   `required:"" help:"Absolute path of the engine's binary on the hive."`
+	Arg     []string `help:"An argument (repeat); placeholders {model}, {port}, {device}, {ctx}."`
+	Health  string   `default:"/health" help:"Path that answers 200 when the engine is ready."`
+	Hive    string   `help:"Hive (default: this machine)."`
+}
+
+func (c workerAddTypeCmd) Run(ctx context.Context, g *globals) error {
+	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+		return err
+	}
+	body, _ := json.Marshal(queen.AddWorkerTypeRequest{Hive: c.Hive, Type: hiveapi.WorkerType{Name: c.Name, Command: c.Command, Args: c.Arg, Health: c.Health}})
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+g.Queen+"/v1/worker-types", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return exitf(rbee.ExitQueen, "", "queen: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return apiError(resp)
+	}
+	fmt.Printf("worker type %s declared\n", c.Name)
+	return nil
 }
 
 type workerInstallCmd struct {
