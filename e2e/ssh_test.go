@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/queen"
 )
@@ -363,4 +364,38 @@ func hostProcs(uid int, name string) []int {
 		}
 	}
 	return out
+}
+
+// TestSSHHiveToHiveCopy: a model one hive downloaded is copied to the next
+// over the queen's SSH connections, not downloaded again.
+func TestSSHHiveToHiveCopy(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(longModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := hubtest.New(t, map[string][]byte{"rbee/tiny/m-Q8_0.gguf": data})
+	e, hosts := sshEnv(t, 2, sshtest.Options{})
+	e.vars = append(e.vars, "HF_ENDPOINT="+hub.URL)
+	for i, h := range hosts {
+		if r := e.addHive(h, fmt.Sprintf("h%d", i+1)); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+	}
+	if r := e.rbee("model", "pull", "--hive", "h1", "hf:rbee/tiny/m-Q8_0.gguf"); r.code != 0 {
+		t.Fatalf("pull on h1: exit %d\n%s", r.code, r.stderr)
+	}
+	gets := hub.BodyGETs("rbee/tiny/m-Q8_0.gguf")
+	r := e.rbee("model", "pull", "--hive", "h2", "hf:rbee/tiny/m-Q8_0.gguf")
+	if r.code != 0 || !strings.Contains(r.stderr, "hive h1 already holds hf:rbee/tiny/m-Q8_0.gguf: copying it to hive h2") {
+		t.Fatalf("pull on h2: exit %d\n%s", r.code, r.stderr)
+	}
+	if n := hub.BodyGETs("rbee/tiny/m-Q8_0.gguf"); n != gets {
+		t.Errorf("the hub served the body again (%d -> %d GETs)", gets, n)
+	}
+	r = e.rbee("infer", "--hive", "h2", "--model", "hf:rbee/tiny/m-Q8_0.gguf", "--temperature", "0", "--max-tokens", "3", "hi")
+	if r.code != 0 || !strings.Contains(r.stderr, "already on hive h2") {
+		t.Fatalf("infer on h2: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen()
 }

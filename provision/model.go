@@ -26,14 +26,6 @@ type Progress func(done, total int64, rate float64)
 // previous push left behind, and verifies its sha256 there before it takes
 // its final name. It returns the path on the host.
 func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string, progress Progress) (string, error) {
-	dst := l.ModelPath(sha)
-	sums, err := remoteSums(ctx, c, []string{dst})
-	if err != nil {
-		return "", err
-	}
-	if sums[dst] == sha {
-		return dst, nil
-	}
 	f, err := os.Open(local)
 	if err != nil {
 		return "", fmt.Errorf("push model: %w", err)
@@ -43,6 +35,22 @@ func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string,
 	if err != nil {
 		return "", err
 	}
+	return PushModelFrom(ctx, c, l, f, st.Size(), sha, progress)
+}
+
+// PushModelFrom is PushModel from any seekable source of size bytes: a
+// file here, or a model on another hive read over its SSH connection (a
+// hive-to-hive copy).
+func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeker, size int64, sha string, progress Progress) (string, error) {
+	dst := l.ModelPath(sha)
+	sums, err := remoteSums(ctx, c, []string{dst})
+	if err != nil {
+		return "", err
+	}
+	if sums[dst] == sha {
+		return dst, nil
+	}
+	st := sized(size)
 	partial := dst + ".partial"
 	sc, err := c.SFTP()
 	if err != nil {
@@ -113,3 +121,8 @@ func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string,
 	}
 	return dst, nil
 }
+
+// sized stands in for a FileInfo where only the size is known.
+type sized int64
+
+func (s sized) Size() int64 { return int64(s) }

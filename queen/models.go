@@ -109,6 +109,10 @@ func (q *Queen) pullOn(ctx context.Context, hc *hiveConn, raw, alias string, sen
 			}
 		}
 	}
+	// Another hive has it: copy across instead of downloading again.
+	if m, ok, err := q.copyFromPeer(ctx, hc, raw, send); err != nil || ok {
+		return m, err
+	}
 	hub := &download.Hub{Endpoint: os.Getenv("HF_ENDPOINT"), Token: os.Getenv("HF_TOKEN")}
 	ref, err = q.fitBeforeFetch(ctx, hc, hub, ref, narrate)
 	if err != nil {
