@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	gguf "github.com/gpustack/gguf-parser-go"
+
+	"github.com/rbee-dev/rbee/modelfile"
 )
 
 // headerBuffer is how much the GGUF parser fetches per Range request. The
@@ -16,10 +18,6 @@ import (
 // few hundred KiB to a few MiB; the parser's own default of 4 MiB would
 // fetch a large share of a small file for nothing.
 const headerBuffer = 256 << 10
-
-// kvCacheBytes is the size of one cached K or V element: llama.cpp's default
-// cache type is F16.
-const kvCacheBytes = 2
 
 // Estimate reads only the header of r's GGUF file, over HTTP with Range
 // requests, and returns what modelfile.Info reports for a local file: the
@@ -54,7 +52,7 @@ func (h *Hub) Estimate(ctx context.Context, r Ref) (weightsBytes, kvBytesPerToke
 		}
 		weightsBytes = satAdd(weightsBytes, pf.TensorInfos.Bytes())
 	}
-	return weightsBytes, kvBytesPerTok(ga), clampInt(ga.MaximumContextLength), nil
+	return weightsBytes, modelfile.KVBytesPerToken(ga), clampInt(ga.MaximumContextLength), nil
 }
 
 // header parses the GGUF header of r's file. When the final URL itself
@@ -127,34 +125,11 @@ func parseRemote(ctx context.Context, u string, opts []gguf.GGUFReadOption) (gf 
 	return gguf.ParseGGUFFileRemote(ctx, u, opts...)
 }
 
-// kvBytesPerTok is modelfile.Info.KVBytesPerTok computed from a parsed
-// header: the sum over layers of n_head_kv * (key_length + value_length) *
-// 2 bytes, with a per-layer n_head_kv array summed layer by layer.
-func kvBytesPerTok(ga gguf.GGUFArchitecture) uint64 {
-	perHead := uint64(ga.AttentionKeyLength) + uint64(ga.AttentionValueLength)
-	if n := len(ga.AttentionHeadCountKVs); n > 0 && uint64(n) == ga.BlockCount {
-		var sum uint64
-		for _, h := range ga.AttentionHeadCountKVs {
-			sum = satAdd(sum, satMul(h, perHead))
-		}
-		return satMul(sum, kvCacheBytes)
-	}
-	return satMul(satMul(satMul(ga.BlockCount, ga.AttentionHeadCountKV), perHead), kvCacheBytes)
-}
-
 func clampInt(u uint64) int {
 	if u > math.MaxInt {
 		return math.MaxInt
 	}
 	return int(u)
-}
-
-func satMul(a, b uint64) uint64 {
-	hi, lo := bits.Mul64(a, b)
-	if hi != 0 {
-		return math.MaxUint64
-	}
-	return lo
 }
 
 func satAdd(a, b uint64) uint64 {

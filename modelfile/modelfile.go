@@ -232,13 +232,17 @@ func parse(path string) (info Info, err error) {
 	if v, ok := gf.Header.MetadataKV.Get("general.architecture"); ok && v.ValueType == gguf.GGUFMetadataValueTypeString {
 		info.Arch = v.ValueString()
 	}
-	info.KVBytesPerTok = kvBytesPerToken(ga)
+	info.KVBytesPerTok = KVBytesPerToken(ga)
 	return info, nil
 }
 
 // kvBytesPerToken computes Info.KVBytesPerTok. A per-layer n_head_kv array
 // (hybrid models give their recurrent layers 0) is summed layer by layer.
-func kvBytesPerToken(ga gguf.GGUFArchitecture) uint64 {
+// KVBytesPerToken is the F16 K+V cache a context token costs for a model
+// of this architecture: the sum over layers of head_count_kv × (key_length
+// + value_length) × 2 bytes. Header-only readers (fit before fetch) use it
+// too.
+func KVBytesPerToken(ga gguf.GGUFArchitecture) uint64 {
 	perHead := uint64(ga.AttentionKeyLength) + uint64(ga.AttentionValueLength)
 	if n := len(ga.AttentionHeadCountKVs); n > 0 && uint64(n) == ga.BlockCount {
 		var sum uint64

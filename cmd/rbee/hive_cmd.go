@@ -162,21 +162,12 @@ type hiveRmCmd struct {
 }
 
 func (c hiveRmCmd) Run(ctx context.Context, g *globals) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
-		return err
-	}
-	u := "http://" + g.Queen + "/v1/hives/" + url.PathEscape(c.Name)
+	p := "/v1/hives/" + url.PathEscape(c.Name)
 	if c.Purge {
-		u += "?purge=1"
+		p += "?purge=1"
 	}
-	req, _ := http.NewRequestWithContext(ctx, "DELETE", u, nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return apiError(resp)
+	if err := deleteOnQueen(ctx, g, p); err != nil {
+		return err
 	}
 	fmt.Printf("hive %s removed\n", c.Name)
 	return nil
@@ -239,4 +230,22 @@ func (c upCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	return followJob(ctx, g.Queen, "/v1/up", []byte("{}"), p, false)
+}
+
+// deleteOnQueen sends DELETE path to the queen (woken when needed) and
+// expects 204.
+func deleteOnQueen(ctx context.Context, g *globals, path string) error {
+	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+g.Queen+path, nil)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return exitf(rbee.ExitQueen, "", "queen: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return apiError(resp)
+	}
+	return nil
 }

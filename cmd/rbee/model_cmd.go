@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 	"os"
 	"text/tabwriter"
@@ -78,17 +77,8 @@ type modelRmCmd struct {
 }
 
 func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+	if err := deleteOnQueen(ctx, g, "/v1/models/"+url.PathEscape(c.Name)+"?hive="+url.QueryEscape(c.Hive)); err != nil {
 		return err
-	}
-	req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+g.Queen+"/v1/models/"+url.PathEscape(c.Name)+"?hive="+url.QueryEscape(c.Hive), nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return apiError(resp)
 	}
 	fmt.Printf("model %s removed\n", c.Name)
 	return nil

@@ -111,17 +111,8 @@ type workerRmCmd struct {
 }
 
 func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+	if err := deleteOnQueen(ctx, g, "/v1/engines/"+url.PathEscape(c.ID)+"?hive="+url.QueryEscape(c.Hive)); err != nil {
 		return err
-	}
-	req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+g.Queen+"/v1/engines/"+url.PathEscape(c.ID)+"?hive="+url.QueryEscape(c.Hive), nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return apiError(resp)
 	}
 	fmt.Printf("%s removed\n", c.ID)
 	return nil
