@@ -379,17 +379,53 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 		f.sum = sum
 		files = append(files, f)
 	}
-	for _, bf := range m.Files {
-		files = append(files, file{src: filepath.Join(engineSrc, bf.Name), dst: path.Join(engineDir, bf.Name), mode: 0o644, sum: bf.SHA256})
-	}
-	manifest := file{src: filepath.Join(engineSrc, bundle.ManifestName), dst: path.Join(engineDir, bundle.ManifestName), mode: 0o644}
-	sum, err := cachedSHA256(manifest.src)
+	bfiles, manifest, err := bundleFiles(engineSrc, engineDir, m)
 	if err != nil {
 		return nil, err
 	}
+	sent, err := pushFiles(ctx, c, append(files, bfiles...), manifest)
+	if err != nil {
+		return nil, err
+	}
+	if err := linkBundle(ctx, c, engineDir, m); err != nil {
+		return nil, err
+	}
+	var names []string
+	engineFiles := 0
+	for _, f := range sent {
+		switch f.src {
+		case agentSrc:
+			names = append(names, "rbee-hive")
+		case workerSrc:
+			names = append(names, "rbee-worker")
+		default:
+			engineFiles++
+		}
+	}
+	if engineFiles > 0 {
+		names = append(names, fmt.Sprintf("engine %s (%d files)", m.Version, engineFiles))
+	}
+	return names, nil
+}
+
+// bundleFiles lists a bundle's files for dst on the host, and its manifest.
+func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
+	var files []file
+	for _, bf := range m.Files {
+		files = append(files, file{src: filepath.Join(src, bf.Name), dst: path.Join(dst, bf.Name), mode: 0o644, sum: bf.SHA256})
+	}
+	manifest := file{src: filepath.Join(src, bundle.ManifestName), dst: path.Join(dst, bundle.ManifestName), mode: 0o644}
+	sum, err := cachedSHA256(manifest.src)
 	manifest.sum = sum
+	return files, manifest, err
+}
+
+// pushFiles uploads the files whose checksum on the host differs (one
+// remote command checks them all), then last, and returns what it sent
+// besides last.
+func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file) ([]file, error) {
 	var dsts []string
-	for _, f := range append(files, manifest) {
+	for _, f := range append(files, last) {
 		dsts = append(dsts, f.dst)
 	}
 	have, err := remoteSums(ctx, c, dsts)
@@ -405,30 +441,12 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 	if err := uploadAll(ctx, c, todo); err != nil {
 		return nil, err
 	}
-	if have[manifest.dst] != manifest.sum {
-		if err := uploadOne(ctx, c, manifest); err != nil {
+	if have[last.dst] != last.sum {
+		if err := uploadOne(ctx, c, last); err != nil {
 			return nil, err
 		}
 	}
-	if err := linkBundle(ctx, c, engineDir, m); err != nil {
-		return nil, err
-	}
-	var names []string
-	engineFiles := 0
-	for _, f := range todo {
-		switch f.src {
-		case agentSrc:
-			names = append(names, "rbee-hive")
-		case workerSrc:
-			names = append(names, "rbee-worker")
-		default:
-			engineFiles++
-		}
-	}
-	if engineFiles > 0 {
-		names = append(names, fmt.Sprintf("engine %s (%d files)", m.Version, engineFiles))
-	}
-	return names, nil
+	return todo, nil
 }
 
 // uploadAll uploads files, four at a time.
@@ -515,37 +533,15 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, erro
 	if err != nil {
 		return 0, fmt.Errorf("engine bundle: %w", err)
 	}
-	var files []file
-	for _, bf := range m.Files {
-		files = append(files, file{src: filepath.Join(src, bf.Name), dst: path.Join(dst, bf.Name), mode: 0o644, sum: bf.SHA256})
-	}
-	manifest := file{src: filepath.Join(src, bundle.ManifestName), dst: path.Join(dst, bundle.ManifestName), mode: 0o644}
-	if manifest.sum, err = cachedSHA256(manifest.src); err != nil {
-		return 0, err
-	}
-	var dsts []string
-	for _, f := range append(files, manifest) {
-		dsts = append(dsts, f.dst)
-	}
-	have, err := remoteSums(ctx, c, dsts)
+	files, manifest, err := bundleFiles(src, dst, m)
 	if err != nil {
 		return 0, err
 	}
-	var todo []file
-	for _, f := range files {
-		if have[f.dst] != f.sum {
-			todo = append(todo, f)
-		}
-	}
-	if err := uploadAll(ctx, c, todo); err != nil {
+	sent, err := pushFiles(ctx, c, files, manifest)
+	if err != nil {
 		return 0, err
 	}
-	if have[manifest.dst] != manifest.sum {
-		if err := uploadOne(ctx, c, manifest); err != nil {
-			return 0, err
-		}
-	}
-	return len(todo), linkBundle(ctx, c, dst, m)
+	return len(sent), linkBundle(ctx, c, dst, m)
 }
 
 // linkBundle recreates a bundle's plain-name links on the host.
