@@ -504,3 +504,41 @@ func TestExternalWorkerType(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestQueenToken: beyond loopback the queen needs a bearer token from a
+// 0600 file; requests without it are refused, keepers with it are served.
+func TestQueenToken(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	tok := filepath.Join(e.home, "token")
+	if err := os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loose := filepath.Join(e.home, "loose")
+	os.WriteFile(loose, []byte("0123456789abcdef0123456789abcdef\n"), 0o644)
+	_, port, _ := strings.Cut(e.queen, ":")
+	wide := []string{"--queen", "0.0.0.0:" + port}
+
+	if r := e.rbee(append(wide, "queen", "serve")...); r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "needs a bearer token") {
+		t.Errorf("non-loopback without a token: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee(append(wide, "--token-file", loose, "queen", "serve")...); r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "chmod 600") {
+		t.Errorf("token file others can read: exit %d\n%s", r.code, r.stderr)
+	}
+	q := testenv.Start(t, bins.Rbee, e.vars, append(wide, "--token-file", tok, "queen", "serve")...)
+	if _, err := waitQueen(e); err != nil {
+		t.Fatalf("%v\n%s", err, q.StderrText())
+	}
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != rbee.ExitQueen || !strings.Contains(r.stderr, "bearer token") {
+		t.Errorf("keeper without the token: exit %d\n%s", r.code, r.stderr)
+	}
+	r := e.rbee("--token-file", tok, "infer", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("keeper with the token: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(q.StderrText(), "0123456789abcdef") {
+		t.Error("the queen logged its token")
+	}
+	q.Stop(30 * time.Second)
+	e.waitGone()
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 type globals struct {
 	Queen string `default:"${queen_addr}" env:"RBEE_QUEEN" help:"Queen address (host:port)."`
 	Home  string `default:"${home}" env:"RBEE_HOME" type:"path" help:"rbee's state directory."`
+	// TokenFile holds the queen's bearer token (mode 0600): required to
+	// serve beyond loopback, sent with every request when set.
+	TokenFile string `name:"token-file" env:"RBEE_TOKEN_FILE" type:"path" help:"File holding the queen's bearer token (mode 0600); needed to serve on a non-loopback address."`
 }
 
 type cli struct {
@@ -75,6 +79,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "rbee: interrupted twice, exiting now")
 		os.Exit(rbee.ExitInterrupted)
 	}()
+	if c.TokenFile != "" {
+		tok, err := queen.ReadToken(c.TokenFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "rbee: %v\n", err)
+			os.Exit(rbee.ExitUsage)
+		}
+		httpClient.Transport = bearer{token: tok, next: http.DefaultTransport}
+	}
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	err = kctx.Run(&c.globals)
 	cancel()
@@ -106,4 +118,16 @@ type versionCmd struct{}
 func (versionCmd) Run() error {
 	fmt.Printf("rbee %s (protocol %d)\n", rbee.Version, rbee.ProtocolVersion)
 	return nil
+}
+
+// bearer adds the queen's token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }

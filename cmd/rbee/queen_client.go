@@ -111,7 +111,11 @@ func startQueen(g *globals) (*exec.Cmd, string, error) {
 		return nil, "", fmt.Errorf("start queen: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "--queen", g.Queen, "--home", g.Home, "queen", "serve")
+	args := []string{"--queen", g.Queen, "--home", g.Home}
+	if g.TokenFile != "" {
+		args = append(args, "--token-file", g.TokenFile)
+	}
+	cmd := exec.Command(exe, append(args, "queen", "serve")...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

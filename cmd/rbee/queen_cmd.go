@@ -103,9 +103,15 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return exitf(rbee.ExitUsage, "", "queen address %q: %v", g.Queen, err)
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return exitf(rbee.ExitUsage, "listen on 127.0.0.1 and reach remote machines as hives over SSH",
-			"queen address %s is not loopback; listening beyond this machine needs an auth token, which this queen does not support yet", g.Queen)
+	var token string
+	if g.TokenFile != "" {
+		if token, err = queen.ReadToken(g.TokenFile); err != nil {
+			return exitf(rbee.ExitUsage, "", "%v", err)
+		}
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && token == "" {
+		return exitf(rbee.ExitUsage, "create one: (umask 077; openssl rand -hex 32 > ~/.rbee/token) and pass --token-file ~/.rbee/token",
+			"queen address %s is not loopback: serving beyond this machine needs a bearer token", g.Queen)
 	}
 	ln, err := net.Listen("tcp", g.Queen)
 	if err != nil {
@@ -121,14 +127,18 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	pidFile := filepath.Join(g.Home, "run", "queen.pid")
 	_ = os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 	defer os.Remove(pidFile)
-	log.Info("queen listening", "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home)
-	return serveQueen(ctx, q, ln)
+	log.Info("queen listening", "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home, "token", token != "")
+	return serveQueen(ctx, q, ln, token)
 }
 
 // serveQueen serves until ctx ends or a client asks for shutdown, then shuts
 // down in cascade.
-func serveQueen(ctx context.Context, q *queen.Queen, ln net.Listener) error {
-	hs := &http.Server{Handler: q.Handler(), ReadHeaderTimeout: 10 * time.Second}
+func serveQueen(ctx context.Context, q *queen.Queen, ln net.Listener, token string) error {
+	h := q.Handler()
+	if token != "" {
+		h = queen.RequireToken(token, h)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Add(1)
