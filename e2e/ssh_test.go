@@ -399,3 +399,30 @@ func TestSSHHiveToHiveCopy(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestFleetScheduling: a job that names no hive is planned across the
+// whole inventory — a warm worker anywhere wins; a local file stays local;
+// an unreachable hive is left out, not waited on.
+func TestFleetScheduling(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 3, sshtest.Options{})
+	for i, h := range hosts {
+		if r := e.addHive(h, fmt.Sprintf("h%d", i+1)); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+	}
+	if r := e.rbee("infer", "--hive", "h2", "--model", longModel, "--temperature", "0", "--max-tokens", "3", "hi"); r.code != 0 {
+		t.Fatalf("infer on h2: exit %d\n%s", r.code, r.stderr)
+	}
+	hosts[2].Kill() // h3 goes away
+	r := e.rbee("infer", "--explain", "--model", longModel, "--temperature", "0", "--max-tokens", "3", "hi")
+	if r.code != 0 {
+		t.Fatalf("fleet job: exit %d\n%s", r.code, r.stderr)
+	}
+	inOrder(t, r.stderr, "hive h3 is unreachable, left out", "fleet: hive h2, warm worker", "no spawn")
+	r = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "fleet: hive localhost") {
+		t.Fatalf("a local file should run locally: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}

@@ -94,9 +94,6 @@ func validate(req JobRequest) error {
 func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writer, send func(rbee.Event) error, narrate func(action, msg string)) error {
 	narrate("job_accepted", fmt.Sprintf("job %s accepted", id))
 	name := req.Hive
-	if name == "" {
-		name = LocalHive
-	}
 	// 3. The hive catalog.
 	n, err := q.db.CountHives(ctx)
 	if err != nil {
@@ -107,6 +104,11 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 			return err
 		}
 		narrate("hive_added", "the hive catalog is empty: added this machine as hive localhost")
+	}
+	if name == "" {
+		if name, err = q.pickHive(ctx, req, send, narrate); err != nil {
+			return err
+		}
 	}
 	entry, inv, err := q.resolveHive(ctx, name)
 	if err != nil {

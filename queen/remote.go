@@ -220,6 +220,13 @@ func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, *in
 		return entry, &ih, nil
 	}
 	entry, err := q.db.Hive(ctx, name)
+	if errors.Is(err, catalog.ErrNotFound) && name == LocalHive {
+		// This machine is always a hive, even when SSH hives came first.
+		if err := q.ensureLocalEntry(ctx); err != nil {
+			return entry, nil, err
+		}
+		entry, err = q.db.Hive(ctx, name)
+	}
 	if errors.Is(err, catalog.ErrNotFound) {
 		var names []string
 		if hs, err := q.db.Hives(ctx); err == nil {
