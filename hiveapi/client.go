@@ -180,21 +180,10 @@ func (c *Client) Shutdown(ctx context.Context, keepWorkers bool) error {
 	return err
 }
 
-// Infer runs a prompt and calls send with each event of the hive's stream.
-// ctx bounds the whole stream; cancelling it stops the generation on the
-// worker.
-func (c *Client) Infer(ctx context.Context, r InferRequest, send func(rbee.Event) error) error {
-	return c.InferRaw(ctx, r, func(_ string, data []byte) error {
-		var ev rbee.Event
-		if err := json.Unmarshal(data, &ev); err != nil {
-			return fmt.Errorf("hive %s: decode event: %w", c.Name, err)
-		}
-		return send(ev)
-	})
-}
-
-// InferRaw is Infer without decoding: send gets each event's SSE name (its
-// type) and JSON data, so a relay can pass token events on untouched.
+// InferRaw runs a prompt and calls send with each event of the hive's
+// stream undecoded: its SSE name (the event type) and JSON data, so a relay
+// can pass token events on untouched. ctx bounds the whole stream;
+// cancelling it stops the generation on the worker.
 func (c *Client) InferRaw(ctx context.Context, r InferRequest, send func(name string, data []byte) error) error {
 	resp, err := c.do(ctx, "POST", "/v1/infer", r, nil)
 	if err != nil {

@@ -1,7 +1,5 @@
 package queen
 
-import "time"
-
 // DefaultAddr is where the queen listens unless told otherwise.
 const DefaultAddr = "127.0.0.1:7833"
 
@@ -40,14 +38,4 @@ type JobRequest struct {
 	Mode        string   `json:"mode,omitempty"` // "auto", "chat", "raw"
 	Explain     bool     `json:"explain,omitempty"`
 	WorkerType  string   `json:"worker_type,omitempty"` // an external worker type declared on the hive`
-}
-
-// HiveStatus is one hive in GET /v1/hives.
-type HiveStatus struct {
-	Name     string    `json:"name"`
-	Kind     string    `json:"kind"`
-	Status   string    `json:"status"`
-	Reason   string    `json:"reason,omitempty"`
-	Version  string    `json:"agent_version,omitempty"`
-	LastSeen time.Time `json:"last_seen"`
 }

@@ -3,6 +3,7 @@ package queen
 import (
 	"context"
 	"encoding/json"
+	"io"
 
 	"fmt"
 	"log/slog"
@@ -303,7 +304,7 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 	err = poll.Until(ctx, poll.Config{Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
 		select {
 		case <-h.exited:
-			return false, poll.Permanent(fmt.Errorf("rbee-hive exited: %s", lastLine(logPath)))
+			return false, poll.Permanent(fmt.Errorf("rbee-hive exited: %s", LastLogLine(logPath)))
 		default:
 		}
 		hctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -322,14 +323,14 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 	return h, nil
 }
 
-// lastLine returns the last non-empty line of a file, for error messages.
-func lastLine(path string) string {
-	b, err := os.ReadFile(path)
+// LastLogLine returns the last non-empty line of a log file, for error
+// messages ("the queen exited: <why>").
+func LastLogLine(path string) string {
+	b, err := tailFile(path, 1)
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	return strings.TrimSpace(string(b))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -342,15 +343,26 @@ func writeErr(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]any{"error": rbee.Error{Code: code, Message: msg}})
 }
 
-// tailFile returns the last n lines of a file.
+// tailFile returns the last n non-empty lines of a file, reading at most
+// its last 256 KiB: logs grow, errors should not read them whole.
 func tailFile(p string, n int) ([]byte, error) {
-	b, err := os.ReadFile(p)
+	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
-	lines := strings.Split(string(b), "\n")
-	if len(lines) > n+1 {
-		lines = lines[len(lines)-n-1:]
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
-	return []byte(strings.Join(lines, "\n")), nil
+	off := max(st.Size()-256<<10, 0)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return []byte(strings.Join(lines, "\n") + "\n"), nil
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -76,7 +75,7 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 		func(ctx context.Context) (bool, error) {
 			select {
 			case werr := <-exited:
-				return false, poll.Permanent(fmt.Errorf("the queen exited (%v): %s", werr, lastLogLine(logPath)))
+				return false, poll.Permanent(fmt.Errorf("the queen exited (%v): %s", werr, queen.LastLogLine(logPath)))
 			default:
 			}
 			h, err = health(ctx, g.Queen)
@@ -122,13 +121,4 @@ func startQueen(g *globals) (*exec.Cmd, string, error) {
 		return nil, "", exitf(rbee.ExitQueen, "", "start queen: %v", err)
 	}
 	return cmd, logPath, nil
-}
-
-func lastLogLine(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
 }
