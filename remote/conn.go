@@ -165,12 +165,15 @@ func (c *Conn) fail(err error) {
 		sf := c.sftp
 		c.mu.Unlock()
 		close(c.done)
-		if sf != nil {
-			sf.Close()
-		}
+		// The transport goes first: closing the SFTP client on a live
+		// transport waits for the peer, and a stalled peer never answers.
+		// With the socket closed, every session on it ends at once.
 		c.client.Close()
 		for i := len(c.hops) - 1; i >= 0; i-- {
 			c.hops[i].Close()
+		}
+		if sf != nil {
+			sf.Close()
 		}
 	})
 }

@@ -314,3 +314,33 @@ func TestCloseLeaksNoGoroutines(t *testing.T) {
 		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf.String())
 	}
 }
+
+// Close never waits on a stalled peer: with the SFTP subsystem in use and
+// the host frozen, it returns at once (the transport is closed first, so
+// the SFTP receive loop ends with it).
+func TestCloseFrozenHostWithSFTP(t *testing.T) {
+	t.Parallel()
+	h := sshtest.Start(t, 1, sshtest.Options{})[0]
+	ctx := testCtx(t)
+	c, err := Dial(ctx, target(h), config(t, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Upload(ctx, strings.NewReader("data"), 4, "frozen/file", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.Freeze()
+	defer h.Thaw()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		c.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		h.Thaw() // lets the blocked Close end, so the test does not leak it
+		<-closed
+		t.Fatal("Close blocked on a frozen host for 10s")
+	}
+}
