@@ -242,10 +242,8 @@ func (a *Agent) detect(ctx context.Context) (hiveapi.Devices, error) {
 	}
 	out := hiveapi.Devices{NVML: rep.NVML}
 	for _, d := range rep.Devices {
-		out.Devices = append(out.Devices, hiveapi.Device{
-			ID: d.ID, Kind: d.Kind, Index: d.Index, Name: d.Name, TotalBytes: d.TotalBytes,
-			FreeBytes: d.FreeBytes, RoomBytes: a.vram.room(d.ID, d.TotalBytes, d.FreeBytes), ComputeCap: d.ComputeCap, Cores: d.Cores,
-		})
+		d.RoomBytes = a.vram.room(d.ID, d.TotalBytes, d.FreeBytes)
+		out.Devices = append(out.Devices, d)
 	}
 	return out, nil
 }

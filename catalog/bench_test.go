@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"fmt"
 	"testing"
 )
@@ -29,9 +31,9 @@ func BenchmarkSetDevices(b *testing.B) {
 	if err := q.AddHive(ctx, Hive{Name: "gpu-box", Kind: "ssh"}); err != nil {
 		b.Fatal(err)
 	}
-	devs := []Device{{ID: "cpu", Kind: "cpu", TotalBytes: 64 << 30, Cores: 16}}
+	devs := []rbee.Device{{ID: "cpu", Kind: "cpu", TotalBytes: 64 << 30, Cores: 16}}
 	for i := range 4 {
-		devs = append(devs, Device{ID: fmt.Sprintf("gpu%d", i), Kind: "gpu", Index: i, Name: "RTX 3090",
+		devs = append(devs, rbee.Device{ID: fmt.Sprintf("gpu%d", i), Kind: "gpu", Index: i, Name: "RTX 3090",
 			TotalBytes: 24 << 30, FreeBytes: 23 << 30, ComputeCap: "8.6"})
 	}
 	for i := 0; b.Loop(); i++ {

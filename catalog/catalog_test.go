@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"bytes"
 	"context"
 	"database/sql"
@@ -188,7 +190,7 @@ func TestReopenKeepsData(t *testing.T) {
 	}
 	want := Hive{Name: "gpu-box", Kind: "ssh", Host: "10.0.0.2", Port: 22, User: "rbee", Status: "online",
 		Added: ms(1000), LastSeen: ms(2000), DevicesAt: ms(3000),
-		Devices:      []Device{{ID: "gpu0", Kind: "gpu", Name: "RTX 3090", TotalBytes: 24 << 30}},
+		Devices:      []rbee.Device{{ID: "gpu0", Kind: "gpu", Name: "RTX 3090", TotalBytes: 24 << 30}},
 		Capabilities: map[string]string{"os": "linux"}}
 	if err := q.AddHive(ctx, want); err != nil {
 		t.Fatal(err)
@@ -287,7 +289,7 @@ func TestTwoProcesses(t *testing.T) {
 						t.Errorf("add: %v", err)
 						return
 					}
-					devs := []Device{{ID: "cpu", Kind: "cpu", Cores: i}, {ID: "gpu0", Kind: "gpu", Index: 0}}
+					devs := []rbee.Device{{ID: "cpu", Kind: "cpu", Cores: i}, {ID: "gpu0", Kind: "gpu", Index: 0}}
 					if err := q.SetDevices(ctx, name, devs, ms(int64(i+1))); err != nil {
 						t.Errorf("set devices: %v", err)
 						return
@@ -601,7 +603,7 @@ func TestTwoOSProcesses(t *testing.T) {
 			t.Errorf("add: %v", err)
 			break
 		}
-		if err := q.SetDevices(ctx, name, []Device{{ID: "cpu", Kind: "cpu"}}, ms(1)); err != nil {
+		if err := q.SetDevices(ctx, name, []rbee.Device{{ID: "cpu", Kind: "cpu"}}, ms(1)); err != nil {
 			t.Errorf("set devices: %v", err)
 			break
 		}
@@ -628,7 +630,7 @@ func TestHelperWriter(t *testing.T) {
 		if err := q.AddHive(t.Context(), Hive{Name: name}); err != nil {
 			t.Fatalf("add: %v", err)
 		}
-		if err := q.SetDevices(t.Context(), name, []Device{{ID: "cpu", Kind: "cpu"}}, ms(1)); err != nil {
+		if err := q.SetDevices(t.Context(), name, []rbee.Device{{ID: "cpu", Kind: "cpu"}}, ms(1)); err != nil {
 			t.Fatalf("set devices: %v", err)
 		}
 	}

@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"context"
 	"database/sql"
 	"errors"
@@ -27,20 +29,8 @@ type Hive struct {
 	Added        time.Time
 	LastSeen     time.Time
 	DevicesAt    time.Time // when Devices were last probed (zero = never)
-	Devices      []Device
+	Devices      []rbee.Device
 	Capabilities map[string]string // free-form: os, arch, protocol, ...
-}
-
-// Device is one compute device of a hive.
-type Device struct {
-	ID         string // "cpu", "gpu0", "gpu1" — unique within a hive
-	Kind       string // "cpu" or "gpu"
-	Index      int
-	Name       string
-	TotalBytes uint64 // VRAM for GPUs, RAM for the CPU
-	FreeBytes  uint64
-	ComputeCap string // "8.6"; "" for CPU
-	Cores      int    // CPU cores; 0 for GPUs
 }
 
 // StatusUnknown is the status of a hive nothing has been heard from yet.
@@ -249,7 +239,7 @@ func (q *Queen) hives(ctx context.Context, name string) ([]Hive, error) {
 	}
 	for rows.Next() {
 		var hive string
-		var d Device
+		var d rbee.Device
 		var total, free int64
 		if err := rows.Scan(&hive, &d.ID, &d.Kind, &d.Index, &d.Name, &total, &free, &d.ComputeCap, &d.Cores); err != nil {
 			rows.Close()
@@ -300,14 +290,14 @@ func (q *Queen) RemoveHive(ctx context.Context, name string) error {
 
 // SetDevices replaces the hive's devices in one transaction and sets
 // DevicesAt to at. Device IDs must be unique.
-func (q *Queen) SetDevices(ctx context.Context, name string, devs []Device, at time.Time) error {
+func (q *Queen) SetDevices(ctx context.Context, name string, devs []rbee.Device, at time.Time) error {
 	if err := q.setDevices(ctx, name, devs, at); err != nil {
 		return fmt.Errorf("set devices of hive %s: %w", name, err)
 	}
 	return nil
 }
 
-func (q *Queen) setDevices(ctx context.Context, name string, devs []Device, at time.Time) error {
+func (q *Queen) setDevices(ctx context.Context, name string, devs []rbee.Device, at time.Time) error {
 	if err := checkDevices(devs); err != nil {
 		return err
 	}
@@ -361,7 +351,7 @@ func checkHive(h Hive) error {
 	return checkDevices(h.Devices)
 }
 
-func checkDevices(devs []Device) error {
+func checkDevices(devs []rbee.Device) error {
 	seen := make(map[string]bool, len(devs))
 	for _, d := range devs {
 		if d.ID == "" {
@@ -391,7 +381,7 @@ func scanHive(s scanner) (Hive, error) {
 	return h, err
 }
 
-func insertDevices(ctx context.Context, tx *sql.Tx, hive string, devs []Device) error {
+func insertDevices(ctx context.Context, tx *sql.Tx, hive string, devs []rbee.Device) error {
 	if len(devs) == 0 {
 		return nil
 	}

@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"context"
 	"errors"
 	"path/filepath"
@@ -28,7 +30,7 @@ func gpuBox() Hive {
 		Status: "online", StatusReason: "handshake ok", AgentVersion: "0.1.0",
 		Added: ms(1_700_000_000_000), LastSeen: ms(1_700_000_001_000), DevicesAt: ms(1_700_000_002_000),
 		// Deliberately out of order: the catalog sorts them.
-		Devices: []Device{
+		Devices: []rbee.Device{
 			{ID: "cpu", Kind: "cpu", Name: "Ryzen 9", TotalBytes: 64 << 30, FreeBytes: 40 << 30, Cores: 16},
 			{ID: "gpu1", Kind: "gpu", Index: 1, Name: "RTX 3060", TotalBytes: 12 << 30, FreeBytes: 11 << 30, ComputeCap: "8.6"},
 			{ID: "gpu0", Kind: "gpu", Index: 0, Name: "RTX 3090", TotalBytes: 24 << 30, FreeBytes: 23 << 30, ComputeCap: "8.6"},
@@ -38,8 +40,8 @@ func gpuBox() Hive {
 }
 
 // sortedDevices is gpuBox's devices in the catalog's order.
-func sortedDevices(h Hive) []Device {
-	return []Device{h.Devices[2], h.Devices[1], h.Devices[0]}
+func sortedDevices(h Hive) []rbee.Device {
+	return []rbee.Device{h.Devices[2], h.Devices[1], h.Devices[0]}
 }
 
 func TestHiveRoundTrip(t *testing.T) {
@@ -98,7 +100,7 @@ func TestAddHiveExists(t *testing.T) {
 	if err := q.AddHive(ctx, gpuBox()); err != nil {
 		t.Fatal(err)
 	}
-	other := Hive{Name: "gpu-box", Kind: "local", Devices: []Device{{ID: "cpu", Kind: "cpu"}}}
+	other := Hive{Name: "gpu-box", Kind: "local", Devices: []rbee.Device{{ID: "cpu", Kind: "cpu"}}}
 	err := q.AddHive(ctx, other)
 	if !errors.Is(err, ErrExists) {
 		t.Fatalf("second add: got %v, want ErrExists", err)
@@ -152,8 +154,8 @@ func TestHiveInvalid(t *testing.T) {
 		h    Hive
 	}{
 		{"empty name", Hive{}},
-		{"empty device id", Hive{Name: "a", Devices: []Device{{Kind: "cpu"}}}},
-		{"duplicate device id", Hive{Name: "a", Devices: []Device{{ID: "gpu0"}, {ID: "gpu0"}}}},
+		{"empty device id", Hive{Name: "a", Devices: []rbee.Device{{Kind: "cpu"}}}},
+		{"duplicate device id", Hive{Name: "a", Devices: []rbee.Device{{ID: "gpu0"}, {ID: "gpu0"}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,7 +207,7 @@ func TestUpsertHive(t *testing.T) {
 	upd := Hive{Name: orig.Name, Kind: "ssh", Host: "10.0.0.9", Port: 22, User: "root",
 		Status: "degraded", StatusReason: "gpu1 missing", AgentVersion: "0.2.0", LastSeen: ms(1_800_000_000_000),
 		DevicesAt:    ms(1_800_000_000_001),
-		Devices:      []Device{{ID: "cpu", Kind: "cpu", Cores: 8}},
+		Devices:      []rbee.Device{{ID: "cpu", Kind: "cpu", Cores: 8}},
 		Capabilities: map[string]string{"os": "linux"},
 	}
 	if err := q.UpsertHive(ctx, upd); err != nil {
@@ -220,7 +222,7 @@ func TestUpsertHive(t *testing.T) {
 	assertHive(t, got, want)
 
 	// Empty but non-nil devices and capabilities clear them.
-	upd.Devices, upd.Capabilities, upd.DevicesAt = []Device{}, map[string]string{}, ms(1_800_000_000_002)
+	upd.Devices, upd.Capabilities, upd.DevicesAt = []rbee.Device{}, map[string]string{}, ms(1_800_000_000_002)
 	if err := q.UpsertHive(ctx, upd); err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +245,7 @@ func TestSetDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	newDevs := []Device{
+	newDevs := []rbee.Device{
 		{ID: "cpu", Kind: "cpu", TotalBytes: 32 << 30, Cores: 8},
 		{ID: "npu0", Kind: "npu", Index: 0},
 		{ID: "gpu2", Kind: "gpu", Index: 2, TotalBytes: 80 << 30, ComputeCap: "9.0"},
@@ -257,7 +259,7 @@ func TestSetDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantDevs := []Device{newDevs[2], newDevs[3], newDevs[1], newDevs[0]}
+	wantDevs := []rbee.Device{newDevs[2], newDevs[3], newDevs[1], newDevs[0]}
 	if !reflect.DeepEqual(got.Devices, wantDevs) {
 		t.Errorf("devices:\ngot  %+v\nwant %+v", got.Devices, wantDevs)
 	}
@@ -266,7 +268,7 @@ func TestSetDevices(t *testing.T) {
 	}
 
 	// A bad list changes nothing.
-	bad := []Device{{ID: "gpu0", Kind: "gpu"}, {ID: "gpu0", Kind: "gpu"}}
+	bad := []rbee.Device{{ID: "gpu0", Kind: "gpu"}, {ID: "gpu0", Kind: "gpu"}}
 	if err := q.SetDevices(ctx, h.Name, bad, ms(1)); err == nil {
 		t.Fatal("duplicate ids: got no error")
 	}
@@ -326,7 +328,7 @@ func TestRemoveHiveCascades(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	q := newQueen(t)
-	keep := Hive{Name: "keep", Devices: []Device{{ID: "cpu", Kind: "cpu"}}, Capabilities: map[string]string{"os": "linux"}}
+	keep := Hive{Name: "keep", Devices: []rbee.Device{{ID: "cpu", Kind: "cpu"}}, Capabilities: map[string]string{"os": "linux"}}
 	for _, h := range []Hive{gpuBox(), keep} {
 		if err := q.AddHive(ctx, h); err != nil {
 			t.Fatal(err)
@@ -370,7 +372,7 @@ func TestHivesSortedAndCounted(t *testing.T) {
 		t.Fatalf("list empty: got %v, %v; want none", hs, err)
 	}
 	for _, name := range []string{"zeta", "alpha", "mid"} {
-		h := Hive{Name: name, Devices: []Device{{ID: "cpu", Kind: "cpu", Name: name}}}
+		h := Hive{Name: name, Devices: []rbee.Device{{ID: "cpu", Kind: "cpu", Name: name}}}
 		if err := q.AddHive(ctx, h); err != nil {
 			t.Fatal(err)
 		}

@@ -312,7 +312,7 @@ func TestFakeGPUs(t *testing.T) {
 	e.stopQueen()
 }
 
-func devByID(t *testing.T, c *hiveapi.Client, id string) hiveapi.Device {
+func devByID(t *testing.T, c *hiveapi.Client, id string) rbee.Device {
 	t.Helper()
 	ds, err := c.Devices(context.Background())
 	if err != nil {
@@ -324,7 +324,7 @@ func devByID(t *testing.T, c *hiveapi.Client, id string) hiveapi.Device {
 		}
 	}
 	t.Fatalf("no device %s in %+v", id, ds)
-	return hiveapi.Device{}
+	return rbee.Device{}
 }
 
 func TestBadInput(t *testing.T) {

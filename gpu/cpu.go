@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"bufio"
 	"bytes"
 	"errors"
@@ -20,25 +22,25 @@ var cpuNameKeys = []string{"model name", "Model", "Hardware", "cpu model", "cpu"
 // CPU describes the machine's CPU from procRoot's cpuinfo and meminfo
 // ("" means "/proc"). Memory is the whole machine's; cgroup limits are not
 // applied.
-func CPU(procRoot string) (Device, error) {
+func CPU(procRoot string) (rbee.Device, error) {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
 	cpuinfo, err := os.ReadFile(filepath.Join(procRoot, "cpuinfo"))
 	if err != nil {
-		return Device{}, fmt.Errorf("read cpu info: %w", err)
+		return rbee.Device{}, fmt.Errorf("read cpu info: %w", err)
 	}
 	meminfo, err := os.ReadFile(filepath.Join(procRoot, "meminfo"))
 	if err != nil {
-		return Device{}, fmt.Errorf("read memory info: %w", err)
+		return rbee.Device{}, fmt.Errorf("read memory info: %w", err)
 	}
 	total, avail, err := parseMeminfo(meminfo)
 	if err != nil {
-		return Device{}, fmt.Errorf("read memory info: %w", err)
+		return rbee.Device{}, fmt.Errorf("read memory info: %w", err)
 	}
-	return Device{
-		ID:         KindCPU,
-		Kind:       KindCPU,
+	return rbee.Device{
+		ID:         rbee.DeviceCPU,
+		Kind:       rbee.DeviceCPU,
 		Name:       cpuName(cpuinfo),
 		TotalBytes: total,
 		FreeBytes:  avail,

@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"os"
 	"runtime"
 	"testing"
@@ -65,9 +67,9 @@ func TestCPU(t *testing.T) {
 			if err != nil {
 				t.Fatalf("CPU: %v", err)
 			}
-			want := Device{
+			want := rbee.Device{
 				ID:         "cpu",
-				Kind:       KindCPU,
+				Kind:       rbee.DeviceCPU,
 				Name:       tt.wantName,
 				TotalBytes: tt.wantTotal,
 				FreeBytes:  tt.wantFree,
@@ -88,7 +90,7 @@ func TestCPURealProc(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CPU: %v", err)
 	}
-	if got.ID != "cpu" || got.Kind != KindCPU || got.Index != 0 {
+	if got.ID != "cpu" || got.Kind != rbee.DeviceCPU || got.Index != 0 {
 		t.Errorf("got id %q kind %q index %d, want cpu cpu 0", got.ID, got.Kind, got.Index)
 	}
 	if got.Name == "" {

@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"context"
 	"fmt"
 	"os"
@@ -14,28 +16,9 @@ const EnvNVMLLibrary = "RBEE_NVML_LIBRARY"
 // loader finds it on its usual search path.
 const DefaultNVMLLibrary = "libnvidia-ml.so.1"
 
-// Device kinds.
-const (
-	KindGPU = "gpu"
-	KindCPU = "cpu"
-)
-
-// Device is one place a model can run.
-type Device struct {
-	ID         string `json:"id"`                    // "gpu0", "gpu1", ...; "cpu" for the CPU
-	Kind       string `json:"kind"`                  // KindGPU or KindCPU
-	Index      int    `json:"index"`                 // NVML index; 0 for the CPU
-	Name       string `json:"name"`                  // "NVIDIA GeForce RTX 3090"; the CPU's model name
-	UUID       string `json:"uuid,omitempty"`        // NVML UUID, GPUs only
-	TotalBytes uint64 `json:"total_bytes"`           // VRAM; for the CPU: MemTotal
-	FreeBytes  uint64 `json:"free_bytes"`            // VRAM free; for the CPU: MemAvailable
-	ComputeCap string `json:"compute_cap,omitempty"` // CUDA compute capability, "8.6"
-	Cores      int    `json:"cores,omitempty"`       // CPU only: usable CPUs (runtime.NumCPU)
-}
-
 // Report is what Detect found.
 type Report struct {
-	Devices []Device `json:"devices"` // GPUs by index, then the CPU (always present)
+	Devices []rbee.Device `json:"devices"` // GPUs by index, then the CPU (always present)
 	// NVML is "driver 550.54" when NVML was used, followed by "; "-separated
 	// notes on GPUs that were skipped; otherwise why it was not used
 	// ("libnvidia-ml.so.1 not found", "init: ERROR_DRIVER_NOT_LOADED").

@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -145,10 +147,10 @@ var (
 	h100    = gputest.FakeGPU{Name: "NVIDIA H100 80GB HBM3", TotalMiB: 81559, FreeMiB: 81000, ComputeCap: "9.0"}
 )
 
-func wantGPU(i int, g gputest.FakeGPU) Device {
-	return Device{
+func wantGPU(i int, g gputest.FakeGPU) rbee.Device {
+	return rbee.Device{
 		ID:         "gpu" + strconv.Itoa(i),
-		Kind:       KindGPU,
+		Kind:       rbee.DeviceGPU,
 		Index:      i,
 		Name:       g.Name,
 		UUID:       fmt.Sprintf("GPU-fa4e0000-0000-0000-0000-%012d", i),
@@ -158,10 +160,10 @@ func wantGPU(i int, g gputest.FakeGPU) Device {
 	}
 }
 
-func wantCPU() Device {
-	return Device{
+func wantCPU() rbee.Device {
+	return rbee.Device{
 		ID:         "cpu",
-		Kind:       KindCPU,
+		Kind:       rbee.DeviceCPU,
 		Name:       "AMD Ryzen 9 5950X 16-Core Processor",
 		TotalBytes: 32768000 * 1024,
 		FreeBytes:  16384000 * 1024,
@@ -209,15 +211,15 @@ func TestDetect(t *testing.T) {
 		opt       Options
 		env       map[string]string // set for the test
 		gpus      []gputest.FakeGPU
-		want      []Device // before the CPU
-		wantNVML  string   // exact, or a prefix when it ends in "..."
+		want      []rbee.Device // before the CPU
+		wantNVML  string        // exact, or a prefix when it ends in "..."
 		wantCalls []string
 	}{
 		{
 			name:      "two gpus",
 			opt:       Options{NVMLLibrary: lib},
 			gpus:      []gputest.FakeGPU{rtx3090, rtx3060},
-			want:      []Device{wantGPU(0, rtx3090), wantGPU(1, rtx3060)},
+			want:      []rbee.Device{wantGPU(0, rtx3090), wantGPU(1, rtx3060)},
 			wantNVML:  driver,
 			wantCalls: expectCalls(2),
 		},
@@ -225,7 +227,7 @@ func TestDetect(t *testing.T) {
 			name:      "three gpus keep index order",
 			opt:       Options{NVMLLibrary: lib},
 			gpus:      []gputest.FakeGPU{rtx3060, h100, rtx3090},
-			want:      []Device{wantGPU(0, rtx3060), wantGPU(1, h100), wantGPU(2, rtx3090)},
+			want:      []rbee.Device{wantGPU(0, rtx3060), wantGPU(1, h100), wantGPU(2, rtx3090)},
 			wantNVML:  driver,
 			wantCalls: expectCalls(3),
 		},
@@ -239,7 +241,7 @@ func TestDetect(t *testing.T) {
 			name:      "library from environment",
 			env:       map[string]string{EnvNVMLLibrary: lib},
 			gpus:      []gputest.FakeGPU{rtx3090},
-			want:      []Device{wantGPU(0, rtx3090)},
+			want:      []rbee.Device{wantGPU(0, rtx3090)},
 			wantNVML:  driver,
 			wantCalls: expectCalls(1),
 		},
@@ -285,7 +287,7 @@ func TestDetect(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Detect: %v", err)
 			}
-			want := append(append([]Device(nil), tt.want...), wantCPU())
+			want := append(append([]rbee.Device(nil), tt.want...), wantCPU())
 			if !reflect.DeepEqual(got.Devices, want) {
 				t.Errorf("got devices\n%+v\nwant\n%+v", got.Devices, want)
 			}
@@ -306,7 +308,7 @@ func TestDetectRepeated(t *testing.T) {
 	lib := needFake(t)
 	t.Setenv(gputest.EnvGPUs, gputest.GPUsEnv(rtx3090, rtx3060))
 	opt := Options{NVMLLibrary: lib, ProcRoot: fakeProc(t, x86CPUInfo, memInfo)}
-	want := []Device{wantGPU(0, rtx3090), wantGPU(1, rtx3060), wantCPU()}
+	want := []rbee.Device{wantGPU(0, rtx3090), wantGPU(1, rtx3060), wantCPU()}
 
 	for i := range 3 {
 		got, err := Detect(context.Background(), opt)
@@ -368,7 +370,7 @@ func TestDetectContext(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Detect: %v", err)
 		}
-		if want := []Device{wantCPU()}; !reflect.DeepEqual(got.Devices, want) {
+		if want := []rbee.Device{wantCPU()}; !reflect.DeepEqual(got.Devices, want) {
 			t.Errorf("got devices %+v, want %+v", got.Devices, want)
 		}
 	})
@@ -482,7 +484,7 @@ func TestDetectInitError(t *testing.T) {
 			if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 				t.Fatalf("decode report %q: %v", stdout.Bytes(), err)
 			}
-			if want := []Device{wantCPU()}; !reflect.DeepEqual(got.Devices, want) {
+			if want := []rbee.Device{wantCPU()}; !reflect.DeepEqual(got.Devices, want) {
 				t.Errorf("got devices %+v, want %+v", got.Devices, want)
 			}
 			if got.NVML != tt.wantNVML {
@@ -512,14 +514,14 @@ func TestDetectSystem(t *testing.T) {
 	for _, d := range rep.Devices {
 		t.Logf("%+v", d)
 	}
-	if n := len(rep.Devices); n == 0 || rep.Devices[n-1].Kind != KindCPU {
+	if n := len(rep.Devices); n == 0 || rep.Devices[n-1].Kind != rbee.DeviceCPU {
 		t.Fatalf("got devices %+v, want the CPU last", rep.Devices)
 	}
 	if rep.NVML == "" {
 		t.Error("got an empty NVML status")
 	}
 	for i, d := range rep.Devices[:len(rep.Devices)-1] {
-		if d.ID != fmt.Sprintf("gpu%d", d.Index) || d.Kind != KindGPU || d.Name == "" ||
+		if d.ID != fmt.Sprintf("gpu%d", d.Index) || d.Kind != rbee.DeviceGPU || d.Name == "" ||
 			d.TotalBytes == 0 || d.FreeBytes > d.TotalBytes || d.ComputeCap == "" {
 			t.Errorf("device %d: got %+v, want a complete GPU", i, d)
 		}
@@ -527,7 +529,7 @@ func TestDetectSystem(t *testing.T) {
 }
 
 func TestReportJSON(t *testing.T) {
-	rep := Report{Devices: []Device{wantCPU()}, NVML: "disabled"}
+	rep := Report{Devices: []rbee.Device{wantCPU()}, NVML: "disabled"}
 	b, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)

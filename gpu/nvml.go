@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"context"
 	"fmt"
 	"strings"
@@ -38,7 +40,7 @@ var requiredSymbols = [][]string{
 
 // detectNVML lists the GPUs that the NVML library at path reports. status
 // is Report.NVML; err is set only when ctx ends.
-func detectNVML(ctx context.Context, path string) (gpus []Device, status string, err error) {
+func detectNVML(ctx context.Context, path string) (gpus []rbee.Device, status string, err error) {
 	select {
 	case nvmlSem <- struct{}{}:
 	case <-ctx.Done():
@@ -105,7 +107,7 @@ func checkLibrary(path string) string {
 // make up Report.NVML. When Init fails, probe calls nothing else on lib:
 // on some systems any NVML call after a failed init kills the process.
 // err is set only when ctx ends.
-func probe(ctx context.Context, lib nvml.Interface) (gpus []Device, notes []string, err error) {
+func probe(ctx context.Context, lib nvml.Interface) (gpus []rbee.Device, notes []string, err error) {
 	if ret := lib.Init(); ret != nvml.SUCCESS {
 		return nil, []string{"init: " + retName(ret)}, nil
 	}
@@ -147,30 +149,30 @@ type nvmlError struct {
 
 func (e nvmlError) Error() string { return e.op + ": " + retName(e.ret) }
 
-func queryDevice(lib nvml.Interface, i int) (Device, error) {
+func queryDevice(lib nvml.Interface, i int) (rbee.Device, error) {
 	dev, ret := lib.DeviceGetHandleByIndex(i)
 	if ret != nvml.SUCCESS {
-		return Device{}, nvmlError{"get handle", ret}
+		return rbee.Device{}, nvmlError{"get handle", ret}
 	}
 	name, ret := dev.GetName()
 	if ret != nvml.SUCCESS {
-		return Device{}, nvmlError{"get name", ret}
+		return rbee.Device{}, nvmlError{"get name", ret}
 	}
 	uuid, ret := dev.GetUUID()
 	if ret != nvml.SUCCESS {
-		return Device{}, nvmlError{"get uuid", ret}
+		return rbee.Device{}, nvmlError{"get uuid", ret}
 	}
 	mem, ret := dev.GetMemoryInfo()
 	if ret != nvml.SUCCESS {
-		return Device{}, nvmlError{"get memory info", ret}
+		return rbee.Device{}, nvmlError{"get memory info", ret}
 	}
 	major, minor, ret := dev.GetCudaComputeCapability()
 	if ret != nvml.SUCCESS {
-		return Device{}, nvmlError{"get compute capability", ret}
+		return rbee.Device{}, nvmlError{"get compute capability", ret}
 	}
-	return Device{
+	return rbee.Device{
 		ID:         fmt.Sprintf("gpu%d", i),
-		Kind:       KindGPU,
+		Kind:       rbee.DeviceGPU,
 		Index:      i,
 		Name:       name,
 		UUID:       uuid,

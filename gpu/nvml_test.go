@@ -1,6 +1,8 @@
 package gpu
 
 import (
+	"github.com/rbee-dev/rbee"
+
 	"context"
 	"errors"
 	"fmt"
@@ -59,10 +61,10 @@ func mockNVML(gpus []mockGPU) *mock.Interface {
 	}
 }
 
-func mockDevice(i int, g mockGPU) Device {
-	return Device{
+func mockDevice(i int, g mockGPU) rbee.Device {
+	return rbee.Device{
 		ID:         fmt.Sprintf("gpu%d", i),
-		Kind:       KindGPU,
+		Kind:       rbee.DeviceGPU,
 		Index:      i,
 		Name:       g.name,
 		UUID:       "GPU-" + g.name,
@@ -84,21 +86,21 @@ func TestProbe(t *testing.T) {
 		name         string
 		gpus         []mockGPU
 		setup        func(*mock.Interface)
-		want         []Device
+		want         []rbee.Device
 		wantNotes    []string
 		wantShutdown int
 	}{
 		{
 			name:         "two gpus",
 			gpus:         []mockGPU{a, b},
-			want:         []Device{mockDevice(0, a), mockDevice(1, b)},
+			want:         []rbee.Device{mockDevice(0, a), mockDevice(1, b)},
 			wantNotes:    []string{"driver 550.54"},
 			wantShutdown: 1,
 		},
 		{
 			name:         "memory info fails on one gpu",
 			gpus:         []mockGPU{a, failing(b, "memory", nvml.ERROR_GPU_IS_LOST)},
-			want:         []Device{mockDevice(0, a)},
+			want:         []rbee.Device{mockDevice(0, a)},
 			wantNotes:    []string{"driver 550.54", "gpu1 skipped: get memory info: ERROR_GPU_IS_LOST"},
 			wantShutdown: 1,
 		},
@@ -111,7 +113,7 @@ func TestProbe(t *testing.T) {
 				failing(b, "compute", nvml.ERROR_TIMEOUT),
 				a,
 			},
-			want: []Device{mockDevice(4, a)},
+			want: []rbee.Device{mockDevice(4, a)},
 			wantNotes: []string{
 				"driver 550.54",
 				"gpu0 skipped: get handle: ERROR_NO_PERMISSION",
@@ -136,7 +138,7 @@ func TestProbe(t *testing.T) {
 			setup: func(m *mock.Interface) {
 				m.SystemGetDriverVersionFunc = func() (string, nvml.Return) { return "", nvml.ERROR_NOT_SUPPORTED }
 			},
-			want:         []Device{mockDevice(0, a)},
+			want:         []rbee.Device{mockDevice(0, a)},
 			wantNotes:    []string{"driver version: ERROR_NOT_SUPPORTED"},
 			wantShutdown: 1,
 		},
@@ -155,7 +157,7 @@ func TestProbe(t *testing.T) {
 			setup: func(m *mock.Interface) {
 				m.ShutdownFunc = func() nvml.Return { return nvml.ERROR_UNKNOWN }
 			},
-			want:         []Device{mockDevice(0, a)},
+			want:         []rbee.Device{mockDevice(0, a)},
 			wantNotes:    []string{"driver 550.54", "shutdown: ERROR_UNKNOWN"},
 			wantShutdown: 1,
 		},

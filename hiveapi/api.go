@@ -18,26 +18,10 @@ type Handshake struct {
 	Started  time.Time `json:"started"`
 }
 
-// Device is a compute device of a hive. The scheduler ranks devices on
-// FreeBytes; the VRAM checker decides on RoomBytes, so a job that races
-// another for the same device gets a 409 and moves to the next candidate.
-type Device struct {
-	ID         string `json:"id"`   // "gpu0", ..., "cpu"
-	Kind       string `json:"kind"` // "gpu" or "cpu"
-	Index      int    `json:"index"`
-	Name       string `json:"name"`
-	TotalBytes uint64 `json:"total_bytes"`
-	FreeBytes  uint64 `json:"free_bytes"` // as the driver (or /proc/meminfo) reports it
-	// RoomBytes is what the VRAM checker would still grant: free memory
-	// less the reservations of workers being started.
-	RoomBytes  uint64 `json:"room_bytes"`
-	ComputeCap string `json:"compute_cap,omitempty"`
-	Cores      int    `json:"cores,omitempty"`
-}
 
 // Devices is the answer to GET /v1/devices.
 type Devices struct {
-	Devices []Device `json:"devices"`
+	Devices []rbee.Device `json:"devices"`
 	NVML    string   `json:"nvml"`
 }
 

@@ -35,7 +35,7 @@ type HiveInfo struct {
 	Reason   string            `json:"reason,omitempty"`
 	Version  string            `json:"agent_version,omitempty"`
 	LastSeen time.Time         `json:"last_seen"`
-	Devices  []catalog.Device  `json:"devices"`
+	Devices  []rbee.Device  `json:"devices"`
 	Workers  []rbee.WorkerInfo `json:"workers,omitempty"`
 }
 
@@ -133,7 +133,7 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 			Capabilities: map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}}); err != nil {
 			return err
 		}
-		if err := q.db.SetDevices(ctx, req.Name, toCatalog(devs.Devices), now); err != nil {
+		if err := q.db.SetDevices(ctx, req.Name, devs.Devices, now); err != nil {
 			return err
 		}
 		narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
@@ -204,8 +204,8 @@ func (q *Queen) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	info := q.hiveInfo(ctx, entry)
 	info.Status, info.Reason, info.Version, info.LastSeen = "online", "", hc.handshake.Version, time.Now()
 	if devs, err := hc.client.Devices(ctx); err == nil {
-		_ = q.db.SetDevices(ctx, name, toCatalog(devs.Devices), time.Now())
-		info.Devices = toCatalog(devs.Devices)
+		_ = q.db.SetDevices(ctx, name, devs.Devices, time.Now())
+		info.Devices = devs.Devices
 	}
 	info.Workers, _ = hc.client.Workers(ctx)
 	_ = q.db.SetStatus(ctx, name, "online", "", time.Now())

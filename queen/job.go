@@ -139,7 +139,7 @@ func (q *Queen) run(ctx context.Context, id string, req JobRequest, sw *sse.Writ
 		narrate("devices_detected", fmt.Sprintf("hive %s has %s", name, describeDevices(devs.Devices)))
 	}
 	h.devices = devs.Devices
-	_ = q.db.SetDevices(ctx, name, toCatalog(devs.Devices), time.Now())
+	_ = q.db.SetDevices(ctx, name, devs.Devices, time.Now())
 
 	// The model, on the hive (pushed there when the hive is remote) and in
 	// its catalog (size, sha256, estimate).
@@ -292,7 +292,7 @@ func hiveError(err error) error {
 	return rbee.Errorf(rbee.CodeHiveDown, "%v", err)
 }
 
-func describeDevices(ds []hiveapi.Device) string {
+func describeDevices(ds []rbee.Device) string {
 	var parts []string
 	for _, d := range ds {
 		if d.Kind == "gpu" {
@@ -313,14 +313,6 @@ func explainText(cs []rbee.Candidate) string {
 	return b.String()
 }
 
-func toCatalog(ds []hiveapi.Device) []catalog.Device {
-	out := make([]catalog.Device, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, catalog.Device{ID: d.ID, Kind: d.Kind, Index: d.Index, Name: d.Name, TotalBytes: d.TotalBytes,
-			FreeBytes: d.FreeBytes, ComputeCap: d.ComputeCap, Cores: d.Cores})
-	}
-	return out
-}
 
 func isRef(s string) bool {
 	_, err := download.ParseRef(s)

@@ -65,7 +65,7 @@ func (q *Queen) fitBeforeFetch(ctx context.Context, hc *hiveConn, hub *download.
 	if err != nil {
 		return ref, hiveError(err)
 	}
-	var best hiveapi.Device
+	var best rbee.Device
 	for _, d := range devs.Devices {
 		if d.FreeBytes > best.FreeBytes {
 			best = d

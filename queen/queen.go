@@ -69,7 +69,7 @@ type hiveConn struct {
 	handshake hiveapi.Handshake
 	cmd       *exec.Cmd     // set when this queen started the agent
 	exited    chan struct{} // closed when that process exits
-	devices   []hiveapi.Device
+	devices   []rbee.Device
 	remote    *remoteHive // set for hives reached over SSH
 }
 

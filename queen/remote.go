@@ -295,7 +295,7 @@ func (q *Queen) upAll(ctx context.Context, send func(rbee.Event) error) (failed 
 				}
 				msg := fmt.Sprintf("up: rbee-hive %s %s (%s: %s)", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond), hc.remote.res.Timings())
 				if derr == nil {
-					_ = q.db.SetDevices(ctx, h.Name, toCatalog(devs.Devices), time.Now())
+					_ = q.db.SetDevices(ctx, h.Name, devs.Devices, time.Now())
 					msg += ", " + describeDevices(devs.Devices)
 				}
 				ev.Message = msg

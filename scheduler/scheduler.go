@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/rbee-dev/rbee"
-	"github.com/rbee-dev/rbee/hiveapi"
 )
 
 // Request is what a job needs.
@@ -23,7 +22,7 @@ type Request struct {
 // Hive is what the scheduler knows of one hive.
 type Hive struct {
 	Name     string
-	Devices  []hiveapi.Device
+	Devices  []rbee.Device
 	Workers  []rbee.WorkerInfo // running workers
 	HasModel bool              // the model file is already on this hive
 	ModelID  string            // the model's id in this hive's catalog
@@ -32,7 +31,7 @@ type Hive struct {
 // Option is a device to try.
 type Option struct {
 	Hive   string
-	Device hiveapi.Device
+	Device rbee.Device
 	Reason string // why it ranks where it does
 }
 
@@ -79,7 +78,7 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 	type cand struct {
 		hive     string
 		has      bool
-		dev      hiveapi.Device
+		dev      rbee.Device
 		fits     bool
 		rejected string
 	}
@@ -161,7 +160,7 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 	return p, nil
 }
 
-func kindRank(d hiveapi.Device) int {
+func kindRank(d rbee.Device) int {
 	if d.Kind == "gpu" {
 		return 0
 	}
@@ -176,7 +175,7 @@ func capValue(s string) int {
 	return a*10 + b
 }
 
-func strength(d hiveapi.Device) string {
+func strength(d rbee.Device) string {
 	if d.Kind == "gpu" {
 		s := fmt.Sprintf("%s with %s", d.Name, rbee.Bytes(d.TotalBytes))
 		if d.ComputeCap != "" {

@@ -6,13 +6,12 @@ import (
 	"testing"
 
 	"github.com/rbee-dev/rbee"
-	"github.com/rbee-dev/rbee/hiveapi"
 )
 
 const gib = 1 << 30
 
-func devs() []hiveapi.Device {
-	return []hiveapi.Device{
+func devs() []rbee.Device {
+	return []rbee.Device{
 		{ID: "gpu0", Kind: "gpu", Name: "RTX 3060", TotalBytes: 12 * gib, FreeBytes: 11 * gib, ComputeCap: "8.6"},
 		{ID: "gpu1", Kind: "gpu", Name: "RTX 3090", TotalBytes: 24 * gib, FreeBytes: 2 * gib, ComputeCap: "8.6"},
 		{ID: "gpu2", Kind: "gpu", Name: "RTX 4060", TotalBytes: 12 * gib, FreeBytes: 11 * gib, ComputeCap: "8.9"},
