@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"unsafe"
@@ -19,6 +20,9 @@ var ErrModelFile = errors.New("model file")
 // ErrPromptTooLong means the prompt does not fit the context.
 var ErrPromptTooLong = errors.New("prompt too long")
 
+// ErrNUL means text holds a NUL byte, which llama.cpp's tokenizer cannot take.
+var ErrNUL = errors.New("text contains a NUL byte")
+
 // FallbackChatTemplate is the built-in llama.cpp template used when a model
 // carries no chat template, or one llama.cpp cannot apply: ChatML, the most
 // widely understood format.
@@ -28,15 +32,21 @@ const FallbackChatTemplate = "chatml"
 type ModelOptions struct {
 	Device  string // "", "auto", "cpu" or a device name such as "CUDA0"
 	CtxSize int    // context tokens per slot; 0 = min(model's training context, 4096)
-	Threads int    // generation threads; 0 = one per physical (performance) core, as llama.cpp chooses
-	Slots   int    // parallel sequences (one llama context each); 0 = 1
+	Threads int    // CPU threads of the process's one thread pool; 0 = one per physical (performance) core
+	Slots   int    // parallel sequences sharing the one context; 0 = 1
+	// Embeddings makes the model serve Embed instead of Generate: the
+	// context pools each input into one vector (the model's pooling type,
+	// else the mean of its tokens).
+	Embeddings bool
 }
 
-// Model is a loaded model and its per-slot contexts.
+// Model is a loaded model, the one llama context all its slots share, and
+// the decode loop that drives that context. Every call into the context
+// happens on the loop's goroutine.
 type Model struct {
 	Path      string
 	Device    string
-	CtxSize   int
+	CtxSize   int // tokens per slot
 	Threads   int
 	model     llama.Model
 	vocab     llama.Vocab
@@ -45,8 +55,30 @@ type Model struct {
 	desc      string
 	params    uint64
 	size      uint64
-	sessions  chan *Session
-	all       []*Session
+	nEmbd     int
+	maxTokLen int // bytes of the longest token text: bounds tokens per byte
+
+	lctx       llama.Context
+	pool       llama.Threadpool
+	batch      llama.Batch
+	nBatch     int
+	embeddings bool
+	pooling    llama.PoolingType
+	canReuse   bool // the memory can drop a sequence's tail (not recurrent)
+
+	slotMu  sync.Mutex
+	slots   []*Slot
+	free    []*Slot
+	waiters []*waiter
+	clock   int64 // slot use counter, for least-recently-used
+
+	submit  chan *request
+	embedCh chan *embedRequest
+	wake    chan struct{}
+	quit    chan struct{}
+	loopWG  sync.WaitGroup
+	stats   statsCounters
+
 	closeOnce sync.Once
 }
 
@@ -78,7 +110,9 @@ func CheckGGUF(path string) error {
 	return nil
 }
 
-// LoadModel loads the GGUF model at path and creates opt.Slots contexts.
+// LoadModel loads the GGUF model at path, creates its one context with room
+// for opt.Slots sequences of opt.CtxSize tokens each, attaches one thread
+// pool, and starts the decode loop.
 func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	if err := CheckGGUF(path); err != nil {
 		return nil, err
@@ -106,11 +140,13 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	m.desc = llama.ModelDesc(mdl)
 	m.params = llama.ModelNParams(mdl)
 	m.size = llama.ModelSize(mdl)
+	m.nEmbd = int(llama.ModelNEmbd(mdl))
 	m.template = llama.ModelChatTemplate(mdl, "")
 	m.templName = "model"
 	if m.template == "" || applyTemplate(m.template, []Message{{Role: "user", Content: "x"}}, true) == "" {
 		m.template, m.templName = FallbackChatTemplate, FallbackChatTemplate
 	}
+	m.maxTokLen = maxTokenBytes(m.vocab)
 	m.CtxSize = opt.CtxSize
 	if m.CtxSize <= 0 {
 		m.CtxSize = int(min(llama.ModelNCtxTrain(mdl), 4096))
@@ -119,18 +155,95 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	if m.Threads <= 0 {
 		m.Threads = int(llama.Threads())
 	}
+	m.embeddings = opt.Embeddings
+	m.canReuse = !llama.ModelIsRecurrent(mdl) && !llama.ModelIsHybrid(mdl)
 	slots := max(opt.Slots, 1)
-	m.sessions = make(chan *Session, slots)
-	for i := 0; i < slots; i++ {
-		s, err := m.newSession(i)
-		if err != nil {
-			m.Close()
-			return nil, err
-		}
-		m.all = append(m.all, s)
-		m.sessions <- s
+	if m.embeddings {
+		slots = 1
 	}
+	if err := m.newContext(slots); err != nil {
+		llama.ModelFree(mdl)
+		return nil, err
+	}
+	for i := range slots {
+		s := &Slot{ID: i, m: m}
+		m.slots = append(m.slots, s)
+		m.free = append(m.free, s)
+	}
+	m.submit = make(chan *request)
+	m.embedCh = make(chan *embedRequest)
+	m.wake = make(chan struct{}, 1)
+	m.quit = make(chan struct{})
+	m.loopWG.Add(1)
+	go m.loop()
 	return m, nil
+}
+
+// newContext creates the one context (slots sequences, each with its own
+// CtxSize tokens of KV cache) and the one thread pool it computes with:
+// without a pool, ggml starts and joins its threads for every decode.
+func (m *Model) newContext(slots int) error {
+	cp := llama.ContextDefaultParams()
+	cp.NCtx = uint32(m.CtxSize * slots)
+	cp.NSeqMax = uint32(slots)
+	cp.KVUnified = 0 // each slot gets its own CtxSize, as llama-server --parallel does
+	cp.NBatch = uint32(min(m.CtxSize*slots, 2048))
+	cp.NUbatch = uint32(min(int(cp.NBatch), 512))
+	cp.NThreads = int32(m.Threads)
+	cp.NThreadsBatch = int32(m.Threads)
+	cp.NoPerf = 1
+	if m.embeddings {
+		// A pooled sequence must fit one micro-batch.
+		cp.NBatch, cp.NUbatch = uint32(m.CtxSize), uint32(m.CtxSize)
+		cp.Embeddings = 1
+		m.pooling = modelPooling(m.model)
+		if m.pooling == llama.PoolingTypeNone || m.pooling == llama.PoolingTypeUnspecified {
+			m.pooling = llama.PoolingTypeMean
+		}
+		cp.PoolingType = m.pooling
+	}
+	lctx, err := llama.InitFromModel(m.model, cp)
+	if err != nil || lctx == 0 {
+		return fmt.Errorf("create context (%d slots × %d tokens): %v; try a smaller --ctx-size or fewer --slots", slots, m.CtxSize, err)
+	}
+	m.lctx = lctx
+	if n := int(llama.NCtxSeq(lctx)); n > 0 && n < m.CtxSize {
+		m.CtxSize = n
+	}
+	m.nBatch = int(cp.NBatch)
+	m.batch = llama.BatchInit(int32(m.nBatch), 0, 1)
+	tpp := llama.ThreadpoolParamsDefault(int32(m.Threads))
+	if tp, err := llama.ThreadpoolNew(&tpp); err == nil {
+		m.pool = tp
+		llama.AttachThreadpool(lctx, uintptr(tp), 0)
+	}
+	return nil
+}
+
+// modelPooling reads the GGUF's pooling type (<arch>.pooling_type).
+func modelPooling(mdl llama.Model) llama.PoolingType {
+	arch, _ := llama.ModelMetaValStr(mdl, "general.architecture")
+	v, ok := llama.ModelMetaValStr(mdl, arch+".pooling_type")
+	if !ok {
+		return llama.PoolingTypeUnspecified
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return llama.PoolingTypeUnspecified
+	}
+	return llama.PoolingType(n)
+}
+
+// maxTokenBytes is the length of the longest token text in the vocabulary.
+// The stored text over-counts (escaped spaces, <0xNN> byte tokens), which
+// only makes the bound looser: a prompt of more than ctx × maxTokenBytes
+// bytes is certainly more than ctx tokens.
+func maxTokenBytes(v llama.Vocab) int {
+	n := 1
+	for t := range llama.VocabNTokens(v) {
+		n = max(n, len(llama.VocabGetText(v, llama.Token(t))))
+	}
+	return n
 }
 
 // Info describes a loaded model.
@@ -147,44 +260,41 @@ func (m *Model) Info() Info {
 }
 
 // Slots returns the number of parallel sequences.
-func (m *Model) Slots() int { return cap(m.sessions) }
+func (m *Model) Slots() int { return len(m.slots) }
 
-// Acquire takes a free slot, or returns nil when none is free.
-func (m *Model) Acquire() *Session {
-	select {
-	case s := <-m.sessions:
-		return s
-	default:
-		return nil
-	}
-}
+// NEmbd returns the model's embedding width.
+func (m *Model) NEmbd() int { return m.nEmbd }
 
-// AcquireWait takes a free slot, waiting until one frees or done closes.
-func (m *Model) AcquireWait(done <-chan struct{}) *Session {
-	select {
-	case s := <-m.sessions:
-		return s
-	case <-done:
-		return nil
-	}
-}
+// Embeddings reports whether the model was loaded to serve Embed.
+func (m *Model) Embeddings() bool { return m.embeddings }
 
-// Release returns a slot taken with Acquire.
-func (m *Model) Release(s *Session) { m.sessions <- s }
-
-// Close frees every context and the model. No session may be in use.
+// Close stops the decode loop and frees the context, the thread pool and
+// the model. No slot may be in use.
 func (m *Model) Close() {
 	m.closeOnce.Do(func() {
-		for _, s := range m.all {
-			llama.Free(s.ctx)
+		close(m.quit)
+		m.loopWG.Wait()
+		llama.BatchFree(m.batch)
+		llama.Free(m.lctx)
+		if m.pool != 0 {
+			llama.ThreadpoolFree(m.pool)
 		}
 		llama.ModelFree(m.model)
 	})
 }
 
 // Tokenize turns text into tokens, adding BOS when the model wants it.
-func (m *Model) Tokenize(text string, addSpecial bool) []llama.Token {
-	return llama.Tokenize(m.vocab, text, addSpecial, true)
+// Text llama.cpp cannot take is refused first: a NUL byte (its tokenizer
+// aborts the process on one) and text certainly longer than limit tokens,
+// which would otherwise be tokenized in full only to be refused.
+func (m *Model) Tokenize(text string, addSpecial bool, limit int) ([]llama.Token, error) {
+	if i := strings.IndexByte(text, 0); i >= 0 {
+		return nil, fmt.Errorf("%w at byte %d", ErrNUL, i)
+	}
+	if limit > 0 && len(text) > limit*m.maxTokLen {
+		return nil, fmt.Errorf("%w: %d bytes is more than %d tokens", ErrPromptTooLong, len(text), limit)
+	}
+	return llama.Tokenize(m.vocab, text, addSpecial, true), nil
 }
 
 // Message is one chat message.
@@ -232,3 +342,9 @@ func applyTemplate(tmpl string, msgs []Message, addAssistant bool) string {
 	}
 	return string(buf[:got])
 }
+
+// Token is a token id of the model's vocabulary.
+type Token = llama.Token
+
+// NVocab returns the number of tokens in the vocabulary.
+func (m *Model) NVocab() int { return int(llama.VocabNTokens(m.vocab)) }

@@ -60,6 +60,9 @@ type sampling struct {
 	Stream      bool       `json:"stream"`
 	N           *int       `json:"n"`
 	IgnoreEOS   bool       `json:"ignore_eos"` // llama-server's extension, for benchmarks
+	// CachePrompt false decodes the whole prompt even when a slot holds a
+	// prefix of it (llama-server's extension; default true).
+	CachePrompt *bool `json:"cache_prompt"`
 }
 
 type completionRequest struct {
@@ -145,13 +148,20 @@ func (s *sampling) validate() *apiError {
 // Response shapes (OpenAI's).
 
 type usage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
+	PromptTokens        int            `json:"prompt_tokens"`
+	CompletionTokens    int            `json:"completion_tokens"`
+	TotalTokens         int            `json:"total_tokens"`
+	PromptTokensDetails *promptDetails `json:"prompt_tokens_details,omitempty"`
 }
 
-// timings follows llama-server's field names.
+type promptDetails struct {
+	CachedTokens int `json:"cached_tokens"` // taken from the slot's cache, not decoded
+}
+
+// timings follows llama-server's field names: prompt_n counts the prompt
+// tokens decoded, cache_n those taken from the slot's cache.
 type timings struct {
+	CacheN             int     `json:"cache_n"`
 	PromptN            int     `json:"prompt_n"`
 	PromptMS           float64 `json:"prompt_ms"`
 	PromptPerSecond    float64 `json:"prompt_per_second"`
@@ -172,12 +182,19 @@ type chatDelta struct {
 	Content string `json:"content,omitempty"`
 }
 
+// chatMessageOut is a response's message: content is always there, a
+// string, empty when the model said nothing.
+type chatMessageOut struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
 type chatChoice struct {
-	Index        int        `json:"index"`
-	Message      *chatDelta `json:"message,omitempty"`
-	Delta        *chatDelta `json:"delta,omitempty"`
-	Logprobs     any        `json:"logprobs"`
-	FinishReason *string    `json:"finish_reason"`
+	Index        int             `json:"index"`
+	Message      *chatMessageOut `json:"message,omitempty"`
+	Delta        *chatDelta      `json:"delta,omitempty"`
+	Logprobs     any             `json:"logprobs"`
+	FinishReason *string         `json:"finish_reason"`
 }
 
 type response struct {

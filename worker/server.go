@@ -40,8 +40,9 @@ type Config struct {
 	Device        string
 	CtxSize       int
 	Threads       int
-	Slots         int // parallel generations; default 1
-	Queue         int // requests that may wait for a slot; beyond, 503
+	Slots         int  // parallel generations sharing one context; default 1
+	Embeddings    bool // serve /v1/embeddings instead of completions
+	Queue         int  // requests that may wait for a slot; beyond, 503
 	ID            string
 	Log           *slog.Logger
 }
@@ -97,6 +98,7 @@ func (s *Server) Load() error {
 	if err == nil {
 		m, err = eng.LoadModel(s.cfg.ModelPath, llm.ModelOptions{
 			Device: s.cfg.Device, CtxSize: s.cfg.CtxSize, Threads: s.cfg.Threads, Slots: s.cfg.Slots,
+			Embeddings: s.cfg.Embeddings,
 		})
 	}
 	s.mu.Lock()
@@ -139,8 +141,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/models", s.models)
 	mux.HandleFunc("POST /v1/completions", s.completions)
 	mux.HandleFunc("POST /v1/chat/completions", s.chat)
+	mux.HandleFunc("POST /v1/embeddings", s.embeddings)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		for _, p := range []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"} {
+		for _, p := range []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings"} {
 			if r.URL.Path == p {
 				writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
 					Message: fmt.Sprintf("%s does not accept %s", p, r.Method)})
@@ -148,7 +151,7 @@ func (s *Server) Handler() http.Handler {
 			}
 		}
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "not_found",
-			Message: fmt.Sprintf("no route %s %s; this worker serves /health, /v1/models, /v1/completions, /v1/chat/completions", r.Method, r.URL.Path)})
+			Message: fmt.Sprintf("no route %s %s; this worker serves /health, /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings", r.Method, r.URL.Path)})
 	})
 	return mux
 }
@@ -167,6 +170,8 @@ type Health struct {
 	CtxSize      int    `json:"ctx_size,omitempty"`
 	Threads      int    `json:"threads,omitempty"`
 	Slots        int    `json:"slots"`
+	Embeddings   bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
+	NEmbd        int    `json:"n_embd,omitempty"`
 	SlotsBusy    int    `json:"slots_busy"`
 	Queued       int    `json:"queued"`
 	Engine       struct {
@@ -180,6 +185,9 @@ type Health struct {
 		RejectedBusy   int64 `json:"rejected_busy"`
 		LastCompletion int64 `json:"last_completion_tokens"`
 	} `json:"requests"`
+	// Batches counts the decode loop's work: SharedDecodes and MaxSeqs show
+	// that concurrent requests were decoded together.
+	Batches llm.Stats `json:"batches"`
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -191,6 +199,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	if s.model != nil {
 		h.Device, h.CtxSize, h.Threads = s.model.Device, s.model.CtxSize, s.model.Threads
 		h.ChatTemplate = s.model.Info().ChatTemplate
+		h.Embeddings, h.NEmbd = s.model.Embeddings(), s.model.NEmbd()
+		h.Batches = s.model.Stats()
 	}
 	s.mu.Unlock()
 	running := int(s.running.Load())
@@ -315,6 +325,11 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 				"messages[%d].role %q is not one of system, developer, user, assistant, tool", i, msg.Role))
 			return
 		}
+		if j := strings.IndexByte(msg.Content.text, 0); j >= 0 {
+			writeError(w, invalid(fmt.Sprintf("messages[%d].content", i), "invalid_value",
+				"messages[%d].content contains a NUL byte (at byte %d), which the model's tokenizer cannot take", i, j))
+			return
+		}
 		role := msg.Role
 		if role == "developer" {
 			role = "system"
@@ -329,15 +344,28 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	s.run(w, r, m, req.sampling, prompt, true)
 }
 
-// run admits the request, waits for a slot, generates and writes the
-// response or the stream.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req sampling, prompt string, chat bool) {
-	tokens := m.Tokenize(prompt, true)
-	if len(tokens) >= m.CtxSize {
-		writeError(w, invalid("prompt", "context_length_exceeded",
-			"prompt is %d tokens; this worker's context holds %d (start it with a larger --ctx-size)", len(tokens), m.CtxSize))
-		return
+// tokenize turns a prompt into tokens for the model, or says why it cannot.
+func (s *Server) tokenize(m *llm.Model, param, text string) ([]llm.Token, *apiError) {
+	tokens, err := m.Tokenize(text, true, m.CtxSize)
+	switch {
+	case errors.Is(err, llm.ErrNUL):
+		return nil, invalid(param, "invalid_value", "%s: %v; the model's tokenizer cannot take NUL bytes", param, err)
+	case errors.Is(err, llm.ErrPromptTooLong):
+		return nil, invalid(param, "context_length_exceeded",
+			"%s is longer than this worker's context of %d tokens (%v); start it with a larger --ctx-size", param, m.CtxSize, err)
+	case err != nil:
+		return nil, invalid(param, "invalid_value", "%s: %v", param, err)
 	}
+	if len(tokens) >= m.CtxSize {
+		return nil, invalid(param, "context_length_exceeded",
+			"%s is %d tokens; this worker's context holds %d (start it with a larger --ctx-size)", param, len(tokens), m.CtxSize)
+	}
+	return tokens, nil
+}
+
+// admit counts a request against the slots and the queue; it writes 503
+// and returns false when both are full. The caller calls s.leave.
+func (s *Server) admit(w http.ResponseWriter) bool {
 	limit := int64(s.cfg.Slots + s.cfg.Queue)
 	if s.admitted.Add(1) > limit {
 		s.admitted.Add(-1)
@@ -345,21 +373,43 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		w.Header().Set("Retry-After", "1")
 		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "server_busy",
 			Message: fmt.Sprintf("all %d slots busy and %d requests queued; retry later", s.cfg.Slots, s.cfg.Queue)})
+		return false
+	}
+	s.active.Add(1)
+	return true
+}
+
+func (s *Server) leave() {
+	s.active.Done()
+	s.admitted.Add(-1)
+}
+
+// run admits the request, waits for a slot, generates and writes the
+// response or the stream.
+func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req sampling, prompt string, chat bool) {
+	if m.Embeddings() {
+		writeError(w, invalid("", "unsupported_endpoint", "this worker was started with --embeddings and serves only POST /v1/embeddings"))
 		return
 	}
-	defer s.admitted.Add(-1)
-	s.active.Add(1)
-	defer s.active.Done()
+	tokens, apiErr := s.tokenize(m, "prompt", prompt)
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	if !s.admit(w) {
+		return
+	}
+	defer s.leave()
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stopCut := context.AfterFunc(s.cutCtx, cancel)
 	defer stopCut()
 
-	sess := m.AcquireWait(ctx.Done())
-	if sess == nil {
+	slot, err := m.Acquire(ctx, tokens)
+	if err != nil {
 		s.cancelled.Add(1)
-		if s.cutCtx.Err() != nil {
+		if s.cutCtx.Err() != nil || errors.Is(err, llm.ErrClosed) {
 			writeError(w, shuttingDown())
 		}
 		return
@@ -367,7 +417,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 	s.running.Add(1)
 	defer func() {
 		s.running.Add(-1)
-		m.Release(sess)
+		m.Release(slot)
 	}()
 
 	p := llm.SampleParams{Temperature: 1, Stop: req.Stop, IgnoreEOS: req.IgnoreEOS}
@@ -387,10 +437,13 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		seed := uint32(*req.Seed)
 		p.Seed = &seed
 	}
+	if req.CachePrompt != nil && !*req.CachePrompt {
+		p.NoCache = true
+	}
 
 	out := &responder{w: w, id: newID(chat), chat: chat, model: s.cfg.ModelName, created: time.Now().Unix(), stream: req.Stream}
 	defer out.close()
-	res, err := sess.Generate(ctx, tokens, p, out.text)
+	res, err := slot.Generate(ctx, tokens, p, out.text)
 	s.lastGen.Store(int64(res.CompletionTokens))
 	switch {
 	case err == nil:
@@ -408,8 +461,8 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		}
 		out.fail(&apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: code, Message: err.Error()})
 	}
-	s.log.Info("request", "id", out.id, "prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens,
-		"finish", res.FinishReason, "gen_tok_s", fmt.Sprintf("%.1f", res.GenPerSecond()), "stream", req.Stream)
+	s.log.Info("request", "id", out.id, "slot", slot.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens,
+		"completion_tokens", res.CompletionTokens, "finish", res.FinishReason, "gen_tok_s", fmt.Sprintf("%.1f", res.GenPerSecond()), "stream", req.Stream)
 }
 
 func shuttingDown() *apiError {
@@ -496,9 +549,11 @@ func (o *responder) text(t string) error {
 
 func (o *responder) finish(res llm.Result) {
 	reason := res.FinishReason
-	u := &usage{PromptTokens: res.PromptTokens, CompletionTokens: res.CompletionTokens, TotalTokens: res.PromptTokens + res.CompletionTokens}
+	u := &usage{PromptTokens: res.PromptTokens, CompletionTokens: res.CompletionTokens, TotalTokens: res.PromptTokens + res.CompletionTokens,
+		PromptTokensDetails: &promptDetails{CachedTokens: res.CachedTokens}}
 	t := &timings{
-		PromptN: res.PromptTokens, PromptMS: ms(res.PromptDuration), PromptPerSecond: res.PromptPerSecond(),
+		CacheN:  res.CachedTokens,
+		PromptN: res.PromptTokens - res.CachedTokens, PromptMS: ms(res.PromptDuration), PromptPerSecond: res.PromptPerSecond(),
 		PredictedN: res.CompletionTokens, PredictedMS: ms(res.GenDuration), PredictedPerSecond: res.GenPerSecond(),
 	}
 	if o.stream {
@@ -515,7 +570,7 @@ func (o *responder) finish(res llm.Result) {
 	resp := response{ID: o.id, Created: o.created, Model: o.model, Usage: u, Timings: t}
 	if o.chat {
 		resp.Object = "chat.completion"
-		resp.Choices = []chatChoice{{Message: &chatDelta{Role: "assistant", Content: o.buf.String()}, FinishReason: &reason}}
+		resp.Choices = []chatChoice{{Message: &chatMessageOut{Role: "assistant", Content: o.buf.String()}, FinishReason: &reason}}
 	} else {
 		resp.Object = "text_completion"
 		resp.Choices = []completionChoice{{Text: o.buf.String(), FinishReason: &reason}}

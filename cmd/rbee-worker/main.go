@@ -29,9 +29,10 @@ type cli struct {
 	Engine  string        `required:"" type:"path" env:"RBEE_ENGINE" help:"Engine bundle directory (llama.cpp shared libraries; make engine builds one)."`
 	Listen  string        `default:"127.0.0.1:0" help:"Loopback host:port (port 0 picks a free port, announced on stdout), or a unix socket path (unix:PATH or an absolute path)."`
 	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0."`
-	Threads int           `help:"Generation threads; 0 = one per physical core (llama.cpp's default). ggml threads spin: match free cores."`
+	Threads int           `help:"Threads of the process's one compute thread pool; 0 = one per physical core (llama.cpp's default). ggml threads spin: match free cores."`
 	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = the model's training context, at most 4096."`
-	Slots   int           `default:"1" help:"Requests generated in parallel (one context each)."`
+	Slots   int           `default:"1" help:"Requests generated in parallel, decoded together in one batch per step (one shared context, ctx-size tokens each)."`
+	Embed   bool          `name:"embeddings" help:"Serve POST /v1/embeddings (pooled, normalised vectors) instead of completions."`
 	Queue   int           `default:"8" help:"Requests that may wait for a free slot; beyond that the worker answers 503 with Retry-After."`
 	ID      string        `help:"Worker id, reported by /health and in logs."`
 	Alias   string        `help:"Model name in responses (default: the file name without .gguf)."`
@@ -99,6 +100,7 @@ func run(c cli) error {
 	srv := worker.New(worker.Config{
 		ModelPath: c.Model, ModelName: c.Alias, EngineDir: c.Engine, EngineVersion: version,
 		Device: c.Device, CtxSize: c.CtxSize, Threads: c.Threads, Slots: c.Slots, Queue: c.Queue, ID: c.ID, Log: log,
+		Embeddings: c.Embed,
 	})
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
@@ -132,7 +134,7 @@ func run(c cli) error {
 	}
 	m := srv.Model()
 	log.Info("ready", "model", c.Model, "device", m.Device, "ctx_size", m.CtxSize, "threads", m.Threads,
-		"slots", c.Slots, "engine_version", version, "load_ms", time.Since(start).Milliseconds())
+		"slots", m.Slots(), "embeddings", c.Embed, "engine_version", version, "load_ms", time.Since(start).Milliseconds())
 	say(announce{Event: "ready", Network: network, Address: ln.Addr().String(), PID: os.Getpid(), ID: c.ID, Device: m.Device})
 
 	select {

@@ -27,19 +27,23 @@ type SampleParams struct {
 	Seed        *uint32 // nil = random
 	Stop        []string
 	IgnoreEOS   bool // keep generating past end of stream (benchmarks)
+	NoCache     bool // decode the whole prompt even if the slot holds a prefix of it
 }
 
 // Result sums up one generation.
 type Result struct {
-	PromptTokens     int
+	PromptTokens     int // the whole prompt
+	CachedTokens     int // of which were already in the slot's cache, not decoded
 	CompletionTokens int
 	FinishReason     string
 	PromptDuration   time.Duration // evaluating the prompt
 	GenDuration      time.Duration // from the first sampled token to the last
 }
 
-// PromptPerSecond returns prompt tokens per second.
-func (r Result) PromptPerSecond() float64 { return perSecond(r.PromptTokens, r.PromptDuration) }
+// PromptPerSecond returns decoded prompt tokens per second.
+func (r Result) PromptPerSecond() float64 {
+	return perSecond(r.PromptTokens-r.CachedTokens, r.PromptDuration)
+}
 
 // GenPerSecond returns generated tokens per second.
 func (r Result) GenPerSecond() float64 { return perSecond(r.CompletionTokens, r.GenDuration) }
@@ -51,37 +55,16 @@ func perSecond(n int, d time.Duration) float64 {
 	return float64(n) / d.Seconds()
 }
 
-// Session is one slot: a llama context owned by one request at a time.
-type Session struct {
-	ID    int
-	m     *Model
-	ctx   llama.Context
-	batch int
-	piece []byte
-}
-
-func (m *Model) newSession(id int) (*Session, error) {
-	cp := llama.ContextDefaultParams()
-	cp.NCtx = uint32(m.CtxSize)
-	cp.NBatch = uint32(min(m.CtxSize, 512))
-	cp.NUbatch = cp.NBatch
-	cp.NSeqMax = 1
-	cp.NThreads = int32(m.Threads)
-	cp.NThreadsBatch = int32(m.Threads)
-	cp.NoPerf = 1
-	lctx, err := llama.InitFromModel(m.model, cp)
-	if err != nil || lctx == 0 {
-		return nil, fmt.Errorf("create context %d (ctx-size %d): %v; try a smaller --ctx-size", id, m.CtxSize, err)
-	}
-	return &Session{ID: id, m: m, ctx: lctx, batch: int(cp.NBatch), piece: make([]byte, 256)}, nil
-}
-
-// Generate evaluates prompt and samples tokens, calling emit with each piece
-// of text as soon as it is complete UTF-8 and cannot be part of a stop
-// string. It returns when the model ends the stream, a limit or stop string
-// is reached, emit returns an error, or ctx ends (checked before every
-// token; the result then says FinishCancelled and the error is ctx's).
-func (s *Session) Generate(ctx context.Context, prompt []llama.Token, p SampleParams, emit func(string) error) (Result, error) {
+// Generate evaluates prompt in this slot's sequence and samples tokens,
+// calling emit with each piece of text as soon as it is complete UTF-8 and
+// cannot be part of a stop string. The prompt's longest prefix still in the
+// slot's cache is not decoded again (unless p.NoCache). Tokens are decoded
+// by the model's one loop, in batches shared with the other slots. It
+// returns when the model ends the stream, a limit or stop string is
+// reached, emit returns an error, or ctx ends (the loop drops the request
+// before its next batch; the result then says FinishCancelled and the error
+// is ctx's).
+func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParams, emit func(string) error) (Result, error) {
 	res := Result{PromptTokens: len(prompt)}
 	if len(prompt) == 0 {
 		return res, fmt.Errorf("generate: empty prompt")
@@ -89,87 +72,84 @@ func (s *Session) Generate(ctx context.Context, prompt []llama.Token, p SamplePa
 	if len(prompt) >= s.m.CtxSize {
 		return res, fmt.Errorf("%w: %d tokens, context size is %d", ErrPromptTooLong, len(prompt), s.m.CtxSize)
 	}
-	mem, err := llama.GetMemory(s.ctx)
-	if err != nil {
-		return res, fmt.Errorf("generate: %w", err)
+	if s.m.embeddings {
+		return res, ErrEmbeddingsOnly
 	}
-	if err := llama.MemoryClear(mem, true); err != nil {
-		return res, fmt.Errorf("generate: %w", err)
+	r := &request{slot: s, prompt: prompt, p: p, out: make(chan event, eventBuffer)}
+	select {
+	case s.m.submit <- r:
+	case <-ctx.Done():
+		res.FinishReason = FinishCancelled
+		return res, ctx.Err()
+	case <-s.m.quit:
+		return res, ErrClosed
 	}
-	smpl := newSampler(p)
-	defer llama.SamplerFree(smpl)
-
-	start := time.Now()
-	for i := 0; i < len(prompt); i += s.batch {
-		if err := ctx.Err(); err != nil {
-			res.FinishReason = FinishCancelled
-			return res, err
-		}
-		chunk := prompt[i:min(i+s.batch, len(prompt))]
-		if rc, err := llama.Decode(s.ctx, llama.BatchGetOne(chunk)); err != nil || rc != 0 {
-			return res, fmt.Errorf("evaluate prompt: llama_decode returned %d: %v", rc, err)
-		}
-	}
-	res.PromptDuration = time.Since(start)
-
 	out := newTextStream(p.Stop, emit)
-	pos := len(prompt)
-	one := []llama.Token{0}
-	genStart := time.Now()
+	var (
+		stopped bool  // a stop string ended the text, or emit failed
+		emitErr error // what emit returned
+		n       int   // tokens taken before stopping
+		done    = ctx.Done()
+		piece   = make([]byte, 64)
+	)
 	for {
-		if err := ctx.Err(); err != nil {
-			res.FinishReason = FinishCancelled
-			res.GenDuration = time.Since(genStart)
-			return res, err
+		var ev event
+		select {
+		case ev = <-r.out:
+		case <-done:
+			done = nil
+			r.cancel.Store(true)
+			s.m.poke()
+			continue
 		}
-		tok := llama.SamplerSample(smpl, s.ctx, -1)
-		if !p.IgnoreEOS && llama.VocabIsEOG(s.m.vocab, tok) {
-			res.FinishReason = FinishStop
-			break
-		}
-		res.CompletionTokens++
-		stopped, err := out.write(s.tokenPiece(tok))
-		if err != nil {
-			res.FinishReason = FinishCancelled
-			res.GenDuration = time.Since(genStart)
-			return res, err
-		}
-		if stopped {
-			res.FinishReason = FinishStop
-			res.GenDuration = time.Since(genStart)
-			return res, nil
-		}
-		pos++
-		if (p.MaxTokens > 0 && res.CompletionTokens >= p.MaxTokens) || pos >= s.m.CtxSize {
-			res.FinishReason = FinishLength
-			break
-		}
-		one[0] = tok
-		if rc, err := llama.Decode(s.ctx, llama.BatchGetOne(one)); err != nil || rc != 0 {
-			if rc == 1 { // no room left in the KV cache
-				res.FinishReason = FinishLength
-				break
+		s.m.poke() // room in r.out again, if the loop waited for it
+		if !ev.final {
+			if stopped {
+				continue
 			}
-			return res, fmt.Errorf("generate: llama_decode returned %d: %v", rc, err)
+			n++
+			var hit bool
+			piece, hit, emitErr = s.m.writePiece(out, ev.tok, piece)
+			if hit || emitErr != nil {
+				stopped = true
+				r.cancel.Store(true)
+			}
+			continue
 		}
+		res = ev.res
+		res.PromptTokens = len(prompt)
+		switch {
+		case emitErr != nil:
+			res.CompletionTokens, res.FinishReason = n, FinishCancelled
+			return res, emitErr
+		case stopped:
+			res.CompletionTokens, res.FinishReason = n, FinishStop
+			return res, nil
+		case ev.err != nil:
+			return res, ev.err
+		case res.FinishReason == FinishCancelled:
+			return res, ctx.Err()
+		}
+		if err := out.flush(); err != nil {
+			return res, err
+		}
+		return res, nil
 	}
-	res.GenDuration = time.Since(genStart)
-	if err := out.flush(); err != nil {
-		return res, err
-	}
-	return res, nil
 }
 
-func (s *Session) tokenPiece(tok llama.Token) []byte {
-	n := llama.TokenToPiece(s.m.vocab, tok, s.piece, 0, false)
+// writePiece turns tok into text and writes it to out; hit reports a stop
+// string.
+func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte) ([]byte, bool, error) {
+	n := llama.TokenToPiece(m.vocab, tok, buf, 0, false)
 	if n < 0 {
-		s.piece = make([]byte, -n)
-		n = llama.TokenToPiece(s.m.vocab, tok, s.piece, 0, false)
+		buf = make([]byte, -n)
+		n = llama.TokenToPiece(m.vocab, tok, buf, 0, false)
 	}
 	if n <= 0 {
-		return nil
+		return buf, false, nil
 	}
-	return s.piece[:n]
+	hit, err := out.write(buf[:n])
+	return buf, hit, err
 }
 
 func newSampler(p SampleParams) llama.Sampler {
