@@ -58,18 +58,37 @@ func ExitCodeFor(code string) int {
 	return ExitError
 }
 
-// Error is an error with a stable code, for the wire and for exit codes.
+// Error is rbee's one error shape: a stable code for the wire and for exit
+// codes, a message for people, a hint saying what to do, and the cause it
+// wraps. On the wire it is {"code","message","hint"}.
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Hint    string `json:"hint,omitempty"`
+	Err     error  `json:"-"` // the cause, for errors.Is/As; not sent
 }
 
-func (e *Error) Error() string { return e.Message }
+func (e *Error) Error() string {
+	if e.Message == "" && e.Err != nil {
+		return e.Err.Error()
+	}
+	return e.Message
+}
 
-// Errorf returns an *Error with code.
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an *Error with code. A %w verb in format makes the
+// wrapped error its cause.
 func Errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+	err := fmt.Errorf(format, args...)
+	return &Error{Code: code, Message: err.Error(), Err: errors.Unwrap(err)}
+}
+
+// WithHint returns e with hint set.
+func (e *Error) WithHint(hint string) *Error {
+	e.Hint = hint
+	return e
 }
 
 // CodeOf returns the code of the first *Error in err's chain, or
@@ -80,4 +99,19 @@ func CodeOf(err error) string {
 		return e.Code
 	}
 	return CodeInternal
+}
+
+// HintOf returns the first hint in err's chain, or "".
+func HintOf(err error) string {
+	for err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			return ""
+		}
+		if e.Hint != "" {
+			return e.Hint
+		}
+		err = e.Err
+	}
+	return ""
 }

@@ -32,6 +32,7 @@ type Event struct {
 	Rate       float64 `json:"rate,omitempty"` // bytes per second
 
 	Code string `json:"code,omitempty"` // error code, see codes.go
+	Hint string `json:"hint,omitempty"` // with an error: what to do about it
 
 	Done       *Done       `json:"done,omitempty"`
 	Worker     *WorkerInfo `json:"worker,omitempty"`
@@ -91,4 +92,16 @@ func Narrate(actor, action, msg string) Event {
 // Fail returns an error event with a stable code.
 func Fail(actor, code, msg string) Event {
 	return Event{Type: EventError, Time: time.Now(), Actor: actor, Level: "error", Code: code, Message: msg}
+}
+
+// FailErr returns the error event for err: its code, message and hint.
+func FailErr(actor string, err error) Event {
+	ev := Fail(actor, CodeOf(err), err.Error())
+	ev.Hint = HintOf(err)
+	return ev
+}
+
+// Err returns the *Error an error event carries.
+func (ev Event) Err() *Error {
+	return &Error{Code: ev.Code, Message: ev.Message, Hint: ev.Hint}
 }

@@ -278,7 +278,7 @@ func (a *Agent) reserve(w http.ResponseWriter, r *http.Request) {
 		id, room, ok := a.vram.reserve(d.ID, req.Bytes, d.TotalBytes, d.FreeBytes)
 		if !ok {
 			writeJSON(w, http.StatusConflict, hiveapi.NoRoom{
-				Error: hiveapi.ErrorBody{Code: rbee.CodeNoRoom, Message: fmt.Sprintf("%s (%s) has %s free, %s requested",
+				Error: rbee.Error{Code: rbee.CodeNoRoom, Message: fmt.Sprintf("%s (%s) has %s free, %s requested",
 					d.ID, d.Name, rbee.Bytes(room), rbee.Bytes(req.Bytes))},
 				RequestedBytes: req.Bytes, FreeBytes: room, Device: d.ID,
 			})
@@ -441,7 +441,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]hiveapi.ErrorBody{"error": {Code: code, Message: msg}})
+	writeJSON(w, status, map[string]rbee.Error{"error": {Code: code, Message: msg}})
 }
 
 func actor(name string) string { return "hive " + name }

@@ -37,16 +37,10 @@ const ReservationHeader = "Rbee-Reservation"
 
 // NoRoom is the body of a 409 from the VRAM checker.
 type NoRoom struct {
-	Error          ErrorBody `json:"error"`
+	Error          rbee.Error `json:"error"`
 	RequestedBytes uint64    `json:"requested_bytes"`
 	FreeBytes      uint64    `json:"free_bytes"`
 	Device         string    `json:"device"`
-}
-
-// ErrorBody is the agent's error shape: {"error":{"code","message"}}.
-type ErrorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
 }
 
 // AddModelRequest registers a GGUF file on the hive (POST /v1/models).

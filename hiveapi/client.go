@@ -50,7 +50,7 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // APIError is an error answer of the agent.
 type APIError struct {
 	Status int
-	Body   ErrorBody
+	Body   rbee.Error
 	Raw    []byte // the whole body, e.g. a NoRoom
 }
 
@@ -86,12 +86,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (*htt
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
 		e := &APIError{Status: resp.StatusCode, Raw: raw}
 		var wrapper struct {
-			Error ErrorBody `json:"error"`
+			Error rbee.Error `json:"error"`
 		}
 		if json.Unmarshal(raw, &wrapper) == nil && wrapper.Error.Message != "" {
 			e.Body = wrapper.Error
 		} else {
-			e.Body = ErrorBody{Code: rbee.CodeInternal, Message: fmt.Sprintf("hive %s: %s %s: status %d: %s", c.Name, method, path, resp.StatusCode, strings.TrimSpace(string(raw)))}
+			e.Body = rbee.Error{Code: rbee.CodeInternal, Message: fmt.Sprintf("hive %s: %s %s: status %d: %s", c.Name, method, path, resp.StatusCode, strings.TrimSpace(string(raw)))}
 		}
 		return nil, e
 	}
@@ -243,7 +243,7 @@ func (c *Client) Pull(ctx context.Context, r PullRequest, send func(rbee.Event) 
 	})
 	switch {
 	case fail != nil:
-		return Model{}, &APIError{Status: 0, Body: ErrorBody{Code: fail.Code, Message: fail.Message}}
+		return Model{}, &APIError{Status: 0, Body: *fail.Err()}
 	case err != nil:
 		if ctx.Err() != nil {
 			return Model{}, ctx.Err()
