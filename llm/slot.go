@@ -67,12 +67,20 @@ func (m *Model) Acquire(ctx context.Context, prompt []llama.Token) (*Slot, error
 }
 
 // takeBest removes and returns the best free slot for prompt. slotMu is held.
+// A slot's cached prefix counts when reusing it loses nothing (its whole
+// cache is a prefix of the prompt) or covers at least half the prompt (as
+// llama-server's slot similarity does); otherwise the least recently used
+// slot is taken, so a shared BOS or system prompt does not evict a
+// conversation another slot holds.
 func (m *Model) takeBest(prompt []llama.Token) *Slot {
 	best, bestN := 0, -1
 	for i, s := range m.free {
 		n := 0
 		if m.canReuse {
 			n = commonPrefix(s.cache, prompt)
+			if n < len(s.cache) && 2*n < len(prompt) {
+				n = 0
+			}
 		}
 		if n > bestN || (n == bestN && s.lastUse < m.free[best].lastUse) {
 			best, bestN = i, n
