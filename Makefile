@@ -10,7 +10,7 @@ TESTFLAGS  ?= -count=1 -timeout 15m
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build agents test check bench engine models demo worker-demo clean
+.PHONY: help build agents test check bench anchors engine models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,9 +32,12 @@ check: ## gofmt, go vet and go mod tidy must leave nothing to change
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-bench: engine models ## Benchmarks: worker vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
-	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
+bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
+	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) RBEE_BENCH_ANCHORS=$(abspath $(DEV)/anchors) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./bundle/ ./catalog/ ./modelfile/ ./sse/ ./gpu/ ./remote/ ./download/ ./inventory/
+
+anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama-cpp@3.22.1's source bundle into $(DEV)/anchors (needs cmake, g++)
+	./scripts/anchors.sh $(DEV)/anchors $(DEV)/cache
 
 engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR)
 	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache
