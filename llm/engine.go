@@ -140,6 +140,20 @@ func (e *Engine) HasGPU() bool {
 	return false
 }
 
+// Device returns the device a --device value names (see resolveDevice).
+func (e *Engine) Device(want string) (Device, error) {
+	name, _, err := e.resolveDevice(want)
+	if err != nil {
+		return Device{}, err
+	}
+	for _, d := range e.devices {
+		if d.Name == name || (name == "CPU" && d.Type == "cpu") {
+			return d, nil
+		}
+	}
+	return Device{Name: name, Type: "cpu"}, nil
+}
+
 // resolveDevice maps a --device value to a ggml device. "" and "auto" pick
 // the first GPU if any, else the CPU; "cpu" forces the CPU; anything else
 // must name a device ("CUDA0", or "cuda:0" style) the engine found.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee/llm"
+	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/sse"
 )
 
@@ -38,7 +39,7 @@ type Config struct {
 	EngineDir     string
 	EngineVersion string
 	Device        string
-	CtxSize       int
+	CtxSize       int // tokens per slot; 0 = sized to the device (modelfile.Size)
 	Threads       int
 	Slots         int  // parallel generations sharing one context; default 1
 	Embeddings    bool // serve /v1/embeddings instead of completions
@@ -75,8 +76,8 @@ type Server struct {
 
 // New returns a server in the loading state.
 func New(cfg Config) *Server {
-	if cfg.Slots <= 0 {
-		cfg.Slots = 1
+	if cfg.Slots < 0 {
+		cfg.Slots = 0
 	}
 	if cfg.Queue < 0 {
 		cfg.Queue = 0
@@ -93,14 +94,7 @@ func New(cfg Config) *Server {
 
 // Load loads the engine and the model; the server is ready when it returns nil.
 func (s *Server) Load() error {
-	eng, err := llm.Load(s.cfg.EngineDir)
-	var m *llm.Model
-	if err == nil {
-		m, err = eng.LoadModel(s.cfg.ModelPath, llm.ModelOptions{
-			Device: s.cfg.Device, CtxSize: s.cfg.CtxSize, Threads: s.cfg.Threads, Slots: s.cfg.Slots,
-			Embeddings: s.cfg.Embeddings,
-		})
-	}
+	m, err := s.load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -108,7 +102,33 @@ func (s *Server) Load() error {
 		return err
 	}
 	s.state, s.model = StateReady, m
+	s.cfg.Slots = m.Slots()
 	return nil
+}
+
+func (s *Server) load() (*llm.Model, error) {
+	eng, err := llm.Load(s.cfg.EngineDir)
+	if err != nil {
+		return nil, err
+	}
+	opt := llm.ModelOptions{
+		Device: s.cfg.Device, CtxSize: s.cfg.CtxSize, Threads: s.cfg.Threads, Slots: s.cfg.Slots,
+		Embeddings: s.cfg.Embeddings,
+	}
+	if opt.Slots == 0 || opt.CtxSize == 0 {
+		dev, err := eng.Device(s.cfg.Device)
+		if err != nil {
+			return nil, fmt.Errorf("load model: %w", err)
+		}
+		// The header tells the KV cache per token; a file whose header this
+		// reader cannot take still loads, with llama.cpp's own defaults.
+		if info, err := modelfile.Inspect(context.Background(), s.cfg.ModelPath, modelfile.Options{}); err == nil {
+			sz := info.Sizing(dev.FreeBytes, dev.Type != "cpu", opt.Slots, opt.CtxSize)
+			opt.Slots, opt.CtxSize = sz.Slots, sz.CtxPerSlot
+			s.log.Info("sized", "slots", sz.Slots, "ctx_per_slot", sz.CtxPerSlot, "estimate_bytes", sz.Bytes, "device_free_bytes", dev.FreeBytes)
+		}
+	}
+	return eng.LoadModel(s.cfg.ModelPath, opt)
 }
 
 // Model returns the loaded model, or nil before Load succeeds.
@@ -366,13 +386,14 @@ func (s *Server) tokenize(m *llm.Model, param, text string) ([]llm.Token, *apiEr
 // admit counts a request against the slots and the queue; it writes 503
 // and returns false when both are full. The caller calls s.leave.
 func (s *Server) admit(w http.ResponseWriter) bool {
-	limit := int64(s.cfg.Slots + s.cfg.Queue)
+	slots := s.Model().Slots()
+	limit := int64(slots + s.cfg.Queue)
 	if s.admitted.Add(1) > limit {
 		s.admitted.Add(-1)
 		s.rejected.Add(1)
 		w.Header().Set("Retry-After", "1")
 		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "server_busy",
-			Message: fmt.Sprintf("all %d slots busy and %d requests queued; retry later", s.cfg.Slots, s.cfg.Queue)})
+			Message: fmt.Sprintf("all %d slots busy and %d requests queued; retry later", slots, s.cfg.Queue)})
 		return false
 	}
 	s.active.Add(1)

@@ -30,8 +30,8 @@ type cli struct {
 	Listen  string        `default:"127.0.0.1:0" help:"Loopback host:port (port 0 picks a free port, announced on stdout), or a unix socket path (unix:PATH or an absolute path)."`
 	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0."`
 	Threads int           `help:"Threads of the process's one compute thread pool; 0 = one per physical core (llama.cpp's default). ggml threads spin: match free cores."`
-	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = the model's training context, at most 4096."`
-	Slots   int           `default:"1" help:"Requests generated in parallel, decoded together in one batch per step (one shared context, ctx-size tokens each)."`
+	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = sized to the device: the model's training context, at most 4096, less if memory is short (docs/worker.md)."`
+	Slots   int           `help:"Requests generated in parallel, decoded together in one batch per step (one shared context, ctx-size tokens each); 0 = sized to the device's free memory, 1 to 4 on a CPU, 1 to 8 on a GPU (docs/worker.md)."`
 	Embed   bool          `name:"embeddings" help:"Serve POST /v1/embeddings (pooled, normalised vectors) instead of completions."`
 	Queue   int           `default:"8" help:"Requests that may wait for a free slot; beyond that the worker answers 503 with Retry-After."`
 	ID      string        `help:"Worker id, reported by /health and in logs."`
@@ -83,8 +83,8 @@ func run(c cli) error {
 	if err := llm.CheckGGUF(c.Model); err != nil {
 		return err
 	}
-	if c.Slots < 1 || c.Queue < 0 || c.Threads < 0 || c.CtxSize < 0 {
-		return errors.New("--slots must be at least 1; --queue, --threads and --ctx-size must not be negative")
+	if c.Slots < 0 || c.Queue < 0 || c.Threads < 0 || c.CtxSize < 0 {
+		return errors.New("--slots, --queue, --threads and --ctx-size must not be negative")
 	}
 	version := "unknown"
 	if m, err := bundle.Validate(c.Engine); err == nil {
