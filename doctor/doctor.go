@@ -1,0 +1,267 @@
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/rbee-dev/rbee/remote"
+)
+
+// Verdict is how a check went.
+type Verdict string
+
+const (
+	OK   Verdict = "ok"
+	Warn Verdict = "warn" // works, but worse than it could
+	Fail Verdict = "fail" // rbee will not work there until this is fixed
+	Skip Verdict = "skip" // does not apply, or could not be checked
+)
+
+// Check is one line of a report.
+type Check struct {
+	Name    string  `json:"name"`
+	Verdict Verdict `json:"verdict"`
+	Detail  string  `json:"detail"`
+	Hint    string  `json:"hint,omitempty"`
+}
+
+// Report is what Run found about one machine.
+type Report struct {
+	Target string  `json:"target"` // "localhost", or user@host:port as dialed
+	Checks []Check `json:"checks"`
+	Facts  Facts   `json:"facts"`
+}
+
+// Facts are the probe's raw findings, for tools (hive status --json).
+type Facts struct {
+	OS           string   `json:"os,omitempty"`      // linux
+	Arch         string   `json:"arch,omitempty"`    // amd64
+	Machine      string   `json:"machine,omitempty"` // uname -m
+	Distro       string   `json:"distro,omitempty"`  // PRETTY_NAME of /etc/os-release
+	Libc         string   `json:"libc,omitempty"`    // "glibc 2.36", "musl"
+	Glibc        string   `json:"glibc,omitempty"`   // "2.36"
+	Libraries    []Lib    `json:"libraries"`         // each library the engine loads by name
+	Home         string   `json:"home,omitempty"`    // the user's home
+	HomeWritable bool     `json:"home_writable"`     // test -w on the home (and ~/.rbee when present)
+	FreeBytes    uint64   `json:"free_bytes"`        // free in the home's file system
+	AuthMethod   string   `json:"auth_method,omitempty"`
+	HostKey      string   `json:"host_key,omitempty"` // "known", "recorded", "unknown", "changed"
+	Forwarding   string   `json:"forwarding,omitempty"`
+	Driver       string   `json:"driver,omitempty"` // NVIDIA driver version
+	GPUs         []GPU    `json:"gpus"`
+	CUDARuntime  []Lib    `json:"cuda_runtime"`
+	Installed    []string `json:"installed"` // versions under ~/.rbee/hive/
+}
+
+// Lib is a shared library looked up the way the dynamic loader would.
+type Lib struct {
+	Name string `json:"name"`           // libffi.so.8
+	Path string `json:"path,omitempty"` // where it was found; "" when missing
+}
+
+// GPU is one NVIDIA device as nvidia-smi lists it.
+type GPU struct {
+	Index    int    `json:"index"`
+	Name     string `json:"name"`
+	MemoryMB int64  `json:"memory_mb"`
+}
+
+// Failed reports whether any check failed.
+func (r *Report) Failed() bool { return r.count(Fail) > 0 }
+
+func (r *Report) count(v Verdict) int {
+	n := 0
+	for _, c := range r.Checks {
+		if c.Verdict == v {
+			n++
+		}
+	}
+	return n
+}
+
+// Check returns the check called name.
+func (r *Report) Check(name string) (Check, bool) {
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Check{}, false
+}
+
+func (r *Report) add(name string, v Verdict, hint, format string, args ...any) {
+	r.Checks = append(r.Checks, Check{Name: name, Verdict: v, Detail: fmt.Sprintf(format, args...), Hint: hint})
+}
+
+// Options say what to check.
+type Options struct {
+	// Target is the host to check over SSH; nil checks this machine.
+	Target *remote.Target
+	// Config is how to reach Target (known_hosts, ssh config, agent).
+	Config remote.Config
+	// Needs is what the agent and engine require; the zero value takes
+	// DefaultNeeds.
+	Needs Needs
+	// Version is this rbee's version, to say whether the host has it.
+	Version string
+}
+
+// Run checks the machine Options name. It returns a report even when the
+// host cannot be reached (the reach check says where it stopped); the
+// error is only ctx's. ctx bounds the whole run.
+func Run(ctx context.Context, opt Options) (*Report, error) {
+	if opt.Needs.Glibc == "" {
+		opt.Needs = DefaultNeeds()
+	}
+	rep := &Report{Target: "localhost", Facts: Facts{GPUs: []GPU{}, Libraries: []Lib{}, CUDARuntime: []Lib{}, Installed: []string{}}}
+	var run runner = localRunner{}
+	if opt.Target != nil {
+		c, ok := reach(ctx, rep, *opt.Target, opt.Config)
+		if err := ctx.Err(); err != nil {
+			if c != nil {
+				c.Close()
+			}
+			return nil, err
+		}
+		if !ok {
+			skipRest(rep)
+			return rep, nil
+		}
+		defer c.Close()
+		run = c
+	} else {
+		for _, name := range []string{checkReach, checkHostKey, checkAuth, checkForwarding} {
+			rep.add(name, Skip, "", "this machine: no SSH")
+		}
+	}
+	// The script goes on stdin: remote refuses newlines in arguments.
+	out, err := run.Run(ctx, []string{"sh", "-s"}, strings.NewReader(probeScript))
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		rep.add(checkProbe, Fail, "the probe needs a POSIX sh with uname, df and test on the host",
+			"probe script: %v", err)
+		skipRest(rep)
+		return rep, nil
+	}
+	p := parseProbe(out)
+	evaluate(rep, p, opt)
+	if c, ok := run.(*remote.Conn); ok && p.get("agent_socket") == "yes" {
+		checkAgentSocket(ctx, rep, c)
+	}
+	slices.SortStableFunc(rep.Checks, func(a, b Check) int {
+		return slices.Index(reportOrder, a.Name) - slices.Index(reportOrder, b.Name)
+	})
+	return rep, nil
+}
+
+// checkAgentSocket settles the forwarding check where an agent already
+// runs: a streamlocal dial to its socket is exactly what rbee does.
+func checkAgentSocket(ctx context.Context, rep *Report, c *remote.Conn) {
+	const sock = "~/.rbee/run/hive.sock"
+	nc, err := c.DialUnix(ctx, sock)
+	switch {
+	case err == nil:
+		nc.Close()
+		rep.Facts.Forwarding = "allowed"
+		rep.set(checkForwarding, OK, "", "allowed: a forwarded connection reached the running agent's socket")
+	case errors.Is(err, remote.ErrForwardingRefused) && rep.Facts.Forwarding == "allowed":
+		rep.set(checkForwarding, Warn, "check that the agent runs (rbee hive status), and AllowStreamLocalForwarding yes in sshd_config",
+			"tcp forwarding is allowed, but the agent's socket could not be reached through it: %v", err)
+	case errors.Is(err, remote.ErrForwardingRefused):
+		rep.Facts.Forwarding = "refused"
+	}
+}
+
+// set replaces the check called name.
+func (r *Report) set(name string, v Verdict, hint, format string, args ...any) {
+	r.Checks = slices.DeleteFunc(r.Checks, func(c Check) bool { return c.Name == name })
+	r.add(name, v, hint, format, args...)
+}
+
+// Check names, in report order.
+const (
+	checkReach      = "reach"
+	checkHostKey    = "host key"
+	checkAuth       = "auth"
+	checkForwarding = "forwarding"
+	checkProbe      = "probe"
+	checkPlatform   = "platform"
+	checkGlibc      = "glibc"
+	checkLibs       = "libraries"
+	checkDisk       = "disk"
+	checkHome       = "home"
+	checkGPU        = "gpu"
+	checkCUDA       = "cuda runtime"
+	checkInstalled  = "installed"
+)
+
+var allChecks = []string{checkReach, checkHostKey, checkAuth, checkForwarding, checkPlatform, checkGlibc,
+	checkLibs, checkDisk, checkHome, checkGPU, checkCUDA, checkInstalled}
+
+var reportOrder = slices.Insert(slices.Clone(allChecks), 4, checkProbe)
+
+// skipRest marks every check not yet reported as skipped.
+func skipRest(rep *Report) {
+	for _, name := range allChecks {
+		if _, ok := rep.Check(name); !ok {
+			rep.add(name, Skip, "", "not checked: the host could not be probed")
+		}
+	}
+}
+
+// runner runs argv where the checks look: remote.Conn, or this machine.
+type runner interface {
+	Run(ctx context.Context, argv []string, stdin io.Reader) ([]byte, error)
+}
+
+type localRunner struct{}
+
+func (localRunner) Run(ctx context.Context, argv []string, stdin io.Reader) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = stdin
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("run %s: %w", argv[0], err)
+	}
+	return out, nil
+}
+
+// WriteText prints the report for people: one line per check, a hint
+// line under each that has one.
+func (r *Report) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "rbee doctor: %s\n", r.Target)
+	for _, c := range r.Checks {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", c.Verdict, c.Name, c.Detail)
+		if c.Hint != "" {
+			fmt.Fprintf(tw, "  \t\thint: %s\n", c.Hint)
+		}
+	}
+	var sum []string
+	for _, v := range []Verdict{Fail, Warn} {
+		if n := r.count(v); n > 0 {
+			sum = append(sum, fmt.Sprintf("%d %s", n, v))
+		}
+	}
+	if len(sum) == 0 {
+		sum = append(sum, "no problem found")
+	}
+	fmt.Fprintf(tw, "%s\n", strings.Join(sum, ", "))
+	return tw.Flush()
+}
+
+// WriteJSON prints the report as one JSON object.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
