@@ -21,15 +21,13 @@ import (
 // machine's) has the same reference in its catalog: a copy inside your own
 // network beats the internet, and the hub is not asked twice. The copy is
 // verified against the source's sha256 on the target.
-func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, send func(rbee.Event) error) (hiveapi.Model, bool, error) {
-	q.mu.Lock()
-	peers := make([]*hiveConn, 0, len(q.hives))
-	for _, h := range q.hives {
+func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, ev events) (hiveapi.Model, bool, error) {
+	var peers []*hiveConn
+	for _, h := range q.pool.connected() {
 		if h != target {
 			peers = append(peers, h)
 		}
 	}
-	q.mu.Unlock()
 	for _, src := range peers {
 		ms, err := src.client.Models(ctx)
 		if err != nil {
@@ -39,14 +37,14 @@ func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, 
 			if m.Ref != raw || m.SHA256 == "" {
 				continue
 			}
-			_ = send(rbee.Narrate(me, "model_copy", fmt.Sprintf("hive %s already holds %s: copying it to hive %s instead of downloading (%s)",
+			ev.send(rbee.Narrate(me, "model_copy", fmt.Sprintf("hive %s already holds %s: copying it to hive %s instead of downloading (%s)",
 				src.name, raw, target.name, rbee.Bytes(uint64(m.Size)))))
 			r, closeSrc, err := openOnHive(src, m.Path)
 			if err != nil {
 				continue
 			}
 			progress := func(done, total int64, rate float64) {
-				_ = send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_copy", BytesDone: done, BytesTotal: total, Rate: rate,
+				ev.send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_copy", BytesDone: done, BytesTotal: total, Rate: rate,
 					Message: fmt.Sprintf("copied %s of %s (%s/s)", rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)), rbee.Bytes(uint64(rate)))})
 			}
 			var dst string
@@ -57,7 +55,7 @@ func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, 
 			}
 			closeSrc()
 			if err != nil {
-				return hiveapi.Model{}, false, rbee.Errorf(rbee.CodeHiveDown, "copy %s from hive %s to hive %s: %v", raw, src.name, target.name, err)
+				return hiveapi.Model{}, false, rbee.Errorf(rbee.CodeHiveDown, "copy %s from hive %s to hive %s: %w", raw, src.name, target.name, err)
 			}
 			nm, err := target.client.AddModel(ctx, hiveapi.AddModelRequest{Path: dst, Ref: raw, Alias: m.Alias})
 			if err != nil {
@@ -93,7 +91,7 @@ func openOnHive(h *hiveConn, p string) (io.ReadSeeker, func(), error) {
 // copyToLocal writes a model into the local hive's models directory,
 // verified, under a temporary name first.
 func (q *Queen) copyToLocal(ctx context.Context, r io.Reader, m hiveapi.Model, progress provision.Progress) (string, error) {
-	dir := filepath.Join(q.cfg.Home, "models")
+	dir := filepath.Join(string(q.cfg.Home), "models")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}

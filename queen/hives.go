@@ -7,37 +7,17 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/provision"
+	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/sse"
 )
-
-// AddHiveRequest is the body of POST /v1/hives: rbee hive add.
-type AddHiveRequest struct {
-	Name             string `json:"name"`
-	Host             string `json:"host"`
-	User             string `json:"user,omitempty"`
-	Port             int    `json:"port,omitempty"`
-	Identity         string `json:"identity,omitempty"`
-	AcceptNewHostKey bool   `json:"accept_new_host_key,omitempty"`
-}
-
-// HiveInfo is one hive in GET /v1/hives and GET /v1/hives/{name}.
-type HiveInfo struct {
-	Name     string            `json:"name"`
-	Kind     string            `json:"kind"`
-	Address  string            `json:"address"`
-	Status   string            `json:"status"`
-	Reason   string            `json:"reason,omitempty"`
-	Version  string            `json:"agent_version,omitempty"`
-	LastSeen time.Time         `json:"last_seen"`
-	Devices  []rbee.Device  `json:"devices"`
-	Workers  []rbee.WorkerInfo `json:"workers,omitempty"`
-}
 
 var hostChars = func(s string) bool {
 	for _, r := range s {
@@ -50,7 +30,7 @@ var hostChars = func(s string) bool {
 
 // ValidateAdd refuses what must never reach a remote host or a file: shell
 // metacharacters in host, user or name, a port out of range.
-func ValidateAdd(r AddHiveRequest) error {
+func ValidateAdd(r queenapi.AddHiveRequest) error {
 	if err := ValidHiveName(r.Name); err != nil {
 		return err
 	}
@@ -66,61 +46,54 @@ func ValidateAdd(r AddHiveRequest) error {
 	return nil
 }
 
-func (q *Queen) streamOp(w http.ResponseWriter, op func(send func(rbee.Event) error) error) {
+// streamOp runs op with its events on an SSE stream, ending with done or
+// the error.
+func (q *Queen) streamOp(w http.ResponseWriter, op func(ev events) error) {
 	sw := sse.NewWriter(w)
 	defer sw.Close()
-	send := func(ev rbee.Event) error {
-		if ev.Time.IsZero() {
-			ev.Time = time.Now()
-		}
-		return sw.Send(ev)
-	}
-	if err := op(send); err != nil {
-		ev := rbee.Fail(me, rbee.CodeOf(err), err.Error())
-		var re *rbee.Error
-		if errors.As(err, &re) && re.Hint != "" {
-			ev.Message += "\nhint: " + re.Hint
-		}
-		_ = send(ev)
+	ev := jobEvents{sw: sw}
+	if err := op(ev); err != nil {
+		ev.send(rbee.FailErr(me, err))
 		return
 	}
-	_ = send(rbee.Event{Type: rbee.EventDone, Actor: me})
+	ev.send(rbee.Event{Type: rbee.EventDone, Actor: me})
 }
 
 // addHive connects, installs, probes devices, and records the hive in the
 // inventory and the catalog. Running it twice is harmless.
 func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
-	var req AddHiveRequest
+	var req queenapi.AddHiveRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "add hive: "+err.Error())
+		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add hive: %w", err))
 		return
 	}
 	if err := ValidateAdd(req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
 	inv, err := q.loadInventory()
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
 	ih := inventory.Hive{Name: req.Name, Host: req.Host, User: req.User, Port: req.Port, Identity: req.Identity}
 	if old, ok := inv.Hive(req.Name); ok && (old.Host != ih.Host || old.User != ih.User || old.Port != ih.Port) {
-		writeErr(w, http.StatusConflict, rbee.CodeBadRequest, fmt.Sprintf("hive %s already names %s in %s; rbee hive rm it first or pick another --name", req.Name, old.Host, inv.Path))
+		writeErr(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s already names %s in %s; rbee hive rm it first or pick another --name", req.Name, old.Host, inv.Path))
 		return
 	}
-	q.streamOp(w, func(send func(rbee.Event) error) error {
+	q.streamOp(w, func(ev events) error {
 		ctx := r.Context()
-		narrate := func(action, msg string) { _ = send(rbee.Narrate(me, action, msg)) }
-		hc, err := q.connectRemote(ctx, ih, req.AcceptNewHostKey, narrate)
+		hc, err := q.pool.get(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.narrate)
 		if err != nil {
 			return err
 		}
-		devs, err := hc.client.Devices(ctx)
+		dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
+		devs, err := hc.client.Devices(dctx)
+		cancel()
 		if err != nil {
-			return rbee.Errorf(rbee.CodeHiveDown, "hive %s: devices: %v", req.Name, err)
+			return rbee.Errorf(rbee.CodeHiveDown, "hive %s: devices: %w", req.Name, err)
 		}
-		narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
+		ev.narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
 		if err := inv.Add(ih); err != nil && !errors.Is(err, inventory.ErrExists) {
 			return err
 		}
@@ -136,12 +109,12 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 		if err := q.db.SetDevices(ctx, req.Name, devs.Devices, now); err != nil {
 			return err
 		}
-		narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
+		ev.narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
 		return nil
 	})
 }
 
-func (q *Queen) hiveInfo(ctx context.Context, h catalog.Hive) HiveInfo {
+func hiveInfo(h catalog.Hive) queenapi.HiveInfo {
 	addr := h.Host
 	if h.Kind == "local" {
 		addr = "this machine"
@@ -153,62 +126,55 @@ func (q *Queen) hiveInfo(ctx context.Context, h catalog.Hive) HiveInfo {
 			addr += fmt.Sprintf(":%d", h.Port)
 		}
 	}
-	return HiveInfo{Name: h.Name, Kind: h.Kind, Address: addr, Status: h.Status, Reason: h.StatusReason, Version: h.AgentVersion,
+	return queenapi.HiveInfo{Name: h.Name, Kind: h.Kind, Address: addr, Status: h.Status, Reason: h.StatusReason, Version: h.AgentVersion,
 		LastSeen: h.LastSeen, Devices: h.Devices}
 }
 
+// listHiveInfo lists hives from the catalog, as the pool last saw them
+// (a lost connection shows at once, with its reason), without contacting
+// any.
 func (q *Queen) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 	hs, err := q.db.Hives(r.Context())
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
 	seen := map[string]bool{}
-	out := []HiveInfo{}
+	out := []queenapi.HiveInfo{}
 	for _, h := range hs {
 		seen[h.Name] = true
-		out = append(out, q.hiveInfo(r.Context(), h))
+		out = append(out, hiveInfo(h))
 	}
 	if inv, err := q.loadInventory(); err == nil {
 		for _, h := range inv.Hives {
 			if !seen[h.Name] {
-				out = append(out, HiveInfo{Name: h.Name, Kind: "ssh", Address: h.Host, Status: "unknown", Reason: "not contacted yet"})
+				out = append(out, queenapi.HiveInfo{Name: h.Name, Kind: "ssh", Address: h.Host, Status: catalog.StatusUnknown, Reason: "not contacted yet"})
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hives": out})
+	writeJSON(w, http.StatusOK, queenapi.Hives{Hives: out})
 }
 
 // hiveStatus contacts the hive now and reports it with its workers.
 func (q *Queen) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	entry, inv, err := q.resolveHive(ctx, name)
+	entry, _, err := q.resolveHive(ctx, name)
 	if err != nil {
-		writeErr(w, http.StatusNotFound, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusNotFound, err)
 		return
 	}
-	var hc *hiveConn
-	quiet := func(string, string) {}
-	if inv != nil {
-		hc, err = q.connectRemote(ctx, *inv, false, quiet)
-	} else {
-		hc, err = q.localHive(ctx, quiet)
-	}
+	h := &liveHive{q: q, name: name}
+	s, err := h.Snapshot(ctx, quietEvents{})
 	if err != nil {
-		q.markOffline(name, err)
+		q.setStatus(name, false, err.Error())
 		entry, _ = q.db.Hive(ctx, name)
-		writeJSON(w, http.StatusOK, q.hiveInfo(ctx, entry))
+		writeJSON(w, http.StatusOK, hiveInfo(entry))
 		return
 	}
-	info := q.hiveInfo(ctx, entry)
-	info.Status, info.Reason, info.Version, info.LastSeen = "online", "", hc.handshake.Version, time.Now()
-	if devs, err := hc.client.Devices(ctx); err == nil {
-		_ = q.db.SetDevices(ctx, name, devs.Devices, time.Now())
-		info.Devices = devs.Devices
-	}
-	info.Workers, _ = hc.client.Workers(ctx)
-	_ = q.db.SetStatus(ctx, name, "online", "", time.Now())
+	entry, _ = q.db.Hive(ctx, name)
+	info := hiveInfo(entry)
+	info.Status, info.Reason, info.Devices, info.Workers = "online", "", s.Devices, s.Workers
 	writeJSON(w, http.StatusOK, info)
 }
 
@@ -219,47 +185,29 @@ func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	inv, err := q.loadInventory()
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
-	ih, inInv := inv.Hive(name)
+	_, inInv := inv.Hive(name)
 	_, dbErr := q.db.Hive(ctx, name)
 	if !inInv && errors.Is(dbErr, catalog.ErrNotFound) {
-		writeErr(w, http.StatusNotFound, rbee.CodeHiveUnknown, fmt.Sprintf("no hive named %q", name))
+		writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name))
 		return
 	}
 	if r.URL.Query().Get("purge") == "1" && inInv {
-		hc, err := q.connectRemote(ctx, ih, false, func(string, string) {})
-		if err != nil {
-			writeErr(w, http.StatusBadGateway, rbee.CodeOf(err), "purge: "+err.Error())
-			return
-		}
-		_ = hc.client.Shutdown(ctx, false) // stops its workers too
-		if err := provision.WaitExit(ctx, hc.remote.conn, hc.handshake.PID, 30*time.Second); err != nil {
-			writeErr(w, http.StatusBadGateway, rbee.CodeHiveDown, "purge: the agent: "+err.Error())
-			return
-		}
-		if _, err := hc.remote.conn.Run(ctx, []string{"rm", "-rf", "--", hc.remote.layout.RbeeDir()}, nil); err != nil {
-			writeErr(w, http.StatusBadGateway, rbee.CodeHiveDown, "purge: "+err.Error())
+		if err := q.purge(ctx, name); err != nil {
+			writeErr(w, http.StatusBadGateway, err)
 			return
 		}
 	}
-	q.mu.Lock()
-	if hc := q.hives[name]; hc != nil {
-		hc.client.Close()
-		if hc.remote != nil {
-			hc.remote.conn.Close()
-		}
-		delete(q.hives, name)
-	}
-	q.mu.Unlock()
+	q.pool.drop(name)
 	if inInv {
 		if err := inv.Remove(name); err != nil {
-			writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+			writeErr(w, http.StatusInternalServerError, err)
 			return
 		}
 		if err := inv.Save(); err != nil {
-			writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+			writeErr(w, http.StatusInternalServerError, err)
 			return
 		}
 	}
@@ -269,26 +217,43 @@ func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// purge stops a remote hive's agent (and its workers) and removes ~/.rbee
+// on the host.
+func (q *Queen) purge(ctx context.Context, name string) error {
+	hc, err := q.hiveConn(ctx, name, quiet)
+	if err != nil {
+		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
+	}
+	_ = hc.client.Shutdown(ctx, false) // stops its workers too
+	if err := provision.WaitExit(ctx, hc.remote.conn, hc.handshake.PID, 30*time.Second); err != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "purge: the agent: %w", err)
+	}
+	if _, err := hc.remote.conn.Run(ctx, []string{"rm", "-rf", "--", hc.remote.layout.RbeeDir()}, nil); err != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "purge: %w", err)
+	}
+	return nil
+}
+
 // hiveLogs returns the end of the agent's log.
 func (q *Queen) hiveLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	_, inv, err := q.resolveHive(ctx, name)
+	_, isRemote, err := q.resolveHive(ctx, name)
 	if err != nil {
-		writeErr(w, http.StatusNotFound, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusNotFound, err)
 		return
 	}
 	var out []byte
-	if inv == nil {
-		out, err = tailFile(q.cfg.Home+"/logs/hive-localhost.log", 200)
+	if !isRemote {
+		out, err = proc.Tail(q.cfg.Home.Log("hive-localhost"), 200)
 	} else {
 		var hc *hiveConn
-		if hc, err = q.connectRemote(ctx, *inv, false, func(string, string) {}); err == nil {
+		if hc, err = q.hiveConn(ctx, name, quiet); err == nil {
 			out, err = hc.remote.conn.Run(ctx, []string{"tail", "-n", "200", hc.remote.layout.LogPath()}, nil)
 		}
 	}
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, rbee.CodeOf(err), err.Error())
+		writeErr(w, http.StatusBadGateway, err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -297,8 +262,8 @@ func (q *Queen) hiveLogs(w http.ResponseWriter, r *http.Request) {
 
 // up connects every inventory hive in parallel, one event per host.
 func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
-	q.streamOp(w, func(send func(rbee.Event) error) error {
-		failed, err := q.upAll(r.Context(), send)
+	q.streamOp(w, func(ev events) error {
+		failed, err := q.upAll(r.Context(), ev)
 		if err != nil {
 			return err
 		}
@@ -307,4 +272,58 @@ func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	})
+}
+
+// upAll connects every inventory hive in parallel.
+func (q *Queen) upAll(ctx context.Context, ev events) (failed int, err error) {
+	inv, err := q.loadInventory()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for _, h := range inv.Hives {
+		if h.Disabled {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			was, _ := q.pool.state(h.Name)
+			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
+			hc, err := q.pool.get(ctx, h.Name, q.remoteConnector(h, false), quiet)
+			var s Snapshot
+			if err == nil {
+				lh := &liveHive{q: q, name: h.Name}
+				s, err = lh.Snapshot(ctx, quietEvents{})
+			}
+			if err != nil {
+				e = rbee.FailErr("hive "+h.Name, err)
+				mu.Lock()
+				failed++
+				mu.Unlock()
+			} else {
+				how := "running"
+				switch {
+				case was:
+					how = "connected"
+				case hc.remote.res.Installed:
+					how = "started"
+				}
+				msg := fmt.Sprintf("up: rbee-hive %s %s (%s", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond))
+				if !was {
+					msg += ": " + hc.remote.res.Timings()
+				}
+				e.Message = msg + "), " + describeDevices(s.Devices)
+			}
+			mu.Lock()
+			ev.send(e)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return failed, nil
 }

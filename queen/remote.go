@@ -8,13 +8,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/inventory"
-	"github.com/rbee-dev/rbee/modelfile"
+	"github.com/rbee-dev/rbee/poll"
 	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/remote"
 )
@@ -25,13 +26,10 @@ type SSH struct {
 	KnownHosts string // "" = ~/.ssh/known_hosts
 	SSHConfig  string // "" = ~/.ssh/config
 	Artifacts  provision.Artifacts
-}
-
-// remoteHive is the SSH side of a hiveConn.
-type remoteHive struct {
-	conn   *remote.Conn
-	layout provision.Layout
-	res    provision.Result
+	// Keepalive is how long a connected host may stay silent before it is
+	// declared offline (probed every third of it). Default
+	// DefaultSSHKeepalive.
+	Keepalive time.Duration
 }
 
 var hiveName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -52,7 +50,7 @@ func (q *Queen) loadInventory() (*inventory.Inventory, error) {
 	}
 	inv, err := inventory.Load(p)
 	if err != nil {
-		return nil, rbee.Errorf(rbee.CodeBadRequest, "inventory: %v", err)
+		return nil, rbee.Errorf(rbee.CodeBadRequest, "inventory: %w", err)
 	}
 	return inv, nil
 }
@@ -66,7 +64,8 @@ func (q *Queen) target(h inventory.Hive) (remote.Target, remote.Config) {
 	if h.KnownHosts != "" {
 		kh = expandHome(h.KnownHosts)
 	}
-	return t, remote.Config{KnownHosts: kh, SSHConfig: q.cfg.SSH.SSHConfig, UseAgent: true}
+	return t, remote.Config{KnownHosts: kh, SSHConfig: q.cfg.SSH.SSHConfig, UseAgent: true,
+		DialTimeout: q.cfg.ConnectTimeout, Keepalive: max(q.cfg.SSH.Keepalive/3, 100*time.Millisecond)}
 }
 
 func expandHome(p string) string {
@@ -77,53 +76,138 @@ func expandHome(p string) string {
 	return p
 }
 
-// connectRemote dials an inventory hive (reusing a live connection) and makes
-// sure its agent runs: the fast path is one handshake through the tunnel.
-func (q *Queen) connectRemote(ctx context.Context, h inventory.Hive, acceptNew bool, narrate func(action, msg string)) (*hiveConn, error) {
-	q.mu.Lock()
-	hc := q.hives[h.Name]
-	q.mu.Unlock()
-	if hc != nil && hc.remote != nil {
-		select {
-		case <-hc.remote.conn.Done():
-		default:
-			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			hs, err := hc.client.Handshake(hctx)
-			cancel()
-			if err == nil {
-				hc.handshake = hs
-				return hc, nil
+// hiveConn returns the pool's connection to a hive, connecting it (one
+// attempt for all callers) when there is none.
+func (q *Queen) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*hiveConn, error) {
+	if name == LocalHive {
+		return q.pool.get(ctx, name, q.connectLocal, narrate)
+	}
+	ih, err := q.inventoryHive(name)
+	if err != nil {
+		return nil, err
+	}
+	return q.pool.get(ctx, name, q.remoteConnector(ih, false), narrate)
+}
+
+// inventoryHive finds an SSH hive in the inventory (hand edits are picked
+// up on every call).
+func (q *Queen) inventoryHive(name string) (inventory.Hive, error) {
+	inv, err := q.loadInventory()
+	if err != nil {
+		return inventory.Hive{}, err
+	}
+	ih, ok := inv.Hive(name)
+	if !ok {
+		return ih, (&rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("hive %s is not in the inventory %s", name, inv.Path)}).
+			WithHint("rbee hive add it again, or rbee hive rm it")
+	}
+	return ih, nil
+}
+
+// remoteConnector dials an inventory hive and makes sure its agent runs:
+// dial and SSH handshake bounded by the connect timeout, then the agent
+// (probe, install when needed, start, handshake).
+func (q *Queen) remoteConnector(h inventory.Hive, acceptNew bool) connector {
+	return func(ctx context.Context, step func(string), narrate func(action, msg string)) (*hiveConn, error) {
+		t, cfg := q.target(h)
+		cfg.AcceptNewHostKey = acceptNew
+		narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
+		step("ssh dial and handshake with " + describeTarget(t))
+		dialStart := time.Now()
+		conn, err := remote.Dial(ctx, t, cfg)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil, err // the pool names the step
 			}
+			return nil, sshError(h.Name, err)
 		}
-		hc.client.Close()
-		hc.remote.conn.Close()
+		dialTime := time.Since(dialStart)
+		step("the agent (probe, install, handshake)")
+		res, client, err := provision.Up(ctx, conn, q.cfg.SSH.Artifacts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
+		if err != nil {
+			conn.Close()
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil, err
+			}
+			return nil, rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", h.Name, err)
+		}
+		if res.Installed {
+			narrate("hive_awake", fmt.Sprintf("hive %s: started rbee-hive %s on %s/%s (pid %d, via %s)", h.Name, res.Handshake.Version, res.Probe.OS, res.Probe.Arch, res.Handshake.PID, res.Transport))
+		} else {
+			narrate("hive_awake", fmt.Sprintf("hive %s: rbee-hive %s is running (pid %d, via %s)", h.Name, res.Handshake.Version, res.Handshake.PID, res.Transport))
+		}
+		res.Phases = append([]provision.Phase{{Name: "connect", Duration: dialTime}}, res.Phases...)
+		return &hiveConn{name: h.Name, client: client, handshake: res.Handshake,
+			remote: &remoteHive{conn: conn, layout: provision.Layout{Home: res.Probe.Home}, res: res}}, nil
 	}
-	t, cfg := q.target(h)
-	cfg.AcceptNewHostKey = acceptNew
-	narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
-	dialStart := time.Now()
-	conn, err := remote.Dial(ctx, t, cfg)
+}
+
+// connectLocal reaches this machine's agent on its socket, starting it
+// (detached, in its own session) when nothing answers there.
+func (q *Queen) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*hiveConn, error) {
+	client := hiveapi.NewClient(LocalHive, hiveapi.UnixDialer(q.cfg.Home.HiveSocket()))
+	step("the local agent's handshake")
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	hs, err := client.Handshake(hctx)
+	cancel()
+	h := &hiveConn{name: LocalHive, client: client, handshake: hs}
 	if err != nil {
-		return nil, sshError(h.Name, err)
+		narrate("hive_wake", "hive localhost is asleep, waking it")
+		step("starting the local agent")
+		if h, err = q.startLocalHive(ctx, client); err != nil {
+			client.Close()
+			return nil, err
+		}
+		narrate("hive_awake", fmt.Sprintf("hive localhost is awake (rbee-hive %s, protocol %d, pid %d)", h.handshake.Version, h.handshake.Protocol, h.handshake.PID))
 	}
-	dialTime := time.Since(dialStart)
-	res, client, err := provision.Up(ctx, conn, q.cfg.SSH.Artifacts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
+	if h.handshake.Protocol != rbee.ProtocolVersion {
+		client.Close()
+		return nil, rbee.Errorf(rbee.CodeHiveDown, "hive localhost speaks protocol %d, this queen %d; stop the old agent (kill %d)", h.handshake.Protocol, rbee.ProtocolVersion, h.handshake.PID)
+	}
+	return h, nil
+}
+
+// startLocalHive starts rbee-hive and waits for its handshake.
+func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hiveConn, error) {
+	if q.cfg.HiveBin == "" {
+		return nil, rbee.Errorf(rbee.CodeHiveDown, "no rbee-hive binary configured")
+	}
+	args := []string{"serve", "--home", string(q.cfg.Home), "--name", LocalHive, "--worker-binary", q.cfg.WorkerBin,
+		"--engine", q.cfg.EngineDir, "--keep-alive", q.cfg.KeepAlive.String()}
+	p, err := proc.Start(q.cfg.HiveBin, append(args, q.cfg.HiveArgs...), proc.Options{Log: q.cfg.Home.Log("hive-localhost"), Setsid: true})
 	if err != nil {
-		conn.Close()
-		return nil, rbee.Errorf(rbee.CodeHiveDown, "hive %s: %v", h.Name, err)
+		return nil, rbee.Errorf(rbee.CodeHiveDown, "start hive localhost: %w", err)
 	}
-	if res.Installed {
-		narrate("hive_awake", fmt.Sprintf("hive %s: started rbee-hive %s on %s/%s (pid %d, via %s)", h.Name, res.Handshake.Version, res.Probe.OS, res.Probe.Arch, res.Handshake.PID, res.Transport))
-	} else {
-		narrate("hive_awake", fmt.Sprintf("hive %s: rbee-hive %s is running (pid %d, via %s)", h.Name, res.Handshake.Version, res.Handshake.PID, res.Transport))
+	h := &hiveConn{name: LocalHive, client: client, local: p}
+	err = poll.Until(ctx, poll.Config{Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
+		select {
+		case <-p.Exited():
+			return false, poll.Permanent(fmt.Errorf("rbee-hive %s", p.Why()))
+		default:
+		}
+		hctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		hs, err := client.Handshake(hctx)
+		if err != nil {
+			return false, err
+		}
+		h.handshake = hs
+		return true, nil
+	})
+	if err != nil {
+		p.Stop(0)
+		return nil, rbee.Errorf(rbee.CodeHiveDown, "hive localhost did not come up: %w (log: %s)", err, p.Log)
 	}
-	res.Phases = append([]provision.Phase{{Name: "connect", Duration: dialTime}}, res.Phases...)
-	hc = &hiveConn{name: h.Name, client: client, handshake: res.Handshake,
-		remote: &remoteHive{conn: conn, layout: provision.Layout{Home: res.Probe.Home}, res: res}}
-	q.mu.Lock()
-	q.hives[h.Name] = hc
-	q.mu.Unlock()
-	return hc, nil
+	return h, nil
+}
+
+// stopLocal asks the agent this queen started to stop (it stops its
+// workers), then signals it.
+func (q *Queen) stopLocal(h *hiveConn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = h.client.Shutdown(ctx, false)
+	cancel()
+	h.local.Wait(15 * time.Second)
 }
 
 func describeTarget(t remote.Target) string {
@@ -137,11 +221,10 @@ func describeTarget(t remote.Target) string {
 	return s
 }
 
-// sshError keeps the transport's explanation and gives it a code.
+// sshError keeps the transport's explanation and gives it a code and a
+// hint.
 func sshError(name string, err error) error {
-	code := rbee.CodeHiveDown
-	msg := fmt.Sprintf("hive %s: %v", name, err)
-	e := &rbee.Error{Code: code, Message: msg}
+	e := rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", name, err)
 	switch {
 	case errors.Is(err, remote.ErrUnknownHostKey):
 		e.Hint = "check the fingerprint, then run rbee hive add again with --accept-new-host-key"
@@ -153,80 +236,48 @@ func sshError(name string, err error) error {
 	return e
 }
 
-// markOffline records why a hive cannot be reached.
-func (q *Queen) markOffline(name string, err error) {
-	_ = q.db.SetStatus(context.Background(), name, "offline", err.Error(), time.Time{})
-}
-
-// pushModel copies a model from the queen's machine to a remote hive.
-func (q *Queen) pushModel(ctx context.Context, hc *hiveConn, local string, send func(rbee.Event) error) (string, error) {
-	sha, err := q.localSHA(ctx, local)
-	if err != nil {
-		return "", rbee.Errorf(rbee.CodeModelNotFound, "model %s: %v", local, err)
-	}
-	st, _ := os.Stat(local)
-	_ = send(rbee.Narrate(me, "model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(local), rbee.Bytes(uint64(st.Size())), hc.name)))
-	p, err := provision.PushModel(ctx, hc.remote.conn, hc.remote.layout, local, sha, func(done, total int64, rate float64) {
-		_ = send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
+// pushModel copies a local model to a remote hive (content-addressed,
+// resumable); nothing is sent when it is already there.
+func (q *Queen) pushModel(ctx context.Context, hc *hiveConn, spec *ModelSpec, ev events) (string, error) {
+	ev.narrate("model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(spec.Path), rbee.Bytes(uint64(spec.Size)), hc.name))
+	p, err := provision.PushModel(ctx, hc.remote.conn, hc.remote.layout, spec.Path, spec.SHA256, func(done, total int64, rate float64) {
+		ev.send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
 			Message: fmt.Sprintf("pushed %s of %s (%s/s)", rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)), rbee.Bytes(uint64(rate)))})
 	})
 	if err != nil {
-		return "", rbee.Errorf(rbee.CodeHiveDown, "hive %s: %v", hc.name, err)
+		return "", rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", hc.name, err)
 	}
 	return p, nil
 }
 
-// localSHA hashes a local file, remembering the answer per (path, size,
-// mtime) so a warm job does not read gigabytes again.
-func (q *Queen) localSHA(ctx context.Context, p string) (string, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return "", err
-	}
-	key := fmt.Sprintf("%s|%d|%d", p, st.Size(), st.ModTime().UnixNano())
-	q.shaMu.Lock()
-	sum, ok := q.shas[key]
-	q.shaMu.Unlock()
-	if ok {
-		return sum, nil
-	}
-	sum, err = modelfile.Hash(ctx, p)
-	if err != nil {
-		return "", err
-	}
-	q.shaMu.Lock()
-	q.shas[key] = sum
-	q.shaMu.Unlock()
-	return sum, nil
-}
-
-// resolveHive finds a hive by name: the catalog, or the inventory (hand
-// edits are picked up), or the local machine.
-func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, *inventory.Hive, error) {
+// resolveHive finds a hive by name: the inventory (hand edits are picked
+// up), the catalog, or the local machine (always a hive). It reports
+// whether the hive is reached over SSH.
+func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, bool, error) {
 	inv, err := q.loadInventory()
 	if err != nil {
-		return catalog.Hive{}, nil, err
+		return catalog.Hive{}, false, err
 	}
 	if ih, ok := inv.Hive(name); ok && name != LocalHive {
 		entry, err := q.db.Hive(ctx, name)
 		if errors.Is(err, catalog.ErrNotFound) {
-			entry = catalog.Hive{Name: name, Kind: "ssh", Host: ih.Host, Port: ih.Port, User: ih.User, Status: "unknown", Added: time.Now()}
+			entry = catalog.Hive{Name: name, Kind: "ssh", Host: ih.Host, Port: ih.Port, User: ih.User, Status: catalog.StatusUnknown, Added: time.Now()}
 			if err := q.db.UpsertHive(ctx, entry); err != nil {
-				return entry, nil, err
+				return entry, true, err
 			}
 		} else if err != nil {
-			return entry, nil, err
+			return entry, true, err
 		}
-		return entry, &ih, nil
+		return entry, true, nil
+	}
+	if name == LocalHive {
+		if err := q.ensureLocalEntry(ctx); err != nil {
+			return catalog.Hive{}, false, err
+		}
+		entry, err := q.db.Hive(ctx, name)
+		return entry, false, err
 	}
 	entry, err := q.db.Hive(ctx, name)
-	if errors.Is(err, catalog.ErrNotFound) && name == LocalHive {
-		// This machine is always a hive, even when SSH hives came first.
-		if err := q.ensureLocalEntry(ctx); err != nil {
-			return entry, nil, err
-		}
-		entry, err = q.db.Hive(ctx, name)
-	}
 	if errors.Is(err, catalog.ErrNotFound) {
 		var names []string
 		if hs, err := q.db.Hives(ctx); err == nil {
@@ -239,14 +290,24 @@ func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, *in
 				names = append(names, h.Name)
 			}
 		}
-		return entry, nil, &rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("no hive named %q (known: %s)", name, strings.Join(names, ", ")),
-			Hint: "rbee hive ls lists the hives; rbee hive add USER@HOST adds one"}
+		return entry, false, (&rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("no hive named %q (known: %s)", name, strings.Join(names, ", "))}).
+			WithHint("rbee hive ls lists the hives; rbee hive add USER@HOST adds one")
 	}
 	if err == nil && entry.Kind == "ssh" {
-		return entry, nil, &rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("hive %s is in the catalog but not in the inventory %s", name, inv.Path),
-			Hint: "rbee hive add it again, or rbee hive rm it"}
+		return entry, true, (&rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("hive %s is in the catalog but not in the inventory %s", name, inv.Path)}).
+			WithHint("rbee hive add it again, or rbee hive rm it")
 	}
-	return entry, nil, err
+	return entry, false, err
+}
+
+// ensureLocalEntry adds the local machine as hive localhost; added says
+// whether it was not there before.
+func (q *Queen) ensureLocalEntry(ctx context.Context) error {
+	err := q.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: catalog.StatusUnknown, Added: time.Now()})
+	if err != nil && !errors.Is(err, catalog.ErrExists) {
+		return err
+	}
+	return nil
 }
 
 func contains(ss []string, s string) bool {
@@ -256,55 +317,4 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// upAll connects every inventory hive in parallel.
-func (q *Queen) upAll(ctx context.Context, send func(rbee.Event) error) (failed int, err error) {
-	inv, err := q.loadInventory()
-	if err != nil {
-		return 0, err
-	}
-	var (
-		wg sync.WaitGroup
-		mu sync.Mutex
-	)
-	for _, h := range inv.Hives {
-		if h.Disabled {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			start := time.Now()
-			quiet := func(string, string) {}
-			hc, err := q.connectRemote(ctx, h, false, quiet)
-			ev := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			if err != nil {
-				q.markOffline(h.Name, err)
-				ev = rbee.Fail("hive "+h.Name, rbee.CodeOf(err), err.Error())
-				mu.Lock()
-				failed++
-				mu.Unlock()
-			} else {
-				devs, derr := hc.client.Devices(ctx)
-				_ = q.db.UpsertHive(ctx, catalog.Hive{Name: h.Name, Kind: "ssh", Host: h.Host, Port: h.Port, User: h.User,
-					Status: "online", AgentVersion: hc.handshake.Version, LastSeen: time.Now()})
-				how := "running"
-				if hc.remote.res.Installed {
-					how = "started"
-				}
-				msg := fmt.Sprintf("up: rbee-hive %s %s (%s: %s)", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond), hc.remote.res.Timings())
-				if derr == nil {
-					_ = q.db.SetDevices(ctx, h.Name, devs.Devices, time.Now())
-					msg += ", " + describeDevices(devs.Devices)
-				}
-				ev.Message = msg
-			}
-			mu.Lock()
-			_ = send(ev)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return failed, nil
 }

@@ -1,0 +1,125 @@
+package queen
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/rbee-dev/rbee"
+)
+
+// ListenControl listens on the queen's control socket: mode 0600 in a
+// 0700 directory, so only the owner can connect, and every connection's
+// peer uid is read (SO_PEERCRED) for OwnerOnly to check. A stale socket
+// left by a queen that died is replaced; a live queen's is not.
+func ListenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, ErrQueenRunning)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// The socket is created 0600 from the start: no window in which
+	// another user could connect.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// ErrQueenRunning means another queen already serves that control socket.
+var ErrQueenRunning = errors.New("another queen is running")
+
+type peerKey struct{}
+
+// PeerContext records the uid of a unix-socket peer in the request
+// context (http.Server.ConnContext).
+func PeerContext(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, int(cred.Uid))
+}
+
+// OwnerOnly refuses (403) every request whose peer is not the queen's own
+// user: the socket's mode keeps others out, this keeps them out even if
+// the mode is loosened.
+func OwnerOnly(h http.Handler) http.Handler {
+	me := os.Getuid()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		uid, ok := r.Context().Value(peerKey{}).(int)
+		if !ok || uid != me {
+			writeErr(w, http.StatusForbidden, rbee.Errorf(rbee.CodeBadRequest, "this queen serves only its owner (uid %d)", me))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// ReadToken reads a bearer token from a file that only its owner may read
+// (mode 0600 or stricter): a token others can read protects nothing.
+func ReadToken(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("token file %s is mode %#o: others can read it; chmod 600 %s", path, st.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("token file %s holds %d characters; use at least 16 (e.g. openssl rand -hex 32)", path, len(tok))
+	}
+	return tok, nil
+}
+
+// RequireToken lets requests through only with "Authorization: Bearer
+// <token>", compared in constant time. /health stays open: it is how
+// keepers and supervisors see the queen is up. The token is never logged.
+func RequireToken(token string, h http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rbee"`)
+			writeErr(w, http.StatusUnauthorized, rbee.Errorf(rbee.CodeQueenDown, "this queen needs a bearer token: set RBEE_TOKEN_FILE (or --token-file) to its token file"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

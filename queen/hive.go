@@ -1,0 +1,226 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/hiveapi"
+)
+
+// Hive is what placing and running a job needs of one hive. The queen's
+// hives talk to agents through its connection pool; tests use fakes.
+type Hive interface {
+	Name() string
+	// Snapshot connects if needed (narrated to ev) and reads the hive's
+	// devices (with free memory), workers and models. ctx bounds it.
+	Snapshot(ctx context.Context, ev events) (Snapshot, error)
+	// Model makes the job's model available on the hive (already there,
+	// pushed, copied from a peer or downloaded) and returns its entry.
+	Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error)
+	// Reserve asks the hive's VRAM checker for room; a refusal is an
+	// *rbee.Error with CodeNoRoom.
+	Reserve(ctx context.Context, r hiveapi.ReserveRequest) (string, error)
+	// Release gives a reservation back.
+	Release(ctx context.Context, id string) error
+	// Infer runs the prompt and hands every event of the hive's stream to
+	// relay undecoded.
+	Infer(ctx context.Context, r hiveapi.InferRequest, relay func(evType string, data []byte) error) error
+}
+
+// Snapshot is one look at a hive, taken once per job.
+type Snapshot struct {
+	Devices []rbee.Device
+	Workers []rbee.WorkerInfo
+	Models  []hiveapi.Model
+}
+
+// find returns the hive's catalog entry for the job's model, by sha256 or
+// by reference.
+func (s Snapshot) find(spec *ModelSpec) (hiveapi.Model, bool) {
+	for _, m := range s.Models {
+		if spec.SHA256 != "" && m.SHA256 == spec.SHA256 {
+			return m, true
+		}
+		if spec.Ref != nil && (m.Ref == spec.Raw || (spec.Resolved != "" && m.Ref == spec.Resolved)) {
+			return m, true
+		}
+	}
+	return hiveapi.Model{}, false
+}
+
+// events is how a step reports to the job's stream.
+type events interface {
+	send(ev rbee.Event)
+	narrate(action, msg string)
+}
+
+// liveHive is a hive reached through the queen's pool.
+type liveHive struct {
+	q    *Queen
+	name string
+}
+
+func (h *liveHive) Name() string { return h.name }
+
+func (h *liveHive) conn(ctx context.Context) (*hiveConn, error) {
+	return h.q.hiveConn(ctx, h.name, quiet)
+}
+
+// Snapshot reads devices, workers and models within the pool's timeout. A
+// connection that looked alive but did not answer in time is a stalled
+// host: it is dropped, and the hive marked offline with the reason. A
+// local agent that went away is started again, once.
+func (h *liveHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
+	for try := 0; ; try++ {
+		hc, err := h.q.hiveConn(ctx, h.name, ev.narrate)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		s, step, err := h.read(ctx, hc)
+		if err == nil {
+			h.q.seen(ctx, h.name, hc, s)
+			return s, nil
+		}
+		if ctx.Err() != nil {
+			return Snapshot{}, h.q.pool.stepError(h.name, step, ctx.Err())
+		}
+		var ae *hiveapi.APIError
+		if errors.As(err, &ae) {
+			return Snapshot{}, hiveError(err)
+		}
+		reason := h.q.pool.stepError(h.name, step, err)
+		h.q.pool.fail(h.name, hc, reason)
+		if try > 0 || errors.Is(err, context.DeadlineExceeded) {
+			return Snapshot{}, reason
+		}
+	}
+}
+
+func (h *liveHive) read(ctx context.Context, hc *hiveConn) (s Snapshot, step string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, h.q.pool.timeout)
+	defer cancel()
+	devs, err := hc.client.Devices(ctx)
+	if err != nil {
+		return s, "the agent's devices", err
+	}
+	s.Devices = devs.Devices
+	if s.Workers, err = hc.client.Workers(ctx); err != nil {
+		return s, "the agent's workers", err
+	}
+	if s.Models, err = hc.client.Models(ctx); err != nil {
+		return s, "the agent's models", err
+	}
+	return s, "", nil
+}
+
+func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error) {
+	if m, ok := snap.find(spec); ok && (spec.Ref != nil || m.Path != "" && (h.name != LocalHive || m.Path == spec.Path)) {
+		return m, nil
+	}
+	hc, err := h.conn(ctx)
+	if err != nil {
+		return hiveapi.Model{}, err
+	}
+	if spec.Ref != nil {
+		// Another hive has it: copy across instead of downloading again.
+		if m, ok, err := h.q.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
+			return m, err
+		}
+		return h.q.pull(ctx, hc, spec, "", ev)
+	}
+	path := spec.Path
+	if hc.remote != nil {
+		if path, err = h.q.pushModel(ctx, hc, spec, ev); err != nil {
+			return hiveapi.Model{}, err
+		}
+	}
+	m, err := hc.client.AddModel(ctx, hiveapi.AddModelRequest{Path: path, Ref: spec.Raw})
+	if err != nil {
+		return hiveapi.Model{}, hiveError(err)
+	}
+	return m, nil
+}
+
+func (h *liveHive) Reserve(ctx context.Context, r hiveapi.ReserveRequest) (string, error) {
+	hc, err := h.conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	id, err := hc.client.Reserve(ctx, r)
+	var ae *hiveapi.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+		return "", &rbee.Error{Code: rbee.CodeNoRoom, Message: ae.Body.Message, Err: err}
+	}
+	if err != nil {
+		return "", hiveError(err)
+	}
+	return id, nil
+}
+
+func (h *liveHive) Release(ctx context.Context, id string) error {
+	hc, err := h.conn(ctx)
+	if err != nil {
+		return err
+	}
+	return hc.client.Release(ctx, id)
+}
+
+func (h *liveHive) Infer(ctx context.Context, r hiveapi.InferRequest, relay func(evType string, data []byte) error) error {
+	hc, err := h.conn(ctx)
+	if err != nil {
+		return err
+	}
+	err = hc.client.InferRaw(ctx, r, relay)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	if hc.remote != nil {
+		select {
+		case <-hc.remote.conn.Done():
+			err = rbee.Errorf(rbee.CodeHiveDown, "hive %s: the SSH connection broke: %w", h.name, hc.remote.conn.Err())
+		default:
+		}
+	}
+	return hiveError(err)
+}
+
+// hiveError turns a hive API error into an rbee error with its code and
+// hint.
+func hiveError(err error) error {
+	var ae *hiveapi.APIError
+	if errors.As(err, &ae) {
+		e := ae.Body
+		e.Err = err
+		return &e
+	}
+	var re *rbee.Error
+	if errors.As(err, &re) {
+		return err
+	}
+	return rbee.Errorf(rbee.CodeHiveDown, "%w", err)
+}
+
+// modelID is the id the scheduler matches warm workers on: the hive's
+// catalog entry when it has one, else the id the hive will give the file.
+func modelID(spec *ModelSpec, snap Snapshot) (id string, has bool) {
+	if m, ok := snap.find(spec); ok {
+		return m.ID, true
+	}
+	if spec.SHA256 != "" {
+		return catalog.ModelID(spec.SHA256), false
+	}
+	return "", false
+}
+
+func shownName(s string) string {
+	if filepath.IsAbs(s) {
+		return filepath.Base(s)
+	}
+	return s
+}
+
+func quiet(string, string) {}

@@ -1,0 +1,289 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/scheduler"
+)
+
+// placement is the decision a job carries from planning to the run: the
+// hive, and either a warm worker or a device with its reservation.
+type placement struct {
+	hive        Hive
+	model       hiveapi.Model // the hive's catalog entry (ID only, on the warm path)
+	worker      string        // a warm worker
+	device      string
+	reservation string
+}
+
+// placeJob is what planning needs of a job.
+type placeJob struct {
+	ID         string
+	Spec       *ModelSpec
+	Device     string
+	WorkerType string
+	Explain    bool
+	Fleet      bool // the hive was not named: say which one was picked and why
+}
+
+// planner plans a job once across its candidate hives and admits it.
+type planner struct {
+	sched scheduler.Scheduler
+	bound time.Duration // one hive's snapshot
+	// estimate fills a reference's Need once the snapshots are in (a hive
+	// that holds the model answers without the network).
+	estimate func(ctx context.Context, spec *ModelSpec, snaps map[string]Snapshot) error
+	// seen reports a hive's first contact (its devices are news).
+	fresh func(name string) bool
+}
+
+// place takes one snapshot of each candidate (in parallel, each within
+// the bound: a stalled hive is left out and said so), plans once across
+// all of them, and admits on the chosen device, moving on down the plan —
+// to the next device or the next hive — when a hive refuses (409). The
+// model reaches a hive only once the hive is chosen.
+func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev events) (placement, error) {
+	snaps, err := p.snapshots(ctx, hives, ev)
+	if err != nil {
+		return placement{}, err
+	}
+	if err := p.estimate(ctx, job.Spec, snaps); err != nil {
+		return placement{}, err
+	}
+	byName := map[string]Hive{}
+	var sh []scheduler.Hive
+	for _, h := range hives {
+		s, ok := snaps[h.Name()]
+		if !ok {
+			continue
+		}
+		byName[h.Name()] = h
+		id, has := modelID(job.Spec, s)
+		if h.Name() == LocalHive && job.Spec.Path != "" {
+			has = true // a local file is already on this machine
+		}
+		sh = append(sh, scheduler.Hive{Name: h.Name(), Devices: s.Devices, Workers: s.Workers, HasModel: has, ModelID: id})
+	}
+	sort.Slice(sh, func(i, j int) bool { return sh[i].Name < sh[j].Name })
+	plan, err := p.sched.Plan(scheduler.Request{ModelSHA256: job.Spec.SHA256, Need: job.Spec.Need, Device: job.Device, WorkerType: job.WorkerType}, sh)
+	if job.Explain {
+		prefix := ""
+		if job.Fleet {
+			prefix = "fleet "
+		}
+		ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + explainText(plan.Candidates), Candidates: plan.Candidates})
+	}
+	if err != nil {
+		if rbee.CodeOf(err) == rbee.CodeNoRoom && job.Spec.Ref != nil && job.Spec.Checked {
+			return placement{}, p.noRoomBeforeFetch(job.Spec, sh, err)
+		}
+		return placement{}, err
+	}
+	if plan.Warm != nil {
+		w := plan.Warm
+		if job.Fleet {
+			ev.narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s", w.Hive, plan.WarmReason))
+		}
+		ev.narrate("device_picked", "scheduler: "+plan.WarmReason)
+		return placement{hive: byName[w.Hive], model: hiveapi.Model{ID: w.ModelID}, worker: w.ID, device: w.Device}, nil
+	}
+	return p.admit(ctx, job, plan.Options, byName, snaps, ev)
+}
+
+// snapshots asks every candidate at once; each answer is bounded. With
+// one candidate its failure is the job's; with several, the unreachable
+// are left out (and said so) unless none answers.
+func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[string]Snapshot, error) {
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		snaps = map[string]Snapshot{}
+		errs  = map[string]error{}
+	)
+	for _, h := range hives {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, p.bound)
+			defer cancel()
+			hev := ev
+			if len(hives) > 1 {
+				hev = quietEvents{} // a fleet's connects are not narrated one by one
+			}
+			s, err := h.Snapshot(sctx, hev)
+			if err == nil && sctx.Err() != nil {
+				err = sctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				err = rbee.Errorf(rbee.CodeHiveDown, "hive %s did not answer within %s", h.Name(), p.bound)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[h.Name()] = err
+				return
+			}
+			snaps[h.Name()] = s
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(hives) == 1 {
+		if err := errs[hives[0].Name()]; err != nil {
+			return nil, err
+		}
+	}
+	names := make([]string, 0, len(hives))
+	for _, h := range hives {
+		names = append(names, h.Name())
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err, ok := errs[n]; ok {
+			w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s is unreachable, left out of this job: %v", n, err))
+			w.Level = "warn"
+			ev.send(w)
+		}
+		if s, ok := snaps[n]; ok && p.fresh != nil && p.fresh(n) {
+			ev.narrate("devices_detected", fmt.Sprintf("hive %s has %s", n, describeDevices(s.Devices)))
+		}
+	}
+	if len(snaps) == 0 {
+		return nil, rbee.Errorf(rbee.CodeHiveDown, "no hive is reachable")
+	}
+	return snaps, nil
+}
+
+// admit goes down the plan: the model onto the option's hive (once per
+// hive), then the hive's VRAM checker. A refusal moves to the next option,
+// whichever hive it is on.
+func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Option, byName map[string]Hive, snaps map[string]Snapshot, ev events) (placement, error) {
+	models := map[string]hiveapi.Model{}
+	failed := map[string]error{}
+	var refusals []string
+	for i, opt := range opts {
+		h := byName[opt.Hive]
+		if _, bad := failed[opt.Hive]; bad {
+			continue
+		}
+		switch {
+		case i == 0 && job.Fleet:
+			ev.narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s/%s: %s", opt.Hive, opt.Hive, opt.Device.ID, opt.Reason))
+			fallthrough
+		case i == 0:
+			ev.narrate("device_picked", fmt.Sprintf("scheduler picked %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
+		default:
+			ev.narrate("device_picked", fmt.Sprintf("trying the next candidate %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
+		}
+		m, ok := models[opt.Hive]
+		if !ok {
+			if job.Spec.Ref != nil && job.Spec.Checked {
+				if _, there := snaps[opt.Hive].find(job.Spec); !there {
+					ev.narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
+						job.Spec.Raw, rbee.Bytes(job.Spec.Need), opt.Hive, opt.Device.ID, rbee.Bytes(opt.Device.FreeBytes)))
+				}
+			}
+			var err error
+			m, err = h.Model(ctx, job.Spec, snaps[opt.Hive], ev)
+			if err != nil {
+				if ctx.Err() != nil || len(byName) == 1 || rbee.CodeOf(err) != rbee.CodeHiveDown {
+					return placement{}, err
+				}
+				failed[opt.Hive] = err
+				w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s: %v; trying the next hive", opt.Hive, err))
+				w.Level = "warn"
+				ev.send(w)
+				continue
+			}
+			models[opt.Hive] = m
+			ev.narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
+				shownName(m.Ref), m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(need(m, job.Spec)), max(m.CtxSize, job.Spec.CtxSize)))
+		}
+		res, err := h.Reserve(ctx, hiveapi.ReserveRequest{Device: opt.Device.ID, Bytes: need(m, job.Spec), Purpose: job.ID})
+		if rbee.CodeOf(err) == rbee.CodeNoRoom {
+			refusals = append(refusals, err.Error())
+			w := rbee.Narrate(me, "room_refused", fmt.Sprintf("hive %s refused %s: %v", opt.Hive, opt.Device.ID, err))
+			w.Level = "warn"
+			ev.send(w)
+			continue
+		}
+		if err != nil {
+			return placement{}, err
+		}
+		ev.narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s", opt.Hive, rbee.Bytes(need(m, job.Spec)), opt.Device.ID))
+		return placement{hive: h, model: m, device: opt.Device.ID, reservation: res}, nil
+	}
+	if len(refusals) == 0 && len(failed) > 0 {
+		errs := make([]error, 0, len(failed))
+		for _, e := range failed {
+			errs = append(errs, e)
+		}
+		return placement{}, &rbee.Error{Code: rbee.CodeHiveDown, Message: fmt.Sprintf("no hive could take the model: %v", errors.Join(errs...)), Err: errs[0]}
+	}
+	return placement{}, rbee.Errorf(rbee.CodeNoRoom, "no device has room for %s (needs %s): %s", shownName(job.Spec.Raw),
+		rbee.Bytes(job.Spec.Need), strings.Join(refusals, "; "))
+}
+
+// need is what a worker for m takes: the hive's own estimate when it has
+// one (it starts the worker), else the queen's.
+func need(m hiveapi.Model, spec *ModelSpec) uint64 {
+	if m.EstimateBytes > 0 {
+		return m.EstimateBytes
+	}
+	return spec.Need
+}
+
+// noRoomBeforeFetch explains a reference no device can hold, with the
+// numbers, before anything was downloaded.
+func (p *planner) noRoomBeforeFetch(spec *ModelSpec, hives []scheduler.Hive, cause error) error {
+	var best rbee.Device
+	bestHive := ""
+	for _, h := range hives {
+		for _, d := range h.Devices {
+			if d.FreeBytes > best.FreeBytes {
+				best, bestHive = d, h.Name
+			}
+		}
+	}
+	return (&rbee.Error{Code: rbee.CodeNoRoom, Err: cause,
+		Message: fmt.Sprintf("%s needs about %s (weights %s + KV cache for %d tokens); the roomiest device, %s/%s, has %s free: nothing was downloaded",
+			spec.Raw, rbee.Bytes(spec.Need), rbee.Bytes(spec.Weights), spec.CtxSize, bestHive, best.ID, rbee.Bytes(best.FreeBytes))}).
+		WithHint("pick a smaller quantization (hf:ORG/REPO:Q4_K_M) or another hive")
+}
+
+func describeDevices(ds []rbee.Device) string {
+	var parts []string
+	for _, d := range ds {
+		if d.Kind == rbee.DeviceGPU {
+			parts = append(parts, fmt.Sprintf("%s %s (%s, compute %s)", d.ID, d.Name, rbee.Bytes(d.TotalBytes), d.ComputeCap))
+		} else {
+			parts = append(parts, fmt.Sprintf("cpu %s (%d cores, %s RAM)", d.Name, d.Cores, rbee.Bytes(d.TotalBytes)))
+		}
+	}
+	return fmt.Sprintf("%d device(s): %s", len(ds), strings.Join(parts, "; "))
+}
+
+func explainText(cs []rbee.Candidate) string {
+	var b strings.Builder
+	b.WriteString("candidates:")
+	for _, c := range cs {
+		fmt.Fprintf(&b, "\n  %s/%s %s: %s", c.Hive, c.Device, c.Name, c.Verdict)
+	}
+	return b.String()
+}
+
+// quietEvents drops narration (a fleet's per-hive connects).
+type quietEvents struct{}
+
+func (quietEvents) send(rbee.Event)        {}
+func (quietEvents) narrate(string, string) {}
