@@ -1,10 +1,12 @@
 package llm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -121,7 +123,7 @@ func (m *Model) loop() {
 		if len(active) == 0 || m.blocked(active) {
 			select {
 			case r := <-m.submit:
-				active = append(active, m.begin(mem, r))
+				active = insert(active, m.begin(mem, r))
 			case e := <-m.embedCh:
 				m.embed(mem, e)
 			case <-m.wake:
@@ -134,7 +136,7 @@ func (m *Model) loop() {
 		for {
 			select {
 			case r := <-m.submit:
-				active = append(active, m.begin(mem, r))
+				active = insert(active, m.begin(mem, r))
 			case <-m.quit:
 				m.finishAll(active)
 				return
@@ -198,37 +200,43 @@ func (m *Model) dropCancelled(active []*request) []*request {
 	return kept
 }
 
-// fill builds the next batch and returns its token count: first the pending
-// token of every generating slot whose caller keeps up, then prompt tokens
-// up to the batch size (one micro-batch while others generate, so a long
-// prompt does not stall the streams).
+// insert adds r to active, which is kept in slot id order.
+func insert(active []*request, r *request) []*request {
+	i, _ := slices.BinarySearchFunc(active, r.slot.ID, func(a *request, id int) int { return cmp.Compare(a.slot.ID, id) })
+	return slices.Insert(active, i, r)
+}
+
+// fill builds the next batch and returns its token count: the pending token
+// of every generating slot whose caller keeps up, and prompt tokens up to the
+// batch size (one micro-batch while others generate, so a long prompt does
+// not stall the streams). Tokens go in in slot id order: llama.cpp's
+// non-unified KV puts a run of consecutive sequence ids into one
+// micro-batch, in the order the batch holds them.
 func (m *Model) fill(active []*request) int {
-	b := &m.batch
-	b.Clear()
 	gen := 0
 	for _, r := range active {
 		r.logit, r.inBatch = -1, false
-		if !r.hasTok || len(r.out) >= cap(r.out)-1 {
-			continue
+		if r.hasTok && len(r.out) < cap(r.out)-1 {
+			gen++
 		}
-		s := r.slot
-		m.add(s, r.pending, len(s.cache), true)
-		s.cache = append(s.cache, r.pending)
-		r.logit, r.inBatch, r.hasTok = b.NTokens-1, true, false
-		gen++
 	}
-	budget := m.nBatch - int(b.NTokens)
+	budget := m.nBatch - gen
 	if gen > 0 {
 		budget = min(budget, int(llama.NUBatch(m.lctx)))
 	}
+	b := &m.batch
+	b.Clear()
 	for _, r := range active {
-		if budget <= 0 {
-			break
-		}
-		if r.next >= len(r.prompt) {
+		s := r.slot
+		if r.hasTok && len(r.out) < cap(r.out)-1 {
+			m.add(s, r.pending, len(s.cache), true)
+			s.cache = append(s.cache, r.pending)
+			r.logit, r.inBatch, r.hasTok = b.NTokens-1, true, false
 			continue
 		}
-		s := r.slot
+		if r.next >= len(r.prompt) || budget <= 0 {
+			continue
+		}
 		k := min(budget, len(r.prompt)-r.next)
 		for i := r.next; i < r.next+k; i++ {
 			last := i == len(r.prompt)-1

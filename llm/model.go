@@ -70,7 +70,6 @@ type Model struct {
 	slots   []*Slot
 	free    []*Slot
 	waiters []*waiter
-	clock   int64 // slot use counter, for least-recently-used
 
 	submit  chan *request
 	embedCh chan *embedRequest

@@ -19,8 +19,7 @@ type Slot struct {
 	// cache holds the tokens whose KV the context holds for this slot's
 	// sequence. The decode loop writes it while a request runs; Acquire
 	// reads it (under slotMu) only while the slot is free.
-	cache   []llama.Token
-	lastUse int64
+	cache []llama.Token
 }
 
 type waiter struct {
@@ -69,9 +68,11 @@ func (m *Model) Acquire(ctx context.Context, prompt []llama.Token) (*Slot, error
 // takeBest removes and returns the best free slot for prompt. slotMu is held.
 // A slot's cached prefix counts when reusing it loses nothing (its whole
 // cache is a prefix of the prompt) or covers at least half the prompt (as
-// llama-server's slot similarity does); otherwise the least recently used
-// slot is taken, so a shared BOS or system prompt does not evict a
-// conversation another slot holds.
+// llama-server's slot similarity does), so a shared BOS or system prompt
+// does not evict a conversation another slot holds. Among equals an empty
+// slot wins, then the lowest id: llama.cpp puts only consecutive sequence
+// ids of a batch into one micro-batch (non-unified KV), so busy slots
+// packed at the low ids decode together.
 func (m *Model) takeBest(prompt []llama.Token) *Slot {
 	best, bestN := 0, -1
 	for i, s := range m.free {
@@ -82,14 +83,18 @@ func (m *Model) takeBest(prompt []llama.Token) *Slot {
 				n = 0
 			}
 		}
-		if n > bestN || (n == bestN && s.lastUse < m.free[best].lastUse) {
+		b := m.free[best]
+		better := n > bestN
+		if n == bestN {
+			emptyS, emptyB := len(s.cache) == 0, len(b.cache) == 0
+			better = (emptyS && !emptyB) || (emptyS == emptyB && s.ID < b.ID)
+		}
+		if better {
 			best, bestN = i, n
 		}
 	}
 	s := m.free[best]
 	m.free = append(m.free[:best], m.free[best+1:]...)
-	m.clock++
-	s.lastUse = m.clock
 	return s
 }
 
@@ -101,8 +106,6 @@ func (m *Model) Release(s *Slot) {
 	if len(m.waiters) > 0 {
 		w := m.waiters[0]
 		m.waiters = m.waiters[1:]
-		m.clock++
-		s.lastUse = m.clock
 		w.got <- s
 		return
 	}
