@@ -222,7 +222,7 @@ func (m *Model) fill(active []*request) int {
 	}
 	budget := m.nBatch - gen
 	if gen > 0 {
-		budget = min(budget, int(llama.NUBatch(m.lctx)))
+		budget = min(budget, m.nUbatch)
 	}
 	b := &m.batch
 	b.Clear()
@@ -254,7 +254,7 @@ func (m *Model) fill(active []*request) int {
 }
 
 func (m *Model) add(s *Slot, tok llama.Token, pos int, logits bool) {
-	if err := m.batch.Add(tok, llama.Pos(pos), []llama.SeqId{llama.SeqId(s.ID)}, logits); err != nil {
+	if err := m.batch.Add(tok, llama.Pos(pos), s.seq, logits); err != nil {
 		panic(fmt.Sprintf("llm: batch: %v", err)) // fill keeps within the batch: a bug
 	}
 }

@@ -62,6 +62,7 @@ type Model struct {
 	pool       llama.Threadpool
 	batch      llama.Batch
 	nBatch     int
+	nUbatch    int
 	embeddings bool
 	pooling    llama.PoolingType
 	canReuse   bool // the memory can drop a sequence's tail (not recurrent)
@@ -165,7 +166,7 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 		return nil, err
 	}
 	for i := range slots {
-		s := &Slot{ID: i, m: m}
+		s := &Slot{ID: i, m: m, seq: []llama.SeqId{llama.SeqId(i)}}
 		m.slots = append(m.slots, s)
 		m.free = append(m.free, s)
 	}
@@ -209,7 +210,7 @@ func (m *Model) newContext(slots int) error {
 	if n := int(llama.NCtxSeq(lctx)); n > 0 && n < m.CtxSize {
 		m.CtxSize = n
 	}
-	m.nBatch = int(cp.NBatch)
+	m.nBatch, m.nUbatch = int(cp.NBatch), int(cp.NUbatch)
 	m.batch = llama.BatchInit(int32(m.nBatch), 0, 1)
 	tpp := llama.ThreadpoolParamsDefault(int32(m.Threads))
 	if tp, err := llama.ThreadpoolNew(&tpp); err == nil {

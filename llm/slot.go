@@ -20,6 +20,7 @@ type Slot struct {
 	// sequence. The decode loop writes it while a request runs; Acquire
 	// reads it (under slotMu) only while the slot is free.
 	cache []llama.Token
+	seq   []llama.SeqId // {ID}, for llama_batch
 }
 
 type waiter struct {

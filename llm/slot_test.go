@@ -33,7 +33,7 @@ func TestTakeBest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := &Model{canReuse: true}
 			for i, c := range tt.caches {
-				s := &Slot{ID: i, m: m}
+				s := &Slot{ID: i, m: m, seq: []llama.SeqId{llama.SeqId(i)}}
 				if c != "-" {
 					s.cache = toks(c)
 				}
