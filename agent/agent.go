@@ -54,6 +54,7 @@ type Agent struct {
 	log     *slog.Logger
 	db      *catalog.HiveDB
 	sup     *supervisor
+	spawns  spawns
 	vram    *vram
 	started time.Time
 

@@ -47,6 +47,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 	fail := func(code, msg string) { _ = send(rbee.Fail(me, code, msg)) }
 
 	var wp *workerProc
+	start, engine := time.Now(), ""
 	warm := req.Worker != ""
 	if warm {
 		var ok bool
@@ -63,23 +64,27 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			fail(rbee.CodeBadRequest, "infer: a device or a worker is required")
 			return
 		}
-		_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
-		start := time.Now()
-		engine := a.pickEngine(ctx, req.Device)
+		engine = a.pickEngine(ctx, req.Device)
 		spec := startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
-		if req.WorkerType != "" {
-			wt, terr := a.workerType(req.WorkerType)
-			if terr == nil {
+		var joined bool
+		key := spawnKey{model: model.ID, device: req.Device, typ: req.WorkerType}
+		wp, joined, err = a.spawns.start(ctx, key, func() *workerProc { return a.sup.find(key) }, func() (*workerProc, error) {
+			_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
+			if req.WorkerType != "" {
+				wt, terr := a.workerType(req.WorkerType)
+				if terr != nil {
+					return nil, terr
+				}
 				engine = "external " + wt.Name
-				wp, err = a.sup.startExternal(ctx, spec, wt)
-			} else {
-				err = terr
+				return a.sup.startExternal(ctx, spec, wt)
 			}
-		} else {
-			wp, err = a.sup.start(ctx, spec)
+			return a.sup.start(ctx, spec)
+		})
+		if joined && req.Reservation != "" {
+			a.vram.release(req.Reservation) // the worker we share took its own
 		}
 		if err != nil {
-			if req.Reservation != "" {
+			if !joined && req.Reservation != "" {
 				a.vram.release(req.Reservation)
 			}
 			if ctx.Err() != nil {
@@ -88,6 +93,12 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			fail(rbee.CodeOf(err), err.Error())
 			return
 		}
+		if joined {
+			warm = true
+			_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s was just started for %s on %s by another job: no spawn", wp.info.ID, model.Path, wp.info.Device)))
+		}
+	}
+	if !warm {
 		info := wp.snapshot()
 		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms, engine %s)",
 			info.ID, info.Device, info.PID, time.Since(start).Milliseconds(), filepath.Base(engine)))

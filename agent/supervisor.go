@@ -281,6 +281,26 @@ func (s *supervisor) get(id string) (*workerProc, bool) {
 	return w, ok
 }
 
+// find returns a live worker serving key, if any.
+func (s *supervisor) find(key spawnKey) *workerProc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range s.workers {
+		w.mu.Lock()
+		match := w.info.ModelID == key.model && w.info.Device == key.device && w.info.Type == key.typ && w.info.State == "ready"
+		w.mu.Unlock()
+		if !match {
+			continue
+		}
+		select {
+		case <-w.exited:
+		default:
+			return w
+		}
+	}
+	return nil
+}
+
 func (s *supervisor) list() []rbee.WorkerInfo {
 	s.mu.Lock()
 	ws := make([]*workerProc, 0, len(s.workers))

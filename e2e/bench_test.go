@@ -5,8 +5,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"github.com/rbee-dev/rbee/internal/sshtest"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,9 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/queenapi"
+
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/internal/testenv"
-	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/sse"
 )
 
@@ -103,15 +106,16 @@ func (g gen) rate() float64 { return float64(g.tokens-1) / (g.total - g.ttft).Se
 // jobTTFT submits a job to the queen the way the keeper does.
 func jobTTFT(b *testing.B, e *env, model string, maxTokens int) gen {
 	temp := 0.0
-	body, _ := json.Marshal(queen.JobRequest{Prompt: "abc", Model: model, MaxTokens: maxTokens, Temperature: &temp, Mode: "raw"})
+	c := e.queenClient()
+	defer c.Close()
 	start := time.Now()
-	resp, err := http.Post("http://"+e.queen+"/v1/jobs", "application/json", bytes.NewReader(body))
+	s, err := c.Job(context.Background(), queenapi.JobRequest{Prompt: "abc", Model: model, MaxTokens: maxTokens, Temperature: &temp, Mode: "raw"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer s.Close()
 	var g gen
-	err = sse.Relay(sse.NewReader(resp.Body), func(ev rbee.Event) error {
+	err = relay(s, func(ev rbee.Event) error {
 		switch ev.Type {
 		case rbee.EventToken:
 			if g.ttft == 0 {
@@ -128,6 +132,22 @@ func jobTTFT(b *testing.B, e *env, model string, maxTokens int) gen {
 		b.Fatalf("job: %v (%d tokens)", err, g.tokens)
 	}
 	return g
+}
+
+// relay hands every event of s to f until the stream ends.
+func relay(s *queenapi.Stream, f func(rbee.Event) error) error {
+	for {
+		ev, err := s.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := f(ev); err != nil {
+			return err
+		}
+	}
 }
 
 // workerTTFT asks the worker directly on its unix socket.

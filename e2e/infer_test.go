@@ -228,16 +228,13 @@ func TestWorkerKilledMidStream(t *testing.T) {
 
 func queenWorkers(t *testing.T, e *env) []rbee.WorkerInfo {
 	t.Helper()
-	resp, err := http.Get("http://" + e.queen + "/v1/workers")
+	c := e.queenClient()
+	defer c.Close()
+	ws, err := c.Workers(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Workers []rbee.WorkerInfo `json:"workers"`
-	}
-	json.NewDecoder(resp.Body).Decode(&out)
-	return out.Workers
+	return ws
 }
 
 func TestKeepAliveUnloads(t *testing.T) {
@@ -389,7 +386,7 @@ func TestQueenPortTaken(t *testing.T) {
 	defer srv.Close()
 
 	r := e.rbee("infer", "--model", alphabet, "abc")
-	if r.code != rbee.ExitQueen || !strings.Contains(r.stderr, "not as an rbee queen") {
+	if r.code != rbee.ExitQueen || !strings.Contains(r.stderr, "queen cannot listen on "+e.queen) {
 		t.Errorf("infer: exit %d, want %d:\n%s", r.code, rbee.ExitQueen, r.stderr)
 	}
 	r = e.rbee("queen", "serve")
@@ -529,8 +526,20 @@ func TestQueenToken(t *testing.T) {
 	if _, err := waitQueen(e); err != nil {
 		t.Fatalf("%v\n%s", err, q.StderrText())
 	}
-	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != rbee.ExitQueen || !strings.Contains(r.stderr, "bearer token") {
-		t.Errorf("keeper without the token: exit %d\n%s", r.code, r.stderr)
+	// Over TCP the control routes need the token; /health does not.
+	for path, want := range map[string]int{"/v1/workers": http.StatusUnauthorized, "/v1/hives": http.StatusUnauthorized, "/health": http.StatusOK} {
+		resp, err := http.Get("http://" + e.queen + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s over TCP without the token: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	// The owner's keeper goes through the control socket.
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Errorf("the owner's keeper on the socket: exit %d\n%s", r.code, r.stderr)
 	}
 	r := e.rbee("--token-file", tok, "infer", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {

@@ -21,6 +21,7 @@ import (
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/internal/testmodel"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 var (
@@ -190,6 +191,11 @@ func (e *env) queenHealth() (int, error) {
 	}
 	err = json.NewDecoder(resp.Body).Decode(&h)
 	return h.PID, err
+}
+
+// queenClient reaches this env's queen on its control socket.
+func (e *env) queenClient() *queenapi.Client {
+	return queenapi.Unix(filepath.Join(e.home, ".rbee", "run", "queen.sock"))
 }
 
 // stopQueen runs `rbee queen stop` and checks that nothing of the env is

@@ -3,10 +3,11 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/rbee-dev/rbee/internal/testmodel"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/rbee-dev/rbee/internal/testmodel"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download/hubtest"

@@ -3,18 +3,19 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/rbee-dev/rbee/internal/testenv"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/rbee-dev/rbee/internal/testenv"
+	"github.com/rbee-dev/rbee/queenapi"
 
 	"testing"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
-	"github.com/rbee-dev/rbee/queen"
 )
 
 // sshEnv is an env whose keeper knows SSH hosts from the harness.
@@ -82,7 +83,7 @@ func TestSSHHivesEndToEnd(t *testing.T) {
 			t.Errorf("host user %s listens on TCP: %v", h.User, ls)
 		}
 	}
-	var ls []queen.HiveInfo
+	var ls []queenapi.HiveInfo
 	r = e.rbee("hive", "ls", "--json")
 	if err := json.Unmarshal([]byte(r.stdout), &ls); err != nil || len(ls) < 3 {
 		t.Fatalf("hive ls --json: %v %q", err, r.stdout)
@@ -232,10 +233,10 @@ func TestSSHDKilledMidStream(t *testing.T) {
 	if !strings.Contains(errb.String(), "hive h1") {
 		t.Errorf("the error does not name the hive:\n%s", errb.String())
 	}
-	var ls []queen.HiveInfo
+	var ls []queenapi.HiveInfo
 	r := e.rbee("hive", "ls", "--json")
 	_ = json.Unmarshal([]byte(r.stdout), &ls)
-	var h1 queen.HiveInfo
+	var h1 queenapi.HiveInfo
 	for _, x := range ls {
 		if x.Name == "h1" {
 			h1 = x

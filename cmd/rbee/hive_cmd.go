@@ -3,11 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +13,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 type hiveCmd struct {
@@ -65,7 +62,7 @@ func (c *hiveAddCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return exitf(rbee.ExitUsage, "", "hive add %s: %v", c.Target, err)
 	}
-	req := queen.AddHiveRequest{Name: c.Name, Host: host, User: user, Port: port, Identity: c.Identity, AcceptNewHostKey: c.AcceptNewHostKey}
+	req := queenapi.AddHiveRequest{Name: c.Name, Host: host, User: user, Port: port, Identity: c.Identity, AcceptNewHostKey: c.AcceptNewHostKey}
 	if req.Name == "" {
 		req.Name = defaultName(host)
 	}
@@ -79,11 +76,12 @@ func (c *hiveAddCmd) Run(ctx context.Context, g *globals) error {
 		}
 	}
 	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout)}
-	if _, _, err := ensureQueen(ctx, g, func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }); err != nil {
+	qc, err := connect(ctx, g, p.keeper)
+	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(req)
-	if err := followJob(ctx, g.Queen, "/v1/hives", body, p, false); err != nil {
+	s, err := qc.AddHive(ctx, req)
+	if err := follow(ctx, g, s, err, p, false); err != nil {
 		return err
 	}
 	if !c.JSON {
@@ -96,41 +94,21 @@ type hiveLsCmd struct {
 	JSON bool `help:"Print JSON."`
 }
 
-func getJSON(ctx context.Context, g *globals, path string, v any) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
-		return err
-	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+g.Queen+path, nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
-	}
-	if raw, ok := v.(*[]byte); ok {
-		*raw, err = io.ReadAll(resp.Body)
-		return err
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
 func (c hiveLsCmd) Run(ctx context.Context, g *globals) error {
-	var out struct {
-		Hives []queen.HiveInfo `json:"hives"`
-	}
-	if err := getJSON(ctx, g, "/v1/hives", &out); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
+	}
+	hives, err := qc.Hives(ctx)
+	if err != nil {
+		return queenError(g, err)
 	}
 	if c.JSON {
-		b, _ := json.Marshal(out.Hives)
-		fmt.Println(string(b))
-		return nil
+		return printJSON(hives)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATUS\tDEVICES\tAGENT\tLAST SEEN")
-	for _, h := range out.Hives {
+	for _, h := range hives {
 		status := h.Status
 		if h.Reason != "" {
 			status += " (" + firstLine(h.Reason) + ")"
@@ -162,12 +140,12 @@ type hiveRmCmd struct {
 }
 
 func (c hiveRmCmd) Run(ctx context.Context, g *globals) error {
-	p := "/v1/hives/" + url.PathEscape(c.Name)
-	if c.Purge {
-		p += "?purge=1"
-	}
-	if err := deleteOnQueen(ctx, g, p); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
+	}
+	if err := qc.RemoveHive(ctx, c.Name, c.Purge); err != nil {
+		return queenError(g, err)
 	}
 	fmt.Printf("hive %s removed\n", c.Name)
 	return nil
@@ -179,13 +157,18 @@ type hiveStatusCmd struct {
 }
 
 func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
-	var h queen.HiveInfo
-	if err := getJSON(ctx, g, "/v1/hives/"+url.PathEscape(c.Name), &h); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
 	}
+	h, err := qc.HiveStatus(ctx, c.Name)
+	if err != nil {
+		return queenError(g, err)
+	}
 	if c.JSON {
-		b, _ := json.Marshal(h)
-		fmt.Println(string(b))
+		if err := printJSON(h); err != nil {
+			return err
+		}
 	} else {
 		fmt.Printf("hive %s (%s): %s", h.Name, h.Address, h.Status)
 		if h.Reason != "" {
@@ -210,11 +193,15 @@ type hiveLogsCmd struct {
 }
 
 func (c hiveLogsCmd) Run(ctx context.Context, g *globals) error {
-	var raw []byte
-	if err := getJSON(ctx, g, "/v1/hives/"+url.PathEscape(c.Name)+"/logs", &raw); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
 	}
-	_, err := os.Stdout.Write(raw)
+	raw, err := qc.HiveLogs(ctx, c.Name)
+	if err != nil {
+		return queenError(g, err)
+	}
+	_, err = os.Stdout.Write(raw)
 	return err
 }
 
@@ -226,26 +213,10 @@ type upCmd struct {
 // errors together, non-zero when any failed.
 func (c upCmd) Run(ctx context.Context, g *globals) error {
 	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout), upLines: true}
-	if _, _, err := ensureQueen(ctx, g, func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }); err != nil {
-		return err
-	}
-	return followJob(ctx, g.Queen, "/v1/up", []byte("{}"), p, false)
-}
-
-// deleteOnQueen sends DELETE path to the queen (woken when needed) and
-// expects 204.
-func deleteOnQueen(ctx context.Context, g *globals, path string) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
-		return err
-	}
-	req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+g.Queen+path, nil)
-	resp, err := httpClient.Do(req)
+	qc, err := connect(ctx, g, p.keeper)
 	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
+		return err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return apiError(resp)
-	}
-	return nil
+	s, err := qc.Up(ctx)
+	return follow(ctx, g, s, err, p, false)
 }

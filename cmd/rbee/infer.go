@@ -2,15 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +16,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/queen"
-	"github.com/rbee-dev/rbee/sse"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 type inferCmd struct {
@@ -151,28 +148,29 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 		return exitf(rbee.ExitUsage, "", "--ephemeral runs its own queen; it contradicts --queen %s", g.Queen)
 	}
 	p := &printer{json: c.JSON, quiet: c.Quiet, out: bufio.NewWriter(os.Stdout)}
-	narrate := func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }
+	narrate := p.keeper
 
-	addr := g.Queen
+	var qc *queenapi.Client
 	if c.Ephemeral {
 		cfg, err := c.build(g)
 		if err != nil {
 			return err
 		}
-		stop, a, err := startEphemeral(ctx, cfg, narrate)
+		stop, client, err := startEphemeral(ctx, cfg, narrate)
 		if err != nil {
 			return err
 		}
 		defer stop()
-		addr = a
+		qc = client
 	} else {
-		h, started, err := ensureQueen(ctx, g, narrate)
+		client, h, started, err := ensureQueen(ctx, g, narrate)
 		if err != nil {
 			return err
 		}
 		if !started {
 			narrate("queen_awake", fmt.Sprintf("queen is awake (pid %d)", h.PID))
 		}
+		qc = client
 	}
 
 	mode := "auto"
@@ -181,72 +179,11 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	} else if c.Raw {
 		mode = "raw"
 	}
-	body, _ := json.Marshal(queen.JobRequest{
+	s, err := qc.Job(ctx, queenapi.JobRequest{
 		Prompt: c.Prompt, Model: model, Hive: c.Hive, Device: c.Device, MaxTokens: c.MaxTokens,
 		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain, WorkerType: c.WorkerType,
 	})
-	return followJob(ctx, addr, "/v1/jobs", body, p, true)
-}
-
-// followJob posts body to the queen and follows the event stream it
-// answers with, printing events with p. needDone: the stream must end with
-// a done event.
-func followJob(ctx context.Context, addr, path string, body []byte, p *printer, needDone bool) error {
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return exitf(rbee.ExitQueen, "", "submit job: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !sse.IsStream(resp) {
-		return apiError(resp)
-	}
-	var failed *rbee.Event
-	done := false
-	err = sse.Relay(sse.NewReader(resp.Body), func(ev rbee.Event) error {
-		p.event(ev)
-		switch ev.Type {
-		case rbee.EventError:
-			e := ev
-			failed = &e
-		case rbee.EventDone:
-			done = true
-		}
-		return nil
-	})
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if failed != nil {
-		msg, hint, _ := strings.Cut(failed.Message, "\nhint: ")
-		return exitf(rbee.ExitCodeFor(failed.Code), hint, "%s", msg)
-	}
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "the queen's event stream broke off: %v", err)
-	}
-	if needDone && !done {
-		return exitf(rbee.ExitError, "", "the job ended without a result")
-	}
-	return nil
-}
-
-// apiError turns a queen error answer into an exit error.
-func apiError(resp *http.Response) error {
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
-	var e struct {
-		Error rbee.Error `json:"error"`
-	}
-	if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
-		return exitf(rbee.ExitCodeFor(e.Error.Code), e.Error.Hint, "%s", e.Error.Message)
-	}
-	return exitf(rbee.ExitQueen, "", "queen: status %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
+	return follow(ctx, g, s, err, p, true)
 }
 
 // flagGiven reports whether the flag was on the command line (not from the
@@ -281,27 +218,48 @@ func checkModelFile(path string) error {
 	return nil
 }
 
-// startEphemeral runs a queen in this process on a free loopback port. stop
-// shuts it down in cascade: the hive agent it started, and its workers.
-func startEphemeral(ctx context.Context, cfg queen.Config, narrate func(action, msg string)) (stop func(), addr string, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startEphemeral runs a queen in this process on a private control socket
+// (no TCP port). stop shuts it down in cascade: the hive agent it started,
+// and its workers.
+func startEphemeral(ctx context.Context, cfg queen.Config, narrate func(action, msg string)) (stop func(), c *queenapi.Client, err error) {
+	sock := filepath.Join(cfg.Home.RunDir(), fmt.Sprintf("queen-ephemeral-%d.sock", os.Getpid()))
+	if err := cfg.Home.Make(); err != nil {
+		return nil, nil, exitf(rbee.ExitQueen, "", "ephemeral queen: %v", err)
+	}
+	ln, err := queen.ListenControl(sock)
 	if err != nil {
-		return nil, "", exitf(rbee.ExitQueen, "", "ephemeral queen: %v", err)
+		return nil, nil, exitf(rbee.ExitQueen, "", "ephemeral queen: %v", err)
 	}
 	cfg.Log = slog.New(slog.DiscardHandler)
 	q, err := queen.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
-		return nil, "", exitf(rbee.ExitQueen, "", "ephemeral queen: %v", err)
+		return nil, nil, exitf(rbee.ExitQueen, "", "ephemeral queen: %v", err)
 	}
 	narrate("queen_ephemeral", "running an ephemeral queen in this process")
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
-	go func() { served <- serveQueen(sctx, q, ln, "") }()
+	go func() { served <- serveQueen(sctx, q, ln, nil, "") }()
 	return func() {
 		start := time.Now()
 		cancel()
 		<-served
+		os.Remove(sock)
 		narrate("queen_stopped", fmt.Sprintf("ephemeral queen stopped with everything it started (%d ms)", time.Since(start).Milliseconds()))
-	}, ln.Addr().String(), nil
+	}, queenapi.Unix(sock), nil
+}
+
+// keeper narrates a step of the keeper itself.
+func (p *printer) keeper(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }
+
+func quietNarrate(string, string) {}
+
+// printJSON prints v as one JSON line: the API's own field names.
+func printJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Println(string(b))
+	return err
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,15 +13,18 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // globals are the flags every command takes.
 type globals struct {
-	Queen string `default:"${queen_addr}" env:"RBEE_QUEEN" help:"Queen address (host:port)."`
+	Queen string `default:"${queen_addr}" env:"RBEE_QUEEN" help:"The queen's TCP address (host:port): health and the OpenAI API; with --token-file, a queen on another machine."`
 	Home  string `default:"${home}" env:"RBEE_HOME" type:"path" help:"rbee's state directory."`
 	// TokenFile holds the queen's bearer token (mode 0600): required to
 	// serve beyond loopback, sent with every request when set.
-	TokenFile string `name:"token-file" env:"RBEE_TOKEN_FILE" type:"path" help:"File holding the queen's bearer token (mode 0600); needed to serve on a non-loopback address."`
+	TokenFile string `name:"token-file" env:"RBEE_TOKEN_FILE" type:"path" help:"File holding the queen's bearer token (mode 0600); needed to serve on a non-loopback address, and to reach a queen on another machine."`
+
+	token string // read from TokenFile
 }
 
 type cli struct {
@@ -57,7 +59,7 @@ func main() {
 		kong.Name("rbee"),
 		kong.Description("rbee turns the machines you own into one LLM inference fleet."),
 		kong.UsageOnError(),
-		kong.Vars{"queen_addr": queen.DefaultAddr, "home": filepath.Join(home, ".rbee"), "version": rbee.Version},
+		kong.Vars{"queen_addr": queenapi.DefaultAddr, "home": filepath.Join(home, ".rbee"), "version": rbee.Version},
 	)
 	if err != nil {
 		panic(err) // a bug in the command definitions
@@ -85,7 +87,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "rbee: %v\n", err)
 			os.Exit(rbee.ExitUsage)
 		}
-		httpClient.Transport = bearer{token: tok, next: http.DefaultTransport}
+		c.token = tok
 	}
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	err = kctx.Run(&c.globals)
@@ -118,16 +120,4 @@ type versionCmd struct{}
 func (versionCmd) Run() error {
 	fmt.Printf("rbee %s (protocol %d)\n", rbee.Version, rbee.ProtocolVersion)
 	return nil
-}
-
-// bearer adds the queen's token to every request.
-type bearer struct {
-	token string
-	next  http.RoundTripper
-}
-
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.next.RoundTrip(r)
 }

@@ -3,17 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"text/tabwriter"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
-	"github.com/rbee-dev/rbee/hiveapi"
-	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 type modelCmd struct {
@@ -34,11 +31,12 @@ func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
 		return exitf(rbee.ExitUsage, "a local file needs no pull: rbee infer --model FILE pushes it", "%v", err)
 	}
 	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout)}
-	if _, _, err := ensureQueen(ctx, g, func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }); err != nil {
+	qc, err := connect(ctx, g, p.keeper)
+	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(queen.PullRequest{Ref: c.Ref, Hive: c.Hive, Alias: c.Alias})
-	return followJob(ctx, g.Queen, "/v1/models/pull", body, p, false)
+	s, err := qc.PullModel(ctx, queenapi.PullRequest{Ref: c.Ref, Hive: c.Hive, Alias: c.Alias})
+	return follow(ctx, g, s, err, p, false)
 }
 
 type modelLsCmd struct {
@@ -47,17 +45,16 @@ type modelLsCmd struct {
 }
 
 func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
-	var out struct {
-		Hive   string          `json:"hive"`
-		Models []hiveapi.Model `json:"models"`
-	}
-	if err := getJSON(ctx, g, "/v1/models?hive="+url.QueryEscape(c.Hive), &out); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
 	}
+	out, err := qc.Models(ctx, c.Hive)
+	if err != nil {
+		return queenError(g, err)
+	}
 	if c.JSON {
-		b, _ := json.Marshal(out.Models)
-		fmt.Println(string(b))
-		return nil
+		return printJSON(out.Models)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tREF\tALIAS\tARCH\tQUANT\tSIZE\tNEEDS\tLAST USED")
@@ -77,8 +74,12 @@ type modelRmCmd struct {
 }
 
 func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
-	if err := deleteOnQueen(ctx, g, "/v1/models/"+url.PathEscape(c.Name)+"?hive="+url.QueryEscape(c.Hive)); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
+	}
+	if err := qc.RemoveModel(ctx, c.Hive, c.Name); err != nil {
+		return queenError(g, err)
 	}
 	fmt.Printf("model %s removed\n", c.Name)
 	return nil

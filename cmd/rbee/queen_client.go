@@ -2,123 +2,187 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/poll"
-	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
-var httpClient = &http.Client{}
+// home is the rbee home these globals name.
+func (g *globals) home() rbee.Home { return rbee.Home(g.Home) }
 
-// health asks the queen at addr for /health. errNotQueen means something
-// else answers on that port.
-func health(ctx context.Context, addr string) (queen.Health, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/health", nil)
-	if err != nil {
-		return queen.Health{}, err
+// client is how this keeper reaches the queen: its owner-only control
+// socket, or — with a token file, for a queen on another machine — its TCP
+// address with the bearer token.
+func (g *globals) client() *queenapi.Client {
+	if g.token != "" {
+		return queenapi.TCP(g.Queen, g.token)
 	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return queen.Health{}, err
-	}
-	defer resp.Body.Close()
-	var h queen.Health
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || h.Service != queen.ServiceName {
-		return h, fmt.Errorf("%w: %s answers /health with status %d, not as an rbee queen", errNotQueen, addr, resp.StatusCode)
-	}
-	return h, nil
+	return queenapi.Unix(g.home().QueenSocket())
 }
 
-var errNotQueen = errors.New("not a queen")
-
-// isDown reports whether err means nothing listens at the address.
-func isDown(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && (errors.Is(err, syscall.ECONNREFUSED) || op.Op == "dial")
+// where names the queen for messages.
+func (g *globals) where() string {
+	if g.token != "" {
+		return g.Queen
+	}
+	return g.home().QueenSocket()
 }
 
 // ensureQueen checks the queen's health and, when nothing listens, starts
 // `rbee queen serve` detached and polls until it is healthy. started says
 // whether this call started it (the keeper never stops a queen it did not
 // start, and does not stop one it started either: it stays warm).
-func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg string)) (h queen.Health, started bool, err error) {
-	h, err = health(ctx, g.Queen)
+func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg string)) (c *queenapi.Client, h queenapi.Health, started bool, err error) {
+	c = g.client()
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	h, err = c.Health(hctx)
+	cancel()
 	if err == nil {
-		return h, false, nil
+		return c, h, false, nil
 	}
-	if errors.Is(err, errNotQueen) {
-		return h, false, exitf(rbee.ExitQueen, "stop that program or choose another address with --queen / RBEE_QUEEN", "%v", err)
+	if errors.Is(err, queenapi.ErrNotQueen) {
+		return c, h, false, exitf(rbee.ExitQueen, "stop that program or choose another address with --queen / RBEE_QUEEN", "%v", err)
 	}
-	if !isDown(err) {
-		return h, false, exitf(rbee.ExitQueen, "", "queen at %s: %v", g.Queen, err)
+	if !isDown(err) || (g.token != "" && !localAddr(g.Queen)) {
+		return c, h, false, queenError(g, err)
 	}
 	narrate("queen_wake", "queen is asleep, waking queen")
-	cmd, logPath, err := startQueen(g)
+	p, err := startQueen(g)
 	if err != nil {
-		return h, false, err
+		return c, h, false, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }() // reaps the child; it is detached and usually outlives us
 	err = poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 60, Timeout: 20 * time.Second},
 		func(ctx context.Context) (bool, error) {
 			select {
-			case werr := <-exited:
-				return false, poll.Permanent(fmt.Errorf("the queen exited (%v): %s", werr, queen.LastLogLine(logPath)))
+			case <-p.Exited():
+				return false, poll.Permanent(fmt.Errorf("the queen %s", p.Why()))
 			default:
 			}
-			h, err = health(ctx, g.Queen)
-			if errors.Is(err, errNotQueen) {
+			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			h, err = c.Health(hctx)
+			if errors.Is(err, queenapi.ErrNotQueen) {
 				return false, poll.Permanent(err)
 			}
 			return err == nil, err
 		})
 	if err != nil {
 		if ctx.Err() != nil {
-			return h, true, ctx.Err()
+			return c, h, true, ctx.Err()
 		}
-		return h, true, exitf(rbee.ExitQueen, "its log is "+logPath, "queen did not come up at %s: %v", g.Queen, err)
+		return c, h, true, exitf(rbee.ExitQueen, "its log is "+p.Log, "queen did not come up at %s: %v", g.where(), err)
 	}
 	narrate("queen_awake", fmt.Sprintf("queen is awake and healthy (pid %d)", h.PID))
-	return h, true, nil
+	return c, h, true, nil
+}
+
+// localAddr reports whether addr is one this machine listens on for
+// itself (loopback or all interfaces), so a keeper may start the queen.
+func localAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+}
+
+// isDown reports whether err means nothing listens where the queen should.
+func isDown(err error) bool {
+	return errors.Is(err, queenapi.ErrUnreachable)
 }
 
 // startQueen starts `rbee queen serve` in its own session with its output in
-// a log file.
-func startQueen(g *globals) (*exec.Cmd, string, error) {
+// a log file. Its waiter reaps it if it dies while this keeper runs; it
+// usually outlives the keeper.
+func startQueen(g *globals) (*proc.Proc, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, "", fmt.Errorf("start queen: %w", err)
+		return nil, fmt.Errorf("start queen: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(g.Home, "logs"), 0o700); err != nil {
-		return nil, "", fmt.Errorf("start queen: %w", err)
+	if err := g.home().Make(); err != nil {
+		return nil, fmt.Errorf("start queen: %w", err)
 	}
-	logPath := filepath.Join(g.Home, "logs", "queen.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, "", fmt.Errorf("start queen: %w", err)
-	}
-	defer logf.Close()
 	args := []string{"--queen", g.Queen, "--home", g.Home}
 	if g.TokenFile != "" {
 		args = append(args, "--token-file", g.TokenFile)
 	}
-	cmd := exec.Command(exe, append(args, "queen", "serve")...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, "", exitf(rbee.ExitQueen, "", "start queen: %v", err)
+	args = append(args, "queen", "serve")
+	p, err := proc.Start(exe, args, proc.Options{Log: g.home().Log("queen"), Setsid: true})
+	if err != nil {
+		return nil, exitf(rbee.ExitQueen, "", "start queen: %v", err)
 	}
-	return cmd, logPath, nil
+	return p, nil
+}
+
+// queenError turns an error of a queen call into the keeper's exit error:
+// the queen's code, message and hint, or "queen unreachable".
+func queenError(g *globals, err error) error {
+	var ae *queenapi.APIError
+	if errors.As(err, &ae) {
+		return exitf(rbee.ExitCodeFor(ae.Err.Code), ae.Err.Hint, "%s", ae.Err.Message)
+	}
+	var ee *exitError
+	if errors.As(err, &ee) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var op *net.OpError
+	if errors.As(err, &op) || isDown(err) {
+		return exitf(rbee.ExitQueen, "rbee queen start starts it; rbee infer starts it on demand", "queen at %s: %v", g.where(), err)
+	}
+	return exitf(rbee.ExitQueen, "", "queen at %s: %v", g.where(), err)
+}
+
+// connect wakes the queen when needed and returns a client to it.
+func connect(ctx context.Context, g *globals, narrate func(action, msg string)) (*queenapi.Client, error) {
+	c, _, _, err := ensureQueen(ctx, g, narrate)
+	return c, err
+}
+
+// follow prints a stream's events with p until it ends. needDone: the
+// stream must end with a done event (a job's result).
+func follow(ctx context.Context, g *globals, s *queenapi.Stream, err error, p *printer, needDone bool) error {
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return queenError(g, err)
+	}
+	defer s.Close()
+	var failed *rbee.Event
+	done := false
+	for {
+		ev, err := s.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if failed != nil {
+				return exitf(rbee.ExitCodeFor(failed.Code), failed.Hint, "%s", failed.Message)
+			}
+			if !errors.Is(err, io.EOF) {
+				return exitf(rbee.ExitQueen, "", "the queen's event stream broke off: %v", err)
+			}
+			if needDone && !done {
+				return exitf(rbee.ExitError, "", "the job ended without a result")
+			}
+			return nil
+		}
+		p.event(ev)
+		switch ev.Type {
+		case rbee.EventError:
+			e := ev
+			failed = &e
+		case rbee.EventDone:
+			done = true
+		}
+	}
 }

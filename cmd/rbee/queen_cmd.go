@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/rbee-dev/rbee/provision"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rbee-dev/rbee/provision"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/poll"
@@ -33,6 +34,9 @@ type queenCmd struct {
 type queenConfig struct {
 	KeepAlive time.Duration `default:"5m" env:"RBEE_KEEP_ALIVE" help:"Unload workers idle for this long."`
 	Engine    string        `env:"RBEE_ENGINE" type:"path" help:"Engine bundle for the local hive (make engine builds one)."`
+	// How long a host may keep a job waiting.
+	ConnectTimeout time.Duration `name:"connect-timeout" default:"5s" env:"RBEE_CONNECT_TIMEOUT" help:"Declare a hive unreachable when it does not answer (dial, SSH or agent handshake) within this."`
+	SSHKeepalive   time.Duration `name:"ssh-keepalive" default:"15s" env:"RBEE_SSH_KEEPALIVE" help:"Declare a connected host offline when it stays silent this long."`
 }
 
 func (c queenConfig) build(g *globals) (queen.Config, error) {
@@ -42,7 +46,7 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	}
 	dir := filepath.Dir(exe)
 	cfg := queen.Config{
-		Home: g.Home, KeepAlive: c.KeepAlive, EngineDir: c.Engine,
+		Home: g.home(), KeepAlive: c.KeepAlive, EngineDir: c.Engine,
 		HiveBin: envOr("RBEE_HIVE_BIN", filepath.Join(dir, "rbee-hive")), WorkerBin: envOr("RBEE_WORKER_BIN", filepath.Join(dir, "rbee-worker")),
 	}
 	if n := os.Getenv("RBEE_WORKER_THREADS"); n != "" {
@@ -76,7 +80,8 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 			}
 		}
 	}
-	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG")}
+	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG"), Keepalive: c.SSHKeepalive}
+	cfg.ConnectTimeout = c.ConnectTimeout
 	if cfg.EngineDir == "" {
 		return cfg, exitf(rbee.ExitUsage, "run `make engine` and set RBEE_ENGINE=.rbee-dev/engine/llama-cpu, or pass --engine", "no engine bundle configured")
 	}
@@ -113,8 +118,16 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 		return exitf(rbee.ExitUsage, "create one: (umask 077; openssl rand -hex 32 > ~/.rbee/token) and pass --token-file ~/.rbee/token",
 			"queen address %s is not loopback: serving beyond this machine needs a bearer token", g.Queen)
 	}
+	ctl, err := queen.ListenControl(g.home().QueenSocket())
+	if err != nil {
+		if errors.Is(err, queen.ErrQueenRunning) {
+			return exitf(rbee.ExitQueen, "rbee queen status shows it; rbee queen stop stops it", "%v", err)
+		}
+		return exitf(rbee.ExitQueen, "", "%v", err)
+	}
 	ln, err := net.Listen("tcp", g.Queen)
 	if err != nil {
+		ctl.Close()
 		return exitf(rbee.ExitQueen, "another program holds the port: stop it, or run the queen elsewhere with --queen HOST:PORT", "queen cannot listen on %s: %v", g.Queen, err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -122,44 +135,55 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	q, err := queen.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
+		ctl.Close()
 		return err
 	}
-	pidFile := filepath.Join(g.Home, "run", "queen.pid")
+	pidFile := g.home().PIDFile("queen")
 	_ = os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 	defer os.Remove(pidFile)
-	log.Info("queen listening", "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home, "token", token != "")
-	return serveQueen(ctx, q, ln, token)
+	log.Info("queen listening", "control", g.home().QueenSocket(), "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home, "token", token != "")
+	return serveQueen(ctx, q, ctl, ln, token)
 }
 
-// serveQueen serves until ctx ends or a client asks for shutdown, then shuts
-// down in cascade.
-func serveQueen(ctx context.Context, q *queen.Queen, ln net.Listener, token string) error {
-	h := q.Handler()
-	if token != "" {
-		h = queen.RequireToken(token, h)
-	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	var wg sync.WaitGroup
-	serveErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			serveErr <- err
+// serveQueen serves the control socket (owner only) and the TCP listener
+// (health; with a token, the control routes too) until ctx ends or a
+// client asks for shutdown, then shuts down in cascade. tcp may be nil.
+func serveQueen(ctx context.Context, q *queen.Queen, ctl, tcp net.Listener, token string) error {
+	servers := []*http.Server{{Handler: queen.OwnerOnly(q.ControlHandler()), ReadHeaderTimeout: 10 * time.Second, ConnContext: queen.PeerContext}}
+	lns := []net.Listener{ctl}
+	if tcp != nil {
+		h := q.PublicHandler()
+		if token != "" {
+			h = queen.RequireToken(token, q.ControlHandler())
 		}
-	}()
+		servers = append(servers, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second})
+		lns = append(lns, tcp)
+	}
+	var wg sync.WaitGroup
+	serveErr := make(chan error, len(servers))
+	for i, hs := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(lns[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- err
+			}
+		}()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
 	case <-q.Shutdown():
 	case err = <-serveErr:
 	}
-	// Jobs are cancelled first so their streams end, then the server stops.
+	// Jobs are cancelled first so their streams end, then the servers stop.
 	cerr := q.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if hs.Shutdown(sctx) != nil {
-		hs.Close()
+	for _, hs := range servers {
+		if hs.Shutdown(sctx) != nil {
+			hs.Close()
+		}
 	}
 	wg.Wait()
 	if err == nil {
@@ -171,37 +195,35 @@ func serveQueen(ctx context.Context, q *queen.Queen, ln net.Listener, token stri
 type queenStartCmd struct{}
 
 func (queenStartCmd) Run(ctx context.Context, g *globals) error {
-	h, started, err := ensureQueen(ctx, g, func(_, msg string) { fmt.Fprintln(os.Stderr, "[keeper] "+msg) })
+	_, h, started, err := ensureQueen(ctx, g, func(_, msg string) { fmt.Fprintln(os.Stderr, "[keeper] "+msg) })
 	if err != nil {
 		return err
 	}
 	if !started {
-		fmt.Printf("queen already running at %s (pid %d, up %s)\n", g.Queen, h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second))
+		fmt.Printf("queen already running (pid %d, up %s)\n", h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second))
 		return nil
 	}
-	fmt.Printf("queen started at %s (pid %d)\n", g.Queen, h.PID)
+	fmt.Printf("queen started (pid %d), control socket %s, listening on %s\n", h.PID, g.home().QueenSocket(), g.Queen)
 	return nil
 }
 
 type queenStopCmd struct{}
 
 func (queenStopCmd) Run(ctx context.Context, g *globals) error {
-	h, err := health(ctx, g.Queen)
+	c := g.client()
+	h, err := c.Health(ctx)
 	if err != nil {
 		if isDown(err) {
-			fmt.Printf("queen is not running at %s\n", g.Queen)
+			fmt.Printf("queen is not running (%s)\n", g.where())
 			return nil
 		}
-		return exitf(rbee.ExitQueen, "", "queen at %s: %v", g.Queen, err)
+		return queenError(g, err)
 	}
-	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+g.Queen+"/v1/shutdown", nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return exitf(rbee.ExitQueen, "", "stop queen: %v", err)
+	if err := c.Shutdown(ctx); err != nil {
+		return queenError(g, err)
 	}
-	resp.Body.Close()
 	err = poll.Until(ctx, poll.Config{Timeout: 60 * time.Second, MaxAttempts: 1000}, func(ctx context.Context) (bool, error) {
-		_, err := health(ctx, g.Queen)
+		_, err := c.Health(ctx)
 		return err != nil && isDown(err), nil
 	})
 	if err != nil {
@@ -216,19 +238,19 @@ type queenStatusCmd struct {
 }
 
 func (c queenStatusCmd) Run(ctx context.Context, g *globals) error {
-	h, err := health(ctx, g.Queen)
+	h, err := g.client().Health(ctx)
 	if err != nil {
 		if isDown(err) {
-			return exitf(rbee.ExitQueen, "rbee queen start starts it; rbee infer starts it on demand", "queen is not running at %s", g.Queen)
+			return exitf(rbee.ExitQueen, "rbee queen start starts it; rbee infer starts it on demand", "queen is not running (%s)", g.where())
 		}
-		return exitf(rbee.ExitQueen, "", "queen at %s: %v", g.Queen, err)
+		return queenError(g, err)
 	}
 	if c.JSON {
 		b, _ := json.Marshal(h)
 		fmt.Println(string(b))
 		return nil
 	}
-	fmt.Printf("queen %s at %s: %s", h.Version, g.Queen, h.State)
+	fmt.Printf("queen %s (%s): %s", h.Version, g.where(), h.State)
 	if h.Reason != "" {
 		fmt.Printf(" (%s)", h.Reason)
 	}

@@ -2,12 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +12,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
-	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 type workerCmd struct {
@@ -35,19 +31,13 @@ type workerAddTypeCmd struct {
 }
 
 func (c workerAddTypeCmd) Run(ctx context.Context, g *globals) error {
-	if _, _, err := ensureQueen(ctx, g, func(string, string) {}); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(queen.AddWorkerTypeRequest{Hive: c.Hive, Type: hiveapi.WorkerType{Name: c.Name, Command: c.Command, Args: c.Arg, Health: c.Health}})
-	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+g.Queen+"/v1/worker-types", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := httpClient.Do(req)
+	err = qc.AddWorkerType(ctx, queenapi.AddWorkerTypeRequest{Hive: c.Hive, Type: hiveapi.WorkerType{Name: c.Name, Command: c.Command, Args: c.Arg, Health: c.Health}})
 	if err != nil {
-		return exitf(rbee.ExitQueen, "", "queen: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return apiError(resp)
+		return queenError(g, err)
 	}
 	fmt.Printf("worker type %s declared\n", c.Name)
 	return nil
@@ -73,11 +63,12 @@ func (c workerInstallCmd) Run(ctx context.Context, g *globals) error {
 		src = abs
 	}
 	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout)}
-	if _, _, err := ensureQueen(ctx, g, func(action, msg string) { p.event(rbee.Narrate("keeper", action, msg)) }); err != nil {
+	qc, err := connect(ctx, g, p.keeper)
+	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(queen.InstallEngineRequest{Hive: c.Hive, Source: src})
-	return followJob(ctx, g.Queen, "/v1/engines", body, p, false)
+	s, err := qc.InstallEngine(ctx, queenapi.InstallEngineRequest{Hive: c.Hive, Source: src})
+	return follow(ctx, g, s, err, p, false)
 }
 
 type workerLsCmd struct {
@@ -86,16 +77,16 @@ type workerLsCmd struct {
 }
 
 func (c workerLsCmd) Run(ctx context.Context, g *globals) error {
-	var out struct {
-		Workers []hiveapi.WorkerBinary `json:"workers"`
-	}
-	if err := getJSON(ctx, g, "/v1/engines?hive="+url.QueryEscape(c.Hive), &out); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
 	}
+	out, err := qc.Engines(ctx, c.Hive)
+	if err != nil {
+		return queenError(g, err)
+	}
 	if c.JSON {
-		b, _ := json.Marshal(out.Workers)
-		fmt.Println(string(b))
-		return nil
+		return printJSON(out.Workers)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tCAPABILITIES\tPATH")
@@ -111,8 +102,12 @@ type workerRmCmd struct {
 }
 
 func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
-	if err := deleteOnQueen(ctx, g, "/v1/engines/"+url.PathEscape(c.ID)+"?hive="+url.QueryEscape(c.Hive)); err != nil {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
 		return err
+	}
+	if err := qc.RemoveEngine(ctx, c.Hive, c.ID); err != nil {
+		return queenError(g, err)
 	}
 	fmt.Printf("%s removed\n", c.ID)
 	return nil
