@@ -114,15 +114,16 @@ func (p *Proc) Wait(grace time.Duration) {
 	<-p.exited
 }
 
-// Why describes how the process ended, with the last line of its log.
+// Why describes how the process ended, with the last lines of its log (a
+// message and its hint).
 func (p *Proc) Why() string {
 	msg := fmt.Sprintf("pid %d exited", p.PID())
 	if err := p.Err(); err != nil {
 		msg += " (" + err.Error() + ")"
 	}
 	if p.Log != "" {
-		if l := LastLine(p.Log); l != "" {
-			msg += ": " + l
+		if b, err := Tail(p.Log, 2); err == nil && len(b) > 0 {
+			msg += ": " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "; ")
 		}
 	}
 	return msg
