@@ -311,7 +311,7 @@ func TestSSHEngineInstallFromArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "*.tgz"))
+	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "node-llama-cpp-linux-x64-*.tgz"))
 	if len(archives) == 0 {
 		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
 	}

@@ -3,6 +3,7 @@ package queen
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"path/filepath"
 
@@ -119,6 +120,7 @@ func (h *liveHive) read(ctx context.Context, hc *hiveConn) (s Snapshot, step str
 
 func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error) {
 	if m, ok := snap.find(spec); ok && (spec.Ref != nil || m.Path != "" && (h.name != LocalHive || m.Path == spec.Path)) {
+		ev.narrate("model_ready", fmt.Sprintf("%s is already on hive %s", shownName(spec.Raw), h.name))
 		return m, nil
 	}
 	hc, err := h.conn(ctx)

@@ -164,9 +164,10 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[s
 	return snaps, nil
 }
 
-// admit goes down the plan: the model onto the option's hive (once per
-// hive), then the hive's VRAM checker. A refusal moves to the next option,
-// whichever hive it is on.
+// admit goes down the plan: the option's hive reserves room on the device
+// (its VRAM checker), then the model reaches that hive (once per hive). A
+// refusal moves to the next option, whichever hive it is on; so does a
+// hive that cannot be reached any more.
 func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Option, byName map[string]Hive, snaps map[string]Snapshot, ev events) (placement, error) {
 	models := map[string]hiveapi.Model{}
 	failed := map[string]error{}
@@ -185,31 +186,7 @@ func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Opti
 		default:
 			ev.narrate("device_picked", fmt.Sprintf("trying the next candidate %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
 		}
-		m, ok := models[opt.Hive]
-		if !ok {
-			if job.Spec.Ref != nil && job.Spec.Checked {
-				if _, there := snaps[opt.Hive].find(job.Spec); !there {
-					ev.narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
-						job.Spec.Raw, rbee.Bytes(job.Spec.Need), opt.Hive, opt.Device.ID, rbee.Bytes(opt.Device.FreeBytes)))
-				}
-			}
-			var err error
-			m, err = h.Model(ctx, job.Spec, snaps[opt.Hive], ev)
-			if err != nil {
-				if ctx.Err() != nil || len(byName) == 1 || rbee.CodeOf(err) != rbee.CodeHiveDown {
-					return placement{}, err
-				}
-				failed[opt.Hive] = err
-				w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s: %v; trying the next hive", opt.Hive, err))
-				w.Level = "warn"
-				ev.send(w)
-				continue
-			}
-			models[opt.Hive] = m
-			ev.narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
-				shownName(m.Ref), m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(need(m, job.Spec)), max(m.CtxSize, job.Spec.CtxSize)))
-		}
-		res, err := h.Reserve(ctx, hiveapi.ReserveRequest{Device: opt.Device.ID, Bytes: need(m, job.Spec), Purpose: job.ID})
+		res, err := h.Reserve(ctx, hiveapi.ReserveRequest{Device: opt.Device.ID, Bytes: job.Spec.Need, Purpose: job.ID})
 		if rbee.CodeOf(err) == rbee.CodeNoRoom {
 			refusals = append(refusals, err.Error())
 			w := rbee.Narrate(me, "room_refused", fmt.Sprintf("hive %s refused %s: %v", opt.Hive, opt.Device.ID, err))
@@ -218,9 +195,32 @@ func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Opti
 			continue
 		}
 		if err != nil {
+			if p.skip(ctx, job, opt.Hive, byName, failed, err, ev) {
+				continue
+			}
 			return placement{}, err
 		}
-		ev.narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s", opt.Hive, rbee.Bytes(need(m, job.Spec)), opt.Device.ID))
+		ev.narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s", opt.Hive, rbee.Bytes(job.Spec.Need), opt.Device.ID))
+		m, ok := models[opt.Hive]
+		if !ok {
+			if job.Spec.Ref != nil && job.Spec.Checked {
+				if _, there := snaps[opt.Hive].find(job.Spec); !there {
+					ev.narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
+						job.Spec.Raw, rbee.Bytes(job.Spec.Need), opt.Hive, opt.Device.ID, rbee.Bytes(opt.Device.FreeBytes)))
+				}
+			}
+			m, err = h.Model(ctx, job.Spec, snaps[opt.Hive], ev)
+			if err != nil {
+				_ = h.Release(context.WithoutCancel(ctx), res)
+				if p.skip(ctx, job, opt.Hive, byName, failed, err, ev) {
+					continue
+				}
+				return placement{}, err
+			}
+			models[opt.Hive] = m
+			ev.narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
+				shownName(m.Ref), m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(job.Spec.Need), max(m.CtxSize, job.Spec.CtxSize)))
+		}
 		return placement{hive: h, model: m, device: opt.Device.ID, reservation: res}, nil
 	}
 	if len(refusals) == 0 && len(failed) > 0 {
@@ -234,13 +234,17 @@ func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Opti
 		rbee.Bytes(job.Spec.Need), strings.Join(refusals, "; "))
 }
 
-// need is what a worker for m takes: the hive's own estimate when it has
-// one (it starts the worker), else the queen's.
-func need(m hiveapi.Model, spec *ModelSpec) uint64 {
-	if m.EstimateBytes > 0 {
-		return m.EstimateBytes
+// skip decides whether a hive that failed mid-admission is left for the
+// next one: only when it became unreachable and others remain.
+func (p *planner) skip(ctx context.Context, job placeJob, name string, byName map[string]Hive, failed map[string]error, err error, ev events) bool {
+	if ctx.Err() != nil || len(byName) == 1 || rbee.CodeOf(err) != rbee.CodeHiveDown {
+		return false
 	}
-	return spec.Need
+	failed[name] = err
+	w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s: %v; trying the next hive", name, err))
+	w.Level = "warn"
+	ev.send(w)
+	return true
 }
 
 // noRoomBeforeFetch explains a reference no device can hold, with the

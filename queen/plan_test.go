@@ -1,0 +1,335 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/download"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/scheduler"
+)
+
+const gib = 1 << 30
+
+// fakeHive is a hive in memory: devices with a VRAM checker that really
+// accounts (so two jobs can race for one GPU), workers, models, and knobs
+// for a hive that stalls or breaks.
+type fakeHive struct {
+	name    string
+	devices []rbee.Device
+	workers []rbee.WorkerInfo
+	models  []hiveapi.Model
+
+	stall    bool            // Snapshot blocks until its ctx ends
+	gate     *sync.WaitGroup // Snapshot waits for the others of a race
+	downAt   string          // "model": Model fails as if the host went away
+	refuseAt map[string]bool // devices whose checker refuses everything
+
+	mu        sync.Mutex
+	reserved  map[string]uint64 // by device
+	snapshots int
+	modelsFor []string // ModelSpec.Raw per Model call
+	reserves  []string // devices asked
+	released  []string
+}
+
+func (f *fakeHive) Name() string { return f.name }
+
+func (f *fakeHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
+	f.mu.Lock()
+	f.snapshots++
+	f.mu.Unlock()
+	if f.stall {
+		<-ctx.Done()
+		return Snapshot{}, ctx.Err()
+	}
+	f.mu.Lock()
+	var devs []rbee.Device
+	for _, d := range f.devices {
+		d.FreeBytes -= f.reserved[d.ID]
+		devs = append(devs, d)
+	}
+	f.mu.Unlock()
+	if f.gate != nil {
+		f.gate.Done()
+		f.gate.Wait()
+	}
+	return Snapshot{Devices: devs, Workers: f.workers, Models: f.models}, nil
+}
+
+func (f *fakeHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.modelsFor = append(f.modelsFor, spec.Raw)
+	if f.downAt == "model" {
+		return hiveapi.Model{}, rbee.Errorf(rbee.CodeHiveDown, "hive %s: the SSH connection broke", f.name)
+	}
+	return hiveapi.Model{ID: catalog.ModelID(spec.SHA256), Ref: spec.Raw, SHA256: spec.SHA256, EstimateBytes: spec.Need}, nil
+}
+
+func (f *fakeHive) Reserve(ctx context.Context, r hiveapi.ReserveRequest) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reserves = append(f.reserves, r.Device)
+	if f.reserved == nil {
+		f.reserved = map[string]uint64{}
+	}
+	for _, d := range f.devices {
+		if d.ID != r.Device {
+			continue
+		}
+		room := d.FreeBytes - f.reserved[d.ID]
+		if f.refuseAt[d.ID] || room < r.Bytes {
+			return "", rbee.Errorf(rbee.CodeNoRoom, "%s has %s free, %s requested", d.ID, rbee.Bytes(room), rbee.Bytes(r.Bytes))
+		}
+		f.reserved[d.ID] += r.Bytes
+		return f.name + "/" + d.ID + "/" + r.Purpose, nil
+	}
+	return "", rbee.Errorf(rbee.CodeDeviceUnknown, "no device %s", r.Device)
+}
+
+func (f *fakeHive) Release(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released = append(f.released, id)
+	return nil
+}
+
+func (f *fakeHive) Infer(context.Context, hiveapi.InferRequest, func(string, []byte) error) error {
+	return errors.New("not in these tests")
+}
+
+func (f *fakeHive) calls() (models []string, reserves []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.modelsFor...), append([]string(nil), f.reserves...)
+}
+
+func gpu(id string, free uint64) rbee.Device {
+	return rbee.Device{ID: id, Kind: rbee.DeviceGPU, Name: "GPU " + id, TotalBytes: free, FreeBytes: free, ComputeCap: "8.6"}
+}
+
+func cpu(free uint64) rbee.Device {
+	return rbee.Device{ID: "cpu", Kind: rbee.DeviceCPU, Name: "CPU", TotalBytes: free, FreeBytes: free, Cores: 8}
+}
+
+// recorder collects a job's events.
+type recorder struct {
+	mu  sync.Mutex
+	evs []rbee.Event
+}
+
+func (r *recorder) send(ev rbee.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) narrate(action, msg string) { r.send(rbee.Narrate(me, action, msg)) }
+
+func (r *recorder) text() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, ev := range r.evs {
+		b.WriteString(ev.Message + "\n")
+	}
+	return b.String()
+}
+
+func testPlanner(bound time.Duration) *planner {
+	return &planner{sched: scheduler.Basic{}, bound: bound,
+		estimate: func(context.Context, *ModelSpec, map[string]Snapshot) error { return nil }}
+}
+
+func spec(need uint64) *ModelSpec {
+	return &ModelSpec{Raw: "/models/m.gguf", Path: "/models/m.gguf", SHA256: strings.Repeat("ab", 32), Need: need, CtxSize: 4096}
+}
+
+func TestPlaceWarmWorkerWinsAcrossHives(t *testing.T) {
+	t.Parallel()
+	s := spec(2 * gib)
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 24*gib), cpu(64 * gib)}}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(16 * gib)},
+		workers: []rbee.WorkerInfo{{ID: "w-1", ModelID: catalog.ModelID(s.SHA256), Device: "cpu", State: "ready"}}}
+	var ev recorder
+	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: s, Fleet: true}, []Hive{h1, h2}, &ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.hive != h2 || pl.worker != "w-1" || pl.reservation != "" {
+		t.Errorf("placed on %s worker %q reservation %q, want h2's warm worker w-1", pl.hive.Name(), pl.worker, pl.reservation)
+	}
+	for _, h := range []*fakeHive{h1, h2} {
+		if m, r := h.calls(); len(m)+len(r) > 0 {
+			t.Errorf("%s: model calls %v, reservations %v; the warm path needs none", h.name, m, r)
+		}
+	}
+	if !strings.Contains(ev.text(), "fleet: hive h2, warm worker") {
+		t.Errorf("narration does not say why h2:\n%s", ev.text())
+	}
+}
+
+func TestPlaceStrongestDeviceAndModelOnlyThere(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{cpu(64 * gib)}}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{gpu("gpu0", 24*gib), cpu(16 * gib)}}
+	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(4 * gib)}, []Hive{h1, h2}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.hive != h2 || pl.device != "gpu0" || pl.reservation == "" {
+		t.Errorf("placed on %s/%s (reservation %q), want h2/gpu0 reserved", pl.hive.Name(), pl.device, pl.reservation)
+	}
+	if m, _ := h1.calls(); len(m) != 0 {
+		t.Errorf("the model went to h1 too: %v", m)
+	}
+	if m, _ := h2.calls(); len(m) != 1 {
+		t.Errorf("model calls on h2 = %v, want one", m)
+	}
+}
+
+// A refusal (409) on the chosen hive moves the job to the next candidate,
+// on another hive; the model is sent only where the room was granted.
+func TestPlaceRefusalMovesToTheNextHive(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, refuseAt: map[string]bool{"gpu0": true}}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{gpu("gpu0", 24*gib)}}
+	var ev recorder
+	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &ev)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, ev.text())
+	}
+	if pl.hive != h2 || pl.device != "gpu0" {
+		t.Errorf("placed on %s/%s, want h2/gpu0", pl.hive.Name(), pl.device)
+	}
+	if m, r := h1.calls(); len(m) != 0 || len(r) != 1 {
+		t.Errorf("h1: model calls %v, reservations %v; want none and one", m, r)
+	}
+	if !strings.Contains(ev.text(), "hive h1 refused gpu0") || !strings.Contains(ev.text(), "trying the next candidate h2/gpu0") {
+		t.Errorf("narration:\n%s", ev.text())
+	}
+}
+
+// A hive that goes away between reservation and model push gives its
+// reservation back, and the job goes on to the next hive.
+func TestPlaceHiveLostMidAdmission(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, downAt: "model"}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(32 * gib)}}
+	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.hive != h2 {
+		t.Errorf("placed on %s, want h2", pl.hive.Name())
+	}
+	h1.mu.Lock()
+	defer h1.mu.Unlock()
+	if len(h1.released) != 1 {
+		t.Errorf("h1 released %v, want its one reservation back", h1.released)
+	}
+}
+
+// A hive that does not answer is left out within the bound, and said so;
+// the others serve the job.
+func TestPlaceStalledHiveLeftOut(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, stall: true}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(32 * gib)}}
+	var ev recorder
+	pl, err := testPlanner(50*time.Millisecond).place(context.Background(), placeJob{ID: "j", Spec: spec(gib), Fleet: true}, []Hive{h1, h2}, &ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.hive != h2 {
+		t.Errorf("placed on %s, want h2", pl.hive.Name())
+	}
+	if !strings.Contains(ev.text(), "hive h1 is unreachable, left out of this job") {
+		t.Errorf("narration does not say h1 was left out:\n%s", ev.text())
+	}
+}
+
+// With one candidate, its failure is the job's, with its code.
+func TestPlaceOnlyHiveStalled(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", stall: true}
+	_, err := testPlanner(50*time.Millisecond).place(context.Background(), placeJob{ID: "j", Spec: spec(gib)}, []Hive{h1}, &recorder{})
+	if rbee.CodeOf(err) != rbee.CodeHiveDown || !strings.Contains(err.Error(), "hive h1") {
+		t.Errorf("err = %v (%s), want hive_unreachable naming h1", err, rbee.CodeOf(err))
+	}
+}
+
+// Nothing fits: refused with the numbers before any model moves or any
+// room is asked for.
+func TestPlaceNoRoomAnywhere(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 8*gib), cpu(4 * gib)}}
+	_, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(16 * gib)}, []Hive{h1}, &recorder{})
+	if rbee.CodeOf(err) != rbee.CodeNoRoom {
+		t.Fatalf("err = %v, want no_room", err)
+	}
+	if m, r := h1.calls(); len(m)+len(r) > 0 {
+		t.Errorf("model calls %v, reservations %v; want none", m, r)
+	}
+}
+
+// Two jobs race for one GPU that fits one model: both see it free, both
+// plan it, the VRAM checker grants one; the other moves on to the CPU.
+func TestPlaceTwoJobsOneGPU(t *testing.T) {
+	t.Parallel()
+	gate := &sync.WaitGroup{}
+	gate.Add(2) // both snapshots are taken before either job reserves
+	h := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 10*gib), cpu(64 * gib)}, gate: gate}
+	p := testPlanner(5 * time.Second)
+	var wg sync.WaitGroup
+	got := make([]placement, 2)
+	errs := make([]error, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = p.place(context.Background(), placeJob{ID: fmt.Sprintf("j%d", i), Spec: spec(8 * gib)}, []Hive{h}, &recorder{})
+		}()
+	}
+	wg.Wait()
+	devs := map[string]int{}
+	for i := range 2 {
+		if errs[i] != nil {
+			t.Fatalf("job %d: %v", i, errs[i])
+		}
+		devs[got[i].device]++
+	}
+	if devs["gpu0"] != 1 || devs["cpu"] != 1 {
+		t.Errorf("devices %v, want one job on gpu0 and one on the cpu", devs)
+	}
+	if _, r := h.calls(); len(r) != 3 {
+		t.Errorf("reservations asked %v, want gpu0, gpu0, cpu", r)
+	}
+}
+
+// A reference already on a hive is planned from that hive's catalog: no
+// estimate from the network.
+func TestEstimateFromAHiveThatHasIt(t *testing.T) {
+	t.Parallel()
+	q := &Queen{}
+	s := &ModelSpec{Raw: "hf:org/repo/m.gguf"}
+	ref, _ := parseRefForTest(s.Raw)
+	s.Ref = &ref
+	snaps := map[string]Snapshot{"h2": {Models: []hiveapi.Model{{ID: "sha256:1", Ref: "hf:org/repo/m.gguf", EstimateBytes: 3 * gib, CtxSize: 2048}}}}
+	if err := q.estimate(context.Background(), s, snaps); err != nil {
+		t.Fatal(err)
+	}
+	if s.Need != 3*gib || s.CtxSize != 2048 {
+		t.Errorf("need %d ctx %d, want the hive's 3 GiB at 2048", s.Need, s.CtxSize)
+	}
+}
+
+func parseRefForTest(s string) (download.Ref, error) { return download.ParseRef(s) }
