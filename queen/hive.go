@@ -63,6 +63,9 @@ type events interface {
 type liveHive struct {
 	q    *Queen
 	name string
+	// fleet: one of several candidates. A hive known to be down is left
+	// out at once rather than waited on.
+	fleet bool
 }
 
 func (h *liveHive) Name() string { return h.name }
@@ -76,6 +79,11 @@ func (h *liveHive) conn(ctx context.Context) (*hiveConn, error) {
 // host: it is dropped, and the hive marked offline with the reason. A
 // local agent that went away is started again, once.
 func (h *liveHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
+	if h.fleet {
+		if err := h.q.pool.down(h.name); err != nil {
+			return Snapshot{}, rbee.Errorf(rbee.CodeHiveDown, "offline (%w)", err)
+		}
+	}
 	for try := 0; ; try++ {
 		hc, err := h.q.hiveConn(ctx, h.name, ev.narrate)
 		if err != nil {

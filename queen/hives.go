@@ -83,10 +83,17 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 	}
 	q.streamOp(w, func(ev events) error {
 		ctx := r.Context()
+		_, known := inv.Hive(req.Name)
 		hc, err := q.pool.get(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.narrate)
 		if err != nil {
+			if !known {
+				q.pool.drop(req.Name) // not a hive yet: nothing to redial
+			}
 			return err
 		}
+		// From now on it is reached as the inventory says (new host keys
+		// are accepted only while adding).
+		q.pool.setConnector(req.Name, q.remoteConnector(ih, false))
 		dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
 		devs, err := hc.client.Devices(dctx)
 		cancel()

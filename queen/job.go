@@ -140,7 +140,7 @@ func (q *Queen) candidates(ctx context.Context, pinned string, ev events) ([]Hiv
 	hives := []Hive{&liveHive{q: q, name: LocalHive}}
 	for _, h := range inv.Hives {
 		if !h.Disabled && h.Name != LocalHive {
-			hives = append(hives, &liveHive{q: q, name: h.Name})
+			hives = append(hives, &liveHive{q: q, name: h.Name, fleet: true})
 		}
 	}
 	return hives, nil

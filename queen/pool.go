@@ -158,6 +158,13 @@ func (p *pool) attempt(ctx context.Context, name string, e *poolEntry, narrate f
 			err = p.stepError(name, stepAt, err)
 		}
 		e.err = err
+		if !e.redialing && !p.closed && name != LocalHive {
+			// Keep trying in the background, so a hive that comes back
+			// is online again without a job having to ask for it.
+			e.redialing = true
+			p.wg.Add(1)
+			go p.redial(name, e)
+		}
 		p.mu.Unlock()
 		p.status(name, false, err.Error())
 		return nil, err
@@ -310,6 +317,29 @@ func (p *pool) state(name string) (connected bool, err error) {
 		return true, nil
 	}
 	return false, e.err
+}
+
+// down returns why name is known to be unreachable now: its connection
+// was lost or its last attempt failed, and no connection has been made
+// since. A fleet job leaves such a hive out at once instead of waiting on
+// it (the background redial, or a job naming the hive, brings it back).
+func (p *pool) down(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.hives[name]
+	if e == nil || (e.conn != nil && e.conn.alive()) {
+		return nil
+	}
+	return e.err
+}
+
+// setConnector sets how name is reconnected.
+func (p *pool) setConnector(name string, c connector) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.hives[name]; e != nil {
+		e.connect = c
+	}
 }
 
 // drop forgets a hive and closes its connection.
