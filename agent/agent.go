@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -170,6 +171,38 @@ func Listen(home string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	// One agent per home, decided by a lock the kernel drops when the
+	// process dies: two agents started at once must not both take the
+	// socket (the second would unlink the first's).
+	lock, err := os.OpenFile(filepath.Join(filepath.Dir(path), "hive.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("listen %s: another hive agent is running (it holds %s)", path, lock.Name())
+	}
+	ln, err := listenLocked(path)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &lockedListener{Listener: ln, lock: lock}, nil
+}
+
+// lockedListener holds the agent's lock for as long as it listens.
+type lockedListener struct {
+	net.Listener
+	lock *os.File
+}
+
+func (l *lockedListener) Close() error {
+	err := l.Listener.Close()
+	l.lock.Close()
+	return err
+}
+
+func listenLocked(path string) (net.Listener, error) {
 	if _, err := os.Lstat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()

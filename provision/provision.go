@@ -163,14 +163,16 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 func Dialer(c *remote.Conn, l Layout, version string) (hiveapi.DialFunc, func(ctx context.Context) string) {
 	var mode atomic.Value // "", "streamlocal" or "bridge"
 	mode.Store("")
+	var forwards atomic.Bool // streamlocal worked once: the server forwards
 	dial := func(ctx context.Context) (net.Conn, error) {
 		conn, err := c.DialUnix(ctx, l.Socket())
 		if err == nil {
 			mode.Store("streamlocal")
+			forwards.Store(true)
 			return conn, nil
 		}
-		if !errors.Is(err, remote.ErrForwardingRefused) {
-			return nil, err
+		if !errors.Is(err, remote.ErrForwardingRefused) || forwards.Load() {
+			return nil, err // the agent is not listening
 		}
 		bconn, berr := c.DialBridge(ctx, []string{l.AgentPath(version), "bridge", "--home", l.RbeeDir()})
 		if berr != nil {
@@ -215,7 +217,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		phase("handshake")
 	}
 	if herr == nil && hs.Version == rbee.Version && hs.Protocol == rbee.ProtocolVersion {
-		res.Handshake, res.Transport = hs, mode(ctx)
+		res.Handshake, res.Transport = hs, settle(ctx, c, l, client, mode(ctx))
 		return res, client, nil
 	}
 
@@ -296,8 +298,26 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, fmt.Errorf("agent answers version %s protocol %d, want %s protocol %d", hs.Version, hs.Protocol, rbee.Version, rbee.ProtocolVersion)
 	}
 	phase("handshake")
-	res.Handshake, res.Transport = hs, mode(ctx)
+	res.Handshake, res.Transport = hs, settle(ctx, c, l, client, mode(ctx))
 	return res, client, nil
+}
+
+// settle undoes a bridge taken by mistake: while the agent starts, a stale
+// or not yet listening socket answers "connect failed", which OpenSSH
+// also says when forwarding is off. With the agent up, a direct dial tells
+// them apart; when it works, the bridge's idle connections are closed (its
+// process ends) and streamlocal is used from then on.
+func settle(ctx context.Context, c *remote.Conn, l Layout, client *hiveapi.Client, mode string) string {
+	if mode != "bridge" {
+		return mode
+	}
+	nc, err := c.DialUnix(ctx, l.Socket())
+	if err != nil {
+		return mode
+	}
+	nc.Close()
+	client.Close()
+	return "streamlocal"
 }
 
 // WaitExit waits until process pid on the host has exited.

@@ -122,7 +122,7 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[s
 			if err == nil && sctx.Err() != nil {
 				err = sctx.Err()
 			}
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			if re := (*rbee.Error)(nil); errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !errors.As(err, &re) {
 				err = rbee.Errorf(rbee.CodeHiveDown, "hive %s did not answer within %s", h.Name(), p.bound)
 			}
 			mu.Lock()

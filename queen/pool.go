@@ -114,14 +114,24 @@ func (p *pool) get(ctx context.Context, name string, connect connector, narrate 
 			return hc, nil
 		}
 		if e.dialing != nil {
+			// Join the attempt in flight: its outcome is ours too.
 			ch := e.dialing
 			p.mu.Unlock()
 			select {
 			case <-ch:
-				continue
 			case <-ctx.Done():
 				return nil, p.timeoutError(ctx, name)
 			}
+			p.mu.Lock()
+			hc, err := e.conn, e.err
+			p.mu.Unlock()
+			if hc != nil && hc.alive() {
+				return hc, nil
+			}
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return nil, err
+			}
+			continue // the attempt was cancelled by its caller: try again
 		}
 		if e.connect == nil {
 			p.mu.Unlock()
@@ -267,10 +277,9 @@ func (p *pool) redial(name string, e *poolEntry) {
 			}
 			continue
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, p.timeout)
-		_, err := p.attempt(ctx, name, e, quiet) // unlocks
-		cancel()
-		if err == nil {
+		// The connector bounds each wait for the host's answer itself;
+		// an agent start is not cut short.
+		if _, err := p.attempt(p.ctx, name, e, quiet); err == nil { // unlocks
 			return
 		}
 	}
