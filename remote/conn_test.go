@@ -298,11 +298,11 @@ func TestCloseLeaksNoGoroutines(t *testing.T) {
 	b.Close()
 	c.Close() // with the session, the unix conn still open
 
-	p := NewPool(config(t, noFwd), func(string) (Target, error) { return target(noFwd), nil })
-	if _, err := p.Get(ctx, "h"); err != nil {
+	c2, err := Dial(ctx, target(noFwd), config(t, noFwd))
+	if err != nil {
 		t.Fatal(err)
 	}
-	p.Close()
+	c2.Close()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
