@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -140,4 +142,43 @@ func TestJSONUsesAPIFieldNames(t *testing.T) {
 		t.Errorf("model ls: %+v, want the alphabet model with its sha256 and estimate", models)
 	}
 	e.stopQueen()
+}
+
+// TestTwoKeepersStartTheQueen: two keepers on a fresh home start the
+// queen at the same moment; one queen wins the control socket, the other
+// keeper uses it, and one worker serves both jobs.
+func TestTwoKeepersStartTheQueen(t *testing.T) {
+	t.Parallel()
+	for try := range 3 {
+		e := newEnv(t)
+		var wg sync.WaitGroup
+		rs := make([]result, 2)
+		for i := range rs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rs[i] = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+			}()
+		}
+		wg.Wait()
+		for i, r := range rs {
+			if r.code != 0 || r.stdout != alphabetRest+"\n" {
+				t.Fatalf("try %d, keeper %d: exit %d %q\n%s", try, i, r.code, r.stdout, r.stderr)
+			}
+		}
+		var queens []int
+		for _, pid := range e.procs() {
+			b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+			if strings.Contains(string(b), "queen\x00serve") {
+				queens = append(queens, pid)
+			}
+		}
+		if len(queens) != 1 {
+			t.Errorf("try %d: %d queens running, want 1: %v", try, len(queens), describe(queens))
+		}
+		if ws := e.workers(); len(ws) != 1 {
+			t.Errorf("try %d: %d workers, want 1", try, len(ws))
+		}
+		e.stopQueen()
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -29,11 +28,20 @@ func ListenControl(path string) (net.Listener, error) {
 	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	// One queen per socket, decided by a lock the kernel drops when the
+	// process dies: two queens started at once (two keepers on a fresh
+	// home) must not both take the socket, the second unlinking the
+	// first's.
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("control socket %s: %w", path, ErrQueenRunning)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		lock.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	// The socket is created 0600 from the start: no window in which
@@ -42,9 +50,22 @@ func ListenControl(path string) (net.Listener, error) {
 	ln, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	return ln, nil
+	return &lockedListener{Listener: ln, lock: lock}, nil
+}
+
+// lockedListener holds the queen's lock for as long as it listens.
+type lockedListener struct {
+	net.Listener
+	lock *os.File
+}
+
+func (l *lockedListener) Close() error {
+	err := l.Listener.Close()
+	l.lock.Close()
+	return err
 }
 
 // ErrQueenRunning means another queen already serves that control socket.

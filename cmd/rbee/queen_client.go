@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/poll"
+	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -63,7 +65,11 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 		func(ctx context.Context) (bool, error) {
 			select {
 			case <-p.Exited():
-				return false, poll.Permanent(fmt.Errorf("the queen %s", p.Why()))
+				// Another keeper started a queen at the same moment and
+				// ours lost the race for the socket: use the winner.
+				if !strings.Contains(p.Why(), queen.ErrQueenRunning.Error()) {
+					return false, poll.Permanent(fmt.Errorf("the queen %s", p.Why()))
+				}
 			default:
 			}
 			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
