@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -50,11 +51,20 @@ func (q *Queen) job(w http.ResponseWriter, r *http.Request) {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	id := "job-" + hex.EncodeToString(b[:])
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
 	q.mu.Lock()
+	select {
+	case <-q.closing:
+		q.mu.Unlock()
+		writeErr(w, http.StatusServiceUnavailable, rbee.Errorf(rbee.CodeQueenDown, "%w", ErrShuttingDown))
+		return
+	default:
+	}
 	q.jobs[id] = cancel
+	q.running.Add(1)
 	q.mu.Unlock()
+	defer q.running.Done()
 	defer func() {
 		q.mu.Lock()
 		delete(q.jobs, id)
@@ -66,6 +76,11 @@ func (q *Queen) job(w http.ResponseWriter, r *http.Request) {
 	ev := jobEvents{id: id, sw: sw}
 	ev.send(rbee.Event{Type: rbee.EventJob, Actor: me, Message: "job " + id})
 	if err := q.run(ctx, id, req, ev); err != nil {
+		if errors.Is(context.Cause(ctx), ErrShuttingDown) {
+			ev.send(rbee.FailErr(me, rbee.Errorf(rbee.CodeQueenDown, "job %s: %w", id, ErrShuttingDown).
+				WithHint("run it again once the queen is back (rbee starts it on demand)")))
+			return
+		}
 		if ctx.Err() != nil {
 			q.log.Info("job cancelled", "job", id)
 			return

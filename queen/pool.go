@@ -167,6 +167,12 @@ func (p *pool) attempt(ctx context.Context, name string, e *poolEntry, narrate f
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = p.stepError(name, stepAt, err)
 		}
+		if errors.Is(err, context.Canceled) || p.closed {
+			// The caller gave up (a job cancelled, the queen stopping):
+			// nothing is known about the hive.
+			p.mu.Unlock()
+			return nil, err
+		}
 		e.err = err
 		if !e.redialing && !p.closed && name != LocalHive {
 			// Keep trying in the background, so a hive that comes back
@@ -369,7 +375,7 @@ func (p *pool) closeConn(hc *hiveConn) {
 	switch {
 	case hc.remote != nil:
 		hc.remote.conn.Close()
-	case hc.local != nil && p.stopLocal != nil:
+	case hc.name == LocalHive && p.stopLocal != nil:
 		p.stopLocal(hc)
 	}
 }

@@ -3,6 +3,7 @@ package queen
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -37,6 +38,13 @@ type Config struct {
 	KeepAlive time.Duration // idle workers stop after this (the hive enforces it)
 	HiveArgs  []string      // extra flags for the local hive (tests: --nvml-library)
 	SSH       SSH           // remote hives
+	// OwnsLocalHive: the local agent is this queen's even when an earlier
+	// queen of this home started it (one that was killed): Close stops it.
+	// An ephemeral queen stops only what it started itself.
+	OwnsLocalHive bool
+	// Grace is how long running jobs may finish when the queen stops.
+	// Default 10s.
+	Grace time.Duration
 	// ConnectTimeout bounds each wait for a hive's answer (dial, SSH
 	// handshake, agent handshake, snapshot). Default DefaultConnectTimeout.
 	ConnectTimeout time.Duration
@@ -57,11 +65,13 @@ type Queen struct {
 	mu       sync.Mutex
 	state    string
 	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
-	jobs     map[string]context.CancelFunc
+	jobs     map[string]context.CancelCauseFunc
+	running  sync.WaitGroup  // jobs, for the drain at Close
 	contacts map[string]bool // hives whose devices this queen has seen
 
 	shutdown chan struct{}
 	once     sync.Once
+	closing  chan struct{} // closed when Close begins
 }
 
 // New opens the hive catalog and returns a queen in the ready state.
@@ -71,6 +81,9 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	}
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = scheduler.Basic{}
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 10 * time.Second
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
@@ -87,8 +100,8 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	}
 	q := &Queen{
 		cfg: cfg, log: cfg.Log, db: db, started: time.Now(), state: queenapi.StateReady,
-		workers: map[string]rbee.WorkerInfo{}, jobs: map[string]context.CancelFunc{}, contacts: map[string]bool{},
-		shutdown: make(chan struct{}),
+		workers: map[string]rbee.WorkerInfo{}, jobs: map[string]context.CancelCauseFunc{}, contacts: map[string]bool{},
+		shutdown: make(chan struct{}), closing: make(chan struct{}),
 	}
 	q.pool = newPool(cfg.ConnectTimeout, q.setStatus, q.stopLocal)
 	q.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: q.estimate, fresh: q.fresh}
@@ -103,14 +116,32 @@ func (q *Queen) Shutdown() <-chan struct{} { return q.shutdown }
 // keep theirs warm) and closes the catalog: the cascading shutdown. It
 // never waits on a stalled host.
 func (q *Queen) Close() error {
+	close(q.closing)
+	// Drain: running jobs get the grace period to finish; then those
+	// left end with an explicit "shutting down" error.
+	drained := make(chan struct{})
+	go func() {
+		q.running.Wait()
+		close(drained)
+	}()
+	t := time.NewTimer(q.cfg.Grace)
+	select {
+	case <-drained:
+	case <-t.C:
+	}
+	t.Stop()
 	q.mu.Lock()
 	for _, cancel := range q.jobs {
-		cancel()
+		cancel(ErrShuttingDown)
 	}
 	q.mu.Unlock()
+	<-drained
 	q.pool.close()
 	return q.db.Close()
 }
+
+// ErrShuttingDown ends the jobs still running when the queen stops.
+var ErrShuttingDown = errors.New("the queen is shutting down")
 
 // ControlHandler serves the control plane: every admin route, for the
 // owner only (see ListenControl, and RequireToken for TCP).
@@ -188,7 +219,7 @@ func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeBadRequest, "no running job %s", r.PathValue("id")))
 		return
 	}
-	cancel()
+	cancel(context.Canceled)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -205,6 +236,11 @@ func (q *Queen) listWorkers(w http.ResponseWriter, r *http.Request) {
 // setStatus records a hive's reachability in the catalog (hive ls reads
 // it): the pool calls it the moment a connection is made or lost.
 func (q *Queen) setStatus(name string, online bool, reason string) {
+	select {
+	case <-q.closing:
+		return // shutting down is not a hive's fault
+	default:
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if online {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -201,13 +202,41 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 	return h, nil
 }
 
-// stopLocal asks the agent this queen started to stop (it stops its
-// workers), then signals it.
+// stopLocal asks the local agent to stop (it stops its workers) and waits
+// for it, killing it after a grace period: the one this queen started,
+// or — for the queen of this home — one an earlier queen started.
 func (q *Queen) stopLocal(h *hiveConn) {
+	if h.local == nil && !q.cfg.OwnsLocalHive {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = h.client.Shutdown(ctx, false)
 	cancel()
-	h.local.Wait(15 * time.Second)
+	if h.local != nil {
+		h.local.Wait(15 * time.Second)
+		return
+	}
+	pid := h.handshake.PID
+	deadline := time.Now().Add(15 * time.Second)
+	for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// zombie reports whether pid has exited but not been reaped (its parent,
+// an earlier queen, is gone; this sandbox's init may not reap).
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
 
 func describeTarget(t remote.Target) string {

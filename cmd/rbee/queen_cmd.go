@@ -36,6 +36,7 @@ type queenConfig struct {
 	Engine    string        `env:"RBEE_ENGINE" type:"path" help:"Engine bundle for the local hive (make engine builds one)."`
 	// How long a host may keep a job waiting.
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"5s" env:"RBEE_CONNECT_TIMEOUT" help:"Declare a hive unreachable when it does not answer (dial, SSH or agent handshake) within this."`
+	Grace          time.Duration `name:"grace" default:"10s" env:"RBEE_QUEEN_GRACE" help:"When the queen stops, running jobs get this long to finish."`
 	SSHKeepalive   time.Duration `name:"ssh-keepalive" default:"15s" env:"RBEE_SSH_KEEPALIVE" help:"Declare a connected host offline when it stays silent this long."`
 }
 
@@ -81,7 +82,7 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 		}
 	}
 	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG"), Keepalive: c.SSHKeepalive}
-	cfg.ConnectTimeout = c.ConnectTimeout
+	cfg.ConnectTimeout, cfg.Grace = c.ConnectTimeout, c.Grace
 	if cfg.EngineDir == "" {
 		return cfg, exitf(rbee.ExitUsage, "run `make engine` and set RBEE_ENGINE=.rbee-dev/engine/llama-cpu, or pass --engine", "no engine bundle configured")
 	}
@@ -132,6 +133,7 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cfg.Log = log
+	cfg.OwnsLocalHive = true
 	q, err := queen.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
