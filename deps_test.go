@@ -7,8 +7,8 @@ import (
 )
 
 // TestDependencies keeps the binaries' dependencies pointed one way: the
-// keeper never links NVML or the inference engine, the hive agent never
-// links CLI or TOML code, the worker stays pure Go.
+// keeper never links NVML, the inference engine or the worker supervisor,
+// the hive agent never links CLI or TOML code, the worker stays pure Go.
 func TestDependencies(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -16,9 +16,9 @@ func TestDependencies(t *testing.T) {
 		cgo       string
 		forbidden []string
 	}{
-		{"./cmd/rbee", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/hybridgroup/yzma", "github.com/rbee-dev/rbee/llm", "github.com/rbee-dev/rbee/gpu", "github.com/rbee-dev/rbee/agent"}},
+		{"./cmd/rbee", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/hybridgroup/yzma", "github.com/rbee-dev/rbee/llm", "github.com/rbee-dev/rbee/gpu", "github.com/rbee-dev/rbee/agent", "github.com/rbee-dev/rbee/supervisor"}},
 		{"./cmd/rbee-hive", "1", []string{"github.com/alecthomas/kong", "github.com/BurntSushi/toml", "github.com/hybridgroup/yzma", "github.com/rbee-dev/rbee/llm", "github.com/rbee-dev/rbee/queen"}},
-		{"./cmd/rbee-worker", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/rbee-dev/rbee/catalog", "modernc.org/sqlite", "github.com/rbee-dev/rbee/queen", "github.com/rbee-dev/rbee/agent"}},
+		{"./cmd/rbee-worker", "0", []string{"github.com/NVIDIA/go-nvml", "github.com/rbee-dev/rbee/catalog", "modernc.org/sqlite", "github.com/rbee-dev/rbee/queen", "github.com/rbee-dev/rbee/agent", "github.com/rbee-dev/rbee/supervisor"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {

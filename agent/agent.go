@@ -24,6 +24,7 @@ import (
 	"github.com/rbee-dev/rbee/gpu"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/modelfile"
+	"github.com/rbee-dev/rbee/supervisor"
 )
 
 // Worker catalog types.
@@ -54,8 +55,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	db      *catalog.HiveDB
-	sup     *supervisor
-	spawns  spawns
+	sup     *supervisor.Supervisor
 	vram    *vram
 	started time.Time
 
@@ -98,19 +98,18 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		db.Close()
 		return nil, err
 	}
-	a.sup = &supervisor{
-		bin: cfg.WorkerBin, engine: cfg.EngineDir, runDir: filepath.Join(cfg.Home, "run"), logDir: filepath.Join(cfg.Home, "logs"),
-		threads: cfg.Threads, ctxSize: cfg.CtxSize, keepAlive: cfg.KeepAlive, log: cfg.Log, vram: a.vram,
-		workers: map[string]*workerProc{},
-	}
-	if ids := a.sup.adopt(ctx); len(ids) > 0 {
+	a.sup = supervisor.New(supervisor.Config{
+		Bin: cfg.WorkerBin, Engine: cfg.EngineDir, RunDir: filepath.Join(cfg.Home, "run"), LogDir: filepath.Join(cfg.Home, "logs"),
+		Threads: cfg.Threads, CtxSize: cfg.CtxSize, KeepAlive: cfg.KeepAlive, Log: cfg.Log, Reservations: a.vram,
+	})
+	if ids := a.sup.Adopt(ctx); len(ids) > 0 {
 		cfg.Log.Info("adopted workers from the previous agent", "workers", ids)
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.sup.reap(a.ctx)
+		a.sup.Reap(a.ctx)
 	}()
 	return a, nil
 }
@@ -159,7 +158,7 @@ func (a *Agent) Shutdown() <-chan struct{} { return a.shutdown }
 // Close stops every worker and closes the catalogs.
 func (a *Agent) Close() error {
 	a.cancel()
-	a.sup.stopAll(10 * time.Second)
+	a.sup.StopAll(10 * time.Second)
 	a.wg.Wait()
 	return a.db.Close()
 }
@@ -248,7 +247,7 @@ func (a *Agent) Handler() http.Handler {
 		var req hiveapi.ShutdownRequest
 		_ = json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req)
 		if req.KeepWorkers {
-			a.sup.release()
+			a.sup.Release()
 		}
 		a.once.Do(func() { close(a.shutdown) })
 		w.WriteHeader(http.StatusNoContent)
@@ -431,7 +430,7 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("no model %q on hive %s", key, a.cfg.Name))
 		return
 	}
-	for _, wi := range a.sup.list() {
+	for _, wi := range a.sup.List() {
 		if wi.ModelID == m.ID {
 			writeErr(w, http.StatusConflict, rbee.CodeBadRequest, fmt.Sprintf("worker %s is running %s; stop it first", wi.ID, key))
 			return
@@ -448,11 +447,11 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: a.sup.list()})
+	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: a.sup.List()})
 }
 
 func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {
-	if err := a.sup.stop(r.PathValue("id"), 10*time.Second); err != nil {
+	if err := a.sup.Stop(r.PathValue("id"), 10*time.Second); err != nil {
 		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", r.PathValue("id"), a.cfg.Name))
 		return
 	}

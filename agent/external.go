@@ -3,22 +3,16 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
-	"github.com/rbee-dev/rbee/poll"
 )
 
 var typeName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
@@ -81,95 +75,4 @@ func (a *Agent) workerType(name string) (hiveapi.WorkerType, error) {
 	}
 	err = json.Unmarshal(b, &wt)
 	return wt, err
-}
-
-// startExternal runs an external engine from its template on a free
-// loopback port and waits until its health path answers 200.
-func (s *supervisor) startExternal(ctx context.Context, spec startSpec, wt hiveapi.WorkerType) (*workerProc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", wt.Name, err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dev := ""
-	if strings.HasPrefix(spec.Device, "gpu") {
-		dev = strings.TrimPrefix(spec.Device, "gpu")
-	}
-	repl := strings.NewReplacer("{model}", spec.ModelPath, "{port}", strconv.Itoa(port), "{device}", dev, "{ctx}", strconv.Itoa(s.ctxSize))
-	args := make([]string, len(wt.Args))
-	for i, a := range wt.Args {
-		args[i] = repl.Replace(a)
-	}
-	s.mu.Lock()
-	s.next++
-	id := fmt.Sprintf("x-%d-%d", os.Getpid(), s.next)
-	s.mu.Unlock()
-	logPath := filepath.Join(s.logDir, id+".log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(wt.Command, args...)
-	cmd.Env = os.Environ()
-	if dev != "" {
-		cmd.Env = append(cmd.Env, "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES="+dev)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, rbee.Errorf(rbee.CodeWorkerFailed, "start worker type %s (%s): %v", wt.Name, wt.Command, err)
-	}
-	now := time.Now()
-	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	w := &workerProc{
-		info: rbee.WorkerInfo{ID: id, Type: wt.Name, ModelID: spec.ModelID, Model: spec.ModelPath, Device: spec.Device,
-			PID: cmd.Process.Pid, State: "starting", Started: now, LastUsed: now},
-		cmd: cmd, exited: make(chan struct{}), logPath: logPath, client: &http.Client{}, base: base, engineDevice: "external",
-	}
-	if spec.Reservation != "" {
-		s.vram.attach(spec.Reservation, id)
-	}
-	s.mu.Lock()
-	s.workers[id] = w
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		err := cmd.Wait()
-		logf.Close()
-		w.mu.Lock()
-		w.err = err
-		w.mu.Unlock()
-		close(w.exited)
-		s.forget(w)
-	}()
-	err = poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 1000, Timeout: 2 * time.Minute},
-		func(ctx context.Context) (bool, error) {
-			select {
-			case <-w.exited:
-				return false, poll.Permanent(rbee.Errorf(rbee.CodeWorkerFailed, "%s", w.exitReason()))
-			default:
-			}
-			req, _ := http.NewRequestWithContext(ctx, "GET", base+wt.Health, nil)
-			resp, err := w.client.Do(req)
-			if err != nil {
-				return false, err
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK, fmt.Errorf("health: %d", resp.StatusCode)
-		})
-	if err != nil {
-		s.stopProc(w, 5*time.Second)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, rbee.Errorf(rbee.CodeWorkerFailed, "worker type %s did not become healthy: %v (log: %s)", wt.Name, err, logPath)
-	}
-	w.mu.Lock()
-	w.info.State = "ready"
-	w.mu.Unlock()
-	s.vram.loaded(id)
-	return w, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/sse"
+	"github.com/rbee-dev/rbee/supervisor"
 )
 
 // infer runs a prompt on a warm worker or a new one and streams rbee events:
@@ -46,29 +47,30 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 	}
 	fail := func(code, msg string) { _ = send(rbee.Fail(me, code, msg)) }
 
-	var wp *workerProc
+	var wp *supervisor.Worker
 	start, engine := time.Now(), ""
 	warm := req.Worker != ""
 	if warm {
 		var ok bool
-		if wp, ok = a.sup.get(req.Worker); !ok {
+		if wp, ok = a.sup.Get(req.Worker); !ok {
 			fail(rbee.CodeWorkerNotFound, fmt.Sprintf("worker %s is no longer running on hive %s", req.Worker, a.cfg.Name))
 			return
 		}
 		if req.Reservation != "" {
 			a.vram.release(req.Reservation)
 		}
-		_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s already holds %s on %s: no spawn", wp.info.ID, model.Path, wp.info.Device)))
+		info := wp.Info()
+		_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s already holds %s on %s: no spawn", info.ID, model.Path, info.Device)))
 	} else {
 		if req.Device == "" {
 			fail(rbee.CodeBadRequest, "infer: a device or a worker is required")
 			return
 		}
 		engine = a.pickEngine(ctx, req.Device)
-		spec := startSpec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
+		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
 		var joined bool
-		key := spawnKey{model: model.ID, device: req.Device, typ: req.WorkerType}
-		wp, joined, err = a.spawns.start(ctx, key, func() *workerProc { return a.sup.find(key) }, func() (*workerProc, error) {
+		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType}
+		wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {
 			_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
 			if req.WorkerType != "" {
 				wt, terr := a.workerType(req.WorkerType)
@@ -76,9 +78,9 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 					return nil, terr
 				}
 				engine = "external " + wt.Name
-				return a.sup.startExternal(ctx, spec, wt)
+				return a.sup.StartExternal(ctx, spec, wt)
 			}
-			return a.sup.start(ctx, spec)
+			return a.sup.Start(ctx, spec)
 		})
 		if joined && req.Reservation != "" {
 			a.vram.release(req.Reservation) // the worker we share took its own
@@ -95,27 +97,25 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		}
 		if joined {
 			warm = true
-			_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s was just started for %s on %s by another job: no spawn", wp.info.ID, model.Path, wp.info.Device)))
+			info := wp.Info()
+			_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s was just started for %s on %s by another job: no spawn", info.ID, model.Path, info.Device)))
 		}
 	}
 	if !warm {
-		info := wp.snapshot()
+		info := wp.Info()
 		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms, engine %s)",
 			info.ID, info.Device, info.PID, time.Since(start).Milliseconds(), filepath.Base(engine)))
 		ev.Worker = &info
 		_ = send(ev)
-		if strings.HasPrefix(req.Device, "gpu") && wp.engineDevice == "CPU" && req.WorkerType == "" {
+		if strings.HasPrefix(req.Device, "gpu") && wp.EngineDevice() == "CPU" && req.WorkerType == "" {
 			warn := rbee.Narrate(me, "engine_cpu_only", fmt.Sprintf("the engine bundle has no GPU backend: worker %s runs on the CPU although %s was picked", info.ID, req.Device))
 			warn.Level = "warn"
 			_ = send(warn)
 		}
 	}
 	_ = a.db.TouchModel(ctx, model.ID, time.Now())
-	wp.busy.Add(1)
-	defer func() {
-		wp.touch()
-		wp.busy.Add(-1)
-	}()
+	done := wp.Use() // keeps the reaper off it
+	defer done()
 	a.stream(ctx, wp, req, warm, send, fail)
 }
 
@@ -144,8 +144,8 @@ type openAIChunk struct {
 
 // stream sends the prompt to the worker and turns its OpenAI stream into
 // rbee events.
-func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferRequest, warm bool, send func(rbee.Event) error, fail func(code, msg string)) {
-	info := wp.snapshot()
+func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.InferRequest, warm bool, send func(rbee.Event) error, fail func(code, msg string)) {
+	info := wp.Info()
 	body := map[string]any{"stream": true}
 	if req.MaxTokens > 0 {
 		body["max_tokens"] = req.MaxTokens
@@ -157,7 +157,7 @@ func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferReq
 		body["seed"] = *req.Seed
 	}
 	path := "/v1/completions"
-	chat := req.Mode == "chat" || (req.Mode != "raw" && wp.chat)
+	chat := req.Mode == "chat" || (req.Mode != "raw" && wp.ModelChat())
 	if chat {
 		path = "/v1/chat/completions"
 		body["messages"] = []map[string]string{{"role": "user", "content": req.Prompt}}
@@ -165,13 +165,13 @@ func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferReq
 		body["prompt"] = req.Prompt
 	}
 	b, _ := json.Marshal(body)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", wp.url(path), bytes.NewReader(b))
+	hreq, err := http.NewRequestWithContext(ctx, "POST", wp.URL(path), bytes.NewReader(b))
 	if err != nil {
 		fail(rbee.CodeInternal, err.Error())
 		return
 	}
 	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := wp.client.Do(hreq)
+	resp, err := wp.Client().Do(hreq)
 	if err != nil {
 		if ctx.Err() == nil {
 			a.brokenStream(wp, fmt.Errorf("send the prompt: %w", err), fail)
@@ -241,16 +241,16 @@ func (a *Agent) stream(ctx context.Context, wp *workerProc, req hiveapi.InferReq
 
 // brokenStream reports a worker stream that ended without [DONE]: a crash
 // when the process is gone, else a broken connection.
-func (a *Agent) brokenStream(wp *workerProc, err error, fail func(code, msg string)) {
+func (a *Agent) brokenStream(wp *supervisor.Worker, err error, fail func(code, msg string)) {
 	t := time.NewTimer(2 * time.Second)
 	defer t.Stop()
 	select {
-	case <-wp.exited:
-		fail(rbee.CodeWorkerCrashed, wp.exitReason()+"; the next request starts a new worker")
+	case <-wp.Exited():
+		fail(rbee.CodeWorkerCrashed, wp.ExitReason()+"; the next request starts a new worker")
 	case <-t.C:
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			err = errors.New("the stream ended early")
 		}
-		fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s: %v", wp.info.ID, err))
+		fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s: %v", wp.Info().ID, err))
 	}
 }

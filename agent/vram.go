@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"sync"
 	"time"
+
+	"github.com/rbee-dev/rbee/supervisor"
 )
 
 // reservation holds room on a device for a worker being started.
@@ -85,20 +87,20 @@ func (v *vram) reserve(device string, bytes, total, free uint64) (id string, roo
 	return id, room, true
 }
 
-// attach ties a reservation to a worker; it lives as long as the worker.
-func (v *vram) attach(id, worker string) bool {
+// vram is the supervisor's book of reservations.
+var _ supervisor.Reservations = (*vram)(nil)
+
+// Attach ties a reservation to a worker; it lives as long as the worker.
+func (v *vram) Attach(id, worker string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	r, ok := v.res[id]
-	if !ok {
-		return false
+	if r, ok := v.res[id]; ok {
+		r.worker = worker
 	}
-	r.worker = worker
-	return true
 }
 
-// loaded marks the worker's reservation as allocated for real.
-func (v *vram) loaded(worker string) {
+// Loaded marks the worker's reservation as allocated for real.
+func (v *vram) Loaded(worker string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, r := range v.res {
@@ -117,8 +119,8 @@ func (v *vram) release(id string) bool {
 	return ok
 }
 
-// releaseWorker drops the reservations of a worker that stopped.
-func (v *vram) releaseWorker(worker string) {
+// ReleaseWorker drops the reservations of a worker that stopped.
+func (v *vram) ReleaseWorker(worker string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for id, r := range v.res {

@@ -26,8 +26,8 @@ func TestVRAMReservations(t *testing.T) {
 	}
 	// Once the worker has loaded, the driver's free figure holds its memory:
 	// the reservation no longer counts against free, only against total.
-	v.attach(id1, "w-1")
-	v.loaded("w-1")
+	v.Attach(id1, "w-1")
+	v.Loaded("w-1")
 	if room := v.room("gpu0", total, 300*mib); room != 300*mib {
 		t.Errorf("room after load = %d MiB, want 300", room/mib)
 	}
@@ -35,7 +35,7 @@ func TestVRAMReservations(t *testing.T) {
 	if room := v.room("gpu0", total, total); room != 500*mib {
 		t.Errorf("room on a static device = %d MiB, want 500", room/mib)
 	}
-	v.releaseWorker("w-1")
+	v.ReleaseWorker("w-1")
 	if room := v.room("gpu0", total, free); room != free {
 		t.Errorf("room after the worker stopped = %d MiB, want %d", room/mib, free/mib)
 	}

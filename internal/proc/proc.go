@@ -17,16 +17,23 @@ type Options struct {
 	Env    []string // nil = this process's environment
 	Dir    string
 	Setsid bool // its own session: a Ctrl-C at our terminal does not reach it, and it may outlive us
+	// Setpgid puts it in its own process group (with Setsid, the
+	// session's), and the kill after Stop's grace period goes to the whole
+	// group: the children it started die with it.
+	Setpgid bool
 	// Stdout, when set, receives stdout instead of the log (a pipe the
 	// caller reads, e.g. a worker announcing its address).
 	Stdout io.Writer
 }
 
-// Proc is a started process. Its waiter reaps it; Exited is closed when
-// it has exited.
+// Proc is a started process, or one Attach took over. Its waiter reaps
+// it (or watches it); Exited is closed when it has exited.
 type Proc struct {
-	Cmd    *exec.Cmd
+	Cmd    *exec.Cmd // nil for a process Attach took over
 	Log    string
+	pid    int
+	group  bool                       // it leads its own process group
+	signal func(syscall.Signal) error // the process, not its group
 	exited chan struct{}
 	err    error
 }
@@ -47,8 +54,8 @@ func Start(name string, args []string, opt Options) (*Proc, error) {
 	if opt.Stdout != nil {
 		cmd.Stdout = opt.Stdout
 	}
-	if opt.Setsid {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if opt.Setsid || opt.Setpgid {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: opt.Setsid, Setpgid: opt.Setpgid && !opt.Setsid}
 	}
 	if err := cmd.Start(); err != nil {
 		if logf != nil {
@@ -56,7 +63,8 @@ func Start(name string, args []string, opt Options) (*Proc, error) {
 		}
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &Proc{Cmd: cmd, Log: opt.Log, exited: make(chan struct{})}
+	p := &Proc{Cmd: cmd, Log: opt.Log, pid: cmd.Process.Pid, group: opt.Setpgid,
+		signal: func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }, exited: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		if logf != nil {
@@ -68,7 +76,7 @@ func Start(name string, args []string, opt Options) (*Proc, error) {
 }
 
 // PID is the process id.
-func (p *Proc) PID() int { return p.Cmd.Process.Pid }
+func (p *Proc) PID() int { return p.pid }
 
 // Exited is closed when the process has exited.
 func (p *Proc) Exited() <-chan struct{} { return p.exited }
@@ -87,8 +95,25 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 		return nil
 	default:
 	}
-	if err := p.Cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := p.signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal pid %d: %w", p.PID(), err)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to the process, or to its process group when it
+// leads one, unless it has already exited.
+func (p *Proc) Kill() error {
+	if !p.group {
+		return p.Signal(syscall.SIGKILL)
+	}
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	if err := syscall.Kill(-p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill process group %d: %w", p.pid, err)
 	}
 	return nil
 }
@@ -101,7 +126,7 @@ func (p *Proc) Stop(grace time.Duration) {
 }
 
 // Wait waits up to grace for the process to exit on its own, then kills
-// it and waits for that.
+// it (its group, when it leads one) and waits for that.
 func (p *Proc) Wait(grace time.Duration) {
 	t := time.NewTimer(grace)
 	defer t.Stop()
@@ -110,7 +135,7 @@ func (p *Proc) Wait(grace time.Duration) {
 		return
 	case <-t.C:
 	}
-	_ = p.Signal(syscall.SIGKILL)
+	_ = p.Kill()
 	<-p.exited
 }
 

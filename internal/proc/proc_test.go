@@ -3,8 +3,10 @@ package proc
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +30,16 @@ func TestMain(m *testing.M) {
 	case "sleep":
 		fmt.Println("ready")
 		time.Sleep(time.Hour)
+	case "group": // ignores SIGTERM; its child, in its group, does too
+		signalIgnoreTerm()
+		child := exec.Command(os.Args[0])
+		child.Env = append(os.Environ(), "PROC_HELPER=ignore-term")
+		if err := child.Start(); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Printf("child %d\n", child.Process.Pid)
+		time.Sleep(time.Hour)
 	}
 }
 
@@ -35,8 +47,14 @@ func signalIgnoreTerm() { signal.Ignore(syscall.SIGTERM) }
 
 func start(t *testing.T, mode string) *Proc {
 	t.Helper()
-	log := filepath.Join(t.TempDir(), "p.log")
-	p, err := Start(os.Args[0], nil, Options{Log: log, Env: append(os.Environ(), "PROC_HELPER="+mode)})
+	return startOpt(t, mode, Options{})
+}
+
+func startOpt(t *testing.T, mode string, opt Options) *Proc {
+	t.Helper()
+	opt.Log = filepath.Join(t.TempDir(), "p.log")
+	opt.Env = append(os.Environ(), "PROC_HELPER="+mode)
+	p, err := Start(os.Args[0], nil, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,5 +130,62 @@ func TestTail(t *testing.T) {
 	}
 	if got := LastLine(filepath.Join(t.TempDir(), "missing")); got != "" {
 		t.Errorf("LastLine(missing) = %q, want empty", got)
+	}
+}
+
+// With Setpgid the kill after the grace period reaches the process's
+// children too.
+func TestStopKillsGroup(t *testing.T) {
+	t.Parallel()
+	p := startOpt(t, "group", Options{Setpgid: true})
+	waitLog(t, p, "child ")
+	_, after, _ := strings.Cut(readFile(p.Log), "child ")
+	child, err := strconv.Atoi(strings.TrimSpace(after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	p.Stop(100 * time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for !gone(child) {
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d outlived its group's kill", child)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// gone says whether pid has exited (a zombie nobody reaped counts).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// Attach watches and stops a process another Proc started.
+func TestAttach(t *testing.T) {
+	t.Parallel()
+	p := startOpt(t, "ignore-term", Options{Setpgid: true})
+	waitLog(t, p, "ready")
+	a, err := Attach(p.PID(), Options{Log: p.Log, Setpgid: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.PID() != p.PID() {
+		t.Errorf("PID = %d, want %d", a.PID(), p.PID())
+	}
+	a.Stop(100 * time.Millisecond)
+	<-p.Exited()
+	if err := a.Err(); err == nil || !strings.Contains(err.Error(), "not our child") {
+		t.Errorf("Err = %v, want status unknown", err)
+	}
+	if err := a.Signal(syscall.SIGTERM); err != nil {
+		t.Errorf("Signal after exit = %v, want nil", err)
+	}
+	if _, err := Attach(p.PID(), Options{}); err == nil {
+		t.Error("Attach to a reaped pid succeeded")
 	}
 }

@@ -1,0 +1,118 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/proc"
+)
+
+// stateFile lists the running workers so that the next agent (an
+// upgrade) can adopt them instead of killing them.
+func (s *Supervisor) stateFile() string { return filepath.Join(s.cfg.RunDir, "workers.json") }
+
+type savedWorker struct {
+	Info    rbee.WorkerInfo `json:"info"`
+	Socket  string          `json:"socket"`
+	LogPath string          `json:"log_path"`
+	Chat    bool            `json:"chat"`
+	Engine  string          `json:"engine_device"`
+	Base    string          `json:"base,omitempty"` // external workers: their loopback URL
+}
+
+// saveState writes the ready workers atomically (temp file + rename).
+func (s *Supervisor) saveState() {
+	s.stateMu.Lock() // the last snapshot taken is the last written
+	defer s.stateMu.Unlock()
+	ws := []savedWorker{}
+	for _, w := range s.all() {
+		w.mu.Lock()
+		if w.info.State == "ready" {
+			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.proc.Log, Chat: w.chat, Engine: w.engineDevice, Base: w.base})
+		}
+		w.mu.Unlock()
+	}
+	b, _ := json.MarshalIndent(ws, "", "  ")
+	tmp := s.stateFile() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		s.cfg.Log.Warn("save worker state", "err", err)
+		return
+	}
+	if err := os.Rename(tmp, s.stateFile()); err != nil {
+		s.cfg.Log.Warn("save worker state", "err", err)
+	}
+}
+
+// Adopt takes over the workers an earlier supervisor released: each must
+// still be alive, be the worker the state file names, and answer /health
+// on its socket. Workers that fail a check are left alone (and logged).
+// ctx bounds the health checks.
+func (s *Supervisor) Adopt(ctx context.Context) (adopted []string) {
+	b, err := os.ReadFile(s.stateFile())
+	if err != nil {
+		return nil
+	}
+	var ws []savedWorker
+	if err := json.Unmarshal(b, &ws); err != nil {
+		s.cfg.Log.Warn("worker state unreadable", "file", s.stateFile(), "err", err)
+		return nil
+	}
+	for _, sw := range ws {
+		if err := s.adoptOne(ctx, sw); err != nil {
+			s.cfg.Log.Warn("not adopting worker", "worker", sw.Info.ID, "pid", sw.Info.PID, "err", err)
+			continue
+		}
+		adopted = append(adopted, sw.Info.ID)
+	}
+	s.saveState()
+	return adopted
+}
+
+func (s *Supervisor) adoptOne(ctx context.Context, sw savedWorker) error {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sw.Info.PID))
+	if err != nil {
+		return errors.New("not running")
+	}
+	if sw.Base == "" && (!strings.Contains(string(cmdline), "rbee-worker") || !strings.Contains(string(cmdline), sw.Info.ID)) {
+		return errors.New("the pid belongs to another process now")
+	}
+	w := &Worker{info: sw.Info, chat: sw.Chat, engineDevice: sw.Engine, socket: sw.Socket,
+		client: unixClient(sw.Socket), base: sw.Base}
+	if sw.Base != "" {
+		w.client = &http.Client{}
+	} else {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := w.readHealth(hctx); err != nil {
+			return err
+		}
+	}
+	// Attached after the health check: a worker that exits in between is
+	// refused here, not watched.
+	p, err := proc.Attach(sw.Info.PID, proc.Options{Log: sw.LogPath, Setpgid: true})
+	if err != nil {
+		return fmt.Errorf("adopt: %w", err)
+	}
+	w.proc = p
+	w.info.State = "ready"
+	s.track(w, "")
+	s.cfg.Log.Info("adopted worker", "worker", w.info.ID, "pid", w.info.PID, "model", w.info.Model)
+	return nil
+}
+
+// Release lets every worker go without stopping it, for the next agent:
+// the state file stays, the processes keep running, StopAll stops none.
+func (s *Supervisor) Release() {
+	s.saveState()
+	s.mu.Lock()
+	s.released = true
+	s.mu.Unlock()
+}
