@@ -69,7 +69,7 @@ type Agent struct {
 }
 
 // Paths under the agent's home.
-func SocketPath(home string) string { return filepath.Join(home, "run", "hive.sock") }
+func SocketPath(home string) string { return rbee.Home(home).HiveSocket() }
 func dbPath(home string) string     { return filepath.Join(home, "hive.db") }
 
 // New opens the catalogs, registers the worker binary and engine bundle, and
@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		cfg.Name = "localhost"
 	}
-	for _, d := range []string{cfg.Home, filepath.Join(cfg.Home, "run"), filepath.Join(cfg.Home, "logs")} {
+	for _, d := range []string{cfg.Home, rbee.Home(cfg.Home).RunDir(), rbee.Home(cfg.Home).LogDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("agent home: %w", err)
 		}
@@ -99,7 +99,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.sup = supervisor.New(supervisor.Config{
-		Bin: cfg.WorkerBin, Engine: cfg.EngineDir, RunDir: filepath.Join(cfg.Home, "run"), LogDir: filepath.Join(cfg.Home, "logs"),
+		Bin: cfg.WorkerBin, Engine: cfg.EngineDir, RunDir: rbee.Home(cfg.Home).RunDir(), LogDir: rbee.Home(cfg.Home).LogDir(),
 		Threads: cfg.Threads, CtxSize: cfg.CtxSize, KeepAlive: cfg.KeepAlive, Log: cfg.Log, Reservations: a.vram,
 	})
 	if ids := a.sup.Adopt(ctx); len(ids) > 0 {
@@ -347,7 +347,7 @@ func (a *Agent) addModel(w http.ResponseWriter, r *http.Request) {
 		case rbee.CodeNotGGUF, rbee.CodeBadRequest:
 			status = http.StatusUnprocessableEntity
 		}
-		writeErr(w, status, rbee.CodeOf(err), err.Error())
+		writeError(w, status, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, m)
@@ -432,7 +432,8 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, wi := range a.sup.List() {
 		if wi.ModelID == m.ID {
-			writeErr(w, http.StatusConflict, rbee.CodeBadRequest, fmt.Sprintf("worker %s is running %s; stop it first", wi.ID, key))
+			writeError(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "worker %s is running %s on hive %s", wi.ID, key, a.cfg.Name).
+				WithHint("it unloads after the keep-alive (RBEE_KEEP_ALIVE); rbee queen stop stops every worker now"))
 			return
 		}
 	}
@@ -475,6 +476,12 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeErr(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]rbee.Error{"error": {Code: code, Message: msg}})
+}
+
+// writeError answers with err's code, message and hint: a hint raised
+// here reaches the user's terminal through the queen.
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, map[string]rbee.Error{"error": {Code: rbee.CodeOf(err), Message: err.Error(), Hint: rbee.HintOf(err)}})
 }
 
 func actor(name string) string { return "hive " + name }

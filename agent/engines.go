@@ -30,7 +30,7 @@ func (a *Agent) installEngine(w http.ResponseWriter, r *http.Request) {
 	}
 	wb, err := a.InstallEngine(r.Context(), req.Source)
 	if err != nil {
-		writeErr(w, http.StatusUnprocessableEntity, rbee.CodeOf(err), err.Error())
+		writeError(w, http.StatusUnprocessableEntity, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, apiBinary(wb))

@@ -26,7 +26,7 @@ func (a *Agent) addWorkerType(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.AddWorkerType(r.Context(), wt); err != nil {
-		writeErr(w, http.StatusUnprocessableEntity, rbee.CodeOf(err), err.Error())
+		writeError(w, http.StatusUnprocessableEntity, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -92,7 +92,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			if ctx.Err() != nil {
 				return
 			}
-			fail(rbee.CodeOf(err), err.Error())
+			_ = send(rbee.FailErr(me, err))
 			return
 		}
 		if joined {

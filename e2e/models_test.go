@@ -61,8 +61,8 @@ func TestModelsFromTheHub(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &ms); err != nil || len(ms) != 1 || ms[0].Quant != "Q8_0" && ms[0].Quant != "F32" {
 		t.Fatalf("model ls: %v %q", err, r.stdout)
 	}
-	if r := e.rbee("model", "rm", ms[0].ID); r.code == 0 {
-		t.Errorf("model rm of a model a worker holds should be refused:\n%s", r.stdout)
+	if r := e.rbee("model", "rm", ms[0].ID); r.code == 0 || !strings.Contains(r.stderr, "\nhint: it unloads after the keep-alive") {
+		t.Errorf("model rm of a model a worker holds should be refused, with the hive's hint: exit %d\n%s", r.code, r.stderr)
 	}
 
 	t.Run("fits no device: refused before the download", func(t *testing.T) {

@@ -86,7 +86,7 @@ func serve(args []string) error {
 		ln.Close()
 		return err
 	}
-	pidFile := filepath.Join(*homeDir, "run", "hive.pid")
+	pidFile := rbee.Home(*homeDir).PIDFile("hive")
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		log.Warn("pid file", "err", err)
 	}
