@@ -7,6 +7,7 @@ BIN        ?= bin
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -s -w -X github.com/rbee-dev/rbee.Version=$(VERSION)
 TESTFLAGS  ?= -count=1 -timeout 15m
+DEADCODE   ?= $(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
@@ -27,10 +28,13 @@ agents: build ## Cross-build the agent and worker for linux/arm64 into bin/agent
 test: engine ## Run every test (needs the engine bundle; fetched if missing)
 	$(GO) test $(TESTFLAGS) ./...
 
-check: ## gofmt, go vet and go mod tidy must leave nothing to change
+check: ## gofmt, go vet, go mod tidy and deadcode must leave nothing to change
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
+	@# Code no binary reaches is deleted; the test harnesses are for tests.
+	@out=$$($(DEADCODE) ./... | grep -Ev '^(internal/(sshtest|testenv|testmodel)|download/hubtest|gpu/gputest|enginefetch/npmtest)/'); \
+		if [ -n "$$out" ]; then echo "deadcode: unreachable code:"; echo "$$out"; exit 1; fi
 
 bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
 	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) RBEE_BENCH_ANCHORS=$(abspath $(DEV)/anchors) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/

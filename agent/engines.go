@@ -150,5 +150,7 @@ func (a *Agent) pickEngine(ctx context.Context, device string) string {
 	if _, err := bundle.Load(best.Path); err != nil {
 		return a.cfg.EngineDir
 	}
+	// rbee worker ls shows when a bundle was last used.
+	_ = a.db.TouchWorkerBinary(ctx, best.ID, time.Now())
 	return best.Path
 }

@@ -357,9 +357,8 @@ func TestPrepare(t *testing.T) {
 			for _, name := range []string{"llama-addon.node", "_nlcBuildMetadata.json", "package.json"} {
 				checkAbsent(t, filepath.Join(dst, name))
 			}
-			backends, err := bundle.Backends(dst)
-			if err != nil || !slices.Equal(backends, tt.wantBackends) {
-				t.Errorf("Backends: got %v, %v, want %v", backends, err, tt.wantBackends)
+			if !slices.Equal(got.Backends, tt.wantBackends) {
+				t.Errorf("Backends: got %v, want %v", got.Backends, tt.wantBackends)
 			}
 			checkClean(t, parent, dst)
 		})
@@ -818,14 +817,7 @@ func TestBackends(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			for _, name := range tt.files {
-				writeDir(t, dir, []entry{{name: name, body: "x"}})
-			}
-			got, err := bundle.Backends(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			got := bundle.BackendsOf(tt.files)
 			if !slices.Equal(got, tt.want) || got == nil {
 				t.Errorf("got %#v, want %#v", got, tt.want)
 			}

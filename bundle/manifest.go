@@ -277,20 +277,6 @@ var knownBackends = []string{
 	"blas", "cann", "cpu", "cuda", "hip", "metal", "musa", "opencl", "rpc", "sycl", "vulkan", "webgpu", "zdnn",
 }
 
-// Backends returns the ggml backends whose libraries are in dir, sorted:
-// "cpu" for libggml-cpu*, "cuda" for libggml-cuda, and so on.
-func Backends(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("list backends: %w", err)
-	}
-	names := make([]string, len(entries))
-	for i, e := range entries {
-		names[i] = e.Name()
-	}
-	return backendsOf(names), nil
-}
-
 func backendsOf(names []string) []string {
 	found := map[string]bool{}
 	for _, name := range names {

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -325,6 +326,21 @@ func TestRemoveModel(t *testing.T) {
 	}
 }
 
+// workerBinary finds a binary by type and version ("" = the most recently
+// added of the type) in WorkerBinaries' answer.
+func workerBinary(ctx context.Context, h *HiveDB, typ, version string) (WorkerBinary, error) {
+	ws, err := h.WorkerBinaries(ctx)
+	if err != nil {
+		return WorkerBinary{}, err
+	}
+	for _, w := range ws { // the most recently added of each type first
+		if w.Type == typ && (version == "" || w.Version == version) {
+			return w, nil
+		}
+	}
+	return WorkerBinary{}, ErrNotFound
+}
+
 func TestWorkerBinaryRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -336,7 +352,7 @@ func TestWorkerBinaryRoundTrip(t *testing.T) {
 	}
 	want := in
 	want.ID = "engine-llama.cpp-0.5.0"
-	got, err := h.WorkerBinary(ctx, in.Type, in.Version)
+	got, err := workerBinary(ctx, h, in.Type, in.Version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +374,7 @@ func TestWorkerBinaryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.Path, want.SHA256, want.Capabilities = "/new", "", []string{"cuda"}
-	got, err = h.WorkerBinary(ctx, in.Type, in.Version)
+	got, err = workerBinary(ctx, h, in.Type, in.Version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +407,7 @@ func TestWorkerBinaryLatest(t *testing.T) {
 		{"engine-llama.cpp", "", "engine-llama.cpp-0.5.0"},
 	}
 	for _, tt := range tests {
-		got, err := h.WorkerBinary(ctx, tt.typ, tt.version)
+		got, err := workerBinary(ctx, h, tt.typ, tt.version)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -424,8 +440,8 @@ func TestWorkerBinaryMissingAndInvalid(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"get version", func() error { _, err := h.WorkerBinary(ctx, "rbee-worker", "2"); return err }()},
-		{"get type", func() error { _, err := h.WorkerBinary(ctx, "vllm", ""); return err }()},
+		{"get version", func() error { _, err := workerBinary(ctx, h, "rbee-worker", "2"); return err }()},
+		{"get type", func() error { _, err := workerBinary(ctx, h, "vllm", ""); return err }()},
 		{"remove", h.RemoveWorkerBinary(ctx, "vllm-1")},
 		{"touch", h.TouchWorkerBinary(ctx, "vllm-1", ms(1))},
 	}
@@ -458,7 +474,7 @@ func TestWorkerBinaryTouchRemove(t *testing.T) {
 	if err := h.TouchWorkerBinary(ctx, id, ms(42)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := h.WorkerBinary(ctx, w.Type, "")
+	got, err := workerBinary(ctx, h, w.Type, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +484,7 @@ func TestWorkerBinaryTouchRemove(t *testing.T) {
 	if err := h.RemoveWorkerBinary(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.WorkerBinary(ctx, w.Type, ""); !errors.Is(err, ErrNotFound) {
+	if _, err := workerBinary(ctx, h, w.Type, ""); !errors.Is(err, ErrNotFound) {
 		t.Errorf("after remove: got %v, want ErrNotFound", err)
 	}
 }

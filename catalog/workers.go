@@ -64,32 +64,6 @@ func (h *HiveDB) addWorkerBinary(ctx context.Context, w WorkerBinary) error {
 	return err
 }
 
-// WorkerBinary returns the binary of type typ and the given version; an
-// empty version picks the most recently added of that type. It returns
-// ErrNotFound if there is none.
-func (h *HiveDB) WorkerBinary(ctx context.Context, typ, version string) (WorkerBinary, error) {
-	var row *sql.Row
-	if version == "" {
-		row = h.db.QueryRowContext(ctx, `SELECT `+workerCols+` FROM worker_binaries WHERE type = ?
-			ORDER BY added_at DESC, rowid DESC LIMIT 1`, typ)
-	} else {
-		row = h.db.QueryRowContext(ctx, `SELECT `+workerCols+` FROM worker_binaries WHERE type = ? AND version = ?`,
-			typ, version)
-	}
-	w, err := scanWorker(row)
-	if errors.Is(err, sql.ErrNoRows) {
-		err = ErrNotFound
-	}
-	if err != nil {
-		name := typ
-		if version != "" {
-			name = WorkerBinaryID(typ, version)
-		}
-		return WorkerBinary{}, fmt.Errorf("get worker binary %s: %w", name, err)
-	}
-	return w, nil
-}
-
 // WorkerBinaries returns every worker binary, sorted by type, the most
 // recently added of each type first.
 func (h *HiveDB) WorkerBinaries(ctx context.Context) ([]WorkerBinary, error) {
