@@ -241,14 +241,15 @@ func startRbeeWorker(b *testing.B, model string, threads int) server {
 }
 
 func startLlamaServer(b *testing.B, bin, model string, threads int) server {
-	port, err := testenv.FreePort()
+	addr, err := testenv.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
+	_, port, _ := strings.Cut(addr, ":")
 	cmd := exec.Command(bin, "-m", model, "--host", "127.0.0.1", "--port", port,
 		"-t", fmt.Sprint(threads), "-tb", fmt.Sprint(threads),
 		"--parallel", fmt.Sprint(anchorSlots), "-c", fmt.Sprint(anchorSlots*anchorCtxSlot),
-		"--no-webui", "--log-disable")
+		"--no-webui")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
