@@ -7,13 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/poll"
-	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -61,13 +60,22 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 	if err != nil {
 		return c, h, false, err
 	}
-	err = poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 60, Timeout: 20 * time.Second},
+	restarted := false
+	err = poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 80, Timeout: 20 * time.Second},
 		func(ctx context.Context) (bool, error) {
 			select {
 			case <-p.Exited():
-				// Another keeper started a queen at the same moment and
-				// ours lost the race for the socket: use the winner.
-				if !strings.Contains(p.Why(), queen.ErrQueenRunning.Error()) {
+				switch {
+				case queenLocked(g):
+					// Another keeper's queen won the socket: use it.
+				case !restarted:
+					// Ours lost to a queen that has died since: once more.
+					np, err := startQueen(g)
+					if err != nil {
+						return false, poll.Permanent(err)
+					}
+					p, restarted = np, true
+				default:
 					return false, poll.Permanent(fmt.Errorf("the queen %s", p.Why()))
 				}
 			default:
@@ -90,6 +98,21 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 	return c, h, true, nil
 }
 
+// queenLocked reports whether a live queen holds this home's control
+// socket lock.
+func queenLocked(g *globals) bool {
+	f, err := os.OpenFile(g.home().QueenSocket()+".lock", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return true
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
+}
+
 // localAddr reports whether addr is one this machine listens on for
 // itself (loopback or all interfaces), so a keeper may start the queen.
 func localAddr(addr string) bool {
@@ -101,9 +124,10 @@ func localAddr(addr string) bool {
 	return host == "localhost" || ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
-// isDown reports whether err means nothing listens where the queen should.
+// isDown reports whether err means no queen answers where it should:
+// nothing listens, or the one that did died mid-answer.
 func isDown(err error) bool {
-	return errors.Is(err, queenapi.ErrUnreachable)
+	return errors.Is(err, queenapi.ErrUnreachable) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
 // startQueen starts `rbee queen serve` in its own session with its output in
