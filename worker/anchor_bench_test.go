@@ -24,8 +24,9 @@ const (
 	anchorCtxSlot   = 2048 // tokens per slot
 	anchorGen       = 256  // tokens per single-stream generation
 	anchorGenConc   = 128  // tokens per stream when several run
-	anchorRuns      = 5
-	anchorConcRuns  = 3
+	anchorRounds    = 2 // servers alternate, round by round, so drift in the machine's load hits both alike
+	anchorRuns      = 3 // per round
+	anchorConcRuns  = 2 // per round
 	anchorPrefix    = 1500 // tokens shared by the two turns
 	anchorTurnExtra = 20
 )
@@ -60,9 +61,12 @@ func BenchmarkVsLlamaServer(b *testing.B) {
 		if _, err := os.Stat(model); err != nil {
 			b.Fatalf("%v: run `make models`", err)
 		}
-		ref := measureServer(b, startLlamaServer(b, llamaServer, model, threads))
-		got := measureServer(b, startRbeeWorker(b, model, threads))
-		rows = append(rows, compare("random-75m "+strings.ToUpper(q), ref, got)...)
+		var ref, got samples
+		for round := range anchorRounds {
+			ref.add(measureServer(b, startLlamaServer(b, llamaServer, model, threads), round))
+			got.add(measureServer(b, startRbeeWorker(b, model, threads), round))
+		}
+		rows = append(rows, compare("random-75m "+strings.ToUpper(q), ref.medians(), got.medians())...)
 	}
 	for range b.N {
 		for _, r := range rows {
@@ -97,6 +101,32 @@ type figures struct {
 	turnTTFTMS      float64
 }
 
+// samples are one server's measurements over all rounds.
+type samples struct {
+	gen, ttft, turn []float64
+	aggregate       map[int][]float64
+}
+
+func (s *samples) add(o samples) {
+	s.gen = append(s.gen, o.gen...)
+	s.ttft = append(s.ttft, o.ttft...)
+	s.turn = append(s.turn, o.turn...)
+	if s.aggregate == nil {
+		s.aggregate = map[int][]float64{}
+	}
+	for n, v := range o.aggregate {
+		s.aggregate[n] = append(s.aggregate[n], v...)
+	}
+}
+
+func (s samples) medians() figures {
+	f := figures{genTokS: medianOf(s.gen), ttftMS: medianOf(s.ttft), turnTTFTMS: medianOf(s.turn), aggregate: map[int]float64{}}
+	for n, v := range s.aggregate {
+		f.aggregate[n] = medianOf(v)
+	}
+	return f
+}
+
 func compare(model string, ref, got figures) []anchorRow {
 	rows := []anchorRow{
 		{model, "1 stream gen tok/s", ref.genTokS, got.genTokS, "≥ 0.97×"},
@@ -109,35 +139,30 @@ func compare(model string, ref, got figures) []anchorRow {
 	return rows
 }
 
-func measureServer(b *testing.B, s server) figures {
+func measureServer(b *testing.B, s server, round int) samples {
 	defer s.stop()
-	var f figures
+	var m samples
 	stream(b, s.url, benchPrompt, anchorGen, false) // warm-up
-	var gens, ttfts []float64
 	for range anchorRuns {
 		t := stream(b, s.url, benchPrompt, anchorGen, false)
-		gens = append(gens, t.genRate())
-		ttfts = append(ttfts, float64(t.first.Microseconds())/1000)
+		m.gen = append(m.gen, t.genRate())
+		m.ttft = append(m.ttft, float64(t.first.Microseconds())/1000)
 	}
-	f.genTokS, f.ttftMS = medianOf(gens), medianOf(ttfts)
-	f.aggregate = map[int]float64{}
+	m.aggregate = map[int][]float64{}
 	for _, n := range []int{2, 4, 8} {
-		var rates []float64
 		for run := range anchorConcRuns {
-			rates = append(rates, concurrent(b, s.url, n, run))
+			m.aggregate[n] = append(m.aggregate[n], concurrent(b, s.url, n, round*anchorConcRuns+run))
 		}
-		f.aggregate[n] = medianOf(rates)
 	}
-	var turns []float64
-	for round := range anchorRuns {
-		prefix := prefixText(round)
+	for i := range anchorRuns {
+		prefix := prefixText(round*anchorRuns + i)
 		stream(b, s.url, prefix, 4, true)
 		t := stream(b, s.url, prefix+strings.Repeat("x", anchorTurnExtra), 4, true)
-		turns = append(turns, float64(t.first.Microseconds())/1000)
+		m.turn = append(m.turn, float64(t.first.Microseconds())/1000)
 	}
-	f.turnTTFTMS = medianOf(turns)
-	b.Logf("%s: %.1f tok/s, TTFT %.1f ms, aggregate %v, 2nd turn TTFT %.1f ms", s.name, f.genTokS, f.ttftMS, f.aggregate, f.turnTTFTMS)
-	return f
+	f := m.medians()
+	b.Logf("%s round %d: %.1f tok/s, TTFT %.1f ms, aggregate %v, 2nd turn TTFT %.1f ms", s.name, round, f.genTokS, f.ttftMS, f.aggregate, f.turnTTFTMS)
+	return m
 }
 
 // prefixText is a prompt of anchorPrefix tokens (one byte per token in the
