@@ -267,6 +267,14 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 			os.Remove(part)
 		}
 	}()
+	t.writeback = newWriteback(f)
+	writebackRunning := true
+	defer func() { // before f is closed
+		if writebackRunning {
+			t.writeback.stop()
+		}
+		t.writeback.wait()
+	}()
 	if err := t.resumeFrom(off); err != nil {
 		return "", "", err
 	}
@@ -283,8 +291,12 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 	if rem.SHA256 != "" && sum != rem.SHA256 {
 		return "", "", fmt.Errorf("fetch %s: %w: got sha256 %s, the source states %s; the download was deleted", r.Raw, ErrChecksum, sum, rem.SHA256)
 	}
-	if err := f.Sync(); err != nil {
-		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, diskError(err))
+	writebackRunning = false
+	t.writeback.stop()
+	syncErr := f.Sync()
+	t.writeback.wait()
+	if syncErr != nil {
+		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, diskError(syncErr))
 	}
 	closed = true
 	if err := f.Close(); err != nil {
@@ -383,8 +395,10 @@ type transfer struct {
 	hash  hash.Hash // read or reset only after async.sync()
 	async *asyncHash
 	off   int64 // bytes in f, all of them given to async
-	opt   Options
-	prog  progress
+	// writeback flushes f to disk behind the download.
+	writeback *writeback
+	opt       Options
+	prog      progress
 }
 
 // resumeFrom keeps the first off bytes of the partial file, hashing them,
@@ -539,6 +553,7 @@ func (t *transfer) attempt(ctx context.Context) error {
 			w, werr := t.f.Write(buf[:n])
 			t.async.hash(buf[:w])
 			t.off += int64(w)
+			t.writeback.wrote(t.off)
 			if werr != nil {
 				if err := diskError(werr); errors.Is(err, ErrNoSpace) {
 					return fmt.Errorf("fetch %s: disk filled at byte %d; the download was deleted: %w", t.r.Raw, t.off, err)
