@@ -10,11 +10,12 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/doctor"
 	"github.com/rbee-dev/rbee/inventory"
+	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/remote"
 )
 
 type doctorCmd struct {
-	Hive             string `placeholder:"NAME|USER@HOST[:PORT]" predictor:"hive" help:"Check this hive or host over SSH (default: this machine). Nothing is installed or written there."`
+	Hive             string `placeholder:"NAME|USER@HOST[:PORT]" predictor:"hive" help:"Check this hive or host over SSH (default, or localhost: this machine). Nothing is installed or written there."`
 	JSON             bool   `help:"Print the report as JSON."`
 	Identity         string `type:"path" help:"Private key to log in with."`
 	AcceptNewHostKey bool   `name:"accept-new-host-key" help:"Trust and record the host key of a host never seen before (like OpenSSH accept-new)."`
@@ -29,7 +30,8 @@ func (c *doctorCmd) Help() string {
 
 func (c *doctorCmd) Run(ctx context.Context, g *globals) error {
 	opt := doctor.Options{Version: rbee.Version, Needs: doctor.NeedsOf(agentFiles(g)...)}
-	if c.Hive != "" {
+	// "localhost" is this machine's hive, as everywhere in rbee.
+	if c.Hive != "" && c.Hive != queen.LocalHive {
 		inv, err := inventory.Load(inventory.DefaultPath())
 		if err != nil {
 			// A broken inventory does not stop a check of USER@HOST.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -30,7 +31,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	pkg := enginefetch.LinuxAMD64
+	pkg, ok := enginefetch.For(runtime.GOOS, runtime.GOARCH, "")
+	if !ok {
+		return fmt.Errorf("no pinned engine package for %s/%s (see enginefetch.Packages)", runtime.GOOS, runtime.GOARCH)
+	}
 	flags := flag.NewFlagSet("getengine", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	out := flags.String("out", filepath.Join(".rbee-dev", "engine", "llama-cpu"), "bundle `dir`ectory to prepare")
