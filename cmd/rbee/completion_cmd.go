@@ -7,12 +7,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/posener/complete"
 	"github.com/willabides/kongplete"
 
+	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/queen"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 type completionCmd struct {
@@ -64,10 +67,36 @@ func completionScript(shell, bin string) string {
 	return strings.ReplaceAll(completionScripts[shell], "${bin}", quoted)
 }
 
-// predictModels lists model names for completion; nil completes none. The
-// queen's catalog is the natural source (set it where the keeper can read
-// the queen without starting it).
-var predictModels func() []string
+// predictModels lists the names of the models in this machine's hive
+// catalog (aliases, references, ids), asked of a running queen within half
+// a second; with no queen it completes none. GGUF files complete too.
+var predictModels = func() []string {
+	home := os.Getenv("RBEE_HOME")
+	if home == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return nil
+		}
+		home = filepath.Join(h, ".rbee")
+	}
+	c := queenapi.Unix(rbee.Home(home).QueenSocket())
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	ms, err := c.Models(ctx, "")
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, m := range ms.Models {
+		for _, n := range []string{m.Alias, m.Ref, m.ID} {
+			if n != "" && !filepath.IsAbs(n) && !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	return names
+}
 
 // completionOptions are the predictors the `predictor:"…"` tags name. Call
 //
@@ -78,12 +107,8 @@ var predictModels func() []string
 func completionOptions() []kongplete.Option {
 	return []kongplete.Option{
 		kongplete.WithPredictor("hive", complete.PredictFunc(func(complete.Args) []string { return hiveNames() })),
-		kongplete.WithPredictor("model", complete.PredictFunc(func(complete.Args) []string {
-			if predictModels == nil {
-				return nil
-			}
-			return predictModels()
-		})),
+		kongplete.WithPredictor("model", complete.PredictOr(complete.PredictFunc(func(complete.Args) []string { return predictModels() }),
+			complete.PredictFiles("*.gguf"))),
 		kongplete.WithPredictor("file", complete.PredictFiles("*")),
 	}
 }

@@ -152,7 +152,7 @@ func (c hiveRmCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type hiveStatusCmd struct {
-	Name string `arg:""`
+	Name string `arg:"" predictor:"hive"`
 	JSON bool   `help:"Print JSON."`
 }
 
@@ -189,7 +189,7 @@ func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type hiveLogsCmd struct {
-	Name string `arg:""`
+	Name string `arg:"" predictor:"hive"`
 }
 
 func (c hiveLogsCmd) Run(ctx context.Context, g *globals) error {

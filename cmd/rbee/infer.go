@@ -20,8 +20,8 @@ import (
 )
 
 type inferCmd struct {
-	Hive        string   `help:"Run on this hive (default: the local machine)."`
-	Model       string   `required:"" help:"GGUF file on this machine, https://…/file.gguf, or hf:ORG/REPO[/FILE.gguf] (downloaded by the hive)."`
+	Hive        string   `predictor:"hive" help:"Run on this hive (default: the local machine)."`
+	Model       string   `required:"" predictor:"model" help:"GGUF file on this machine, https://…/file.gguf, or hf:ORG/REPO[/FILE.gguf] (downloaded by the hive)."`
 	Device      string   `help:"Pin the device (gpu0, gpu1, cpu)."`
 	MaxTokens   int      `name:"max-tokens" help:"Stop after this many tokens (0 = until the model stops)."`
 	Temperature *float64 `help:"Sampling temperature, 0 (greedy) to 2 (default: the worker's, 1)."`

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/alecthomas/kong"
+	"github.com/willabides/kongplete"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/queen"
@@ -29,13 +30,16 @@ type globals struct {
 
 type cli struct {
 	globals
-	Infer   inferCmd   `cmd:"" help:"Run a prompt on the fleet (the local machine by default)."`
-	Hive    hiveCmd    `cmd:"" help:"Manage hives: the hosts rbee runs models on."`
-	Model   modelCmd   `cmd:"" help:"Manage models on hives: pull, ls, rm."`
-	Worker  workerCmd  `cmd:"" help:"Manage engine bundles and worker binaries on hives."`
-	Up      upCmd      `cmd:"" help:"Connect every hive in the inventory and start its agent."`
-	Queen   queenCmd   `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Infer  inferCmd  `cmd:"" help:"Run a prompt on the fleet (the local machine by default)."`
+	Hive   hiveCmd   `cmd:"" help:"Manage hives: the hosts rbee runs models on."`
+	Model  modelCmd  `cmd:"" help:"Manage models on hives: pull, ls, rm."`
+	Worker workerCmd `cmd:"" help:"Manage engine bundles and worker binaries on hives."`
+	Up     upCmd     `cmd:"" help:"Connect every hive in the inventory and start its agent."`
+	Queen  queenCmd  `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
+	Doctor doctorCmd `cmd:"" help:"Check this machine or a host before rbee touches it."`
+
+	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`
+	Version    versionCmd    `cmd:"" help:"Print the version."`
 }
 
 // exitError carries an exit code to main.
@@ -64,6 +68,8 @@ func main() {
 	if err != nil {
 		panic(err) // a bug in the command definitions
 	}
+	// Answers the shell's completion requests (COMP_LINE set) and exits.
+	kongplete.Complete(parser, completionOptions()...)
 	kctx, err := parser.Parse(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "rbee: %v\n", err)

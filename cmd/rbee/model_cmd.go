@@ -21,7 +21,7 @@ type modelCmd struct {
 
 type modelPullCmd struct {
 	Ref   string `arg:"" help:"https://…/file.gguf or hf:ORG/REPO[/FILE.gguf][:QUANT]."`
-	Hive  string `help:"Hive to download on (default: this machine)."`
+	Hive  string `predictor:"hive" help:"Hive to download on (default: this machine)."`
 	Alias string `help:"A short name for the model."`
 	JSON  bool   `help:"Print every event as one JSON line."`
 }
@@ -40,7 +40,7 @@ func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type modelLsCmd struct {
-	Hive string `help:"Hive (default: this machine)."`
+	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
 	JSON bool   `help:"Print JSON."`
 }
 
@@ -69,8 +69,8 @@ func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type modelRmCmd struct {
-	Name string `arg:"" help:"Model id, alias, ref or path."`
-	Hive string `help:"Hive (default: this machine)."`
+	Name string `arg:"" predictor:"model" help:"Model id, alias, ref or path."`
+	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
 }
 
 func (c modelRmCmd) Run(ctx context.Context, g *globals) error {

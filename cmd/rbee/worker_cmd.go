@@ -27,7 +27,7 @@ type workerAddTypeCmd struct {
 	Command string   `required:"" help:"Absolute path of the engine's binary on the hive."`
 	Arg     []string `help:"An argument (repeat); placeholders {model}, {port}, {device}, {ctx}."`
 	Health  string   `default:"/health" help:"Path that answers 200 when the engine is ready."`
-	Hive    string   `help:"Hive (default: this machine)."`
+	Hive    string   `predictor:"hive" help:"Hive (default: this machine)."`
 }
 
 func (c workerAddTypeCmd) Run(ctx context.Context, g *globals) error {
@@ -45,7 +45,7 @@ func (c workerAddTypeCmd) Run(ctx context.Context, g *globals) error {
 
 type workerInstallCmd struct {
 	Source string `arg:"" help:"A bundle directory, a .tgz/.zip archive of llama.cpp libraries, or an https:// URL of one."`
-	Hive   string `help:"Hive (default: this machine)."`
+	Hive   string `predictor:"hive" help:"Hive (default: this machine)."`
 	JSON   bool   `help:"Print every event as one JSON line."`
 }
 
@@ -72,7 +72,7 @@ func (c workerInstallCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type workerLsCmd struct {
-	Hive string `help:"Hive (default: this machine)."`
+	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
 	JSON bool   `help:"Print JSON."`
 }
 
@@ -98,7 +98,7 @@ func (c workerLsCmd) Run(ctx context.Context, g *globals) error {
 
 type workerRmCmd struct {
 	ID   string `arg:""`
-	Hive string `help:"Hive (default: this machine)."`
+	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
 }
 
 func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
