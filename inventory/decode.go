@@ -29,7 +29,11 @@ var (
 	hiveKeys  = []string{"name", "host", "user", "port", "identity", "known_hosts", "devices", "keep_alive", "disabled"}
 )
 
-// parse decodes and checks text read from file.
+// parse decodes and checks text read from file. A problem inside a [[hive]]
+// entry leaves that entry out of Hives and puts it in Bad; any other
+// problem (TOML syntax, the top level, the [queen] table) fails the parse,
+// and the error then lists every problem of the file. inv.problems holds
+// every problem either way, for the strict Load.
 func parse(file, text string) (*Inventory, error) {
 	raw := map[string]any{}
 	if _, err := toml.Decode(text, &raw); err != nil {
@@ -42,6 +46,7 @@ func parse(file, text string) (*Inventory, error) {
 	l := scan(text)
 	d := &decoder{file: file}
 	inv := &Inventory{Path: file}
+	var entries []Hive // every [[hive]] entry, good or bad, in file order
 
 	for _, k := range sortedKeys(raw) {
 		if !slices.Contains(topKeys, k) {
@@ -67,6 +72,7 @@ func parse(file, text string) (*Inventory, error) {
 		seen := map[string]int{} // name -> line of its first hive
 		for i, m := range tables {
 			b := l.hive(i)
+			d.entry = i + 1
 			h, ok := d.hive(i, m, b)
 			if ok {
 				if first, dup := seen[h.Name]; dup {
@@ -75,11 +81,24 @@ func parse(file, text string) (*Inventory, error) {
 					seen[h.Name] = b.line("name")
 				}
 			}
-			inv.Hives = append(inv.Hives, h)
+			d.entry = 0
+			entries = append(entries, h)
 		}
 	}
-	if err := d.err(); err != nil {
-		return nil, err
+	inv.problems = d.err()
+	perEntry := map[int][]error{}
+	for _, e := range d.errs { // sorted by line
+		if e.entry == 0 {
+			return nil, inv.problems
+		}
+		perEntry[e.entry-1] = append(perEntry[e.entry-1], e)
+	}
+	for i, h := range entries {
+		if errs := perEntry[i]; len(errs) > 0 {
+			inv.Bad = append(inv.Bad, BadHive{Hive: h, Label: hiveLabel(i, h.Name), Line: l.hive(i).header, Err: errors.Join(errs...), index: i})
+			continue
+		}
+		inv.Hives = append(inv.Hives, h)
 	}
 	return inv, nil
 }
@@ -104,12 +123,13 @@ func hiveTables(v any) ([]map[string]any, bool) {
 }
 
 type decoder struct {
-	file string
-	errs []*ConfigError
+	file  string
+	errs  []*ConfigError
+	entry int // 1 + the index of the [[hive]] entry being decoded; 0 outside one
 }
 
 func (d *decoder) errorf(line int, table, field, format string, args ...any) {
-	d.errs = append(d.errs, &ConfigError{File: d.file, Line: line, Table: table, Field: field, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, &ConfigError{File: d.file, Line: line, Table: table, Field: field, Msg: fmt.Sprintf(format, args...), entry: d.entry})
 }
 
 func (d *decoder) err() error {

@@ -25,6 +25,20 @@ type ConfigError struct {
 	Table string // `hive "gpu-box"`, `hive #2` (no usable name) or `queen`; empty at top level
 	Field string // key inside Table, e.g. "port"
 	Msg   string
+
+	entry int // 1 + the index of the [[hive]] entry it is in; 0 outside one
+}
+
+// BadHive is a [[hive]] entry with problems. LoadTolerant leaves it out of
+// Hives and keeps it here, so that the other hives stay usable while the
+// person fixes it.
+type BadHive struct {
+	Hive  Hive   // what could be read of it; its Name may be empty or invalid
+	Label string // how messages name it: hive "gpu-box", or hive #3 without a usable name
+	Line  int    // line of its [[hive]] header (of the hive key for inline tables)
+	Err   error  // its *ConfigErrors, joined, in line order; each names the file and line
+
+	index int // its place among the file's [[hive]] entries
 }
 
 // Error reads like `inventory.toml:12: hive "gpu-box": port: 70000 is out of

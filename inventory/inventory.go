@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -39,9 +40,13 @@ type Inventory struct {
 	Path  string `toml:"-"` // file it was read from
 	Queen Queen  `toml:"queen"`
 	Hives []Hive `toml:"hive"` // [[hive]] tables, in file order
+	// Bad are the [[hive]] entries with problems, in file order: only
+	// LoadTolerant returns an Inventory with any.
+	Bad []BadHive `toml:"-"`
 
-	text   string // what Save writes
-	onDisk []byte // what Load read; nil when the file did not exist
+	text     string // what Save writes
+	onDisk   []byte // what Load read; nil when the file did not exist
+	problems error  // every problem of the file, for the strict Load
 }
 
 // newFileHeader starts a file that Save creates.
@@ -68,6 +73,24 @@ func DefaultPath() string {
 // is an empty inventory. Every problem in the file is reported, each as a
 // *ConfigError, joined with errors.Join.
 func Load(path string) (*Inventory, error) {
+	inv, err := LoadTolerant(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(inv.Bad) > 0 {
+		return nil, inv.problems
+	}
+	return inv, nil
+}
+
+// LoadTolerant is Load for those who use the hives one at a time (the
+// queen): a [[hive]] entry with problems does not fail it but is left out
+// of Hives and reported in Bad, with the file and line of each problem.
+// Problems outside the hive entries (TOML syntax, unknown top-level keys,
+// the [queen] table) still fail it, as with Load. Add and Remove work on
+// such an inventory and leave its bad entries as they are (Remove also
+// removes a bad entry by its name).
+func LoadTolerant(path string) (*Inventory, error) {
 	if path == "" {
 		path = DefaultPath()
 	}
@@ -98,6 +121,16 @@ func (inv *Inventory) Hive(name string) (Hive, bool) {
 	return Hive{}, false
 }
 
+// BadHive returns the bad entry named name, if one is.
+func (inv *Inventory) BadHive(name string) (BadHive, bool) {
+	for _, b := range inv.Bad {
+		if name != "" && b.Hive.Name == name {
+			return b, true
+		}
+	}
+	return BadHive{}, false
+}
+
 // Add appends h as a new [[hive]] table at the end of the file. Adding a
 // hive that is already there with the same host, user and port does
 // nothing, so that `rbee hive add` can be run twice; the same name with a
@@ -111,6 +144,9 @@ func (inv *Inventory) Add(h Hive) error {
 			return nil
 		}
 		return fmt.Errorf("add hive %q: %w as %s (remove it first to change its address)", h.Name, ErrExists, address(old))
+	}
+	if bad, ok := inv.BadHive(h.Name); ok {
+		return fmt.Errorf("add hive %q: %w at %s:%d, with problems (fix that entry or remove it first): %w", h.Name, ErrExists, inv.Path, bad.Line, bad.Err)
 	}
 	var buf bytes.Buffer
 	enc := toml.NewEncoder(&buf)
@@ -131,43 +167,68 @@ func (inv *Inventory) Add(h Hive) error {
 		}
 	}
 	text += strings.ReplaceAll(buf.String(), "\n", nl)
-	return inv.apply(text, len(inv.Hives)+1, fmt.Sprintf("add hive %q", h.Name))
+	return inv.apply(text, len(inv.Hives)+len(inv.Bad)+1, fmt.Sprintf("add hive %q", h.Name))
 }
 
-// Remove deletes the [[hive]] table of the hive called name: from its
-// header to the next table, less the comments that lead into that table.
+// Remove deletes the [[hive]] table of the hive called name (a good entry,
+// or a bad one that has that name): from its header to the next table,
+// less the comments that lead into that table.
 func (inv *Inventory) Remove(name string) error {
 	op := fmt.Sprintf("remove hive %q", name)
-	i := -1
-	for k, h := range inv.Hives {
-		if h.Name == name {
-			i = k
-			break
-		}
+	text := inv.content()
+	entries, err := entryNames(inv.Path, text)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	if i < 0 {
+	i := slices.Index(entries, name)
+	if i < 0 || name == "" {
 		return fmt.Errorf("%s: %w", op, ErrNotFound)
 	}
-	text := inv.content()
 	l := scan(text)
 	if i >= len(l.hives) {
 		return fmt.Errorf("%s: it is not written as a [[hive]] table; remove it from %s by hand", op, inv.Path)
 	}
-	return inv.apply(cutBlock(text, l, i), len(inv.Hives)-1, op)
+	return inv.apply(cutBlock(text, l, i), len(entries)-1, op)
+}
+
+// entryNames are the names of every [[hive]] entry of text, good or bad, in
+// file order: the index of a name is its table's among the file's.
+func entryNames(file, text string) ([]string, error) {
+	parsed, err := parse(file, text)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(parsed.Hives)+len(parsed.Bad))
+	bad := make([]bool, len(names))
+	for _, b := range parsed.Bad {
+		names[b.index], bad[b.index] = b.Hive.Name, true
+	}
+	good := parsed.Hives
+	for i := range names {
+		if !bad[i] {
+			names[i], good = good[0].Name, good[1:]
+		}
+	}
+	return names, nil
 }
 
 // apply takes edited text only once it parses back to the expected number
-// of hives, so that an edit can never leave a file Load would refuse.
-func (inv *Inventory) apply(text string, wantHives int, op string) error {
+// of [[hive]] entries with no more bad ones than before, so that an edit
+// can never leave a file Load would refuse, nor add a problem to one
+// LoadTolerant accepts.
+func (inv *Inventory) apply(text string, wantEntries int, op string) error {
 	parsed, err := parse(inv.Path, text)
 	if err != nil {
 		return fmt.Errorf("%s: the edited file would not load: %w", op, err)
 	}
-	if len(parsed.Hives) != wantHives {
-		return fmt.Errorf("%s: the edited file has %d hives, want %d", op, len(parsed.Hives), wantHives)
+	if len(parsed.Bad) > len(inv.Bad) {
+		return fmt.Errorf("%s: the edited file would not load: %w", op, parsed.problems)
+	}
+	if n := len(parsed.Hives) + len(parsed.Bad); n != wantEntries {
+		return fmt.Errorf("%s: the edited file has %d hives, want %d", op, n, wantEntries)
 	}
 	parsed.expand()
-	inv.Queen, inv.Hives, inv.text = parsed.Queen, parsed.Hives, text
+	inv.Queen, inv.Hives, inv.Bad, inv.problems, inv.text = parsed.Queen, parsed.Hives, parsed.Bad, parsed.problems, text
 	return nil
 }
 
