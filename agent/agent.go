@@ -42,12 +42,16 @@ type Config struct {
 	Name      string        // hive name, for narration
 	Home      string        // ~/.rbee: catalogs, sockets, logs
 	WorkerBin string        // rbee-worker to register in the worker catalog
-	EngineDir string        // engine bundle to register
+	EngineDir string        // engine bundle to register; "" = only those of the worker catalog
 	KeepAlive time.Duration // idle workers stop after this; 0 = never
 	CtxSize   int           // worker context size; 0 = DefaultCtxSize
 	Threads   int           // CPU worker threads; 0 = the worker's default (one per physical core)
 	GPU       gpu.Options
 	Log       *slog.Logger
+	// Fetch, when set, lets the agent install the pinned engine bundle
+	// when none in its catalog fits a device (the local hive: the queen's
+	// machine). Remote hives get theirs pushed instead.
+	Fetch *EngineFetch
 }
 
 // Agent is the hive agent.
@@ -59,7 +63,8 @@ type Agent struct {
 	vram    *vram
 	started time.Time
 
-	detectMu sync.Mutex // one device detection at a time
+	detectMu sync.Mutex    // one device detection at a time
+	fetching chan struct{} // one engine install at a time (cap 1)
 
 	ctx      context.Context // ends at Close: stops the reaper
 	cancel   context.CancelFunc
@@ -93,7 +98,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, db: db, vram: newVRAM(2 * time.Minute), started: time.Now(), shutdown: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Log, db: db, vram: newVRAM(2 * time.Minute), started: time.Now(), shutdown: make(chan struct{}),
+		fetching: make(chan struct{}, 1)}
 	if err := a.registerBinaries(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -114,11 +120,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// registerBinaries records the worker binary and the engine bundle in the
-// worker catalog, with their checksums, so workers start from catalog paths.
+// registerBinaries records the worker binary and the engine bundle given
+// (if any) in the worker catalog, with their checksums, so workers start
+// from catalog paths.
 func (a *Agent) registerBinaries(ctx context.Context) error {
-	if a.cfg.WorkerBin == "" || a.cfg.EngineDir == "" {
-		return errors.New("agent: a worker binary and an engine bundle are required (--worker-binary, --engine)")
+	if a.cfg.WorkerBin == "" {
+		return errors.New("agent: a worker binary is required (--worker-binary)")
 	}
 	sum, err := modelfile.Hash(ctx, a.cfg.WorkerBin)
 	if err != nil {
@@ -130,6 +137,9 @@ func (a *Agent) registerBinaries(ctx context.Context) error {
 		SHA256: sum, Capabilities: []string{"openai"}, Added: now,
 	}); err != nil {
 		return err
+	}
+	if a.cfg.EngineDir == "" {
+		return nil
 	}
 	// Sizes and names only: every file's checksum was verified when the
 	// bundle was prepared or pushed, and hashing 30 MB at every start

@@ -1,13 +1,16 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/enginefetch"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/modelfile"
 )
@@ -123,21 +127,71 @@ func (a *Agent) removeEngine(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// EngineFetch says where the agent gets the pinned engine bundle when none
+// in its worker catalog fits a device.
+type EngineFetch struct {
+	Registry string // npm registry or mirror; "" = enginefetch.Registry()
+	Archive  string // a local tarball (or URL) of the pinned package, instead of the registry
+	// GPU is the GPU kind whose bundle GPU devices get ("cuda"): the
+	// queen sets it where this machine's driver and runtime can run it.
+	// "" = GPU devices run on the CPU bundle.
+	GPU string
+}
+
+var (
+	cpuBackends = []string{"cpu"}
+	gpuBackends = []string{"cuda", "vulkan", "hip", "sycl", "metal"}
+)
+
 // pickEngine chooses the engine bundle for a device: for a GPU the most
-// recently installed bundle with a GPU backend, for the CPU one with the CPU
-// backend; else the bundle the agent was started with.
-func (a *Agent) pickEngine(ctx context.Context, device string) string {
+// recently installed bundle with a GPU backend, for the CPU (and a GPU
+// without one) the one with the CPU backend, else the bundle the agent was
+// started with. When none fits and the agent may fetch, it installs the
+// pinned bundle first, its download reported with send.
+func (a *Agent) pickEngine(ctx context.Context, device string, send func(rbee.Event) error) (string, error) {
+	if strings.HasPrefix(device, "gpu") {
+		if p := a.installedEngine(ctx, gpuBackends); p != "" {
+			return p, nil
+		}
+		if f := a.cfg.Fetch; f != nil && f.GPU != "" {
+			p, err := a.fetchEngine(ctx, device, f.GPU, send)
+			if err == nil {
+				return p, nil
+			}
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+			warn := rbee.Narrate(actor(a.cfg.Name), "engine_install_failed", fmt.Sprintf("%v; %s runs on the CPU bundle", err, device))
+			warn.Level = "warn"
+			_ = send(warn)
+		}
+	}
+	if p := a.installedEngine(ctx, cpuBackends); p != "" {
+		return p, nil
+	}
+	if a.cfg.EngineDir != "" {
+		return a.cfg.EngineDir, nil
+	}
+	if a.cfg.Fetch == nil {
+		return "", rbee.Errorf(rbee.CodeWorkerFailed, "hive %s has no engine bundle for %s", a.cfg.Name, device).
+			WithHint("rbee worker install --hive " + a.cfg.Name + " SOURCE installs one (see rbee worker install --help)")
+	}
+	return a.fetchEngine(ctx, device, "", send)
+}
+
+// installedEngine returns the newest bundle of the worker catalog with one
+// of the backends that still loads, and marks it used; "" when none.
+func (a *Agent) installedEngine(ctx context.Context, backends []string) string {
 	ws, err := a.db.WorkerBinaries(ctx)
 	if err != nil {
-		return a.cfg.EngineDir
-	}
-	want := []string{"cpu"}
-	if strings.HasPrefix(device, "gpu") {
-		want = []string{"cuda", "vulkan", "hip", "sycl", "metal"}
+		return ""
 	}
 	var best catalog.WorkerBinary
 	for _, wb := range ws {
-		if wb.Type != TypeEngine || !slices.ContainsFunc(wb.Capabilities, func(c string) bool { return slices.Contains(want, c) }) {
+		if wb.Type != TypeEngine || !slices.ContainsFunc(wb.Capabilities, func(c string) bool { return slices.Contains(backends, c) }) {
+			continue
+		}
+		if _, err := bundle.Load(wb.Path); err != nil {
 			continue
 		}
 		if best.ID == "" || wb.Added.After(best.Added) {
@@ -145,12 +199,77 @@ func (a *Agent) pickEngine(ctx context.Context, device string) string {
 		}
 	}
 	if best.ID == "" {
-		return a.cfg.EngineDir
-	}
-	if _, err := bundle.Load(best.Path); err != nil {
-		return a.cfg.EngineDir
+		return ""
 	}
 	// rbee worker ls shows when a bundle was last used.
 	_ = a.db.TouchWorkerBinary(ctx, best.ID, time.Now())
 	return best.Path
+}
+
+// fetchEngine installs the pinned bundle of a GPU kind ("" for the CPU one)
+// for this platform into ~/.rbee/engines, as rbee worker install would, and
+// returns its directory. One install runs at a time; a job that waited on
+// another's finds its bundle.
+func (a *Agent) fetchEngine(ctx context.Context, device, gpuKind string, send func(rbee.Event) error) (string, error) {
+	me := actor(a.cfg.Name)
+	backends := cpuBackends
+	if gpuKind != "" {
+		backends = []string{gpuKind}
+	}
+	pkg, ok := enginefetch.For(runtime.GOOS, runtime.GOARCH, gpuKind)
+	if !ok {
+		return "", rbee.Errorf(rbee.CodeWorkerFailed, "hive %s has no engine bundle for %s, and none is pinned for %s/%s %s",
+			a.cfg.Name, device, runtime.GOOS, runtime.GOARCH, cmp.Or(gpuKind, "cpu")).
+			WithHint("rbee worker install --hive " + a.cfg.Name + " SOURCE installs a llama.cpp " + "v0.5.0 build (see rbee worker install --help)")
+	}
+	select {
+	case a.fetching <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-a.fetching }()
+	if p := a.installedEngine(ctx, backends); p != "" {
+		return p, nil
+	}
+	f := a.cfg.Fetch
+	from := cmp.Or(f.Archive, pkg.TarballURL(f.Registry))
+	_ = send(rbee.Narrate(me, "engine_install", fmt.Sprintf("no engine bundle for %s on hive %s: installing %s@%s (pinned) from %s",
+		device, a.cfg.Name, pkg.Name, pkg.Version, from)))
+	if err := os.MkdirAll(a.enginesDir(), 0o755); err != nil {
+		return "", fmt.Errorf("install engine: %w", err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	tmp := filepath.Join(a.enginesDir(), ".fetch-"+hex.EncodeToString(b[:]))
+	defer os.RemoveAll(tmp) // gone once renamed; what a failure left otherwise
+	_, err := enginefetch.Fetch(ctx, enginefetch.Options{
+		Package: pkg, Dir: tmp, CacheDir: rbee.Home(a.cfg.Home).Cache("npm"), Registry: f.Registry, Archive: f.Archive,
+		Progress: func(done, total int64) {
+			_ = send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "engine_download", BytesDone: done, BytesTotal: total,
+				Message: fmt.Sprintf("engine %s: %s of %s", path.Base(pkg.Name), rbee.Bytes(uint64(done)), rbee.Bytes(uint64(max(total, 0))))})
+		},
+		Logf: func(format string, args ...any) { a.log.Info(fmt.Sprintf(format, args...)) },
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", (&rbee.Error{Code: rbee.CodeWorkerFailed, Err: err, Message: fmt.Sprintf("hive %s: install engine: %v", a.cfg.Name, err)}).
+			WithHint("check the network or the mirror (RBEE_NPM_REGISTRY), or name a local copy of the package with --engine-archive FILE")
+	}
+	m, err := bundle.Load(tmp)
+	if err != nil {
+		return "", fmt.Errorf("install engine: %w", err)
+	}
+	dir := filepath.Join(a.enginesDir(), bundle.Variant(m))
+	_ = os.RemoveAll(dir) // a bundle of this variant that no longer loads
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", fmt.Errorf("install engine: %w", err)
+	}
+	wb, err := a.InstallEngine(ctx, dir)
+	if err != nil {
+		return "", err
+	}
+	_ = send(rbee.Narrate(me, "engine_installed", fmt.Sprintf("engine %s installed in %s (backends %s)", wb.Version, wb.Path, strings.Join(wb.Capabilities, ", "))))
+	return wb.Path, nil
 }

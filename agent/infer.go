@@ -66,7 +66,17 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			fail(rbee.CodeBadRequest, "infer: a device or a worker is required")
 			return
 		}
-		engine = a.pickEngine(ctx, req.Device)
+		if req.WorkerType == "" {
+			if engine, err = a.pickEngine(ctx, req.Device, send); err != nil {
+				if req.Reservation != "" {
+					a.vram.release(req.Reservation)
+				}
+				if ctx.Err() == nil {
+					_ = send(rbee.FailErr(me, err))
+				}
+				return
+			}
+		}
 		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
 		var joined bool
 		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType}

@@ -31,6 +31,10 @@ type Artifacts struct {
 	Agents  map[Platform]string // rbee-hive builds
 	Workers map[Platform]string // rbee-worker builds
 	Engines map[Platform]string // engine bundle directories
+	// Engine, when set, gets a bundle for a platform Engines lacks (the
+	// queen fetches the pinned one on its machine). It is called only for a
+	// host that needs installing.
+	Engine func(ctx context.Context, p Platform) (string, error)
 }
 
 // Probe is what the probe phase learned about a host.
@@ -229,11 +233,17 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	}
 	plat := p.Platform()
 	agentSrc, workerSrc, engineSrc := a.Agents[plat], a.Workers[plat], a.Engines[plat]
-	if agentSrc == "" || workerSrc == "" || engineSrc == "" {
+	if agentSrc == "" || workerSrc == "" || (engineSrc == "" && a.Engine == nil) {
 		return res, nil, fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
 	}
 	if !p.Libffi {
 		return res, nil, fmt.Errorf("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
+	}
+	if engineSrc == "" {
+		if engineSrc, err = a.Engine(ctx, plat); err != nil {
+			return res, nil, fmt.Errorf("engine bundle for %s: %w", plat, err)
+		}
+		phase("engine")
 	}
 	need, err := sizeOf(agentSrc, workerSrc, engineSrc)
 	if err != nil {

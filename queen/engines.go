@@ -1,17 +1,23 @@
 package queen
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/bundle"
+	"github.com/rbee-dev/rbee/doctor"
 	"github.com/rbee-dev/rbee/download"
+	"github.com/rbee-dev/rbee/enginefetch"
 	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/queenapi"
 )
@@ -132,4 +138,107 @@ func (q *Queen) addWorkerType(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// localEngineArgs tell the local agent which engine to use: the one this
+// queen was given (an override), else its worker catalog's, with leave to
+// install the pinned bundle on first need — the CUDA one for GPUs where
+// this machine can run it.
+func (q *Queen) localEngineArgs(ctx context.Context) []string {
+	if q.cfg.EngineDir != "" {
+		return []string{"--engine", q.cfg.EngineDir}
+	}
+	args := []string{"--engine-fetch"}
+	if q.cfg.EngineRegistry != "" {
+		args = append(args, "--engine-registry", q.cfg.EngineRegistry)
+	}
+	if q.cfg.EngineArchive != "" {
+		args = append(args, "--engine-archive", q.cfg.EngineArchive)
+	}
+	if q.localCUDA(ctx) {
+		args = append(args, "--engine-gpu", "cuda")
+	}
+	return args
+}
+
+// localCUDA reports whether this machine can run the CUDA bundle: an
+// NVIDIA driver new enough and the CUDA runtime it links, as rbee doctor
+// judges them. Without a loaded NVIDIA driver nothing is probed.
+func (q *Queen) localCUDA(ctx context.Context) bool {
+	if _, err := os.Stat("/proc/driver/nvidia"); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rep, err := doctor.Run(ctx, doctor.Options{Version: rbee.Version})
+	if err != nil {
+		return false
+	}
+	c, _ := rep.Check("cuda runtime") // doctor's name for the check
+	q.log.Info("local CUDA bundle", "verdict", c.Verdict, "detail", c.Detail)
+	return c.Verdict == doctor.OK
+}
+
+// hostEngine returns a bundle to push to a host of plat that has none and
+// was given none: the pinned CPU package, fetched on this machine (the
+// tarball cached with the local hive's, checked against its pinned
+// integrity) and prepared under the queen's cache. Its download is
+// narrated.
+func (q *Queen) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
+	goos, goarch, _ := strings.Cut(plat, "/")
+	pkg, ok := enginefetch.For(goos, goarch, "")
+	if !ok {
+		return "", fmt.Errorf("no engine package is pinned for %s: name a bundle with RBEE_ENGINE_%s", plat, strings.ToUpper(goos+"_"+goarch))
+	}
+	dir := filepath.Join(q.cfg.Home.Cache("engine-bundles"), strings.TrimSuffix(pkg.CacheName(), ".tgz"))
+	unlock, err := lockDir(ctx, dir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if m, err := bundle.Validate(dir); err == nil && m.Source == pkg.Source() {
+		return dir, nil
+	}
+	narrate("engine_download", fmt.Sprintf("getting engine %s@%s (pinned) for %s from %s", pkg.Name, pkg.Version, plat,
+		cmp.Or(q.cfg.EngineArchive, pkg.TarballURL(q.cfg.EngineRegistry))))
+	var last time.Time
+	dir, err = enginefetch.Fetch(ctx, enginefetch.Options{
+		Package: pkg, Dir: dir, CacheDir: q.cfg.Home.Cache("npm"), Registry: q.cfg.EngineRegistry, Archive: q.cfg.EngineArchive,
+		Progress: func(done, total int64) {
+			// Narration, not a bar: a connect reports in lines.
+			if now := time.Now(); now.Sub(last) >= 2*time.Second || done == total {
+				last = now
+				narrate("engine_download", fmt.Sprintf("engine %s: %s of %s", path.Base(pkg.Name), rbee.Bytes(uint64(done)), rbee.Bytes(uint64(max(total, 0)))))
+			}
+		},
+		Logf: func(format string, args ...any) { q.log.Info(fmt.Sprintf(format, args...)) },
+	})
+	if err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// dirLocks serialise the preparation of one bundle directory: two hosts
+// installed at once share the first one's download.
+var dirLocks = struct {
+	sync.Mutex
+	m map[string]chan struct{}
+}{m: map[string]chan struct{}{}}
+
+// lockDir takes dir's lock, waiting no longer than ctx.
+func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
+	dirLocks.Lock()
+	ch := dirLocks.m[dir]
+	if ch == nil {
+		ch = make(chan struct{}, 1)
+		dirLocks.m[dir] = ch
+	}
+	dirLocks.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

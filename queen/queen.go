@@ -34,7 +34,7 @@ type Config struct {
 	Home      rbee.Home     // ~/.rbee: queen.db, sockets, logs
 	HiveBin   string        // rbee-hive, started for the local hive
 	WorkerBin string        // rbee-worker, handed to the local hive
-	EngineDir string        // engine bundle, handed to the local hive
+	EngineDir string        // engine bundle the local hive must use; "" = its worker catalog's
 	KeepAlive time.Duration // idle workers stop after this (the hive enforces it)
 	HiveArgs  []string      // extra flags for the local hive (tests: --nvml-library)
 	SSH       SSH           // remote hives
@@ -50,6 +50,12 @@ type Config struct {
 	ConnectTimeout time.Duration
 	Scheduler      scheduler.Scheduler
 	Log            *slog.Logger
+	// Without EngineDir, a hive with no bundle that fits gets the pinned
+	// one (the local hive installs it on first need; a remote host gets it
+	// pushed), from EngineRegistry (a mirror; "" = enginefetch.Registry())
+	// or EngineArchive (a local tarball or URL of the pinned package).
+	EngineRegistry string
+	EngineArchive  string
 }
 
 // Queen is the orchestrator.

@@ -124,7 +124,13 @@ func (q *Queen) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 		}
 		dialTime := time.Since(dialStart)
 		step("the agent (probe, install, handshake)")
-		res, client, err := provision.Up(ctx, conn, q.cfg.SSH.Artifacts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
+		arts := q.cfg.SSH.Artifacts
+		arts.Engine = func(ctx context.Context, plat provision.Platform) (string, error) {
+			step("the engine bundle for " + plat + " (fetched on this machine)")
+			defer step("the agent (install, handshake)")
+			return q.hostEngine(ctx, plat, narrate)
+		}
+		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
 		if err != nil {
 			conn.Close()
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -174,8 +180,9 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "no rbee-hive binary configured")
 	}
 	args := []string{"serve", "--home", string(q.cfg.Home), "--name", LocalHive, "--worker-binary", q.cfg.WorkerBin,
-		"--engine", q.cfg.EngineDir, "--keep-alive", q.cfg.KeepAlive.String()}
-	p, err := proc.Start(q.cfg.HiveBin, append(args, q.cfg.HiveArgs...), proc.Options{Log: q.cfg.Home.Log("hive-localhost"), Setsid: true})
+		"--keep-alive", q.cfg.KeepAlive.String()}
+	args = append(append(args, q.localEngineArgs(ctx)...), q.cfg.HiveArgs...)
+	p, err := proc.Start(q.cfg.HiveBin, args, proc.Options{Log: q.cfg.Home.Log("hive-localhost"), Setsid: true})
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "start hive localhost: %w", err)
 	}

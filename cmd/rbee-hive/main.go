@@ -57,7 +57,11 @@ func serve(args []string) error {
 		homeDir   = fs.String("home", envOr("RBEE_HOME", filepath.Join(home, ".rbee")), "state directory: catalogs, sockets, logs")
 		name      = fs.String("name", "localhost", "hive name, for narration")
 		workerBin = fs.String("worker-binary", filepath.Join(filepath.Dir(exe), "rbee-worker"), "rbee-worker binary")
-		engine    = fs.String("engine", os.Getenv("RBEE_ENGINE"), "engine bundle directory")
+		engine    = fs.String("engine", os.Getenv("RBEE_ENGINE"), "engine bundle directory (default: the bundles of the worker catalog)")
+		fetch     = fs.Bool("engine-fetch", false, "when no bundle fits a device, install the pinned one from the npm registry")
+		registry  = fs.String("engine-registry", "", "npm registry or mirror for --engine-fetch (default: $RBEE_NPM_REGISTRY, $NPM_CONFIG_REGISTRY, else registry.npmjs.org)")
+		archive   = fs.String("engine-archive", "", "local tarball (or URL) of the pinned package, for --engine-fetch instead of the registry")
+		engineGPU = fs.String("engine-gpu", "", "GPU bundle --engine-fetch installs for GPU devices (cuda; default: they use the CPU bundle)")
 		keepAlive = fs.Duration("keep-alive", 5*time.Minute, "stop workers idle for this long (0 = never)")
 		ctxSize   = fs.Int("ctx-size", agent.DefaultCtxSize, "context size of the workers")
 		threads   = fs.Int("threads", 0, "CPU worker threads (0 = every CPU)")
@@ -78,10 +82,14 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(ctx, agent.Config{
+	cfg := agent.Config{
 		Name: *name, Home: *homeDir, WorkerBin: *workerBin, EngineDir: *engine, KeepAlive: *keepAlive,
 		CtxSize: *ctxSize, Threads: *threads, GPU: gpu.Options{NVMLLibrary: *nvmlLib, DisableNVML: *noNVML}, Log: log,
-	})
+	}
+	if *fetch {
+		cfg.Fetch = &agent.EngineFetch{Registry: *registry, Archive: *archive, GPU: *engineGPU}
+	}
+	a, err := agent.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
 		return err

@@ -33,7 +33,10 @@ type queenCmd struct {
 // queenConfig is what a queen needs, shared by serve and --ephemeral.
 type queenConfig struct {
 	KeepAlive time.Duration `default:"5m" env:"RBEE_KEEP_ALIVE" help:"Unload workers idle for this long."`
-	Engine    string        `env:"RBEE_ENGINE" type:"path" help:"Engine bundle for the local hive (make engine builds one)."`
+	Engine    string        `env:"RBEE_ENGINE" placeholder:"DIR" help:"Engine bundle the local hive must use (default: the bundles of its worker catalog, the pinned one installed on first need)."`
+	// Where the pinned engine comes from when a hive has none.
+	EngineArchive string `name:"engine-archive" env:"RBEE_ENGINE_ARCHIVE" placeholder:"FILE|URL" help:"Install the pinned engine from this copy of its npm package (checked against the pinned checksum) instead of the registry."`
+	NPMRegistry   string `name:"npm-registry" env:"RBEE_NPM_REGISTRY" placeholder:"URL" help:"npm registry or mirror the pinned engine package comes from (default: $NPM_CONFIG_REGISTRY, else registry.npmjs.org)."`
 	// How long a host may keep a job waiting.
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"5s" env:"RBEE_CONNECT_TIMEOUT" help:"Declare a hive unreachable when it does not answer (dial, SSH or agent handshake) within this."`
 	Grace          time.Duration `name:"grace" default:"10s" env:"RBEE_QUEEN_GRACE" help:"When the queen stops, running jobs get this long to finish."`
@@ -47,8 +50,20 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	}
 	dir := filepath.Dir(exe)
 	cfg := queen.Config{
-		Home: g.home(), KeepAlive: c.KeepAlive, EngineDir: c.Engine,
+		Home: g.home(), KeepAlive: c.KeepAlive, EngineDir: c.Engine, EngineRegistry: c.NPMRegistry, EngineArchive: c.EngineArchive,
 		HiveBin: envOr("RBEE_HIVE_BIN", filepath.Join(dir, "rbee-hive")), WorkerBin: envOr("RBEE_WORKER_BIN", filepath.Join(dir, "rbee-worker")),
+	}
+	// Paths by hand, not kong's type:"path": an empty RBEE_ENGINE= is no
+	// engine, not the working directory. The local hive runs elsewhere.
+	if cfg.EngineDir != "" {
+		if cfg.EngineDir, err = filepath.Abs(cfg.EngineDir); err != nil {
+			return cfg, exitf(rbee.ExitUsage, "", "--engine %s: %v", c.Engine, err)
+		}
+	}
+	if a := cfg.EngineArchive; a != "" && !strings.HasPrefix(a, "http://") && !strings.HasPrefix(a, "https://") {
+		if cfg.EngineArchive, err = filepath.Abs(a); err != nil {
+			return cfg, exitf(rbee.ExitUsage, "", "--engine-archive %s: %v", a, err)
+		}
 	}
 	if n := os.Getenv("RBEE_WORKER_THREADS"); n != "" {
 		if _, err := strconv.Atoi(n); err != nil {
@@ -62,10 +77,15 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	// What remote hives get: this machine's builds for its own platform,
 	// plus cross builds in <bin>/agents/<os>-<arch>/ (make agents).
 	plat := runtime.GOOS + "/" + runtime.GOARCH
+	// Without an engine named, the queen fetches the pinned one for a host
+	// that needs it.
 	a := provision.Artifacts{
 		Agents:  map[string]string{plat: cfg.HiveBin},
 		Workers: map[string]string{plat: cfg.WorkerBin},
-		Engines: map[string]string{plat: cfg.EngineDir},
+		Engines: map[string]string{},
+	}
+	if cfg.EngineDir != "" {
+		a.Engines[plat] = cfg.EngineDir
 	}
 	if ents, err := os.ReadDir(filepath.Join(dir, "agents")); err == nil {
 		for _, e := range ents {
@@ -83,9 +103,6 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	}
 	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG"), Keepalive: c.SSHKeepalive}
 	cfg.ConnectTimeout, cfg.Grace = c.ConnectTimeout, c.Grace
-	if cfg.EngineDir == "" {
-		return cfg, exitf(rbee.ExitUsage, "run `make engine` and set RBEE_ENGINE=.rbee-dev/engine/llama-cpu, or pass --engine", "no engine bundle configured")
-	}
 	return cfg, nil
 }
 
@@ -98,6 +115,14 @@ func envOr(k, def string) string {
 
 type queenServeCmd struct {
 	queenConfig
+}
+
+func (c *queenServeCmd) Help() string {
+	return `Logs go to stderr. Without --engine, a hive with no engine gets the pinned one on first need.
+
+Examples:
+  rbee queen serve                                    until Ctrl-C or rbee queen stop
+  rbee queen serve --engine-archive linux-x64.tgz     the engine from a local copy, no network`
 }
 
 func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
@@ -196,6 +221,12 @@ func serveQueen(ctx context.Context, q *queen.Queen, ctl, tcp net.Listener, toke
 
 type queenStartCmd struct{}
 
+func (queenStartCmd) Help() string {
+	return `Examples:
+  rbee queen start                       start it (nothing happens if it runs)
+  RBEE_HOME=/srv/rbee rbee queen start   the queen of another home`
+}
+
 func (queenStartCmd) Run(ctx context.Context, g *globals) error {
 	_, h, started, err := ensureQueen(ctx, g, func(_, msg string) { fmt.Fprintln(os.Stderr, "[keeper] "+msg) })
 	if err != nil {
@@ -210,6 +241,14 @@ func (queenStartCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type queenStopCmd struct{}
+
+func (queenStopCmd) Help() string {
+	return `Running jobs get the grace period (--grace of the queen) to finish; remote hives keep their workers warm.
+
+Examples:
+  rbee queen stop
+  rbee --queen 127.0.0.1:7900 queen stop`
+}
 
 func (queenStopCmd) Run(ctx context.Context, g *globals) error {
 	c := g.client()
@@ -237,6 +276,14 @@ func (queenStopCmd) Run(ctx context.Context, g *globals) error {
 
 type queenStatusCmd struct {
 	JSON bool `help:"Print the health as JSON."`
+}
+
+func (queenStatusCmd) Help() string {
+	return `Exits 3 when no queen runs.
+
+Examples:
+  rbee queen status
+  rbee queen status --json | jq .state`
 }
 
 func (c queenStatusCmd) Run(ctx context.Context, g *globals) error {
