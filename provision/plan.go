@@ -1,0 +1,148 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/remote"
+)
+
+// Plan is what Up would do on a host, found without changing anything
+// there: rbee hive add --dry-run.
+type Plan struct {
+	Probe Probe
+	// Running is the version of the agent that answers on the host's
+	// socket; "" when none does (or forwarding is off and it was not asked).
+	Running string
+	// Reuse: an agent of this build runs, so Up would upload and start
+	// nothing.
+	Reuse bool
+	// Engine is the bundle's variant directory ("v0.5.0-cpu"); "" when this
+	// machine holds no bundle for the host's platform yet (Up gets one
+	// first, and its files are not listed).
+	Engine string
+	Files  []PlannedFile // the agent, the worker, the bundle's files, its manifest last
+	Links  int           // the bundle's plain-name links Up would recreate
+}
+
+// PlannedFile is one file Up would put on the host.
+type PlannedFile struct {
+	Name   string // "rbee-hive", "rbee-worker", or the bundle file's name
+	Src    string // on this machine
+	Dst    string // on the host
+	Bytes  int64
+	Upload bool // missing on the host, or there with another checksum
+}
+
+// UploadBytes sums the files Up would send.
+func (p Plan) UploadBytes() (bytes int64, files int) {
+	for _, f := range p.Files {
+		if f.Upload {
+			bytes += f.Bytes
+			files++
+		}
+	}
+	return bytes, files
+}
+
+// PlanUp finds what Up would do on the host. It only reads: the probe, a
+// handshake with an agent on its socket through streamlocal forwarding
+// (never the bridge, which would run a program there), and the checksums
+// of the files already in place. An error after the probe (a host Up would
+// refuse) comes with the plan found so far.
+func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
+	var plan Plan
+	p, err := ProbeHost(ctx, c)
+	if err != nil {
+		return plan, err
+	}
+	plan.Probe = p
+	l := Layout{Home: p.Home}
+	if p.Agent {
+		if hs, err := handshakeOnly(ctx, c, l); err == nil {
+			plan.Running = hs.Version
+			if hs.Version == rbee.Version && hs.Protocol == rbee.ProtocolVersion {
+				plan.Reuse = true
+				return plan, nil
+			}
+		}
+	}
+	if p.OS != "linux" {
+		return plan, fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
+	}
+	plat := p.Platform()
+	agentSrc, workerSrc, engineSrc := a.Agents[plat], a.Workers[plat], a.Engines[plat]
+	if agentSrc == "" || workerSrc == "" {
+		return plan, fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
+	}
+	if !p.Libffi {
+		return plan, errors.New("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
+	}
+	files := []file{
+		{src: agentSrc, dst: l.AgentPath(rbee.Version), mode: 0o755},
+		{src: workerSrc, dst: l.WorkerPath(rbee.Version), mode: 0o755},
+	}
+	for i := range files {
+		if files[i].sum, err = cachedSHA256(files[i].src); err != nil {
+			return plan, fmt.Errorf("plan %s: %w", files[i].src, err)
+		}
+	}
+	if engineSrc != "" {
+		m, err := bundle.Validate(engineSrc)
+		if err != nil {
+			return plan, fmt.Errorf("engine bundle: %w", err)
+		}
+		plan.Engine, plan.Links = bundle.Variant(m), len(m.Links)
+		bfiles, manifest, err := bundleFiles(engineSrc, l.EngineDir(plan.Engine), m)
+		if err != nil {
+			return plan, fmt.Errorf("engine bundle: %w", err)
+		}
+		files = append(append(files, bfiles...), manifest)
+	}
+	need, err := sizeOf(agentSrc, workerSrc)
+	if err == nil && engineSrc != "" {
+		var n uint64
+		n, err = sizeOf(engineSrc)
+		need += n
+	}
+	if err != nil {
+		return plan, err
+	}
+	var dsts []string
+	for _, f := range files {
+		dsts = append(dsts, f.dst)
+	}
+	have, err := remoteSums(ctx, c, dsts)
+	if err != nil {
+		return plan, err
+	}
+	for _, f := range files {
+		st, err := os.Stat(f.src)
+		if err != nil {
+			return plan, fmt.Errorf("plan %s: %w", f.src, err)
+		}
+		plan.Files = append(plan.Files, PlannedFile{Name: path.Base(f.dst), Src: f.src, Dst: f.dst, Bytes: st.Size(), Upload: have[f.dst] != f.sum})
+	}
+	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
+		return plan, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
+	}
+	return plan, nil
+}
+
+// handshakeOnly asks the agent on the host's socket who it is, through
+// streamlocal forwarding only.
+func handshakeOnly(ctx context.Context, c *remote.Conn, l Layout) (hiveapi.Handshake, error) {
+	client := hiveapi.NewClient("plan", func(ctx context.Context) (net.Conn, error) { return c.DialUnix(ctx, l.Socket()) })
+	defer client.Close()
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return client.Handshake(hctx)
+}
