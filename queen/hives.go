@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +19,9 @@ import (
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/queenapi"
+	"github.com/rbee-dev/rbee/remote"
 	"github.com/rbee-dev/rbee/sse"
+	"golang.org/x/crypto/ssh"
 )
 
 var hostChars = func(s string) bool {
@@ -81,6 +86,15 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s already names %s in %s; rbee hive rm it first or pick another --name", req.Name, old.Host, inv.Path))
 		return
 	}
+	if bad, ok := inv.BadHive(req.Name); ok {
+		writeErr(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s is already in %s:%d, with problems (%s); fix that entry, or rbee hive rm %s, or pick another --name",
+			req.Name, inv.Path, bad.Line, bad.Err, req.Name))
+		return
+	}
+	if req.DryRun {
+		q.streamOp(w, func(ev events) error { return q.planHive(r.Context(), ih, req.AcceptNewHostKey, ev) })
+		return
+	}
 	q.streamOp(w, func(ev events) error {
 		ctx := r.Context()
 		_, known := inv.Hive(req.Name)
@@ -101,11 +115,8 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 			return rbee.Errorf(rbee.CodeHiveDown, "hive %s: devices: %w", req.Name, err)
 		}
 		ev.narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
-		if err := inv.Add(ih); err != nil && !errors.Is(err, inventory.ErrExists) {
+		if inv, err = q.recordHive(ih); err != nil {
 			return err
-		}
-		if err := inv.Save(); err != nil {
-			return fmt.Errorf("save inventory: %w", err)
 		}
 		now := time.Now()
 		if err := q.db.UpsertHive(ctx, catalog.Hive{Name: req.Name, Kind: "ssh", Host: req.Host, Port: req.Port, User: req.User,
@@ -119,6 +130,102 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 		ev.narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
 		return nil
 	})
+}
+
+// inventoryMu serialises the edits of the inventory file (hive add of
+// several hosts at once): each reloads, edits and saves under it, so that
+// no edit is refused as a change made meanwhile.
+var inventoryMu sync.Mutex
+
+// recordHive adds h to the inventory file (nothing when it is there).
+func (q *Queen) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
+	inventoryMu.Lock()
+	defer inventoryMu.Unlock()
+	inv, err := q.loadInventory()
+	if err != nil {
+		return nil, err
+	}
+	if err := inv.Add(h); err != nil && !errors.Is(err, inventory.ErrExists) {
+		return nil, err
+	}
+	if err := inv.Save(); err != nil {
+		return nil, fmt.Errorf("save inventory: %w", err)
+	}
+	return inv, nil
+}
+
+// planHive connects to a host as hive add would and sends its install
+// plan, changing nothing: not the host (the plan only reads), not the
+// inventory, not the catalog, and not known_hosts — a new host key is
+// trusted for this one connection through a copy of the file.
+func (q *Queen) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool, ev events) error {
+	t, cfg := q.target(ih)
+	before, err := os.ReadFile(cfg.KnownHosts)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("plan hive %s: %w", ih.Name, err)
+	}
+	if acceptNew {
+		dir, err := os.MkdirTemp("", "rbee-plan-")
+		if err != nil {
+			return fmt.Errorf("plan hive %s: %w", ih.Name, err)
+		}
+		defer os.RemoveAll(dir)
+		cfg.KnownHosts, cfg.AcceptNewHostKey = filepath.Join(dir, "known_hosts"), true
+		if err := os.WriteFile(cfg.KnownHosts, before, 0o600); err != nil {
+			return fmt.Errorf("plan hive %s: %w", ih.Name, err)
+		}
+	}
+	ev.narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s) for a dry run", ih.Name, describeTarget(t)))
+	dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
+	conn, err := remote.Dial(dctx, t, cfg)
+	cancel()
+	if err != nil {
+		return sshError(ih.Name, err)
+	}
+	defer conn.Close()
+	out := queenapi.InstallPlan{Hive: ih.Name, Host: describeTarget(t)}
+	if acceptNew {
+		out.NewHostKey = newHostKey(cfg.KnownHosts, len(before))
+	}
+	plan, perr := provision.PlanUp(ctx, conn, q.cfg.SSH.Artifacts)
+	if plan.Probe.Home == "" && perr != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", ih.Name, perr)
+	}
+	p := plan.Probe
+	out.OS, out.Arch, out.Libc, out.Libffi, out.FreeBytes, out.Home = p.OS, p.Arch, p.Libc, p.Libffi, p.FreeBytes, p.Home
+	out.Running, out.Reuse, out.Engine, out.Links = plan.Running, plan.Reuse, plan.Engine, plan.Links
+	out.Files = []queenapi.PlannedFile{}
+	for _, f := range plan.Files {
+		out.Files = append(out.Files, queenapi.PlannedFile{Name: f.Name, Path: f.Dst, Bytes: f.Bytes, Upload: f.Upload})
+	}
+	out.UploadBytes, out.UploadFiles = plan.UploadBytes()
+	if perr != nil {
+		out.Problem = perr.Error()
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		return fmt.Errorf("plan hive %s: %w", ih.Name, err)
+	}
+	ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: queenapi.EventInstallPlan, Data: data,
+		Message: fmt.Sprintf("hive %s: would upload %d file(s), %s (%d bytes); dry run, nothing changed", ih.Name, out.UploadFiles, rbee.Bytes(uint64(out.UploadBytes)), out.UploadBytes)})
+	if perr != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", ih.Name, perr)
+	}
+	return nil
+}
+
+// newHostKey is the fingerprint of the key a dial appended to the
+// known_hosts file at path after its first n bytes, or "".
+func newHostKey(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) <= n {
+		return ""
+	}
+	_, _, key, _, _, err := ssh.ParseKnownHosts(b[n:])
+	if err != nil {
+		return ""
+	}
+	return ssh.FingerprintSHA256(key)
 }
 
 func hiveInfo(h catalog.Hive) queenapi.HiveInfo {
@@ -146,20 +253,45 @@ func (q *Queen) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
+	inv, _ := q.loadInventory() // a file that does not load lists no inventory hives
 	seen := map[string]bool{}
 	out := []queenapi.HiveInfo{}
 	for _, h := range hs {
 		seen[h.Name] = true
-		out = append(out, hiveInfo(h))
+		info := hiveInfo(h)
+		if inv != nil && info.Kind == "ssh" {
+			if bad, ok := inv.BadHive(h.Name); ok {
+				info.Status, info.Reason = StatusInvalid, bad.Err.Error()
+			}
+		}
+		out = append(out, info)
 	}
-	if inv, err := q.loadInventory(); err == nil {
+	if inv != nil {
 		for _, h := range inv.Hives {
 			if !seen[h.Name] {
 				out = append(out, queenapi.HiveInfo{Name: h.Name, Kind: "ssh", Address: h.Host, Status: catalog.StatusUnknown, Reason: "not contacted yet"})
 			}
 		}
+		for _, b := range inv.Bad {
+			if b.Hive.Name == "" || !seen[b.Hive.Name] {
+				out = append(out, queenapi.HiveInfo{Name: badName(b), Kind: "ssh", Address: b.Hive.Host, Status: StatusInvalid, Reason: b.Err.Error()})
+			}
+		}
 	}
 	writeJSON(w, http.StatusOK, queenapi.Hives{Hives: out})
+}
+
+// StatusInvalid is the status of a hive whose inventory entry has problems:
+// it is left alone until the entry is fixed.
+const StatusInvalid = "invalid"
+
+// badName names a bad inventory entry: its name, or its place in the file
+// when it has none that is usable.
+func badName(b inventory.BadHive) string {
+	if ValidHiveName(b.Hive.Name) == nil {
+		return b.Hive.Name
+	}
+	return strings.TrimPrefix(b.Label, "hive ")
 }
 
 // hiveStatus contacts the hive now and reports it with its workers.
@@ -190,14 +322,17 @@ func (q *Queen) hiveStatus(w http.ResponseWriter, r *http.Request) {
 func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
+	inventoryMu.Lock()
+	defer inventoryMu.Unlock()
 	inv, err := q.loadInventory()
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
 	_, inInv := inv.Hive(name)
+	_, isBad := inv.BadHive(name)
 	_, dbErr := q.db.Hive(ctx, name)
-	if !inInv && errors.Is(dbErr, catalog.ErrNotFound) {
+	if !inInv && !isBad && errors.Is(dbErr, catalog.ErrNotFound) {
 		writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name))
 		return
 	}
@@ -208,7 +343,7 @@ func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	q.pool.drop(name)
-	if inInv {
+	if inInv || isBad {
 		if err := inv.Remove(name); err != nil {
 			writeErr(w, http.StatusInternalServerError, err)
 			return
@@ -269,8 +404,13 @@ func (q *Queen) hiveLogs(w http.ResponseWriter, r *http.Request) {
 
 // up connects every inventory hive in parallel, one event per host.
 func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
+	var req queenapi.UpRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "up: %w", err))
+		return
+	}
 	q.streamOp(w, func(ev events) error {
-		failed, err := q.upAll(r.Context(), ev)
+		failed, err := q.upAll(r.Context(), ev, req.AcceptNewHostKey)
 		if err != nil {
 			return err
 		}
@@ -281,8 +421,10 @@ func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// upAll connects every inventory hive in parallel.
-func (q *Queen) upAll(ctx context.Context, ev events) (failed int, err error) {
+// upAll connects every inventory hive in parallel; an entry with problems
+// fails on its own line. acceptNew records the host keys of hosts not yet
+// in known_hosts (for this call only: redials check them).
+func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed int, err error) {
 	inv, err := q.loadInventory()
 	if err != nil {
 		return 0, err
@@ -291,6 +433,12 @@ func (q *Queen) upAll(ctx context.Context, ev events) (failed int, err error) {
 		wg sync.WaitGroup
 		mu sync.Mutex
 	)
+	for _, b := range inv.Bad {
+		e := rbee.FailErr("hive "+badName(b), rbee.Errorf(rbee.CodeBadRequest, "%w", b.Err))
+		e.Hint = "fix the entry in " + inv.Path + ", or rbee hive rm it"
+		ev.send(e)
+		failed++
+	}
 	for _, h := range inv.Hives {
 		if h.Disabled {
 			continue
@@ -301,7 +449,10 @@ func (q *Queen) upAll(ctx context.Context, ev events) (failed int, err error) {
 			start := time.Now()
 			was, _ := q.pool.state(h.Name)
 			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			hc, err := q.pool.get(ctx, h.Name, q.remoteConnector(h, false), quiet)
+			hc, err := q.pool.get(ctx, h.Name, q.remoteConnector(h, acceptNew), quiet)
+			if acceptNew {
+				q.pool.setConnector(h.Name, q.remoteConnector(h, false))
+			}
 			var s Snapshot
 			if err == nil {
 				lh := &liveHive{q: q, name: h.Name}

@@ -49,7 +49,7 @@ func (q *Queen) loadInventory() (*inventory.Inventory, error) {
 	if p == "" {
 		p = inventory.DefaultPath()
 	}
-	inv, err := inventory.Load(p)
+	inv, err := inventory.LoadTolerant(p)
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeBadRequest, "inventory: %w", err)
 	}

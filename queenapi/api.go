@@ -56,6 +56,55 @@ type AddHiveRequest struct {
 	Port             int    `json:"port,omitempty"`
 	Identity         string `json:"identity,omitempty"`
 	AcceptNewHostKey bool   `json:"accept_new_host_key,omitempty"`
+	// DryRun: connect and report the install plan (an "install_plan"
+	// event carrying an InstallPlan), changing nothing: not the host, not
+	// the inventory, not the catalog, not known_hosts.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// UpRequest is the body of POST /v1/up: rbee up.
+type UpRequest struct {
+	// AcceptNewHostKey records the host key of an inventory host not yet
+	// in known_hosts (a changed key is refused regardless).
+	AcceptNewHostKey bool `json:"accept_new_host_key,omitempty"`
+}
+
+// EventInstallPlan is the action of the event that carries an InstallPlan
+// in its Data.
+const EventInstallPlan = "install_plan"
+
+// InstallPlan is what rbee hive add --dry-run found on a host.
+type InstallPlan struct {
+	Hive      string `json:"hive"`
+	Host      string `json:"host"` // [user@]host[:port]
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	Libc      string `json:"libc"`
+	Libffi    bool   `json:"libffi"`
+	FreeBytes uint64 `json:"free_bytes"`
+	Home      string `json:"home"`
+	// NewHostKey is the fingerprint of a host key not in known_hosts,
+	// which hive add --accept-new-host-key would record; "" when known.
+	NewHostKey string `json:"new_host_key,omitempty"`
+	// Running is the version of the agent answering there, if one does.
+	Running string `json:"running_version,omitempty"`
+	// Reuse: that agent is this version, so nothing would be uploaded or
+	// started.
+	Reuse       bool          `json:"reuse"`
+	Engine      string        `json:"engine,omitempty"` // "" when this machine has no bundle for the host yet
+	Files       []PlannedFile `json:"files"`
+	Links       int           `json:"links,omitempty"`
+	UploadBytes int64         `json:"upload_bytes"`
+	UploadFiles int           `json:"upload_files"`
+	Problem     string        `json:"problem,omitempty"` // why hive add would fail there
+}
+
+// PlannedFile is one file of an InstallPlan.
+type PlannedFile struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"` // on the host
+	Bytes  int64  `json:"bytes"`
+	Upload bool   `json:"upload"` // false: the host has it with the same sha256
 }
 
 // HiveInfo is one hive in GET /v1/hives and GET /v1/hives/{name}.

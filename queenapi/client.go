@@ -183,8 +183,8 @@ func (c *Client) AddHive(ctx context.Context, r AddHiveRequest) (*Stream, error)
 }
 
 // Up connects every hive of the inventory; one event per hive.
-func (c *Client) Up(ctx context.Context) (*Stream, error) {
-	return c.stream(ctx, "/v1/up", struct{}{})
+func (c *Client) Up(ctx context.Context, r UpRequest) (*Stream, error) {
+	return c.stream(ctx, "/v1/up", r)
 }
 
 // Hives lists the hives the queen knows, from its catalog and inventory,

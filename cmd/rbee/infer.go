@@ -38,6 +38,23 @@ type inferCmd struct {
 	Prompt string `arg:"" help:"The prompt."`
 }
 
+func (c *inferCmd) Help() string {
+	return `Tokens go to stdout, the narration to stderr. The queen is started when
+none answers (on ` + envNote("RBEE_QUEEN", queenapi.DefaultAddr) + `).
+
+Examples:
+  rbee infer --model ./model.gguf "Why is the sky blue?"
+  rbee infer --hive gpu-box --model hf:ORG/REPO:Q8_0 --temperature 0 --json "hi"`
+}
+
+// envNote is a setting's value for help texts, saying where it comes from.
+func envNote(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v + ", from $" + name
+	}
+	return def + ", $" + name + " to change"
+}
+
 // Validate runs before anything is started (kong calls it).
 func (c *inferCmd) Validate() error {
 	switch {
@@ -62,12 +79,18 @@ type printer struct {
 	json    bool
 	quiet   bool
 	upLines bool // rbee up: hive lines and errors on stdout, one per host
+	// collect, when set, is given every event before it is printed (hive
+	// add of several hosts keeps what it reports from each).
+	collect interface{ event(rbee.Event) }
 	bars    *progress
 	out     *bufio.Writer
 	tokens  int
 }
 
 func (p *printer) event(ev rbee.Event) {
+	if p.collect != nil {
+		p.collect.event(ev)
+	}
 	if p.json {
 		b, _ := json.Marshal(ev)
 		p.out.Write(b)
@@ -91,6 +114,14 @@ func (p *printer) event(ev rbee.Event) {
 		if p.bars != nil {
 			p.bars.close() // a step after a download: the bar is done
 			p.bars = nil
+		}
+		if ev.Action == queenapi.EventInstallPlan {
+			var plan queenapi.InstallPlan
+			if err := json.Unmarshal(ev.Data, &plan); err == nil {
+				writePlan(p.out, "", &plan)
+				p.out.Flush()
+				return
+			}
 		}
 		if p.upLines && ev.Action == "hive_up" {
 			fmt.Fprintf(p.out, "%s: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)

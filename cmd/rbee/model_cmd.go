@@ -19,11 +19,29 @@ type modelCmd struct {
 	Rm   modelRmCmd   `cmd:"" help:"Remove a model from a hive."`
 }
 
+func (modelCmd) Help() string {
+	return `Models live in each hive's own catalog; this machine's is in the rbee home
+(` + envNote("RBEE_HOME", "~/.rbee") + `).
+
+Examples:
+  rbee model pull hf:bartowski/Qwen2.5-0.5B-Instruct-GGUF --hive gpu-box
+  rbee model ls --hive gpu-box`
+}
+
 type modelPullCmd struct {
 	Ref   string `arg:"" help:"https://…/file.gguf or hf:ORG/REPO[/FILE.gguf][:QUANT]."`
 	Hive  string `predictor:"hive" help:"Hive to download on (default: this machine)."`
 	Alias string `help:"A short name for the model."`
 	JSON  bool   `help:"Print every event as one JSON line."`
+}
+
+func (modelPullCmd) Help() string {
+	return `The hive downloads the model itself (resumable, size and sha256 checked);
+HF_TOKEN is passed to the hub only, HF_ENDPOINT points at a mirror.
+
+Examples:
+  rbee model pull hf:bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q8_0
+  rbee model pull https://example.com/models/x.gguf --hive gpu-box --alias x`
 }
 
 func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
@@ -42,6 +60,12 @@ func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
 type modelLsCmd struct {
 	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
 	JSON bool   `help:"Print JSON."`
+}
+
+func (modelLsCmd) Help() string {
+	return `Examples:
+  rbee model ls
+  rbee model ls --hive gpu-box --json`
 }
 
 func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
@@ -71,6 +95,14 @@ func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
 type modelRmCmd struct {
 	Name string `arg:"" predictor:"model" help:"Model id, alias, ref or path."`
 	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
+}
+
+func (modelRmCmd) Help() string {
+	return `A model a running worker uses is refused.
+
+Examples:
+  rbee model rm qwen
+  rbee model rm hf:ORG/REPO/model-Q8_0.gguf --hive gpu-box`
 }
 
 func (c modelRmCmd) Run(ctx context.Context, g *globals) error {

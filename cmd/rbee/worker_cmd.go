@@ -22,12 +22,28 @@ type workerCmd struct {
 	AddType workerAddTypeCmd `cmd:"" name:"add-type" help:"Declare an external OpenAI-speaking engine (llama-server, vLLM) as a worker type."`
 }
 
+func (workerCmd) Help() string {
+	return `Examples:
+  rbee worker install ./node-llama-cpp-linux-x64-cuda-3.22.1.tgz --hive gpu-box
+  rbee worker ls --hive gpu-box`
+}
+
 type workerAddTypeCmd struct {
 	Name    string   `arg:"" help:"Type name (rbee infer --worker-type NAME)."`
 	Command string   `required:"" help:"Absolute path of the engine's binary on the hive."`
 	Arg     []string `help:"An argument (repeat); placeholders {model}, {port}, {device}, {ctx}."`
 	Health  string   `default:"/health" help:"Path that answers 200 when the engine is ready."`
 	Hive    string   `predictor:"hive" help:"Hive (default: this machine)."`
+}
+
+func (workerAddTypeCmd) Help() string {
+	return `rbee starts the engine itself for a job that names the type, and speaks
+OpenAI to it. Placeholders in --arg: {model}, {port}, {device}, {ctx}.
+
+Examples:
+  rbee worker add-type llamaserver --command /opt/llama/llama-server \
+      --arg=-m --arg={model} --arg=--port --arg={port} --arg=--host --arg=127.0.0.1
+  rbee infer --worker-type llamaserver --model ./model.gguf "hi"`
 }
 
 func (c workerAddTypeCmd) Run(ctx context.Context, g *globals) error {
@@ -47,6 +63,15 @@ type workerInstallCmd struct {
 	Source string `arg:"" help:"A bundle directory, a .tgz/.zip archive of llama.cpp libraries, or an https:// URL of one."`
 	Hive   string `predictor:"hive" help:"Hive (default: this machine)."`
 	JSON   bool   `help:"Print every event as one JSON line."`
+}
+
+func (workerInstallCmd) Help() string {
+	return `The bundle is checksummed and its backends recorded; for a remote hive it is
+pushed over SSH (only the files the host lacks).
+
+Examples:
+  rbee worker install ./engine-dir
+  rbee worker install https://example.com/llama-cuda.tgz --hive gpu-box`
 }
 
 func (c workerInstallCmd) Run(ctx context.Context, g *globals) error {
@@ -76,6 +101,12 @@ type workerLsCmd struct {
 	JSON bool   `help:"Print JSON."`
 }
 
+func (workerLsCmd) Help() string {
+	return `Examples:
+  rbee worker ls
+  rbee worker ls --hive gpu-box --json`
+}
+
 func (c workerLsCmd) Run(ctx context.Context, g *globals) error {
 	qc, err := connect(ctx, g, quietNarrate)
 	if err != nil {
@@ -99,6 +130,12 @@ func (c workerLsCmd) Run(ctx context.Context, g *globals) error {
 type workerRmCmd struct {
 	ID   string `arg:""`
 	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
+}
+
+func (workerRmCmd) Help() string {
+	return `Examples:
+  rbee worker rm engine-llama.cpp-v0.5.0-cpu
+  rbee worker rm engine-llama.cpp-v0.5.0-cuda --hive gpu-box`
 }
 
 func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
