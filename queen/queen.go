@@ -261,6 +261,10 @@ func (q *Queen) setStatus(name string, online bool, reason string) {
 // agent, and the worker registry's view of it.
 func (q *Queen) seen(ctx context.Context, name string, hc *hiveConn, s Snapshot) {
 	entry, err := q.db.Hive(ctx, name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		// A hive of a hand-written inventory, reached for the first time.
+		entry, _, err = q.resolveHive(ctx, name)
+	}
 	if err == nil {
 		entry.Status, entry.StatusReason, entry.AgentVersion, entry.LastSeen = "online", "", hc.handshake.Version, time.Now()
 		entry.Capabilities = map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}

@@ -98,6 +98,9 @@ func (q *Queen) inventoryHive(name string) (inventory.Hive, error) {
 		return inventory.Hive{}, err
 	}
 	ih, ok := inv.Hive(name)
+	if bad, isBad := inv.BadHive(name); !ok && isBad {
+		return ih, rbee.Errorf(rbee.CodeBadRequest, "%w", bad.Err).WithHint("fix that entry of " + inv.Path + ", or rbee hive rm " + name)
+	}
 	if !ok {
 		return ih, (&rbee.Error{Code: rbee.CodeHiveUnknown, Message: fmt.Sprintf("hive %s is not in the inventory %s", name, inv.Path)}).
 			WithHint("rbee hive add it again, or rbee hive rm it")
@@ -312,6 +315,9 @@ func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, boo
 		}
 		entry, err := q.db.Hive(ctx, name)
 		return entry, false, err
+	}
+	if bad, ok := inv.BadHive(name); ok {
+		return catalog.Hive{}, true, rbee.Errorf(rbee.CodeBadRequest, "%w", bad.Err).WithHint("fix that entry of " + inv.Path + ", or rbee hive rm " + name)
 	}
 	entry, err := q.db.Hive(ctx, name)
 	if errors.Is(err, catalog.ErrNotFound) {

@@ -63,7 +63,8 @@ func main() {
 		kong.Name("rbee"),
 		kong.Description("rbee turns the machines you own into one LLM inference fleet."),
 		kong.UsageOnError(),
-		kong.Vars{"queen_addr": queenapi.DefaultAddr, "home": filepath.Join(home, ".rbee"), "version": rbee.Version},
+		// Help shows the defaults in effect: the environment's when set.
+		kong.Vars{"queen_addr": envOr("RBEE_QUEEN", queenapi.DefaultAddr), "home": envOr("RBEE_HOME", filepath.Join(home, ".rbee")), "version": rbee.Version},
 	)
 	if err != nil {
 		panic(err) // a bug in the command definitions
