@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,8 +40,15 @@ func ValidateAdd(r queenapi.AddHiveRequest) error {
 	if err := ValidHiveName(r.Name); err != nil {
 		return err
 	}
+	if r.Name == LocalHive && r.Host != "" {
+		return rbee.Errorf(rbee.CodeBadRequest, "hive name %s is reserved for this machine's own hive", LocalHive).
+			WithHint("name the SSH host with --name, e.g. --name " + otherName(r.Host))
+	}
 	if !hostChars(r.Host) {
 		return rbee.Errorf(rbee.CodeBadRequest, "host %q: only letters, digits, '.', '-', '_' and ':' are allowed", r.Host)
+	}
+	if strings.Contains(r.Host, ":") && net.ParseIP(r.Host) == nil {
+		return rbee.Errorf(rbee.CodeBadRequest, "host %q: a ':' belongs only in an IPv6 address; the port goes apart (HOST:PORT, [IPV6]:PORT)", r.Host)
 	}
 	if r.User != "" && (!hostChars(r.User) || strings.Contains(r.User, ":")) {
 		return rbee.Errorf(rbee.CodeBadRequest, "user %q: only letters, digits, '.', '-' and '_' are allowed", r.User)
@@ -49,6 +57,14 @@ func ValidateAdd(r queenapi.AddHiveRequest) error {
 		return rbee.Errorf(rbee.CodeBadRequest, "port %d is out of range (1-65535)", r.Port)
 	}
 	return nil
+}
+
+// otherName suggests a hive name for host that is not the reserved one.
+func otherName(host string) string {
+	if host == "" || host == LocalHive || !hiveName.MatchString(host) {
+		return "my-host"
+	}
+	return host
 }
 
 // streamOp runs op with its events on an SSE stream, ending with done or

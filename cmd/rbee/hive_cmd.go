@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -76,25 +77,74 @@ func (c *hiveAddCmd) Validate() error {
 	return nil
 }
 
-// parseTarget splits USER@HOST[:PORT].
+// parseTarget splits USER@HOST[:PORT], where HOST may be an IPv6 address
+// in brackets ([::1]:2222) or, without a port, bare (::1). It refuses what
+// would otherwise be read as something else: an empty user or host, a
+// port that is not 1-65535.
 func parseTarget(s string) (user, host string, port int, err error) {
-	if u, rest, ok := strings.Cut(s, "@"); ok {
-		user, s = u, rest
-	}
-	host = s
-	if h, p, ok := strings.Cut(s, ":"); ok {
-		host = h
-		if port, err = strconv.Atoi(p); err != nil {
-			return "", "", 0, fmt.Errorf("port %q is not a number", p)
+	rest := s
+	if u, r, ok := strings.Cut(s, "@"); ok {
+		if u == "" {
+			return "", "", 0, fmt.Errorf("nothing before '@': write USER@HOST, or HOST alone to log in as yourself (or as ~/.ssh/config says)")
 		}
+		user, rest = u, r
+	}
+	if rest == "" {
+		return "", "", 0, fmt.Errorf("no host: write USER@HOST[:PORT]")
+	}
+	var p string
+	hasPort := false
+	switch {
+	case strings.HasPrefix(rest, "["):
+		end := strings.Index(rest, "]")
+		if end < 0 {
+			return "", "", 0, fmt.Errorf("no ']' after the IPv6 address: write [ADDRESS]:PORT, e.g. [::1]:2222")
+		}
+		host, p = rest[1:end], rest[end+1:]
+		if p != "" {
+			if !strings.HasPrefix(p, ":") {
+				return "", "", 0, fmt.Errorf("%q after ']': write [ADDRESS]:PORT, e.g. [::1]:2222", p)
+			}
+			p, hasPort = p[1:], true
+		}
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
+			return "", "", 0, fmt.Errorf("%q in brackets is not an IPv6 address: brackets are for IPv6 only", host)
+		}
+	case strings.Count(rest, ":") > 1:
+		if ip := net.ParseIP(rest); ip == nil {
+			return "", "", 0, fmt.Errorf("%q is neither HOST:PORT nor an IPv6 address: write an IPv6 address with a port as [ADDRESS]:PORT", rest)
+		}
+		host = rest
+	default:
+		host, p, hasPort = strings.Cut(rest, ":")
+	}
+	if host == "" {
+		return "", "", 0, fmt.Errorf("no host: write USER@HOST[:PORT]")
+	}
+	if hasPort {
+		n, err := strconv.Atoi(p)
+		if err != nil || strings.HasPrefix(p, "+") || strings.HasPrefix(p, "-") {
+			return "", "", 0, fmt.Errorf("port %q is not a number: write HOST:PORT with PORT 1-65535, or leave it out for 22 (or ~/.ssh/config's Port)", p)
+		}
+		if n < 1 || n > 65535 {
+			return "", "", 0, fmt.Errorf("port %d is out of range: use 1-65535, or leave it out for 22 (or ~/.ssh/config's Port)", n)
+		}
+		port = n
 	}
 	return user, host, port, nil
 }
 
 // defaultName derives a hive name from a host: its first label, or the
-// address with dots as dashes.
+// address with dots and colons as dashes.
 func defaultName(host string) string {
 	name := strings.ToLower(host)
+	if strings.Contains(name, ":") { // IPv6
+		name = strings.Trim(strings.ReplaceAll(name, ":", "-"), "-")
+		for strings.Contains(name, "--") {
+			name = strings.ReplaceAll(name, "--", "-")
+		}
+		return name
+	}
 	if strings.Trim(name, "0123456789.") != "" {
 		name, _, _ = strings.Cut(name, ".")
 	}
@@ -118,7 +168,7 @@ func (c *hiveAddCmd) targets() []addTarget {
 		t.target = tg
 		user, host, port, err := parseTarget(tg)
 		if err != nil {
-			t.err = exitf(rbee.ExitUsage, "", "hive add %s: %v", tg, err)
+			t.err = exitf(rbee.ExitUsage, "", "hive add %s: %w", tg, err)
 			continue
 		}
 		t.req = queenapi.AddHiveRequest{Name: c.Name, Host: host, User: user, Port: port, Identity: c.Identity,
@@ -127,7 +177,7 @@ func (c *hiveAddCmd) targets() []addTarget {
 			t.req.Name = defaultName(host)
 		}
 		if err := queen.ValidateAdd(t.req); err != nil {
-			t.err = exitf(rbee.ExitUsage, "", "%v", err)
+			t.err = exitf(rbee.ExitUsage, rbee.HintOf(err), "hive add %s: %w", tg, err)
 			continue
 		}
 		if other, dup := taken[t.req.Name]; dup {
