@@ -369,6 +369,9 @@ func (a *Agent) AddModel(ctx context.Context, req hiveapi.AddModelRequest) (hive
 	if !filepath.IsAbs(req.Path) {
 		return hiveapi.Model{}, rbee.Errorf(rbee.CodeBadRequest, "model path %q is not absolute", req.Path)
 	}
+	if err := checkAlias(req.Alias); err != nil {
+		return hiveapi.Model{}, err
+	}
 	st, err := os.Stat(req.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return hiveapi.Model{}, rbee.Errorf(rbee.CodeModelNotFound, "model file %s does not exist on hive %s", req.Path, a.cfg.Name)

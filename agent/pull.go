@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/sse"
@@ -33,6 +34,10 @@ func (a *Agent) pull(w http.ResponseWriter, r *http.Request) {
 	ref, err := download.ParseRef(req.Ref)
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, err.Error())
+		return
+	}
+	if err := checkAlias(req.Alias); err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	sw := sse.NewWriter(w)
@@ -64,6 +69,9 @@ func (a *Agent) pull(w http.ResponseWriter, r *http.Request) {
 // model catalog.
 func (a *Agent) Pull(ctx context.Context, hub *download.Hub, ref download.Ref, alias string, send func(rbee.Event) error) (hiveapi.Model, error) {
 	me := actor(a.cfg.Name)
+	if err := checkAlias(alias); err != nil {
+		return hiveapi.Model{}, err
+	}
 	if ref.Kind == "hf" && ref.File == "" {
 		r, err := hub.Resolve(ctx, ref)
 		if err != nil {
@@ -113,4 +121,16 @@ func pullError(ref download.Ref, err error) error {
 		return err
 	}
 	return rbee.Errorf(rbee.CodeModelNotFound, "download %s: %v", strings.TrimSpace(ref.Raw), err)
+}
+
+// checkAlias refuses an alias outside the documented set (the agent is the
+// authority: the keeper checks early, but any client may call).
+func checkAlias(alias string) error {
+	if alias == "" {
+		return nil
+	}
+	if err := catalog.ValidAlias(alias); err != nil {
+		return rbee.Errorf(rbee.CodeBadRequest, "%w", err).WithHint("an alias is 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or a digit, e.g. --alias qwen2.5-0.5b")
+	}
+	return nil
 }

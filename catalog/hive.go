@@ -97,8 +97,10 @@ func (h *HiveDB) addModel(ctx context.Context, m Model) (Model, error) {
 		return Model{}, fmt.Errorf("id %q does not match sha256 (want %s)", m.ID, id)
 	}
 	m.ID = id
-	if strings.HasPrefix(m.Alias, "sha256:") {
-		return Model{}, fmt.Errorf("alias %q looks like a model id", m.Alias)
+	if m.Alias != "" {
+		if err := ValidAlias(m.Alias); err != nil {
+			return Model{}, err
+		}
 	}
 	if m.Path != "" && !filepath.IsAbs(m.Path) {
 		return Model{}, fmt.Errorf("path %q is not absolute", m.Path)

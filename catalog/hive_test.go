@@ -90,8 +90,13 @@ func TestModelLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// b's alias is a's ref, and its ref is a's path: the earlier kind of key wins.
-	b, err := h.AddModel(ctx, Model{Path: "/m/b.gguf", SHA256: sha(2), Alias: a.Ref, Ref: a.Path})
+	// b's alias is r's ref, and its ref is a's path: the earlier kind of key
+	// wins. (An alias cannot be a path or an hf: ref: ValidAlias.)
+	r, err := h.AddModel(ctx, Model{Path: "/m/r.gguf", SHA256: sha(6), Ref: "shadow.gguf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := h.AddModel(ctx, Model{Path: "/m/b.gguf", SHA256: sha(2), Alias: r.Ref, Ref: a.Path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +122,7 @@ func TestModelLookup(t *testing.T) {
 		{"sha256 with prefix", "sha256:" + a.SHA256, a},
 		{"sha256 upper case", strings.ToUpper(a.SHA256), a},
 		{"alias", "tiny", a},
-		{"alias over ref", a.Ref, b},
+		{"alias over ref", r.Ref, b},
 		{"ref over path", a.Path, b},
 		{"ref", e.Ref, e},
 		{"path", "/m/c.gguf", c},

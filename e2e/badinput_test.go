@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download/hubtest"
+	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 )
 
@@ -121,6 +123,85 @@ func TestBadInputHosts(t *testing.T) {
 	r = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {
 		t.Errorf("infer on the local hive after the refusals: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+// TestBadInputAliases: an alias outside the documented set is refused by
+// the keeper before anything is downloaded, and by the hive agent (the
+// authority) whoever asks; rm of such a name removes nothing; names and
+// file names are printed with their control characters escaped.
+func TestBadInputAliases(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(alphabet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := hubtest.New(t, map[string][]byte{"rbee/abc/alphabet.gguf": data})
+	e := newEnv(t, "HF_ENDPOINT="+hub.URL)
+	bad := []string{"../../x", "/etc/passwd", "two\nlines", "\x1b[31mred", "sha256:abcd", "-rf"}
+	for _, alias := range bad {
+		r := e.rbee("model", "pull", "hf:rbee/abc/alphabet.gguf", "--alias="+alias)
+		if r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "hint: an alias is 1 to 64 letters") {
+			t.Errorf("model pull --alias %q: exit %d, want %d with the character set:\n%s", alias, r.code, rbee.ExitUsage, r.stderr)
+		}
+		if strings.ContainsAny(r.stderr, "\x1b\x00") {
+			t.Errorf("model pull --alias %q: the refusal prints control characters raw: %q", alias, r.stderr)
+		}
+	}
+	if n := hub.BodyGETs("rbee/abc/alphabet.gguf"); n != 0 {
+		t.Errorf("refused pulls downloaded %d time(s)", n)
+	}
+	if left := e.procs(); len(left) > 0 {
+		t.Errorf("refused pulls started processes: %v", describe(left))
+	}
+
+	// A good alias; then the agent itself refuses bad ones from any client.
+	if r := e.rbee("model", "pull", "hf:rbee/abc/alphabet.gguf", "--alias", "abc"); r.code != 0 {
+		t.Fatalf("model pull --alias abc: exit %d\n%s", r.code, r.stderr)
+	}
+	c := e.hive()
+	defer c.Close()
+	ms, err := c.Models(t.Context())
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("models: %v %+v", err, ms)
+	}
+	for _, alias := range append(bad, "nul\x00byte") { // no argv carries a NUL: only an API client can
+		_, err := c.AddModel(t.Context(), hiveapi.AddModelRequest{Path: ms[0].Path, Ref: ms[0].Ref, Alias: alias})
+		if err == nil || rbee.CodeOf(err) != rbee.CodeBadRequest && !strings.Contains(err.Error(), "alias") {
+			t.Errorf("hive AddModel with alias %q: got %v, want it refused", alias, err)
+		}
+		_, err = c.Pull(t.Context(), hiveapi.PullRequest{Ref: "hf:rbee/abc/alphabet.gguf", Alias: alias, Endpoint: hub.URL}, func(rbee.Event) error { return nil })
+		if err == nil || !strings.Contains(err.Error(), "alias") {
+			t.Errorf("hive Pull with alias %q: got %v, want it refused", alias, err)
+		}
+	}
+	if ms, _ = c.Models(t.Context()); len(ms) != 1 || ms[0].Alias != "abc" {
+		t.Errorf("the catalog changed: %+v", ms)
+	}
+	if r := e.rbee("model", "rm", "/etc/passwd"); r.code != rbee.ExitNotFound {
+		t.Errorf("model rm /etc/passwd: exit %d, want %d\n%s", r.code, rbee.ExitNotFound, r.stderr)
+	}
+	if ms, _ = c.Models(t.Context()); len(ms) != 1 {
+		t.Errorf("model rm /etc/passwd removed a model: %+v", ms)
+	}
+
+	// A file name with a newline and an ANSI escape, from the person: the
+	// narration and the table show it escaped.
+	evil := filepath.Join(t.TempDir(), "a\n[queen] forged line \x1b[2J.gguf")
+	if err := os.WriteFile(evil, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.rbee("infer", "--model", evil, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("infer with an odd file name: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stderr, "\x1b") || strings.Contains(r.stderr, "\n[queen] forged") || !strings.Contains(r.stderr, `a\n[queen] forged line \x1b[2J.gguf`) {
+		t.Errorf("the narration prints the file name raw:\n%q", r.stderr)
+	}
+	r = e.rbee("model", "ls")
+	if strings.Contains(r.stdout, "\x1b") || strings.Contains(r.stdout, "\n[queen] forged") || !strings.Contains(r.stdout, `\x1b[2J`) {
+		t.Errorf("model ls prints the file name raw:\n%q", r.stdout)
 	}
 	e.stopQueen()
 }

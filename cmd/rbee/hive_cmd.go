@@ -489,7 +489,7 @@ func (c hiveLsCmd) Run(ctx context.Context, g *globals) error {
 		if !h.LastSeen.IsZero() {
 			seen = time.Since(h.LastSeen).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Address, status, strings.Join(devs, ", "), h.Version, seen)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(h.Name), printable(h.Address), printable(status), printable(strings.Join(devs, ", ")), printable(h.Version), seen)
 	}
 	return tw.Flush()
 }
@@ -525,7 +525,7 @@ func (c hiveRmCmd) Run(ctx context.Context, g *globals) error {
 	if err := qc.RemoveHive(ctx, c.Name, c.Purge); err != nil {
 		return queenError(g, err)
 	}
-	fmt.Printf("hive %s removed\n", c.Name)
+	fmt.Printf("hive %s removed\n", printable(c.Name))
 	return nil
 }
 

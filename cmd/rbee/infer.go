@@ -124,12 +124,12 @@ func (p *printer) event(ev rbee.Event) {
 			}
 		}
 		if p.upLines && ev.Action == "hive_up" {
-			fmt.Fprintf(p.out, "%s: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)
+			fmt.Fprintf(p.out, "%s: %s\n", printable(strings.TrimPrefix(ev.Actor, "hive ")), printable(ev.Message))
 			p.out.Flush()
 			return
 		}
 		if !p.quiet {
-			fmt.Fprintf(os.Stderr, "[%s] %s\n", ev.Actor, ev.Message)
+			fmt.Fprintf(os.Stderr, "[%s] %s\n", printable(ev.Actor), printable(ev.Message))
 		}
 	case rbee.EventDone:
 		if p.bars != nil {
@@ -147,11 +147,11 @@ func (p *printer) event(ev rbee.Event) {
 				warm = "warm worker"
 			}
 			fmt.Fprintf(os.Stderr, "[%s] done: %d prompt + %d generated tokens, %.1f tokens/s, %s %s on %s/%s (%s)\n",
-				ev.Actor, d.PromptTokens, d.CompletionTokens, d.TokensPerSecond, warm, d.Worker, d.Hive, d.Device, d.FinishReason)
+				printable(ev.Actor), d.PromptTokens, d.CompletionTokens, d.TokensPerSecond, warm, printable(d.Worker), printable(d.Hive), printable(d.Device), printable(d.FinishReason))
 		}
 	case rbee.EventError:
 		if p.upLines && strings.HasPrefix(ev.Actor, "hive ") {
-			fmt.Fprintf(p.out, "%s: FAILED: %s\n", strings.TrimPrefix(ev.Actor, "hive "), ev.Message)
+			fmt.Fprintf(p.out, "%s: FAILED: %s\n", printable(strings.TrimPrefix(ev.Actor, "hive ")), printableText(ev.Message))
 			p.out.Flush()
 		}
 	case rbee.EventJob:

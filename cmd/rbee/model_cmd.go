@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/queenapi"
 )
@@ -31,7 +32,7 @@ Examples:
 type modelPullCmd struct {
 	Ref   string `arg:"" help:"https://…/file.gguf or hf:ORG/REPO[/FILE.gguf][:QUANT]."`
 	Hive  string `predictor:"hive" help:"Hive to download on (default: this machine)."`
-	Alias string `help:"A short name for the model."`
+	Alias string `help:"A short name for the model: 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or a digit."`
 	JSON  bool   `help:"Print every event as one JSON line."`
 }
 
@@ -47,6 +48,11 @@ Examples:
 func (c modelPullCmd) Run(ctx context.Context, g *globals) error {
 	if _, err := download.ParseRef(c.Ref); err != nil {
 		return exitf(rbee.ExitUsage, "a local file needs no pull: rbee infer --model FILE pushes it", "%v", err)
+	}
+	if c.Alias != "" {
+		if err := catalog.ValidAlias(c.Alias); err != nil {
+			return exitf(rbee.ExitUsage, "an alias is 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or a digit, e.g. --alias qwen2.5-0.5b", "%w", err)
+		}
 	}
 	p := &printer{json: c.JSON, out: bufio.NewWriter(os.Stdout)}
 	qc, err := connect(ctx, g, p.keeper)
@@ -87,7 +93,7 @@ func (c modelLsCmd) Run(ctx context.Context, g *globals) error {
 		if !m.LastUsed.IsZero() {
 			used = time.Since(m.LastUsed).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Ref, m.Alias, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(m.EstimateBytes), used)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(m.ID), printable(m.Ref), printable(m.Alias), printable(m.Arch), printable(m.Quant), rbee.Bytes(uint64(m.Size)), rbee.Bytes(m.EstimateBytes), used)
 	}
 	return tw.Flush()
 }
@@ -113,6 +119,6 @@ func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
 	if err := qc.RemoveModel(ctx, c.Hive, c.Name); err != nil {
 		return queenError(g, err)
 	}
-	fmt.Printf("model %s removed\n", c.Name)
+	fmt.Printf("model %s removed\n", printable(c.Name))
 	return nil
 }

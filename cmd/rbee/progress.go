@@ -36,7 +36,7 @@ func (pr *progress) event(ev rbee.Event) {
 			return
 		}
 		pr.lastT[key] = time.Now()
-		fmt.Fprintf(os.Stderr, "[%s] %s\n", ev.Actor, ev.Message)
+		fmt.Fprintf(os.Stderr, "[%s] %s\n", printable(ev.Actor), printable(ev.Message))
 		return
 	}
 	if pr.p == nil {
@@ -45,7 +45,7 @@ func (pr *progress) event(ev rbee.Event) {
 	bar := pr.bars[key]
 	if bar == nil {
 		bar = pr.p.AddBar(ev.BytesTotal,
-			mpb.PrependDecorators(decor.Name(fmt.Sprintf("[%s] %s ", ev.Actor, ev.Action)), decor.CountersKibiByte("% .1f / % .1f")),
+			mpb.PrependDecorators(decor.Name(fmt.Sprintf("[%s] %s ", printable(ev.Actor), printable(ev.Action))), decor.CountersKibiByte("% .1f / % .1f")),
 			mpb.AppendDecorators(decor.Percentage(), decor.Name(" "), decor.AverageSpeed(decor.SizeB1024(0), "% .1f")),
 		)
 		pr.bars[key] = bar

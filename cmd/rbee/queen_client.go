@@ -158,7 +158,7 @@ func startQueen(g *globals) (*proc.Proc, error) {
 func queenError(g *globals, err error) error {
 	var ae *queenapi.APIError
 	if errors.As(err, &ae) {
-		return exitf(rbee.ExitCodeFor(ae.Err.Code), ae.Err.Hint, "%s", ae.Err.Message)
+		return exitf(rbee.ExitCodeFor(ae.Err.Code), printableText(ae.Err.Hint), "%s", printableText(ae.Err.Message))
 	}
 	var ee *exitError
 	if errors.As(err, &ee) || errors.Is(err, context.Canceled) {
@@ -196,7 +196,7 @@ func follow(ctx context.Context, g *globals, s *queenapi.Stream, err error, p *p
 				return ctx.Err()
 			}
 			if failed != nil {
-				return exitf(rbee.ExitCodeFor(failed.Code), failed.Hint, "%s", failed.Message)
+				return exitf(rbee.ExitCodeFor(failed.Code), printableText(failed.Hint), "%s", printableText(failed.Message))
 			}
 			if !errors.Is(err, io.EOF) {
 				return exitf(rbee.ExitQueen, "", "the queen's event stream broke off: %v", err)

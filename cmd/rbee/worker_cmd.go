@@ -122,7 +122,7 @@ func (c workerLsCmd) Run(ctx context.Context, g *globals) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tCAPABILITIES\tPATH")
 	for _, w := range out.Workers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", w.ID, w.Type, w.Version, strings.Join(w.Capabilities, ","), w.Path)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(w.ID), printable(w.Type), printable(w.Version), printable(strings.Join(w.Capabilities, ",")), printable(w.Path))
 	}
 	return tw.Flush()
 }
@@ -146,6 +146,6 @@ func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
 	if err := qc.RemoveEngine(ctx, c.Hive, c.ID); err != nil {
 		return queenError(g, err)
 	}
-	fmt.Printf("%s removed\n", c.ID)
+	fmt.Printf("%s removed\n", printable(c.ID))
 	return nil
 }
