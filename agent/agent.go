@@ -46,8 +46,12 @@ type Config struct {
 	KeepAlive time.Duration // idle workers stop after this; 0 = never
 	CtxSize   int           // worker context size; 0 = DefaultCtxSize
 	Threads   int           // CPU worker threads; 0 = the worker's default (one per physical core)
-	GPU       gpu.Options
-	Log       *slog.Logger
+	// StallTimeout: a generating worker silent this long, that does not
+	// answer a health probe either, is killed as hung. 0 =
+	// $RBEE_WORKER_STALL, else DefaultStallTimeout.
+	StallTimeout time.Duration
+	GPU          gpu.Options
+	Log          *slog.Logger
 	// Fetch, when set, lets the agent install the pinned engine bundle
 	// when none in its catalog fits a device (the local hive: the queen's
 	// machine). Remote hives get theirs pushed instead.
@@ -88,6 +92,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = "localhost"
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+		if v, err := time.ParseDuration(os.Getenv("RBEE_WORKER_STALL")); err == nil && v > 0 {
+			cfg.StallTimeout = v
+		}
 	}
 	for _, d := range []string{cfg.Home, rbee.Home(cfg.Home).RunDir(), rbee.Home(cfg.Home).LogDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -175,17 +175,30 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 		body["prompt"] = req.Prompt
 	}
 	b, _ := json.Marshal(body)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", wp.URL(path), bytes.NewReader(b))
+	rctx, cancelReq := context.WithCancel(ctx)
+	defer cancelReq()
+	hreq, err := http.NewRequestWithContext(rctx, "POST", wp.URL(path), bytes.NewReader(b))
 	if err != nil {
 		fail(rbee.CodeInternal, err.Error())
 		return
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	// From here on a worker that goes silent is watched: a broken stream
+	// is first asked whether the watchdog killed it.
+	wd := a.watch(rctx, wp, cancelReq)
+	defer wd.stop()
+	broken := func(err error) {
+		if hung := wd.stop(); hung != nil {
+			_ = send(rbee.FailErr(actor(a.cfg.Name), hung))
+			return
+		}
+		if ctx.Err() == nil {
+			a.brokenStream(wp, err, fail)
+		}
+	}
 	resp, err := wp.Client().Do(hreq)
 	if err != nil {
-		if ctx.Err() == nil {
-			a.brokenStream(wp, fmt.Errorf("send the prompt: %w", err), fail)
-		}
+		broken(fmt.Errorf("send the prompt: %w", err))
 		return
 	}
 	defer resp.Body.Close()
@@ -208,11 +221,10 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 	for {
 		_, data, err := rd.NextRaw()
 		if err != nil {
-			if ctx.Err() == nil {
-				a.brokenStream(wp, err, fail)
-			}
+			broken(err)
 			return
 		}
+		wd.alive()
 		if string(data) == "[DONE]" {
 			return
 		}
@@ -263,4 +275,76 @@ func (a *Agent) brokenStream(wp *supervisor.Worker, err error, fail func(code, m
 		}
 		fail(rbee.CodeWorkerFailed, fmt.Sprintf("worker %s: %v", wp.Info().ID, err))
 	}
+}
+
+// DefaultStallTimeout is how long a generating worker may send nothing
+// before the hive probes its health; a worker that answers neither is
+// hung, and is killed. RBEE_WORKER_STALL overrides it.
+const DefaultStallTimeout = 30 * time.Second
+
+// watchdog watches one request to a worker for progress.
+type watchdog struct {
+	tick   chan struct{}
+	done   chan struct{}
+	cancel context.CancelFunc
+	hung   error // set before done is closed
+}
+
+// watch starts a watchdog over a request to wp: when the worker sends
+// nothing for the stall timeout and does not answer a health probe
+// either, it kills the worker and cancels the request (cancel). It ends
+// with ctx, or with stop.
+func (a *Agent) watch(ctx context.Context, wp *supervisor.Worker, cancel context.CancelFunc) *watchdog {
+	wd := &watchdog{tick: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel}
+	stall := a.cfg.StallTimeout
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer close(wd.done)
+		t := time.NewTimer(stall)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wd.tick:
+				t.Reset(stall)
+				continue
+			case <-t.C:
+			}
+			// A worker busy with a long prompt still answers its health.
+			perr := wp.Probe(ctx, min(max(stall, 2*time.Second), 10*time.Second))
+			if perr == nil {
+				t.Reset(stall)
+				continue
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			info := wp.Info()
+			wd.hung = rbee.Errorf(rbee.CodeWorkerCrashed, "worker %s (pid %d) on hive %s made no progress for %s and did not answer its health probe: killed it; the next request starts a new worker",
+				info.ID, info.PID, a.cfg.Name, stall).WithHint("its log: " + filepath.Join(rbee.Home(a.cfg.Home).LogDir(), info.ID+".log"))
+			a.log.Warn("worker hung", "worker", info.ID, "pid", info.PID, "stall", stall, "probe", perr)
+			_ = a.sup.Kill(info.ID)
+			cancel()
+			return
+		}
+	}()
+	return wd
+}
+
+// alive records progress: a chunk came.
+func (wd *watchdog) alive() {
+	select {
+	case wd.tick <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the watch (and the request) and says whether the watchdog
+// killed the worker, and why.
+func (wd *watchdog) stop() error {
+	wd.cancel()
+	<-wd.done
+	return wd.hung
 }

@@ -205,6 +205,7 @@ func (s *Supervisor) track(w *Worker, reservation string) {
 	if reservation != "" {
 		s.cfg.Reservations.Attach(reservation, w.info.ID)
 	}
+	w.forgotten = make(chan struct{})
 	s.mu.Lock()
 	s.workers[w.info.ID] = w
 	s.mu.Unlock()
@@ -232,6 +233,7 @@ func (s *Supervisor) forget(w *Worker) {
 	if !released {
 		s.saveState()
 	}
+	close(w.forgotten)
 }
 
 // Get returns a running worker by id.

@@ -658,3 +658,41 @@ func TestStartExternal(t *testing.T) {
 		t.Errorf("StartExternal(exits) = %v, want %s with its stderr", err, rbee.CodeWorkerFailed)
 	}
 }
+
+// TestProbeAndKillHung: a stopped worker does not answer its probe; Kill
+// ends it (SIGKILL reaches a stopped process) and forgets it, and Ensure
+// starts a new one.
+func TestProbeAndKillHung(t *testing.T) {
+	t.Parallel()
+	s := newSupervisor(t, testConfig(t))
+	w, err := s.Start(t.Context(), spec("ready"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Probe(t.Context(), 5*time.Second); err != nil {
+		t.Fatalf("probe of a live worker: %v", err)
+	}
+	pid := w.Info().PID
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker is stopped", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		return len(f) > 0 && f[0] == "T"
+	})
+	if err := w.Probe(t.Context(), 200*time.Millisecond); err == nil {
+		t.Fatal("probe of a stopped worker answered")
+	}
+	if err := s.Kill(w.Info().ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Get(w.Info().ID); ok || !dead(pid) {
+		t.Fatalf("after Kill: tracked %v, dead %v; want forgotten and dead", ok, dead(pid))
+	}
+	key := Key{Model: "m-ready", Device: "cpu"}
+	nw, joined, err := s.Ensure(t.Context(), key, func() (*Worker, error) { return s.Start(t.Context(), spec("ready")) })
+	if err != nil || joined || nw.Info().ID == w.Info().ID {
+		t.Fatalf("Ensure after Kill: %v joined=%v, want a new worker", err, joined)
+	}
+}

@@ -21,6 +21,8 @@ type Worker struct {
 	socket string // its unix socket; "" for external workers
 	base   string // the URL it is reached at; "" = through socket
 	busy   atomic.Int32
+	// forgotten is closed once the supervisor dropped the exited worker.
+	forgotten chan struct{}
 
 	mu           sync.Mutex
 	info         rbee.WorkerInfo
