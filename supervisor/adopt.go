@@ -55,7 +55,12 @@ func (s *Supervisor) saveState() {
 // still be alive, be the worker the state file names, and answer /health
 // on its socket. Workers that fail a check are left alone (and logged).
 // ctx bounds the health checks.
+//
+// Whatever it does not adopt is cleaned up: the sockets of workers that
+// are gone (a host that rebooted keeps them) are removed, and the state
+// file then lists the adopted workers only.
 func (s *Supervisor) Adopt(ctx context.Context) (adopted []string) {
+	defer s.removeStaleSockets()
 	b, err := os.ReadFile(s.stateFile())
 	if err != nil {
 		return nil
@@ -115,4 +120,28 @@ func (s *Supervisor) Release() {
 	s.mu.Lock()
 	s.released = true
 	s.mu.Unlock()
+}
+
+// removeStaleSockets removes the worker sockets in the run directory that
+// no tracked worker listens on: those of workers that died with the host.
+func (s *Supervisor) removeStaleSockets() {
+	live := map[string]bool{}
+	for _, w := range s.all() {
+		live[w.socket] = true
+	}
+	paths, _ := filepath.Glob(filepath.Join(s.cfg.RunDir, "w-*.sock"))
+	var removed []string
+	for _, p := range paths {
+		if live[p] {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			s.cfg.Log.Warn("remove stale worker socket", "socket", p, "err", err)
+			continue
+		}
+		removed = append(removed, filepath.Base(p))
+	}
+	if len(removed) > 0 {
+		s.cfg.Log.Info("removed the sockets of workers that are gone", "sockets", removed)
+	}
 }

@@ -696,3 +696,52 @@ func TestProbeAndKillHung(t *testing.T) {
 		t.Fatalf("Ensure after Kill: %v joined=%v, want a new worker", err, joined)
 	}
 }
+
+// TestAdoptRemovesWhatARebootLeft: after a reboot the run directory holds
+// the sockets and state-file entries of workers that are gone; the next
+// agent adopts the live ones and removes the rest.
+func TestAdoptRemovesWhatARebootLeft(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	old := newSupervisor(t, cfg)
+	live, err := old.Start(t.Context(), spec("ready"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Release()
+	// A worker that died with the host: its socket file stays, and the
+	// state file still lists it.
+	stale := filepath.Join(cfg.RunDir, "w-99999-1.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	var ws []savedWorker
+	b, err := os.ReadFile(old.stateFile())
+	if err != nil || json.Unmarshal(b, &ws) != nil || len(ws) != 1 {
+		t.Fatalf("state file: %v %s", err, b)
+	}
+	gone := ws[0]
+	gone.Info.ID, gone.Info.PID, gone.Socket = "w-99999-1", 1<<30, stale
+	b, _ = json.Marshal(append(ws, gone))
+	if err := os.WriteFile(old.stateFile(), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s := newSupervisor(t, cfg)
+	if got := s.Adopt(t.Context()); !slices.Equal(got, []string{live.Info().ID}) {
+		t.Fatalf("Adopt = %q, want [%s]", got, live.Info().ID)
+	}
+	if _, err := os.Lstat(stale); !os.IsNotExist(err) {
+		t.Errorf("the dead worker's socket is still there: %v", err)
+	}
+	if _, err := os.Lstat(live.socket); err != nil {
+		t.Errorf("the live worker's socket: %v", err)
+	}
+	b, _ = os.ReadFile(s.stateFile())
+	if strings.Contains(string(b), "w-99999-1") || !strings.Contains(string(b), live.Info().ID) {
+		t.Errorf("state file after Adopt:\n%s", b)
+	}
+}
