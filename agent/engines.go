@@ -53,7 +53,7 @@ func (a *Agent) InstallEngine(ctx context.Context, src string) (catalog.WorkerBi
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		tmp := filepath.Join(a.enginesDir(), ".incoming-"+hex.EncodeToString(b[:]))
-		m, err := bundle.Prepare(ctx, src, tmp, bundle.Options{Source: src})
+		m, err := bundle.Prepare(ctx, src, tmp, bundle.Options{Source: src, Platform: runtime.GOOS + "/" + runtime.GOARCH})
 		if err != nil {
 			return catalog.WorkerBinary{}, rbee.Errorf(rbee.CodeBadRequest, "engine %s: %v", src, err)
 		}
@@ -67,6 +67,9 @@ func (a *Agent) InstallEngine(ctx context.Context, src string) (catalog.WorkerBi
 	m, err := bundle.Validate(dir)
 	if err != nil {
 		return catalog.WorkerBinary{}, rbee.Errorf(rbee.CodeBadRequest, "engine %s: %v", dir, err)
+	}
+	if p := runtime.GOOS + "/" + runtime.GOARCH; m.OS+"/"+m.Arch != p {
+		return catalog.WorkerBinary{}, rbee.Errorf(rbee.CodeBadRequest, "engine %s is built for %s/%s and hive %s runs %s: install a %s build of llama.cpp", dir, m.OS, m.Arch, a.cfg.Name, p, p)
 	}
 	sum, err := modelfile.Hash(ctx, filepath.Join(dir, bundle.ManifestName))
 	if err != nil {

@@ -389,7 +389,7 @@ func TestPrepareVersion(t *testing.T) {
 		{name: "from file name", libs: without(cpuLibs(), "_nlcBuildMetadata.json"), want: "v0.5.0"},
 		{name: "override", libs: cpuLibs(), opt: bundle.Options{Version: "b1234"}, want: "b1234"},
 		{name: "override plain names", libs: plainLibs, opt: bundle.Options{Version: "b1234"}, want: "b1234"},
-		{name: "missing", libs: plainLibs, wantErr: "set Options.Version"},
+		{name: "missing", libs: plainLibs, wantErr: "cannot tell the llama.cpp version"},
 		{
 			name:    "bad metadata",
 			libs:    append(without(cpuLibs(), "_nlcBuildMetadata.json"), entry{name: "_nlcBuildMetadata.json", body: "{"}),
@@ -435,7 +435,7 @@ func TestPreparePlatform(t *testing.T) {
 		{name: "aarch64", libllama: fakeELF(elf.EM_AARCH64), wantOS: "linux", wantArch: "arm64"},
 		{name: "arch override", libllama: fakeELF(elf.EM_X86_64), opt: bundle.Options{Arch: "arm64"}, wantOS: "linux", wantArch: "arm64"},
 		{name: "no header, override", libllama: "junk", opt: bundle.Options{OS: "linux", Arch: "riscv64"}, wantOS: "linux", wantArch: "riscv64"},
-		{name: "no header", libllama: "junk", wantError: "set Options.OS and Options.Arch"},
+		{name: "no header", libllama: "junk", wantError: "cannot tell which OS and CPU it is built for"},
 		{name: "unknown machine", libllama: fakeELF(elf.EM_SPARCV9), wantError: "unknown ELF machine"},
 	}
 	for _, tt := range tests {

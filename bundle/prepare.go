@@ -39,6 +39,9 @@ type Options struct {
 	// MaxBytes bounds the bytes extracted from an archive; zero means
 	// DefaultMaxBytes.
 	MaxBytes int64
+	// Platform, when set ("linux/amd64"), is the platform the bundle must
+	// run on: the hive's. Libraries built for another are refused.
+	Platform string
 }
 
 // Prepare builds a bundle at dst from src, a directory or a .tgz, .tar or
@@ -292,7 +295,7 @@ func assemble(ctx context.Context, fsys fs.FS, libDir, out string, opt Options) 
 		}
 		goos, goarch, err := platform(filepath.Join(out, lib))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w; set Options.OS and Options.Arch", lib, err)
+			return nil, fmt.Errorf("%s: %w: cannot tell which OS and CPU it is built for", lib, err)
 		}
 		if m.OS == "" {
 			m.OS = goos
@@ -300,6 +303,14 @@ func assemble(ctx context.Context, fsys fs.FS, libDir, out string, opt Options) 
 		if m.Arch == "" {
 			m.Arch = goarch
 		}
+	}
+	if lib := libllamaFile(files, links); lib != "" {
+		if err := checkLibllama(filepath.Join(out, lib), lib); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkPlatform(m, opt.Platform); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -405,7 +416,7 @@ func version(fsys fs.FS, libDir string, names []string, opt Options) (string, er
 			return m[1], nil
 		}
 	}
-	return "", errors.New("cannot tell the llama.cpp version: no build metadata and no versioned library name; set Options.Version")
+	return "", errors.New("cannot tell the llama.cpp version: no build metadata and no versioned library name (libllama.vX.Y.Z.so)")
 }
 
 // platform reads GOOS and GOARCH from a library's ELF or Mach-O header.

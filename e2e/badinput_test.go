@@ -1,13 +1,18 @@
 package e2e
 
 import (
+	"debug/elf"
+	"encoding/binary"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download/hubtest"
@@ -202,6 +207,111 @@ func TestBadInputAliases(t *testing.T) {
 	r = e.rbee("model", "ls")
 	if strings.Contains(r.stdout, "\x1b") || strings.Contains(r.stdout, "\n[queen] forged") || !strings.Contains(r.stdout, `\x1b[2J`) {
 		t.Errorf("model ls prints the file name raw:\n%q", r.stdout)
+	}
+	e.stopQueen()
+}
+
+// TestBadInputInfer: --temperature NaN is refused as out of range (not
+// "job request: EOF"), and a FIFO as the model is refused at once instead
+// of hanging the keeper; neither starts anything.
+func TestBadInputInfer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, temp := range []string{"NaN", "nan", "+Inf", "-Inf"} {
+		r := e.rbee("infer", "--model", alphabet, "--temperature="+temp, "abc")
+		if r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "out of range; use 0 to 2") {
+			t.Errorf("--temperature %s: exit %d, want %d saying the range:\n%s", temp, r.code, rbee.ExitUsage, r.stderr)
+		}
+	}
+	fifo := filepath.Join(t.TempDir(), "model.gguf")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan result, 1)
+	go func() { done <- e.rbee("infer", "--model", fifo, "abc") }()
+	select {
+	case r := <-done:
+		if r.code != rbee.ExitNotFound || !strings.Contains(r.stderr, "named pipe (FIFO), not a regular file") || !strings.Contains(r.stderr, "hint: ") {
+			t.Errorf("infer --model FIFO: exit %d, want %d saying it is no regular file:\n%s", r.code, rbee.ExitNotFound, r.stderr)
+		}
+	case <-time.After(20 * time.Second):
+		// Unblock the keeper's open so that the test can end.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("infer --model FIFO hangs")
+	}
+	if left := e.procs(); len(left) > 0 {
+		t.Errorf("refused jobs started processes: %v", describe(left))
+	}
+}
+
+// copyEngine copies the test engine bundle and lets edit change its
+// libllama, as a person would hand rbee a wrong build.
+func copyEngine(t *testing.T, edit func(lib []byte) []byte) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "llama")
+	if out, err := exec.Command("cp", "-a", engineDir, dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy engine: %v\n%s", err, out)
+	}
+	lib, err := filepath.EvalSymlinks(filepath.Join(dir, "libllama.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lib, edit(b), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestBadInputWorkerInstall: an engine bundle for another CPU than the
+// hive's, or an unrelated library renamed libllama, is refused by worker
+// install, locally and before anything is pushed to an SSH host.
+func TestBadInputWorkerInstall(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	arm64 := copyEngine(t, func(b []byte) []byte {
+		binary.LittleEndian.PutUint16(b[18:], uint16(elf.EM_AARCH64)) // e_machine
+		return b
+	})
+	unrelated, _ := filepath.Glob("/usr/lib/*/libffi.so.8")
+	if len(unrelated) == 0 {
+		t.Fatal("no libffi.so.8 here")
+	}
+	renamed := copyEngine(t, func([]byte) []byte {
+		b, err := os.ReadFile(unrelated[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	before := e.rbee("worker", "ls", "--hive", "h1").stdout
+	for _, tt := range []struct{ name, src, want string }{
+		{"arm64", arm64, "built for linux/arm64 and this hive runs linux/amd64"},
+		{"renamed", renamed, "does not export llama.cpp's functions"},
+	} {
+		for _, hive := range []string{"localhost", "h1"} {
+			r := e.rbee("worker", "install", "--hive", hive, tt.src)
+			if r.code != rbee.ExitUsage || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("worker install %s on %s: exit %d, want %d with %q:\n%s", tt.name, hive, r.code, rbee.ExitUsage, tt.want, r.stderr)
+			}
+			if strings.Contains(r.stderr, "Options") || strings.Contains(r.stderr, "pushed") {
+				t.Errorf("worker install %s on %s: internal names, or a push:\n%s", tt.name, hive, r.stderr)
+			}
+		}
+	}
+	if after := e.rbee("worker", "ls", "--hive", "h1").stdout; after != before {
+		t.Errorf("the host's worker catalog changed:\n%s\nwas:\n%s", after, before)
+	}
+	if r := e.rbee("worker", "ls"); strings.Contains(r.stdout, "arm64") {
+		t.Errorf("the local worker catalog holds the refused bundle:\n%s", r.stdout)
 	}
 	e.stopQueen()
 }

@@ -48,7 +48,11 @@ func (q *Queen) installEngine(w http.ResponseWriter, r *http.Request) {
 				return err
 			}
 			defer os.RemoveAll(tmp)
-			m, err := bundle.Prepare(ctx, src, filepath.Join(tmp, "b"), bundle.Options{Source: req.Source})
+			var platform string // the host's, checked before a byte is pushed
+			if hs := hc.handshake; hs.OS != "" && hs.Arch != "" {
+				platform = hs.OS + "/" + hs.Arch
+			}
+			m, err := bundle.Prepare(ctx, src, filepath.Join(tmp, "b"), bundle.Options{Source: req.Source, Platform: platform})
 			if err != nil {
 				return rbee.Errorf(rbee.CodeBadRequest, "engine %s: %w", req.Source, err)
 			}

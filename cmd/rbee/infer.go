@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -62,7 +63,7 @@ func (c *inferCmd) Validate() error {
 		return errors.New("--chat and --raw contradict each other; pick one")
 	case c.MaxTokens < 0:
 		return errors.New("--max-tokens must not be negative")
-	case c.Temperature != nil && (*c.Temperature < 0 || *c.Temperature > 2):
+	case c.Temperature != nil && !(*c.Temperature >= 0 && *c.Temperature <= 2): // NaN too
 		return fmt.Errorf("--temperature %g is out of range; use 0 to 2", *c.Temperature)
 	case strings.TrimSpace(c.Prompt) == "":
 		return errors.New("the prompt is empty")
@@ -228,25 +229,51 @@ func flagGiven(name string) bool {
 	return false
 }
 
-// checkModelFile refuses a missing file or one that is not GGUF.
+// checkModelFile refuses a missing file, anything but a regular file (a
+// FIFO or a device would block the open or the read), or a file that is not
+// GGUF. It looks before it opens: Stat never blocks.
 func checkModelFile(path string) error {
-	f, err := os.Open(path)
+	st, err := os.Stat(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return exitf(rbee.ExitNotFound, "give the path of a .gguf file (make models writes test models to .rbee-dev/models)", "model file %s does not exist", path)
+			return exitf(rbee.ExitNotFound, "give the path of a .gguf file (make models writes test models to .rbee-dev/models)", "model file %s does not exist", printable(path))
 		}
-		return exitf(rbee.ExitNotFound, "", "model file: %v", err)
+		return exitf(rbee.ExitNotFound, "", "model file: %w", err)
+	}
+	switch {
+	case st.IsDir():
+		return exitf(rbee.ExitNotFound, "", "model path %s is a directory; give a .gguf file", printable(path))
+	case !st.Mode().IsRegular():
+		return exitf(rbee.ExitNotFound, "give the path of a .gguf file on disk", "model path %s is %s, not a regular file", printable(path), fileKind(st.Mode()))
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // replaced meanwhile by a FIFO: no hang
+	if err != nil {
+		return exitf(rbee.ExitNotFound, "", "model file: %w", err)
 	}
 	defer f.Close()
-	var magic [4]byte
-	st, _ := f.Stat()
-	if st != nil && st.IsDir() {
-		return exitf(rbee.ExitNotFound, "", "model path %s is a directory; give a .gguf file", path)
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return exitf(rbee.ExitNotFound, "give the path of a .gguf file on disk", "model path %s is not a regular file", printable(path))
 	}
+	var magic [4]byte
 	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "GGUF" {
-		return exitf(rbee.ExitNotFound, "rbee runs GGUF models (llama.cpp's format)", "%s is not a GGUF file", path)
+		return exitf(rbee.ExitNotFound, "rbee runs GGUF models (llama.cpp's format)", "%s is not a GGUF file", printable(path))
 	}
 	return nil
+}
+
+// fileKind names a non-regular file's type for people.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a plain file"
 }
 
 // startEphemeral runs a queen in this process on a private control socket
