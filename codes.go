@@ -11,6 +11,7 @@ const (
 	CodeBadRequest     = "bad_request"     // the request itself is wrong
 	CodeModelNotFound  = "model_not_found" // no such model file or catalog entry
 	CodeNotGGUF        = "not_gguf"        // the model file is not GGUF
+	CodeModelCorrupt   = "model_corrupt"   // the model file no longer matches its sha256
 	CodeHiveUnknown    = "hive_unknown"    // no hive by that name
 	CodeHiveDown       = "hive_unreachable"
 	CodeNoRoom         = "no_room"          // no device has room for the model
@@ -42,7 +43,7 @@ func ExitCodeFor(code string) int {
 	switch code {
 	case CodeBadRequest:
 		return ExitUsage
-	case CodeModelNotFound, CodeNotGGUF, CodeHiveUnknown, CodeDeviceUnknown:
+	case CodeModelNotFound, CodeNotGGUF, CodeModelCorrupt, CodeHiveUnknown, CodeDeviceUnknown:
 		return ExitNotFound
 	case CodeNoRoom:
 		return ExitNoRoom

@@ -414,6 +414,7 @@ func (a *Agent) AddModel(ctx context.Context, req hiveapi.AddModelRequest) (hive
 	if err != nil {
 		return hiveapi.Model{}, fmt.Errorf("add model: %w", err)
 	}
+	a.store().Verified(req.Path, info.SHA256) // just hashed: the first job need not hash it again
 	return a.apiModel(m), nil
 }
 

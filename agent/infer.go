@@ -81,6 +81,9 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		var joined bool
 		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType}
 		wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {
+			if err := a.verifyModel(ctx, model); err != nil {
+				return nil, err
+			}
 			_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
 			if req.WorkerType != "" {
 				wt, terr := a.workerType(req.WorkerType)
@@ -210,8 +213,11 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 			msg = c.Error.Message
 		}
 		code := rbee.CodeWorkerFailed
-		if resp.StatusCode == http.StatusBadRequest {
+		switch resp.StatusCode {
+		case http.StatusBadRequest:
 			code = rbee.CodeBadRequest
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests: // queue full: busy, not broken
+			code = rbee.CodeBusy
 		}
 		fail(code, fmt.Sprintf("worker %s refused the prompt (%d): %s", info.ID, resp.StatusCode, msg))
 		return

@@ -71,7 +71,8 @@ const modelCols = `id, sha256, ref, alias, path, size, format, arch, quant, para
 // again updates that entry instead of making a second one. On update, Ref,
 // Alias, Path and the metadata fields are overwritten only when set, LastUsed
 // only moves forward, and Added is kept. A new entry needs Path; a zero Added
-// becomes now. It returns the entry as stored, or ErrExists when the alias
+// becomes now. Entries of other content at the same path (a file changed in
+// place) are removed. It returns the entry as stored, or ErrExists when the alias
 // belongs to another model.
 func (h *HiveDB) AddModel(ctx context.Context, m Model) (Model, error) {
 	got, err := h.addModel(ctx, m)
@@ -118,6 +119,13 @@ func (h *HiveDB) addModel(ctx context.Context, m Model) (Model, error) {
 		case err == nil:
 			return Model{}, fmt.Errorf("alias %q belongs to %s: %w", m.Alias, other, ErrExists)
 		case !errors.Is(err, sql.ErrNoRows):
+			return Model{}, err
+		}
+	}
+	if m.Path != "" {
+		// A path holds one content: an entry for what the file held before
+		// it was changed in place is stale.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM models WHERE path = ? AND sha256 != ?`, m.Path, sum); err != nil {
 			return Model{}, err
 		}
 	}

@@ -493,3 +493,35 @@ func TestWorkerBinaryTouchRemove(t *testing.T) {
 		t.Errorf("after remove: got %v, want ErrNotFound", err)
 	}
 }
+
+// TestModelChangedInPlace: a file changed in place is registered again
+// under its new content; the entry of what it held before is stale and
+// leaves, so a lookup by path finds the file as it is.
+func TestModelChangedInPlace(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	h := newHive(t)
+	old := Model{Ref: "/home/me/m.gguf", Path: "/home/me/m.gguf", Size: 10, SHA256: sha(1), LastUsed: ms(2_000_000_000_000)}
+	if _, err := h.AddModel(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	other := Model{Path: "/home/me/other.gguf", Size: 10, SHA256: sha(3)}
+	if _, err := h.AddModel(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := h.AddModel(ctx, Model{Ref: old.Ref, Path: old.Path, Size: 12, SHA256: sha(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.Model(ctx, old.Path)
+	if err != nil || got.ID != changed.ID {
+		t.Errorf("Model(path) = %s, %v; want the new content %s", got.ID, err, changed.ID)
+	}
+	if _, err := h.Model(ctx, ModelID(sha(1))); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the stale entry: got %v, want ErrNotFound", err)
+	}
+	all, _ := h.Models(ctx)
+	if len(all) != 2 {
+		t.Errorf("models: got %d, want 2 (the changed file, the other one): %+v", len(all), all)
+	}
+}

@@ -306,6 +306,7 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, err)
 	}
 	syncDir(blobDir)
+	s.Verified(path, sum) // hashed on the way in: the first job need not hash it again
 	if rem.SHA256 == "" && rem.ETag != "" {
 		s.index(h.url(r), rem, sum)
 	}

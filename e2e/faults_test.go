@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download/hubtest"
+	"github.com/rbee-dev/rbee/hiveapi"
 )
 
 // TestFaultsHungWorker: a worker stopped (SIGSTOP) mid-stream makes no
@@ -51,4 +55,115 @@ func dead(pid int) bool {
 	}
 	_, rest, _ := strings.Cut(string(b), ") ")
 	return strings.HasPrefix(rest, "Z")
+}
+
+// TestFaultsCorruptBlob: bytes flipped in a pulled model's blob are found
+// before a worker loads it: the job fails with the corrupt-model code,
+// the blob is moved aside (not deleted) and leaves the catalog, and the
+// next job downloads it again.
+func TestFaultsCorruptBlob(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(longModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ref = "hf:rbee/tiny/random-3m-Q8_0.gguf"
+	hub := hubtest.New(t, map[string][]byte{"rbee/tiny/random-3m-Q8_0.gguf": data})
+	e := newEnv(t, "HF_ENDPOINT="+hub.URL)
+	infer := func() result {
+		return e.rbee("infer", "--model", ref, "--temperature", "0", "--max-tokens", "4", "hello")
+	}
+	if r := infer(); r.code != 0 {
+		t.Fatalf("first job: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen() // the next job loads the model from disk again
+
+	store := filepath.Join(e.home, ".rbee", "models", "store")
+	blobs, _ := filepath.Glob(filepath.Join(store, "blobs", "sha256-*"))
+	if len(blobs) != 1 {
+		t.Fatalf("blobs: %v", blobs)
+	}
+	f, err := os.OpenFile(blobs[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := []byte{0}
+	off := int64(len(data) / 2)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	r := infer()
+	if r.code != rbee.ExitNotFound || !strings.Contains(r.stderr, "is corrupt") || strings.Contains(r.stderr, "starting a worker") {
+		t.Fatalf("job on the corrupt blob: exit %d, want %d saying it is corrupt, no worker started\n%s", r.code, rbee.ExitNotFound, r.stderr)
+	}
+	if _, err := os.Stat(blobs[0]); !os.IsNotExist(err) {
+		t.Errorf("the corrupt blob is still in the store: %v", err)
+	}
+	if q, _ := filepath.Glob(filepath.Join(store, "quarantine", filepath.Base(blobs[0])+".*")); len(q) != 1 {
+		t.Errorf("quarantine holds %v, want the corrupt blob", q)
+	}
+	var ms []hiveapi.Model
+	if err := json.Unmarshal([]byte(e.rbee("model", "ls", "--json").stdout), &ms); err != nil || len(ms) != 0 {
+		t.Errorf("catalog after the corrupt blob: %v %+v, want empty", err, ms)
+	}
+	r = infer()
+	if r.code != 0 || !strings.Contains(r.stderr, "] downloading") {
+		t.Errorf("the job after: exit %d, want it downloaded again\n%s", r.code, r.stderr)
+	}
+	e.stopQueen()
+}
+
+// TestFaultsLocalFileChanged: a local model file changed in place is
+// registered anew and its old entry leaves the catalog.
+func TestFaultsLocalFileChanged(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	path := filepath.Join(e.home, "m.gguf")
+	copyFile(t, alphabet, path)
+	if r := e.rbee("infer", "--model", path, "--temperature", "0", "abc"); r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("first job: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	copyFile(t, longModel, path)
+	if r := e.rbee("infer", "--model", path, "--temperature", "0", "--max-tokens", "4", "abc"); r.code != 0 {
+		t.Fatalf("job on the changed file: exit %d\n%s", r.code, r.stderr)
+	}
+	var ms []hiveapi.Model
+	if err := json.Unmarshal([]byte(e.rbee("model", "ls", "--json").stdout), &ms); err != nil {
+		t.Fatal(err)
+	}
+	var at []string
+	for _, m := range ms {
+		if m.Path == path {
+			at = append(at, m.ID)
+		}
+	}
+	if len(at) != 1 {
+		t.Errorf("catalog entries for %s: %v, want one (the file as it is now)", path, at)
+	}
+	e.stopQueen()
+}
+
+// copyFile writes src's content over dst in place (same inode).
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
