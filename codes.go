@@ -21,6 +21,8 @@ const (
 	CodeWorkerNotFound = "worker_not_found" // the worker is gone
 	CodeCancelled      = "cancelled"
 	CodeQueenDown      = "queen_unavailable"
+	CodeBusy           = "busy"            // every slot and queue place of the worker is taken
+	CodeDownload       = "download_failed" // a download could not be completed (network, server, stall, checksum)
 	CodeInternal       = "internal"
 )
 
@@ -30,13 +32,31 @@ const (
 	ExitOK          = 0
 	ExitError       = 1   // anything not listed below
 	ExitUsage       = 2   // bad or contradictory flags
-	ExitQueen       = 3   // the queen could not be reached or started
-	ExitNotFound    = 4   // model file missing or not GGUF, unknown hive or device
+	ExitQueen       = 3   // the queen could not be reached or started, or stopped mid-command
+	ExitNotFound    = 4   // model file missing, corrupt or not GGUF, unknown hive or device
 	ExitNoRoom      = 5   // no device has room for the model
 	ExitWorker      = 6   // the worker failed to start or died mid-stream
 	ExitHive        = 7   // a hive could not be reached (SSH, host key, agent)
+	ExitBusy        = 8   // the worker is busy: its slots and queue are full
+	ExitDownload    = 9   // a download failed: network, server error, stall, checksum
 	ExitInterrupted = 130 // Ctrl-C
 )
+
+// ExitMeanings is what each exit code means, word for word as the README's
+// table says it (a test keeps them equal).
+var ExitMeanings = map[int]string{
+	ExitOK:          "ok",
+	ExitError:       "an error not listed below",
+	ExitUsage:       "bad or contradictory flags or arguments",
+	ExitQueen:       "the queen could not be reached or started, or stopped during the command",
+	ExitNotFound:    "model file missing, corrupt or not GGUF; unknown hive or device",
+	ExitNoRoom:      "no device has room for the model",
+	ExitWorker:      "the worker failed to start or died mid-stream",
+	ExitHive:        "a hive could not be reached (SSH, host key, authentication, agent)",
+	ExitBusy:        "the worker is busy (its slots and queue are full): retry later",
+	ExitDownload:    "a download failed: the server could not be reached, answered an error, stalled, or sent other bytes than announced",
+	ExitInterrupted: "interrupted (Ctrl-C)",
+}
 
 // ExitCodeFor maps an error code to the command's exit code.
 func ExitCodeFor(code string) int {
@@ -53,6 +73,10 @@ func ExitCodeFor(code string) int {
 		return ExitQueen
 	case CodeHiveDown:
 		return ExitHive
+	case CodeBusy:
+		return ExitBusy
+	case CodeDownload:
+		return ExitDownload
 	case CodeCancelled:
 		return ExitInterrupted
 	}

@@ -120,7 +120,7 @@ func pullError(ref download.Ref, err error) error {
 	case errors.Is(err, context.Canceled):
 		return err
 	}
-	return rbee.Errorf(rbee.CodeModelNotFound, "download %s: %v", strings.TrimSpace(ref.Raw), err)
+	return rbee.Errorf(rbee.CodeDownload, "download %s: %w", strings.TrimSpace(ref.Raw), err)
 }
 
 // checkAlias refuses an alias outside the documented set (the agent is the

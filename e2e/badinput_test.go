@@ -18,6 +18,7 @@ import (
 	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // proxy6 forwards [::1]:PORT to addr, so that a host of the harness (which
@@ -312,6 +313,25 @@ func TestBadInputWorkerInstall(t *testing.T) {
 	}
 	if r := e.rbee("worker", "ls"); strings.Contains(r.stdout, "arm64") {
 		t.Errorf("the local worker catalog holds the refused bundle:\n%s", r.stdout)
+	}
+	e.stopQueen()
+}
+
+// TestBadInputExitCodes: a model server that cannot be reached exits with
+// "a download failed" (9), not "model missing" (4).
+func TestBadInputExitCodes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	closed, err := testenv.FreePort() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + closed + "/m.gguf"
+	for _, args := range [][]string{{"model", "pull", url}, {"infer", "--model", url, "abc"}} {
+		r := e.rbee(args...)
+		if r.code != rbee.ExitDownload || !strings.Contains(r.stderr, closed) {
+			t.Errorf("%s with nothing listening: exit %d, want %d naming the server:\n%s", args[0], r.code, rbee.ExitDownload, r.stderr)
+		}
 	}
 	e.stopQueen()
 }

@@ -120,7 +120,7 @@ func refError(err error) error {
 	case errors.Is(err, download.ErrNotRef):
 		return rbee.Errorf(rbee.CodeBadRequest, "%w", err)
 	}
-	return rbee.Errorf(rbee.CodeModelNotFound, "%w", err)
+	return rbee.Errorf(rbee.CodeDownload, "%w", err) // the server: unreachable, failing, stalled
 }
 
 // shaCache remembers local files' sha256 per (path, size, mtime), so a

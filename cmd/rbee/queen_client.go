@@ -202,7 +202,8 @@ func follow(ctx context.Context, g *globals, s *queenapi.Stream, err error, p *p
 				return exitf(rbee.ExitQueen, "", "the queen's event stream broke off: %v", err)
 			}
 			if needDone && !done {
-				return exitf(rbee.ExitError, "", "the job ended without a result")
+				// The queen closed the stream: it stopped (or lost us).
+				return exitf(rbee.ExitQueen, "rbee queen status tells whether it runs", "the queen ended the job without a result")
 			}
 			return nil
 		}
