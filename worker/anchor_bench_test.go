@@ -24,9 +24,9 @@ const (
 	anchorCtxSlot   = 2048 // tokens per slot
 	anchorGen       = 256  // tokens per single-stream generation
 	anchorGenConc   = 128  // tokens per stream when several run
-	anchorRounds    = 2 // servers alternate, round by round, so drift in the machine's load hits both alike
-	anchorRuns      = 3 // per round
-	anchorConcRuns  = 2 // per round
+	anchorRounds    = 2    // servers alternate, round by round, so drift in the machine's load hits both alike
+	anchorRuns      = 3    // per round
+	anchorConcRuns  = 2    // per round
 	anchorPrefix    = 1500 // tokens shared by the two turns
 	anchorTurnExtra = 20
 )
