@@ -47,8 +47,12 @@ type Manifest struct {
 	Backends []string          `json:"backends"`
 	Files    []File            `json:"files"` // every regular file but the manifest, sorted by name
 	Links    map[string]string `json:"links"` // plain name → file it points to
-	Source   string            `json:"source"`
-	Created  time.Time         `json:"created"`
+	// Omitted are the files of the bundle this one was cut from that it
+	// leaves out: CPU variant libraries the host it was shipped to cannot
+	// run or does not need (see Partial). Empty for a whole bundle.
+	Omitted []File    `json:"omitted,omitempty"`
+	Source  string    `json:"source"`
+	Created time.Time `json:"created"`
 }
 
 // File is one regular file of a bundle.
@@ -236,6 +240,9 @@ func (m *Manifest) check() error {
 		case !files[target]:
 			return fmt.Errorf("link %s points to %q, which is not a file of the bundle", name, target)
 		}
+	}
+	if err := m.checkOmitted(files); err != nil {
+		return err
 	}
 	names := m.names()
 	for _, want := range requiredLibs(m.OS) {

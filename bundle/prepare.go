@@ -129,11 +129,11 @@ func prepare(ctx context.Context, src, dst string, opt Options) (*Manifest, erro
 	if err := m.check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
 	}
-	data, err := json.MarshalIndent(m, "", "  ")
+	data, err := m.Marshal()
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(out, ManifestName), append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(out, ManifestName), data, 0o644); err != nil {
 		return nil, err
 	}
 	if _, err := Validate(out); err != nil {
