@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path"
 	"time"
 
@@ -86,26 +85,23 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 	if !p.Libffi {
 		return plan, errors.New("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
 	}
-	files := []file{
-		{src: agentSrc, dst: l.AgentPath(rbee.Version), mode: 0o755},
-		{src: workerSrc, dst: l.WorkerPath(rbee.Version), mode: 0o755},
+	files, err := binaryFiles(agentSrc, workerSrc, l)
+	if err != nil {
+		return plan, err
 	}
-	for i := range files {
-		if files[i].sum, err = cachedSHA256(files[i].src); err != nil {
-			return plan, fmt.Errorf("plan %s: %w", files[i].src, err)
-		}
-	}
+	var (
+		m        *bundle.Manifest
+		bfiles   []file
+		manifest file
+	)
 	if engineSrc != "" {
-		m, err := bundle.Validate(engineSrc)
-		if err != nil {
+		if m, err = bundle.Validate(engineSrc); err != nil {
 			return plan, fmt.Errorf("engine bundle: %w", err)
 		}
 		plan.Engine, plan.Links = bundle.Variant(m), len(m.Links)
-		bfiles, manifest, err := bundleFiles(engineSrc, l.EngineDir(plan.Engine), m)
-		if err != nil {
+		if bfiles, manifest, err = bundleFiles(engineSrc, l.EngineDir(plan.Engine), m); err != nil {
 			return plan, fmt.Errorf("engine bundle: %w", err)
 		}
-		files = append(append(files, bfiles...), manifest)
 	}
 	need, err := sizeOf(agentSrc, workerSrc)
 	if err == nil && engineSrc != "" {
@@ -116,20 +112,27 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 	if err != nil {
 		return plan, err
 	}
-	var dsts []string
-	for _, f := range files {
-		dsts = append(dsts, f.dst)
+	all := files
+	if m != nil {
+		all = append(append(all, bfiles...), manifest)
 	}
-	have, err := remoteSums(ctx, c, dsts)
+	have, err := remoteSums(ctx, c, dsts(all))
 	if err != nil {
 		return plan, err
 	}
+	if m != nil {
+		// The same cut as Up's: the CPU variants this host needs.
+		if bfiles, manifest, _, err = hostBundle(bfiles, manifest, m, p.CPUFlags, have); err != nil {
+			return plan, err
+		}
+		files = append(append(files, bfiles...), manifest)
+	}
 	for _, f := range files {
-		st, err := os.Stat(f.src)
+		n, err := f.size()
 		if err != nil {
 			return plan, fmt.Errorf("plan %s: %w", f.src, err)
 		}
-		plan.Files = append(plan.Files, PlannedFile{Name: path.Base(f.dst), Src: f.src, Dst: f.dst, Bytes: st.Size(), Upload: have[f.dst] != f.sum})
+		plan.Files = append(plan.Files, PlannedFile{Name: path.Base(f.dst), Src: f.src, Dst: f.dst, Bytes: n, Upload: have[f.dst] != f.sum})
 	}
 	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
 		return plan, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))

@@ -2,9 +2,13 @@ package provision
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path"
@@ -46,6 +50,10 @@ type Probe struct {
 	Agent     bool   // an agent's socket exists
 	FreeBytes uint64 // in the home's filesystem
 	Home      string
+	// CPUFlags are the CPU's features as /proc/cpuinfo lists them (its
+	// flags line on x86, Features on arm); nil when unknown. A push sends
+	// only the engine's CPU variants they allow.
+	CPUFlags []string
 }
 
 // Platform returns the host's build target.
@@ -113,7 +121,8 @@ type Options struct {
 // ever pasted into a remote command.
 const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 1; ` +
 	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libffi.so.8" ] && { echo libffi=yes; break; }; done; ` +
-	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
+	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; ` +
+	`awk '/^(flags|Features)[ \t]*:/ { sub(/^[^:]*:[ \t]*/, ""); print "cpu=" $0; exit }' /proc/cpuinfo 2>/dev/null; df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
 
 // ProbeHost runs the probe phase.
 func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
@@ -122,11 +131,17 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 		return Probe{}, fmt.Errorf("probe: %w", err)
 	}
 	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		lines = append(lines, strings.TrimSpace(sc.Text()))
-	}
 	p := Probe{}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if flags, ok := strings.CutPrefix(line, "cpu="); ok {
+			p.CPUFlags = strings.Fields(flags)
+			continue
+		}
+		lines = append(lines, line)
+	}
 	if len(lines) < 5 {
 		return p, fmt.Errorf("probe: unexpected answer %q", out)
 	}
@@ -257,7 +272,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, fmt.Errorf("engine bundle: %w", err)
 	}
 	engineDir := l.EngineDir(bundle.Variant(m))
-	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m)
+	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags)
 	if err != nil {
 		return res, nil, err
 	}
@@ -392,28 +407,52 @@ type file struct {
 	src, dst string
 	mode     os.FileMode
 	sum      string // sha256 of src
+	data     []byte // sent instead of src when set (a manifest made for the host)
+}
+
+// size is how many bytes f sends.
+func (f file) size() (int64, error) {
+	if f.data != nil {
+		return int64(len(f.data)), nil
+	}
+	st, err := os.Stat(f.src)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }
 
 // pushAll puts the agent, the worker and the engine bundle on the host. One
 // remote command checks what is there already; only files whose checksum
 // differs are uploaded, a few at a time over the one SFTP session, each to a
-// temporary name, checked, then renamed. The bundle's manifest goes last (a
-// bundle with a manifest is complete), then its links.
-func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest) ([]string, error) {
-	var files []file
-	for _, f := range []file{{src: agentSrc, dst: l.AgentPath(rbee.Version), mode: 0o755}, {src: workerSrc, dst: l.WorkerPath(rbee.Version), mode: 0o755}} {
-		sum, err := cachedSHA256(f.src)
-		if err != nil {
-			return nil, fmt.Errorf("push %s: %w", f.src, err)
-		}
-		f.sum = sum
-		files = append(files, f)
+// temporary name, checked, then renamed. Of the bundle's CPU variants only
+// those the host's CPU (flags) needs go (see hostBundle). The bundle's
+// manifest goes last (a bundle with a manifest is complete), then its links.
+func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest, flags []string) ([]string, error) {
+	files, err := binaryFiles(agentSrc, workerSrc, l)
+	if err != nil {
+		return nil, err
 	}
 	bfiles, manifest, err := bundleFiles(engineSrc, engineDir, m)
 	if err != nil {
 		return nil, err
 	}
-	sent, err := pushFiles(ctx, c, append(files, bfiles...), manifest)
+	have, err := remoteSums(ctx, c, dsts(append(append(files, bfiles...), manifest)))
+	if err != nil {
+		return nil, err
+	}
+	bfiles, manifest, stale, err := hostBundle(bfiles, manifest, m, flags, have)
+	if err != nil {
+		return nil, err
+	}
+	if len(stale) > 0 {
+		// Omitted variants left there with other contents: ggml would
+		// load them, and the bundle check refuses unlisted libraries.
+		if _, err := c.Run(ctx, append([]string{"rm", "-f", "--"}, stale...), nil); err != nil {
+			return nil, fmt.Errorf("remove stale engine files: %w", err)
+		}
+	}
+	sent, err := sendFiles(ctx, c, append(files, bfiles...), manifest, have)
 	if err != nil {
 		return nil, err
 	}
@@ -438,6 +477,65 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 	return names, nil
 }
 
+// binaryFiles lists the agent and the worker for the host.
+func binaryFiles(agentSrc, workerSrc string, l Layout) ([]file, error) {
+	files := []file{{src: agentSrc, dst: l.AgentPath(rbee.Version), mode: 0o755}, {src: workerSrc, dst: l.WorkerPath(rbee.Version), mode: 0o755}}
+	for i := range files {
+		sum, err := cachedSHA256(files[i].src)
+		if err != nil {
+			return nil, fmt.Errorf("push %s: %w", files[i].src, err)
+		}
+		files[i].sum = sum
+	}
+	return files, nil
+}
+
+// hostBundle cuts a bundle's files (bundleFiles) to what a host whose CPU
+// shows flags needs: of the CPU variant libraries, the one ggml picks there
+// and the portable one (bundle.Manifest.CPUNeeds), plus any it holds
+// already with the right checksum (have: a home shared by hosts of other
+// CPUs keeps theirs). When some are left out, the manifest is made for the
+// host, listing them as omitted; stale are the paths there of omitted
+// variants with other contents, to remove before the manifest goes.
+func hostBundle(files []file, manifest file, m *bundle.Manifest, flags []string, have map[string]string) (keep []file, last file, stale []string, err error) {
+	dst := map[string]file{}
+	for _, f := range files {
+		dst[path.Base(f.dst)] = f
+	}
+	needs := m.CPUNeeds(flags)
+	pm, err := m.Partial(func(bf bundle.File) bool { return needs(bf.Name) || have[dst[bf.Name].dst] == bf.SHA256 })
+	if err != nil {
+		return nil, file{}, nil, fmt.Errorf("engine bundle: %w", err)
+	}
+	if len(pm.Omitted) == len(m.Omitted) {
+		return files, manifest, nil, nil
+	}
+	for _, bf := range pm.Files {
+		keep = append(keep, dst[bf.Name])
+	}
+	for _, bf := range pm.Omitted {
+		if f, ok := dst[bf.Name]; ok && have[f.dst] != "" {
+			stale = append(stale, f.dst)
+		}
+	}
+	data, err := pm.Marshal()
+	if err != nil {
+		return nil, file{}, nil, err
+	}
+	sum := sha256.Sum256(data)
+	manifest.data, manifest.sum = data, hex.EncodeToString(sum[:])
+	return keep, manifest, stale, nil
+}
+
+// dsts lists where files go on the host.
+func dsts(files []file) []string {
+	var out []string
+	for _, f := range files {
+		out = append(out, f.dst)
+	}
+	return out
+}
+
 // bundleFiles lists a bundle's files for dst on the host, and its manifest.
 func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
 	var files []file
@@ -454,14 +552,16 @@ func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
 // remote command checks them all), then last, and returns what it sent
 // besides last.
 func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file) ([]file, error) {
-	var dsts []string
-	for _, f := range append(files, last) {
-		dsts = append(dsts, f.dst)
-	}
-	have, err := remoteSums(ctx, c, dsts)
+	have, err := remoteSums(ctx, c, dsts(append(files, last)))
 	if err != nil {
 		return nil, err
 	}
+	return sendFiles(ctx, c, files, last, have)
+}
+
+// sendFiles uploads the files whose checksum differs from have's, then
+// last, and returns what it sent besides last.
+func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, have map[string]string) ([]file, error) {
 	var todo []file
 	for _, f := range files {
 		if have[f.dst] != f.sum {
@@ -508,16 +608,25 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file) error {
 }
 
 func uploadOne(ctx context.Context, c *remote.Conn, f file) error {
-	in, err := os.Open(f.src)
-	if err != nil {
-		return fmt.Errorf("push %s: %w", f.src, err)
+	var (
+		in   io.Reader
+		size int64
+	)
+	if f.data != nil {
+		in, size = bytes.NewReader(f.data), int64(len(f.data))
+	} else {
+		fh, err := os.Open(f.src)
+		if err != nil {
+			return fmt.Errorf("push %s: %w", f.src, err)
+		}
+		defer fh.Close()
+		st, err := fh.Stat()
+		if err != nil {
+			return fmt.Errorf("push %s: %w", f.src, err)
+		}
+		in, size = fh, st.Size()
 	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	got, err := c.Upload(ctx, in, st.Size(), f.dst, f.mode)
+	got, err := c.Upload(ctx, in, size, f.dst, f.mode)
 	if err != nil {
 		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
 	}

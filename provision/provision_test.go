@@ -8,6 +8,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,6 +43,9 @@ func TestProbe(t *testing.T) {
 	}
 	if p.OS != "linux" || p.Arch == "" || p.Home != h.Home || !p.Libffi || p.FreeBytes == 0 || p.Agent {
 		t.Errorf("probe = %+v, want linux, an arch, home %s, libffi, free space, no agent", p, h.Home)
+	}
+	if runtime.GOARCH == "amd64" && !slices.Contains(p.CPUFlags, "sse2") {
+		t.Errorf("cpu flags = %v, want this machine's (sse2 among them)", p.CPUFlags)
 	}
 	if !strings.Contains(strings.ToLower(p.Libc), "libc") && !strings.Contains(p.Libc, "ldd") {
 		t.Errorf("libc = %q", p.Libc)
