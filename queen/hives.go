@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,12 +11,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/doctor"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/provision"
@@ -330,7 +333,35 @@ func (q *Queen) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	entry, _ = q.db.Hive(ctx, name)
 	info := hiveInfo(entry)
 	info.Status, info.Reason, info.Devices, info.Workers = "online", "", s.Devices, s.Workers
+	if hc, err := q.hiveConn(ctx, name, quiet); err == nil {
+		info.Host = hostFacts(ctx, hc)
+	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// hostFacts is what is known of a connected hive's machine: the probe its
+// SSH connection ran (a local probe for this machine's hive) and the
+// agent's NVML answer.
+func hostFacts(ctx context.Context, hc *hiveConn) *queenapi.HostFacts {
+	var f queenapi.HostFacts
+	if hc.remote != nil {
+		p := hc.remote.res.Probe
+		f = queenapi.HostFacts{OS: p.OS, Arch: p.Arch, Machine: p.Machine, Libc: p.Libc, Libffi: p.Libffi, FreeBytes: p.FreeBytes, Home: p.Home}
+	} else if rep, err := doctor.Run(ctx, doctor.Options{}); err == nil {
+		d := rep.Facts
+		f = queenapi.HostFacts{OS: d.OS, Arch: d.Arch, Machine: d.Machine, Libc: d.Libc, FreeBytes: d.FreeBytes, Home: d.Home}
+		f.Libffi = slices.ContainsFunc(d.Libraries, func(l doctor.Lib) bool { return l.Name == "libffi.so.8" && l.Path != "" })
+	}
+	f.OS, f.Arch = cmp.Or(f.OS, hc.handshake.OS), cmp.Or(f.Arch, hc.handshake.Arch)
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if devs, err := hc.client.Devices(dctx); err == nil {
+		f.NVML = devs.NVML
+		if v, ok := strings.CutPrefix(devs.NVML, "driver "); ok {
+			f.NVIDIADriver = v
+		}
+	}
+	return &f
 }
 
 // removeHive forgets a hive; with ?purge=1 it also stops its agent and

@@ -118,6 +118,26 @@ type HiveInfo struct {
 	LastSeen time.Time         `json:"last_seen"`
 	Devices  []rbee.Device     `json:"devices"`
 	Workers  []rbee.WorkerInfo `json:"workers,omitempty"`
+	// Host is what rbee found on the hive's machine: the probe of its SSH
+	// connection (rbee up, hive add) for a host, a local probe for this
+	// machine. Only hive status fills it, for a hive it reached.
+	Host *HostFacts `json:"host,omitempty"`
+}
+
+// HostFacts describe a hive's machine.
+type HostFacts struct {
+	OS      string `json:"os"`   // linux
+	Arch    string `json:"arch"` // amd64
+	Machine string `json:"machine,omitempty"`
+	Libc    string `json:"libc"` // first line of ldd --version, or getconf's "glibc 2.36"
+	Libffi  bool   `json:"libffi"`
+	// NVIDIADriver is the driver version NVML reports; "" without one.
+	NVIDIADriver string `json:"nvidia_driver,omitempty"`
+	// NVML is what the agent's NVML probe said: "driver 550.54", or why
+	// there is none.
+	NVML      string `json:"nvml,omitempty"`
+	FreeBytes uint64 `json:"free_bytes"` // in the home's file system, when probed
+	Home      string `json:"home,omitempty"`
 }
 
 // Hives is the answer to GET /v1/hives.

@@ -542,6 +542,27 @@ Examples:
   rbee hive status localhost --json`
 }
 
+// hostLine is a hive's machine in one line: "linux/amd64, ldd (Debian
+// GLIBC 2.36-9) 2.36, libffi found, no NVIDIA driver (…), 12.3 GiB free in
+// /home/me".
+func hostLine(f *queenapi.HostFacts) string {
+	parts := []string{f.OS + "/" + f.Arch}
+	if f.Libc != "" {
+		parts = append(parts, f.Libc)
+	}
+	parts = append(parts, map[bool]string{true: "libffi found", false: "libffi missing"}[f.Libffi])
+	switch {
+	case f.NVIDIADriver != "":
+		parts = append(parts, "NVIDIA driver "+f.NVIDIADriver)
+	case f.NVML != "":
+		parts = append(parts, "no NVIDIA driver ("+f.NVML+")")
+	}
+	if f.Home != "" {
+		parts = append(parts, fmt.Sprintf("%s free in %s", rbee.Bytes(f.FreeBytes), f.Home))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 	qc, err := connect(ctx, g, quietNarrate)
 	if err != nil {
@@ -561,6 +582,9 @@ func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 			fmt.Printf(" — %s", h.Reason)
 		}
 		fmt.Printf("\nagent: %s\n", h.Version)
+		if f := h.Host; f != nil {
+			fmt.Printf("host: %s\n", printable(hostLine(f)))
+		}
 		for _, d := range h.Devices {
 			fmt.Printf("device %s: %s, %s total, %s free\n", d.ID, d.Name, rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))
 		}
