@@ -8,22 +8,23 @@ import (
 // Error codes carried by error events and API errors. They are stable: tools
 // may match on them.
 const (
-	CodeBadRequest     = "bad_request"     // the request itself is wrong
-	CodeModelNotFound  = "model_not_found" // no such model file or catalog entry
-	CodeNotGGUF        = "not_gguf"        // the model file is not GGUF
-	CodeModelCorrupt   = "model_corrupt"   // the model file no longer matches its sha256
-	CodeHiveUnknown    = "hive_unknown"    // no hive by that name
-	CodeHiveDown       = "hive_unreachable"
-	CodeNoRoom         = "no_room"          // no device has room for the model
-	CodeDeviceUnknown  = "device_unknown"   // --device names no device of the hive
-	CodeWorkerFailed   = "worker_failed"    // the worker could not start
-	CodeWorkerCrashed  = "worker_crashed"   // the worker died mid-stream
-	CodeWorkerNotFound = "worker_not_found" // the worker is gone
-	CodeCancelled      = "cancelled"
-	CodeQueenDown      = "queen_unavailable"
-	CodeBusy           = "busy"            // every slot and queue place of the worker is taken
-	CodeDownload       = "download_failed" // a download could not be completed (network, server, stall, checksum)
-	CodeInternal       = "internal"
+	CodeBadRequest        = "bad_request"     // the request itself is wrong
+	CodeModelNotFound     = "model_not_found" // no such model file or catalog entry
+	CodeNotGGUF           = "not_gguf"        // the model file is not GGUF
+	CodeModelCorrupt      = "model_corrupt"   // the model file no longer matches its sha256
+	CodeHiveUnknown       = "hive_unknown"    // no hive by that name
+	CodeHiveDown          = "hive_unreachable"
+	CodeNoRoom            = "no_room"             // no device has room for the model
+	CodeDeviceUnknown     = "device_unknown"      // --device names no device of the hive
+	CodeWorkerTypeUnknown = "worker_type_unknown" // no worker type by that name
+	CodeWorkerFailed      = "worker_failed"       // the worker could not start
+	CodeWorkerCrashed     = "worker_crashed"      // the worker died mid-stream
+	CodeWorkerNotFound    = "worker_not_found"    // the worker is gone
+	CodeCancelled         = "cancelled"
+	CodeQueenDown         = "queen_unavailable"
+	CodeBusy              = "busy"            // every slot and queue place of the worker is taken
+	CodeDownload          = "download_failed" // a download could not be completed (network, server, stall, checksum)
+	CodeInternal          = "internal"
 )
 
 // Exit codes of the rbee command. They are stable and documented in the
@@ -49,7 +50,7 @@ var ExitMeanings = map[int]string{
 	ExitError:       "an error not listed below",
 	ExitUsage:       "bad or contradictory flags or arguments",
 	ExitQueen:       "the queen could not be reached or started, or stopped during the command",
-	ExitNotFound:    "model file missing, corrupt or not GGUF; unknown hive or device",
+	ExitNotFound:    "model file missing, corrupt or not GGUF; unknown hive, device or worker type",
 	ExitNoRoom:      "no device has room for the model",
 	ExitWorker:      "the worker failed to start or died mid-stream",
 	ExitHive:        "a hive could not be reached (SSH, host key, authentication, agent)",
@@ -63,7 +64,7 @@ func ExitCodeFor(code string) int {
 	switch code {
 	case CodeBadRequest:
 		return ExitUsage
-	case CodeModelNotFound, CodeNotGGUF, CodeModelCorrupt, CodeHiveUnknown, CodeDeviceUnknown:
+	case CodeModelNotFound, CodeNotGGUF, CodeModelCorrupt, CodeHiveUnknown, CodeDeviceUnknown, CodeWorkerTypeUnknown:
 		return ExitNotFound
 	case CodeNoRoom:
 		return ExitNoRoom

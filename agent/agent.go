@@ -257,6 +257,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/workers", a.workers)
 	mux.HandleFunc("POST /v1/engines", a.installEngine)
 	mux.HandleFunc("POST /v1/worker-types", a.addWorkerType)
+	mux.HandleFunc("DELETE /v1/worker-types/{name}", a.removeWorkerType)
 	mux.HandleFunc("GET /v1/engines", a.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", a.removeEngine)
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -75,4 +77,46 @@ func (a *Agent) workerType(name string) (hiveapi.WorkerType, error) {
 	}
 	err = json.Unmarshal(b, &wt)
 	return wt, err
+}
+
+// removeWorkerType forgets a worker type: its template and its catalog
+// entry. A type a running worker uses is refused.
+func (a *Agent) removeWorkerType(w http.ResponseWriter, r *http.Request) {
+	if err := a.RemoveWorkerType(r.Context(), r.PathValue("name")); err != nil {
+		status := http.StatusInternalServerError
+		switch rbee.CodeOf(err) {
+		case rbee.CodeBadRequest:
+			status = http.StatusConflict
+		case rbee.CodeWorkerTypeUnknown:
+			status = http.StatusNotFound
+		}
+		writeError(w, status, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// RemoveWorkerType removes the worker type name, unless a worker of it runs.
+func (a *Agent) RemoveWorkerType(ctx context.Context, name string) error {
+	if !typeName.MatchString(name) {
+		return rbee.Errorf(rbee.CodeWorkerTypeUnknown, "worker type %q: not a valid name (lowercase letters, digits and '-')", name)
+	}
+	p := filepath.Join(a.typesDir(), name+".json")
+	if _, err := os.Stat(p); err != nil {
+		return rbee.Errorf(rbee.CodeWorkerTypeUnknown, "hive %s has no worker type %s", a.cfg.Name, name).
+			WithHint("rbee worker ls lists the types (external-NAME)")
+	}
+	for _, wi := range a.sup.List() {
+		if wi.Type == name {
+			return rbee.Errorf(rbee.CodeBadRequest, "worker %s of type %s is running on hive %s", wi.ID, name, a.cfg.Name).
+				WithHint("it unloads after the keep-alive (RBEE_KEEP_ALIVE); rbee queen stop stops every worker now")
+		}
+	}
+	if err := a.db.RemoveWorkerBinary(ctx, "external-"+name+"-template"); err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return fmt.Errorf("remove worker type %s: %w", name, err)
+	}
+	if err := os.Remove(p); err != nil {
+		return fmt.Errorf("remove worker type %s: %w", name, err)
+	}
+	return nil
 }

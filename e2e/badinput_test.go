@@ -335,3 +335,42 @@ func TestBadInputExitCodes(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestBadInputWorkerTypeRemoval: a worker type can be removed; one a
+// running worker uses is refused with what to do; an unknown one exits 4.
+func TestBadInputWorkerTypeRemoval(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.rbee("worker", "add-type", "oai", "--command", bins.Worker, "--health", "/health",
+		"--arg=--model", "--arg={model}", "--arg=--engine", "--arg="+engineDir, "--arg=--listen", "--arg=127.0.0.1:{port}", "--arg=--threads", "--arg=1")
+	if r.code != 0 {
+		t.Fatalf("add-type: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("infer", "--worker-type", "oai", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("infer on the type: exit %d\n%s", r.code, r.stderr)
+	}
+	r = e.rbee("worker", "rm-type", "oai")
+	if r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "of type oai is running") || !strings.Contains(r.stderr, "hint: ") {
+		t.Errorf("rm-type of a type in use: exit %d, want %d with a hint:\n%s", r.code, rbee.ExitUsage, r.stderr)
+	}
+	for _, w := range e.workers() {
+		c := e.hive()
+		if err := c.StopWorker(t.Context(), w.ID); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	if r := e.rbee("worker", "rm-type", "oai"); r.code != 0 || r.stdout != "worker type oai removed\n" {
+		t.Fatalf("rm-type: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.rbee("worker", "ls"); strings.Contains(r.stdout, "external-oai") {
+		t.Errorf("worker ls still lists the type:\n%s", r.stdout)
+	}
+	if r := e.rbee("worker", "rm-type", "oai"); r.code != rbee.ExitNotFound || !strings.Contains(r.stderr, "no worker type oai") {
+		t.Errorf("rm-type of an unknown type: exit %d, want %d\n%s", r.code, rbee.ExitNotFound, r.stderr)
+	}
+	if r := e.rbee("infer", "--worker-type", "oai", "--model", alphabet, "abc"); r.code == 0 {
+		t.Errorf("infer on a removed type succeeded:\n%s", r.stderr)
+	}
+	e.stopQueen()
+}

@@ -289,6 +289,15 @@ func (c *Client) RemoveEngine(ctx context.Context, id string) error {
 	return err
 }
 
+// RemoveWorkerType removes an external worker type from the hive.
+func (c *Client) RemoveWorkerType(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/worker-types/"+url.PathEscape(name), nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
 // AddWorkerType declares an external worker type on the hive.
 func (c *Client) AddWorkerType(ctx context.Context, wt WorkerType) error {
 	resp, err := c.do(ctx, "POST", "/v1/worker-types", wt, nil)

@@ -144,6 +144,23 @@ func (q *Queen) addWorkerType(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+func (q *Queen) removeWorkerType(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+	if err != nil {
+		writeErr(w, http.StatusBadGateway, err)
+		return
+	}
+	if err := hc.client.RemoveWorkerType(r.Context(), r.PathValue("name")); err != nil {
+		status := http.StatusConflict
+		if rbee.CodeOf(hiveError(err)) == rbee.CodeWorkerTypeUnknown {
+			status = http.StatusNotFound
+		}
+		writeErr(w, status, hiveError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // localEngineArgs tell the local agent which engine to use: the one this
 // queen was given (an override), else its worker catalog's, with leave to
 // install the pinned bundle on first need — the CUDA one for GPUs where

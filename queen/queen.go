@@ -167,6 +167,7 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
 	mux.HandleFunc("POST /v1/engines", q.installEngine)
 	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
+	mux.HandleFunc("DELETE /v1/worker-types/{name}", q.removeWorkerType)
 	mux.HandleFunc("GET /v1/engines", q.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)

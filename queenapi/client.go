@@ -267,6 +267,11 @@ func (c *Client) RemoveEngine(ctx context.Context, hive, id string) error {
 	return c.call(ctx, "DELETE", "/v1/engines/"+url.PathEscape(id)+hiveQuery(hive), nil, nil)
 }
 
+// RemoveWorkerType removes an external worker type from a hive.
+func (c *Client) RemoveWorkerType(ctx context.Context, hive, name string) error {
+	return c.call(ctx, "DELETE", "/v1/worker-types/"+url.PathEscape(name)+hiveQuery(hive), nil, nil)
+}
+
 // AddWorkerType declares an external worker type on a hive.
 func (c *Client) AddWorkerType(ctx context.Context, r AddWorkerTypeRequest) error {
 	return c.call(ctx, "POST", "/v1/worker-types", r, nil)

@@ -20,6 +20,7 @@ type workerCmd struct {
 	Ls      workerLsCmd      `cmd:"" help:"List a hive's worker catalog: worker binaries and engine bundles."`
 	Rm      workerRmCmd      `cmd:"" help:"Remove an engine bundle from a hive."`
 	AddType workerAddTypeCmd `cmd:"" name:"add-type" help:"Declare an external OpenAI-speaking engine (llama-server, vLLM) as a worker type."`
+	RmType  workerRmTypeCmd  `cmd:"" name:"rm-type" help:"Remove a worker type declared with add-type."`
 }
 
 func (workerCmd) Help() string {
@@ -147,5 +148,30 @@ func (c workerRmCmd) Run(ctx context.Context, g *globals) error {
 		return queenError(g, err)
 	}
 	fmt.Printf("%s removed\n", printable(c.ID))
+	return nil
+}
+
+type workerRmTypeCmd struct {
+	Name string `arg:"" help:"Type name, as given to add-type."`
+	Hive string `predictor:"hive" help:"Hive (default: this machine)."`
+}
+
+func (workerRmTypeCmd) Help() string {
+	return `A type a running worker uses is refused; the engine's binary stays.
+
+Examples:
+  rbee worker rm-type llamaserver
+  rbee worker rm-type vllm --hive gpu-box`
+}
+
+func (c workerRmTypeCmd) Run(ctx context.Context, g *globals) error {
+	qc, err := connect(ctx, g, quietNarrate)
+	if err != nil {
+		return err
+	}
+	if err := qc.RemoveWorkerType(ctx, c.Hive, c.Name); err != nil {
+		return queenError(g, err)
+	}
+	fmt.Printf("worker type %s removed\n", printable(c.Name))
 	return nil
 }
