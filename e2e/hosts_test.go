@@ -105,7 +105,7 @@ func TestHostsAddMany(t *testing.T) {
 		t.Errorf("the summary does not name the bad target:\n%s", r.stderr)
 	}
 	inv = e.inventory(t)
-	if !strings.Contains(inv, hiveName(hosts[3])) || strings.Contains(inv, "127-0-0-1") || strings.Count(inv, "[[hive]]") != 4 {
+	if !strings.Contains(inv, hiveName(hosts[3])) || strings.Contains(inv, `name = "127-0-0-1"`) || strings.Count(inv, "[[hive]]") != 4 {
 		t.Errorf("inventory after the bad add:\n%s", inv)
 	}
 
