@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/sshtest"
 )
 
 // TestFaultsHungWorker: a worker stopped (SIGSTOP) mid-stream makes no
@@ -166,4 +168,59 @@ func copyFile(t *testing.T, src, dst string) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestFaultsPushDiskFull: a host whose disk cannot take a model is told
+// so before a byte moves ("disk full on HOST: needs X, has Y") and keeps
+// no partial copy; what an earlier failed push left is removed so that a
+// model that fits is pushed.
+func TestFaultsPushDiskFull(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	// The host's model directory is a 32 MiB filesystem.
+	models := filepath.Join(h.Home, ".rbee", "models")
+	if err := os.MkdirAll(models, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=32m,mode=0700,uid=%d", h.UID), "tmpfs", models).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small filesystem on the host's model directory: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", models).Run() })
+	fill := func(name string) string {
+		p := filepath.Join(models, name)
+		// Leaves 128 KiB: less than the model.
+		if err := os.WriteFile(p, make([]byte, 32<<20-128<<10), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	partials := func() []string {
+		ps, _ := filepath.Glob(filepath.Join(models, "*.partial"))
+		return ps
+	}
+
+	other := fill("sha256-other.gguf") // another model fills the disk
+	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code == 0 || !strings.Contains(r.stderr, "disk full on "+strings.Split(h.Addr, ":")[0]) || !strings.Contains(r.stderr, "it has ") || strings.Contains(r.stderr, "sftp") {
+		t.Errorf("push to a full disk: exit %d, want a disk-full error naming the host and the numbers\n%s", r.code, r.stderr)
+	}
+	if ps := partials(); len(ps) != 0 {
+		t.Errorf("the refused push left %v", ps)
+	}
+
+	// An earlier failed push left a partial copy that fills the disk.
+	os.Remove(other)
+	left := fill("sha256-0123.gguf.partial")
+	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Errorf("push after a failed one: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("the earlier push's partial copy is still there: %v", err)
+	}
+	e.stopQueen()
 }

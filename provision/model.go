@@ -63,9 +63,23 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 	if fi, err := sc.Stat(partial); err == nil && fi.Size() <= st.Size() {
 		have = fi.Size() // resume where the last push stopped
 	}
+	if err := checkPushSpace(ctx, c, path.Dir(dst), partial, st.Size()-have); err != nil {
+		return "", err
+	}
+	// A push that fails for any reason but cancellation removes what it
+	// wrote: a partial copy on a full disk would fail every later push.
+	done := have
+	failed := func(err error) (string, error) {
+		full := diskFull(context.WithoutCancel(ctx), c, path.Dir(dst), st.Size()-done)
+		_ = sc.Remove(partial)
+		if full != nil {
+			return "", full
+		}
+		return "", fmt.Errorf("push model: %w; the partial copy was removed", err)
+	}
 	out, err := sc.OpenFile(partial, os.O_WRONLY|os.O_CREATE)
 	if err != nil {
-		return "", fmt.Errorf("push model: %w", err)
+		return failed(err)
 	}
 	if _, err := out.Seek(have, io.SeekStart); err != nil {
 		out.Close()
@@ -76,7 +90,6 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 		return "", err
 	}
 	start, last := time.Now(), time.Time{} // the first chunk is reported at once
-	done := have
 	buf := make([]byte, 1<<20)
 	for done < st.Size() {
 		if err := ctx.Err(); err != nil {
@@ -87,7 +100,7 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 		if n > 0 {
 			if _, err := out.Write(buf[:n]); err != nil {
 				out.Close()
-				return "", fmt.Errorf("push model: %w", err)
+				return failed(err)
 			}
 			done += int64(n)
 			if progress != nil && (time.Since(last) > 200*time.Millisecond || done == st.Size()) {
@@ -105,7 +118,7 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 		}
 	}
 	if err := out.Close(); err != nil {
-		return "", fmt.Errorf("push model: %w", err)
+		return failed(err)
 	}
 	// Verify on the host, then take the final name.
 	got, err := c.Run(ctx, []string{"sh", "-c", `sha256sum "$1" | cut -d' ' -f1`, "sh", partial}, nil)
