@@ -150,6 +150,9 @@ func checkName(what, s string) error {
 	if strings.Contains(s, "..") {
 		return fmt.Errorf("%s %q contains \"..\"", what, s)
 	}
+	if s == "." { // a URL path would drop it: hf:ORG/. names ORG
+		return fmt.Errorf("%s %q is not a name", what, s)
+	}
 	for _, c := range s {
 		if !isAlnum(c) && !strings.ContainsRune("-_.+", c) {
 			return fmt.Errorf("%s %q contains %q; want letters, digits and -_.+", what, s, c)
