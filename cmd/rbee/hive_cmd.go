@@ -579,17 +579,17 @@ func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 	} else {
 		fmt.Printf("hive %s (%s): %s", h.Name, h.Address, h.Status)
 		if h.Reason != "" {
-			fmt.Printf(" — %s", h.Reason)
+			fmt.Printf(" — %s", printableText(h.Reason))
 		}
 		fmt.Printf("\nagent: %s\n", h.Version)
 		if f := h.Host; f != nil {
 			fmt.Printf("host: %s\n", printable(hostLine(f)))
 		}
 		for _, d := range h.Devices {
-			fmt.Printf("device %s: %s, %s total, %s free\n", d.ID, d.Name, rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))
+			fmt.Printf("device %s: %s, %s total, %s free\n", printable(d.ID), printable(d.Name), rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))
 		}
 		for _, w := range h.Workers {
-			fmt.Printf("worker %s: %s on %s (pid %d, %s)\n", w.ID, filepath.Base(w.Model), w.Device, w.PID, w.State)
+			fmt.Printf("worker %s: %s on %s (pid %d, %s)\n", printable(w.ID), printable(filepath.Base(w.Model)), printable(w.Device), w.PID, printable(w.State))
 		}
 	}
 	if h.Status != "online" {
