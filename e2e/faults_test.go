@@ -14,6 +14,7 @@ import (
 	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // TestFaultsHungWorker: a worker stopped (SIGSTOP) mid-stream makes no
@@ -221,6 +222,67 @@ func TestFaultsPushDiskFull(t *testing.T) {
 	}
 	if _, err := os.Stat(left); !os.IsNotExist(err) {
 		t.Errorf("the earlier push's partial copy is still there: %v", err)
+	}
+	e.stopQueen()
+}
+
+// TestFaultsVersionSkew: a newer rbee finds an older queen of this user
+// running, says so and, the queen being idle, restarts it as its own
+// version; on the host, the old agent's version directory stays while an
+// adopted worker runs from it and is removed by the next rbee up once no
+// process uses it.
+func TestFaultsVersionSkew(t *testing.T) {
+	t.Parallel()
+	const oldVersion = "0.0.7-skew"
+	old, err := testenv.BuildAllVersion(filepath.Join(tmp, "skew"), oldVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.run(old.Rbee, "hive", "add", target(h), "--name", "h1", "--identity", h.ClientKey, "--accept-new-host-key"); r.code != 0 {
+		t.Fatalf("old hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.run(old.Rbee, "infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("old infer: exit %d\n%s", r.code, r.stderr)
+	}
+	oldPID, err := e.queenHealth()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("new infer: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	inOrder(t, r.stderr, "the running queen is rbee "+oldVersion, "restarting it", "queen is awake")
+	c := e.queenClient()
+	hl, err := c.Health(t.Context())
+	c.Close()
+	if err != nil || hl.Version != rbee.Version || hl.PID == oldPID {
+		t.Errorf("queen after the restart: %+v %v, want version %s, not pid %d", hl, err, rbee.Version, oldPID)
+	}
+	oldDir := filepath.Join(h.Home, ".rbee", "hive", oldVersion)
+	if _, err := os.Stat(oldDir); err != nil {
+		t.Errorf("the old agent version was removed while its adopted worker runs from it: %v", err)
+	}
+
+	// Once no process runs from it, the next rbee up removes it.
+	for _, pid := range hostProcs(h.UID, "rbee-worker") {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	waitFor(t, "the adopted worker is gone", func() bool { return len(hostProcs(h.UID, "rbee-worker")) == 0 })
+	if r := e.rbee("queen", "stop"); r.code != 0 { // the next queen connects afresh
+		t.Fatalf("queen stop: exit %d\n%s", r.code, r.stderr)
+	}
+	if r = e.rbee("up"); r.code != 0 {
+		t.Fatalf("rbee up: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(oldDir); !os.IsNotExist(err) {
+		t.Errorf("old agent version still on the host after rbee up: %v\n%s", err, r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(h.Home, ".rbee", "hive", rbee.Version)); err != nil {
+		t.Errorf("this version's agent: %v", err)
 	}
 	e.stopQueen()
 }

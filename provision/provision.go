@@ -236,6 +236,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		phase("handshake")
 	}
 	if herr == nil && hs.Version == rbee.Version && hs.Protocol == rbee.ProtocolVersion {
+		RemoveOldAgents(ctx, c, l, narrate)
 		res.Handshake, res.Transport = hs, settle(ctx, c, l, client, mode(ctx))
 		return res, client, nil
 	}
@@ -323,6 +324,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, fmt.Errorf("agent answers version %s protocol %d, want %s protocol %d", hs.Version, hs.Protocol, rbee.Version, rbee.ProtocolVersion)
 	}
 	phase("handshake")
+	RemoveOldAgents(ctx, c, l, narrate)
 	res.Handshake, res.Transport = hs, settle(ctx, c, l, client, mode(ctx))
 	return res, client, nil
 }

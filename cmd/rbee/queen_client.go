@@ -47,7 +47,14 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 	h, err = c.Health(hctx)
 	cancel()
 	if err == nil {
-		return c, h, false, nil
+		if h.Version == rbee.Version && h.Protocol == rbee.ProtocolVersion {
+			return c, h, false, nil
+		}
+		replaced, err := replaceOldQueen(ctx, g, c, h, narrate)
+		if err != nil || !replaced {
+			return c, h, false, err
+		}
+		return startAndWait(ctx, g, c, narrate)
 	}
 	if errors.Is(err, queenapi.ErrNotQueen) {
 		return c, h, false, exitf(rbee.ExitQueen, "stop that program or choose another address with --queen / RBEE_QUEEN", "%v", err)
@@ -56,6 +63,54 @@ func ensureQueen(ctx context.Context, g *globals, narrate func(action, msg strin
 		return c, h, false, queenError(g, err)
 	}
 	narrate("queen_wake", "queen is asleep, waking queen")
+	return startAndWait(ctx, g, c, narrate)
+}
+
+// replaceOldQueen handles a running queen of another version than this
+// rbee: one of this user's that runs no job is stopped (replaced: the
+// caller starts this version); a busy one, or one on another machine, is
+// used when it speaks this protocol (the user is told), refused when not.
+func replaceOldQueen(ctx context.Context, g *globals, c *queenapi.Client, h queenapi.Health, narrate func(action, msg string)) (replaced bool, err error) {
+	skew := fmt.Sprintf("the running queen is rbee %s (protocol %d, pid %d), this rbee is %s (protocol %d)",
+		h.Version, h.Protocol, h.PID, rbee.Version, rbee.ProtocolVersion)
+	ours := g.token == "" || localAddr(g.Queen)
+	var why, hint string
+	switch {
+	case !ours:
+		why, hint = "it runs on another machine", "upgrade rbee on "+g.Queen+" and restart its queen there"
+	case h.Jobs > 0:
+		why, hint = fmt.Sprintf("it is running %d job(s)", h.Jobs), "rbee queen stop once they are done; the next command starts this version"
+	default:
+		narrate("queen_restart", skew+": restarting it (no jobs are running)")
+		if err := stopQueen(ctx, g, c); err != nil {
+			return false, exitf(rbee.ExitQueen, fmt.Sprintf("stop it with rbee queen stop (or kill %d)", h.PID), "restart the queen of version %s: %v", h.Version, err)
+		}
+		return true, nil
+	}
+	if h.Protocol != rbee.ProtocolVersion {
+		return false, exitf(rbee.ExitQueen, hint, "%s: they cannot talk, and %s", skew, why)
+	}
+	narrate("queen_skew", fmt.Sprintf("%s; %s, so this command uses it (hint: %s)", skew, why, hint))
+	return false, nil
+}
+
+// stopQueen asks the queen to stop and waits until it is gone: nothing
+// answers on its socket and it let go of the socket's lock.
+func stopQueen(ctx context.Context, g *globals, c *queenapi.Client) error {
+	if err := c.Shutdown(ctx); err != nil && !isDown(err) {
+		return err
+	}
+	return poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 60 * time.Second, MaxAttempts: 2000},
+		func(ctx context.Context) (bool, error) {
+			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			_, err := c.Health(hctx)
+			return err != nil && isDown(err) && !queenLocked(g), nil
+		})
+}
+
+// startAndWait starts `rbee queen serve` and polls until it is healthy.
+func startAndWait(ctx context.Context, g *globals, c *queenapi.Client, narrate func(action, msg string)) (_ *queenapi.Client, h queenapi.Health, started bool, err error) {
 	p, err := startQueen(g)
 	if err != nil {
 		return c, h, false, err
