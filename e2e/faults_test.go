@@ -206,7 +206,7 @@ func TestFaultsPushDiskFull(t *testing.T) {
 
 	other := fill("sha256-other.gguf") // another model fills the disk
 	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
-	if r.code == 0 || !strings.Contains(r.stderr, "disk full on "+strings.Split(h.Addr, ":")[0]) || !strings.Contains(r.stderr, "it has ") || strings.Contains(r.stderr, "sftp") {
+	if r.code != rbee.ExitNoRoom || !strings.Contains(r.stderr, "disk full on "+strings.Split(h.Addr, ":")[0]) || !strings.Contains(r.stderr, "it has ") || strings.Contains(r.stderr, "sftp") {
 		t.Errorf("push to a full disk: exit %d, want a disk-full error naming the host and the numbers\n%s", r.code, r.stderr)
 	}
 	if ps := partials(); len(ps) != 0 {

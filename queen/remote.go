@@ -284,7 +284,11 @@ func (q *Queen) pushModel(ctx context.Context, hc *hiveConn, spec *ModelSpec, ev
 			Message: fmt.Sprintf("pushed %s of %s (%s/s)", rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)), rbee.Bytes(uint64(rate)))})
 	})
 	if err != nil {
-		return "", rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", hc.name, err)
+		code := rbee.CodeHiveDown
+		if re := (*rbee.Error)(nil); errors.As(err, &re) {
+			code = re.Code // disk full on the host is no room, not a lost hive
+		}
+		return "", rbee.Errorf(code, "hive %s: %w", hc.name, err)
 	}
 	return p, nil
 }
