@@ -93,6 +93,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 				engine = "external " + wt.Name
 				return a.sup.StartExternal(ctx, spec, wt)
 			}
+			spec.Slots, spec.CtxSize = a.size(ctx, model, req.Device, req.Reservation)
 			return a.sup.Start(ctx, spec)
 		})
 		if joined && req.Reservation != "" {

@@ -110,6 +110,35 @@ func (v *vram) Loaded(worker string) {
 	}
 }
 
+// bytesOf returns what a reservation holds (0 when it is gone).
+func (v *vram) bytesOf(id string) uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if r, ok := v.res[id]; ok {
+		return r.bytes
+	}
+	return 0
+}
+
+// grow sets a reservation to bytes when the device has that much room
+// besides what the reservation already holds.
+func (v *vram) grow(id string, bytes, total, free uint64) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r, ok := v.res[id]
+	if !ok {
+		return false
+	}
+	if bytes <= r.bytes {
+		return true
+	}
+	if v.roomLocked(r.device, total, free)+r.bytes < bytes {
+		return false
+	}
+	r.bytes = bytes
+	return true
+}
+
 // release drops a reservation by id.
 func (v *vram) release(id string) bool {
 	v.mu.Lock()

@@ -55,3 +55,22 @@ func TestVRAMExpiry(t *testing.T) {
 	}
 	_ = id
 }
+
+// A reservation grows to what the sized worker will allocate only when the
+// device has that room besides the reservation itself.
+func TestVRAMGrow(t *testing.T) {
+	v := newVRAM(time.Minute)
+	id, _, ok := v.reserve("gpu0", 4<<30, 24<<30, 10<<30)
+	if !ok {
+		t.Fatal("reserve refused")
+	}
+	if !v.grow(id, 9<<30, 24<<30, 10<<30) || v.bytesOf(id) != 9<<30 {
+		t.Errorf("grow to 9 GiB of 10 free: held %d", v.bytesOf(id))
+	}
+	if v.grow(id, 11<<30, 24<<30, 10<<30) || v.bytesOf(id) != 9<<30 {
+		t.Errorf("grow beyond the free memory was granted: held %d", v.bytesOf(id))
+	}
+	if v.grow("res-gone", 1, 24<<30, 10<<30) {
+		t.Error("grow of an unknown reservation was granted")
+	}
+}

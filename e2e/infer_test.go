@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,6 +50,12 @@ func TestColdThenWarm(t *testing.T) {
 	ws := e.workers()
 	if len(ws) != 1 {
 		t.Fatalf("workers after cold start = %d, want 1", len(ws))
+	}
+	// The hive sized the worker to the room on its device (several slots
+	// of the alphabet model fit any machine) and reserved for all of them.
+	cmdline, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(ws[0].PID), "cmdline"))
+	if args := strings.Split(string(cmdline), "\x00"); !slices.Contains(args, "--slots") || args[slices.Index(args, "--slots")+1] == "1" {
+		t.Errorf("worker started with %q, want --slots above 1", args)
 	}
 
 	r = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")

@@ -51,6 +51,10 @@ type Spec struct {
 	Device             string // "cpu" or "gpuN"
 	Reservation        string // the VRAM reservation the worker takes over; "" = none
 	Engine             string // engine bundle directory; "" = Config.Engine
+	// Slots and CtxSize size the worker (parallel sequences, context
+	// tokens per sequence); 0 = one slot of Config.CtxSize, what a
+	// reservation for one context covers.
+	Slots, CtxSize int
 }
 
 // Supervisor starts, tracks and stops worker processes.
@@ -109,7 +113,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 	socket := filepath.Join(s.cfg.RunDir, id+".sock")
 	args := []string{
 		"--model", spec.ModelPath, "--engine", cmp.Or(spec.Engine, s.cfg.Engine), "--listen", "unix:" + socket,
-		"--id", id, "--ctx-size", strconv.Itoa(s.cfg.CtxSize),
+		"--id", id, "--ctx-size", strconv.Itoa(cmp.Or(spec.CtxSize, s.cfg.CtxSize)), "--slots", strconv.Itoa(max(spec.Slots, 1)),
 	}
 	env := os.Environ()
 	if spec.Device == "cpu" {
