@@ -33,7 +33,7 @@ check: ## gofmt, go vet, go mod tidy and deadcode must leave nothing to change
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 	@# Code no binary reaches is deleted; the test harnesses are for tests.
-	@out=$$($(DEADCODE) ./... | grep -Ev '^(internal/(sshtest|testenv|testmodel)|download/hubtest|gpu/gputest|enginefetch/npmtest)/'); \
+	@out=$$($(DEADCODE) ./... | grep -Ev '^(internal/(sshtest|testenv|testmodel|gguf)|download/hubtest|gpu/gputest|enginefetch/npmtest)/'); \
 		if [ -n "$$out" ]; then echo "deadcode: unreachable code:"; echo "$$out"; exit 1; fi
 
 bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, warm overhead through queen+hive, catalogs, bundles

@@ -127,19 +127,6 @@ func devType(t llama.GGMLBackendDeviceType) string {
 	return s
 }
 
-// Devices lists the devices the engine's backends found.
-func (e *Engine) Devices() []Device { return append([]Device(nil), e.devices...) }
-
-// HasGPU reports whether a GPU backend found a device.
-func (e *Engine) HasGPU() bool {
-	for _, d := range e.devices {
-		if d.Type == "gpu" || d.Type == "igpu" {
-			return true
-		}
-	}
-	return false
-}
-
 // Device returns the device a --device value names (see resolveDevice).
 func (e *Engine) Device(want string) (Device, error) {
 	name, _, err := e.resolveDevice(want)

@@ -72,11 +72,6 @@ func (f *File) Uint32(key string, v uint32) {
 	f.addKV(key, func(e *encoder) { e.u32(typeUint32); e.u32(v) })
 }
 
-// Int32 adds a signed 32-bit value.
-func (f *File) Int32(key string, v int32) {
-	f.addKV(key, func(e *encoder) { e.u32(typeInt32); e.u32(uint32(v)) })
-}
-
 // Float32 adds a 32-bit float value.
 func (f *File) Float32(key string, v float32) {
 	f.addKV(key, func(e *encoder) { e.u32(typeFloat32); e.u32(math.Float32bits(v)) })
