@@ -18,11 +18,10 @@ type Handshake struct {
 	Started  time.Time `json:"started"`
 }
 
-
 // Devices is the answer to GET /v1/devices.
 type Devices struct {
 	Devices []rbee.Device `json:"devices"`
-	NVML    string   `json:"nvml"`
+	NVML    string        `json:"nvml"`
 }
 
 // ReserveRequest asks the VRAM checker for room (POST /v1/reservations).
@@ -38,9 +37,9 @@ const ReservationHeader = "Rbee-Reservation"
 // NoRoom is the body of a 409 from the VRAM checker.
 type NoRoom struct {
 	Error          rbee.Error `json:"error"`
-	RequestedBytes uint64    `json:"requested_bytes"`
-	FreeBytes      uint64    `json:"free_bytes"`
-	Device         string    `json:"device"`
+	RequestedBytes uint64     `json:"requested_bytes"`
+	FreeBytes      uint64     `json:"free_bytes"`
+	Device         string     `json:"device"`
 }
 
 // AddModelRequest registers a GGUF file on the hive (POST /v1/models).

@@ -14,7 +14,7 @@ func FuzzDecodeBody(f *testing.F) {
 		`{"prompt":"abc","temperature":0,"stream":true}`,
 		`{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}`,
 		`{"prompt":"a\u0000b"}`, `{"prompt":1}`, `{} {}`, ``, `{`, `[]`, `null`,
-		`{"temperature":1e999}`, `{"stop":["a","b","c","d","e"]}`, `{"seed":-1}`,
+		`{"temperature":1e999}`, `{"stop":["a","b","c","d","e"]}`, `{"seed":-1}`, `{}}`, `{}]`,
 	} {
 		f.Add(s)
 	}

@@ -280,7 +280,9 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) *apiError {
 		}
 		return invalid("", "invalid_json", "request body is not valid JSON: %v", err)
 	}
-	if dec.More() {
+	// Only white space may follow the object ("{}}" is not one JSON value;
+	// dec.More misses a stray closing delimiter).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return invalid("", "invalid_json", "request body has data after the JSON object")
 	}
 	// Read to EOF so the server notices a client that goes away.
