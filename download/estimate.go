@@ -2,10 +2,14 @@ package download
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/bits"
+	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 
 	gguf "github.com/gpustack/gguf-parser-go"
@@ -64,7 +68,13 @@ func (h *Hub) header(ctx context.Context, r Ref) (gf *gguf.GGUFFile, allParts bo
 		return nil, false, fmt.Errorf("estimate: %w", err)
 	}
 	if !rem.AcceptRanges {
-		return nil, false, fmt.Errorf("estimate %s: %s does not serve byte ranges, so its header cannot be read alone", r.Raw, redact(rem.URL))
+		// A simple mirror (Python's http.server, many others): read the
+		// header from the start of a plain download and drop it there.
+		gf, err := h.headerFromStart(ctx, rem)
+		if err != nil {
+			return nil, false, fmt.Errorf("estimate %s: read GGUF header from the start of %s: %w", r.Raw, redact(rem.URL), err)
+		}
+		return gf, false, nil
 	}
 	opts := []gguf.GGUFReadOption{gguf.SkipLargeMetadata(), gguf.UseBufferSize(headerBuffer), gguf.SkipCache()}
 	if u, perr := url.Parse(rem.URL); perr == nil && h.token() != "" && h.isHub(u) {
@@ -138,4 +148,79 @@ func satAdd(a, b uint64) uint64 {
 		return math.MaxUint64
 	}
 	return s
+}
+
+// maxHeaderPrefix bounds how much of a file without byte ranges is read
+// for its header: far more than any real header (a large vocabulary is a
+// few MiB), far less than the weights.
+const maxHeaderPrefix = 64 << 20
+
+// headerFromStart reads a GGUF header from the start of a plain GET of a
+// server that ignores byte ranges: the first bytes go into a sparse
+// temporary file of the file's full size (the parser checks the size), and
+// the read grows (1 MiB, ×4, up to maxHeaderPrefix) until the header
+// parses. The connection is then dropped: the weights are not fetched.
+func (h *Hub) headerFromStart(ctx context.Context, rem Remote) (*gguf.GGUFFile, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", rem.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	if u, perr := url.Parse(rem.URL); perr == nil && h.token() != "" && h.isHub(u) {
+		req.Header.Set("Authorization", "Bearer "+h.token())
+	}
+	resp, err := h.client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	size := rem.Size
+	if size < 0 {
+		size = resp.ContentLength
+	}
+	f, err := os.CreateTemp("", "rbee-header-*.gguf")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	var read int64
+	for limit := int64(1 << 20); ; limit *= 4 {
+		n, cerr := io.CopyN(f, resp.Body, limit-read)
+		read += n
+		eof := errors.Is(cerr, io.EOF)
+		if cerr != nil && !eof {
+			return nil, cerr
+		}
+		if size > read {
+			if err := f.Truncate(size); err != nil {
+				return nil, err
+			}
+		}
+		gf, perr := parseRemoteFile(f.Name())
+		if perr == nil {
+			return gf, nil
+		}
+		if eof || read >= maxHeaderPrefix {
+			return nil, perr
+		}
+		if _, err := f.Seek(read, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// parseRemoteFile parses a local copy of (the start of) a remote file,
+// under recover like parseRemote: its bytes are untrusted.
+func parseRemoteFile(p string) (gf *gguf.GGUFFile, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			gf, err = nil, fmt.Errorf("malformed GGUF header: %v", r)
+		}
+	}()
+	return gguf.ParseGGUFFile(p, gguf.SkipLargeMetadata(), gguf.SkipCache())
 }
