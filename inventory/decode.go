@@ -333,6 +333,8 @@ func checkName(s string) string {
 	switch {
 	case s == "":
 		return "missing; every hive needs a name (lowercase letters, digits and dashes)"
+	case s == "localhost":
+		return `"localhost" is this machine's own hive; give the SSH host another name`
 	case nameRE.MatchString(s):
 		return ""
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -162,5 +163,22 @@ func TestEditsKeepBadEntries(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); strings.Contains(string(b), `port = "x"`) {
 		t.Errorf("the bad entry is still there:\n%s", b)
+	}
+}
+
+// "localhost" names this machine's hive: an SSH entry by that name is a
+// problem of its own entry.
+func TestLocalhostReserved(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "inventory.toml")
+	if err := os.WriteFile(p, []byte("[[hive]]\nname = \"localhost\"\nhost = \"10.0.0.1\"\n\n[[hive]]\nname = \"ok\"\nhost = \"10.0.0.2\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := inventory.LoadTolerant(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := inv.Hive("localhost"); ok || len(inv.Bad) != 1 || !strings.Contains(inv.Bad[0].Err.Error(), "this machine's own hive") {
+		t.Errorf("hives %+v, bad %+v: want the localhost entry refused alone", inv.Hives, inv.Bad)
 	}
 }

@@ -117,7 +117,7 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 	q.streamOp(w, func(ev events) error {
 		ctx := r.Context()
 		_, known := inv.Hive(req.Name)
-		hc, err := q.pool.get(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.narrate)
+		hc, err := q.pool.getWith(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.narrate, !req.AcceptNewHostKey)
 		if err != nil {
 			if !known {
 				q.pool.drop(req.Name) // not a hive yet: nothing to redial
@@ -413,6 +413,9 @@ func (q *Queen) purge(ctx context.Context, name string) error {
 	if err != nil {
 		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
 	}
+	if hc.remote == nil {
+		return rbee.Errorf(rbee.CodeBadRequest, "purge: hive %s is this machine's; rbee queen stop stops it", name)
+	}
 	_ = hc.client.Shutdown(ctx, false) // stops its workers too
 	if err := provision.WaitExit(ctx, hc.remote.conn, hc.handshake.PID, 30*time.Second); err != nil {
 		return rbee.Errorf(rbee.CodeHiveDown, "purge: the agent: %w", err)
@@ -496,7 +499,7 @@ func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed in
 			start := time.Now()
 			was, _ := q.pool.state(h.Name)
 			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			hc, err := q.pool.get(ctx, h.Name, q.remoteConnector(h, acceptNew), quiet)
+			hc, err := q.pool.getWith(ctx, h.Name, q.remoteConnector(h, acceptNew), quiet, !acceptNew)
 			if acceptNew {
 				q.pool.setConnector(h.Name, q.remoteConnector(h, false))
 			}
@@ -515,11 +518,11 @@ func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed in
 				switch {
 				case was:
 					how = "connected"
-				case hc.remote.res.Installed:
+				case hc.remote != nil && hc.remote.res.Installed:
 					how = "started"
 				}
 				msg := fmt.Sprintf("up: rbee-hive %s %s (%s", hc.handshake.Version, how, time.Since(start).Round(time.Millisecond))
-				if !was {
+				if !was && hc.remote != nil {
 					msg += ": " + hc.remote.res.Timings()
 				}
 				e.Message = msg + "), " + describeDevices(s.Devices)

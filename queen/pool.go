@@ -74,7 +74,7 @@ type poolEntry struct {
 	connect   connector
 	conn      *hiveConn
 	err       error         // why there is no conn
-	dialing   chan struct{} // closed when the attempt in flight ends
+	dialing   *dial         // the attempt in flight
 	step      string        // what the attempt in flight is doing
 	redialing bool
 }
@@ -89,101 +89,132 @@ func newPool(timeout time.Duration, status func(name string, online bool, reason
 var errPoolClosed = errors.New("the queen is shutting down")
 
 // get returns the live connection to name, connecting with connect when
-// there is none (joining an attempt already in flight). ctx bounds the
-// wait; the connector bounds each step that waits for the host's answer
-// with the pool's timeout (pushes are bounded by the keepalives), and a
-// timeout names the step that hung.
+// there is none, or joining the attempt in flight: one attempt serves every
+// caller, and it runs on the pool's own context, so a caller that gives up
+// (its bound, a cancelled job) never cuts it short for the others. ctx
+// bounds only this caller's wait; the connector bounds each step that waits
+// for the host's answer with the pool's timeout (pushes are bounded by the
+// keepalives), and a timeout names the step that hung. narrate reports the
+// attempt this call starts, for as long as this call waits.
 func (p *pool) get(ctx context.Context, name string, connect connector, narrate func(action, msg string)) (*hiveConn, error) {
-	for {
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			return nil, rbee.Errorf(rbee.CodeQueenDown, "hive %s: %w", name, errPoolClosed)
+	return p.getWith(ctx, name, connect, narrate, true)
+}
+
+// getWith is get; keep=false uses connect for an attempt this call starts
+// without keeping it for later redials (a connector that accepts a new
+// host key is for the one command the person ran, never a background
+// redial).
+func (p *pool) getWith(ctx context.Context, name string, connect connector, narrate func(action, msg string), keep bool) (*hiveConn, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, rbee.Errorf(rbee.CodeQueenDown, "hive %s: %w", name, errPoolClosed)
+	}
+	e := p.hives[name]
+	if e == nil {
+		e = &poolEntry{}
+		p.hives[name] = e
+	}
+	if connect != nil && keep {
+		e.connect = connect
+	}
+	if e.conn != nil && e.conn.alive() {
+		hc := e.conn
+		p.mu.Unlock()
+		return hc, nil
+	}
+	d := e.dialing
+	n := &narrator{narrate: narrate}
+	defer n.leave()
+	if d == nil {
+		if connect == nil {
+			connect = e.connect
 		}
-		e := p.hives[name]
-		if e == nil {
-			e = &poolEntry{}
-			p.hives[name] = e
-		}
-		if connect != nil {
-			e.connect = connect
-		}
-		if e.conn != nil && e.conn.alive() {
-			hc := e.conn
-			p.mu.Unlock()
-			return hc, nil
-		}
-		if e.dialing != nil {
-			// Join the attempt in flight: its outcome is ours too.
-			ch := e.dialing
-			p.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return nil, p.timeoutError(ctx, name)
-			}
-			p.mu.Lock()
-			hc, err := e.conn, e.err
-			p.mu.Unlock()
-			if hc != nil && hc.alive() {
-				return hc, nil
-			}
-			if err != nil && !errors.Is(err, context.Canceled) {
-				return nil, err
-			}
-			continue // the attempt was cancelled by its caller: try again
-		}
-		if e.connect == nil {
+		if connect == nil {
 			p.mu.Unlock()
 			return nil, rbee.Errorf(rbee.CodeHiveUnknown, "hive %s: no way to reach it", name)
 		}
-		return p.attempt(ctx, name, e, narrate) // unlocks
+		d = &dial{done: make(chan struct{})}
+		e.dialing, e.step = d, "connect"
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.dialOnce(name, e, d, connect, n.say)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-d.done:
+		return d.hc, d.err
+	case <-ctx.Done():
+		return nil, p.timeoutError(ctx, name)
 	}
 }
 
-// attempt runs one connect for e; p.mu is held on entry and released.
-func (p *pool) attempt(ctx context.Context, name string, e *poolEntry, narrate func(action, msg string)) (*hiveConn, error) {
-	ch := make(chan struct{})
-	e.dialing, e.step = ch, "connect"
-	connect := e.connect
-	p.mu.Unlock()
+// dial is one connect attempt; its outcome is set before done closes.
+type dial struct {
+	done chan struct{}
+	hc   *hiveConn
+	err  error
+}
+
+// narrator passes an attempt's narration to the caller that started it
+// while that caller still waits (its stream may be gone after).
+type narrator struct {
+	mu      sync.Mutex
+	narrate func(action, msg string)
+	gone    bool
+}
+
+func (n *narrator) say(action, msg string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.gone && n.narrate != nil {
+		n.narrate(action, msg)
+	}
+}
+
+func (n *narrator) leave() {
+	n.mu.Lock()
+	n.gone = true
+	n.mu.Unlock()
+}
+
+// dialOnce runs attempt d for e on the pool's context and records its
+// outcome: the connection (watched from now on), or the reason, the hive
+// marked offline and a background redial started.
+func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, narrate func(action, msg string)) {
+	defer close(d.done)
 	step := func(s string) {
 		p.mu.Lock()
 		e.step = s
 		p.mu.Unlock()
 	}
-	hc, err := connect(ctx, step, narrate)
+	hc, err := connect(p.ctx, step, narrate)
 
 	p.mu.Lock()
 	e.dialing = nil
-	close(ch)
 	stepAt := e.step
 	if err == nil && (p.closed || p.hives[name] != e) {
 		p.mu.Unlock()
 		p.closeConn(hc)
-		return nil, rbee.Errorf(rbee.CodeQueenDown, "hive %s: %w", name, errPoolClosed)
+		d.err = rbee.Errorf(rbee.CodeQueenDown, "hive %s: %w", name, errPoolClosed)
+		return
 	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = p.stepError(name, stepAt, err)
 		}
+		d.err = err
 		if errors.Is(err, context.Canceled) || p.closed {
-			// The caller gave up (a job cancelled, the queen stopping):
-			// nothing is known about the hive.
-			p.mu.Unlock()
-			return nil, err
+			p.mu.Unlock() // the queen is stopping: nothing is known about the hive
+			return
 		}
 		e.err = err
-		if !e.redialing && !p.closed && name != LocalHive {
-			// Keep trying in the background, so a hive that comes back
-			// is online again without a job having to ask for it.
-			e.redialing = true
-			p.wg.Add(1)
-			go p.redial(name, e)
-		}
+		p.redialLocked(name, e)
 		p.mu.Unlock()
 		p.status(name, false, err.Error())
-		return nil, err
+		return
 	}
 	e.conn, e.err = hc, nil
 	if hc.remote != nil {
@@ -192,7 +223,18 @@ func (p *pool) attempt(ctx context.Context, name string, e *poolEntry, narrate f
 	}
 	p.mu.Unlock()
 	p.status(name, true, "")
-	return hc, nil
+	d.hc = hc
+}
+
+// redialLocked starts the background redial of a remote hive unless one
+// runs; p.mu is held.
+func (p *pool) redialLocked(name string, e *poolEntry) {
+	if e.redialing || p.closed || name == LocalHive {
+		return
+	}
+	e.redialing = true
+	p.wg.Add(1)
+	go p.redial(name, e)
 }
 
 // timeoutError says which step of the attempt in flight had not finished
@@ -239,12 +281,7 @@ func (p *pool) watch(name string, e *poolEntry, hc *hiveConn) {
 		return
 	}
 	e.conn, e.err = nil, err
-	start := !e.redialing
-	e.redialing = true
-	if start {
-		p.wg.Add(1)
-		go p.redial(name, e)
-	}
+	p.redialLocked(name, e)
 	p.mu.Unlock()
 	hc.client.Close()
 	p.status(name, false, fmt.Sprintf("SSH connection lost: %v", err))
@@ -274,18 +311,24 @@ func (p *pool) redial(name string, e *poolEntry) {
 			p.mu.Unlock()
 			return
 		}
-		if ch := e.dialing; ch != nil {
+		if d := e.dialing; d != nil {
 			p.mu.Unlock()
 			select {
-			case <-ch:
+			case <-d.done:
 			case <-p.ctx.Done():
 				return
 			}
 			continue
 		}
-		// The connector bounds each wait for the host's answer itself;
-		// an agent start is not cut short.
-		if _, err := p.attempt(p.ctx, name, e, quiet); err == nil { // unlocks
+		if e.connect == nil {
+			p.mu.Unlock()
+			return // never reached the way the inventory says
+		}
+		d := &dial{done: make(chan struct{})}
+		e.dialing, e.step = d, "connect"
+		connect := e.connect
+		p.mu.Unlock()
+		if p.dialOnce(name, e, d, connect, quiet); d.err == nil {
 			return
 		}
 	}
@@ -299,10 +342,11 @@ func (p *pool) fail(name string, hc *hiveConn, reason error) {
 	e := p.hives[name]
 	if e != nil && e.conn == hc {
 		e.conn, e.err = nil, reason
+		p.redialLocked(name, e) // the watcher sees a conn no longer current
 	}
 	p.mu.Unlock()
 	if hc.remote != nil {
-		hc.remote.conn.Close() // the watcher redials
+		hc.remote.conn.Close()
 	}
 	p.status(name, false, reason.Error())
 }

@@ -122,7 +122,9 @@ func (q *Queen) Shutdown() <-chan struct{} { return q.shutdown }
 // keep theirs warm) and closes the catalog: the cascading shutdown. It
 // never waits on a stalled host.
 func (q *Queen) Close() error {
+	q.mu.Lock() // a job starting now either sees closing or is counted
 	close(q.closing)
+	q.mu.Unlock()
 	// Drain: running jobs get the grace period to finish; then those
 	// left end with an explicit "shutting down" error.
 	drained := make(chan struct{})
