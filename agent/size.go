@@ -15,7 +15,11 @@ import (
 // room cannot be read, the worker gets one slot of the configured context:
 // what the queen reserved for.
 func (a *Agent) size(ctx context.Context, m catalog.Model, device, reservation string) (slots, ctxPerSlot int) {
-	slots, ctxPerSlot = 1, a.cfg.CtxSize
+	want := a.cfg.CtxSize
+	if m.CtxTrain > 0 {
+		want = min(want, m.CtxTrain) // what the model's estimate (and the queen) counted
+	}
+	slots, ctxPerSlot = 1, want
 	if reservation == "" {
 		return slots, ctxPerSlot
 	}
@@ -29,7 +33,7 @@ func (a *Agent) size(ctx context.Context, m catalog.Model, device, reservation s
 		}
 		held := a.vram.bytesOf(reservation)
 		sz := modelfile.Size(modelfile.SizeRequest{Free: d.RoomBytes + held, GPU: strings.HasPrefix(device, "gpu"),
-			WeightsBytes: m.WeightsBytes, KVBytesPerTok: m.KVBytesPerTok, CtxTrain: m.CtxTrain, CtxPerSlot: a.cfg.CtxSize})
+			WeightsBytes: m.WeightsBytes, KVBytesPerTok: m.KVBytesPerTok, CtxTrain: m.CtxTrain, CtxPerSlot: want})
 		if sz.Slots > 1 && a.vram.grow(reservation, sz.Bytes, d.TotalBytes, d.FreeBytes) {
 			return sz.Slots, sz.CtxPerSlot
 		}

@@ -124,7 +124,16 @@ func (h *HiveDB) addModel(ctx context.Context, m Model) (Model, error) {
 	}
 	if m.Path != "" {
 		// A path holds one content: an entry for what the file held before
-		// it was changed in place is stale.
+		// it was changed in place is stale. Its alias is the person's name
+		// for the file and carries over.
+		if m.Alias == "" {
+			var alias sql.NullString
+			err := tx.QueryRowContext(ctx, `SELECT alias FROM models WHERE path = ? AND sha256 != ? AND alias IS NOT NULL AND alias != ''`, m.Path, sum).Scan(&alias)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return Model{}, err
+			}
+			m.Alias = alias.String
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM models WHERE path = ? AND sha256 != ?`, m.Path, sum); err != nil {
 			return Model{}, err
 		}

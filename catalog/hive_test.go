@@ -501,7 +501,7 @@ func TestModelChangedInPlace(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	h := newHive(t)
-	old := Model{Ref: "/home/me/m.gguf", Path: "/home/me/m.gguf", Size: 10, SHA256: sha(1), LastUsed: ms(2_000_000_000_000)}
+	old := Model{Ref: "/home/me/m.gguf", Path: "/home/me/m.gguf", Alias: "mine", Size: 10, SHA256: sha(1), LastUsed: ms(2_000_000_000_000)}
 	if _, err := h.AddModel(ctx, old); err != nil {
 		t.Fatal(err)
 	}
@@ -516,6 +516,9 @@ func TestModelChangedInPlace(t *testing.T) {
 	got, err := h.Model(ctx, old.Path)
 	if err != nil || got.ID != changed.ID {
 		t.Errorf("Model(path) = %s, %v; want the new content %s", got.ID, err, changed.ID)
+	}
+	if got, err := h.Model(ctx, "mine"); err != nil || got.ID != changed.ID {
+		t.Errorf("Model(alias) = %s, %v; want the alias carried over to %s", got.ID, err, changed.ID)
 	}
 	if _, err := h.Model(ctx, ModelID(sha(1))); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the stale entry: got %v, want ErrNotFound", err)

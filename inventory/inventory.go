@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -185,10 +186,31 @@ func (inv *Inventory) Remove(name string) error {
 		return fmt.Errorf("%s: %w", op, ErrNotFound)
 	}
 	l := scan(text)
+	if n := countOf(entries, name); n > 1 {
+		// Which one is meant? Removing the first could leave the name
+		// pointing at another host.
+		var lines []string
+		for j, e := range entries {
+			if e == name && j < len(l.hives) {
+				lines = append(lines, strconv.Itoa(l.hives[j].header))
+			}
+		}
+		return fmt.Errorf("%s: %d entries in %s have that name (lines %s); remove the one you mean by hand", op, n, inv.Path, strings.Join(lines, ", "))
+	}
 	if i >= len(l.hives) {
 		return fmt.Errorf("%s: it is not written as a [[hive]] table; remove it from %s by hand", op, inv.Path)
 	}
 	return inv.apply(cutBlock(text, l, i), len(entries)-1, op)
+}
+
+func countOf(ss []string, s string) int {
+	n := 0
+	for _, x := range ss {
+		if x == s {
+			n++
+		}
+	}
+	return n
 }
 
 // entryNames are the names of every [[hive]] entry of text, good or bad, in

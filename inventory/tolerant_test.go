@@ -182,3 +182,23 @@ func TestLocalhostReserved(t *testing.T) {
 		t.Errorf("hives %+v, bad %+v: want the localhost entry refused alone", inv.Hives, inv.Bad)
 	}
 }
+
+// Two entries with one name: rm refuses to guess which is meant.
+func TestRemoveDuplicateNameRefused(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "inventory.toml")
+	text := "[[hive]]\nname = \"a\"\nhost = \"one.example\"\n\n[[hive]]\nname = \"a\"\nhost = \"two.example\"\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := inventory.LoadTolerant(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Remove("a"); err == nil || !strings.Contains(err.Error(), "lines 1, 5") {
+		t.Errorf("Remove of a duplicated name: %v, want a refusal naming both lines", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != text {
+		t.Errorf("the file changed:\n%s", b)
+	}
+}

@@ -69,7 +69,7 @@ func Size(r SizeRequest) Sizing {
 		share = (r.Free - fixed) / 100 * kvSharePercent
 	}
 	if r.CtxPerSlot <= 0 && r.Free > 0 && r.KVBytesPerTok > 0 {
-		for ctx > MinCtxPerSlot && uint64(ctx)*r.KVBytesPerTok > share {
+		for ctx > MinCtxPerSlot && satMul(uint64(ctx), r.KVBytesPerTok) > share {
 			ctx = max(MinCtxPerSlot, (ctx-1)/ctxStep*ctxStep)
 		}
 	}
@@ -81,7 +81,8 @@ func Size(r SizeRequest) Sizing {
 			if r.GPU {
 				most = MaxSlotsGPU
 			}
-			fit := share / (uint64(ctx) * r.KVBytesPerTok)
+			// Saturating: KV bytes per token come from an untrusted header.
+			fit := share / max(satMul(uint64(ctx), r.KVBytesPerTok), 1)
 			slots = int(min(uint64(most), max(fit, 1)))
 		}
 	}

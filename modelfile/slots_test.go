@@ -42,3 +42,14 @@ func TestSize(t *testing.T) {
 		})
 	}
 }
+
+// A header claiming absurd KV sizes never makes sizing panic or wrap.
+func TestSizeHugeKV(t *testing.T) {
+	t.Parallel()
+	for _, kv := range []uint64{1 << 52, 1<<52 + 1, 1 << 63, ^uint64(0)} {
+		sz := Size(SizeRequest{Free: 8 << 30, GPU: true, KVBytesPerTok: kv})
+		if sz.Slots != 1 {
+			t.Errorf("KV %d bytes/token: %d slots, want 1", kv, sz.Slots)
+		}
+	}
+}

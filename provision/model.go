@@ -121,7 +121,7 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 		return failed(err)
 	}
 	// Verify on the host, then take the final name.
-	got, err := c.Run(ctx, []string{"sh", "-c", `sha256sum "$1" | cut -d' ' -f1`, "sh", partial}, nil)
+	got, err := c.Run(ctx, []string{"sh", "-c", `s=$(sha256sum "$1") || exit 1; printf '%s\n' "${s%% *}"`, "sh", partial}, nil)
 	if err != nil {
 		return "", fmt.Errorf("verify model: %w", err)
 	}

@@ -32,13 +32,16 @@ func hostFree(ctx context.Context, c *remote.Conn, dir string) (uint64, error) {
 // checkPushSpace refuses a push of need more bytes into dir when the
 // host's disk cannot take them (and the reserve). Before refusing it
 // removes what earlier failed pushes left there (other models' .partial
-// files; keep, the one this push resumes, stays), and looks again.
+// files untouched for 10 minutes; keep, the one this push resumes, stays),
+// and looks again.
 func checkPushSpace(ctx context.Context, c *remote.Conn, dir, keep string, need int64) error {
 	full := diskFull(ctx, c, dir, need)
 	if full == nil {
 		return nil
 	}
-	if _, err := c.Run(ctx, []string{"find", dir, "-maxdepth", "1", "-name", "*.partial", "!", "-name", path.Base(keep), "-delete"}, nil); err != nil {
+	// Only partials untouched for 10 minutes: one being written by a push
+	// running now must not be pulled from under it.
+	if _, err := c.Run(ctx, []string{"find", dir, "-maxdepth", "1", "-name", "*.partial", "!", "-name", path.Base(keep), "-mmin", "+10", "-delete"}, nil); err != nil {
 		return full
 	}
 	return diskFull(ctx, c, dir, need)

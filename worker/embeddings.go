@@ -100,6 +100,12 @@ func (s *Server) embeddings(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	// Admitted before tokenizing: Close waits for admitted requests before
+	// it frees the model the tokenizer reads.
+	if !s.admit(w) {
+		return
+	}
+	defer s.leave()
 	inputs := req.Input.tokens
 	for i, text := range req.Input.texts {
 		toks, e := s.tokenize(m, fmt.Sprintf("input[%d]", i), text)
@@ -109,10 +115,6 @@ func (s *Server) embeddings(w http.ResponseWriter, r *http.Request) {
 		}
 		inputs = append(inputs, toks)
 	}
-	if !s.admit(w) {
-		return
-	}
-	defer s.leave()
 	vecs, err := m.Embed(r.Context(), inputs)
 	if err != nil {
 		if r.Context().Err() != nil {

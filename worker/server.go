@@ -414,15 +414,17 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		writeError(w, invalid("", "unsupported_endpoint", "this worker was started with --embeddings and serves only POST /v1/embeddings"))
 		return
 	}
+	// Admitted before tokenizing: Close waits for admitted requests before
+	// it frees the model the tokenizer reads.
+	if !s.admit(w) {
+		return
+	}
+	defer s.leave()
 	tokens, apiErr := s.tokenize(m, "prompt", prompt)
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
 	}
-	if !s.admit(w) {
-		return
-	}
-	defer s.leave()
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
