@@ -332,8 +332,8 @@ func (a *Agent) watch(ctx context.Context, wp *supervisor.Worker, cancel context
 			wd.hung = rbee.Errorf(rbee.CodeWorkerCrashed, "worker %s (pid %d) on hive %s made no progress for %s and did not answer its health probe: killed it; the next request starts a new worker",
 				info.ID, info.PID, a.cfg.Name, stall).WithHint("its log: " + filepath.Join(rbee.Home(a.cfg.Home).LogDir(), info.ID+".log"))
 			a.log.Warn("worker hung", "worker", info.ID, "pid", info.PID, "stall", stall, "probe", perr)
+			cancel() // the job ends now, whatever the kill takes
 			_ = a.sup.Kill(info.ID)
-			cancel()
 			return
 		}
 	}()

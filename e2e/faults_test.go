@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download/hubtest"
@@ -216,6 +217,11 @@ func TestFaultsPushDiskFull(t *testing.T) {
 	// An earlier failed push left a partial copy that fills the disk.
 	os.Remove(other)
 	left := fill("sha256-0123.gguf.partial")
+	// ... an hour ago: a partial written just now may be a push running.
+	hourAgo := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(left, hourAgo, hourAgo); err != nil {
+		t.Fatal(err)
+	}
 	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {
 		t.Errorf("push after a failed one: exit %d %q\n%s", r.code, r.stdout, r.stderr)

@@ -26,23 +26,51 @@ type savedWorker struct {
 	Chat    bool            `json:"chat"`
 	Engine  string          `json:"engine_device"`
 	Base    string          `json:"base,omitempty"` // external workers: their loopback URL
+	// Start is the process's start time (field 22 of /proc/PID/stat): a
+	// pid reused by another process after a reboot does not match it.
+	Start string `json:"start,omitempty"`
+}
+
+// startTime returns pid's start time since boot, in clock ticks, or "".
+func startTime(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19] // field 22: after pid, comm, then state is field 3
 }
 
 // saveState writes the ready workers atomically (temp file + rename).
 func (s *Supervisor) saveState() {
 	s.stateMu.Lock() // the last snapshot taken is the last written
 	defer s.stateMu.Unlock()
+	s.mu.Lock()
+	released := s.released
+	s.mu.Unlock()
+	if released {
+		return // the next agent owns the file now
+	}
 	ws := []savedWorker{}
 	for _, w := range s.all() {
 		w.mu.Lock()
 		if w.info.State == "ready" {
-			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.proc.Log, Chat: w.chat, Engine: w.engineDevice, Base: w.base})
+			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.proc.Log, Chat: w.chat, Engine: w.engineDevice, Base: w.base,
+				Start: startTime(w.info.PID)})
 		}
 		w.mu.Unlock()
 	}
 	b, _ := json.MarshalIndent(ws, "", "  ")
 	tmp := s.stateFile() + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := writeSynced(tmp, b); err != nil {
 		s.cfg.Log.Warn("save worker state", "err", err)
 		return
 	}
@@ -88,6 +116,12 @@ func (s *Supervisor) adoptOne(ctx context.Context, sw savedWorker) error {
 	}
 	if sw.Base == "" && (!strings.Contains(string(cmdline), "rbee-worker") || !strings.Contains(string(cmdline), sw.Info.ID)) {
 		return errors.New("the pid belongs to another process now")
+	}
+	// An external engine's command line says nothing of rbee: its start
+	// time must match, or a process that got the pid after a reboot would
+	// be adopted (and later killed with its group).
+	if (sw.Start != "" || sw.Base != "") && startTime(sw.Info.PID) != sw.Start {
+		return errors.New("the pid belongs to another process now (its start time differs)")
 	}
 	w := &Worker{info: sw.Info, chat: sw.Chat, engineDevice: sw.Engine, socket: sw.Socket,
 		client: unixClient(sw.Socket), base: sw.Base}
@@ -144,4 +178,22 @@ func (s *Supervisor) removeStaleSockets() {
 	if len(removed) > 0 {
 		s.cfg.Log.Info("removed the sockets of workers that are gone", "sockets", removed)
 	}
+}
+
+// writeSynced writes b to p and syncs it, so the rename that follows
+// never leaves an empty file after a crash.
+func writeSynced(p string, b []byte) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

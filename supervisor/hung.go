@@ -40,6 +40,12 @@ func (s *Supervisor) Kill(id string) error {
 	if err := w.proc.Kill(); err != nil {
 		return fmt.Errorf("kill worker %s: %w", id, err)
 	}
-	<-w.forgotten
-	return nil
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-w.forgotten:
+		return nil
+	case <-t.C: // a process in uninterruptible sleep outlives SIGKILL
+		return fmt.Errorf("kill worker %s: pid %d did not exit after SIGKILL", id, w.info.PID)
+	}
 }
