@@ -63,6 +63,7 @@ func (s *Supervisor) find(key Key) *Worker {
 		select {
 		case <-w.Exited():
 		default:
+			w.picked()
 			return w
 		}
 	}

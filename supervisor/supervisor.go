@@ -245,6 +245,9 @@ func (s *Supervisor) Get(id string) (*Worker, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, ok := s.workers[id]
+	if ok {
+		w.picked() // a job is about to use it: the reaper waits a keep-alive again
+	}
 	return w, ok
 }
 

@@ -39,6 +39,14 @@ func (w *Worker) Info() rbee.WorkerInfo {
 	return info
 }
 
+// picked marks the worker used now: a job that found it is about to
+// count itself with Use, and the reaper must not unload it meanwhile.
+func (w *Worker) picked() {
+	w.mu.Lock()
+	w.info.LastUsed = time.Now()
+	w.mu.Unlock()
+}
+
 // Use counts a request in flight, which keeps the worker from being
 // unloaded; done ends it and marks the worker used now.
 func (w *Worker) Use() (done func()) {
