@@ -73,9 +73,9 @@ type pool struct {
 type poolEntry struct {
 	connect   connector
 	conn      *hiveConn
-	err       error         // why there is no conn
-	dialing   *dial         // the attempt in flight
-	step      string        // what the attempt in flight is doing
+	err       error  // why there is no conn
+	dialing   *dial  // the attempt in flight
+	step      string // what the attempt in flight is doing
 	redialing bool
 }
 
