@@ -28,7 +28,7 @@ func proxy6(t *testing.T, addr string) string {
 	t.Helper()
 	l, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
-		t.Fatalf("no IPv6 loopback here: %v", err)
+		t.Skipf("no IPv6 loopback here: %v", err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { l.Close(); wg.Wait() })
