@@ -262,6 +262,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/engines/{id}", a.removeEngine)
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
 	mux.HandleFunc("POST /v1/infer", a.infer)
+	mux.HandleFunc("POST /v1/openai/{endpoint...}", a.openai)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		// {"keep_workers": true} hands the workers over to the next agent
 		// (an upgrade) instead of stopping them.

@@ -34,6 +34,15 @@ type ReserveRequest struct {
 // ReservationHeader carries the id of a granted reservation (204).
 const ReservationHeader = "Rbee-Reservation"
 
+// Headers of POST /v1/openai/{endpoint}, the queen's front door passing an
+// OpenAI request to a worker: a warm worker by id, or a model (catalog id)
+// and device with the reservation to charge. The answer names the worker.
+const (
+	WorkerHeader = "Rbee-Worker"
+	ModelHeader  = "Rbee-Model"
+	DeviceHeader = "Rbee-Device"
+)
+
 // NoRoom is the body of a 409 from the VRAM checker.
 type NoRoom struct {
 	Error          rbee.Error `json:"error"`

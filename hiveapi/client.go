@@ -306,3 +306,24 @@ func (c *Client) AddWorkerType(ctx context.Context, wt WorkerType) error {
 	}
 	return err
 }
+
+// OpenAI passes an OpenAI request body to a worker of the hive (see
+// WorkerHeader) and returns the worker's answer as it is: any status, the
+// body streamed. The caller closes it. ctx bounds the whole answer.
+func (c *Client) OpenAI(ctx context.Context, endpoint string, headers map[string]string, body []byte) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://hive/v1/openai/"+endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		if v != "" {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("hive %s: %w", c.Name, err)
+	}
+	return resp, nil
+}

@@ -165,7 +165,7 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/hives/{name}/logs", q.hiveLogs)
 	mux.HandleFunc("POST /v1/up", q.up)
 	mux.HandleFunc("POST /v1/models/pull", q.pullModel)
-	mux.HandleFunc("GET /v1/models", q.listModels)
+	mux.HandleFunc("GET /v1/catalog", q.listModels)
 	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
 	mux.HandleFunc("POST /v1/engines", q.installEngine)
 	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
@@ -173,6 +173,7 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/engines", q.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
+	q.openaiRoutes(mux) // the owner may use the front door here too
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })
 		w.WriteHeader(http.StatusNoContent)
@@ -181,17 +182,26 @@ func (q *Queen) ControlHandler() http.Handler {
 	return mux
 }
 
-// PublicHandler serves the TCP listener: /health, nothing administrative.
-// (The OpenAI-compatible API goes here.)
+// PublicHandler serves the TCP listener: /health and the OpenAI-compatible
+// front door (models, completions, chat completions), nothing
+// administrative.
 func (q *Queen) PublicHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", q.health)
+	q.openaiRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, &rbee.Error{Code: rbee.CodeBadRequest,
 			Message: fmt.Sprintf("no route %s %s on the queen's TCP port", r.Method, r.URL.Path),
 			Hint:    "the control plane is the owner's unix socket (" + "~/.rbee/run/queen.sock" + "); rbee uses it for you"})
 	})
 	return mux
+}
+
+// openaiRoutes adds the OpenAI-compatible front door.
+func (q *Queen) openaiRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/models", q.openaiModels)
+	mux.HandleFunc("POST /v1/completions", q.openaiComplete("completions"))
+	mux.HandleFunc("POST /v1/chat/completions", q.openaiComplete("chat/completions"))
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {

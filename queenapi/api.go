@@ -152,7 +152,7 @@ type PullRequest struct {
 	Alias string `json:"alias,omitempty"`
 }
 
-// Models is the answer to GET /v1/models?hive=NAME.
+// Models is the answer to GET /v1/catalog?hive=NAME: a hive's model catalog.
 type Models struct {
 	Hive   string          `json:"hive"`
 	Models []hiveapi.Model `json:"models"`

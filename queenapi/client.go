@@ -241,7 +241,7 @@ func (c *Client) PullModel(ctx context.Context, r PullRequest) (*Stream, error) 
 // Models lists a hive's model catalog ("" = this machine's hive).
 func (c *Client) Models(ctx context.Context, hive string) (Models, error) {
 	var out Models
-	err := c.call(ctx, "GET", "/v1/models"+hiveQuery(hive), nil, &out)
+	err := c.call(ctx, "GET", "/v1/catalog"+hiveQuery(hive), nil, &out)
 	return out, err
 }
 

@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+// TestOpenAIFrontDoor drives the queen's TCP port with the official
+// OpenAI Go SDK: the models list names the fleet's models, completions
+// streamed and not return the alphabet model's exact text, a model no
+// hive knows is a 404, and the control routes stay off the door.
+func TestOpenAIFrontDoor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
+	}
+	ctx := context.Background()
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+
+	page, err := c.Models.List(ctx)
+	if err != nil {
+		t.Fatalf("models list: %v", err)
+	}
+	var ids []string
+	for _, m := range page.Data {
+		ids = append(ids, m.ID)
+	}
+	if !slices.Contains(ids, "alphabet.gguf") {
+		t.Errorf("models list %v, want alphabet.gguf", ids)
+	}
+
+	params := openai.CompletionNewParams{
+		Model:       openai.CompletionNewParamsModel("alphabet.gguf"),
+		Prompt:      openai.CompletionNewParamsPromptUnion{OfString: openai.String("abc")},
+		Temperature: openai.Float(0),
+		MaxTokens:   openai.Int(30),
+	}
+	comp, err := c.Completions.New(ctx, params)
+	if err != nil {
+		t.Fatalf("completion: %v", err)
+	}
+	if len(comp.Choices) != 1 || comp.Choices[0].Text != alphabetRest {
+		t.Errorf("completion %+v, want %q", comp.Choices, alphabetRest)
+	}
+
+	stream := c.Completions.NewStreaming(ctx, params)
+	var text strings.Builder
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			text.WriteString(ch.Text)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("streamed completion: %v", err)
+	}
+	if text.String() != alphabetRest {
+		t.Errorf("streamed text %q, want %q", text.String(), alphabetRest)
+	}
+
+	params.Model = "no-such-model"
+	_, err = c.Completions.New(ctx, params)
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusNotFound || !strings.Contains(apiErr.Message, "alphabet.gguf") {
+		t.Errorf("unknown model: %v, want a 404 naming the known models", err)
+	}
+	if ws := e.workers(); len(ws) != 1 {
+		t.Errorf("%d workers after the door's requests, want the one warm worker", len(ws))
+	}
+	e.stopQueen()
+}
