@@ -3,12 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/sse"
 	"github.com/rbee-dev/rbee/supervisor"
 )
 
@@ -63,7 +63,7 @@ func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(hiveapi.WorkerHeader, wp.Info().ID)
 	w.WriteHeader(resp.StatusCode)
-	copyFlushing(w, resp.Body)
+	sse.Copy(w, resp.Body)
 }
 
 // acquire returns a worker for model m on device: a running one, or one
@@ -92,25 +92,4 @@ func (a *Agent) acquire(ctx context.Context, m catalog.Model, device, reservatio
 		a.vram.release(reservation)
 	}
 	return wp, err
-}
-
-// copyFlushing copies a response body as it arrives: server-sent events
-// must not sit in a buffer.
-func copyFlushing(w http.ResponseWriter, r io.Reader) {
-	f, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if f != nil {
-				f.Flush()
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/sse"
 )
 
 // maxOpenAIBody bounds a request body at the front door (413 beyond).
@@ -139,7 +140,7 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			}
 		}
 		w.WriteHeader(resp.StatusCode)
-		copyFlushing(w, resp.Body)
+		sse.Copy(w, resp.Body)
 	}
 }
 
@@ -208,25 +209,4 @@ func writeOAIError(w http.ResponseWriter, err error) {
 
 func writeOAI(w http.ResponseWriter, status int, typ, code, msg string) {
 	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
-}
-
-// copyFlushing copies a response body as it arrives: server-sent events
-// must not sit in a buffer.
-func copyFlushing(w http.ResponseWriter, r io.Reader) {
-	f, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if f != nil {
-				f.Flush()
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
 }

@@ -159,3 +159,25 @@ func Relay(r *Reader, send func(rbee.Event) error) error {
 func IsStream(resp *http.Response) bool {
 	return strings.HasPrefix(resp.Header.Get("Content-Type"), ContentType)
 }
+
+// Copy copies a response body to w as it arrives, flushing after every
+// read: a proxied event stream must not sit in a buffer. It stops at the
+// first read or write error (a client gone, the stream ended).
+func Copy(w http.ResponseWriter, r io.Reader) {
+	f, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if f != nil {
+				f.Flush()
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
