@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/rbee-dev/rbee/hiveapi"
 )
 
 // TestOpenAIFrontDoor drives the queen's TCP port with the official
@@ -47,13 +49,16 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	if err != nil {
 		t.Fatalf("completion: %v", err)
 	}
-	if len(comp.Choices) != 1 || comp.Choices[0].Text != alphabetRest {
-		t.Errorf("completion %+v, want %q", comp.Choices, alphabetRest)
+	if len(comp.Choices) != 1 || comp.Choices[0].Text != alphabetRest || comp.Model != "alphabet.gguf" {
+		t.Errorf("completion %+v (model %q), want %q from alphabet.gguf", comp.Choices, comp.Model, alphabetRest)
 	}
 
 	stream := c.Completions.NewStreaming(ctx, params)
 	var text strings.Builder
 	for stream.Next() {
+		if m := stream.Current().Model; m != "alphabet.gguf" {
+			t.Errorf("a streamed chunk names model %q, want the name asked for", m)
+		}
 		for _, ch := range stream.Current().Choices {
 			text.WriteString(ch.Text)
 		}
@@ -63,6 +68,16 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	}
 	if text.String() != alphabetRest {
 		t.Errorf("streamed text %q, want %q", text.String(), alphabetRest)
+	}
+
+	// Asked by its catalog id, the answer names the model that way too.
+	var ms []hiveapi.Model
+	if err := json.Unmarshal([]byte(e.rbee("model", "ls", "--json").stdout), &ms); err != nil || len(ms) != 1 {
+		t.Fatalf("model ls: %v %+v", err, ms)
+	}
+	params.Model = openai.CompletionNewParamsModel(ms[0].ID)
+	if comp, err := c.Completions.New(ctx, params); err != nil || comp.Model != ms[0].ID || comp.Choices[0].Text != alphabetRest {
+		t.Errorf("by id: %v %+v, want model %q", err, comp, ms[0].ID)
 	}
 
 	params.Model = "no-such-model"

@@ -1,6 +1,8 @@
 package queen
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,7 +18,6 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
-	"github.com/rbee-dev/rbee/sse"
 )
 
 // maxOpenAIBody bounds a request body at the front door (413 beyond).
@@ -140,7 +141,57 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			}
 		}
 		w.WriteHeader(resp.StatusCode)
-		sse.Copy(w, resp.Body)
+		renameModel(w, resp, head.Model)
+	}
+}
+
+// renameModel copies the worker's answer with its "model" field set to the
+// name the client asked for: every event of a stream, or the one JSON
+// body. Other fields pass untouched.
+func renameModel(w http.ResponseWriter, resp *http.Response, name string) {
+	quoted, _ := json.Marshal(name)
+	rename := func(b []byte) []byte {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(b, &m) != nil {
+			return b
+		}
+		if _, ok := m["model"]; !ok {
+			return b
+		}
+		m["model"] = quoted
+		out, err := json.Marshal(m)
+		if err != nil {
+			return b
+		}
+		return out
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err == nil {
+			b = rename(b)
+		}
+		_, _ = w.Write(b)
+		return
+	}
+	f, _ := w.(http.Flusher)
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if data, ok := bytes.CutPrefix(line, []byte("data: {")); ok {
+			body := bytes.TrimRight(append([]byte("{"), data...), "\r\n")
+			line = append(append([]byte("data: "), rename(body)...), '\n')
+		}
+		if len(line) > 0 {
+			if _, werr := w.Write(line); werr != nil {
+				return
+			}
+			if f != nil && (len(bytes.TrimSpace(line)) == 0 || err != nil) {
+				f.Flush()
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
