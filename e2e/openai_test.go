@@ -86,6 +86,31 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusNotFound || !strings.Contains(apiErr.Message, "alphabet.gguf") {
 		t.Errorf("unknown model: %v, want a 404 naming the known models", err)
 	}
+	// Bad bodies get OpenAI's error shape with the right status.
+	for _, tt := range []struct {
+		body string
+		want int
+	}{
+		{`{"prompt":"abc"}`, http.StatusBadRequest},
+		{`not json`, http.StatusBadRequest},
+		{`{"model":"alphabet.gguf","prompt":"` + strings.Repeat("a", 9<<20) + `"}`, http.StatusRequestEntityTooLarge},
+	} {
+		resp, err := http.Post("http://"+e.queen+"/v1/completions", "application/json", strings.NewReader(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb struct {
+			Error struct {
+				Message string `json:"message"`
+				Type    string `json:"type"`
+			} `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || eb.Error.Message == "" || eb.Error.Type == "" {
+			t.Errorf("body %.40q: status %d %+v, want %d with an OpenAI error", tt.body, resp.StatusCode, eb, tt.want)
+		}
+	}
 	if ws := e.workers(); len(ws) != 1 {
 		t.Errorf("%d workers after the door's requests, want the one warm worker", len(ws))
 	}
