@@ -136,6 +136,14 @@ func TestJSONUsesAPIFieldNames(t *testing.T) {
 	if st.Status != "online" || len(st.Workers) != 1 || st.Devices[0].FreeBytes == 0 {
 		t.Errorf("hive status: %+v, want online with one worker", st)
 	}
+	var ps queenapi.Processes
+	strict("ps", e.rbee("ps", "--json").stdout, &ps)
+	if len(ps.Processes) != 1 || ps.Processes[0].Hive != "localhost" || ps.Processes[0].Model != "alphabet.gguf" || ps.Processes[0].UnloadInS <= 0 {
+		t.Errorf("ps: %+v, want the one warm worker of localhost on alphabet.gguf with time before unload", ps)
+	}
+	if r := e.rbee("ps"); r.code != 0 || !strings.Contains(r.stdout, "alphabet.gguf") || !strings.Contains(r.stdout, "UNLOADS IN") {
+		t.Errorf("ps: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	var models []hiveapi.Model
 	strict("model ls", e.rbee("model", "ls", "--json").stdout, &models)
 	if len(models) != 1 || models[0].SHA256 == "" || models[0].EstimateBytes == 0 {

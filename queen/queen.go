@@ -173,6 +173,7 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/engines", q.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
+	mux.HandleFunc("GET /v1/ps", q.ps)
 	q.openaiRoutes(mux) // the owner may use the front door here too
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })

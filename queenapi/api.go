@@ -180,3 +180,27 @@ type AddWorkerTypeRequest struct {
 type Workers struct {
 	Workers []rbee.WorkerInfo `json:"workers"`
 }
+
+// Process is one worker in GET /v1/ps: rbee ps.
+type Process struct {
+	Hive     string    `json:"hive"`
+	Worker   string    `json:"worker"`
+	Type     string    `json:"type,omitempty"` // "" = rbee-worker
+	Model    string    `json:"model"`          // the name clients use (alias, reference or file name)
+	ModelID  string    `json:"model_id"`
+	Device   string    `json:"device"`
+	PID      int       `json:"pid"`
+	State    string    `json:"state"`
+	Busy     int       `json:"busy"` // requests in flight
+	Started  time.Time `json:"started"`
+	LastUsed time.Time `json:"last_used"`
+	// UnloadIn is how long until the keep-alive unloads it, idle (0 while
+	// busy).
+	UnloadInS float64 `json:"unload_in_s"`
+}
+
+// Processes is the answer to GET /v1/ps.
+type Processes struct {
+	Processes []Process `json:"processes"`
+	Skipped   []string  `json:"skipped,omitempty"` // hives that did not answer, with why
+}

@@ -289,3 +289,10 @@ func (c *Client) Workers(ctx context.Context) ([]rbee.WorkerInfo, error) {
 func (c *Client) Shutdown(ctx context.Context) error {
 	return c.call(ctx, "POST", "/v1/shutdown", nil, nil)
 }
+
+// Ps lists every worker across the fleet, asking each hive now.
+func (c *Client) Ps(ctx context.Context) (Processes, error) {
+	var out Processes
+	err := c.call(ctx, "GET", "/v1/ps", nil, &out)
+	return out, err
+}

@@ -37,6 +37,7 @@ type cli struct {
 	Up     upCmd     `cmd:"" help:"Connect every hive in the inventory and start its agent."`
 	Queen  queenCmd  `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
 	Doctor doctorCmd `cmd:"" help:"Check this machine or a host before rbee touches it."`
+	Ps     psCmd     `cmd:"" help:"List every worker across the fleet."`
 
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
