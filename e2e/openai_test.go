@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -109,6 +110,19 @@ func TestOpenAIFrontDoor(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.want || eb.Error.Message == "" || eb.Error.Type == "" {
 			t.Errorf("body %.40q: status %d %+v, want %d with an OpenAI error", tt.body, resp.StatusCode, eb, tt.want)
+		}
+	}
+	// Prometheus metrics on the same port.
+	resp, err := http.Get("http://" + e.queen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`rbee_requests_total{model="alphabet.gguf",status="200"} 2`, `rbee_requests_total{model="unknown",status="404"} 1`,
+		`rbee_time_to_first_token_seconds_bucket{model="alphabet.gguf"`, `rbee_hive_up{hive="localhost"} 1`, `rbee_device_memory_total_bytes{device="cpu",hive="localhost"}`} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 	if ws := e.workers(); len(ws) != 1 {

@@ -14,7 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
@@ -100,6 +102,18 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			return
 		}
 		ctx := r.Context()
+		fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
+		w = fb
+		// A name no hive knows is counted as "unknown": clients must not
+		// be able to grow the metrics without bound.
+		label := "unknown"
+		defer func() {
+			q.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
+			q.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
+			if fb.status < 300 && fb.first > 0 {
+				q.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
+			}
+		}()
 		hives, err := q.candidates(ctx, "", quietEvents{})
 		if err != nil {
 			writeOAIError(w, err)
@@ -110,6 +124,9 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAIError(w, err)
 			return
 		}
+		label = head.Model
+		q.metrics.running.WithLabelValues(label).Inc()
+		defer q.metrics.running.WithLabelValues(label).Dec()
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		id := "req-" + hex.EncodeToString(b[:])

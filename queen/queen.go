@@ -65,6 +65,7 @@ type Queen struct {
 	db      *catalog.Queen
 	pool    *pool
 	plan    *planner
+	metrics *metrics
 	started time.Time
 	shas    shaCache
 
@@ -110,6 +111,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 		shutdown: make(chan struct{}), closing: make(chan struct{}),
 	}
 	q.pool = newPool(cfg.ConnectTimeout, q.setStatus, q.stopLocal)
+	q.metrics = newMetrics(q)
 	q.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: q.estimate, fresh: q.fresh}
 	return q, nil
 }
@@ -203,6 +205,7 @@ func (q *Queen) openaiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", q.openaiModels)
 	mux.HandleFunc("POST /v1/completions", q.openaiComplete("completions"))
 	mux.HandleFunc("POST /v1/chat/completions", q.openaiComplete("chat/completions"))
+	mux.Handle("GET /metrics", q.metrics.handler())
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,113 @@
+package queen
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the queen's Prometheus metrics, named in the style of
+// llama.cpp's and vLLM's servers (a prefix, snake_case, units in the
+// name). The front door counts its requests; the catalog's view of hives
+// and devices is read at each scrape.
+type metrics struct {
+	reg      *prometheus.Registry
+	running  *prometheus.GaugeVec
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	ttft     *prometheus.HistogramVec
+}
+
+func newMetrics(q *Queen) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rbee_requests_running",
+			Help: "Front-door requests being served, by model."}, []string{"model"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_requests_total",
+			Help: "Front-door requests answered, by model and HTTP status."}, []string{"model", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rbee_request_duration_seconds",
+			Help: "Front-door request time, from arrival to the last byte.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}, []string{"model"}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rbee_time_to_first_token_seconds",
+			Help: "Front-door time from arrival to the first byte of the answer.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"model"}),
+	}
+	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, catalogCollector{q: q})
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+var (
+	hiveUpDesc   = prometheus.NewDesc("rbee_hive_up", "1 when the hive is online, 0 otherwise (from the hive catalog).", []string{"hive"}, nil)
+	memTotalDesc = prometheus.NewDesc("rbee_device_memory_total_bytes", "Device memory (VRAM, or RAM for the CPU) as last probed.", []string{"hive", "device"}, nil)
+	memFreeDesc  = prometheus.NewDesc("rbee_device_memory_free_bytes", "Free device memory as last probed.", []string{"hive", "device"}, nil)
+	workersDesc  = prometheus.NewDesc("rbee_workers", "Workers the queen knows running, by hive.", []string{"hive"}, nil)
+)
+
+// catalogCollector reports what the hive catalog and the worker registry
+// hold, at scrape time.
+type catalogCollector struct{ q *Queen }
+
+func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- hiveUpDesc
+	ch <- memTotalDesc
+	ch <- memFreeDesc
+	ch <- workersDesc
+}
+
+func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	hs, err := c.q.db.Hives(ctx)
+	if err != nil {
+		return
+	}
+	workers := map[string]int{}
+	c.q.mu.Lock()
+	for _, w := range c.q.workers {
+		workers[w.Hive]++
+	}
+	c.q.mu.Unlock()
+	for _, h := range hs {
+		up := 0.0
+		if h.Status == "online" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(hiveUpDesc, prometheus.GaugeValue, up, h.Name)
+		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(workers[h.Name]), h.Name)
+		for _, d := range h.Devices {
+			ch <- prometheus.MustNewConstMetric(memTotalDesc, prometheus.GaugeValue, float64(d.TotalBytes), h.Name, d.ID)
+			ch <- prometheus.MustNewConstMetric(memFreeDesc, prometheus.GaugeValue, float64(d.FreeBytes), h.Name, d.ID)
+		}
+	}
+}
+
+// firstByte records when the first byte of an answer is written.
+type firstByte struct {
+	http.ResponseWriter
+	start  time.Time
+	first  time.Duration
+	status int
+}
+
+func (f *firstByte) WriteHeader(code int) {
+	f.status = code
+	f.ResponseWriter.WriteHeader(code)
+}
+
+func (f *firstByte) Write(b []byte) (int, error) {
+	if f.first == 0 && len(b) > 0 {
+		f.first = time.Since(f.start)
+	}
+	return f.ResponseWriter.Write(b)
+}
+
+func (f *firstByte) Flush() {
+	if fl, ok := f.ResponseWriter.(http.Flusher); ok {
+		fl.Flush()
+	}
+}
