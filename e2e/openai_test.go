@@ -54,9 +54,13 @@ func TestOpenAIFrontDoor(t *testing.T) {
 		t.Errorf("completion %+v (model %q), want %q from alphabet.gguf", comp.Choices, comp.Model, alphabetRest)
 	}
 
-	stream := c.Completions.NewStreaming(ctx, params)
+	streamed := params
+	streamed.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	stream := c.Completions.NewStreaming(ctx, streamed)
 	var text strings.Builder
+	var usage int64
 	for stream.Next() {
+		usage = max(usage, stream.Current().Usage.CompletionTokens)
 		if m := stream.Current().Model; m != "alphabet.gguf" {
 			t.Errorf("a streamed chunk names model %q, want the name asked for", m)
 		}
@@ -69,6 +73,9 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	}
 	if text.String() != alphabetRest {
 		t.Errorf("streamed text %q, want %q", text.String(), alphabetRest)
+	}
+	if usage != int64(len(alphabetRest)) {
+		t.Errorf("streamed usage: %d completion tokens, want %d (include_usage)", usage, len(alphabetRest))
 	}
 
 	// Asked by its catalog id, the answer names the model that way too.
