@@ -6,13 +6,17 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // TestOpenAIFrontDoor drives the queen's TCP port with the official
@@ -136,4 +140,66 @@ func TestOpenAIFrontDoor(t *testing.T) {
 		t.Errorf("%d workers after the door's requests, want the one warm worker", len(ws))
 	}
 	e.stopQueen()
+}
+
+// TestOpenAIKeys: with an API keys file the door answers only to its keys,
+// a key limited to some models gets only those, and no key is logged.
+func TestOpenAIKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	keys := filepath.Join(e.home, "keys")
+	const k1, k2 = "app1-0123456789abcdef", "app2-0123456789abcdef"
+	if err := os.WriteFile(keys, []byte("# id key models\napp1 "+k1+" alphabet.gguf\napp2 "+k2+" other.gguf\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q := testenv.Start(t, bins.Rbee, e.vars, "queen", "serve", "--api-keys", keys)
+	if _, err := waitQueen(e); err != nil {
+		t.Fatalf("%v\n%s", err, q.StderrText())
+	}
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("the owner's keeper needs no key: exit %d\n%s", r.code, r.stderr)
+	}
+	ctx := context.Background()
+	client := func(key string) *openai.Client {
+		c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey(key), option.WithMaxRetries(0))
+		return &c
+	}
+	params := openai.CompletionNewParams{Model: "alphabet.gguf", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("abc")},
+		Temperature: openai.Float(0), MaxTokens: openai.Int(30)}
+	status := func(err error) int {
+		var apiErr *openai.Error
+		if errors.As(err, &apiErr) {
+			return apiErr.StatusCode
+		}
+		return 0
+	}
+	if _, err := client("wrong-key-0123456789").Completions.New(ctx, params); status(err) != http.StatusUnauthorized {
+		t.Errorf("a wrong key: %v, want 401", err)
+	}
+	if _, err := client("wrong-key-0123456789").Models.List(ctx); status(err) != http.StatusUnauthorized {
+		t.Errorf("models with a wrong key: %v, want 401", err)
+	}
+	if comp, err := client(k1).Completions.New(ctx, params); err != nil || comp.Choices[0].Text != alphabetRest {
+		t.Errorf("app1's key on its model: %v", err)
+	}
+	if _, err := client(k2).Completions.New(ctx, params); status(err) != http.StatusForbidden {
+		t.Errorf("app2's key on a model it may not use: %v, want 403", err)
+	}
+	page, err := client(k2).Models.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range page.Data {
+		if m.ID == "alphabet.gguf" {
+			t.Errorf("app2's model list shows a model it may not use")
+		}
+	}
+	if resp, err := http.Get("http://" + e.queen + "/health"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/health needs no key: %v", err)
+	}
+	q.Stop(30 * time.Second)
+	e.waitGone()
+	if s := q.StderrText(); strings.Contains(s, k1) || strings.Contains(s, k2) {
+		t.Error("the queen logged an API key")
+	}
 }

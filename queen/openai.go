@@ -52,7 +52,7 @@ func (q *Queen) openaiModels(w http.ResponseWriter, r *http.Request) {
 	for _, s := range snaps {
 		for _, m := range s.Models {
 			for _, n := range modelNames(m) {
-				if !seen[n] {
+				if !seen[n] && allows(ctx, n) {
 					seen[n] = true
 					out = append(out, oaiModel{ID: n, Object: "model", Created: m.Added.Unix(), OwnedBy: "rbee"})
 				}
@@ -102,6 +102,10 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			return
 		}
 		ctx := r.Context()
+		if !allows(ctx, head.Model) {
+			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
+			return
+		}
 		fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
 		w = fb
 		// A name no hive knows is counted as "unknown": clients must not

@@ -297,7 +297,7 @@ func startEphemeral(ctx context.Context, cfg queen.Config, narrate func(action, 
 	narrate("queen_ephemeral", "running an ephemeral queen in this process")
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
-	go func() { served <- serveQueen(sctx, q, ln, nil, "") }()
+	go func() { served <- serveQueen(sctx, q, ln, nil, nil) }()
 	return func() {
 		start := time.Now()
 		cancel()

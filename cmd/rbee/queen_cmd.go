@@ -115,6 +115,7 @@ func envOr(k, def string) string {
 
 type queenServeCmd struct {
 	queenConfig
+	APIKeys string `name:"api-keys" env:"RBEE_API_KEYS" help:"File of API keys for the OpenAI-compatible door (mode 0600; one per line: ID KEY [MODEL,MODEL…]); needed, or the token, beyond loopback."`
 }
 
 func (c *queenServeCmd) Help() string {
@@ -140,7 +141,13 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 			return exitf(rbee.ExitUsage, "", "%v", err)
 		}
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && token == "" {
+	var keys []queen.APIKey
+	if c.APIKeys != "" {
+		if keys, err = queen.ReadAPIKeys(c.APIKeys); err != nil {
+			return exitf(rbee.ExitUsage, "", "%v", err)
+		}
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && token == "" && len(keys) == 0 {
 		return exitf(rbee.ExitUsage, "create one: (umask 077; openssl rand -hex 32 > ~/.rbee/token) and pass --token-file ~/.rbee/token",
 			"queen address %s is not loopback: serving beyond this machine needs a bearer token", g.Queen)
 	}
@@ -169,20 +176,17 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	_ = os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 	defer os.Remove(pidFile)
 	log.Info("queen listening", "control", g.home().QueenSocket(), "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home, "token", token != "")
-	return serveQueen(ctx, q, ctl, ln, token)
+	return serveQueen(ctx, q, ctl, ln, q.TCPHandler(token, keys))
 }
 
 // serveQueen serves the control socket (owner only) and the TCP listener
 // (health; with a token, the control routes too) until ctx ends or a
 // client asks for shutdown, then shuts down in cascade. tcp may be nil.
-func serveQueen(ctx context.Context, q *queen.Queen, ctl, tcp net.Listener, token string) error {
+func serveQueen(ctx context.Context, q *queen.Queen, ctl, tcp net.Listener, tcpHandler http.Handler) error {
 	servers := []*http.Server{{Handler: queen.OwnerOnly(q.ControlHandler()), ReadHeaderTimeout: 10 * time.Second, ConnContext: queen.PeerContext}}
 	lns := []net.Listener{ctl}
 	if tcp != nil {
-		h := q.PublicHandler()
-		if token != "" {
-			h = queen.RequireToken(token, q.ControlHandler())
-		}
+		h := tcpHandler
 		servers = append(servers, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second})
 		lns = append(lns, tcp)
 	}
