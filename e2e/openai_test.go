@@ -197,6 +197,32 @@ func TestOpenAIKeys(t *testing.T) {
 	if resp, err := http.Get("http://" + e.queen + "/health"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("/health needs no key: %v", err)
 	}
+	// The request log: one JSON line a request, with the key's id only.
+	logText, err := os.ReadFile(filepath.Join(e.home, ".rbee", "logs", "requests.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(strings.TrimSpace(string(logText)), "\n") {
+		var entry struct {
+			Model     string  `json:"model"`
+			Replica   string  `json:"replica"`
+			Key       string  `json:"key"`
+			TokensIn  int     `json:"tokens_in"`
+			TokensOut int     `json:"tokens_out"`
+			TTFTMS    float64 `json:"ttft_ms"`
+			Status    int     `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("request log line %q: %v", line, err)
+		}
+		if entry.Key == "app1" && entry.Status == 200 && entry.TokensOut == len(alphabetRest) && entry.TokensIn > 0 && strings.HasPrefix(entry.Replica, "localhost/w-") && entry.TTFTMS > 0 {
+			found = true
+		}
+	}
+	if !found || strings.Contains(string(logText), k1) || !strings.Contains(string(logText), `"status":403`) {
+		t.Errorf("request log lacks app1's request (or shows a key):\n%s", logText)
+	}
 	q.Stop(30 * time.Second)
 	e.waitGone()
 	if s := q.StderrText(); strings.Contains(s, k1) || strings.Contains(s, k2) {

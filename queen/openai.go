@@ -102,22 +102,30 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			return
 		}
 		ctx := r.Context()
-		if !allows(ctx, head.Model) {
-			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
-			return
-		}
 		fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
 		w = fb
 		// A name no hive knows is counted as "unknown": clients must not
 		// be able to grow the metrics without bound.
 		label := "unknown"
+		var replica string
+		var use tokenUse
 		defer func() {
+			entry := requestEntry{Time: fb.start, Model: head.Model, Replica: replica, TokensIn: use.PromptTokens, TokensOut: use.CompletionTokens,
+				TTFTMS: float64(fb.first.Microseconds()) / 1e3, DurationMS: float64(time.Since(fb.start).Microseconds()) / 1e3, Status: fb.status}
+			if k, ok := ctx.Value(keyCtx{}).(*APIKey); ok {
+				entry.Key = k.ID
+			}
+			q.reqlog.write(entry)
 			q.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
 			q.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
 			if fb.status < 300 && fb.first > 0 {
 				q.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
 			}
 		}()
+		if !allows(ctx, head.Model) {
+			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
+			return
+		}
 		hives, err := q.candidates(ctx, "", quietEvents{})
 		if err != nil {
 			writeOAIError(w, err)
@@ -161,20 +169,30 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 				w.Header().Set(h, v)
 			}
 		}
+		replica = pl.hive.Name() + "/" + resp.Header.Get(hiveapi.WorkerHeader)
 		w.WriteHeader(resp.StatusCode)
-		renameModel(w, resp, head.Model)
+		renameModel(w, resp, head.Model, &use)
 	}
+}
+
+// tokenUse is the usage an answer reports.
+type tokenUse struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
 }
 
 // renameModel copies the worker's answer with its "model" field set to the
 // name the client asked for: every event of a stream, or the one JSON
 // body. Other fields pass untouched.
-func renameModel(w http.ResponseWriter, resp *http.Response, name string) {
+func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *tokenUse) {
 	quoted, _ := json.Marshal(name)
 	rename := func(b []byte) []byte {
 		var m map[string]json.RawMessage
 		if json.Unmarshal(b, &m) != nil {
 			return b
+		}
+		if u, ok := m["usage"]; ok {
+			_ = json.Unmarshal(u, use) // the request log's token counts
 		}
 		if _, ok := m["model"]; !ok {
 			return b

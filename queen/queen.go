@@ -66,6 +66,7 @@ type Queen struct {
 	pool    *pool
 	plan    *planner
 	metrics *metrics
+	reqlog  *reqLog
 	started time.Time
 	shas    shaCache
 
@@ -112,6 +113,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	}
 	q.pool = newPool(cfg.ConnectTimeout, q.setStatus, q.stopLocal)
 	q.metrics = newMetrics(q)
+	q.reqlog = &reqLog{path: cfg.Home.Log("requests")}
 	q.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: q.estimate, fresh: q.fresh}
 	return q, nil
 }
@@ -147,6 +149,7 @@ func (q *Queen) Close() error {
 	q.mu.Unlock()
 	<-drained
 	q.pool.close()
+	q.reqlog.close()
 	return q.db.Close()
 }
 
