@@ -1,6 +1,7 @@
 package rbee
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -140,4 +141,16 @@ func HintOf(err error) string {
 		err = e.Err
 	}
 	return ""
+}
+
+// ErrorFromBody reads rbee's wire shape {"error":{"code","message","hint"}}
+// from an error answer's body; ok is false when the body is not that.
+func ErrorFromBody(raw []byte) (e Error, ok bool) {
+	var wrapper struct {
+		Error Error `json:"error"`
+	}
+	if json.Unmarshal(raw, &wrapper) != nil || wrapper.Error.Message == "" {
+		return Error{}, false
+	}
+	return wrapper.Error, true
 }

@@ -334,7 +334,7 @@ func TestSSHEngineInstallFromArchive(t *testing.T) {
 	e.stopQueen()
 }
 
-// hostProcs lists the live (not zombie) processes named name that run as
+// hostProcs lists the live (not zombie) processes named name ("" = any) that run as
 // uid: the host's processes, read from /proc (the hosts share this kernel).
 func hostProcs(uid int, name string) []int {
 	var out []int
@@ -360,7 +360,7 @@ func hostProcs(uid int, name string) []int {
 				fmt.Sscanf(strings.TrimPrefix(line, "Uid:"), "%d", &puid)
 			}
 		}
-		if comm == name && puid == uid && !strings.HasPrefix(state, "Z") {
+		if (name == "" || comm == name) && puid == uid && !strings.HasPrefix(state, "Z") {
 			out = append(out, pid)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,29 +123,6 @@ func TestSSHStalledHost(t *testing.T) {
 	e.stopQueen()
 }
 
-// userProcs lists the live processes of a user.
-func userProcs(uid int) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, ent := range entries {
-		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join("/proc", ent.Name()), &st) != nil || int(st.Uid) != uid {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		if s := string(b); strings.Contains(s[strings.LastIndex(s, ")")+1:], " Z ") {
-			continue
-		}
-		if pid, err := strconv.Atoi(ent.Name()); err == nil {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // TestSSHRebootedHostParallelFirstJobs: all of a host's processes die
 // (files kept, stale sockets and all); three parallel first jobs to it
 // start one agent over one SSH connection and load one worker.
@@ -162,10 +138,10 @@ func TestSSHRebootedHostParallelFirstJobs(t *testing.T) {
 	}
 	// The reboot: sshd and everything of the host's user, killed.
 	h.Kill()
-	for _, pid := range userProcs(h.UID) {
+	for _, pid := range hostProcs(h.UID, "") {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	waitFor(t, "the host's processes to die", func() bool { return len(userProcs(h.UID)) == 0 })
+	waitFor(t, "the host's processes to die", func() bool { return len(hostProcs(h.UID, "")) == 0 })
 	logPath := filepath.Join(h.Dir, "sshd.log")
 	before := countIn(logPath, "Accepted publickey")
 	h.Restart(t)

@@ -85,11 +85,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (*htt
 		defer resp.Body.Close()
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
 		e := &APIError{Status: resp.StatusCode, Raw: raw}
-		var wrapper struct {
-			Error rbee.Error `json:"error"`
-		}
-		if json.Unmarshal(raw, &wrapper) == nil && wrapper.Error.Message != "" {
-			e.Body = wrapper.Error
+		if body, ok := rbee.ErrorFromBody(raw); ok {
+			e.Body = body
 		} else {
 			e.Body = rbee.Error{Code: rbee.CodeInternal, Message: fmt.Sprintf("hive %s: %s %s: status %d: %s", c.Name, method, path, resp.StatusCode, strings.TrimSpace(string(raw)))}
 		}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -131,7 +132,12 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAIError(w, err)
 			return
 		}
-		spec, err := q.modelByName(ctx, head.Model, hives)
+		snaps, err := q.plan.snapshots(ctx, hives, quietEvents{})
+		if err != nil {
+			writeOAIError(w, err)
+			return
+		}
+		spec, err := q.modelByName(ctx, head.Model, snaps)
 		if err != nil {
 			writeOAIError(w, err)
 			return
@@ -142,7 +148,7 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		id := "req-" + hex.EncodeToString(b[:])
-		pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: spec, Fleet: len(hives) > 1}, hives, quietEvents{})
+		pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: spec, Fleet: len(hives) > 1, Snaps: snaps}, hives, quietEvents{})
 		if err != nil {
 			writeOAIError(w, err)
 			return
@@ -237,11 +243,7 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 // modelByName finds the model a client named: an alias, a reference, a
 // catalog id or a local model's file name in any candidate's catalog; else
 // a reference (hf:…, https://…) the chosen hive will download.
-func (q *Queen) modelByName(ctx context.Context, name string, hives []Hive) (*ModelSpec, error) {
-	snaps, err := q.plan.snapshots(ctx, hives, quietEvents{})
-	if err != nil {
-		return nil, err
-	}
+func (q *Queen) modelByName(ctx context.Context, name string, snaps map[string]Snapshot) (*ModelSpec, error) {
 	var known []string
 	for _, s := range snaps {
 		for _, m := range s.Models {
@@ -262,18 +264,8 @@ func (q *Queen) modelByName(ctx context.Context, name string, hives []Hive) (*Mo
 		return q.parseModel(ctx, name)
 	}
 	sort.Strings(known)
-	return nil, (&rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(dedupe(known), ", "))}).
+	return nil, (&rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(slices.Compact(known), ", "))}).
 		WithHint("rbee model pull REF --alias NAME gives a model a name clients can use")
-}
-
-func dedupe(ss []string) []string {
-	var out []string
-	for i, s := range ss {
-		if i == 0 || s != ss[i-1] {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // writeOAIError answers with OpenAI's error shape and the status that

@@ -32,6 +32,9 @@ type placeJob struct {
 	WorkerType string
 	Explain    bool
 	Fleet      bool // the hive was not named: say which one was picked and why
+	// Snaps, when set, are snapshots the caller already took of hives
+	// (the front door, to find the model by name): not taken again.
+	Snaps map[string]Snapshot
 }
 
 // planner plans a job once across its candidate hives and admits it.
@@ -51,9 +54,12 @@ type planner struct {
 // to the next device or the next hive — when a hive refuses (409). The
 // model reaches a hive only once the hive is chosen.
 func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev events) (placement, error) {
-	snaps, err := p.snapshots(ctx, hives, ev)
-	if err != nil {
-		return placement{}, err
+	snaps := job.Snaps
+	if snaps == nil {
+		var err error
+		if snaps, err = p.snapshots(ctx, hives, ev); err != nil {
+			return placement{}, err
+		}
 	}
 	if err := p.estimate(ctx, job.Spec, snaps); err != nil {
 		return placement{}, err

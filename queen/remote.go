@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -226,27 +226,13 @@ func (q *Queen) stopLocal(h *hiveConn) {
 		h.local.Wait(15 * time.Second)
 		return
 	}
-	pid := h.handshake.PID
-	deadline := time.Now().Add(15 * time.Second)
-	for syscall.Kill(pid, 0) == nil && !zombie(pid) {
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// zombie reports whether pid has exited but not been reaped (its parent,
-// an earlier queen, is gone; this sandbox's init may not reap).
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// Not our child (an earlier, killed queen started it): watched by its
+	// pidfd, killed after the grace period like one we started.
+	p, err := proc.Attach(h.handshake.PID, proc.Options{})
 	if err != nil {
-		return true
+		return // already gone
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
+	p.Wait(15 * time.Second)
 }
 
 func describeTarget(t remote.Target) string {
@@ -332,7 +318,7 @@ func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, boo
 			}
 		}
 		for _, h := range inv.Hives {
-			if !contains(names, h.Name) {
+			if !slices.Contains(names, h.Name) {
 				names = append(names, h.Name)
 			}
 		}
@@ -354,13 +340,4 @@ func (q *Queen) ensureLocalEntry(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -97,11 +97,8 @@ func (c *Client) request(ctx context.Context, method, path string, in any) (*htt
 		defer resp.Body.Close()
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
 		e := &APIError{Status: resp.StatusCode}
-		var wrapper struct {
-			Error rbee.Error `json:"error"`
-		}
-		if json.Unmarshal(raw, &wrapper) == nil && wrapper.Error.Message != "" {
-			e.Err = wrapper.Error
+		if body, ok := rbee.ErrorFromBody(raw); ok {
+			e.Err = body
 		} else {
 			e.Err = rbee.Error{Code: rbee.CodeQueenDown, Message: fmt.Sprintf("queen at %s: %s %s: status %d: %s", c.Where, method, path, resp.StatusCode, strings.TrimSpace(string(raw)))}
 		}
