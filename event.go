@@ -69,6 +69,15 @@ type WorkerInfo struct {
 	Started  time.Time `json:"started"`
 	LastUsed time.Time `json:"last_used"`
 	Busy     int       `json:"busy"` // requests in flight
+	// Slots is how many requests the worker decodes at once.
+	Slots int `json:"slots,omitempty"`
+	// Served counts the requests the worker has answered.
+	Served int64 `json:"served,omitempty"`
+	// Embeddings: started with --embeddings, serves /v1/embeddings only.
+	Embeddings bool `json:"embeddings,omitempty"`
+	// Deployment names the deployment that keeps this worker loaded (the
+	// keep-alive does not unload it); "" = unloaded when idle.
+	Deployment string `json:"deployment,omitempty"`
 }
 
 // Candidate is one device the scheduler considered, for --explain.

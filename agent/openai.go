@@ -19,10 +19,11 @@ import (
 // comes, status and all.
 func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 	endpoint := r.PathValue("endpoint")
-	if endpoint != "completions" && endpoint != "chat/completions" {
+	if endpoint != "completions" && endpoint != "chat/completions" && endpoint != "embeddings" {
 		writeErr(w, http.StatusNotFound, rbee.CodeBadRequest, fmt.Sprintf("no OpenAI endpoint %q on the hive", endpoint))
 		return
 	}
+	embeddings := endpoint == "embeddings"
 	ctx := r.Context()
 	var wp *supervisor.Worker
 	if id := r.Header.Get(hiveapi.WorkerHeader); id != "" {
@@ -37,10 +38,14 @@ func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", r.Header.Get(hiveapi.ModelHeader), a.cfg.Name))
 			return
 		}
-		if wp, err = a.acquire(ctx, m, r.Header.Get(hiveapi.DeviceHeader), r.Header.Get(hiveapi.ReservationHeader)); err != nil {
+		if wp, err = a.acquire(ctx, m, r.Header.Get(hiveapi.DeviceHeader), r.Header.Get(hiveapi.ReservationHeader), embeddings, ""); err != nil {
 			writeError(w, http.StatusServiceUnavailable, err)
 			return
 		}
+	}
+	if info := wp.Info(); info.Embeddings != embeddings {
+		writeErr(w, http.StatusConflict, rbee.CodeBadRequest, fmt.Sprintf("worker %s serves %s, not /v1/%s", info.ID, map[bool]string{true: "embeddings", false: "completions"}[info.Embeddings], endpoint))
+		return
 	}
 	done := wp.Use()
 	defer done()
@@ -66,10 +71,53 @@ func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 	sse.Copy(w, resp.Body)
 }
 
+// startWorker serves POST /v1/workers: the worker for a model on a device
+// (running, joined or started), kept loaded for a deployment.
+func (a *Agent) startWorker(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.StartWorkerRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	ctx := r.Context()
+	m, err := a.db.Model(ctx, req.Model)
+	if err != nil {
+		if req.Reservation != "" {
+			a.vram.release(req.Reservation)
+		}
+		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", req.Model, a.cfg.Name))
+		return
+	}
+	wp, err := a.acquire(ctx, m, req.Device, req.Reservation, req.Embeddings, req.Deployment)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	if err := a.sup.SetDeployment(wp.Info().ID, req.Deployment); err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, wp.Info())
+}
+
+// setDeployment serves PUT /v1/workers/{id}/deployment.
+func (a *Agent) setDeployment(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.DeploymentRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if err := a.sup.SetDeployment(r.PathValue("id"), req.Deployment); err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", r.PathValue("id"), a.cfg.Name))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // acquire returns a worker for model m on device: a running one, or one
 // this call starts (or joins), sized to the device and charged to the
-// reservation, which is released when it is not needed.
-func (a *Agent) acquire(ctx context.Context, m catalog.Model, device, reservation string) (*supervisor.Worker, error) {
+// reservation, which is released when it is not needed. embeddings picks
+// a worker started with --embeddings; deployment marks a new one kept
+// loaded.
+func (a *Agent) acquire(ctx context.Context, m catalog.Model, device, reservation string, embeddings bool, deployment string) (*supervisor.Worker, error) {
 	if device == "" {
 		return nil, rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
 	}
@@ -80,8 +128,8 @@ func (a *Agent) acquire(ctx context.Context, m catalog.Model, device, reservatio
 		}
 		return nil, err
 	}
-	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: device, Reservation: reservation, Engine: engine}
-	wp, joined, err := a.sup.Ensure(ctx, supervisor.Key{Model: m.ID, Device: device}, func() (*supervisor.Worker, error) {
+	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: device, Reservation: reservation, Engine: engine, Embeddings: embeddings, Deployment: deployment}
+	wp, joined, err := a.sup.Ensure(ctx, supervisor.Key{Model: m.ID, Device: device, Embeddings: embeddings}, func() (*supervisor.Worker, error) {
 		if err := a.verifyModel(ctx, m); err != nil {
 			return nil, err
 		}

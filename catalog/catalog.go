@@ -26,6 +26,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrExists: the name or alias is taken by another entry.
 	ErrExists = errors.New("already exists")
+	// ErrInvalid: the entry lacks a required field or has a bad value.
+	ErrInvalid = errors.New("invalid entry")
 	// ErrCorrupt: the file is not a usable SQLite database. It is left as it is.
 	ErrCorrupt = errors.New("catalog is corrupt")
 	// ErrTooNew: the file was written by a newer rbee with a schema this one does not know.

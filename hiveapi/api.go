@@ -43,6 +43,24 @@ const (
 	DeviceHeader = "Rbee-Device"
 )
 
+// StartWorkerRequest starts (or finds) the worker that serves a model on
+// a device and keeps it loaded for a deployment (POST /v1/workers): the
+// queen's deployments. The answer is the worker's rbee.WorkerInfo.
+type StartWorkerRequest struct {
+	Model       string `json:"model"` // catalog id
+	Device      string `json:"device"`
+	Reservation string `json:"reservation,omitempty"`
+	Embeddings  bool   `json:"embeddings,omitempty"`
+	Deployment  string `json:"deployment"`
+}
+
+// DeploymentRequest marks a running worker as kept loaded for a
+// deployment, or with "" as unloaded when idle again
+// (PUT /v1/workers/{id}/deployment).
+type DeploymentRequest struct {
+	Deployment string `json:"deployment"`
+}
+
 // NoRoom is the body of a 409 from the VRAM checker.
 type NoRoom struct {
 	Error          rbee.Error `json:"error"`

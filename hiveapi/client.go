@@ -158,6 +158,24 @@ func (c *Client) Workers(ctx context.Context) ([]rbee.WorkerInfo, error) {
 	return w.Workers, err
 }
 
+// StartWorker starts or finds the worker for a model and device and keeps
+// it loaded for a deployment; it returns when the worker is ready.
+func (c *Client) StartWorker(ctx context.Context, r StartWorkerRequest) (rbee.WorkerInfo, error) {
+	var w rbee.WorkerInfo
+	_, err := c.do(ctx, "POST", "/v1/workers", r, &w)
+	return w, err
+}
+
+// SetDeployment marks a running worker as kept loaded for a deployment
+// ("" = unloaded when idle again).
+func (c *Client) SetDeployment(ctx context.Context, worker, deployment string) error {
+	resp, err := c.do(ctx, "PUT", "/v1/workers/"+url.PathEscape(worker)+"/deployment", DeploymentRequest{Deployment: deployment}, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
 // StopWorker stops a worker.
 func (c *Client) StopWorker(ctx context.Context, id string) error {
 	resp, err := c.do(ctx, "DELETE", "/v1/workers/"+url.PathEscape(id), nil, nil)

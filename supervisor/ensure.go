@@ -3,8 +3,12 @@ package supervisor
 import "context"
 
 // Key names what a worker serves: one model on one device, by one engine
-// type ("" = rbee-worker). The hive runs at most one worker per key.
-type Key struct{ Model, Device, Type string }
+// type ("" = rbee-worker), completions or embeddings. The hive runs at
+// most one worker per key.
+type Key struct {
+	Model, Device, Type string
+	Embeddings          bool
+}
 
 // startCall is a start in progress that others may join.
 type startCall struct {
@@ -57,7 +61,7 @@ func (s *Supervisor) Ensure(ctx context.Context, key Key, start func() (*Worker,
 func (s *Supervisor) find(key Key) *Worker {
 	for _, w := range s.all() {
 		info := w.Info()
-		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || info.State != "ready" {
+		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || info.Embeddings != key.Embeddings || info.State != "ready" {
 			continue
 		}
 		select {

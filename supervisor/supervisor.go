@@ -55,6 +55,8 @@ type Spec struct {
 	// tokens per sequence); 0 = one slot of Config.CtxSize, what a
 	// reservation for one context covers.
 	Slots, CtxSize int
+	Embeddings     bool   // serve /v1/embeddings (rbee-worker --embeddings)
+	Deployment     string // kept loaded for this deployment (see SetDeployment)
 }
 
 // Supervisor starts, tracks and stops worker processes.
@@ -115,6 +117,9 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 		"--model", spec.ModelPath, "--engine", cmp.Or(spec.Engine, s.cfg.Engine), "--listen", "unix:" + socket,
 		"--id", id, "--ctx-size", strconv.Itoa(cmp.Or(spec.CtxSize, s.cfg.CtxSize)), "--slots", strconv.Itoa(max(spec.Slots, 1)),
 	}
+	if spec.Embeddings {
+		args = append(args, "--embeddings")
+	}
 	env := os.Environ()
 	if spec.Device == "cpu" {
 		args = append(args, "--device", "cpu")
@@ -147,6 +152,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 		info: rbee.WorkerInfo{
 			ID: id, ModelID: spec.ModelID, Model: spec.ModelPath, Device: spec.Device,
 			PID: p.PID(), State: "starting", Started: now, LastUsed: now,
+			Slots: max(spec.Slots, 1), Embeddings: spec.Embeddings, Deployment: spec.Deployment,
 		},
 		proc: p, socket: socket, client: unixClient(socket),
 	}
@@ -316,11 +322,27 @@ func (s *Supervisor) Reap(ctx context.Context) {
 		}
 		for _, w := range s.all() {
 			info := w.Info()
-			if info.State != "ready" || info.Busy > 0 || time.Since(info.LastUsed) <= s.cfg.KeepAlive {
+			if info.State != "ready" || info.Busy > 0 || info.Deployment != "" || time.Since(info.LastUsed) <= s.cfg.KeepAlive {
 				continue
 			}
 			s.cfg.Log.Info("unloading idle worker", "worker", info.ID, "keep_alive", s.cfg.KeepAlive)
 			w.proc.Stop(10 * time.Second)
 		}
 	}
+}
+
+// SetDeployment marks worker id as kept loaded for deployment name (the
+// keep-alive leaves it alone), or, with "", as an ordinary worker again,
+// unloaded once idle for the keep-alive. The mark survives an agent
+// handover (the state file).
+func (s *Supervisor) SetDeployment(id, name string) error {
+	w, ok := s.Get(id)
+	if !ok {
+		return fmt.Errorf("set deployment of %s: %w", id, ErrWorkerNotFound)
+	}
+	w.mu.Lock()
+	w.info.Deployment = name
+	w.mu.Unlock()
+	s.saveState()
+	return nil
 }

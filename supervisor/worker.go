@@ -21,6 +21,7 @@ type Worker struct {
 	socket string // its unix socket; "" for external workers
 	base   string // the URL it is reached at; "" = through socket
 	busy   atomic.Int32
+	served atomic.Int64
 	// forgotten is closed once the supervisor dropped the exited worker.
 	forgotten chan struct{}
 
@@ -36,6 +37,7 @@ func (w *Worker) Info() rbee.WorkerInfo {
 	defer w.mu.Unlock()
 	info := w.info
 	info.Busy = int(w.busy.Load())
+	info.Served += w.served.Load()
 	return info
 }
 
@@ -58,6 +60,7 @@ func (w *Worker) Use() (done func()) {
 			w.info.LastUsed = time.Now()
 			w.mu.Unlock()
 			w.busy.Add(-1)
+			w.served.Add(1)
 		})
 	}
 }
