@@ -19,6 +19,9 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	ttft     *prometheus.HistogramVec
+	waiting  *prometheus.GaugeVec
+	// promptTokens and genTokens count the tokens of answered requests.
+	promptTokens, genTokens *prometheus.CounterVec
 }
 
 func newMetrics(q *Queen) *metrics {
@@ -33,7 +36,13 @@ func newMetrics(q *Queen) *metrics {
 		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rbee_time_to_first_token_seconds",
 			Help: "Front-door time from arrival to the first byte of the answer.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"model"}),
 	}
-	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, catalogCollector{q: q})
+	m.waiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rbee_requests_waiting",
+		Help: "Front-door requests waiting in the queue for a free slot, by model."}, []string{"model"})
+	m.promptTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_prompt_tokens_total",
+		Help: "Prompt tokens of answered front-door requests, by model."}, []string{"model"})
+	m.genTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_generation_tokens_total",
+		Help: "Generated tokens of answered front-door requests, by model."}, []string{"model"})
+	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, m.waiting, m.promptTokens, m.genTokens, catalogCollector{q: q})
 	return m
 }
 
@@ -46,6 +55,10 @@ var (
 	memTotalDesc = prometheus.NewDesc("rbee_device_memory_total_bytes", "Device memory (VRAM, or RAM for the CPU) as last probed.", []string{"hive", "device"}, nil)
 	memFreeDesc  = prometheus.NewDesc("rbee_device_memory_free_bytes", "Free device memory as last probed.", []string{"hive", "device"}, nil)
 	workersDesc  = prometheus.NewDesc("rbee_workers", "Workers the queen knows running, by hive.", []string{"hive"}, nil)
+	slotsDesc    = prometheus.NewDesc("rbee_worker_slots", "Slots (requests decoded at once) of each replica the front door routes to.", []string{"hive", "worker", "model"}, nil)
+	slotsBusy    = prometheus.NewDesc("rbee_worker_slots_busy", "Front-door requests in flight on each replica.", []string{"hive", "worker", "model"}, nil)
+	replicasDesc = prometheus.NewDesc("rbee_deployment_replicas", "Ready replicas of each deployment.", []string{"deployment"}, nil)
+	wantedDesc   = prometheus.NewDesc("rbee_deployment_replicas_wanted", "Replicas each deployment asks for.", []string{"deployment"}, nil)
 )
 
 // catalogCollector reports what the hive catalog and the worker registry
@@ -57,6 +70,10 @@ func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- memTotalDesc
 	ch <- memFreeDesc
 	ch <- workersDesc
+	ch <- slotsDesc
+	ch <- slotsBusy
+	ch <- replicasDesc
+	ch <- wantedDesc
 }
 
 func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
@@ -72,6 +89,16 @@ func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
 		workers[w.Hive]++
 	}
 	c.q.mu.Unlock()
+	for _, r := range c.q.router.stats() {
+		ch <- prometheus.MustNewConstMetric(slotsDesc, prometheus.GaugeValue, float64(r.slots), r.hive, r.worker, r.model)
+		ch <- prometheus.MustNewConstMetric(slotsBusy, prometheus.GaugeValue, float64(r.inflight), r.hive, r.worker, r.model)
+	}
+	if deps, err := c.q.deploy.status(ctx); err == nil {
+		for _, d := range deps {
+			ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(d.Ready), d.Name)
+			ch <- prometheus.MustNewConstMetric(wantedDesc, prometheus.GaugeValue, float64(d.Replicas), d.Name)
+		}
+	}
 	for _, h := range hs {
 		up := 0.0
 		if h.Status == "online" {

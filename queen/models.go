@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
@@ -44,7 +45,8 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "pull: %w", err))
 		return
 	}
-	if _, err := download.ParseRef(req.Ref); err != nil {
+	local := filepath.IsAbs(req.Ref) // a GGUF on this machine: named, and pushed to the hive
+	if _, err := download.ParseRef(req.Ref); err != nil && !local {
 		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "%w", err))
 		return
 	}
@@ -70,6 +72,19 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 		if m, ok := snap.find(spec); ok {
 			ev.narrate("model_ready", fmt.Sprintf("%s is already on hive %s", req.Ref, name))
 			return q.aliasOn(ctx, name, m, req.Alias)
+		}
+		if local {
+			if err := q.fits(spec, name, snap, ev); err != nil {
+				return err
+			}
+			m, err := h.Model(ctx, spec, snap, ev)
+			if err == nil {
+				err = q.aliasOn(ctx, name, m, req.Alias)
+			}
+			if err == nil {
+				ev.narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmpOr(req.Alias, m.ID)))
+			}
+			return err
 		}
 		hc, err := q.hiveConn(ctx, name, ev.narrate)
 		if err != nil {
@@ -156,4 +171,11 @@ func (q *Queen) removeModel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

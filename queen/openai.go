@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,21 +33,27 @@ type oaiModel struct {
 }
 
 // openaiModels lists every model the fleet can serve by the names clients
-// use: aliases, references, and file names of local models.
+// use: deployments, aliases, references, and file names of local models.
 func (q *Queen) openaiModels(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	hives, err := q.candidates(ctx, "", quietEvents{})
-	if err != nil {
-		writeOAIError(w, err)
-		return
-	}
-	snaps, err := q.plan.snapshots(ctx, hives, quietEvents{})
+	snaps, _, err := q.router.lookSnaps(ctx)
 	if err != nil {
 		writeOAIError(w, err)
 		return
 	}
 	seen := map[string]bool{}
 	out := []oaiModel{}
+	deps, err := q.db.Deployments(ctx)
+	if err != nil {
+		writeOAIError(w, err)
+		return
+	}
+	for _, d := range deps {
+		if allows(ctx, d.Name) {
+			seen[d.Name] = true
+			out = append(out, oaiModel{ID: d.Name, Object: "model", Created: d.Created.Unix(), OwnedBy: "rbee"})
+		}
+	}
 	for _, s := range snaps {
 		for _, m := range s.Models {
 			for _, n := range modelNames(m) {
@@ -78,12 +82,25 @@ func modelNames(m hiveapi.Model) []string {
 	return names
 }
 
-// openaiComplete serves POST /v1/completions and /v1/chat/completions: the
-// model is found by name in the fleet's catalogs (or taken as a reference
-// to download), the request is placed exactly as `rbee infer` places a job
-// (a warm worker wins, else the plan and the VRAM checker), and the
-// worker's answer streams back as it comes.
+// doorHead is what the door reads of a request body.
+type doorHead struct {
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// openaiComplete serves POST /v1/completions, /v1/chat/completions and
+// /v1/embeddings: the model is found by name (a deployment, or a name in
+// the fleet's catalogs, or a reference to download), the request goes to
+// the ready replica with the fewest requests in flight per slot — waiting
+// in the model's queue when every slot is taken; with no replica, one is
+// placed exactly as `rbee infer` places a job —, and the worker's answer
+// streams back as it comes, at the client's pace. A replica that fails
+// before the first byte is dropped and the request tried on another.
 func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
+	embeddings := endpoint == "embeddings"
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOpenAIBody))
 		if err != nil {
@@ -95,9 +112,7 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", err.Error())
 			return
 		}
-		var head struct {
-			Model string `json:"model"`
-		}
+		var head doorHead
 		if err := json.Unmarshal(body, &head); err != nil || head.Model == "" {
 			writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "the body must be a JSON object naming a model")
 			return
@@ -122,62 +137,152 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			if fb.status < 300 && fb.first > 0 {
 				q.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
 			}
+			q.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
+			q.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
 		}()
 		if !allows(ctx, head.Model) {
 			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
 			return
 		}
-		hives, err := q.candidates(ctx, "", quietEvents{})
-		if err != nil {
-			writeOAIError(w, err)
-			return
-		}
-		snaps, err := q.plan.snapshots(ctx, hives, quietEvents{})
-		if err != nil {
-			writeOAIError(w, err)
-			return
-		}
-		spec, err := q.modelByName(ctx, head.Model, snaps)
+		spec, err := q.resolveName(ctx, head.Model)
 		if err != nil {
 			writeOAIError(w, err)
 			return
 		}
 		label = head.Model
-		q.metrics.running.WithLabelValues(label).Inc()
-		defer q.metrics.running.WithLabelValues(label).Dec()
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		id := "req-" + hex.EncodeToString(b[:])
-		pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: spec, Fleet: len(hives) > 1, Snaps: snaps}, hives, quietEvents{})
-		if err != nil {
-			writeOAIError(w, err)
-			return
-		}
-		lh, ok := pl.hive.(*liveHive)
-		if !ok {
-			writeOAIError(w, rbee.Errorf(rbee.CodeInternal, "hive %s cannot take OpenAI requests", pl.hive.Name()))
-			return
-		}
-		hc, err := lh.conn(ctx)
-		if err != nil {
-			writeOAIError(w, err)
-			return
-		}
-		resp, err := hc.client.OpenAI(ctx, endpoint, map[string]string{hiveapi.WorkerHeader: pl.worker,
-			hiveapi.ModelHeader: pl.model.ID, hiveapi.DeviceHeader: pl.device, hiveapi.ReservationHeader: pl.reservation}, body)
-		if err != nil {
-			writeOAIError(w, hiveError(err))
-			return
-		}
-		defer resp.Body.Close()
-		for _, h := range []string{"Content-Type", "Retry-After", "Cache-Control"} {
-			if v := resp.Header.Get(h); v != "" {
-				w.Header().Set(h, v)
+		// Usage is asked of the worker for every stream (the metrics and
+		// the request log count tokens); a client that did not ask for it
+		// does not get it.
+		strip := false
+		if head.Stream && !embeddings && (head.StreamOptions == nil || !head.StreamOptions.IncludeUsage) {
+			if b, ok := withUsage(body); ok {
+				body, strip = b, true
 			}
 		}
-		replica = pl.hive.Name() + "/" + resp.Header.Get(hiveapi.WorkerHeader)
-		w.WriteHeader(resp.StatusCode)
-		renameModel(w, resp, head.Model, &use)
+		g := q.router.group(spec, embeddings)
+		q.metrics.running.WithLabelValues(label).Inc()
+		defer q.metrics.running.WithLabelValues(label).Dec()
+		waiting := func(d int) { q.metrics.waiting.WithLabelValues(label).Add(float64(d)) }
+		var lastErr error
+		for try := 0; try < 3; try++ {
+			rp, err := q.router.acquire(ctx, g, waiting)
+			if err != nil {
+				writeQueueError(w, head.Model, err, q.router)
+				return
+			}
+			resp, err := q.sendTo(ctx, rp, endpoint, body)
+			if err != nil {
+				// Nothing was written: another replica may answer.
+				q.log.Warn("replica failed before answering", "replica", rp.id(), "err", err)
+				q.router.release(g, rp, true)
+				lastErr = err
+				if ctx.Err() != nil {
+					return
+				}
+				continue
+			}
+			replica = rp.id()
+			for _, h := range []string{"Content-Type", "Retry-After", "Cache-Control"} {
+				if v := resp.Header.Get(h); v != "" {
+					w.Header().Set(h, v)
+				}
+			}
+			w.Header().Set("Rbee-Replica", replica)
+			w.WriteHeader(resp.StatusCode)
+			complete := renameModel(w, resp, head.Model, &use, strip)
+			resp.Body.Close()
+			broken := !complete && ctx.Err() == nil
+			if broken {
+				q.log.Warn("replica failed mid-answer", "replica", rp.id())
+				writeStreamError(w, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
+			}
+			q.router.release(g, rp, broken)
+			return
+		}
+		writeOAIError(w, (&rbee.Error{Code: rbee.CodeWorkerFailed, Message: fmt.Sprintf("no replica of %s answered: %v", head.Model, lastErr), Err: lastErr}))
+	}
+}
+
+// sendTo passes the request to replica rp through its hive. An error
+// means nothing came back: the worker or its hive is gone (a 404 or 502
+// from the hive, or no connection).
+func (q *Queen) sendTo(ctx context.Context, rp *replica, endpoint string, body []byte) (*http.Response, error) {
+	hc, err := q.hiveConn(ctx, rp.hive, quiet)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.client.OpenAI(ctx, endpoint, map[string]string{hiveapi.WorkerHeader: rp.worker}, body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusConflict {
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 32<<10))
+		resp.Body.Close()
+		if e, ok := rbee.ErrorFromBody(raw); ok {
+			return nil, &e
+		}
+		return nil, fmt.Errorf("hive %s: status %d", rp.hive, resp.StatusCode)
+	}
+	return resp, nil
+}
+
+// resolveName finds the model a client named: a deployment's, else by
+// name in the fleet's catalogs (see modelByName).
+func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error) {
+	deps, err := q.db.Deployments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range deps {
+		if d.Name == name {
+			name = d.Model
+			break
+		}
+	}
+	snaps, _, err := q.router.lookSnaps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return q.modelByName(ctx, name, snaps)
+}
+
+// withUsage sets stream_options.include_usage in a request body.
+func withUsage(body []byte) ([]byte, bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(body, &m) != nil {
+		return nil, false
+	}
+	m["stream_options"] = json.RawMessage(`{"include_usage":true}`)
+	b, err := json.Marshal(m)
+	return b, err == nil
+}
+
+// writeQueueError answers a request the queue could not serve: 429 with
+// Retry-After when it is full, 503 when no slot freed in time.
+func writeQueueError(w http.ResponseWriter, model string, err error, rt *router) {
+	switch {
+	case errors.Is(err, errQueueFull):
+		w.Header().Set("Retry-After", "1")
+		writeOAI(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full",
+			fmt.Sprintf("model %s: every replica is busy and %d requests already wait; retry later", model, rt.depth))
+	case errors.Is(err, errQueueTimeout):
+		w.Header().Set("Retry-After", "5")
+		writeOAI(w, http.StatusServiceUnavailable, "server_error", "queue_timeout",
+			fmt.Sprintf("model %s: no replica could take the request within %s", model, rt.wait))
+	case errors.Is(err, context.Canceled):
+		// the client left
+	default:
+		writeOAIError(w, err)
+	}
+}
+
+// writeStreamError ends a broken stream with an error event an OpenAI
+// client reports.
+func writeStreamError(w http.ResponseWriter, msg string) {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "server_error", "code": rbee.CodeWorkerCrashed}})
+	_, _ = fmt.Fprintf(w, "data: %s\n\n", b)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
 	}
 }
 
@@ -189,16 +294,21 @@ type tokenUse struct {
 
 // renameModel copies the worker's answer with its "model" field set to the
 // name the client asked for: every event of a stream, or the one JSON
-// body. Other fields pass untouched.
-func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *tokenUse) {
+// body. Other fields pass untouched; with strip, the usage-only event the
+// door asked for is not passed on. It reports whether the answer was
+// complete (a stream's [DONE] came).
+func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *tokenUse, strip bool) (complete bool) {
 	quoted, _ := json.Marshal(name)
 	rename := func(b []byte) []byte {
 		var m map[string]json.RawMessage
 		if json.Unmarshal(b, &m) != nil {
 			return b
 		}
-		if u, ok := m["usage"]; ok {
+		if u, ok := m["usage"]; ok && string(u) != "null" {
 			_ = json.Unmarshal(u, use) // the request log's token counts
+			if c, ok := m["choices"]; strip && ok && string(c) == "[]" {
+				return nil
+			}
 		}
 		if _, ok := m["model"]; !ok {
 			return b
@@ -216,26 +326,32 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 			b = rename(b)
 		}
 		_, _ = w.Write(b)
-		return
+		return err == nil
 	}
 	f, _ := w.(http.Flusher)
 	br := bufio.NewReaderSize(resp.Body, 64<<10)
 	for {
 		line, err := br.ReadBytes('\n')
 		if data, ok := bytes.CutPrefix(line, []byte("data: {")); ok {
-			body := bytes.TrimRight(append([]byte("{"), data...), "\r\n")
-			line = append(append([]byte("data: "), rename(body)...), '\n')
+			body := rename(bytes.TrimRight(append([]byte("{"), data...), "\r\n"))
+			if body == nil {
+				_, _ = br.ReadBytes('\n') // the blank line after the dropped event
+				continue
+			}
+			line = append(append([]byte("data: "), body...), '\n')
+		} else if bytes.HasPrefix(line, []byte("data: [DONE]")) {
+			complete = true
 		}
 		if len(line) > 0 {
 			if _, werr := w.Write(line); werr != nil {
-				return
+				return true // the client left: not the replica's fault
 			}
 			if f != nil && (len(bytes.TrimSpace(line)) == 0 || err != nil) {
 				f.Flush()
 			}
 		}
 		if err != nil {
-			return
+			return complete
 		}
 	}
 }

@@ -35,6 +35,12 @@ type placeJob struct {
 	// Snaps, when set, are snapshots the caller already took of hives
 	// (the front door, to find the model by name): not taken again.
 	Snaps map[string]Snapshot
+	// Exclude are devices ("hive/device") the job may not use: a
+	// deployment's next replica goes to a device without one.
+	Exclude map[string]bool
+	// Embeddings: the worker serves /v1/embeddings (a warm worker must
+	// too).
+	Embeddings bool
 }
 
 // planner plans a job once across its candidate hives and admits it.
@@ -76,7 +82,21 @@ func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev even
 		if h.Name() == LocalHive && job.Spec.Path != "" {
 			has = true // a local file is already on this machine
 		}
-		sh = append(sh, scheduler.Hive{Name: h.Name(), Devices: s.Devices, Workers: s.Workers, HasModel: has, ModelID: id})
+		devs, workers := s.Devices, s.Workers
+		if len(job.Exclude) > 0 || job.Embeddings || hasEmbeddings(workers) {
+			devs, workers = nil, nil
+			for _, d := range s.Devices {
+				if !job.Exclude[h.Name()+"/"+d.ID] {
+					devs = append(devs, d)
+				}
+			}
+			for _, w := range s.Workers {
+				if !job.Exclude[h.Name()+"/"+w.Device] && w.Embeddings == job.Embeddings {
+					workers = append(workers, w)
+				}
+			}
+		}
+		sh = append(sh, scheduler.Hive{Name: h.Name(), Devices: devs, Workers: workers, HasModel: has, ModelID: id})
 	}
 	sort.Slice(sh, func(i, j int) bool { return sh[i].Name < sh[j].Name })
 	plan, err := p.sched.Plan(scheduler.Request{ModelSHA256: job.Spec.SHA256, Need: job.Spec.Need, Device: job.Device, WorkerType: job.WorkerType}, sh)
@@ -102,6 +122,15 @@ func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev even
 		return placement{hive: byName[w.Hive], model: hiveapi.Model{ID: w.ModelID}, worker: w.ID, device: w.Device}, nil
 	}
 	return p.admit(ctx, job, plan.Options, byName, snaps, ev)
+}
+
+func hasEmbeddings(ws []rbee.WorkerInfo) bool {
+	for _, w := range ws {
+		if w.Embeddings {
+			return true
+		}
+	}
+	return false
 }
 
 // snapshots asks every candidate at once; each answer is bounded. With

@@ -35,11 +35,12 @@ func (q *Queen) ps(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, wi := range s.Workers {
 			p := queenapi.Process{Hive: name, Worker: wi.ID, Type: wi.Type, ModelID: wi.ModelID, Model: names[wi.ModelID], Device: wi.Device,
-				PID: wi.PID, State: wi.State, Busy: wi.Busy, Started: wi.Started, LastUsed: wi.LastUsed}
+				PID: wi.PID, State: wi.State, Busy: wi.Busy, Slots: wi.Slots, Served: wi.Served, Deployment: wi.Deployment, Embeddings: wi.Embeddings,
+				Started: wi.Started, LastUsed: wi.LastUsed}
 			if p.Model == "" {
 				p.Model = filepath.Base(wi.Model)
 			}
-			if wi.Busy == 0 && !wi.LastUsed.IsZero() {
+			if wi.Busy == 0 && !wi.LastUsed.IsZero() && wi.Deployment == "" {
 				p.UnloadInS = max(q.cfg.KeepAlive-time.Since(wi.LastUsed), 0).Seconds()
 			}
 			out.Processes = append(out.Processes, p)

@@ -56,6 +56,11 @@ type Config struct {
 	// or EngineArchive (a local tarball or URL of the pinned package).
 	EngineRegistry string
 	EngineArchive  string
+	// QueueDepth and QueueWait bound the front door's queue per model:
+	// how many requests may wait for a free slot (the next gets 429) and
+	// for how long (then 503). Defaults DefaultQueueDepth, DefaultQueueWait.
+	QueueDepth int
+	QueueWait  time.Duration
 }
 
 // Queen is the orchestrator.
@@ -67,6 +72,9 @@ type Queen struct {
 	plan    *planner
 	metrics *metrics
 	reqlog  *reqLog
+	router  *router
+	deploy  *deployer
+	stop    context.CancelFunc // ends the router's loop and placements
 	started time.Time
 	shas    shaCache
 
@@ -96,6 +104,12 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = DefaultQueueDepth
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = DefaultQueueWait
+	}
 	if cfg.SSH.Keepalive <= 0 {
 		cfg.SSH.Keepalive = DefaultSSHKeepalive
 	}
@@ -115,6 +129,12 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	q.metrics = newMetrics(q)
 	q.reqlog = &reqLog{path: cfg.Home.Log("requests")}
 	q.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: q.estimate, fresh: q.fresh}
+	rctx, stop := context.WithCancel(context.Background())
+	q.stop = stop
+	q.router = newRouter(rctx, q, cfg.QueueDepth, cfg.QueueWait)
+	q.deploy = &deployer{rt: q.router, starting: map[string]bool{}, errs: map[string]string{}}
+	q.router.wg.Add(1)
+	go q.router.run()
 	return q, nil
 }
 
@@ -148,6 +168,8 @@ func (q *Queen) Close() error {
 	}
 	q.mu.Unlock()
 	<-drained
+	q.stop()
+	q.router.wg.Wait()
 	q.pool.close()
 	q.reqlog.close()
 	return q.db.Close()
@@ -179,6 +201,9 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
 	mux.HandleFunc("GET /v1/ps", q.ps)
+	mux.HandleFunc("GET /v1/deployments", q.listDeployments)
+	mux.HandleFunc("PUT /v1/deployments/{name}", q.putDeployment)
+	mux.HandleFunc("DELETE /v1/deployments/{name}", q.removeDeployment)
 	q.openaiRoutes(mux) // the owner may use the front door here too
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })
@@ -208,6 +233,7 @@ func (q *Queen) openaiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", q.openaiModels)
 	mux.HandleFunc("POST /v1/completions", q.openaiComplete("completions"))
 	mux.HandleFunc("POST /v1/chat/completions", q.openaiComplete("chat/completions"))
+	mux.HandleFunc("POST /v1/embeddings", q.openaiComplete("embeddings"))
 	mux.Handle("GET /metrics", q.metrics.handler())
 }
 

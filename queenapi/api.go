@@ -183,17 +183,22 @@ type Workers struct {
 
 // Process is one worker in GET /v1/ps: rbee ps.
 type Process struct {
-	Hive     string    `json:"hive"`
-	Worker   string    `json:"worker"`
-	Type     string    `json:"type,omitempty"` // "" = rbee-worker
-	Model    string    `json:"model"`          // the name clients use (alias, reference or file name)
-	ModelID  string    `json:"model_id"`
-	Device   string    `json:"device"`
-	PID      int       `json:"pid"`
-	State    string    `json:"state"`
-	Busy     int       `json:"busy"` // requests in flight
-	Started  time.Time `json:"started"`
-	LastUsed time.Time `json:"last_used"`
+	Hive    string `json:"hive"`
+	Worker  string `json:"worker"`
+	Type    string `json:"type,omitempty"` // "" = rbee-worker
+	Model   string `json:"model"`          // the name clients use (alias, reference or file name)
+	ModelID string `json:"model_id"`
+	Device  string `json:"device"`
+	PID     int    `json:"pid"`
+	State   string `json:"state"`
+	Busy    int    `json:"busy"` // requests in flight
+	Slots   int    `json:"slots"`
+	Served  int64  `json:"served"` // requests answered
+	// Deployment keeps the worker loaded; "" = unloaded when idle.
+	Deployment string    `json:"deployment,omitempty"`
+	Embeddings bool      `json:"embeddings,omitempty"`
+	Started    time.Time `json:"started"`
+	LastUsed   time.Time `json:"last_used"`
 	// UnloadIn is how long until the keep-alive unloads it, idle (0 while
 	// busy).
 	UnloadInS float64 `json:"unload_in_s"`
@@ -203,4 +208,44 @@ type Process struct {
 type Processes struct {
 	Processes []Process `json:"processes"`
 	Skipped   []string  `json:"skipped,omitempty"` // hives that did not answer, with why
+}
+
+// DeployRequest declares a deployment (PUT /v1/deployments/{name}): the
+// model stays loaded with Replicas workers, one per device.
+type DeployRequest struct {
+	Name       string   `json:"name"`
+	Model      string   `json:"model"` // alias, reference, catalog id or local file name
+	Replicas   int      `json:"replicas"`
+	Hives      []string `json:"hives,omitempty"`  // only these hives; none = any
+	Device     string   `json:"device,omitempty"` // only this device ("cpu", "gpu0"); "" = the scheduler's pick
+	Embeddings bool     `json:"embeddings,omitempty"`
+}
+
+// Deployment is a deployment with its replicas now (GET /v1/deployments).
+type Deployment struct {
+	Name       string    `json:"name"`
+	Model      string    `json:"model"`
+	Replicas   int       `json:"replicas"` // wanted
+	Ready      int       `json:"ready"`
+	Hives      []string  `json:"hives,omitempty"`
+	Device     string    `json:"device,omitempty"`
+	Embeddings bool      `json:"embeddings,omitempty"`
+	Created    time.Time `json:"created"`
+	Workers    []Replica `json:"workers"`
+	Error      string    `json:"error,omitempty"` // the last failure to start a replica
+}
+
+// Replica is one worker of a deployment.
+type Replica struct {
+	Hive     string `json:"hive"`
+	Worker   string `json:"worker"`
+	Device   string `json:"device"`
+	Ready    bool   `json:"ready"`
+	Slots    int    `json:"slots"`
+	InFlight int    `json:"in_flight"`
+}
+
+// Deployments is the answer to GET /v1/deployments.
+type Deployments struct {
+	Deployments []Deployment `json:"deployments"`
 }

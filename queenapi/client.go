@@ -242,6 +242,24 @@ func (c *Client) Models(ctx context.Context, hive string) (Models, error) {
 	return out, err
 }
 
+// Deploy declares (or changes) a deployment; its replicas start in the
+// background (Deployments shows them).
+func (c *Client) Deploy(ctx context.Context, r DeployRequest) error {
+	return c.call(ctx, "PUT", "/v1/deployments/"+url.PathEscape(r.Name), r, nil)
+}
+
+// Undeploy removes a deployment; its workers go back to the keep-alive.
+func (c *Client) Undeploy(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/deployments/"+url.PathEscape(name), nil, nil)
+}
+
+// Deployments lists the deployments with their replicas.
+func (c *Client) Deployments(ctx context.Context) (Deployments, error) {
+	var out Deployments
+	err := c.call(ctx, "GET", "/v1/deployments", nil, &out)
+	return out, err
+}
+
 // RemoveModel removes a model (by id, alias or ref) from a hive.
 func (c *Client) RemoveModel(ctx context.Context, hive, key string) error {
 	return c.call(ctx, "DELETE", "/v1/models/"+url.PathEscape(key)+hiveQuery(hive), nil, nil)

@@ -14,7 +14,8 @@ type psCmd struct {
 
 func (c *psCmd) Help() string {
 	return `Every worker across the fleet, asked of each hive now: hive, device, model,
-requests in flight, and how long until the keep-alive unloads it.
+slots busy of its total, requests served, how long until the keep-alive
+unloads it, and the deployment that keeps it loaded.
 
 Examples:
   rbee ps
@@ -34,14 +35,21 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 		return printJSON(ps)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HIVE\tWORKER\tDEVICE\tMODEL\tSTATE\tBUSY\tUP\tUNLOADS IN")
+	fmt.Fprintln(tw, "HIVE\tWORKER\tDEVICE\tMODEL\tSTATE\tSLOTS BUSY\tSERVED\tUP\tUNLOADS IN\tDEPLOYMENT")
 	for _, p := range ps.Processes {
 		unload := "-"
-		if p.Busy == 0 {
+		switch {
+		case p.Deployment != "":
+			unload = "never"
+		case p.Busy == 0:
 			unload = (time.Duration(p.UnloadInS * float64(time.Second))).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", printable(p.Hive), p.Worker, p.Device, printable(p.Model), p.State, p.Busy,
-			time.Since(p.Started).Round(time.Second), unload)
+		model := printable(p.Model)
+		if p.Embeddings {
+			model += " (embeddings)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\n", printable(p.Hive), p.Worker, p.Device, model, p.State, p.Busy, max(p.Slots, 1),
+			p.Served, time.Since(p.Started).Round(time.Second), unload, cmpOr(printable(p.Deployment), "-"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -50,4 +58,11 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 		fmt.Fprintf(os.Stderr, "rbee: %s\n", printable(s))
 	}
 	return nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

@@ -41,6 +41,9 @@ type queenConfig struct {
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"5s" env:"RBEE_CONNECT_TIMEOUT" help:"Declare a hive unreachable when it does not answer (dial, SSH or agent handshake) within this."`
 	Grace          time.Duration `name:"grace" default:"10s" env:"RBEE_QUEEN_GRACE" help:"When the queen stops, running jobs get this long to finish."`
 	SSHKeepalive   time.Duration `name:"ssh-keepalive" default:"15s" env:"RBEE_SSH_KEEPALIVE" help:"Declare a connected host offline when it stays silent this long."`
+	// The OpenAI front door's queue per model.
+	QueueDepth int           `name:"queue-depth" default:"128" env:"RBEE_QUEUE_DEPTH" help:"Front door: requests per model that may wait for a free slot; the next is answered 429."`
+	QueueWait  time.Duration `name:"queue-wait" default:"30s" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503."`
 }
 
 func (c queenConfig) build(g *globals) (queen.Config, error) {
@@ -103,6 +106,10 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	}
 	cfg.SSH = queen.SSH{Artifacts: a, KnownHosts: os.Getenv("RBEE_KNOWN_HOSTS"), SSHConfig: os.Getenv("RBEE_SSH_CONFIG"), Keepalive: c.SSHKeepalive}
 	cfg.ConnectTimeout, cfg.Grace = c.ConnectTimeout, c.Grace
+	if c.QueueDepth < 1 {
+		return cfg, exitf(rbee.ExitUsage, "e.g. --queue-depth 128", "--queue-depth %d: at least 1", c.QueueDepth)
+	}
+	cfg.QueueDepth, cfg.QueueWait = c.QueueDepth, c.QueueWait
 	return cfg, nil
 }
 

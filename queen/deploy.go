@@ -1,0 +1,323 @@
+package queen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/queenapi"
+)
+
+// deployer keeps the deployments: each model stays loaded with its number
+// of replicas, one per device, on the hives it is pinned to. Workers that
+// already run are adopted (a warm worker of the model, or one a queen
+// before this one started for the deployment: the hive remembers), dead
+// ones are replaced, extra ones handed back to the keep-alive.
+type deployer struct {
+	rt *router
+
+	mu       sync.Mutex
+	starting map[string]bool   // a replica being placed, by deployment
+	errs     map[string]string // the last placement failure, by deployment
+}
+
+// groupOf resolves a deployment's model with the snapshots at hand.
+func (d *deployer) groupOf(ctx context.Context, dep catalog.Deployment) (*group, error) {
+	snaps, _, err := d.rt.lookSnaps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := d.rt.q.modelByName(ctx, dep.Model, snaps)
+	if err != nil {
+		return nil, err
+	}
+	return d.rt.group(spec, dep.Embeddings), nil
+}
+
+// keep brings every deployment to its number of replicas: one placement
+// at a time per deployment, in the background.
+func (d *deployer) keep(ctx context.Context, deps []catalog.Deployment) {
+	names := map[string]bool{}
+	kept := map[*group]bool{}
+	for _, dep := range deps {
+		names[dep.Name] = true
+		g, err := d.groupOf(ctx, dep)
+		if err != nil {
+			d.setErr(dep.Name, err)
+			continue
+		}
+		kept[g] = true
+		d.rt.mu.Lock()
+		g.deployed = true
+		d.rt.mu.Unlock()
+		d.keepOne(ctx, dep, g)
+	}
+	d.rt.mu.Lock()
+	for _, g := range d.rt.groups {
+		g.deployed = kept[g]
+	}
+	d.rt.mu.Unlock()
+	d.unmarkOrphans(ctx, names)
+}
+
+// keepOne adopts, replaces or hands back replicas of one deployment.
+func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group) {
+	rt := d.rt
+	allowed := func(r *replica) bool {
+		return (len(dep.Hives) == 0 || containsStr(dep.Hives, r.hive)) && (dep.Device == "" || r.device == dep.Device)
+	}
+	rt.mu.Lock()
+	var mine, free []*replica
+	for _, r := range g.replicas {
+		switch {
+		case r.deployment == dep.Name && allowed(r):
+			mine = append(mine, r)
+		case r.deployment == "" && r.ready && allowed(r):
+			free = append(free, r)
+		}
+	}
+	exclude := g.inUse()
+	rt.mu.Unlock()
+	sort.Slice(mine, func(i, j int) bool { return mine[i].inflight < mine[j].inflight })
+	// Too many: the least busy go back to the keep-alive.
+	for len(mine) > dep.Replicas {
+		r := mine[0]
+		mine = mine[1:]
+		d.mark(ctx, r, "")
+	}
+	// Too few: warm workers of the model are adopted first.
+	for len(mine) < dep.Replicas && len(free) > 0 {
+		r := free[0]
+		free = free[1:]
+		if d.mark(ctx, r, dep.Name) {
+			mine = append(mine, r)
+		}
+	}
+	if len(mine) >= dep.Replicas {
+		d.setErr(dep.Name, nil)
+		return
+	}
+	d.mu.Lock()
+	if d.starting[dep.Name] {
+		d.mu.Unlock()
+		return
+	}
+	d.starting[dep.Name] = true
+	d.mu.Unlock()
+	rt.wg.Add(1)
+	go func() {
+		defer rt.wg.Done()
+		defer func() {
+			d.mu.Lock()
+			delete(d.starting, dep.Name)
+			d.mu.Unlock()
+		}()
+		pctx, cancel := context.WithTimeout(rt.ctx, placeTimeout)
+		defer cancel()
+		r, err := rt.place(pctx, g, placeOpts{deployment: dep.Name, hives: dep.Hives, device: dep.Device, exclude: exclude})
+		if err != nil {
+			rt.q.log.Warn("deployment replica", "deployment", dep.Name, "err", err)
+			d.setErr(dep.Name, err)
+			return
+		}
+		d.setErr(dep.Name, nil)
+		rt.mu.Lock()
+		if old, ok := g.replicas[r.id()]; ok {
+			old.deployment, old.ready, old.slots = r.deployment, r.ready, r.slots
+		} else {
+			g.replicas[r.id()] = r
+		}
+		g.broadcast()
+		rt.mu.Unlock()
+		select {
+		case rt.kick <- struct{}{}: // more may be missing
+		default:
+		}
+	}()
+}
+
+// mark tells r's hive that r is kept for deployment name ("" = no more).
+func (d *deployer) mark(ctx context.Context, r *replica, name string) bool {
+	hc, err := d.rt.q.hiveConn(ctx, r.hive, quiet)
+	if err == nil {
+		err = hc.client.SetDeployment(ctx, r.worker, name)
+	}
+	if err != nil {
+		d.rt.q.log.Warn("deployment mark", "worker", r.id(), "deployment", name, "err", err)
+		return false
+	}
+	d.rt.mu.Lock()
+	r.deployment = name
+	d.rt.mu.Unlock()
+	return true
+}
+
+// unmarkOrphans hands back to the keep-alive the workers kept for a
+// deployment that no longer exists (removed while they ran).
+func (d *deployer) unmarkOrphans(ctx context.Context, names map[string]bool) {
+	var orphans []*replica
+	d.rt.mu.Lock()
+	for _, g := range d.rt.groups {
+		for _, r := range g.replicas {
+			if r.deployment != "" && !names[r.deployment] {
+				orphans = append(orphans, r)
+			}
+		}
+	}
+	d.rt.mu.Unlock()
+	for _, r := range orphans {
+		d.mark(ctx, r, "")
+	}
+}
+
+func (d *deployer) setErr(name string, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err == nil {
+		delete(d.errs, name)
+		return
+	}
+	d.errs[name] = err.Error()
+}
+
+// status describes every deployment with its replicas now.
+func (d *deployer) status(ctx context.Context) ([]queenapi.Deployment, error) {
+	deps, err := d.rt.q.db.Deployments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []queenapi.Deployment{}
+	for _, dep := range deps {
+		s := queenapi.Deployment{Name: dep.Name, Model: dep.Model, Replicas: dep.Replicas, Hives: dep.Hives, Device: dep.Device,
+			Embeddings: dep.Embeddings, Created: dep.Created, Workers: []queenapi.Replica{}}
+		d.rt.mu.Lock()
+		for _, g := range d.rt.groups {
+			for _, r := range g.replicas {
+				if r.deployment == dep.Name {
+					s.Workers = append(s.Workers, queenapi.Replica{Hive: r.hive, Worker: r.worker, Device: r.device, Ready: r.ready, Slots: r.slots, InFlight: r.inflight})
+					if r.ready {
+						s.Ready++
+					}
+				}
+			}
+		}
+		d.rt.mu.Unlock()
+		sort.Slice(s.Workers, func(i, j int) bool {
+			return s.Workers[i].Hive+s.Workers[i].Worker < s.Workers[j].Hive+s.Workers[j].Worker
+		})
+		d.mu.Lock()
+		s.Error = d.errs[dep.Name]
+		d.mu.Unlock()
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// listDeployments serves GET /v1/deployments.
+func (q *Queen) listDeployments(w http.ResponseWriter, r *http.Request) {
+	ds, err := q.deploy.status(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, queenapi.Deployments{Deployments: ds})
+}
+
+// putDeployment serves PUT /v1/deployments/{name}: the model must be
+// found (on a hive, or a reference to download) and the hives known
+// before anything is recorded; the replicas start in the background.
+func (q *Queen) putDeployment(w http.ResponseWriter, r *http.Request) {
+	var req queenapi.DeployRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "request body: %v", err))
+		return
+	}
+	req.Name = r.PathValue("name")
+	ctx := r.Context()
+	if err := checkDeploy(req); err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	for _, h := range req.Hives {
+		if _, _, err := q.resolveHive(ctx, h); err != nil {
+			writeErr(w, http.StatusNotFound, err)
+			return
+		}
+	}
+	dep := catalog.Deployment{Name: req.Name, Model: req.Model, Replicas: req.Replicas, Hives: req.Hives, Device: req.Device, Embeddings: req.Embeddings}
+	if _, err := q.deploy.groupOf(ctx, dep); err != nil {
+		status := http.StatusBadGateway
+		if rbee.CodeOf(err) == rbee.CodeModelNotFound || rbee.CodeOf(err) == rbee.CodeBadRequest {
+			status = http.StatusNotFound
+		}
+		writeErr(w, status, err)
+		return
+	}
+	if err := q.db.PutDeployment(ctx, dep); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	q.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "replicas", dep.Replicas)
+	select {
+	case q.router.kick <- struct{}{}:
+	default:
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkDeploy refuses a deployment that cannot be kept, naming the field.
+func checkDeploy(req queenapi.DeployRequest) error {
+	switch {
+	case req.Model == "":
+		return rbee.Errorf(rbee.CodeBadRequest, "a deployment needs a model")
+	case req.Replicas < 1 || req.Replicas > 64:
+		return rbee.Errorf(rbee.CodeBadRequest, "replicas must be 1 to 64, not %d", req.Replicas)
+	case strings.ContainsAny(req.Name, "/ \t\n,") || req.Name == "" || len(req.Name) > 128:
+		return rbee.Errorf(rbee.CodeBadRequest, "deployment name %q: 1 to 128 characters, no spaces, commas or slashes", req.Name)
+	case req.Device != "" && req.Device != "cpu" && !strings.HasPrefix(req.Device, "gpu"):
+		return rbee.Errorf(rbee.CodeBadRequest, "device %q: cpu or gpuN", req.Device)
+	}
+	return nil
+}
+
+// removeDeployment serves DELETE /v1/deployments/{name}: the record goes,
+// its workers are handed back to the keep-alive (requests in flight end
+// normally).
+func (q *Queen) removeDeployment(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ctx := r.Context()
+	if err := q.db.RemoveDeployment(ctx, name); err != nil {
+		if errors.Is(err, catalog.ErrNotFound) {
+			writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeModelNotFound, "no deployment %q (rbee model deployments lists them)", name))
+			return
+		}
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	deps, err := q.db.Deployments(ctx)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	names := map[string]bool{}
+	for _, d := range deps {
+		names[d.Name] = true
+	}
+	q.deploy.unmarkOrphans(ctx, names)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func containsStr(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

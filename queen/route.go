@@ -1,0 +1,497 @@
+package queen
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/hiveapi"
+)
+
+// Defaults of the front door's queue (queen serve --queue-depth,
+// --queue-wait).
+const (
+	// DefaultQueueDepth is how many requests per model may wait for a
+	// free slot; the next one is answered 429 at once.
+	DefaultQueueDepth = 128
+	// DefaultQueueWait is how long a request may wait for a free slot
+	// before it is answered 503.
+	DefaultQueueWait = 30 * time.Second
+	// refreshEvery is how often the door looks at every hive's workers
+	// (while it is in use or deployments exist).
+	refreshEvery = 2 * time.Second
+	// placeTimeout bounds starting a replica (a model download included).
+	placeTimeout = 30 * time.Minute
+)
+
+// errQueueFull and errQueueTimeout are answered 429 and 503.
+var (
+	errQueueFull    = rbee.Errorf(rbee.CodeBusy, "queue full")
+	errQueueTimeout = rbee.Errorf(rbee.CodeBusy, "no replica could take the request in time")
+)
+
+// router sends the front door's requests to replicas — ready workers of
+// the model — and queues those that find every slot taken. What it knows
+// of the workers comes from the hives' snapshots (refreshed every
+// refreshEvery while in use) and from its own placements; a replica that
+// fails is dropped at once.
+type router struct {
+	q     *Queen
+	depth int
+	wait  time.Duration
+	ctx   context.Context // the queen's life: placements and the refresh loop
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	groups  map[groupKey]*group
+	snaps   map[string]Snapshot // the latest look at each hive
+	snapsAt time.Time
+	used    time.Time // last door request
+	kick    chan struct{}
+}
+
+// groupKey names what replicas serve: a model (sha256, or the reference
+// while none is downloaded) for completions or for embeddings.
+type groupKey struct {
+	model      string
+	embeddings bool
+}
+
+// group is one model's replicas and queue.
+type group struct {
+	key      groupKey
+	spec     *ModelSpec
+	replicas map[string]*replica // by hive/worker
+	waiting  int
+	wake     chan struct{} // closed (and replaced) when a slot frees or replicas change
+	placing  *placeCall    // a first replica being started for a request
+	deployed bool          // a deployment keeps it: requests wait for its replicas
+}
+
+// placeCall is a placement others wait on.
+type placeCall struct {
+	done chan struct{}
+	err  error
+}
+
+// replica is one worker serving a group.
+type replica struct {
+	hive, worker, device, modelID string
+	deployment                    string
+	slots, inflight               int
+	ready                         bool
+}
+
+func (r *replica) id() string { return r.hive + "/" + r.worker }
+
+func newRouter(ctx context.Context, q *Queen, depth int, wait time.Duration) *router {
+	return &router{q: q, depth: depth, wait: wait, ctx: ctx, groups: map[groupKey]*group{}, kick: make(chan struct{}, 1)}
+}
+
+// keyOf is the group key of a model spec.
+func keyOf(spec *ModelSpec, embeddings bool) groupKey {
+	if spec.SHA256 != "" {
+		return groupKey{model: spec.SHA256, embeddings: embeddings}
+	}
+	return groupKey{model: spec.Raw, embeddings: embeddings}
+}
+
+// group returns the group of spec, made on first use and filled from the
+// latest snapshots.
+func (rt *router) group(spec *ModelSpec, embeddings bool) *group {
+	k := keyOf(spec, embeddings)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.used = time.Now()
+	g, ok := rt.groups[k]
+	if !ok {
+		g = &group{key: k, spec: spec, replicas: map[string]*replica{}, wake: make(chan struct{})}
+		rt.groups[k] = g
+		for name, s := range rt.snaps {
+			rt.syncGroup(g, name, s)
+		}
+	}
+	return g
+}
+
+// lookSnaps returns snapshots of hives no older than two refreshes, taken
+// now when the cache is older.
+func (rt *router) lookSnaps(ctx context.Context) (map[string]Snapshot, []Hive, error) {
+	hives, err := rt.q.candidates(ctx, "", quietEvents{})
+	if err != nil {
+		return nil, nil, err
+	}
+	rt.mu.Lock()
+	rt.used = time.Now()
+	snaps, fresh := rt.snaps, time.Since(rt.snapsAt) < 2*refreshEvery
+	rt.mu.Unlock()
+	if fresh && len(snaps) > 0 {
+		return snaps, hives, nil
+	}
+	snaps, err = rt.refresh(ctx, hives)
+	return snaps, hives, err
+}
+
+// refresh takes a snapshot of every hive (bounded, in parallel) and brings
+// every group's replicas up to date: new ready workers join, gone ones
+// leave, those of a hive that did not answer get nothing until it does.
+func (rt *router) refresh(ctx context.Context, hives []Hive) (map[string]Snapshot, error) {
+	snaps, err := rt.q.plan.snapshots(ctx, hives, quietEvents{})
+	if err != nil {
+		return nil, err
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.snaps, rt.snapsAt = snaps, time.Now()
+	for _, g := range rt.groups {
+		changed := false
+		for _, r := range g.replicas {
+			if _, ok := snaps[r.hive]; !ok && r.ready {
+				r.ready, changed = false, true // unreachable: health-gated
+			}
+		}
+		for name, s := range snaps {
+			changed = rt.syncGroup(g, name, s) || changed
+		}
+		if changed {
+			g.broadcast()
+		}
+	}
+	return snaps, nil
+}
+
+// syncGroup brings g's replicas on hive name in line with its snapshot s.
+// The caller holds rt.mu.
+func (rt *router) syncGroup(g *group, name string, s Snapshot) (changed bool) {
+	seen := map[string]bool{}
+	for _, w := range s.Workers {
+		if w.Type != "" || w.Embeddings != g.key.embeddings || !servesModel(s, w.ModelID, g) {
+			continue
+		}
+		id := name + "/" + w.ID
+		seen[id] = true
+		r, ok := g.replicas[id]
+		if !ok {
+			r = &replica{hive: name, worker: w.ID, device: w.Device, modelID: w.ModelID}
+			g.replicas[id] = r
+			changed = true
+		}
+		ready := w.State == "ready"
+		if r.ready != ready || r.slots != max(w.Slots, 1) {
+			changed = true
+		}
+		r.ready, r.slots, r.deployment = ready, max(w.Slots, 1), w.Deployment
+	}
+	for id, r := range g.replicas {
+		if r.hive == name && !seen[id] {
+			delete(g.replicas, id)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// servesModel says whether catalog entry id of the hive is g's model.
+func servesModel(s Snapshot, id string, g *group) bool {
+	for _, m := range s.Models {
+		if m.ID == id {
+			if g.spec.SHA256 != "" {
+				return m.SHA256 == g.spec.SHA256
+			}
+			return m.Ref == g.spec.Raw || (g.spec.Resolved != "" && m.Ref == g.spec.Resolved)
+		}
+	}
+	return false
+}
+
+// broadcast wakes every request waiting on g. The caller holds rt.mu.
+func (g *group) broadcast() {
+	close(g.wake)
+	g.wake = make(chan struct{})
+}
+
+// pick returns the ready replica with the fewest requests in flight per
+// slot that has a slot free. The caller holds rt.mu.
+func (g *group) pick() *replica {
+	var best *replica
+	for _, r := range g.replicas {
+		if !r.ready || r.inflight >= r.slots {
+			continue
+		}
+		if best == nil || r.inflight*best.slots < best.inflight*r.slots ||
+			(r.inflight*best.slots == best.inflight*r.slots && r.id() < best.id()) {
+			best = r
+		}
+	}
+	return best
+}
+
+// readyCount is how many replicas may take requests. The caller holds rt.mu.
+func (g *group) readyCount() int {
+	n := 0
+	for _, r := range g.replicas {
+		if r.ready {
+			n++
+		}
+	}
+	return n
+}
+
+// acquire returns a replica with a slot for one request, waiting in g's
+// queue when every slot is taken: at most rt.depth wait (the next is
+// refused at once), each at most rt.wait. With no replica and no
+// deployment starting one, the first request places one as `rbee infer`
+// would (warm wins, else the plan) and the others wait for it. A client
+// that leaves (ctx) leaves the queue.
+func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)) (*replica, error) {
+	timer := time.NewTimer(rt.wait)
+	defer timer.Stop()
+	queued := false
+	defer func() {
+		if queued {
+			rt.mu.Lock()
+			g.waiting--
+			rt.mu.Unlock()
+			waiting(-1)
+		}
+	}()
+	for {
+		rt.mu.Lock()
+		if r := g.pick(); r != nil {
+			r.inflight++
+			rt.mu.Unlock()
+			return r, nil
+		}
+		if !queued {
+			if g.waiting >= rt.depth {
+				rt.mu.Unlock()
+				return nil, errQueueFull
+			}
+			g.waiting++
+			queued = true
+			waiting(1)
+		}
+		var placed <-chan struct{}
+		pc := g.placing
+		if pc == nil && !g.deployed && g.readyCount() == 0 {
+			pc = rt.startPlace(g)
+		}
+		if pc != nil {
+			placed = pc.done
+		}
+		wake := g.wake
+		rt.mu.Unlock()
+		select {
+		case <-wake:
+		case <-placed:
+			if pc.err != nil {
+				return nil, pc.err
+			}
+		case <-timer.C:
+			return nil, errQueueTimeout
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// release ends a request on r; failed drops the replica (its worker or
+// hive stopped answering) until a snapshot shows it again.
+func (rt *router) release(g *group, r *replica, failed bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	r.inflight--
+	if failed {
+		r.ready = false
+		delete(g.replicas, r.id())
+		select {
+		case rt.kick <- struct{}{}: // look again soon
+		default:
+		}
+	}
+	g.broadcast()
+}
+
+// startPlace starts placing a first replica for g on the queen's
+// lifetime (not the request's: waiters share it). The caller holds rt.mu.
+func (rt *router) startPlace(g *group) *placeCall {
+	pc := &placeCall{done: make(chan struct{})}
+	g.placing = pc
+	rt.wg.Add(1)
+	go func() {
+		defer rt.wg.Done()
+		ctx, cancel := context.WithTimeout(rt.ctx, placeTimeout)
+		defer cancel()
+		r, err := rt.place(ctx, g, placeOpts{})
+		rt.mu.Lock()
+		g.placing = nil
+		if err == nil {
+			g.replicas[r.id()] = r
+		}
+		pc.err = err
+		g.broadcast()
+		rt.mu.Unlock()
+		close(pc.done)
+	}()
+	return pc
+}
+
+// placeOpts narrow a placement: the deployment the worker is kept for,
+// the hives and device it may use, the devices that already hold one.
+type placeOpts struct {
+	deployment string
+	hives      []string
+	device     string
+	exclude    map[string]bool // "hive/device"
+}
+
+// place puts one worker of g's model where `rbee infer` would (a warm
+// worker wins, else the plan and the hive's VRAM checker) and waits until
+// it is ready. A deployment's worker is marked kept loaded.
+func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, error) {
+	q := rt.q
+	all, err := q.candidates(ctx, "", quietEvents{})
+	if err != nil {
+		return nil, err
+	}
+	hives := all
+	if len(o.hives) > 0 {
+		hives = nil
+		for _, n := range o.hives {
+			if _, _, err := q.resolveHive(ctx, n); err != nil {
+				return nil, err
+			}
+			hives = append(hives, &liveHive{q: q, name: n, fleet: len(o.hives) > 1})
+		}
+	}
+	snaps, err := rt.refresh(ctx, hives)
+	if err != nil {
+		return nil, err
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	id := "place-" + hex.EncodeToString(b[:])
+	pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: g.spec, Device: o.device, Fleet: len(hives) > 1, Snaps: snaps,
+		Exclude: o.exclude, Embeddings: g.key.embeddings}, hives, quietEvents{})
+	if err != nil {
+		return nil, err
+	}
+	lh, ok := pl.hive.(*liveHive)
+	if !ok {
+		return nil, rbee.Errorf(rbee.CodeInternal, "hive %s cannot take OpenAI requests", pl.hive.Name())
+	}
+	hc, err := lh.conn(ctx)
+	if err != nil {
+		if pl.reservation != "" {
+			_ = pl.hive.Release(context.WithoutCancel(ctx), pl.reservation)
+		}
+		return nil, err
+	}
+	name := pl.hive.Name()
+	if pl.worker != "" {
+		if err := hc.client.SetDeployment(ctx, pl.worker, o.deployment); err != nil && o.deployment != "" {
+			return nil, hiveError(err)
+		}
+		r := &replica{hive: name, worker: pl.worker, device: pl.device, modelID: pl.model.ID, deployment: o.deployment, slots: 1, ready: true}
+		for _, w := range snaps[name].Workers {
+			if w.ID == pl.worker {
+				r.slots, r.device = max(w.Slots, 1), w.Device
+			}
+		}
+		q.log.Info("replica adopted", "model", shownName(g.spec.Raw), "hive", name, "worker", pl.worker, "deployment", o.deployment)
+		return r, nil
+	}
+	info, err := hc.client.StartWorker(ctx, hiveapi.StartWorkerRequest{Model: pl.model.ID, Device: pl.device, Reservation: pl.reservation,
+		Embeddings: g.key.embeddings, Deployment: o.deployment})
+	if err != nil {
+		return nil, hiveError(err)
+	}
+	q.log.Info("replica started", "model", shownName(g.spec.Raw), "hive", name, "worker", info.ID, "device", info.Device, "slots", info.Slots, "deployment", o.deployment)
+	return &replica{hive: name, worker: info.ID, device: info.Device, modelID: info.ModelID, deployment: o.deployment,
+		slots: max(info.Slots, 1), ready: info.State == "ready"}, nil
+}
+
+// run refreshes the replicas every refreshEvery (sooner when a replica
+// failed) while the door was used in the last minute or deployments
+// exist, and keeps the deployments.
+func (rt *router) run() {
+	defer rt.wg.Done()
+	tick := time.NewTicker(refreshEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-rt.ctx.Done():
+			return
+		case <-tick.C:
+		case <-rt.kick:
+		}
+		deps, err := rt.q.db.Deployments(rt.ctx)
+		if err != nil {
+			rt.q.log.Warn("deployments", "err", err)
+		}
+		rt.mu.Lock()
+		idle := time.Since(rt.used) > time.Minute
+		rt.mu.Unlock()
+		if idle && len(deps) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(rt.ctx, rt.q.cfg.ConnectTimeout+2*time.Second)
+		hives, err := rt.q.candidates(ctx, "", quietEvents{})
+		if err == nil {
+			_, err = rt.refresh(ctx, hives)
+		}
+		cancel()
+		if err != nil {
+			rt.q.log.Debug("refresh", "err", err)
+		}
+		rt.q.deploy.keep(rt.ctx, deps)
+	}
+}
+
+// inUse lists the devices that hold a worker of g, as "hive/device"
+// (placement excludes them: one replica per device). The caller holds
+// rt.mu.
+func (g *group) inUse() map[string]bool {
+	out := map[string]bool{}
+	for _, r := range g.replicas {
+		out[r.hive+"/"+r.device] = true
+	}
+	return out
+}
+
+// replicaStat is what metrics read of one replica.
+type replicaStat struct {
+	model                string
+	hive, worker, device string
+	deployment           string
+	slots, inflight      int
+}
+
+func (rt *router) stats() []replicaStat {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	var out []replicaStat
+	for _, g := range rt.groups {
+		name := shownName(g.spec.Raw)
+		for _, r := range g.replicas {
+			out = append(out, replicaStat{model: name, hive: r.hive, worker: r.worker, device: r.device, deployment: r.deployment, slots: r.slots, inflight: r.inflight})
+		}
+	}
+	slices.SortFunc(out, func(a, b replicaStat) int {
+		if a.hive+a.worker < b.hive+b.worker {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+// describe names a replica for logs and errors.
+func (r *replica) describe() string {
+	return fmt.Sprintf("%s (hive %s, %s)", r.worker, r.hive, r.device)
+}
