@@ -397,7 +397,15 @@ func (a *Agent) AddModel(ctx context.Context, req hiveapi.AddModelRequest) (hive
 		return hiveapi.Model{}, rbee.Errorf(rbee.CodeNotGGUF, "model path %s is a directory; give a .gguf file", req.Path)
 	}
 	if old, err := a.db.Model(ctx, req.Path); err == nil && old.Path == req.Path && old.Size == st.Size() && !old.Added.Before(st.ModTime()) {
-		return a.apiModel(old), nil
+		if req.Alias == "" || old.Alias == req.Alias {
+			return a.apiModel(old), nil
+		}
+		old.Alias = req.Alias // named now: rbee model pull FILE --alias
+		m, err := a.db.AddModel(ctx, old)
+		if err != nil {
+			return hiveapi.Model{}, fmt.Errorf("add model: %w", err)
+		}
+		return a.apiModel(m), nil
 	}
 	info, err := modelfile.Inspect(ctx, req.Path, modelfile.Options{Hash: true})
 	if errors.Is(err, modelfile.ErrNotGGUF) {

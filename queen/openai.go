@@ -239,11 +239,19 @@ func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error
 			break
 		}
 	}
-	snaps, _, err := q.router.lookSnaps(ctx)
+	snaps, hives, err := q.router.lookSnaps(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return q.modelByName(ctx, name, snaps)
+	spec, err := q.modelByName(ctx, name, snaps)
+	if rbee.CodeOf(err) == rbee.CodeModelNotFound {
+		// Pulled a moment ago? Look again before saying no.
+		if snaps, err = q.router.refresh(ctx, hives); err != nil {
+			return nil, err
+		}
+		spec, err = q.modelByName(ctx, name, snaps)
+	}
+	return spec, err
 }
 
 // withUsage sets stream_options.include_usage in a request body.

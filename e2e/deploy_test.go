@@ -1,0 +1,331 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/queenapi"
+)
+
+// deployments reads `rbee model deployments --json`.
+func (e *env) deployments(t *testing.T) []queenapi.Deployment {
+	t.Helper()
+	r := e.rbee("model", "deployments", "--json")
+	var ds []queenapi.Deployment
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ds) != nil {
+		t.Fatalf("model deployments: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	return ds
+}
+
+// replicaIDs are a deployment's workers as hive/worker, sorted.
+func replicaIDs(d queenapi.Deployment) []string {
+	var out []string
+	for _, w := range d.Workers {
+		out = append(out, w.Hive+"/"+w.Worker)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// streamText runs one streamed completion of "abc" and returns its text.
+func streamText(ctx context.Context, c openai.Client, model string) (string, error) {
+	s := c.Completions.NewStreaming(ctx, openai.CompletionNewParams{
+		Model:       openai.CompletionNewParamsModel(model),
+		Prompt:      openai.CompletionNewParamsPromptUnion{OfString: openai.String("abc")},
+		Temperature: openai.Float(0),
+		MaxTokens:   openai.Int(30),
+	})
+	var b strings.Builder
+	for s.Next() {
+		for _, ch := range s.Current().Choices {
+			b.WriteString(ch.Text)
+		}
+	}
+	return b.String(), s.Err()
+}
+
+// TestOpenAIDeployment: a deployment of two replicas, the local hive and
+// an SSH host, serves 64 concurrent streams with the exact text, both
+// replicas taking some; a full queue answers 429 at once and a client
+// that leaves the queue is no longer counted; a replica killed under
+// load fails only the requests on it and is replaced; after the queen is
+// killed and started again the deployment is back with the same workers,
+// none loaded twice.
+func TestOpenAIDeployment(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	e.vars = append(e.vars, "RBEE_QUEUE_DEPTH=64", "RBEE_QUEUE_WAIT=60s")
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	// A local GGUF gets the name clients use.
+	if r := e.rbee("model", "pull", alphabet, "--alias", "alpha"); r.code != 0 {
+		t.Fatalf("model pull FILE --alias: exit %d\n%s", r.code, r.stderr)
+	}
+	r := e.rbee("model", "deploy", "alpha", "--name", "chat", "--replicas", "2")
+	if r.code != 0 || !strings.Contains(r.stdout, "2/2 replicas ready") {
+		t.Fatalf("model deploy: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	ds := e.deployments(t)
+	if len(ds) != 1 || ds[0].Ready != 2 || len(ds[0].Workers) != 2 || ds[0].Workers[0].Hive == ds[0].Workers[1].Hive {
+		t.Fatalf("deployments = %+v, want 2 ready replicas on two hives", ds)
+	}
+	before := replicaIDs(ds[0])
+	capacity := ds[0].Workers[0].Slots + ds[0].Workers[1].Slots
+
+	ctx := context.Background()
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+	// 64 concurrent streams, every one the exact text.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Go(func() {
+			text, err := streamText(ctx, c, "chat")
+			if err == nil && text != alphabetRest {
+				err = fmt.Errorf("text %q, want %q", text, alphabetRest)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("stream: %v", err)
+		}
+	}
+	var ps queenapi.Processes
+	if r := e.rbee("ps", "--json"); r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil {
+		t.Fatalf("ps: exit %d\n%s", r.code, r.stderr)
+	}
+	served := map[string]int64{}
+	for _, p := range ps.Processes {
+		if p.Deployment != "chat" || p.UnloadInS != 0 {
+			t.Errorf("ps: %+v, want kept for deployment chat", p)
+		}
+		served[p.Hive] += p.Served
+	}
+	if served["localhost"] == 0 || served["h1"] == 0 || served["localhost"]+served["h1"] < 64 {
+		t.Errorf("requests served per hive %v: want both replicas to take some of the 64", served)
+	}
+
+	// Queue full: every slot held (the workers stopped), depth waiting,
+	// the next answered 429 at once; a waiting client that leaves is no
+	// longer counted; on SIGCONT everyone is served.
+	pids := e.workerPIDs(t, hosts[0])
+	for _, pid := range pids {
+		signal(t, pid, syscall.SIGSTOP)
+	}
+	qctx, cancelAll := context.WithCancel(ctx)
+	held := make(chan error, capacity+63)
+	for range capacity + 63 {
+		go func() {
+			text, err := streamText(qctx, c, "chat")
+			if err == nil && text != alphabetRest {
+				err = fmt.Errorf("text %q after the queue, want %q", text, alphabetRest)
+			}
+			held <- err
+		}()
+	}
+	waitFor(t, "63 requests wait in the queue", func() bool {
+		return strings.Contains(e.metrics(t), `rbee_requests_waiting{model="chat"} 63`)
+	})
+	lctx, leave := context.WithCancel(ctx)
+	leftErr := make(chan error, 1)
+	go func() { _, err := streamText(lctx, c, "chat"); leftErr <- err }()
+	waitFor(t, "64 requests wait in the queue", func() bool {
+		return strings.Contains(e.metrics(t), `rbee_requests_waiting{model="chat"} 64`)
+	})
+	_, err := streamText(ctx, c, "chat")
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusTooManyRequests || apiErr.Response.Header.Get("Retry-After") == "" {
+		t.Errorf("request beyond the queue: %v, want 429 with Retry-After", err)
+	}
+	leave() // a client that leaves the queue is no longer counted
+	if err := <-leftErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("client that left: %v", err)
+	}
+	waitFor(t, "the client that left leaves the queue", func() bool {
+		return strings.Contains(e.metrics(t), `rbee_requests_waiting{model="chat"} 63`)
+	})
+	for _, pid := range pids {
+		signal(t, pid, syscall.SIGCONT)
+	}
+	for range capacity + 63 {
+		if err := <-held; err != nil {
+			t.Errorf("queued request: %v", err)
+		}
+	}
+	cancelAll()
+	if m := e.metrics(t); !strings.Contains(m, `rbee_requests_waiting{model="chat"} 0`) || !strings.Contains(m, `rbee_requests_total{model="chat",status="429"} 1`) ||
+		!strings.Contains(m, `rbee_deployment_replicas{deployment="chat"} 2`) || !strings.Contains(m, `rbee_worker_slots{hive="h1"`) ||
+		!strings.Contains(m, `rbee_generation_tokens_total{model="chat"}`) {
+		t.Errorf("metrics after the queue:\n%s", grepLines(m, "chat", "rbee_worker_slots"))
+	}
+
+	// A replica killed under load: requests on it fail with a clear
+	// error, the others are served, the deployment replaces it.
+	load := make(chan error, 64)
+	for i := range 64 {
+		go func() {
+			if i == 16 {
+				signal(t, pids[0], syscall.SIGKILL) // the local replica
+			}
+			text, err := streamText(ctx, c, "chat")
+			if err == nil && text != alphabetRest {
+				err = fmt.Errorf("text %q, want %q", text, alphabetRest)
+			}
+			load <- err
+		}()
+	}
+	failed := 0
+	for range 64 {
+		if err := <-load; err != nil {
+			failed++
+			if !strings.Contains(err.Error(), "stopped mid-answer") && !strings.Contains(err.Error(), "no replica") {
+				t.Errorf("a request on the killed replica: %v, want a clear error", err)
+			}
+		}
+	}
+	t.Logf("capacity %d slots; served per hive %v; %d of 64 requests failed when a replica was killed", capacity, served, failed)
+	if failed > capacity {
+		t.Errorf("%d requests failed, more than were in flight on the killed replica", failed)
+	}
+	if text, err := streamText(ctx, c, "chat"); err != nil || text != alphabetRest {
+		t.Errorf("after the kill: %q %v", text, err)
+	}
+	// A stream broken mid-answer ends with an error event, no [DONE].
+	if r := e.rbee("model", "pull", longModel, "--alias", "long"); r.code != 0 {
+		t.Fatalf("model pull: exit %d\n%s", r.code, r.stderr)
+	}
+	resp, err := http.Post("http://"+e.queen+"/v1/completions", "application/json",
+		strings.NewReader(`{"model":"long","prompt":"hi","max_tokens":4000,"temperature":0,"stream":true}`))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("long stream: %v %v", err, resp)
+	}
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: {") {
+		t.Fatalf("first line of the long stream: %q %v", line, err)
+	}
+	replica := resp.Header.Get("Rbee-Replica")
+	if r := e.rbee("ps", "--json"); r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil {
+		t.Fatalf("ps: exit %d\n%s", r.code, r.stderr)
+	}
+	killed := false
+	for _, p := range ps.Processes {
+		if p.Hive+"/"+p.Worker == replica {
+			signal(t, p.PID, syscall.SIGKILL)
+			killed = true
+		}
+	}
+	if !killed {
+		t.Fatalf("replica %q of the long stream not in ps %+v", replica, ps.Processes)
+	}
+	rest, _ := io.ReadAll(br)
+	resp.Body.Close()
+	if !strings.Contains(string(rest), `"error"`) || !strings.Contains(string(rest), "stopped mid-answer") || strings.Contains(string(rest), "[DONE]") {
+		t.Errorf("a stream whose replica died: ends %q, want an error event and no [DONE]", tail(string(rest), 300))
+	}
+	waitFor(t, "the deployment replaces the killed replica", func() bool {
+		ds := e.deployments(t)
+		return len(ds) == 1 && ds[0].Ready == 2 && !slices.Equal(replicaIDs(ds[0]), before)
+	})
+	before = replicaIDs(e.deployments(t)[0])
+	localWorkers, remoteWorkers := len(e.workerPIDs(t, nil)), len(hostProcs(hosts[0].UID, "rbee-worker"))
+
+	// The queen killed and started again: the same workers, none twice.
+	qpid, err := e.queenHealth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signal(t, qpid, syscall.SIGKILL)
+	waitFor(t, "the restarted queen adopts both replicas", func() bool {
+		ds := e.deployments(t)
+		return len(ds) == 1 && ds[0].Ready == 2
+	})
+	if got := replicaIDs(e.deployments(t)[0]); !slices.Equal(got, before) {
+		t.Errorf("replicas after the queen's restart %v, want the same workers %v", got, before)
+	}
+	if text, err := streamText(ctx, c, "chat"); err != nil || text != alphabetRest {
+		t.Errorf("after the restart: %q %v", text, err)
+	}
+	if l, rm := len(e.workerPIDs(t, nil)), len(hostProcs(hosts[0].UID, "rbee-worker")); l != localWorkers || rm != remoteWorkers {
+		t.Errorf("workers after the restart: %d local, %d on h1; want %d and %d (none loaded twice)", l, rm, localWorkers, remoteWorkers)
+	}
+	if r := e.rbee("model", "undeploy", "chat"); r.code != 0 {
+		t.Fatalf("undeploy: exit %d\n%s", r.code, r.stderr)
+	}
+	if ds := e.deployments(t); len(ds) != 0 {
+		t.Errorf("deployments after undeploy: %+v", ds)
+	}
+	e.stopQueen()
+}
+
+// workerPIDs are the env's local rbee-worker processes, then (with h) the
+// host's.
+func (e *env) workerPIDs(t *testing.T, h *sshtest.Host) []int {
+	t.Helper()
+	var out []int
+	for _, pid := range e.procs() {
+		if comm(pid) == "rbee-worker" {
+			out = append(out, pid)
+		}
+	}
+	if h != nil {
+		out = append(out, hostProcs(h.UID, "rbee-worker")...)
+	}
+	return out
+}
+
+// metrics reads the queen's /metrics.
+func (e *env) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + e.queen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) && !strings.HasPrefix(l, "#") {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// comm is a process's command name.
+func comm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
+}
