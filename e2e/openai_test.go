@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/testenv"
+	"github.com/rbee-dev/rbee/internal/testmodel"
 )
 
 // TestOpenAIFrontDoor drives the queen's TCP port with the official
@@ -138,6 +140,30 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	}
 	if ws := e.workers(); len(ws) != 1 {
 		t.Errorf("%d workers after the door's requests, want the one warm worker", len(ws))
+	}
+	// Embeddings go to a worker started with --embeddings, beside it.
+	emb, err := c.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: "alphabet.gguf",
+		Input: openai.EmbeddingNewParamsInputUnion{OfArrayOfStrings: []string{"abc", "xyz"}}})
+	if err != nil {
+		t.Fatalf("embeddings: %v", err)
+	}
+	if len(emb.Data) != 2 || len(emb.Data[0].Embedding) != testmodel.AlphabetSpec.Embd || emb.Model != "alphabet.gguf" || emb.Usage.PromptTokens == 0 {
+		t.Errorf("embeddings: %d vectors of %d, model %q, usage %+v", len(emb.Data), len(emb.Data[0].Embedding), emb.Model, emb.Usage)
+	}
+	var norm float64
+	for _, v := range emb.Data[0].Embedding {
+		norm += v * v
+	}
+	if math.Abs(norm-1) > 1e-3 {
+		t.Errorf("embedding norm² %v, want 1 (normalised)", norm)
+	}
+	if ws := e.workers(); len(ws) != 2 || ws[0].Embeddings == ws[1].Embeddings {
+		t.Errorf("workers after an embeddings request: %+v, want the completion worker and one --embeddings worker", ws)
+	}
+	// Completions still go to the completion worker.
+	params.Model = "alphabet.gguf"
+	if comp, err := c.Completions.New(ctx, params); err != nil || comp.Choices[0].Text != alphabetRest {
+		t.Errorf("completion after embeddings: %v %+v", err, comp)
 	}
 	e.stopQueen()
 }
