@@ -85,6 +85,15 @@ func TestOpenAIDeployment(t *testing.T) {
 	if len(ds) != 1 || ds[0].Ready != 2 || len(ds[0].Workers) != 2 || ds[0].Workers[0].Hive == ds[0].Workers[1].Hive {
 		t.Fatalf("deployments = %+v, want 2 ready replicas on two hives", ds)
 	}
+	// rbee infer takes the names too: an alias, a deployment.
+	for _, name := range []string{"alpha", "chat"} {
+		if r := e.rbee("infer", "--model", name, "--temperature", "0", "abc"); r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "no spawn") {
+			t.Errorf("infer --model %s: exit %d %q, want a deployed worker's text\n%s", name, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := e.rbee("infer", "--model", "nosuch", "abc"); r.code != 4 || !strings.Contains(r.stderr, "alpha") {
+		t.Errorf("infer --model nosuch: exit %d, want 4 naming the known models\n%s", r.code, r.stderr)
+	}
 	before := replicaIDs(ds[0])
 	capacity := ds[0].Workers[0].Slots + ds[0].Workers[1].Slots
 

@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/sse"
@@ -110,7 +113,13 @@ func validate(req queenapi.JobRequest) error {
 // hive starts or reuses the worker and the queen relays its stream.
 func (q *Queen) run(ctx context.Context, id string, req queenapi.JobRequest, ev events) error {
 	ev.narrate("job_accepted", fmt.Sprintf("job %s accepted", id))
-	spec, err := q.parseModel(ctx, req.Model)
+	var spec *ModelSpec
+	var err error
+	if isName(req.Model) {
+		spec, err = q.resolveName(ctx, req.Model) // an alias, a deployment, a catalog id or file name
+	} else {
+		spec, err = q.parseModel(ctx, req.Model)
+	}
 	if err != nil {
 		return err
 	}
@@ -193,4 +202,14 @@ func (q *Queen) relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev
 		q.setStatus(name, false, err.Error())
 	}
 	return err
+}
+
+// isName says whether a job's model is a name (alias, deployment, catalog
+// id, a model's file name) rather than a path or a reference.
+func isName(model string) bool {
+	if filepath.IsAbs(model) || strings.Contains(model, "/") {
+		return false
+	}
+	_, err := download.ParseRef(model)
+	return err != nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
 )
 
@@ -375,6 +376,9 @@ func (q *Queen) modelByName(ctx context.Context, name string, snaps map[string]S
 			known = append(known, names...)
 			if m.ID == name || m.Alias == name || m.Ref == name || (filepath.IsAbs(m.Ref) && filepath.Base(m.Ref) == name) {
 				spec := &ModelSpec{Raw: m.Ref, SHA256: m.SHA256, Size: m.Size, Need: m.EstimateBytes, CtxSize: m.CtxSize, Weights: m.WeightsBytes}
+				if ref, err := download.ParseRef(m.Ref); err == nil {
+					spec.Ref = &ref // another hive may fetch it (or copy it from this one)
+				}
 				if filepath.IsAbs(m.Ref) {
 					if st, err := os.Stat(m.Ref); err == nil && st.Mode().IsRegular() {
 						spec.Path = m.Ref // still on this machine: pushed to a hive that lacks it

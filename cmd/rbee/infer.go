@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -22,7 +23,7 @@ import (
 
 type inferCmd struct {
 	Hive        string   `predictor:"hive" help:"Run on this hive (default: the local machine)."`
-	Model       string   `required:"" predictor:"model" help:"GGUF file on this machine, https://…/file.gguf, or hf:ORG/REPO[/FILE.gguf] (downloaded by the hive)."`
+	Model       string   `required:"" predictor:"model" help:"GGUF file on this machine, https://…/file.gguf, hf:ORG/REPO[/FILE.gguf] (downloaded by the hive), or a name: an alias (rbee model pull --alias) or a deployment."`
 	Device      string   `help:"Pin the device (gpu0, gpu1, cpu)."`
 	MaxTokens   int      `name:"max-tokens" help:"Stop after this many tokens (0 = until the model stops)."`
 	Temperature *float64 `help:"Sampling temperature, 0 (greedy) to 2 (default: the worker's, 1)."`
@@ -171,10 +172,12 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 		if err != nil {
 			return exitf(rbee.ExitUsage, "", "model path: %v", err)
 		}
-		if err := checkModelFile(abs); err != nil {
-			return err
-		}
-		model = abs
+		if _, serr := os.Stat(abs); serr == nil || !isModelName(c.Model) {
+			if err := checkModelFile(abs); err != nil {
+				return err
+			}
+			model = abs
+		} // else a name the fleet's catalogs know (an alias, a deployment): the queen finds it
 	}
 	if c.Ephemeral && flagGiven("--queen") {
 		return exitf(rbee.ExitUsage, "", "--ephemeral runs its own queen; it contradicts --queen %s", g.Queen)
@@ -320,4 +323,10 @@ func printJSON(v any) error {
 	}
 	_, err = fmt.Println(string(b))
 	return err
+}
+
+// isModelName says whether --model looks like a name a catalog gives
+// (rbee model pull --alias, a deployment) rather than a path.
+func isModelName(s string) bool {
+	return catalog.ValidAlias(s) == nil && !strings.HasSuffix(s, ".gguf")
 }
