@@ -264,10 +264,7 @@ func (q *Queen) putDeployment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "replicas", dep.Replicas)
-	select {
-	case q.router.kick <- struct{}{}:
-	default:
-	}
+	q.router.changed()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -292,6 +289,7 @@ func checkDeploy(req queenapi.DeployRequest) error {
 func (q *Queen) removeDeployment(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
+	defer q.router.changed()
 	if err := q.db.RemoveDeployment(ctx, name); err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
 			writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeModelNotFound, "no deployment %q (rbee model deployments lists them)", name))

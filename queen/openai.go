@@ -230,7 +230,7 @@ func (q *Queen) sendTo(ctx context.Context, rp *replica, endpoint string, body [
 // resolveName finds the model a client named: a deployment's, else by
 // name in the fleet's catalogs (see modelByName).
 func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error) {
-	deps, err := q.db.Deployments(ctx)
+	deps, err := q.router.deployments(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -308,7 +308,18 @@ type tokenUse struct {
 // complete (a stream's [DONE] came).
 func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *tokenUse, strip bool) (complete bool) {
 	quoted, _ := json.Marshal(name)
+	newField := append([]byte(`"model":`), quoted...)
+	var oldField []byte // the worker's "model":"…" as it writes it, once seen
 	rename := func(b []byte) []byte {
+		// The hot path: an event without usage is the worker's compact
+		// JSON; its model field is replaced in place. (A string value
+		// cannot hold `"model":` unescaped, so the first match is the key.)
+		if oldField != nil && !bytes.Contains(b, []byte(`"usage":{`)) {
+			if i := bytes.Index(b, oldField); i >= 0 {
+				out := make([]byte, 0, len(b)-len(oldField)+len(newField))
+				return append(append(append(out, b[:i]...), newField...), b[i+len(oldField):]...)
+			}
+		}
 		var m map[string]json.RawMessage
 		if json.Unmarshal(b, &m) != nil {
 			return b
@@ -319,8 +330,12 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 				return nil
 			}
 		}
-		if _, ok := m["model"]; !ok {
+		old, ok := m["model"]
+		if !ok {
 			return b
+		}
+		if f := append([]byte(`"model":`), old...); bytes.Contains(b, f) {
+			oldField = f
 		}
 		m["model"] = quoted
 		out, err := json.Marshal(m)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
 )
 
@@ -50,7 +51,10 @@ type router struct {
 	mu      sync.Mutex
 	groups  map[groupKey]*group
 	snaps   map[string]Snapshot // the latest look at each hive
+	hives   []Hive              // the candidates they were taken of
 	snapsAt time.Time
+	deps    []catalog.Deployment // cached; depsOK false = read again
+	depsOK  bool
 	used    time.Time // last door request
 	kick    chan struct{}
 }
@@ -122,19 +126,50 @@ func (rt *router) group(spec *ModelSpec, embeddings bool) *group {
 // lookSnaps returns snapshots of hives no older than two refreshes, taken
 // now when the cache is older.
 func (rt *router) lookSnaps(ctx context.Context) (map[string]Snapshot, []Hive, error) {
-	hives, err := rt.q.candidates(ctx, "", quietEvents{})
-	if err != nil {
-		return nil, nil, err
-	}
 	rt.mu.Lock()
 	rt.used = time.Now()
-	snaps, fresh := rt.snaps, time.Since(rt.snapsAt) < 2*refreshEvery
+	snaps, hives, fresh := rt.snaps, rt.hives, time.Since(rt.snapsAt) < 2*refreshEvery
 	rt.mu.Unlock()
 	if fresh && len(snaps) > 0 {
 		return snaps, hives, nil
 	}
+	hives, err := rt.q.candidates(ctx, "", quietEvents{})
+	if err != nil {
+		return nil, nil, err
+	}
 	snaps, err = rt.refresh(ctx, hives)
 	return snaps, hives, err
+}
+
+// deployments are the queen catalog's deployments, read again after a
+// change or every refresh.
+func (rt *router) deployments(ctx context.Context) ([]catalog.Deployment, error) {
+	rt.mu.Lock()
+	deps, ok := rt.deps, rt.depsOK
+	rt.mu.Unlock()
+	if ok {
+		return deps, nil
+	}
+	deps, err := rt.q.db.Deployments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rt.mu.Lock()
+	rt.deps, rt.depsOK = deps, true
+	rt.mu.Unlock()
+	return deps, nil
+}
+
+// changed drops what the router holds of the deployments and looks again
+// at once.
+func (rt *router) changed() {
+	rt.mu.Lock()
+	rt.depsOK = false
+	rt.mu.Unlock()
+	select {
+	case rt.kick <- struct{}{}:
+	default:
+	}
 }
 
 // refresh takes a snapshot of every hive (bounded, in parallel) and brings
@@ -147,7 +182,7 @@ func (rt *router) refresh(ctx context.Context, hives []Hive) (map[string]Snapsho
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	rt.snaps, rt.snapsAt = snaps, time.Now()
+	rt.snaps, rt.hives, rt.snapsAt = snaps, hives, time.Now()
 	for _, g := range rt.groups {
 		changed := false
 		for _, r := range g.replicas {
@@ -433,6 +468,10 @@ func (rt *router) run() {
 		deps, err := rt.q.db.Deployments(rt.ctx)
 		if err != nil {
 			rt.q.log.Warn("deployments", "err", err)
+		} else {
+			rt.mu.Lock()
+			rt.deps, rt.depsOK = deps, true
+			rt.mu.Unlock()
 		}
 		rt.mu.Lock()
 		idle := time.Since(rt.used) > time.Minute
