@@ -69,6 +69,9 @@ type WorkerInfo struct {
 	Started  time.Time `json:"started"`
 	LastUsed time.Time `json:"last_used"`
 	Busy     int       `json:"busy"` // requests in flight
+	// MemoryBytes is the device memory the hive holds for the worker
+	// (its reservation: weights, KV cache for every slot, compute).
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
 	// Slots is how many requests the worker decodes at once.
 	Slots int `json:"slots,omitempty"`
 	// Served counts the requests the worker has answered.

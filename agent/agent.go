@@ -484,7 +484,11 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: a.sup.List()})
+	ws := a.sup.List()
+	for i := range ws {
+		ws[i].MemoryBytes = a.vram.workerBytes(ws[i].ID)
+	}
+	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: ws})
 }
 
 func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {

@@ -110,6 +110,19 @@ func (v *vram) Loaded(worker string) {
 	}
 }
 
+// workerBytes returns what a worker's reservations hold.
+func (v *vram) workerBytes(worker string) uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var n uint64
+	for _, r := range v.res {
+		if r.worker == worker {
+			n += r.bytes
+		}
+	}
+	return n
+}
+
 // bytesOf returns what a reservation holds (0 when it is gone).
 func (v *vram) bytesOf(id string) uint64 {
 	v.mu.Lock()

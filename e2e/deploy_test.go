@@ -124,8 +124,8 @@ func TestOpenAIDeployment(t *testing.T) {
 	}
 	served := map[string]int64{}
 	for _, p := range ps.Processes {
-		if p.Deployment != "chat" || p.UnloadInS != 0 {
-			t.Errorf("ps: %+v, want kept for deployment chat", p)
+		if p.Deployment != "chat" || p.UnloadInS != 0 || p.MemoryBytes == 0 || p.Slots == 0 {
+			t.Errorf("ps: %+v, want kept for deployment chat, with its memory and slots", p)
 		}
 		served[p.Hive] += p.Served
 	}

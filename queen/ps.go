@@ -35,7 +35,7 @@ func (q *Queen) ps(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, wi := range s.Workers {
 			p := queenapi.Process{Hive: name, Worker: wi.ID, Type: wi.Type, ModelID: wi.ModelID, Model: names[wi.ModelID], Device: wi.Device,
-				PID: wi.PID, State: wi.State, Busy: wi.Busy, Slots: wi.Slots, Served: wi.Served, Deployment: wi.Deployment, Embeddings: wi.Embeddings,
+				PID: wi.PID, State: wi.State, Busy: wi.Busy, Slots: wi.Slots, Served: wi.Served, MemoryBytes: wi.MemoryBytes, Deployment: wi.Deployment, Embeddings: wi.Embeddings,
 				Started: wi.Started, LastUsed: wi.LastUsed}
 			if p.Model == "" {
 				p.Model = filepath.Base(wi.Model)

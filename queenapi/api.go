@@ -194,6 +194,8 @@ type Process struct {
 	Busy    int    `json:"busy"` // requests in flight
 	Slots   int    `json:"slots"`
 	Served  int64  `json:"served"` // requests answered
+	// MemoryBytes is the device memory the hive holds for it.
+	MemoryBytes uint64 `json:"memory_bytes"`
 	// Deployment keeps the worker loaded; "" = unloaded when idle.
 	Deployment string    `json:"deployment,omitempty"`
 	Embeddings bool      `json:"embeddings,omitempty"`

@@ -6,6 +6,8 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"github.com/rbee-dev/rbee"
 )
 
 type psCmd struct {
@@ -14,6 +16,7 @@ type psCmd struct {
 
 func (c *psCmd) Help() string {
 	return `Every worker across the fleet, asked of each hive now: hive, device, model,
+the memory its hive holds for it,
 slots busy of its total, requests served, how long until the keep-alive
 unloads it, and the deployment that keeps it loaded.
 
@@ -35,7 +38,7 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 		return printJSON(ps)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HIVE\tWORKER\tDEVICE\tMODEL\tSTATE\tSLOTS BUSY\tSERVED\tUP\tUNLOADS IN\tDEPLOYMENT")
+	fmt.Fprintln(tw, "HIVE\tWORKER\tDEVICE\tMODEL\tMEMORY\tSTATE\tSLOTS BUSY\tSERVED\tUP\tUNLOADS IN\tDEPLOYMENT")
 	for _, p := range ps.Processes {
 		unload := "-"
 		switch {
@@ -48,7 +51,7 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 		if p.Embeddings {
 			model += " (embeddings)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\n", printable(p.Hive), p.Worker, p.Device, model, p.State, p.Busy, max(p.Slots, 1),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\n", printable(p.Hive), p.Worker, p.Device, model, rbee.Bytes(p.MemoryBytes), p.State, p.Busy, max(p.Slots, 1),
 			p.Served, time.Since(p.Started).Round(time.Second), unload, cmpOr(printable(p.Deployment), "-"))
 	}
 	if err := tw.Flush(); err != nil {
