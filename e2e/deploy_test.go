@@ -77,6 +77,26 @@ func TestOpenAIDeployment(t *testing.T) {
 	if r := e.rbee("model", "pull", alphabet, "--alias", "alpha"); r.code != 0 {
 		t.Fatalf("model pull FILE --alias: exit %d\n%s", r.code, r.stderr)
 	}
+	// Bad deployments are refused before anything is recorded.
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"nosuch"}, 4, "alpha"},
+		{[]string{"alpha", "--replicas", "0"}, 2, "--replicas 0"},
+		{[]string{"alpha", "--hive", "nohive"}, 4, "nohive"},
+		{[]string{"alpha", "--device", "tpu0"}, 2, "tpu0"},
+		{[]string{"alpha", "--name", "a/b"}, 2, "a/b"},
+	} {
+		r := e.rbee(append([]string{"model", "deploy"}, tt.args...)...)
+		if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("model deploy %v: exit %d, want %d naming %q\n%s", tt.args, r.code, tt.code, tt.want, r.stderr)
+		}
+	}
+	if ds := e.deployments(t); len(ds) != 0 {
+		t.Fatalf("refused deployments were recorded: %+v", ds)
+	}
 	r := e.rbee("model", "deploy", "alpha", "--name", "chat", "--replicas", "2")
 	if r.code != 0 || !strings.Contains(r.stdout, "2/2 replicas ready") {
 		t.Fatalf("model deploy: exit %d %q\n%s", r.code, r.stdout, r.stderr)
