@@ -163,15 +163,25 @@ func workerTTFT(b *testing.B, sock string, maxTokens int) gen {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
+	g, err := readGen(resp.Body, start)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return g
+}
+
+// readGen reads a streamed completion to its [DONE]: when the first text
+// came, and the usage at the end.
+func readGen(r io.Reader, start time.Time) (gen, error) {
 	var g gen
-	rd := sse.NewReader(resp.Body)
+	rd := sse.NewReader(r)
 	for {
 		_, data, err := rd.NextRaw()
 		if err != nil {
-			b.Fatal(err)
+			return g, err
 		}
 		if string(data) == "[DONE]" {
-			break
+			return g, nil
 		}
 		var c struct {
 			Choices []struct {
@@ -189,7 +199,6 @@ func workerTTFT(b *testing.B, sock string, maxTokens int) gen {
 			g.total, g.tokens = time.Since(start), c.Usage.CompletionTokens
 		}
 	}
-	return g
 }
 
 // cliTTFT runs the rbee binary itself: process start, health check, job.

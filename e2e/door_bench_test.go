@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee/internal/testenv"
-	"github.com/rbee-dev/rbee/sse"
 )
 
 // BenchmarkFrontDoor measures the queen's OpenAI door against the same
@@ -142,33 +141,7 @@ func doorStream(e *env, model string, maxTokens int) (gen, error) {
 		raw, _ := io.ReadAll(resp.Body)
 		return gen{}, fmt.Errorf("door: %d %s", resp.StatusCode, raw)
 	}
-	var g gen
-	rd := sse.NewReader(resp.Body)
-	for {
-		_, data, err := rd.NextRaw()
-		if err != nil {
-			return g, err
-		}
-		if string(data) == "[DONE]" {
-			break
-		}
-		var c struct {
-			Choices []struct {
-				Text string `json:"text"`
-			} `json:"choices"`
-			Usage *struct {
-				CompletionTokens int `json:"completion_tokens"`
-			} `json:"usage"`
-		}
-		_ = json.Unmarshal(data, &c)
-		if g.ttft == 0 && len(c.Choices) > 0 && c.Choices[0].Text != "" {
-			g.ttft = time.Since(start)
-		}
-		if c.Usage != nil {
-			g.total, g.tokens = time.Since(start), c.Usage.CompletionTokens
-		}
-	}
-	return g, nil
+	return readGen(resp.Body, start)
 }
 
 func pctD(ds []time.Duration, p float64) time.Duration {
