@@ -110,7 +110,13 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 	}
 	d.starting[dep.Name] = true
 	d.mu.Unlock()
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		return
+	}
 	rt.wg.Add(1)
+	rt.mu.Unlock()
 	go func() {
 		defer rt.wg.Done()
 		defer func() {

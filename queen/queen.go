@@ -168,8 +168,7 @@ func (q *Queen) Close() error {
 	}
 	q.mu.Unlock()
 	<-drained
-	q.stop()
-	q.router.wg.Wait()
+	q.router.close(q.stop)
 	q.pool.close()
 	q.reqlog.close()
 	return q.db.Close()

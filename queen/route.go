@@ -57,6 +57,7 @@ type router struct {
 	depsOK  bool
 	used    time.Time // last door request
 	kick    chan struct{}
+	closed  bool // no new placements: the queen is closing
 }
 
 // groupKey names what replicas serve: a model (sha256, or the reference
@@ -356,6 +357,11 @@ func (rt *router) release(g *group, r *replica, failed bool) {
 // lifetime (not the request's: waiters share it). The caller holds rt.mu.
 func (rt *router) startPlace(g *group) *placeCall {
 	pc := &placeCall{done: make(chan struct{})}
+	if rt.closed {
+		pc.err = ErrShuttingDown
+		close(pc.done)
+		return pc
+	}
 	g.placing = pc
 	rt.wg.Add(1)
 	go func() {
@@ -509,6 +515,16 @@ type replicaStat struct {
 	hive, worker, device string
 	deployment           string
 	slots, inflight      int
+}
+
+// close stops the refresh loop and waits for the placements in flight
+// (their contexts end with the queen's).
+func (rt *router) close(stop context.CancelFunc) {
+	rt.mu.Lock()
+	rt.closed = true
+	rt.mu.Unlock()
+	stop()
+	rt.wg.Wait()
 }
 
 func (rt *router) stats() []replicaStat {
