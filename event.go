@@ -69,6 +69,9 @@ type WorkerInfo struct {
 	Started  time.Time `json:"started"`
 	LastUsed time.Time `json:"last_used"`
 	Busy     int       `json:"busy"` // requests in flight
+	// RPC lists the llama.cpp RPC servers a split worker offloads layers
+	// to (loopback forwards the queen holds); empty for an ordinary worker.
+	RPC []string `json:"rpc,omitempty"`
 }
 
 // Candidate is one device the scheduler considered, for --explain.

@@ -261,6 +261,9 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/engines", a.listEngines)
 	mux.HandleFunc("DELETE /v1/engines/{id}", a.removeEngine)
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
+	mux.HandleFunc("GET /v1/workers/{id}/wait", a.waitWorker)
+	mux.HandleFunc("POST /v1/rpc", a.rpcLease)
+	mux.HandleFunc("GET /v1/rpc", a.rpcList)
 	mux.HandleFunc("POST /v1/infer", a.infer)
 	mux.HandleFunc("POST /v1/openai/{endpoint...}", a.openai)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {

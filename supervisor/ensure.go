@@ -1,10 +1,15 @@
 package supervisor
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // Key names what a worker serves: one model on one device, by one engine
-// type ("" = rbee-worker). The hive runs at most one worker per key.
-type Key struct{ Model, Device, Type string }
+// type ("" = rbee-worker), offloading to RPC servers (a split worker: the
+// comma-joined endpoints; "" = none). The hive runs at most one worker per
+// key.
+type Key struct{ Model, Device, Type, RPC string }
 
 // startCall is a start in progress that others may join.
 type startCall struct {
@@ -57,7 +62,7 @@ func (s *Supervisor) Ensure(ctx context.Context, key Key, start func() (*Worker,
 func (s *Supervisor) find(key Key) *Worker {
 	for _, w := range s.all() {
 		info := w.Info()
-		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || info.State != "ready" {
+		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || strings.Join(info.RPC, ",") != key.RPC || info.State != "ready" {
 			continue
 		}
 		select {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,9 @@ type Spec struct {
 	// tokens per sequence); 0 = one slot of Config.CtxSize, what a
 	// reservation for one context covers.
 	Slots, CtxSize int
+	// RPC lists llama.cpp RPC servers ("127.0.0.1:PORT") the worker
+	// offloads layers to (rbee-worker --rpc): a split worker.
+	RPC []string
 }
 
 // Supervisor starts, tracks and stops worker processes.
@@ -71,6 +75,8 @@ type Supervisor struct {
 	starts   map[Key]*startCall
 
 	stateMu sync.Mutex // one writer of the state file at a time
+
+	rpc rpcState // llama.cpp RPC servers: never handed over, never adopted
 }
 
 // New returns a Supervisor with no workers; Adopt takes over those an
@@ -116,6 +122,11 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 		"--id", id, "--ctx-size", strconv.Itoa(cmp.Or(spec.CtxSize, s.cfg.CtxSize)), "--slots", strconv.Itoa(max(spec.Slots, 1)),
 	}
 	env := os.Environ()
+	if len(spec.RPC) > 0 {
+		// ggml tries to start gdb on an abort (a lost RPC server) without it.
+		args = append(args, "--rpc", strings.Join(spec.RPC, ","))
+		env = append(env, "GGML_NO_BACKTRACE=1")
+	}
 	if spec.Device == "cpu" {
 		args = append(args, "--device", "cpu")
 		if s.cfg.Threads > 0 {
@@ -146,7 +157,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 	w := &Worker{
 		info: rbee.WorkerInfo{
 			ID: id, ModelID: spec.ModelID, Model: spec.ModelPath, Device: spec.Device,
-			PID: p.PID(), State: "starting", Started: now, LastUsed: now,
+			PID: p.PID(), State: "starting", Started: now, LastUsed: now, RPC: spec.RPC,
 		},
 		proc: p, socket: socket, client: unixClient(socket),
 	}
@@ -251,6 +262,14 @@ func (s *Supervisor) Get(id string) (*Worker, bool) {
 	return w, ok
 }
 
+// Lookup returns a running worker by id without marking it used.
+func (s *Supervisor) Lookup(id string) (*Worker, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w, ok := s.workers[id]
+	return w, ok
+}
+
 // List describes the running workers, oldest first.
 func (s *Supervisor) List() []rbee.WorkerInfo {
 	out := make([]rbee.WorkerInfo, 0)
@@ -286,6 +305,9 @@ func (s *Supervisor) Stop(id string, grace time.Duration) error {
 // After Release it stops nothing and waits for nothing: the goroutines
 // watching the workers end with this process.
 func (s *Supervisor) StopAll(grace time.Duration) {
+	// An RPC server serves the queen's lease on it, which ends with this
+	// agent: it is stopped even when the workers are handed over.
+	s.stopRPC(grace)
 	s.mu.Lock()
 	released := s.released
 	s.mu.Unlock()

@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/sse"
+	"github.com/rbee-dev/rbee/supervisor"
+)
+
+// rpcBackends are the bundle backends an RPC server needs.
+var rpcBackends = []string{"rpc"}
+
+var (
+	deviceID = regexp.MustCompile(`^(cpu|gpu[0-9]{1,3})$`)
+	// A split worker reaches RPC servers on this host's loopback only: the
+	// forwards the queen holds, or this hive's own RPC server.
+	rpcEndpoint = regexp.MustCompile(`^127\.0\.0\.1:[1-9][0-9]{0,4}$`)
+)
+
+// checkRPC refuses a split worker's endpoints that are not this host's
+// loopback, and a split with an external engine.
+func checkRPC(req hiveapi.InferRequest) error {
+	if len(req.RPC) == 0 {
+		return nil
+	}
+	if req.WorkerType != "" {
+		return fmt.Errorf("infer: worker type %s cannot offload to RPC servers", req.WorkerType)
+	}
+	if req.Worker != "" {
+		return fmt.Errorf("infer: a warm worker and RPC servers: give one")
+	}
+	for _, ep := range req.RPC {
+		if !rpcEndpoint.MatchString(ep) {
+			return fmt.Errorf("infer: RPC endpoint %q: want 127.0.0.1:PORT (a loopback forward)", ep)
+		}
+	}
+	return nil
+}
+
+// RPCCacheDir is where llama.cpp's RPC servers keep the tensors they were
+// sent (rpc-server -c), so the next load of the same model on this host
+// skips the transfer.
+func RPCCacheDir(home string) string { return filepath.Join(home, "rpc-cache") }
+
+// rpcLease serves POST /v1/rpc: it starts llama.cpp's RPC server on
+// 127.0.0.1 and holds it for as long as the request lasts (the queen's
+// lease). The stream's first event says where it listens; if the server
+// dies, an error event says why. When the request ends — the queen closed
+// it, or the SSH connection carrying it broke — the server is stopped.
+func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
+	var req hiveapi.RPCRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if !deviceID.MatchString(req.Device) {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, fmt.Sprintf("rpc: device %q: want cpu or gpuN", req.Device))
+		return
+	}
+	ctx := r.Context()
+	me := actor(a.cfg.Name)
+	sw := sse.NewWriter(w)
+	defer sw.Close()
+	send := func(ev rbee.Event) error {
+		ev.Job = req.Job
+		if ev.Actor == "" {
+			ev.Actor = me
+		}
+		return sw.Send(ev)
+	}
+	engine := a.installedEngine(ctx, rpcBackends)
+	if engine == "" {
+		var err error
+		if engine, err = a.pickEngine(ctx, req.Device, send); err != nil {
+			if req.Reservation != "" {
+				a.vram.release(req.Reservation)
+			}
+			_ = send(rbee.FailErr(me, err))
+			return
+		}
+	}
+	rs, err := a.sup.StartRPC(ctx, supervisor.RPCSpec{Engine: engine, Device: req.Device, CacheDir: RPCCacheDir(a.cfg.Home),
+		Reservation: req.Reservation, Job: req.Job})
+	if err != nil {
+		if req.Reservation != "" {
+			a.vram.release(req.Reservation)
+		}
+		if ctx.Err() == nil {
+			_ = send(rbee.FailErr(me, fmt.Errorf("hive %s: %w", a.cfg.Name, err)))
+		}
+		return
+	}
+	info := rs.Info()
+	ev := rbee.Narrate(me, hiveapi.ActionRPCReady, fmt.Sprintf("RPC server %s listens on 127.0.0.1:%d (pid %d, %s)", info.ID, info.Port, info.PID, info.Device))
+	ev.Data, _ = json.Marshal(info)
+	if send(ev) != nil {
+		rs.Stop(5 * time.Second)
+		return
+	}
+	select {
+	case <-rs.Exited():
+		_ = send(rbee.Fail(me, rbee.CodeWorkerCrashed, fmt.Sprintf("hive %s: %s", a.cfg.Name, rs.ExitReason())))
+	case <-ctx.Done():
+		a.log.Info("rpc lease ended", "id", info.ID, "job", req.Job)
+		rs.Stop(5 * time.Second)
+	case <-a.ctx.Done():
+		rs.Stop(5 * time.Second)
+	}
+}
+
+func (a *Agent) rpcList(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, hiveapi.RPCServers{RPC: a.sup.RPCServers()})
+}
+
+// waitWorker serves GET /v1/workers/{id}/wait: it answers once the worker
+// has exited (the queen ends a split's forwards and RPC servers then).
+func (a *Agent) waitWorker(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	wp, ok := a.sup.Lookup(id)
+	if !ok {
+		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", id, a.cfg.Name))
+		return
+	}
+	select {
+	case <-wp.Exited():
+		writeJSON(w, http.StatusOK, hiveapi.WorkerExit{ID: id, Reason: wp.ExitReason()})
+	case <-r.Context().Done():
+	case <-a.ctx.Done():
+		writeErr(w, http.StatusServiceUnavailable, rbee.CodeHiveDown, fmt.Sprintf("hive %s is shutting down", a.cfg.Name))
+	}
+}
