@@ -481,7 +481,11 @@ func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {
-	if err := a.sup.Stop(r.PathValue("id"), 10*time.Second); err != nil {
+	stop := func(id string) error { return a.sup.Stop(id, 10*time.Second) }
+	if r.URL.Query().Get("kill") == "1" {
+		stop = a.sup.Kill
+	}
+	if err := stop(r.PathValue("id")); err != nil {
 		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", r.PathValue("id"), a.cfg.Name))
 		return
 	}

@@ -167,6 +167,16 @@ func (c *Client) StopWorker(ctx context.Context, id string) error {
 	return err
 }
 
+// KillWorker kills a worker at once (SIGKILL to its process group): a
+// split worker whose RPC server is gone can only hang or abort.
+func (c *Client) KillWorker(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/workers/"+url.PathEscape(id)+"?kill=1", nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
 // Shutdown asks the agent to exit, stopping its workers unless
 // keepWorkers (an upgrade: the next agent adopts them).
 func (c *Client) Shutdown(ctx context.Context, keepWorkers bool) error {

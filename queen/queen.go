@@ -69,6 +69,7 @@ type Queen struct {
 	reqlog  *reqLog
 	started time.Time
 	shas    shaCache
+	splits  splits // models spread over hives (split.go)
 
 	mu       sync.Mutex
 	state    string
@@ -148,6 +149,7 @@ func (q *Queen) Close() error {
 	}
 	q.mu.Unlock()
 	<-drained
+	q.splits.closeAll()
 	q.pool.close()
 	q.reqlog.close()
 	return q.db.Close()
