@@ -83,7 +83,7 @@ __asm__(".symver _ZNSt18condition_variable4waitERSt11unique_lockISt5mutexE,"
 EOF
 cflags=(-std=c++17 -O3 -DNDEBUG -fPIC -pthread -D_GNU_SOURCE -D_XOPEN_SOURCE=600
 	-I"$src/ggml/include" -I"$src/ggml/src" -include "$work/compat.h"
-	-DGGML_SHARED -DGGML_BACKEND_SHARED)
+	-DGGML_SHARED -DGGML_BACKEND_SHARED -ffile-prefix-map="$src/"=)
 # $ORIGIN: both find the bundle's libraries beside them, as its own do.
 ldflags=(-L"$engine" '-Wl,-rpath,$ORIGIN' -Wl,--no-undefined -Wl,--as-needed)
 mkdir -p "$work/out"

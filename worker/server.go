@@ -64,6 +64,7 @@ type Server struct {
 	state   string
 	loadErr error
 	model   *llm.Model
+	engine  *llm.Engine
 
 	// cut ends running generations (shutdown); active counts handlers
 	// that use the model so Close can wait for them.
@@ -118,6 +119,9 @@ func (s *Server) load(ctx context.Context) (*llm.Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	s.engine = eng
+	s.mu.Unlock()
 	opt := llm.ModelOptions{
 		Device: s.cfg.Device, CtxSize: s.cfg.CtxSize, Threads: s.cfg.Threads, Slots: s.cfg.Slots,
 		Embeddings: s.cfg.Embeddings, RPC: s.cfg.RPC, Split: s.cfg.Split,
@@ -145,6 +149,21 @@ func (s *Server) load(ctx context.Context) (*llm.Model, error) {
 		}
 	}
 	return m, nil
+}
+
+// WatchRPC returns when ctx ends (nil) or when one of the RPC servers the
+// model is split over is lost (llm.ErrRPCLost): the worker must then end,
+// since llama.cpp cannot go on without it (it aborts at the next token).
+// It waits for ctx alone when the model is not split.
+func (s *Server) WatchRPC(ctx context.Context) error {
+	s.mu.Lock()
+	eng := s.engine
+	s.mu.Unlock()
+	if eng == nil || len(s.cfg.RPC) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	return eng.WatchRPC(ctx, time.Second)
 }
 
 // Model returns the loaded model, or nil before Load succeeds.

@@ -152,12 +152,29 @@ func run(c cli) error {
 		"placement", placement(m.Placement))
 	say(announce{Event: "ready", Network: network, Address: ln.Addr().String(), PID: os.Getpid(), ID: c.ID, Device: m.Device})
 
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	lost := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.WatchRPC(watchCtx); err != nil {
+			lost <- err
+		}
+	}()
 	select {
 	case <-sig.Done():
 	case err := <-serveErr:
 		srv.Close()
 		return fmt.Errorf("serve: %w", err)
+	case err := <-lost:
+		// Freeing the model would talk to the lost server, and llama.cpp
+		// aborts on that: the process ends with the model as it is.
+		hs.Close()
+		log.Error("rpc server lost", "err", err)
+		return err
 	}
+	stopWatch()
 	log.Info("shutting down", "grace", c.Grace)
 	// Let running requests finish within the grace period, then cut them.
 	ctx, cancel := context.WithTimeout(context.Background(), c.Grace)
