@@ -81,7 +81,7 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine, RPC: req.RPC}
+		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine, RPC: req.RPC, TensorSplit: req.TensorSplit}
 		var joined bool
 		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType, RPC: strings.Join(req.RPC, ",")}
 		wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {

@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -39,6 +40,14 @@ func checkRPC(req hiveapi.InferRequest) error {
 	for _, ep := range req.RPC {
 		if !rpcEndpoint.MatchString(ep) {
 			return fmt.Errorf("infer: RPC endpoint %q: want 127.0.0.1:PORT (a loopback forward)", ep)
+		}
+	}
+	if n := len(req.TensorSplit); n > 0 && n != len(req.RPC)+1 {
+		return fmt.Errorf("infer: %d tensor-split shares for %d devices: give this hive's first, then one per RPC server", n, len(req.RPC)+1)
+	}
+	for _, f := range req.TensorSplit {
+		if !(f >= 0) || math.IsInf(f, 0) {
+			return fmt.Errorf("infer: tensor-split share %v: want a number ≥ 0", f)
 		}
 	}
 	return nil

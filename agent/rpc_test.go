@@ -21,6 +21,9 @@ func TestCheckRPC(t *testing.T) {
 		{"port 0", hiveapi.InferRequest{RPC: []string{"127.0.0.1:0"}}, "127.0.0.1:0"},
 		{"injection", hiveapi.InferRequest{RPC: []string{"127.0.0.1:5000,10.0.0.1:5000"}}, "10.0.0.1"},
 		{"external", hiveapi.InferRequest{WorkerType: "llama-server", RPC: []string{"127.0.0.1:5000"}}, "llama-server"},
+		{"shares", hiveapi.InferRequest{RPC: []string{"127.0.0.1:5000"}, TensorSplit: []float64{8, 14}}, ""},
+		{"shares miscounted", hiveapi.InferRequest{RPC: []string{"127.0.0.1:5000"}, TensorSplit: []float64{1}}, "1 tensor-split shares for 2 devices"},
+		{"negative share", hiveapi.InferRequest{RPC: []string{"127.0.0.1:5000"}, TensorSplit: []float64{1, -1}}, "-1"},
 		{"warm", hiveapi.InferRequest{Worker: "w-1", RPC: []string{"127.0.0.1:5000"}}, "warm"},
 	}
 	for _, tt := range tests {

@@ -99,6 +99,10 @@ type InferRequest struct {
 	// host's loopback): a split worker. A split worker is never shared
 	// with a request that does not name the same servers.
 	RPC []string `json:"rpc,omitempty"`
+	// TensorSplit, with RPC, is each device's share of the layers: this
+	// hive's device first, then each RPC server (rbee-worker
+	// --tensor-split); empty = by free memory.
+	TensorSplit []float64 `json:"tensor_split,omitempty"`
 }
 
 // RPCRequest asks the hive for a llama.cpp RPC server (POST /v1/rpc). The

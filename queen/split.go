@@ -26,10 +26,9 @@ import (
 //	       → the RPC hive's sshd (direct-tcpip) → 127.0.0.1:P → rpc-server
 //
 // The local hive's side of a forward is a listener on the queen's own
-// loopback (it is the same machine) or a dial to it. With its device a
-// CPU, the main hive runs an RPC server of its own too (llama.cpp puts
-// layers on RPC devices, not on the host's CPU), reached directly on its
-// loopback. No port is opened on any network.
+// loopback (it is the same machine) or a dial to it. The main hive's own
+// share stays in the worker (rbee-worker --tensor-split gives each part
+// the layers the plan gave it). No port is opened on any network.
 //
 // The split lives as long as its worker: when the worker exits (the
 // keep-alive), the forwards close and the leases end, which stops the RPC
@@ -124,7 +123,9 @@ func (ss *splits) closeAll() {
 func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest, spec *ModelSpec, plan scheduler.SplitPlan, ev events) error {
 	names := plan.Hives()
 	key := splitKey(spec, names)
-	ev.narrate("split_planned", plan.Explain())
+	if !req.Explain {
+		ev.narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
+	}
 	if s := q.splits.warm(key); s != nil {
 		s.mu.Lock()
 		worker := s.worker
@@ -144,7 +145,7 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 		return err
 	}
 	ireq := hiveapi.InferRequest{Job: id, Model: model.ID, Prompt: req.Prompt, Mode: req.Mode, MaxTokens: req.MaxTokens,
-		Temperature: req.Temperature, Seed: req.Seed, Device: s.device, Reservation: reservation, RPC: s.endpoints}
+		Temperature: req.Temperature, Seed: req.Seed, Device: s.device, Reservation: reservation, RPC: s.endpoints, TensorSplit: plan.Shares()}
 	ictx, abort := context.WithCancel(ctx)
 	defer abort()
 	s.mu.Lock()
@@ -227,12 +228,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 		lease *hiveapi.RPCLease
 		err   error
 	}
-	var parts []scheduler.SplitPart
-	for i, pt := range plan.Parts {
-		if i > 0 || pt.Device.Kind != rbee.DeviceGPU {
-			parts = append(parts, pt)
-		}
-	}
+	parts := plan.Parts[1:] // the main hive's share stays in the worker
 	out := make(chan started, len(parts))
 	for _, pt := range parts {
 		go func() {
@@ -264,14 +260,9 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 		s.watchLease(h, s.leases[h])
 	}
 
-	// The endpoints, in the plan's order: the main hive's own RPC server
-	// directly, the others through forwards.
+	// The endpoints, in the plan's order, each through its forward.
 	for _, pt := range parts {
 		l := s.leases[pt.Hive]
-		if pt.Hive == s.main {
-			s.endpoints = append(s.endpoints, fmt.Sprintf("127.0.0.1:%d", l.Server.Port))
-			continue
-		}
 		f, err := q.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port)
 		if err != nil {
 			return fail(err)
@@ -284,7 +275,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 		}
 		ev.narrate("rpc_forward", fmt.Sprintf("forward %s on %s → hive %s's RPC server, inside SSH", f.Endpoint(), where, pt.Hive))
 	}
-	workerRes := res[s.main] // a GPU main: the worker takes it
+	workerRes := res[s.main] // the worker takes the main hive's share
 	delete(res, s.main)
 	return s, model, workerRes, nil
 }

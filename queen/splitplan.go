@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -57,14 +58,16 @@ func (q *Queen) explainSplit(req queenapi.JobRequest, plan scheduler.SplitPlan, 
 	if !req.Explain {
 		return
 	}
-	msg := plan.Explain()
+	var lines []string
 	if err != nil {
-		msg = "split: " + err.Error()
-		if len(plan.Parts) > 0 {
-			msg += "\n" + plan.Explain()
-		}
+		lines = append(lines, "split: "+err.Error())
 	}
-	ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: msg})
+	if len(plan.Parts) > 0 {
+		lines = append(lines, strings.Split(plan.Explain(), "\n")...)
+	}
+	for _, l := range lines { // one event a line: narration is one line
+		ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: strings.TrimSpace(l)})
+	}
 }
 
 func splitRequest(spec *ModelSpec, hives []string) scheduler.SplitRequest {

@@ -45,6 +45,19 @@ func (p SplitPlan) Hives() []string {
 	return out
 }
 
+// Shares are the parts' shares of the layers, main first: what
+// rbee-worker --tensor-split takes (whole layers when the count is known).
+func (p SplitPlan) Shares() []float64 {
+	out := make([]float64, len(p.Parts))
+	for i, pt := range p.Parts {
+		out[i] = pt.Fraction
+		if pt.Layers > 0 {
+			out[i] = float64(pt.Layers)
+		}
+	}
+	return out
+}
+
 // Explain is the plan in lines, for --explain and narration.
 func (p SplitPlan) Explain() string {
 	var b strings.Builder

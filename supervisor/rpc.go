@@ -1,12 +1,14 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,9 +107,8 @@ func (s *Supervisor) StartRPC(ctx context.Context, spec RPCSpec) (*RPCServer, er
 	}
 	if spec.Device == "cpu" {
 		env = append(env, "CUDA_VISIBLE_DEVICES=")
-		if s.cfg.Threads > 0 {
-			args = append(args, "-t", strconv.Itoa(s.cfg.Threads))
-		}
+		// rpc-server's own default is one thread.
+		args = append(args, "-t", strconv.Itoa(cmp.Or(s.cfg.Threads, runtime.NumCPU())))
 	} else if idx, ok := strings.CutPrefix(spec.Device, "gpu"); ok {
 		env = append(env, "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES="+idx)
 	}

@@ -106,7 +106,8 @@ func TestStartRPC(t *testing.T) {
 		t.Errorf("cache dir: %v %v", st, err)
 	}
 	logb, _ := os.ReadFile(filepath.Join(dir, info.ID+".log"))
-	if want := "args=-H 127.0.0.1 -p "; !strings.Contains(string(logb), want) || !strings.Contains(string(logb), " -c cache="+cache) ||
+	if want := "args=-H 127.0.0.1 -p "; !strings.Contains(string(logb), want) || !strings.Contains(string(logb), " -c ") ||
+		!strings.Contains(string(logb), "cache="+cache) ||
 		!strings.Contains(string(logb), "backtrace=1") {
 		t.Errorf("rpc-server started with %q", logb)
 	}

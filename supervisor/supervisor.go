@@ -59,6 +59,9 @@ type Spec struct {
 	// RPC lists llama.cpp RPC servers ("127.0.0.1:PORT") the worker
 	// offloads layers to (rbee-worker --rpc): a split worker.
 	RPC []string
+	// TensorSplit is each device's share of the layers with RPC, this
+	// device first (rbee-worker --tensor-split); nil = by free memory.
+	TensorSplit []float64
 }
 
 // Supervisor starts, tracks and stops worker processes.
@@ -125,6 +128,13 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 	if len(spec.RPC) > 0 {
 		// ggml tries to start gdb on an abort (a lost RPC server) without it.
 		args = append(args, "--rpc", strings.Join(spec.RPC, ","))
+		if len(spec.TensorSplit) > 0 {
+			fs := make([]string, len(spec.TensorSplit))
+			for i, f := range spec.TensorSplit {
+				fs[i] = strconv.FormatFloat(f, 'g', -1, 64)
+			}
+			args = append(args, "--tensor-split", strings.Join(fs, ","))
+		}
 		env = append(env, "GGML_NO_BACKTRACE=1")
 	}
 	if spec.Device == "cpu" {
