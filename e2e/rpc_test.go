@@ -241,7 +241,10 @@ func TestRPCSplit(t *testing.T) {
 	t.Logf("unsplit run: %s", time.Since(t0).Round(time.Millisecond))
 
 	t0 = time.Now()
-	sp := e.rbee(append([]string{"infer", "--split", "localhost,h1,h2", "--explain"}, args...)...)
+	// h1 runs the main worker (named first, the same room as the others):
+	// its forwards are SSH remote forwards on its loopback, to the local
+	// hive's RPC server through the queen, and to h2's inside SSH.
+	sp := e.rbee(append([]string{"infer", "--split", "h1,localhost,h2", "--explain"}, args...)...)
 	t.Logf("split run (%s):\n%s", time.Since(t0).Round(time.Millisecond), sp.stderr)
 	if sp.code != 0 {
 		t.Fatalf("split run: exit %d\n%s", sp.code, sp.stderr)
@@ -249,7 +252,7 @@ func TestRPCSplit(t *testing.T) {
 	if sp.stdout != one.stdout {
 		t.Errorf("split output differs from the unsplit one:\nsplit   %q\nunsplit %q", sp.stdout, one.stdout)
 	}
-	inOrder(t, sp.stderr, "split across 3 hives", "(main worker)", "RPC server", "forward 127.0.0.1:", "inside SSH", "is ready")
+	inOrder(t, sp.stderr, "split across 3 hives", "h1/cpu (main worker)", "RPC server", "forward 127.0.0.1:", "hive h1's 127.0.0.1 (an SSH remote forward)", "inside SSH", "is ready")
 	checkLoopbackOnly(t, e, hosts)
 
 	// Warm: the same split again reuses the worker.

@@ -123,9 +123,6 @@ func (ss *splits) closeAll() {
 func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest, spec *ModelSpec, plan scheduler.SplitPlan, ev events) error {
 	names := plan.Hives()
 	key := splitKey(spec, names)
-	if !req.Explain {
-		ev.narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
-	}
 	if s := q.splits.warm(key); s != nil {
 		s.mu.Lock()
 		worker := s.worker
@@ -139,6 +136,9 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 		}
 		ireq.Model = m
 		return q.relay(ctx, &liveHive{q: q, name: s.main}, ireq, splitEvents{ev, s})
+	}
+	if !req.Explain {
+		ev.narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
 	}
 	s, model, reservation, err := q.setUpSplit(ctx, id, spec, plan, key, ev)
 	if err != nil {

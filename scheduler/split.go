@@ -85,8 +85,9 @@ const splitOverhead = 64 << 20
 // before the CPU), shares in proportion to free memory (what llama.cpp's
 // layer split does), each share with its own overhead. The main worker
 // goes to the hive with the most room. With req.Hives every named hive
-// takes part; otherwise hives are added, roomiest first, until the model
-// fits. A hive whose share does not fit fails the plan with the numbers.
+// takes part, and among hives within 5% of the most room the first named
+// runs the main worker; otherwise hives are added, roomiest first, until
+// the model fits. A hive whose share does not fit fails the plan with the numbers.
 func PlanSplit(req SplitRequest, hives []Hive) (SplitPlan, error) {
 	byName := map[string]Hive{}
 	for _, h := range hives {
@@ -116,12 +117,30 @@ func PlanSplit(req SplitRequest, hives []Hive) (SplitPlan, error) {
 			}
 		}
 	}
-	slices.SortStableFunc(cs, func(a, b cand) int {
-		if c := cmp.Compare(kindRank(a.dev), kindRank(b.dev)); c != 0 {
-			return c
+	if len(req.Hives) > 0 {
+		// The main worker goes to the roomiest; among hives within 5% of
+		// it, to the one named first.
+		best := 0
+		for i, c := range cs {
+			if kindRank(c.dev) < kindRank(cs[best].dev) || kindRank(c.dev) == kindRank(cs[best].dev) && c.dev.FreeBytes > cs[best].dev.FreeBytes {
+				best = i
+			}
 		}
-		return cmp.Compare(b.dev.FreeBytes, a.dev.FreeBytes)
-	})
+		for i, c := range cs {
+			if kindRank(c.dev) == kindRank(cs[best].dev) && float64(c.dev.FreeBytes) >= 0.95*float64(cs[best].dev.FreeBytes) {
+				best = i
+				break
+			}
+		}
+		cs = append([]cand{cs[best]}, slices.Delete(slices.Clone(cs), best, best+1)...)
+	} else {
+		slices.SortStableFunc(cs, func(a, b cand) int {
+			if c := cmp.Compare(kindRank(a.dev), kindRank(b.dev)); c != 0 {
+				return c
+			}
+			return cmp.Compare(b.dev.FreeBytes, a.dev.FreeBytes)
+		})
+	}
 	if len(req.Hives) == 0 {
 		// The fewest hives that hold it: add the roomiest until they do.
 		var sum uint64

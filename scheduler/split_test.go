@@ -55,6 +55,20 @@ func TestPlanSplit(t *testing.T) {
 			layers: []int{8, 7, 7},
 		},
 		{
+			name:   "named: the roomiest runs the main worker",
+			req:    SplitRequest{Need: 3 * gib, Layers: 20, Hives: []string{"x", "y", "z"}},
+			hives:  []Hive{cpuHive("x", 10*gib), cpuHive("y", 30*gib), cpuHive("z", 9900*1<<20)},
+			want:   "y/cpu*,x/cpu,z/cpu",
+			layers: []int{12, 4, 4},
+		},
+		{
+			name:   "named: near-equal room, the first named is main",
+			req:    SplitRequest{Need: 3 * gib, Layers: 20, Hives: []string{"z", "x"}},
+			hives:  []Hive{cpuHive("x", 10*gib), cpuHive("z", 9900*1<<20)},
+			want:   "z/cpu*,x/cpu",
+			layers: []int{10, 10},
+		},
+		{
 			name:     "no room anywhere",
 			req:      SplitRequest{Need: 100 * gib, Layers: 40},
 			hives:    []Hive{gpuHive("a", 10*gib), gpuHive("b", 20*gib)},
