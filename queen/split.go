@@ -2,6 +2,7 @@ package queen
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -135,7 +136,7 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 			return rbee.Errorf(rbee.CodeInternal, "split worker %s: no model", worker)
 		}
 		ireq.Model = m
-		return q.relay(ctx, &liveHive{q: q, name: s.main}, ireq, splitEvents{ev, s})
+		return q.relay(ctx, &liveHive{q: q, name: s.main}, ireq, newSplitEvents(ev, s))
 	}
 	if !req.Explain {
 		ev.narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
@@ -152,7 +153,7 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 	s.abortStart = abort
 	s.model = model.ID
 	s.mu.Unlock()
-	err = q.relay(ictx, &liveHive{q: q, name: s.main}, ireq, splitEvents{ev, s})
+	err = q.relay(ictx, &liveHive{q: q, name: s.main}, ireq, newSplitEvents(ev, s))
 	s.mu.Lock()
 	started := s.worker != ""
 	s.abortStart = nil
@@ -256,24 +257,38 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 		}
 		return fail(&rbee.Error{Code: code, Message: "split: " + err.Error(), Err: err})
 	}
-	for _, h := range names(parts) {
-		s.watchLease(h, s.leases[h])
-	}
-
 	// The endpoints, in the plan's order, each through its forward.
+	var fwds []*forward
 	for _, pt := range parts {
 		l := s.leases[pt.Hive]
 		f, err := q.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port)
 		if err != nil {
+			for _, f := range fwds {
+				f.Close()
+			}
 			return fail(err)
 		}
-		s.fwds = append(s.fwds, f)
+		fwds = append(fwds, f)
 		s.endpoints = append(s.endpoints, f.Endpoint())
 		where := "the queen's 127.0.0.1"
 		if conns[s.main].remote != nil {
 			where = "hive " + s.main + "'s 127.0.0.1 (an SSH remote forward)"
 		}
 		ev.narrate("rpc_forward", fmt.Sprintf("forward %s on %s → hive %s's RPC server, inside SSH", f.Endpoint(), where, pt.Hive))
+	}
+	s.mu.Lock()
+	s.fwds = fwds
+	ended := s.ended
+	s.mu.Unlock()
+	if ended { // lost while the forwards were made: the teardown missed them
+		for _, f := range fwds {
+			f.Close()
+		}
+		hive, why, _ := s.lostNow()
+		return fail(rbee.Errorf(rbee.CodeWorkerFailed, "split: lost hive %s while setting up: %v", hive, why))
+	}
+	for _, h := range names(parts) {
+		s.watchLease(h, s.leases[h])
 	}
 	workerRes := res[s.main] // the worker takes the main hive's share
 	delete(res, s.main)
@@ -429,7 +444,7 @@ func (s *split) end() {
 		return
 	}
 	s.ended = true
-	worker, kill := s.worker, s.stopWorker
+	worker, kill, fwds := s.worker, s.stopWorker, s.fwds
 	s.mu.Unlock()
 	s.q.splits.wg.Add(1)
 	go func() {
@@ -439,7 +454,7 @@ func (s *split) end() {
 		if kill && worker != "" {
 			s.killWorker(worker)
 		}
-		for _, f := range s.fwds {
+		for _, f := range fwds {
 			f.Close()
 			up, down := f.Bytes()
 			s.q.log.Info("split forward closed", "job", s.job, "hive", f.hive, "bytes_up", up, "bytes_down", down)
@@ -458,10 +473,39 @@ func (s *split) end() {
 // from them, and turns the worker's failure into the loss that caused it.
 type splitEvents struct {
 	events
-	s *split
+	s    *split
+	base int64 // bytes the forwards had carried when the job began
+}
+
+func newSplitEvents(ev events, s *split) splitEvents {
+	return splitEvents{events: ev, s: s, base: s.carried()}
+}
+
+// carried is what the split's forwards have carried, both ways.
+func (s *split) carried() int64 {
+	s.mu.Lock()
+	fwds := s.fwds
+	s.mu.Unlock()
+	var n int64
+	for _, f := range fwds {
+		up, down := f.Bytes()
+		n += up + down
+	}
+	return n
 }
 
 func (e splitEvents) send(ev rbee.Event) {
+	if ev.Type == rbee.EventDone && ev.Done != nil {
+		// The split's cost, in bytes: what went through SSH for this job.
+		n := e.s.carried() - e.base
+		msg := fmt.Sprintf("split: %s through the forwards (inside SSH)", rbee.Bytes(uint64(n)))
+		if t := ev.Done.CompletionTokens; t > 0 {
+			msg += fmt.Sprintf(", %s per generated token", rbee.Bytes(uint64(n/int64(t))))
+		}
+		nev := rbee.Narrate(me, "split_bytes", msg)
+		nev.Data, _ = json.Marshal(map[string]int64{"bytes": n})
+		e.events.send(nev)
+	}
 	if ev.Worker != nil && ev.Worker.ID != "" && ev.Worker.State == "ready" {
 		e.s.setWorker(ev.Worker.ID)
 	}
