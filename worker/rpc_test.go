@@ -40,14 +40,14 @@ type rpcServer struct {
 // startRPCServer starts the bundle's rpc-server on a free loopback port,
 // its tensor cache (-c) in a directory of the test, and waits until it
 // answers the protocol's hello. Cleanup stops it by PID.
-func startRPCServer(t testing.TB, bin string) *rpcServer {
+func startRPCServer(t testing.TB, bin string, args ...string) *rpcServer {
 	t.Helper()
 	addr, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
-	p := testenv.Start(t, bin, []string{"LLAMA_CACHE=" + t.TempDir()}, "-H", "127.0.0.1", "-p", port, "-t", "1", "-c")
+	p := testenv.Start(t, bin, []string{"LLAMA_CACHE=" + t.TempDir()}, append([]string{"-H", "127.0.0.1", "-p", port, "-t", "1", "-c"}, args...)...)
 	// rpc-server says nothing a pipe gets before it exits (its stdout is
 	// buffered): it is up when it answers.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
