@@ -177,14 +177,15 @@ func (e *Engine) Device(want string) (Device, error) {
 }
 
 // resolveDevice maps a --device value to a ggml device. "" and "auto" pick
-// the first GPU if any, else the CPU; "cpu" forces the CPU; anything else
+// the first GPU of this host if any, else the CPU; "cpu" forces the CPU; anything else
 // must name a device ("CUDA0", or "cuda:0" style) the engine found.
 func (e *Engine) resolveDevice(want string) (name string, dev llama.GGMLBackendDevice, err error) {
 	w := strings.ToLower(strings.TrimSpace(want))
 	switch w {
 	case "", "auto":
 		for i, d := range e.devices {
-			if d.Type == "gpu" || d.Type == "igpu" {
+			// RPC devices are GPU-type too, but another host's.
+			if (d.Type == "gpu" || d.Type == "igpu") && d.Endpoint == "" {
 				return d.Name, llama.GGMLBackendDeviceGet(uint64(i)), nil
 			}
 		}
@@ -197,6 +198,9 @@ func (e *Engine) resolveDevice(want string) (name string, dev llama.GGMLBackendD
 	for i, d := range e.devices {
 		names = append(names, d.Name)
 		if strings.ToLower(d.Name) == norm {
+			if d.Endpoint != "" {
+				return "", 0, fmt.Errorf("device %q is rpc server %s's; this worker's device must be its own (the servers are --rpc)", want, d.Endpoint)
+			}
 			if d.Type == "cpu" {
 				return "CPU", 0, nil
 			}
