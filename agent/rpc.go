@@ -3,10 +3,15 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -106,6 +111,14 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info := rs.Info()
+	relay, err := a.rpcRelay(info)
+	if err != nil {
+		rs.Stop(5 * time.Second)
+		_ = send(rbee.FailErr(me, fmt.Errorf("hive %s: %w", a.cfg.Name, err)))
+		return
+	}
+	defer relay.close()
+	info.Socket = relay.path
 	ev := rbee.Narrate(me, hiveapi.ActionRPCReady, fmt.Sprintf("RPC server %s listens on 127.0.0.1:%d (pid %d, %s)", info.ID, info.Port, info.PID, info.Device))
 	ev.Data, _ = json.Marshal(info)
 	if send(ev) != nil {
@@ -143,4 +156,100 @@ func (a *Agent) waitWorker(w http.ResponseWriter, r *http.Request) {
 	case <-a.ctx.Done():
 		writeErr(w, http.StatusServiceUnavailable, rbee.CodeHiveDown, fmt.Sprintf("hive %s is shutting down", a.cfg.Name))
 	}
+}
+
+// relay is a unix socket whose connections are carried to an RPC
+// server's loopback port, for the queen's streamlocal dials.
+type relay struct {
+	path string
+	ln   net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+// rpcRelay listens on run/<id>.sock (0600) and carries each connection to
+// the RPC server's port. close stops it and waits for its goroutines.
+func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
+	path := filepath.Join(rbee.Home(a.cfg.Home).RunDir(), info.ID+".sock")
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("rpc relay: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("rpc relay: %w", err)
+	}
+	r := &relay{path: path, ln: ln, open: map[net.Conn]struct{}{}}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(info.Port))
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.carry(down, addr)
+			}()
+		}
+	}()
+	return r, nil
+}
+
+func (r *relay) track(c net.Conn, on bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.open == nil {
+		return false // closed
+	}
+	if on {
+		r.open[c] = struct{}{}
+	} else {
+		delete(r.open, c)
+	}
+	return true
+}
+
+func (r *relay) carry(down net.Conn, addr string) {
+	defer down.Close()
+	up, err := net.Dial("tcp", addr) // Go sets TCP_NODELAY
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if !r.track(down, true) || !r.track(up, true) {
+		return
+	}
+	defer r.track(down, false)
+	defer r.track(up, false)
+	done := make(chan struct{}, 2)
+	go func() {
+		_, _ = io.Copy(up, down)
+		done <- struct{}{}
+	}()
+	go func() {
+		_, _ = io.Copy(down, up)
+		done <- struct{}{}
+	}()
+	<-done // either side ending ends both
+	up.Close()
+	down.Close()
+	<-done
+}
+
+func (r *relay) close() {
+	r.ln.Close()
+	r.mu.Lock()
+	for c := range r.open {
+		c.Close()
+	}
+	r.open = nil
+	r.mu.Unlock()
+	r.wg.Wait()
+	_ = os.Remove(r.path)
 }

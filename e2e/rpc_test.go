@@ -153,8 +153,8 @@ func splitWorker(e *env, hosts []*sshtest.Host) (pid int, endpoints []string) {
 
 // checkLoopbackOnly: every RPC server listens on 127.0.0.1 and nothing
 // else; the split worker's endpoints are not the RPC servers' ports; every
-// connection to an RPC server comes from an sshd or the queen (the
-// forwards), none from the worker.
+// connection to an RPC server comes from the queen or the host's agent
+// relay (the forwards' far ends), none from the worker.
 func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
 	t.Helper()
 	servers := rpcServers(e, hosts)
@@ -209,8 +209,10 @@ func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
 			}
 			for _, pid := range owners[s.inode] {
 				clients++
-				if c := comm(pid); !strings.HasPrefix(c, "sshd") && c != "rbee" {
-					t.Errorf("hive %s's RPC server has a client %s (pid %d): only the forwards (sshd, the queen) may connect", hive, c, pid)
+				// The queen (the local hive's server) or the host's agent
+				// relaying its unix socket (streamlocal, inside SSH).
+				if c := comm(pid); c != "rbee" && c != "rbee-hive" {
+					t.Errorf("hive %s's RPC server has a client %s (pid %d): only the forwards (the queen, the agent's relay) may connect", hive, c, pid)
 				}
 			}
 		}

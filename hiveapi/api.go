@@ -127,6 +127,12 @@ type RPCServer struct {
 	Device  string    `json:"device"`
 	Job     string    `json:"job,omitempty"`
 	Started time.Time `json:"started"`
+	// Socket is a unix socket in the agent's run directory that relays to
+	// the server's port: the way in through SSH (streamlocal). sshd's own
+	// TCP connections (direct-tcpip) leave Nagle's algorithm on, which
+	// costs llama.cpp's small RPC messages a delayed ACK (40 ms) each; a
+	// unix socket has none, and the agent's relay sets TCP_NODELAY.
+	Socket string `json:"socket,omitempty"`
 }
 
 // RPCServers is the answer to GET /v1/rpc.

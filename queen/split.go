@@ -14,6 +14,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queenapi"
+	"github.com/rbee-dev/rbee/remote"
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
@@ -24,8 +25,12 @@ import (
 // SSH connections it already has:
 //
 //	worker → 127.0.0.1:F on the main hive → sshd (tcpip-forward) → the queen
-//	       → the RPC hive's sshd (direct-tcpip) → 127.0.0.1:P → rpc-server
+//	       → the RPC hive's sshd (streamlocal) → the agent's unix relay
+//	       → 127.0.0.1:P → rpc-server
 //
+// (direct-tcpip to 127.0.0.1:P where streamlocal is refused: it works, but
+// sshd's TCP socket keeps Nagle's algorithm, a 40 ms stall per small RPC
+// message.)
 // The local hive's side of a forward is a listener on the queen's own
 // loopback (it is the same machine) or a dial to it. The main hive's own
 // share stays in the worker (rbee-worker --tensor-split gives each part
@@ -261,7 +266,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 	var fwds []*forward
 	for _, pt := range parts {
 		l := s.leases[pt.Hive]
-		f, err := q.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port)
+		f, err := q.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port, l.Server.Socket)
 		if err != nil {
 			for _, f := range fwds {
 				f.Close()
@@ -307,7 +312,7 @@ func names(parts []scheduler.SplitPart) []string {
 // remote forward, or the queen's own loopback for the local hive) whose
 // connections go to port on the RPC hive's loopback (through its SSH
 // connection, or directly on this machine).
-func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive string, rpc *hiveConn, port int) (*forward, error) {
+func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive string, rpc *hiveConn, port int, socket string) (*forward, error) {
 	var ln net.Listener
 	var err error
 	if main.remote != nil {
@@ -324,8 +329,18 @@ func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive st
 		return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	}
 	if rpc.remote != nil {
+		// The agent's unix relay first (streamlocal: no Nagle's algorithm
+		// on sshd's side); sshd's own TCP dial where streamlocal is refused.
 		conn := rpc.remote.conn
-		dial = func(ctx context.Context) (net.Conn, error) { return conn.DialLoopback(ctx, port) }
+		dial = func(ctx context.Context) (net.Conn, error) {
+			if socket != "" {
+				nc, err := conn.DialUnix(ctx, socket)
+				if !errors.Is(err, remote.ErrForwardingRefused) {
+					return nc, err
+				}
+			}
+			return conn.DialLoopback(ctx, port)
+		}
 	}
 	return newForward(hive, ln, dial, s.lose), nil
 }
