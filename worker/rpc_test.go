@@ -237,3 +237,45 @@ func listenOnce(t *testing.T, answer func([]byte) []byte) string {
 	}()
 	return ln.Addr().String()
 }
+
+// TestRPCLostMidStream kills an rpc-server while the worker streams from
+// the split model: llama.cpp aborts the worker (SIGABRT) at once, the
+// stream ends without [DONE], and nothing hangs.
+func TestRPCLostMidStream(t *testing.T) {
+	bin := rpcServerBin(t)
+	model := randomModel75m(t)
+	a, b := startRPCServer(t, bin), startRPCServer(t, bin)
+	w := startWorker(t, "--model", model, "--ctx-size", "4096", "--slots", "1", "--rpc", a.Addr+","+b.Addr, "--tensor-split", "1,1,1")
+	s := openStream(t, w.URL, "/v1/completions", greedy(splitPrompt, map[string]any{"max_tokens": 4000, "ignore_eos": true, "stream": true}))
+	defer s.close()
+	for range 3 {
+		if _, err := s.next(); err != nil {
+			t.Fatalf("stream before the kill: %v", err)
+		}
+	}
+	if err := b.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	code, err := w.Wait(15 * time.Second)
+	if err != nil {
+		t.Fatalf("worker after its rpc server was killed mid-stream: %v", err)
+	}
+	if code == 0 {
+		t.Errorf("worker after its rpc server was killed mid-stream: exit 0; stderr:\n%s", w.StderrText())
+	}
+	t.Logf("exit %d (%v); stderr tail: %s", code, w.ExitErr(), lastLine(w.StderrText()))
+	for {
+		data, err := s.next()
+		if err != nil {
+			break // the connection went with the worker
+		}
+		if data == "[DONE]" {
+			t.Fatal("the stream ended with [DONE] though the worker died")
+		}
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return s[strings.LastIndexByte(s, '\n')+1:]
+}
