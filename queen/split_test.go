@@ -45,3 +45,39 @@ func TestSplitKeyIgnoresOrder(t *testing.T) {
 		t.Errorf("different hives, same key %q", a)
 	}
 }
+
+type recEvents struct{ evs []rbee.Event }
+
+func (r *recEvents) send(ev rbee.Event) { r.evs = append(r.evs, ev) }
+func (r *recEvents) narrate(action, msg string) {
+	r.evs = append(r.evs, rbee.Narrate(me, action, msg))
+}
+
+// A model no device holds and the hives together do not either: the job
+// fails with both sets of numbers, and --explain says why, before any hive
+// is touched (the Queen here has no pool: touching one would panic).
+func TestAutoSplitNoRoom(t *testing.T) {
+	const gib = 1 << 30
+	cpu := func(free uint64) Snapshot {
+		return Snapshot{Devices: []rbee.Device{{ID: "cpu", Kind: rbee.DeviceCPU, Name: "CPU", TotalBytes: free, FreeBytes: free}}}
+	}
+	spec := &ModelSpec{Raw: "/m/big.gguf", Need: 40 * gib, Weights: 38 * gib, Layers: 40}
+	cause := rbee.Errorf(rbee.CodeNoRoom, "no device has room for the model (needs 40.0 GiB)")
+	ev := &recEvents{}
+	q := &Queen{}
+	err := q.autoSplit(t.Context(), "job-1", queenapi.JobRequest{Explain: true}, spec, map[string]Snapshot{"a": cpu(16 * gib), "b": cpu(20 * gib)}, cause, ev)
+	if rbee.CodeOf(err) != rbee.CodeNoRoom || !strings.Contains(err.Error(), "needs 40.0 GiB") || !strings.Contains(err.Error(), "all 2 hives together have 36.0 GiB free") {
+		t.Errorf("got %v, want no_room with the fleet's numbers", err)
+	}
+	explained := false
+	for _, e := range ev.evs {
+		explained = explained || e.Action == "explain" && strings.Contains(e.Message, "split:")
+	}
+	if !explained {
+		t.Errorf("--explain said nothing of the split: %+v", ev.evs)
+	}
+	// One hive: no split to propose, the cause stands.
+	if err := q.autoSplit(t.Context(), "job-2", queenapi.JobRequest{}, spec, map[string]Snapshot{"a": cpu(16 * gib)}, cause, ev); err != cause {
+		t.Errorf("one hive: got %v, want the cause", err)
+	}
+}
