@@ -178,8 +178,7 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 // setUpSplit reserves each part's room, brings the model to the main
 // hive, starts the RPC servers and the forwards, and returns the split,
 // watched from now on, with the model's entry on the main hive and the
-// reservation the worker takes over ("" when the main hive's RPC server
-// took it).
+// reservation the worker takes over (the main hive's share).
 func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan scheduler.SplitPlan, key string, ev events) (*split, hiveapi.Model, string, error) {
 	mainPart := plan.Parts[0]
 	conns := map[string]*hiveConn{}
