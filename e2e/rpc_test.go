@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -224,6 +225,36 @@ func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
 
 const splitPrompt = "The quick brown fox"
 
+var (
+	planLine  = regexp.MustCompile(`(\S+)/cpu \((main worker|RPC server)\): (\d+) layers`)
+	placement = regexp.MustCompile(`placement="CPU:(\d+) RPC0@\S+?:(\d+) RPC1@\S+?:(\d+)\+out"`)
+)
+
+// checkPlacement: the worker put on each device the layers the plan
+// gave its hive (its log's placement line, written by llama.cpp's load).
+func checkPlacement(t *testing.T, e *env, hosts []*sshtest.Host, narration string) {
+	t.Helper()
+	var want []string
+	for _, m := range planLine.FindAllStringSubmatch(narration, -1) {
+		want = append(want, m[3])
+	}
+	logs, _ := filepath.Glob(filepath.Join(e.home, ".rbee", "logs", "w-*.log"))
+	for _, h := range hosts {
+		more, _ := filepath.Glob(filepath.Join(h.Home, ".rbee", "logs", "w-*.log"))
+		logs = append(logs, more...)
+	}
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if m := placement.FindStringSubmatch(string(b)); m != nil {
+			if got := m[1:]; !slices.Equal(got, want) {
+				t.Errorf("the worker placed %v layers, the plan said %v", got, want)
+			}
+			return
+		}
+	}
+	t.Errorf("no split worker log with a placement among %v", logs)
+}
+
 // TestRPCSplit: random-75m split over the local hive and two SSH hosts
 // gives the unsplit run's greedy output byte for byte; the RPC servers
 // listen on 127.0.0.1 only and are reached only through the forwards;
@@ -256,6 +287,7 @@ func TestRPCSplit(t *testing.T) {
 	}
 	inOrder(t, sp.stderr, "split across 3 hives", "h1/cpu (main worker)", "RPC server", "forward 127.0.0.1:", "hive h1's 127.0.0.1 (an SSH remote forward)", "inside SSH", "is ready")
 	checkLoopbackOnly(t, e, hosts)
+	checkPlacement(t, e, hosts, sp.stderr)
 
 	// Warm: the same split again reuses the worker.
 	again := e.rbee(append([]string{"infer", "--split", "h2,h1,localhost"}, args...)...)

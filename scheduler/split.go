@@ -46,14 +46,23 @@ func (p SplitPlan) Hives() []string {
 }
 
 // Shares are the parts' shares of the layers, main first: what
-// rbee-worker --tensor-split takes (whole layers when the count is known).
+// rbee-worker --tensor-split takes. With the block count known they are
+// whole layers, and the last part counts the output layer too, which
+// llama.cpp places on the last device: each part then gets exactly the
+// layers the plan gave it.
 func (p SplitPlan) Shares() []float64 {
 	out := make([]float64, len(p.Parts))
+	whole := true
 	for i, pt := range p.Parts {
 		out[i] = pt.Fraction
 		if pt.Layers > 0 {
 			out[i] = float64(pt.Layers)
+		} else {
+			whole = false
 		}
+	}
+	if whole && len(out) > 0 {
+		out[len(out)-1]++
 	}
 	return out
 }

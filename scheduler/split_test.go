@@ -129,6 +129,16 @@ func TestPlanSplit(t *testing.T) {
 			if sum != tt.req.Layers {
 				t.Errorf("layers sum to %d, want %d", sum, tt.req.Layers)
 			}
+			sh := p.Shares()
+			for i, pt := range p.Parts {
+				want := float64(pt.Layers)
+				if i == len(p.Parts)-1 {
+					want++ // the output layer goes with the last device
+				}
+				if sh[i] != want {
+					t.Errorf("shares %v: part %d got %v, want %v", sh, i, sh[i], want)
+				}
+			}
 			if ex := p.Explain(); !strings.Contains(ex, "(main worker)") || !strings.Contains(ex, "(RPC server)") {
 				t.Errorf("explain:\n%s", ex)
 			}
