@@ -316,6 +316,36 @@ func TestRPCSplit(t *testing.T) {
 // other workers are untouched; the next split without it succeeds.
 func TestRPCSplitLostHost(t *testing.T) {
 	t.Parallel()
+	lostSplit(t, "RPC server", func(t *testing.T, h *sshtest.Host, rpcServer int) {
+		signal(t, rpcServer, syscall.SIGKILL)
+	})
+}
+
+// TestRPCSplitLostLink: the SSH connection to an RPC host breaking
+// mid-stream (its sshd session killed) does the same, and the host's
+// agent stops its RPC server when the lease's request breaks.
+func TestRPCSplitLostLink(t *testing.T) {
+	t.Parallel()
+	lostSplit(t, "SSH connection", func(t *testing.T, h *sshtest.Host, _ int) {
+		var sessions []int
+		for _, name := range []string{"sshd", "sshd-session"} {
+			sessions = append(sessions, hostProcs(h.UID, name)...)
+		}
+		if len(sessions) == 0 {
+			t.Fatal("no sshd session of the host's user to kill")
+		}
+		for _, pid := range sessions {
+			signal(t, pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// lostSplit runs a split over the local hive and h1, h2 with an ordinary
+// worker on each, breaks a remote RPC hive with kill mid-stream, and
+// checks the failure and what is left: every agent (the victim's too:
+// it runs detached) and every other worker untouched, the split's remains
+// gone, the next split without the victim served.
+func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Host, rpcServer int)) {
 	e, hosts := splitEnv(t, time.Minute)
 	model := random75m(t)
 	// An ordinary worker on every hive, which the loss must not touch.
@@ -362,7 +392,7 @@ func TestRPCSplitLostHost(t *testing.T) {
 		t.Fatalf("no remote hive serves RPC: %v", servers)
 	}
 	killed := time.Now()
-	signal(t, servers[victim][0], syscall.SIGKILL)
+	kill(t, hosts[victim[1]-'1'], servers[victim][0])
 	done := make(chan error, 1)
 	go func() {
 		_, _ = out.WriteTo(discard{})
@@ -377,8 +407,8 @@ func TestRPCSplitLostHost(t *testing.T) {
 	code := cmd.ProcessState.ExitCode()
 	msg := stderr.String()
 	t.Logf("exit %d after %s:\n%s", code, took.Round(time.Millisecond), msg)
-	if code != rbee.ExitWorker || !strings.Contains(msg, "lost hive "+victim) {
-		t.Errorf("exit %d, want %d naming hive %s", code, rbee.ExitWorker, victim)
+	if code != rbee.ExitWorker || !strings.Contains(msg, "lost hive "+victim+": the "+cause) {
+		t.Errorf("exit %d, want %d naming hive %s and its %s", code, rbee.ExitWorker, victim, cause)
 	}
 	if took > 10*time.Second {
 		t.Errorf("the failure took %s, want seconds", took)

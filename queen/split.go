@@ -50,6 +50,7 @@ type split struct {
 	device    string // the main worker's device
 	plan      scheduler.SplitPlan
 	leases    map[string]*hiveapi.RPCLease // by hive
+	conns     map[string]*hiveConn         // by hive, as the split was set up
 	fwds      []*forward
 	endpoints []string
 
@@ -218,7 +219,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &split{q: q, key: key, job: id, main: mainPart.Hive, mainHC: conns[mainPart.Hive], device: mainPart.Device.ID, plan: plan,
-		leases: map[string]*hiveapi.RPCLease{}, ctx: sctx, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
+		leases: map[string]*hiveapi.RPCLease{}, conns: conns, ctx: sctx, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
 	q.splits.add(s)
 	fail := func(err error) (*split, hiveapi.Model, string, error) {
 		release()
@@ -398,6 +399,14 @@ func (s *split) setWorker(id string) {
 			s.lose(s.main, fmt.Errorf("the way to the main worker broke: %w", err))
 			return
 		}
+		// A worker that died of a loss (llama.cpp aborts) may go just
+		// before the loss is seen: give it a moment to be recorded.
+		t := time.NewTimer(time.Second)
+		select {
+		case <-s.lost:
+		case <-t.C:
+		}
+		t.Stop()
 		s.q.log.Info("split worker exited", "worker", id, "hive", s.main)
 		s.end()
 	}()
@@ -416,15 +425,21 @@ func (s *split) lose(hive string, err error) {
 		hive = s.main
 	}
 	s.mu.Lock()
-	if s.lostErr != nil || s.ended {
+	if s.lostErr != nil {
 		s.mu.Unlock()
 		return
 	}
+	// Recorded even after the teardown began: the worker may have died of
+	// the loss a moment before the loss itself was seen.
 	s.lostHive, s.lostErr = hive, err
 	close(s.lost)
+	ended := s.ended
 	worker, abort := s.worker, s.abortStart
 	s.stopWorker = worker != ""
 	s.mu.Unlock()
+	if ended {
+		return
+	}
 	s.q.log.Warn("split lost a hive", "job", s.job, "hive", hive, "err", err, "worker", worker)
 	if abort != nil && worker == "" {
 		abort()
@@ -541,6 +556,17 @@ func (s *split) explain(ev rbee.Event) rbee.Event {
 		return ev
 	}
 	hive, why, _ := s.lostNow()
+	// A far end that closed may be the SSH connection to the hive, not
+	// its RPC server: that connection's end is seen a moment later, if so.
+	if hc := s.conns[hive]; hc != nil && hc.remote != nil {
+		t := time.NewTimer(300 * time.Millisecond)
+		select {
+		case <-hc.remote.conn.Done():
+			why = fmt.Errorf("the SSH connection to it broke (%w)", hc.remote.conn.Err())
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	ev.Code = rbee.CodeWorkerCrashed
 	ev.Message = fmt.Sprintf("the split lost hive %s: %v; %s", hive, why, ev.Message)
 	ev.Hint = fmt.Sprintf("the next job plans again (rbee hive ls shows whether hive %s is up; --split names the hives to use)", hive)
