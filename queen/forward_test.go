@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -106,8 +107,10 @@ func echo(t *testing.T, c net.Conn, msg string) {
 	}
 }
 
-// The worker closing its connections is no loss; the bytes are counted.
+// The worker closing its connections is no loss; the bytes are counted;
+// Close leaves no goroutine behind.
 func TestForwardCarriesAndCounts(t *testing.T) {
+	before := runtime.NumGoroutine()
 	srv := newEchoServer(t)
 	l := &lossLog{once: make(chan struct{})}
 	f := startForward(t, srv, l)
@@ -129,6 +132,14 @@ func TestForwardCarriesAndCounts(t *testing.T) {
 	}
 	if got := l.all(); len(got) != 0 {
 		t.Errorf("losses reported: %v", got)
+	}
+	srv.kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
