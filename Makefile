@@ -43,8 +43,8 @@ bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios)
 anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama-cpp@3.22.1's source bundle into $(DEV)/anchors (needs cmake, g++)
 	./scripts/anchors.sh $(DEV)/anchors $(DEV)/cache
 
-engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR)
-	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache
+engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR), with the RPC backend and rpc-server built from its source
+	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache -rpc ./scripts/rpc.sh
 
 models: engine ## Write the generated models into $(MODELS_DIR)
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -engine $(ENGINE_DIR)

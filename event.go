@@ -81,6 +81,9 @@ type WorkerInfo struct {
 	// Deployment names the deployment that keeps this worker loaded (the
 	// keep-alive does not unload it); "" = unloaded when idle.
 	Deployment string `json:"deployment,omitempty"`
+	// RPC lists the llama.cpp RPC servers a split worker offloads layers
+	// to (loopback forwards the queen holds); empty for an ordinary worker.
+	RPC []string `json:"rpc,omitempty"`
 }
 
 // Candidate is one device the scheduler considered, for --explain.

@@ -263,6 +263,9 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/workers/{id}", a.stopWorker)
 	mux.HandleFunc("POST /v1/workers", a.startWorker)
 	mux.HandleFunc("PUT /v1/workers/{id}/deployment", a.setDeployment)
+	mux.HandleFunc("GET /v1/workers/{id}/wait", a.waitWorker)
+	mux.HandleFunc("POST /v1/rpc", a.rpcLease)
+	mux.HandleFunc("GET /v1/rpc", a.rpcList)
 	mux.HandleFunc("POST /v1/infer", a.infer)
 	mux.HandleFunc("POST /v1/openai/{endpoint...}", a.openai)
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
@@ -492,7 +495,11 @@ func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {
-	if err := a.sup.Stop(r.PathValue("id"), 10*time.Second); err != nil {
+	stop := func(id string) error { return a.sup.Stop(id, 10*time.Second) }
+	if r.URL.Query().Get("kill") == "1" {
+		stop = a.sup.Kill
+	}
+	if err := stop(r.PathValue("id")); err != nil {
 		writeErr(w, http.StatusNotFound, rbee.CodeWorkerNotFound, fmt.Sprintf("no worker %s on hive %s", r.PathValue("id"), a.cfg.Name))
 		return
 	}

@@ -29,6 +29,10 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "infer: prompt and model are required")
 		return
 	}
+	if err := checkRPC(req); err != nil {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, err.Error())
+		return
+	}
 	ctx := r.Context()
 	model, err := a.db.Model(ctx, req.Model)
 	if err != nil {
@@ -77,9 +81,9 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine}
+		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine, RPC: req.RPC, TensorSplit: req.TensorSplit}
 		var joined bool
-		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType}
+		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType, RPC: strings.Join(req.RPC, ",")}
 		wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {
 			if err := a.verifyModel(ctx, model); err != nil {
 				return nil, err

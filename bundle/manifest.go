@@ -62,6 +62,27 @@ type File struct {
 	SHA256 string `json:"sha256"`
 }
 
+// Mode is the permission a bundle gives the file: executable for the
+// programs it ships (Tools), read-only for everyone else.
+func (f File) Mode() fs.FileMode {
+	if IsTool(f.Name) {
+		return 0o755
+	}
+	return 0o644
+}
+
+// Tools are the programs a bundle may ship beside its libraries, built
+// from the same llama.cpp release: rpc-server serves the bundle's devices
+// to another host's worker over llama.cpp's RPC protocol (libggml-rpc).
+var Tools = []string{RPCServer}
+
+// RPCServer is llama.cpp's RPC server, run from the bundle directory:
+// rpc-server -H 127.0.0.1 -p PORT [-c] [-t THREADS].
+const RPCServer = "rpc-server"
+
+// IsTool reports whether name is one of the programs a bundle may ship.
+func IsTool(name string) bool { return slices.Contains(Tools, name) }
+
 // bundleError carries a message for people and a sentinel for code.
 type bundleError struct {
 	msg  string
@@ -156,6 +177,8 @@ func (m *Manifest) Quick(dir string) error {
 			return corrupt(dir, "%s: not a regular file; reinstall the bundle", f.Name)
 		case fi.Size() != f.Size:
 			return corrupt(dir, "%s: size %d, want %d; reinstall the bundle", f.Name, fi.Size(), f.Size)
+		case IsTool(f.Name) && fi.Mode().Perm()&0o100 == 0:
+			return corrupt(dir, "%s: not executable; reinstall the bundle", f.Name)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(m.Links)) {
@@ -370,10 +393,13 @@ func isLicense(name string) bool {
 
 // Variant names a bundle by version and backends, "v0.5.0-cpu" or
 // "v0.5.0-cpu-cuda": bundles of one llama.cpp version built for different
-// hardware live side by side under that name.
+// hardware live side by side under that name. The RPC backend is left
+// out: it is no hardware but a way to reach another host's, and a bundle
+// that gains it replaces the one of the same hardware without it.
 func Variant(m *Manifest) string {
-	if len(m.Backends) == 0 {
+	hw := slices.DeleteFunc(slices.Clone(m.Backends), func(b string) bool { return b == "rpc" })
+	if len(hw) == 0 {
 		return m.Version
 	}
-	return m.Version + "-" + strings.Join(m.Backends, "-")
+	return m.Version + "-" + strings.Join(hw, "-")
 }

@@ -221,7 +221,7 @@ func assemble(ctx context.Context, fsys fs.FS, libDir, out string, opt Options) 
 	var linked []string
 	for _, e := range entries {
 		name := e.Name()
-		if name == ManifestName || !(isLib(name) || isLicense(name)) {
+		if name == ManifestName || !(isLib(name) || isLicense(name) || IsTool(name)) {
 			continue
 		}
 		switch {
@@ -501,12 +501,16 @@ func copyFile(ctx context.Context, fsys fs.FS, name, dir string) (File, error) {
 		return File{}, fmt.Errorf("%s: not a regular file", name)
 	}
 	base := path.Base(name)
-	out, err := os.OpenFile(filepath.Join(dir, base), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	mode := File{Name: base}.Mode()
+	out, err := os.OpenFile(filepath.Join(dir, base), os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return File{}, err
 	}
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(out, h), ctxReader{ctx, in})
+	if err == nil {
+		err = out.Chmod(mode) // whatever the umask took away
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

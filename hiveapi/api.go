@@ -112,6 +112,60 @@ type InferRequest struct {
 	MaxTokens   int      `json:"max_tokens,omitempty"`
 	Temperature *float64 `json:"temperature,omitempty"`
 	Seed        *int64   `json:"seed,omitempty"`
+	// RPC, for a new worker, lists the llama.cpp RPC servers it offloads
+	// layers to ("127.0.0.1:PORT", the forwards the queen holds on this
+	// host's loopback): a split worker. A split worker is never shared
+	// with a request that does not name the same servers.
+	RPC []string `json:"rpc,omitempty"`
+	// TensorSplit, with RPC, is each device's share of the layers: this
+	// hive's device first, then each RPC server (rbee-worker
+	// --tensor-split); empty = by free memory.
+	TensorSplit []float64 `json:"tensor_split,omitempty"`
+}
+
+// RPCRequest asks the hive for a llama.cpp RPC server (POST /v1/rpc). The
+// answer is an SSE stream that holds the server: a first event
+// (action "rpc_ready", Data the RPCServer), then, if the server dies, an
+// error event (code worker_crashed) that says why. The server is stopped
+// when the stream ends: the queen's lease is the request itself, so a
+// queen that goes away, or an SSH connection that breaks, leaves nothing
+// behind.
+type RPCRequest struct {
+	Job         string `json:"job,omitempty"`
+	Device      string `json:"device"`
+	Reservation string `json:"reservation,omitempty"`
+}
+
+// RPCServer is a running llama.cpp RPC server, always bound to 127.0.0.1
+// (GET /v1/rpc lists them).
+type RPCServer struct {
+	ID      string    `json:"id"`
+	Port    int       `json:"port"`
+	PID     int       `json:"pid"`
+	Device  string    `json:"device"`
+	Job     string    `json:"job,omitempty"`
+	Started time.Time `json:"started"`
+	// Socket is a unix socket in the agent's run directory that relays to
+	// the server's port: the way in through SSH (streamlocal). sshd's own
+	// TCP connections (direct-tcpip) leave Nagle's algorithm on, which
+	// costs llama.cpp's small RPC messages a delayed ACK (40 ms) each; a
+	// unix socket has none, and the agent's relay sets TCP_NODELAY.
+	Socket string `json:"socket,omitempty"`
+}
+
+// RPCServers is the answer to GET /v1/rpc.
+type RPCServers struct {
+	RPC []RPCServer `json:"rpc"`
+}
+
+// ActionRPCReady is the action of an RPC lease's first event.
+const ActionRPCReady = "rpc_ready"
+
+// WorkerExit is the answer to GET /v1/workers/{id}/wait, given once the
+// worker has exited.
+type WorkerExit struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
 }
 
 // Workers is the answer to GET /v1/workers.

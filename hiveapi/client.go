@@ -185,6 +185,16 @@ func (c *Client) StopWorker(ctx context.Context, id string) error {
 	return err
 }
 
+// KillWorker kills a worker at once (SIGKILL to its process group): a
+// split worker whose RPC server is gone can only hang or abort.
+func (c *Client) KillWorker(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, "DELETE", "/v1/workers/"+url.PathEscape(id)+"?kill=1", nil, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
 // Shutdown asks the agent to exit, stopping its workers unless
 // keepWorkers (an upgrade: the next agent adopts them).
 func (c *Client) Shutdown(ctx context.Context, keepWorkers bool) error {
@@ -341,4 +351,114 @@ func (c *Client) OpenAI(ctx context.Context, endpoint string, headers map[string
 		return nil, fmt.Errorf("hive %s: %w", c.Name, err)
 	}
 	return resp, nil
+}
+
+// RPCServers lists the hive's running RPC servers.
+func (c *Client) RPCServers(ctx context.Context) ([]RPCServer, error) {
+	var r RPCServers
+	_, err := c.do(ctx, "GET", "/v1/rpc", nil, &r)
+	return r.RPC, err
+}
+
+// WaitWorker returns once worker id has exited, with how it ended (a
+// worker unknown to the hive is an *APIError with code worker_not_found).
+// ctx bounds the wait.
+func (c *Client) WaitWorker(ctx context.Context, id string) (WorkerExit, error) {
+	var x WorkerExit
+	_, err := c.do(ctx, "GET", "/v1/workers/"+url.PathEscape(id)+"/wait", nil, &x)
+	return x, err
+}
+
+// RPCLease holds an RPC server on a hive for as long as it is open: the
+// hive stops the server when the lease's stream ends.
+type RPCLease struct {
+	Server RPCServer
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // why the lease ended; set before done closes
+}
+
+// Done is closed when the lease ended: closed by its owner, the server
+// died, or the way to the hive broke. Err says which.
+func (l *RPCLease) Done() <-chan struct{} { return l.done }
+
+// Err is nil while the lease holds, and after Close; otherwise it says why
+// the server was lost.
+func (l *RPCLease) Err() error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+		return nil
+	}
+}
+
+// Close ends the lease (the hive stops the server) and waits for the
+// lease's reader.
+func (l *RPCLease) Close() {
+	l.cancel()
+	<-l.done
+}
+
+// StartRPC asks the hive for an RPC server and holds it. ctx bounds the
+// start only; the lease lives until Close, the server's death, or the
+// connection's.
+func (c *Client) StartRPC(ctx context.Context, r RPCRequest) (*RPCLease, error) {
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel) // only until it is ready
+	defer stop()
+	resp, err := c.do(lctx, "POST", "/v1/rpc", r, nil)
+	if err != nil {
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	l := &RPCLease{cancel: cancel, done: make(chan struct{})}
+	ready := make(chan error, 1) // written once
+	go func() {
+		defer close(l.done)
+		defer resp.Body.Close()
+		announced := false
+		var lost error
+		err := sse.Relay(sse.NewReader(resp.Body), func(ev rbee.Event) error {
+			switch {
+			case ev.Type == rbee.EventError:
+				lost = &APIError{Body: *ev.Err()}
+			case ev.Action == ActionRPCReady && !announced:
+				if err := json.Unmarshal(ev.Data, &l.Server); err != nil {
+					return fmt.Errorf("hive %s: rpc server: %w", c.Name, err)
+				}
+				announced = true
+				ready <- nil
+			}
+			return nil
+		})
+		switch {
+		case lost != nil:
+			err = lost
+		case lctx.Err() != nil:
+			err = nil // closed by its owner
+		case err == nil:
+			err = fmt.Errorf("hive %s: the RPC server's lease ended", c.Name)
+		default:
+			err = fmt.Errorf("hive %s: the RPC server's lease broke: %w", c.Name, err)
+		}
+		l.err = err
+		if !announced {
+			if err == nil {
+				err = lctx.Err()
+			}
+			ready <- err
+		}
+	}()
+	if err := <-ready; err != nil {
+		l.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return l, nil
 }

@@ -6,4 +6,7 @@
 // chunk of any new prompt (continuous batching), on one thread pool. A slot
 // keeps its last sequence's KV, so a prompt sharing a prefix with it decodes
 // only its new tokens. Sampling, stop strings and cancellation are per slot.
+// With llama.cpp's RPC backend in the bundle, a model's layers can be split
+// over this process's device and rpc-servers on other hosts (ModelOptions.RPC),
+// and WatchRPC notices a lost server.
 package llm

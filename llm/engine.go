@@ -29,6 +29,9 @@ type Device struct {
 	Type        string `json:"type"`        // cpu, gpu, igpu, accel
 	FreeBytes   uint64 `json:"free_bytes"`
 	TotalBytes  uint64 `json:"total_bytes"`
+	// Endpoint is the RPC server (HOST:PORT) of a device another host
+	// serves (see Engine.AddRPCServers); "" for this host's devices.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // Engine is llama.cpp loaded from one bundle directory. A process can load
@@ -36,6 +39,12 @@ type Device struct {
 type Engine struct {
 	Dir     string
 	devices []Device
+
+	rpcOnce  sync.Once
+	rpcFns   *rpcFuncs
+	rpcErr   error
+	rpcMu    sync.Mutex
+	rpcAdded map[string]bool
 }
 
 var (
@@ -99,6 +108,11 @@ func Load(dir string) (*Engine, error) {
 		loadResult = err
 		return nil, err
 	}
+	// ggml aborts on a failed assertion and on a lost RPC server; without
+	// this it first starts gdb on itself to print a backtrace.
+	if _, ok := os.LookupEnv("GGML_NO_BACKTRACE"); !ok {
+		os.Setenv("GGML_NO_BACKTRACE", "1")
+	}
 	if err := llama.Load(abs); err != nil {
 		loadResult = fmt.Errorf("load engine %s: %w", abs, err)
 		return nil, loadResult
@@ -106,19 +120,40 @@ func Load(dir string) (*Engine, error) {
 	llama.LogSet(llama.LogSilent())
 	llama.Init()
 	e := &Engine{Dir: abs}
+	e.listDevices()
+	loadedEng = e
+	return e, nil
+}
+
+// listDevices lists the devices ggml has now.
+func (e *Engine) listDevices() {
+	e.devices = e.devices[:0]
 	for i := uint64(0); i < llama.GGMLBackendDeviceCount(); i++ {
 		d := llama.GGMLBackendDeviceGet(i)
 		free, total := llama.GGMLBackendDeviceMemory(d)
-		e.devices = append(e.devices, Device{
+		dev := Device{
 			Name:        llama.GGMLBackendDeviceName(d),
 			Description: llama.GGMLBackendDeviceDescription(d),
 			Type:        devType(llama.GGMLBackendDevType(d)),
 			FreeBytes:   free,
 			TotalBytes:  total,
-		})
+		}
+		if strings.HasPrefix(dev.Name, "RPC") {
+			// ggml-rpc describes its devices by their server's endpoint.
+			dev.Endpoint = dev.Description
+		}
+		e.devices = append(e.devices, dev)
 	}
-	loadedEng = e
-	return e, nil
+}
+
+// deviceHandle returns ggml's handle of the device named name; 0 if none.
+func (e *Engine) deviceHandle(name string) llama.GGMLBackendDevice {
+	for i, d := range e.devices {
+		if d.Name == name {
+			return llama.GGMLBackendDeviceGet(uint64(i))
+		}
+	}
+	return 0
 }
 
 func devType(t llama.GGMLBackendDeviceType) string {
@@ -142,14 +177,15 @@ func (e *Engine) Device(want string) (Device, error) {
 }
 
 // resolveDevice maps a --device value to a ggml device. "" and "auto" pick
-// the first GPU if any, else the CPU; "cpu" forces the CPU; anything else
+// the first GPU of this host if any, else the CPU; "cpu" forces the CPU; anything else
 // must name a device ("CUDA0", or "cuda:0" style) the engine found.
 func (e *Engine) resolveDevice(want string) (name string, dev llama.GGMLBackendDevice, err error) {
 	w := strings.ToLower(strings.TrimSpace(want))
 	switch w {
 	case "", "auto":
 		for i, d := range e.devices {
-			if d.Type == "gpu" || d.Type == "igpu" {
+			// RPC devices are GPU-type too, but another host's.
+			if (d.Type == "gpu" || d.Type == "igpu") && d.Endpoint == "" {
 				return d.Name, llama.GGMLBackendDeviceGet(uint64(i)), nil
 			}
 		}
@@ -162,6 +198,9 @@ func (e *Engine) resolveDevice(want string) (name string, dev llama.GGMLBackendD
 	for i, d := range e.devices {
 		names = append(names, d.Name)
 		if strings.ToLower(d.Name) == norm {
+			if d.Endpoint != "" {
+				return "", 0, fmt.Errorf("device %q is rpc server %s's; this worker's device must be its own (the servers are --rpc)", want, d.Endpoint)
+			}
 			if d.Type == "cpu" {
 				return "CPU", 0, nil
 			}

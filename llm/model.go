@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,16 +39,27 @@ type ModelOptions struct {
 	// context pools each input into one vector (the model's pooling type,
 	// else the mean of its tokens).
 	Embeddings bool
+	// RPC lists RPC servers (HOST:PORT) the model's layers are split over
+	// beside Device (see Engine.AddRPCServers); ctx of LoadModel bounds
+	// reaching them.
+	RPC []string
+	// Split is each device's share of the layers with RPC: Device first,
+	// then each RPC device in order (a server may offer several); nil
+	// splits by free memory, as llama.cpp does.
+	Split []float64
 }
 
 // Model is a loaded model, the one llama context all its slots share, and
 // the decode loop that drives that context. Every call into the context
 // happens on the loop's goroutine.
 type Model struct {
-	Path      string
-	Device    string
-	CtxSize   int // tokens per slot
-	Threads   int
+	Path    string
+	Device  string
+	CtxSize int // tokens per slot
+	Threads int
+	// Placement says which device holds how many layers; one entry, the
+	// device, for a model that is not split.
+	Placement []Placement
 	model     llama.Model
 	vocab     llama.Vocab
 	template  string
@@ -112,8 +124,9 @@ func CheckGGUF(path string) error {
 
 // LoadModel loads the GGUF model at path, creates its one context with room
 // for opt.Slots sequences of opt.CtxSize tokens each, attaches one thread
-// pool, and starts the decode loop.
-func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
+// pool, and starts the decode loop. ctx bounds reaching opt.RPC's servers;
+// llama.cpp's load itself cannot be interrupted.
+func (e *Engine) LoadModel(ctx context.Context, path string, opt ModelOptions) (*Model, error) {
 	if err := CheckGGUF(path); err != nil {
 		return nil, err
 	}
@@ -121,11 +134,29 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
+	if opt.Split != nil && len(opt.RPC) == 0 {
+		return nil, errors.New("load model: a split needs rpc servers")
+	}
 	mp := llama.ModelDefaultParams()
 	devs := []llama.GGMLBackendDevice{dev, 0}
-	if dev == 0 {
+	var split []float32
+	placement := []Placement{{Device: devName, Layers: -1, Output: true}}
+	switch {
+	case len(opt.RPC) > 0:
+		plan, err := e.planRPC(ctx, path, devName, dev, opt)
+		if err != nil {
+			return nil, fmt.Errorf("load model: %w", err)
+		}
+		devs, split, placement = plan.devices, plan.split, plan.placement
+		mp.NGpuLayers = plan.nGPU
+		mp.SplitMode = llama.SplitModeLayer
+		mp.TensorSplit = &split[0]
+		if err := mp.SetDevices(devs); err != nil {
+			return nil, fmt.Errorf("load model: %w", err)
+		}
+	case dev == 0:
 		mp.SetCPUOnly()
-	} else {
+	default:
 		mp.NGpuLayers = 999
 		if err := mp.SetDevices(devs); err != nil {
 			return nil, fmt.Errorf("load model: %w", err)
@@ -133,10 +164,14 @@ func (e *Engine) LoadModel(path string, opt ModelOptions) (*Model, error) {
 	}
 	mdl, err := llama.ModelLoadFromFile(path, mp)
 	runtime.KeepAlive(devs)
+	runtime.KeepAlive(split)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: llama.cpp could not load it (corrupt or unsupported architecture)", ErrModelFile, path)
 	}
-	m := &Model{Path: path, Device: devName, model: mdl, vocab: llama.ModelGetVocab(mdl)}
+	if placement[0].Layers < 0 {
+		placement[0].Layers = int(llama.ModelNLayer(mdl))
+	}
+	m := &Model{Path: path, Device: devName, Placement: placement, model: mdl, vocab: llama.ModelGetVocab(mdl)}
 	m.desc = llama.ModelDesc(mdl)
 	m.params = llama.ModelNParams(mdl)
 	m.size = llama.ModelSize(mdl)

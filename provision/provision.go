@@ -542,7 +542,7 @@ func dsts(files []file) []string {
 func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
 	var files []file
 	for _, bf := range m.Files {
-		files = append(files, file{src: filepath.Join(src, bf.Name), dst: path.Join(dst, bf.Name), mode: 0o644, sum: bf.SHA256})
+		files = append(files, file{src: filepath.Join(src, bf.Name), dst: path.Join(dst, bf.Name), mode: bf.Mode(), sum: bf.SHA256})
 	}
 	manifest := file{src: filepath.Join(src, bundle.ManifestName), dst: path.Join(dst, bundle.ManifestName), mode: 0o644}
 	sum, err := cachedSHA256(manifest.src)

@@ -105,6 +105,34 @@ func validate(req queenapi.JobRequest) error {
 	case req.Mode != "" && req.Mode != "auto" && req.Mode != "chat" && req.Mode != "raw":
 		return rbee.Errorf(rbee.CodeBadRequest, "mode %q: want auto, chat or raw", req.Mode)
 	}
+	return validateSplit(req)
+}
+
+// validateSplit checks --split before anything reaches a hive.
+func validateSplit(req queenapi.JobRequest) error {
+	if len(req.Split) == 0 {
+		return nil
+	}
+	switch {
+	case req.Hive != "":
+		return rbee.Errorf(rbee.CodeBadRequest, "--split and --hive: give one (--split names every hive)")
+	case req.Device != "":
+		return rbee.Errorf(rbee.CodeBadRequest, "--split and --device: the split picks each hive's roomiest device")
+	case req.WorkerType != "":
+		return rbee.Errorf(rbee.CodeBadRequest, "--split and --worker-type: only rbee-worker offloads to RPC servers")
+	case len(req.Split) < 2:
+		return rbee.Errorf(rbee.CodeBadRequest, "--split %s: name at least two hives", strings.Join(req.Split, ","))
+	}
+	seen := map[string]bool{}
+	for _, n := range req.Split {
+		if n == "" {
+			return rbee.Errorf(rbee.CodeBadRequest, "--split %q: an empty hive name", strings.Join(req.Split, ","))
+		}
+		if seen[n] {
+			return rbee.Errorf(rbee.CodeBadRequest, "--split: hive %s named twice", n)
+		}
+		seen[n] = true
+	}
 	return nil
 }
 
@@ -123,12 +151,27 @@ func (q *Queen) run(ctx context.Context, id string, req queenapi.JobRequest, ev 
 	if err != nil {
 		return err
 	}
+	if len(req.Split) > 0 {
+		return q.splitJob(ctx, id, req, spec, ev)
+	}
 	hives, err := q.candidates(ctx, req.Hive, ev)
 	if err != nil {
 		return err
 	}
+	fleet := req.Hive == "" && len(hives) > 1
+	var snaps map[string]Snapshot
+	if fleet && req.Device == "" && req.WorkerType == "" {
+		// Taken once: a model no single device holds is planned as a
+		// split over the same snapshots.
+		if snaps, err = q.plan.snapshots(ctx, hives, ev); err != nil {
+			return err
+		}
+	}
 	pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: spec, Device: req.Device, WorkerType: req.WorkerType,
-		Explain: req.Explain, Fleet: req.Hive == "" && len(hives) > 1}, hives, ev)
+		Explain: req.Explain, Fleet: fleet, Snaps: snaps}, hives, ev)
+	if rbee.CodeOf(err) == rbee.CodeNoRoom && snaps != nil {
+		return q.autoSplit(ctx, id, req, spec, snaps, err, ev)
+	}
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,7 @@ type Queen struct {
 	stop    context.CancelFunc // ends the router's loop and placements
 	started time.Time
 	shas    shaCache
+	splits  splits // models spread over hives (split.go)
 
 	mu       sync.Mutex
 	state    string
@@ -168,6 +169,7 @@ func (q *Queen) Close() error {
 	}
 	q.mu.Unlock()
 	<-drained
+	q.splits.closeAll()
 	q.router.close(q.stop)
 	q.pool.close()
 	q.reqlog.close()

@@ -26,6 +26,7 @@ type ModelSpec struct {
 	Need     uint64 // weights + KV cache + overhead at the worker's context
 	CtxSize  int
 	Weights  uint64
+	Layers   int  // block count, when the header was read here (a split's shares)
 	Checked  bool // Need came from the file's header (not yet from a hive)
 }
 
@@ -63,6 +64,7 @@ func (q *Queen) parseModel(ctx context.Context, raw string) (*ModelSpec, error) 
 	spec.Path, spec.SHA256, spec.Size = raw, sha, st.Size()
 	spec.CtxSize = ctxFor(info.CtxTrain)
 	spec.Weights, spec.Need, spec.Checked = info.WeightsBytes, info.Estimate(spec.CtxSize), true
+	spec.Layers = info.Layers
 	return spec, nil
 }
 

@@ -46,6 +46,10 @@ type JobRequest struct {
 	Mode        string   `json:"mode,omitempty"` // "auto", "chat", "raw"
 	Explain     bool     `json:"explain,omitempty"`
 	WorkerType  string   `json:"worker_type,omitempty"` // an external worker type declared on the hive
+	// Split names the hives to spread the model over with llama.cpp's RPC
+	// backend (two or more): the main worker goes to the one with the most
+	// room, the others serve RPC through SSH forwards.
+	Split []string `json:"split,omitempty"`
 }
 
 // AddHiveRequest is the body of POST /v1/hives: rbee hive add.

@@ -62,7 +62,9 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 			continue
 		}
 		for _, w := range h.Workers {
-			if h.ModelID == "" || w.ModelID != h.ModelID || w.State != "ready" || w.Type != req.WorkerType {
+			// A split worker is the queen's to route to: it lives only as
+			// long as its forwards and RPC servers.
+			if h.ModelID == "" || w.ModelID != h.ModelID || w.State != "ready" || w.Type != req.WorkerType || len(w.RPC) > 0 {
 				continue
 			}
 			if req.Device != "" && w.Device != req.Device {

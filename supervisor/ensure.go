@@ -1,13 +1,17 @@
 package supervisor
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // Key names what a worker serves: one model on one device, by one engine
-// type ("" = rbee-worker), completions or embeddings. The hive runs at
-// most one worker per key.
+// type ("" = rbee-worker), completions or embeddings, offloading to RPC
+// servers (a split worker: the comma-joined endpoints; "" = none). The hive
+// runs at most one worker per key.
 type Key struct {
-	Model, Device, Type string
-	Embeddings          bool
+	Model, Device, Type, RPC string
+	Embeddings               bool
 }
 
 // startCall is a start in progress that others may join.
@@ -61,7 +65,8 @@ func (s *Supervisor) Ensure(ctx context.Context, key Key, start func() (*Worker,
 func (s *Supervisor) find(key Key) *Worker {
 	for _, w := range s.all() {
 		info := w.Info()
-		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || info.Embeddings != key.Embeddings || info.State != "ready" {
+		if info.ModelID != key.Model || info.Device != key.Device || info.Type != key.Type || info.Embeddings != key.Embeddings ||
+			strings.Join(info.RPC, ",") != key.RPC || info.State != "ready" {
 			continue
 		}
 		select {

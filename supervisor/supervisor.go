@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,12 @@ type Spec struct {
 	Slots, CtxSize int
 	Embeddings     bool   // serve /v1/embeddings (rbee-worker --embeddings)
 	Deployment     string // kept loaded for this deployment (see SetDeployment)
+	// RPC lists llama.cpp RPC servers ("127.0.0.1:PORT") the worker
+	// offloads layers to (rbee-worker --rpc): a split worker.
+	RPC []string
+	// TensorSplit is each device's share of the layers with RPC, this
+	// device first (rbee-worker --tensor-split); nil = by free memory.
+	TensorSplit []float64
 }
 
 // Supervisor starts, tracks and stops worker processes.
@@ -73,6 +80,8 @@ type Supervisor struct {
 	starts   map[Key]*startCall
 
 	stateMu sync.Mutex // one writer of the state file at a time
+
+	rpc rpcState // llama.cpp RPC servers: never handed over, never adopted
 }
 
 // New returns a Supervisor with no workers; Adopt takes over those an
@@ -121,6 +130,18 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 		args = append(args, "--embeddings")
 	}
 	env := os.Environ()
+	if len(spec.RPC) > 0 {
+		// ggml tries to start gdb on an abort (a lost RPC server) without it.
+		args = append(args, "--rpc", strings.Join(spec.RPC, ","))
+		if len(spec.TensorSplit) > 0 {
+			fs := make([]string, len(spec.TensorSplit))
+			for i, f := range spec.TensorSplit {
+				fs[i] = strconv.FormatFloat(f, 'g', -1, 64)
+			}
+			args = append(args, "--tensor-split", strings.Join(fs, ","))
+		}
+		env = append(env, "GGML_NO_BACKTRACE=1")
+	}
 	if spec.Device == "cpu" {
 		args = append(args, "--device", "cpu")
 		if s.cfg.Threads > 0 {
@@ -151,7 +172,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 	w := &Worker{
 		info: rbee.WorkerInfo{
 			ID: id, ModelID: spec.ModelID, Model: spec.ModelPath, Device: spec.Device,
-			PID: p.PID(), State: "starting", Started: now, LastUsed: now,
+			PID: p.PID(), State: "starting", Started: now, LastUsed: now, RPC: spec.RPC,
 			Slots: max(spec.Slots, 1), Embeddings: spec.Embeddings, Deployment: spec.Deployment,
 		},
 		proc: p, socket: socket, client: unixClient(socket),
@@ -257,6 +278,14 @@ func (s *Supervisor) Get(id string) (*Worker, bool) {
 	return w, ok
 }
 
+// Lookup returns a running worker by id without marking it used.
+func (s *Supervisor) Lookup(id string) (*Worker, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w, ok := s.workers[id]
+	return w, ok
+}
+
 // List describes the running workers, oldest first.
 func (s *Supervisor) List() []rbee.WorkerInfo {
 	out := make([]rbee.WorkerInfo, 0)
@@ -292,6 +321,9 @@ func (s *Supervisor) Stop(id string, grace time.Duration) error {
 // After Release it stops nothing and waits for nothing: the goroutines
 // watching the workers end with this process.
 func (s *Supervisor) StopAll(grace time.Duration) {
+	// An RPC server serves the queen's lease on it, which ends with this
+	// agent: it is stopped even when the workers are handed over.
+	s.stopRPC(grace)
 	s.mu.Lock()
 	released := s.released
 	s.mu.Unlock()

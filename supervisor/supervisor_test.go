@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 }
 
 func helperMain(args []string) {
+	if len(args) > 0 && args[0] == "-H" {
+		helperRPC(args)
+		return
+	}
 	flags := map[string]string{}
 	for i := 0; i < len(args); i++ {
 		if strings.HasPrefix(args[i], "--") && i+1 < len(args) && !strings.HasPrefix(args[i+1], "--") {

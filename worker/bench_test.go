@@ -136,9 +136,12 @@ func benchHTTP(b *testing.B, model string) ([]timing, int64) {
 	return ts, rss
 }
 
-func streamOnce(b *testing.B, url string) timing {
+func streamOnce(b *testing.B, url string) timing { return streamN(b, url, benchGenTokens) }
+
+// streamN streams a greedy generation of n tokens of benchPrompt.
+func streamN(b *testing.B, url string, n int) timing {
 	body, _ := json.Marshal(map[string]any{
-		"prompt": benchPrompt, "max_tokens": benchGenTokens, "temperature": 0, "ignore_eos": true, "stream": true,
+		"prompt": benchPrompt, "max_tokens": n, "temperature": 0, "ignore_eos": true, "stream": true,
 	})
 	start := time.Now()
 	resp, err := http.Post(url+"/v1/completions", "application/json", bytes.NewReader(body))
@@ -169,8 +172,8 @@ func streamOnce(b *testing.B, url string) timing {
 			t.promptMS, t.engineGen = c.Timings.PromptMS, c.Timings.PredictedPerSecond
 		}
 	}
-	if t.gen != benchGenTokens {
-		b.Fatalf("generated %d tokens, want %d", t.gen, benchGenTokens)
+	if t.gen != n {
+		b.Fatalf("generated %d tokens, want %d", t.gen, n)
 	}
 	return t
 }

@@ -44,8 +44,13 @@ type Config struct {
 	Slots         int  // parallel generations sharing one context; default 1
 	Embeddings    bool // serve /v1/embeddings instead of completions
 	Queue         int  // requests that may wait for a slot; beyond, 503
-	ID            string
-	Log           *slog.Logger
+	// RPC lists llama.cpp RPC servers (HOST:PORT) the model's layers are
+	// split over beside Device; Split is each device's share, Device
+	// first (nil: by free memory). See llm.ModelOptions.
+	RPC   []string
+	Split []float64
+	ID    string
+	Log   *slog.Logger
 }
 
 // Server serves one model. Create it with New, serve its handler at once
@@ -59,6 +64,7 @@ type Server struct {
 	state   string
 	loadErr error
 	model   *llm.Model
+	engine  *llm.Engine
 
 	// cut ends running generations (shutdown); active counts handlers
 	// that use the model so Close can wait for them.
@@ -92,9 +98,11 @@ func New(cfg Config) *Server {
 	return &Server{cfg: cfg, log: cfg.Log, started: time.Now(), state: StateLoading, cutCtx: ctx, cut: cancel}
 }
 
-// Load loads the engine and the model; the server is ready when it returns nil.
-func (s *Server) Load() error {
-	m, err := s.load()
+// Load loads the engine and the model; the server is ready when it returns
+// nil. ctx bounds reaching the RPC servers; llama.cpp's load itself cannot
+// be interrupted.
+func (s *Server) Load(ctx context.Context) error {
+	m, err := s.load(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -106,14 +114,17 @@ func (s *Server) Load() error {
 	return nil
 }
 
-func (s *Server) load() (*llm.Model, error) {
+func (s *Server) load(ctx context.Context) (*llm.Model, error) {
 	eng, err := llm.Load(s.cfg.EngineDir)
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	s.engine = eng
+	s.mu.Unlock()
 	opt := llm.ModelOptions{
 		Device: s.cfg.Device, CtxSize: s.cfg.CtxSize, Threads: s.cfg.Threads, Slots: s.cfg.Slots,
-		Embeddings: s.cfg.Embeddings,
+		Embeddings: s.cfg.Embeddings, RPC: s.cfg.RPC, Split: s.cfg.Split,
 	}
 	if opt.Slots == 0 || opt.CtxSize == 0 {
 		dev, err := eng.Device(s.cfg.Device)
@@ -128,7 +139,31 @@ func (s *Server) load() (*llm.Model, error) {
 			s.log.Info("sized", "slots", sz.Slots, "ctx_per_slot", sz.CtxPerSlot, "estimate_bytes", sz.Bytes, "device_free_bytes", dev.FreeBytes)
 		}
 	}
-	return eng.LoadModel(s.cfg.ModelPath, opt)
+	m, err := eng.LoadModel(ctx, s.cfg.ModelPath, opt)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.cfg.RPC) > 0 {
+		for _, p := range m.Placement {
+			s.log.Info("split", "device", p.Device, "endpoint", p.Endpoint, "layers", p.Layers, "output", p.Output)
+		}
+	}
+	return m, nil
+}
+
+// WatchRPC returns when ctx ends (nil) or when one of the RPC servers the
+// model is split over is lost (llm.ErrRPCLost): the worker must then end,
+// since llama.cpp cannot go on without it (it aborts at the next token).
+// It waits for ctx alone when the model is not split.
+func (s *Server) WatchRPC(ctx context.Context) error {
+	s.mu.Lock()
+	eng := s.engine
+	s.mu.Unlock()
+	if eng == nil || len(s.cfg.RPC) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	return eng.WatchRPC(ctx, time.Second)
 }
 
 // Model returns the loaded model, or nil before Load succeeds.
@@ -192,9 +227,13 @@ type Health struct {
 	Slots        int    `json:"slots"`
 	Embeddings   bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
 	NEmbd        int    `json:"n_embd,omitempty"`
-	SlotsBusy    int    `json:"slots_busy"`
-	Queued       int    `json:"queued"`
-	Engine       struct {
+	// Placement lists the devices holding the model's layers: one for a
+	// model on one device, this process's and the RPC servers' for a
+	// split one.
+	Placement []llm.Placement `json:"placement,omitempty"`
+	SlotsBusy int             `json:"slots_busy"`
+	Queued    int             `json:"queued"`
+	Engine    struct {
 		Dir     string `json:"dir"`
 		Version string `json:"version"`
 	} `json:"engine"`
@@ -221,6 +260,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		h.ChatTemplate = s.model.Info().ChatTemplate
 		h.Embeddings, h.NEmbd = s.model.Embeddings(), s.model.NEmbd()
 		h.Batches = s.model.Stats()
+		h.Placement = s.model.Placement
 	}
 	s.mu.Unlock()
 	running := int(s.running.Load())

@@ -44,7 +44,7 @@ func TestHealthLoadingThenReady(t *testing.T) {
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "model_loading") {
 		t.Fatalf("completion while loading: got %d %s (Retry-After %q), want 503 model_loading", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
-	if err := srv.Load(); err != nil {
+	if err := srv.Load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	code, h = health(t, ts.URL)

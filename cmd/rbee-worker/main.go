@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +39,8 @@ type cli struct {
 	ID      string        `help:"Worker id, reported by /health and in logs."`
 	Alias   string        `help:"Model name in responses (default: the file name without .gguf)."`
 	Grace   time.Duration `default:"10s" help:"On SIGTERM or SIGINT, how long running requests may finish before their streams are cut."`
+	RPC     string        `name:"rpc" placeholder:"HOST:PORT[,HOST:PORT...]" help:"Split the model's layers over llama.cpp RPC servers (rpc-server of the same engine bundle) beside --device. The worker dies when one is lost."`
+	Split   string        `name:"tensor-split" placeholder:"F,F,..." help:"With --rpc: each device's share of the layers, --device first, then each RPC server's devices in order (e.g. 1,1,2); default: by free memory."`
 
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
@@ -86,6 +90,10 @@ func run(c cli) error {
 	if c.Slots < 0 || c.Queue < 0 || c.Threads < 0 || c.CtxSize < 0 {
 		return errors.New("--slots, --queue, --threads and --ctx-size must not be negative")
 	}
+	rpc, split, err := splitFlags(c.RPC, c.Split)
+	if err != nil {
+		return err
+	}
 	version := "unknown"
 	if m, err := bundle.Validate(c.Engine); err == nil {
 		version = m.Version
@@ -100,7 +108,7 @@ func run(c cli) error {
 	srv := worker.New(worker.Config{
 		ModelPath: c.Model, ModelName: c.Alias, EngineDir: c.Engine, EngineVersion: version,
 		Device: c.Device, CtxSize: c.CtxSize, Threads: c.Threads, Slots: c.Slots, Queue: c.Queue, ID: c.ID, Log: log,
-		Embeddings: c.Embed,
+		Embeddings: c.Embed, RPC: rpc, Split: split,
 	})
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
@@ -119,7 +127,13 @@ func run(c cli) error {
 	defer stop()
 	loaded := make(chan error, 1)
 	start := time.Now()
-	go func() { loaded <- srv.Load() }() // llama.cpp cannot be interrupted; abandoned on a signal
+	go func() {
+		// llama.cpp cannot be interrupted; abandoned on a signal. The
+		// timeout bounds reaching the RPC servers only.
+		ctx, cancel := context.WithTimeout(sig, rpcConnectTimeout)
+		defer cancel()
+		loaded <- srv.Load(ctx)
+	}()
 	select {
 	case err := <-loaded:
 		if err != nil {
@@ -134,15 +148,33 @@ func run(c cli) error {
 	}
 	m := srv.Model()
 	log.Info("ready", "model", c.Model, "device", m.Device, "ctx_size", m.CtxSize, "threads", m.Threads,
-		"slots", m.Slots(), "embeddings", c.Embed, "engine_version", version, "load_ms", time.Since(start).Milliseconds())
+		"slots", m.Slots(), "embeddings", c.Embed, "engine_version", version, "load_ms", time.Since(start).Milliseconds(),
+		"placement", placement(m.Placement))
 	say(announce{Event: "ready", Network: network, Address: ln.Addr().String(), PID: os.Getpid(), ID: c.ID, Device: m.Device})
 
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	lost := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.WatchRPC(watchCtx); err != nil {
+			lost <- err
+		}
+	}()
 	select {
 	case <-sig.Done():
 	case err := <-serveErr:
 		srv.Close()
 		return fmt.Errorf("serve: %w", err)
+	case err := <-lost:
+		// Freeing the model would talk to the lost server, and llama.cpp
+		// aborts on that: the process ends with the model as it is.
+		hs.Close()
+		log.Error("rpc server lost", "err", err)
+		return err
 	}
+	stopWatch()
 	log.Info("shutting down", "grace", c.Grace)
 	// Let running requests finish within the grace period, then cut them.
 	ctx, cancel := context.WithTimeout(context.Background(), c.Grace)
@@ -160,6 +192,60 @@ func run(c cli) error {
 		os.Remove(ln.Addr().String())
 	}
 	return nil
+}
+
+// rpcConnectTimeout bounds connecting to the --rpc servers.
+const rpcConnectTimeout = 10 * time.Second
+
+// splitFlags parses --rpc and --tensor-split.
+func splitFlags(rpc, split string) ([]string, []float64, error) {
+	if rpc == "" {
+		if split != "" {
+			return nil, nil, errors.New("--tensor-split needs --rpc: it shares the layers between this device and RPC servers")
+		}
+		return nil, nil, nil
+	}
+	eps, err := llm.ParseEndpoints(rpc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--rpc: %w", err)
+	}
+	if split == "" {
+		return eps, nil, nil
+	}
+	var shares []float64
+	sum := 0.0
+	for f := range strings.SplitSeq(split, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+			return nil, nil, fmt.Errorf("--tensor-split %q: %q is not a number ≥ 0", split, f)
+		}
+		shares = append(shares, v)
+		sum += v
+	}
+	if sum == 0 {
+		return nil, nil, fmt.Errorf("--tensor-split %q: every share is 0", split)
+	}
+	if len(shares) < 1+len(eps) {
+		return nil, nil, fmt.Errorf("--tensor-split %q: %d shares for this device and %d rpc servers; give one per device, this one first", split, len(shares), len(eps))
+	}
+	return eps, shares, nil
+}
+
+// placement says which device holds how many layers: "CPU:4 RPC0@127.0.0.1:50052:4+out".
+func placement(ps []llm.Placement) string {
+	var parts []string
+	for _, p := range ps {
+		s := p.Device
+		if p.Endpoint != "" {
+			s += "@" + p.Endpoint
+		}
+		s += ":" + strconv.Itoa(p.Layers)
+		if p.Output {
+			s += "+out"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, " ")
 }
 
 func say(a announce) {

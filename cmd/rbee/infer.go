@@ -35,6 +35,7 @@ type inferCmd struct {
 	Ephemeral   bool     `env:"RBEE_EPHEMERAL" help:"Run a queen inside this process and stop everything it started at the end."`
 	Quiet       bool     `short:"q" help:"No narration on stderr."`
 	WorkerType  string   `name:"worker-type" help:"Run on an external engine declared with rbee worker add-type (default: rbee-worker)."`
+	Split       []string `sep:"," predictor:"hive" help:"Spread the model over these hives (two or more, comma-separated) with llama.cpp's RPC backend, carried inside SSH; the main worker goes to the one with the most room. Without it rbee splits only a model no single device holds."`
 	queenConfig `embed:""`
 
 	Prompt string `arg:"" help:"The prompt."`
@@ -46,7 +47,8 @@ none answers (on ` + envNote("RBEE_QUEEN", queenapi.DefaultAddr) + `).
 
 Examples:
   rbee infer --model ./model.gguf "Why is the sky blue?"
-  rbee infer --hive gpu-box --model hf:ORG/REPO:Q8_0 --temperature 0 --json "hi"`
+  rbee infer --hive gpu-box --model hf:ORG/REPO:Q8_0 --temperature 0 --json "hi"
+  rbee infer --split gpu-box,server --explain --model ./big.gguf "hi"`
 }
 
 // envNote is a setting's value for help texts, saying where it comes from.
@@ -72,6 +74,24 @@ func (c *inferCmd) Validate() error {
 		return fmt.Errorf("--seed %d is out of range; use 0 to 4294967295", *c.Seed)
 	case c.JSON && c.Quiet:
 		return errors.New("--json and --quiet contradict each other: --json prints every event")
+	case len(c.Split) > 0 && c.Hive != "":
+		return errors.New("--split and --hive contradict each other: --split names every hive")
+	case len(c.Split) > 0 && c.Device != "":
+		return errors.New("--split and --device contradict each other: the split picks each hive's roomiest device")
+	case len(c.Split) > 0 && c.WorkerType != "":
+		return errors.New("--split works with rbee-worker only, not --worker-type")
+	case len(c.Split) == 1:
+		return fmt.Errorf("--split %s: name at least two hives, comma-separated", c.Split[0])
+	}
+	seen := map[string]bool{}
+	for _, h := range c.Split {
+		if h == "" {
+			return fmt.Errorf("--split %q: an empty hive name", strings.Join(c.Split, ","))
+		}
+		if seen[h] {
+			return fmt.Errorf("--split: hive %s is named twice", h)
+		}
+		seen[h] = true
 	}
 	return nil
 }
@@ -216,7 +236,7 @@ func (c *inferCmd) Run(ctx context.Context, g *globals) error {
 	}
 	s, err := qc.Job(ctx, queenapi.JobRequest{
 		Prompt: c.Prompt, Model: model, Hive: c.Hive, Device: c.Device, MaxTokens: c.MaxTokens,
-		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain, WorkerType: c.WorkerType,
+		Temperature: c.Temperature, Seed: c.Seed, Mode: mode, Explain: c.Explain, WorkerType: c.WorkerType, Split: c.Split,
 	})
 	return follow(ctx, g, s, err, p, true)
 }

@@ -363,6 +363,7 @@ UsePAM no
 StrictModes yes
 AllowTcpForwarding %s
 AllowStreamLocalForwarding %s
+GatewayPorts no
 AllowAgentForwarding no
 X11Forwarding no
 PrintMotd no

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -41,6 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cacheDir := flags.String("cache", filepath.Join(".rbee-dev", "cache"), "`dir`ectory caching downloads")
 	tarball := flags.String("tarball", "", "`url or path` of the engine tarball (default: the pinned package on $RBEE_NPM_REGISTRY, $NPM_CONFIG_REGISTRY or npm's registry)")
 	flags.StringVar(&pkg.Integrity, "integrity", pkg.Integrity, "npm `integrity` the tarball must have")
+	rpc := flags.String("rpc", "", "`script` that builds llama.cpp's RPC backend and server for the bundle (scripts/rpc.sh), added to it; \"\" leaves them out")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "usage: go run ./internal/cmd/getengine [flags]\n\n"+
 			"Fetches the pinned llama.cpp CPU build and prepares it as an engine bundle.\n\n")
@@ -62,11 +64,40 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *rpc != "" {
+		if err := addRPC(ctx, *rpc, dir, *cacheDir, stderr, opt.Logf); err != nil {
+			return err
+		}
+	}
 	m, err := bundle.Load(dir)
 	if err != nil {
 		return err
 	}
 	return report(stdout, dir, m)
+}
+
+// addRPC runs script (scripts/rpc.sh) to build libggml-rpc.so and
+// rpc-server for the bundle in dir, which prints the directory holding
+// them, and adds them to the bundle; a bundle that has them already stays
+// as it is.
+func addRPC(ctx context.Context, script, dir, cacheDir string, stderr io.Writer, logf func(string, ...any)) error {
+	cmd := exec.CommandContext(ctx, script, dir, cacheDir)
+	cmd.Stderr = stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("build rpc backend: %s: %w", script, err)
+	}
+	built := strings.TrimSpace(string(out))
+	m, changed, err := bundle.Add(ctx, dir, filepath.Join(built, "libggml-rpc.so"), filepath.Join(built, bundle.RPCServer))
+	if err != nil {
+		return err
+	}
+	if changed {
+		logf("added libggml-rpc.so and %s to %s (backends %s)", bundle.RPCServer, dir, strings.Join(m.Backends, ", "))
+	} else {
+		logf("bundle %s has the rpc backend", dir)
+	}
+	return nil
 }
 
 // report prints the line scripts read: bundle directory, version, backends.

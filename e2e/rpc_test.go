@@ -1,0 +1,446 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/internal/testenv"
+	"github.com/rbee-dev/rbee/internal/testmodel"
+)
+
+var (
+	bigOnce  sync.Once
+	bigModel string // random-75m, F32: written on first use
+	bigErr   error
+)
+
+// random75m writes the ~75M-parameter random model once per run.
+func random75m(t testing.TB) string {
+	t.Helper()
+	bigOnce.Do(func() {
+		bigModel, bigErr = testenv.WriteModel(tmp, "random-75m.gguf", testmodel.Random(testmodel.Bench))
+	})
+	if bigErr != nil {
+		t.Fatal(bigErr)
+	}
+	return bigModel
+}
+
+// needRPC skips a test when the engine bundle has no RPC server (a bundle
+// from before `make engine` built one).
+func needRPC(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(engineDir, "rpc-server")); err != nil {
+		t.Skipf("the engine bundle at %s has no rpc-server (make engine builds it)", engineDir)
+	}
+}
+
+// splitEnv is a queen with the local hive and two SSH hives, h1 and h2.
+func splitEnv(t *testing.T, keepAlive time.Duration) (*env, []*sshtest.Host) {
+	t.Helper()
+	needRPC(t)
+	e, hosts := sshEnv(t, 2, sshtest.Options{})
+	e.vars = append(e.vars, "RBEE_KEEP_ALIVE="+keepAlive.String(), "RBEE_WORKER_THREADS=1")
+	for i, h := range hosts {
+		name := fmt.Sprintf("h%d", i+1)
+		if r := e.addHive(h, name); r.code != 0 {
+			t.Fatalf("hive add %s: exit %d\n%s", name, r.code, r.stderr)
+		}
+	}
+	return e, hosts
+}
+
+// sock is one line of /proc/net/tcp.
+type sock struct {
+	local, remote string // "0100007F:1F90"
+	state         string // "0A" listen, "01" established
+	inode         string
+}
+
+func tcpSocks(t *testing.T) []sock {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []sock
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 {
+			continue
+		}
+		out = append(out, sock{local: f[1], remote: f[2], state: f[3], inode: f[9]})
+	}
+	return out
+}
+
+// socketOwners maps socket inodes to the pids holding them.
+func socketOwners() map[string][]int {
+	out := map[string][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", e.Name(), "fd"))
+		for _, fd := range fds {
+			l, err := os.Readlink(filepath.Join("/proc", e.Name(), "fd", fd.Name()))
+			if ino, ok := strings.CutPrefix(l, "socket:["); ok && err == nil {
+				ino = strings.TrimSuffix(ino, "]")
+				out[ino] = append(out[ino], pid)
+			}
+		}
+	}
+	return out
+}
+
+func comm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
+}
+
+func cmdline(pid int) []string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// rpcServers lists the RPC server processes of the env's local hive and
+// of each host, by hive name.
+func rpcServers(e *env, hosts []*sshtest.Host) map[string][]int {
+	out := map[string][]int{}
+	for _, pid := range e.procs() {
+		if comm(pid) == "rpc-server" {
+			out["localhost"] = append(out["localhost"], pid)
+		}
+	}
+	for i, h := range hosts {
+		if ps := hostProcs(h.UID, "rpc-server"); len(ps) > 0 {
+			out[fmt.Sprintf("h%d", i+1)] = ps
+		}
+	}
+	return out
+}
+
+// splitWorker finds the running rbee-worker started with --rpc, and its
+// endpoints.
+func splitWorker(e *env, hosts []*sshtest.Host) (pid int, endpoints []string) {
+	cands := e.procs()
+	for _, h := range hosts {
+		cands = append(cands, hostProcs(h.UID, "rbee-worker")...)
+	}
+	for _, p := range cands {
+		if comm(p) != "rbee-worker" {
+			continue
+		}
+		args := cmdline(p)
+		if i := slices.Index(args, "--rpc"); i >= 0 && i+1 < len(args) {
+			return p, strings.Split(args[i+1], ",")
+		}
+	}
+	return 0, nil
+}
+
+// checkLoopbackOnly: every RPC server listens on 127.0.0.1 and nothing
+// else; the split worker's endpoints are not the RPC servers' ports; every
+// connection to an RPC server comes from the queen or the host's agent
+// relay (the forwards' far ends), none from the worker.
+func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
+	t.Helper()
+	servers := rpcServers(e, hosts)
+	n := 0
+	for _, ps := range servers {
+		n += len(ps)
+	}
+	if n != 2 {
+		t.Fatalf("%d RPC servers run, want 2 (the hives that are not the main one): %v", n, servers)
+	}
+	owners := socketOwners()
+	socks := tcpSocks(t)
+	rpcPorts := map[string]string{} // hex port → hive
+	for hive, ps := range servers {
+		for _, pid := range ps {
+			found := false
+			for _, s := range socks {
+				if s.state != "0A" || !slices.Contains(owners[s.inode], pid) {
+					continue
+				}
+				found = true
+				ip, port, _ := strings.Cut(s.local, ":")
+				if ip != "0100007F" {
+					t.Errorf("hive %s's RPC server (pid %d) listens on %s, want 127.0.0.1 only", hive, pid, s.local)
+				}
+				rpcPorts[port] = hive
+			}
+			if !found {
+				t.Errorf("hive %s's RPC server (pid %d) listens nowhere", hive, pid)
+			}
+		}
+	}
+	wpid, eps := splitWorker(e, hosts)
+	if wpid == 0 || len(eps) != 2 {
+		t.Fatalf("split worker %d with endpoints %v, want 2", wpid, eps)
+	}
+	for _, ep := range eps {
+		host, p, _ := strings.Cut(ep, ":")
+		port, _ := strconv.Atoi(p)
+		if host != "127.0.0.1" {
+			t.Errorf("the worker reaches %s, not its loopback", ep)
+		}
+		if hive, ok := rpcPorts[fmt.Sprintf("%04X", port)]; ok {
+			t.Errorf("the worker connects to hive %s's RPC server directly (%s), not through a forward", hive, ep)
+		}
+	}
+	for port, hive := range rpcPorts {
+		clients := 0
+		for _, s := range socks {
+			if s.state != "01" || !strings.HasSuffix(s.remote, ":"+port) {
+				continue
+			}
+			for _, pid := range owners[s.inode] {
+				clients++
+				// The queen (the local hive's server) or the host's agent
+				// relaying its unix socket (streamlocal, inside SSH).
+				if c := comm(pid); c != "rbee" && c != "rbee-hive" {
+					t.Errorf("hive %s's RPC server has a client %s (pid %d): only the forwards (the queen, the agent's relay) may connect", hive, c, pid)
+				}
+			}
+		}
+		if clients == 0 {
+			t.Errorf("hive %s's RPC server has no client: the split does not use it", hive)
+		}
+	}
+}
+
+const splitPrompt = "The quick brown fox"
+
+var (
+	planLine  = regexp.MustCompile(`(\S+)/cpu \((main worker|RPC server)\): (\d+) layers`)
+	placement = regexp.MustCompile(`placement="CPU:(\d+) RPC0@\S+?:(\d+) RPC1@\S+?:(\d+)\+out"`)
+)
+
+// checkPlacement: the worker put on each device the layers the plan
+// gave its hive (its log's placement line, written by llama.cpp's load).
+func checkPlacement(t *testing.T, e *env, hosts []*sshtest.Host, narration string) {
+	t.Helper()
+	var want []string
+	for _, m := range planLine.FindAllStringSubmatch(narration, -1) {
+		want = append(want, m[3])
+	}
+	logs, _ := filepath.Glob(filepath.Join(e.home, ".rbee", "logs", "w-*.log"))
+	for _, h := range hosts {
+		more, _ := filepath.Glob(filepath.Join(h.Home, ".rbee", "logs", "w-*.log"))
+		logs = append(logs, more...)
+	}
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if m := placement.FindStringSubmatch(string(b)); m != nil {
+			if got := m[1:]; !slices.Equal(got, want) {
+				t.Errorf("the worker placed %v layers, the plan said %v", got, want)
+			}
+			return
+		}
+	}
+	t.Errorf("no split worker log with a placement among %v", logs)
+}
+
+// TestRPCSplit: random-75m split over the local hive and two SSH hosts
+// gives the unsplit run's greedy output byte for byte; the RPC servers
+// listen on 127.0.0.1 only and are reached only through the forwards;
+// after the keep-alive nothing of the split is left.
+func TestRPCSplit(t *testing.T) {
+	t.Parallel()
+	const keepAlive = 8 * time.Second
+	e, hosts := splitEnv(t, keepAlive)
+	model := random75m(t)
+	args := []string{"--model", model, "--temperature", "0", "--max-tokens", "64", "--raw", splitPrompt}
+
+	t0 := time.Now()
+	one := e.rbee(append([]string{"infer", "--hive", "localhost"}, args...)...)
+	if one.code != 0 || one.stdout == "" {
+		t.Fatalf("unsplit run: exit %d %q\n%s", one.code, one.stdout, one.stderr)
+	}
+	t.Logf("unsplit run: %s", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	// h1 runs the main worker (named first, the same room as the others):
+	// its forwards are SSH remote forwards on its loopback, to the local
+	// hive's RPC server through the queen, and to h2's inside SSH.
+	sp := e.rbee(append([]string{"infer", "--split", "h1,localhost,h2", "--explain"}, args...)...)
+	t.Logf("split run (%s):\n%s", time.Since(t0).Round(time.Millisecond), sp.stderr)
+	if sp.code != 0 {
+		t.Fatalf("split run: exit %d\n%s", sp.code, sp.stderr)
+	}
+	if sp.stdout != one.stdout {
+		t.Errorf("split output differs from the unsplit one:\nsplit   %q\nunsplit %q", sp.stdout, one.stdout)
+	}
+	inOrder(t, sp.stderr, "split across 3 hives", "h1/cpu (main worker)", "RPC server", "forward 127.0.0.1:", "hive h1's 127.0.0.1 (an SSH remote forward)", "inside SSH", "is ready")
+	checkLoopbackOnly(t, e, hosts)
+	checkPlacement(t, e, hosts, sp.stderr)
+
+	// Warm: the same split again reuses the worker.
+	again := e.rbee(append([]string{"infer", "--split", "h2,h1,localhost"}, args...)...)
+	if again.code != 0 || again.stdout != one.stdout || !strings.Contains(again.stderr, "no spawn") {
+		t.Errorf("warm split run: exit %d %q\n%s", again.code, again.stdout, again.stderr)
+	}
+
+	// After the keep-alive: no RPC server, no split worker, anywhere.
+	deadline := time.Now().Add(keepAlive + 30*time.Second)
+	for {
+		servers := rpcServers(e, hosts)
+		wpid, _ := splitWorker(e, hosts)
+		if len(servers) == 0 && wpid == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the keep-alive: RPC servers %v and split worker %d still run", servers, wpid)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.stopQueen()
+}
+
+// TestRPCSplitLostHost: killing one host's RPC server mid-stream fails the
+// job with exit 6 naming that hive within seconds; the agents and the
+// other workers are untouched; the next split without it succeeds.
+func TestRPCSplitLostHost(t *testing.T) {
+	t.Parallel()
+	lostSplit(t, "RPC server", func(t *testing.T, h *sshtest.Host, rpcServer int) {
+		signal(t, rpcServer, syscall.SIGKILL)
+	})
+}
+
+// TestRPCSplitLostLink: the SSH connection to an RPC host breaking
+// mid-stream (its sshd session killed) does the same, and the host's
+// agent stops its RPC server when the lease's request breaks.
+func TestRPCSplitLostLink(t *testing.T) {
+	t.Parallel()
+	lostSplit(t, "SSH connection", func(t *testing.T, h *sshtest.Host, _ int) {
+		var sessions []int
+		for _, name := range []string{"sshd", "sshd-session"} {
+			sessions = append(sessions, hostProcs(h.UID, name)...)
+		}
+		if len(sessions) == 0 {
+			t.Fatal("no sshd session of the host's user to kill")
+		}
+		for _, pid := range sessions {
+			signal(t, pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// lostSplit runs a split over the local hive and h1, h2 with an ordinary
+// worker on each, breaks a remote RPC hive with kill mid-stream, and
+// checks the failure and what is left: every agent (the victim's too:
+// it runs detached) and every other worker untouched, the split's remains
+// gone, the next split without the victim served.
+func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Host, rpcServer int)) {
+	e, hosts := splitEnv(t, time.Minute)
+	model := random75m(t)
+	// An ordinary worker on every hive, which the loss must not touch.
+	bystanders := map[string]int{}
+	for _, h := range []string{"localhost", "h1", "h2"} {
+		r := e.rbee("infer", "--hive", h, "--model", alphabet, "--temperature", "0", "abc")
+		if r.code != 0 || r.stdout != alphabetRest+"\n" {
+			t.Fatalf("infer on %s: exit %d %q\n%s", h, r.code, r.stdout, r.stderr)
+		}
+	}
+	agents := map[string][]int{"h1": hostProcs(hosts[0].UID, "rbee-hive"), "h2": hostProcs(hosts[1].UID, "rbee-hive")}
+	for _, pid := range e.procs() {
+		switch comm(pid) {
+		case "rbee-hive":
+			agents["localhost"] = append(agents["localhost"], pid)
+		case "rbee-worker":
+			bystanders["localhost"] = pid
+		}
+	}
+	for i, h := range hosts {
+		if ps := hostProcs(h.UID, "rbee-worker"); len(ps) == 1 {
+			bystanders[fmt.Sprintf("h%d", i+1)] = ps[0]
+		}
+	}
+	if len(bystanders) != 3 || len(agents["localhost"]) != 1 {
+		t.Fatalf("bystander workers %v, agents %v", bystanders, agents)
+	}
+
+	cmd, out, stderr := e.start("infer", "--split", "localhost,h1,h2", "--model", model, "--temperature", "0", "--max-tokens", "1500", "--raw", splitPrompt)
+	if _, err := out.ReadByte(); err != nil { // the first token: the split works
+		_ = cmd.Wait()
+		t.Fatalf("no token from the split: %v\n%s", err, stderr.String())
+	}
+	// The victim: a remote hive serving RPC (the main hive serves none).
+	servers := rpcServers(e, hosts)
+	victim := ""
+	for _, h := range []string{"h1", "h2"} {
+		if len(servers[h]) == 1 {
+			victim = h
+			break
+		}
+	}
+	if victim == "" {
+		t.Fatalf("no remote hive serves RPC: %v", servers)
+	}
+	killed := time.Now()
+	kill(t, hosts[victim[1]-'1'], servers[victim][0])
+	done := make(chan error, 1)
+	go func() {
+		_, _ = out.WriteTo(discard{})
+		done <- cmd.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the job still runs 30s after hive %s's RPC server was killed\n%s", victim, stderr.String())
+	}
+	took := time.Since(killed)
+	code := cmd.ProcessState.ExitCode()
+	msg := stderr.String()
+	t.Logf("exit %d after %s:\n%s", code, took.Round(time.Millisecond), msg)
+	if code != rbee.ExitWorker || !strings.Contains(msg, "lost hive "+victim+": the "+cause) {
+		t.Errorf("exit %d, want %d naming hive %s and its %s", code, rbee.ExitWorker, victim, cause)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the failure took %s, want seconds", took)
+	}
+	// Untouched: every agent, every bystander worker.
+	for h, ps := range agents {
+		for _, pid := range ps {
+			if syscall.Kill(pid, 0) != nil {
+				t.Errorf("hive %s's agent (pid %d) is gone", h, pid)
+			}
+		}
+	}
+	for h, pid := range bystanders {
+		if syscall.Kill(pid, 0) != nil {
+			t.Errorf("hive %s's other worker (pid %d) is gone", h, pid)
+		}
+	}
+	// The split's remains go: its worker, the other RPC server.
+	waitFor(t, "the split's worker and RPC servers to go", func() bool {
+		wpid, _ := splitWorker(e, hosts)
+		return wpid == 0 && len(rpcServers(e, hosts)) == 0
+	})
+	// The next job plans again without it.
+	rest := []string{"localhost", "h1", "h2"}
+	rest = slices.DeleteFunc(rest, func(h string) bool { return h == victim })
+	r := e.rbee("infer", "--split", strings.Join(rest, ","), "--model", model, "--temperature", "0", "--max-tokens", "16", "--raw", splitPrompt)
+	if r.code != 0 || r.stdout == "" {
+		t.Errorf("the next split without %s: exit %d %q\n%s", victim, r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

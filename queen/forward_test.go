@@ -1,0 +1,183 @@
+package queen
+
+import (
+	"context"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echoServer plays an RPC server: it echoes, and can drop its
+// connections (a killed process).
+type echoServer struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newEchoServer(t *testing.T) *echoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &echoServer{ln: ln}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(s.kill)
+	return s
+}
+
+func (s *echoServer) kill() {
+	s.ln.Close()
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+type lossLog struct {
+	mu   sync.Mutex
+	got  []string
+	once chan struct{}
+}
+
+func (l *lossLog) lost(hive string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.got = append(l.got, hive+": "+err.Error())
+	if len(l.got) == 1 {
+		close(l.once)
+	}
+}
+
+func (l *lossLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.got...)
+}
+
+func startForward(t *testing.T, srv *echoServer, l *lossLog) *forward {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.ln.Addr().String()
+	return newForward("h2", ln, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}, l.lost)
+}
+
+func echo(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != msg {
+		t.Fatalf("got %q, want %q", got, msg)
+	}
+}
+
+// The worker closing its connections is no loss; the bytes are counted;
+// Close leaves no goroutine behind.
+func TestForwardCarriesAndCounts(t *testing.T) {
+	before := runtime.NumGoroutine()
+	srv := newEchoServer(t)
+	l := &lossLog{once: make(chan struct{})}
+	f := startForward(t, srv, l)
+	if !strings.HasPrefix(f.Endpoint(), "127.0.0.1:") {
+		t.Errorf("endpoint %s", f.Endpoint())
+	}
+	for range 3 {
+		c, err := net.Dial("tcp", f.Endpoint())
+		if err != nil {
+			t.Fatal(err)
+		}
+		echo(t, c, "hello rpc")
+		echo(t, c, strings.Repeat("x", 1<<20))
+		c.Close()
+	}
+	f.Close()
+	if up, down := f.Bytes(); up != 3*(9+1<<20) || down != up {
+		t.Errorf("carried %d up, %d down; want %d each", up, down, 3*(9+1<<20))
+	}
+	if got := l.all(); len(got) != 0 {
+		t.Errorf("losses reported: %v", got)
+	}
+	srv.kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The RPC server going away mid-stream is reported once per connection,
+// naming its hive, within moments; Close still ends everything.
+func TestForwardReportsTheFarEnd(t *testing.T) {
+	srv := newEchoServer(t)
+	l := &lossLog{once: make(chan struct{})}
+	f := startForward(t, srv, l)
+	defer f.Close()
+	c, err := net.Dial("tcp", f.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo(t, c, "before")
+	srv.kill()
+	select {
+	case <-l.once:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the RPC server's end was not reported")
+	}
+	if got := l.all(); !strings.HasPrefix(got[0], "h2: ") {
+		t.Errorf("loss %q does not name hive h2", got[0])
+	}
+	// The worker's side sees its connection end too.
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the worker's connection still carries after the loss")
+	}
+	// A new connection cannot reach the server: reported as well.
+	c2, err := net.Dial("tcp", f.Endpoint())
+	if err == nil {
+		defer c2.Close()
+		_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c2.Read(make([]byte, 1))
+	}
+	if got := l.all(); len(got) < 2 || !strings.Contains(got[1], "reach its RPC server") {
+		t.Errorf("losses: %v", got)
+	}
+}
