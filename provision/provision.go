@@ -682,7 +682,40 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, erro
 	if err != nil {
 		return 0, err
 	}
+	if err := pruneBundle(c, dst, m); err != nil {
+		return 0, err
+	}
 	return len(sent), linkBundle(ctx, c, dst, m)
+}
+
+// pruneBundle removes from a bundle directory on the host the regular
+// files its new manifest does not list: what an earlier bundle of the same
+// name left (a bundle with the RPC backend replaced by one without).
+func pruneBundle(c *remote.Conn, dst string, m *bundle.Manifest) error {
+	sc, err := c.SFTP()
+	if err != nil {
+		return fmt.Errorf("engine bundle: %w", err)
+	}
+	keep := map[string]bool{bundle.ManifestName: true}
+	for _, f := range m.Files {
+		keep[f.Name] = true
+	}
+	for name := range m.Links {
+		keep[name] = true
+	}
+	entries, err := sc.ReadDir(dst)
+	if err != nil {
+		return fmt.Errorf("engine bundle: list %s: %w", dst, err)
+	}
+	for _, e := range entries {
+		if keep[e.Name()] || !e.Mode().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if err := sc.Remove(path.Join(dst, e.Name())); err != nil {
+			return fmt.Errorf("engine bundle: remove %s left by an earlier bundle: %w", e.Name(), err)
+		}
+	}
+	return nil
 }
 
 // linkBundle recreates a bundle's plain-name links on the host.
