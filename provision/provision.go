@@ -703,15 +703,18 @@ func pruneBundle(c *remote.Conn, dst string, m *bundle.Manifest) error {
 	for name := range m.Links {
 		keep[name] = true
 	}
-	entries, err := sc.ReadDir(dst)
+	dir := strings.TrimPrefix(dst, "~/") // SFTP paths are relative to the home
+	entries, err := sc.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("engine bundle: list %s: %w", dst, err)
 	}
 	for _, e := range entries {
-		if keep[e.Name()] || !e.Mode().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+		// Uploads in flight (NAME.tmp-…) and hidden files are not the
+		// bundle's.
+		if keep[e.Name()] || !e.Mode().IsRegular() || strings.HasPrefix(e.Name(), ".") || strings.Contains(e.Name(), ".tmp-") {
 			continue
 		}
-		if err := sc.Remove(path.Join(dst, e.Name())); err != nil {
+		if err := sc.Remove(path.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("engine bundle: remove %s left by an earlier bundle: %w", e.Name(), err)
 		}
 	}
