@@ -59,13 +59,14 @@ for tool in git g++ objdump tar sha256sum sha512sum; do
 done
 
 tgz=$cache/$pkg-$ver.tgz
-if ! echo "$sum  $tgz" | sha512sum --quiet -c - 2>/dev/null; then
+# stdout is the answer (the directory): nothing else may be written there.
+if ! echo "$sum  $tgz" | sha512sum --quiet -c - >/dev/null 2>&1; then
 	command -v curl >/dev/null || die "curl not found (Debian: apt-get install curl)"
 	registry=${RBEE_NPM_REGISTRY:-${NPM_CONFIG_REGISTRY:-${npm_config_registry:-https://registry.npmjs.org/}}}
 	url=${registry%/}/$pkg/-/$pkg-$ver.tgz
 	say "downloading $url"
 	curl -fsSL --retry 3 -o "$tgz.part" "$url"
-	echo "$sum  $tgz.part" | sha512sum --quiet -c - || die "$url: sha512 mismatch"
+	echo "$sum  $tgz.part" | sha512sum --quiet -c - >&2 || die "$url: sha512 mismatch"
 	mv "$tgz.part" "$tgz"
 fi
 
