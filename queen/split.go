@@ -364,9 +364,11 @@ func (s *split) watchLease(hive string, l *hiveapi.RPCLease) {
 		case <-l.Done():
 			err := l.Err()
 			if err == nil {
-				err = errors.New("its RPC server's lease ended")
+				err = errors.New("its lease ended")
 			}
-			s.lose(hive, err)
+			// Said the same way whichever notices first, the lease or
+			// the forward: "the RPC server …".
+			s.lose(hive, fmt.Errorf("the RPC server went away: %w", err))
 		case <-s.ctx.Done():
 		}
 	}()
