@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -130,10 +131,15 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 		if err != nil {
 			rt.q.log.Warn("deployment replica", "deployment", dep.Name, "err", err)
 			d.setErr(dep.Name, err)
+			rt.mu.Lock()
+			g.deployErr = fmt.Errorf("deployment %s has no ready replica: %w", dep.Name, err)
+			g.broadcast()
+			rt.mu.Unlock()
 			return
 		}
 		d.setErr(dep.Name, nil)
 		rt.mu.Lock()
+		g.deployErr = nil
 		if old, ok := g.replicas[r.id()]; ok {
 			old.deployment, old.ready, old.slots = r.deployment, r.ready, r.slots
 		} else {

@@ -76,6 +76,9 @@ type group struct {
 	wake     chan struct{} // closed (and replaced) when a slot frees or replicas change
 	placing  *placeCall    // a first replica being started for a request
 	deployed bool          // a deployment keeps it: requests wait for its replicas
+	// deployErr is the deployment's last failure to place a replica: with
+	// none ready, a request fails with it at once instead of waiting.
+	deployErr error
 }
 
 // placeCall is a placement others wait on.
@@ -311,6 +314,11 @@ func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)
 			g.waiting++
 			queued = true
 			waiting(1)
+		}
+		if g.deployed && g.deployErr != nil && g.readyCount() == 0 {
+			err := g.deployErr
+			rt.mu.Unlock()
+			return nil, err
 		}
 		var placed <-chan struct{}
 		pc := g.placing

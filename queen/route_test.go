@@ -118,3 +118,29 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A deployment that cannot place a replica fails its requests at once
+// with the reason, rather than after the queue's wait.
+func TestRouterDeploymentFailure(t *testing.T) {
+	g := testGroup()
+	rt := testRouter(4, time.Minute)
+	got := make(chan error, 1)
+	go func() { _, err := rt.acquire(context.Background(), g, func(int) {}); got <- err }()
+	waitUntil(t, func() bool { // queued: the failure must wake it
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return g.waiting == 1
+	})
+	rt.mu.Lock()
+	g.deployErr = errors.New("no device has room")
+	g.broadcast()
+	rt.mu.Unlock()
+	select {
+	case err := <-got:
+		if err == nil || err.Error() != "no device has room" {
+			t.Fatalf("acquire: %v, want the deployment's failure", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was not woken by the deployment's failure")
+	}
+}
