@@ -2,6 +2,9 @@
 GO         ?= go
 DEV        ?= .rbee-dev
 ENGINE_DIR ?= $(DEV)/engine/llama-cpu
+# RPC=1: make engine also builds llama.cpp's RPC backend and rpc-server
+# (needs g++ and git); the demos need neither.
+RPC        ?= 1
 MODELS_DIR ?= $(DEV)/models
 BIN        ?= bin
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -43,19 +46,21 @@ bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios)
 anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama-cpp@3.22.1's source bundle into $(DEV)/anchors (needs cmake, g++)
 	./scripts/anchors.sh $(DEV)/anchors $(DEV)/cache
 
-engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR), with the RPC backend and rpc-server built from its source
-	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache -rpc ./scripts/rpc.sh
+engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR), with the RPC backend and rpc-server built from its source (RPC=0: without)
+	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache $(if $(filter 1,$(RPC)),-rpc ./scripts/rpc.sh)
 
 models: engine ## Write the generated models into $(MODELS_DIR)
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -engine $(ENGINE_DIR)
 
-demo: build engine ## rbee infer on this machine (the default hive): the alphabet model continues "abc"
+demo: build ## rbee infer on this machine (the default hive): the alphabet model continues "abc"
+	@$(MAKE) --no-print-directory engine RPC=0
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -only alphabet
 	@echo '$$ rbee infer --model $(MODELS_DIR)/alphabet.gguf --temperature 0 abc' >&2
 	@RBEE_HOME=$(abspath $(DEV))/home RBEE_QUEEN=127.0.0.1:7834 $(BIN)/rbee infer --model $(MODELS_DIR)/alphabet.gguf --temperature 0 abc; \
 		rc=$$?; RBEE_HOME=$(abspath $(DEV))/home RBEE_QUEEN=127.0.0.1:7834 $(BIN)/rbee queen stop >&2; exit $$rc
 
-worker-demo: build engine ## Start rbee-worker alone on the alphabet model and stream its OpenAI answer
+worker-demo: build ## Start rbee-worker alone on the alphabet model and stream its OpenAI answer
+	@$(MAKE) --no-print-directory engine RPC=0
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -only alphabet
 	./scripts/demo.sh $(BIN)/rbee-worker $(MODELS_DIR)/alphabet.gguf $(ENGINE_DIR)
 
