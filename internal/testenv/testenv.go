@@ -262,9 +262,16 @@ func BuildAllVersion(dir, version string) (Bins, error) {
 			ldflags += " -X github.com/rbee-dev/rbee.Version=" + version
 		}
 		args := []string{"build", "-trimpath", "-ldflags", ldflags, "-o", t.out}
+		cgo := t.cgo
+		// RBEE_TEST_RACE=1: the keeper, queen and agent built with the
+		// race detector (it needs cgo); set GORACE=log_path=… to keep
+		// its reports.
+		if os.Getenv("RBEE_TEST_RACE") == "1" && t.pkg != "./cmd/rbee-worker" {
+			args, cgo = append(args, "-race"), "1"
+		}
 		cmd := exec.Command("go", append(args, t.pkg)...)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED="+t.cgo)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return Bins{}, fmt.Errorf("go build %s: %w\n%s", t.pkg, err, out)
 		}
