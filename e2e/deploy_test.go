@@ -351,3 +351,50 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestOpenAIQueueTimeout: a request that finds every slot taken for
+// longer than --queue-wait is answered 503 with Retry-After; the requests
+// holding the slots still finish.
+func TestOpenAIQueueTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "RBEE_QUEUE_WAIT=1s")
+	ctx := context.Background()
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+	if r := e.rbee("model", "pull", alphabet, "--alias", "alpha"); r.code != 0 {
+		t.Fatalf("model pull: exit %d\n%s", r.code, r.stderr)
+	}
+	if text, err := streamText(ctx, c, "alpha"); err != nil || text != alphabetRest {
+		t.Fatalf("first request: %q %v", text, err)
+	}
+	ws := e.workers()
+	if len(ws) != 1 || ws[0].Slots < 1 {
+		t.Fatalf("workers: %+v", ws)
+	}
+	signal(t, ws[0].PID, syscall.SIGSTOP)
+	held := make(chan error, ws[0].Slots)
+	for range ws[0].Slots {
+		go func() {
+			text, err := streamText(ctx, c, "alpha")
+			if err == nil && text != alphabetRest {
+				err = fmt.Errorf("text %q", text)
+			}
+			held <- err
+		}()
+	}
+	waitFor(t, "every slot is taken", func() bool {
+		return strings.Contains(e.metrics(t), fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alphabet.gguf",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
+	})
+	_, err := streamText(ctx, c, "alpha")
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || apiErr.Response.Header.Get("Retry-After") == "" ||
+		!strings.Contains(apiErr.Message, "within 1s") {
+		t.Errorf("a request past --queue-wait: %v, want 503 with Retry-After", err)
+	}
+	signal(t, ws[0].PID, syscall.SIGCONT)
+	for range ws[0].Slots {
+		if err := <-held; err != nil {
+			t.Errorf("a request that held a slot: %v", err)
+		}
+	}
+	e.stopQueen()
+}

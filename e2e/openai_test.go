@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -84,6 +85,48 @@ func TestOpenAIFrontDoor(t *testing.T) {
 		t.Errorf("streamed usage: %d completion tokens, want %d (include_usage)", usage, len(alphabetRest))
 	}
 
+	// Chat, streamed and not, with usage: the same text as the worker's
+	// own answer to the same request.
+	ws := e.workers()
+	if len(ws) != 1 {
+		t.Fatalf("workers: %+v", ws)
+	}
+	direct := openai.NewClient(option.WithBaseURL("http://worker/v1/"), option.WithAPIKey("x"), option.WithMaxRetries(0),
+		option.WithHTTPClient(unixHTTP(filepath.Join(e.home, ".rbee", "run", ws[0].ID+".sock"))))
+	chat := openai.ChatCompletionNewParams{
+		Model:       "alphabet.gguf",
+		Messages:    []openai.ChatCompletionMessageParamUnion{openai.UserMessage("abc")},
+		Temperature: openai.Float(0),
+		MaxTokens:   openai.Int(12),
+	}
+	want, err := direct.Chat.Completions.New(ctx, chat)
+	if err != nil || len(want.Choices) != 1 {
+		t.Fatalf("chat from the worker directly: %v %+v", err, want)
+	}
+	got, err := c.Chat.Completions.New(ctx, chat)
+	if err != nil || len(got.Choices) != 1 || got.Choices[0].Message.Content != want.Choices[0].Message.Content || got.Model != "alphabet.gguf" ||
+		got.Usage.CompletionTokens != want.Usage.CompletionTokens {
+		t.Errorf("chat through the door: %v %+v, want %q from alphabet.gguf (usage %+v)", err, got, want.Choices[0].Message.Content, want.Usage)
+	}
+	chatStream := chat
+	chatStream.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	cs := c.Chat.Completions.NewStreaming(ctx, chatStream)
+	var content strings.Builder
+	var chatUsage int64
+	for cs.Next() {
+		ch := cs.Current()
+		chatUsage = max(chatUsage, ch.Usage.CompletionTokens)
+		if ch.Model != "alphabet.gguf" {
+			t.Errorf("a chat chunk names model %q", ch.Model)
+		}
+		for _, c := range ch.Choices {
+			content.WriteString(c.Delta.Content)
+		}
+	}
+	if err := cs.Err(); err != nil || content.String() != want.Choices[0].Message.Content || chatUsage != want.Usage.CompletionTokens {
+		t.Errorf("streamed chat: %v %q (usage %d), want %q (usage %d)", err, content.String(), chatUsage, want.Choices[0].Message.Content, want.Usage.CompletionTokens)
+	}
+
 	// Asked by its catalog id, the answer names the model that way too.
 	var ms []hiveapi.Model
 	if err := json.Unmarshal([]byte(e.rbee("model", "ls", "--json").stdout), &ms); err != nil || len(ms) != 1 {
@@ -132,7 +175,7 @@ func TestOpenAIFrontDoor(t *testing.T) {
 	}
 	mb, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`rbee_requests_total{model="alphabet.gguf",status="200"} 2`, `rbee_requests_total{model="unknown",status="404"} 1`,
+	for _, want := range []string{`rbee_requests_total{model="alphabet.gguf",status="200"} 4`, `rbee_requests_total{model="unknown",status="404"} 1`,
 		`rbee_time_to_first_token_seconds_bucket{model="alphabet.gguf"`, `rbee_hive_up{hive="localhost"} 1`, `rbee_device_memory_total_bytes{device="cpu",hive="localhost"}`} {
 		if !strings.Contains(string(mb), want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -254,4 +297,11 @@ func TestOpenAIKeys(t *testing.T) {
 	if s := q.StderrText(); strings.Contains(s, k1) || strings.Contains(s, k2) {
 		t.Error("the queen logged an API key")
 	}
+}
+
+// unixHTTP is an HTTP client that reaches a unix socket (a worker's).
+func unixHTTP(sock string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
 }
