@@ -72,7 +72,7 @@ type group struct {
 	key      groupKey
 	spec     *ModelSpec
 	replicas map[string]*replica // by hive/worker
-	waiting  int
+	queue    []*ticket     // requests waiting for a slot, first come first
 	wake     chan struct{} // closed (and replaced) when a slot frees or replicas change
 	placing  *placeCall    // a first replica being started for a request
 	deployed bool          // a deployment keeps it: requests wait for its replicas
@@ -281,37 +281,57 @@ func (g *group) readyCount() int {
 	return n
 }
 
+// ticket is one request's place in a group's queue. Not zero-sized:
+// pointers to zero-sized values may all be equal.
+type ticket struct{ _ byte }
+
 // acquire returns a replica with a slot for one request, waiting in g's
-// queue when every slot is taken: at most rt.depth wait (the next is
-// refused at once), each at most rt.wait. With no replica and no
-// deployment starting one, the first request places one as `rbee infer`
-// would (warm wins, else the plan) and the others wait for it. A client
-// that leaves (ctx) leaves the queue.
+// queue when every slot is taken: first come, first served (a request
+// that arrives while others wait queues behind them), at most rt.depth
+// wait (the next is refused at once), each at most rt.wait. With no
+// replica and no deployment starting one, the first request places one as
+// `rbee infer` would (warm wins, else the plan) and the others wait for
+// it. A client that leaves (ctx) leaves the queue.
 func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)) (*replica, error) {
 	timer := time.NewTimer(rt.wait)
 	defer timer.Stop()
+	me := &ticket{}
 	queued := false
+	leave := func() { // the caller holds rt.mu
+		if i := slices.Index(g.queue, me); i >= 0 {
+			g.queue = slices.Delete(g.queue, i, i+1)
+			waiting(-1)
+			if i == 0 {
+				g.broadcast() // the next in line may take a slot
+			}
+		}
+		queued = false
+	}
 	defer func() {
 		if queued {
 			rt.mu.Lock()
-			g.waiting--
+			leave()
 			rt.mu.Unlock()
-			waiting(-1)
 		}
 	}()
 	for {
 		rt.mu.Lock()
-		if r := g.pick(); r != nil {
-			r.inflight++
-			rt.mu.Unlock()
-			return r, nil
+		if len(g.queue) == 0 || (queued && g.queue[0] == me) {
+			if r := g.pick(); r != nil {
+				r.inflight++
+				if queued {
+					leave()
+				}
+				rt.mu.Unlock()
+				return r, nil
+			}
 		}
 		if !queued {
-			if g.waiting >= rt.depth {
+			if len(g.queue) >= rt.depth {
 				rt.mu.Unlock()
 				return nil, errQueueFull
 			}
-			g.waiting++
+			g.queue = append(g.queue, me)
 			queued = true
 			waiting(1)
 		}

@@ -129,7 +129,7 @@ func TestRouterDeploymentFailure(t *testing.T) {
 	waitUntil(t, func() bool { // queued: the failure must wake it
 		rt.mu.Lock()
 		defer rt.mu.Unlock()
-		return g.waiting == 1
+		return len(g.queue) == 1
 	})
 	rt.mu.Lock()
 	g.deployErr = errors.New("no device has room")
@@ -142,5 +142,35 @@ func TestRouterDeploymentFailure(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the waiter was not woken by the deployment's failure")
+	}
+}
+
+// The queue is first come, first served: a request that arrives while
+// others wait does not take the freed slot before them.
+func TestRouterQueueIsFIFO(t *testing.T) {
+	only := &replica{hive: "a", worker: "w1", slots: 1, ready: true}
+	g := testGroup(only)
+	rt := testRouter(8, time.Minute)
+	ctx := context.Background()
+	var waiting atomic.Int32
+	count := func(d int) { waiting.Add(int32(d)) }
+	if _, err := rt.acquire(ctx, g, count); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan int, 3)
+	for i := range 3 {
+		go func() {
+			if _, err := rt.acquire(ctx, g, count); err != nil {
+				t.Error(err)
+			}
+			order <- i
+		}()
+		waitUntil(t, func() bool { return waiting.Load() == int32(i+1) }) // queued in order
+	}
+	for want := range 3 {
+		rt.release(g, only, false)
+		if got := <-order; got != want {
+			t.Fatalf("slot %d went to waiter %d, want %d (first come, first served)", want, got, want)
+		}
 	}
 }
