@@ -125,13 +125,18 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 		rs.Stop(5 * time.Second)
 		return
 	}
+	// The relay goes before the server (and before the lease's end is
+	// said): once the server is gone, so is its socket.
 	select {
 	case <-rs.Exited():
+		relay.close()
 		_ = send(rbee.Fail(me, rbee.CodeWorkerCrashed, fmt.Sprintf("hive %s: %s", a.cfg.Name, rs.ExitReason())))
 	case <-ctx.Done():
 		a.log.Info("rpc lease ended", "id", info.ID, "job", req.Job)
+		relay.close()
 		rs.Stop(5 * time.Second)
 	case <-a.ctx.Done():
+		relay.close()
 		rs.Stop(5 * time.Second)
 	}
 }
@@ -164,6 +169,7 @@ type relay struct {
 	path string
 	ln   net.Listener
 	wg   sync.WaitGroup
+	once sync.Once
 	mu   sync.Mutex
 	open map[net.Conn]struct{}
 }
@@ -242,7 +248,9 @@ func (r *relay) carry(down net.Conn, addr string) {
 	<-done
 }
 
-func (r *relay) close() {
+func (r *relay) close() { r.once.Do(r.closeOnce) }
+
+func (r *relay) closeOnce() {
 	r.ln.Close()
 	r.mu.Lock()
 	for c := range r.open {

@@ -72,10 +72,10 @@ type group struct {
 	key      groupKey
 	spec     *ModelSpec
 	replicas map[string]*replica // by hive/worker
-	queue    []*ticket     // requests waiting for a slot, first come first
-	wake     chan struct{} // closed (and replaced) when a slot frees or replicas change
-	placing  *placeCall    // a first replica being started for a request
-	deployed bool          // a deployment keeps it: requests wait for its replicas
+	queue    []*ticket           // requests waiting for a slot, first come first
+	wake     chan struct{}       // closed (and replaced) when a slot frees or replicas change
+	placing  *placeCall          // a first replica being started for a request
+	deployed bool                // a deployment keeps it: requests wait for its replicas
 	// deployErr is the deployment's last failure to place a replica: with
 	// none ready, a request fails with it at once instead of waiting.
 	deployErr error
