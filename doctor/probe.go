@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/rbee-dev/rbee"
 )
 
 // probeScript prints one fact per line as key=value and changes nothing:
@@ -247,12 +249,12 @@ func evalDisk(rep *Report, p probe) {
 	switch {
 	case free < minFree:
 		rep.add(checkDisk, Fail, "free space in the home's file system: rbee needs about 100 MB for itself plus room for models",
-			"%s free in the home's file system, under %s", humanBytes(free), humanBytes(minFree))
+			"%s free in the home's file system, under %s", rbee.Bytes(free), rbee.Bytes(minFree))
 	case free < warnFree:
 		rep.add(checkDisk, Warn, "models take gigabytes: free space in the home's file system",
-			"%s free in the home's file system: room for rbee, little for models", humanBytes(free))
+			"%s free in the home's file system: room for rbee, little for models", rbee.Bytes(free))
 	default:
-		rep.add(checkDisk, OK, "", "%s free in the home's file system", humanBytes(free))
+		rep.add(checkDisk, OK, "", "%s free in the home's file system", rbee.Bytes(free))
 	}
 }
 
@@ -365,17 +367,4 @@ func libNames(ls []Lib) []string {
 		s = append(s, l.Name)
 	}
 	return s
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/rbee-dev/rbee"
 )
 
 // Store is a content-addressed file store:
@@ -360,22 +362,9 @@ func (s *Store) checkSpace(r Ref, size, off int64, minFree uint64) error {
 	}
 	if free < satAdd(need, minFree) {
 		return fmt.Errorf("fetch %s: %w in %s: need %s for the file and %s to keep free, %s free",
-			r.Raw, ErrNoSpace, s.Dir, humanBytes(need), humanBytes(minFree), humanBytes(free))
+			r.Raw, ErrNoSpace, s.Dir, rbee.Bytes(need), rbee.Bytes(minFree), rbee.Bytes(free))
 	}
 	return nil
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // diskError marks a full disk (or quota) as ErrNoSpace.
