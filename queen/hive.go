@@ -135,6 +135,7 @@ func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev
 	if err != nil {
 		return hiveapi.Model{}, err
 	}
+	defer h.q.router.stale() // the hive's catalog changes: the door looks again
 	if spec.Ref != nil {
 		// Another hive has it: copy across instead of downloading again.
 		if m, ok, err := h.q.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {

@@ -51,6 +51,7 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.streamOp(w, func(ev events) error {
+		defer q.router.stale() // the door sees the model (and its alias) at once
 		ctx := r.Context()
 		name := req.Hive
 		if name == "" {
@@ -170,6 +171,7 @@ func (q *Queen) removeModel(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, hiveError(err))
 		return
 	}
+	q.router.stale()
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -240,19 +240,14 @@ func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error
 			break
 		}
 	}
-	snaps, hives, err := q.router.lookSnaps(ctx)
+	// The snapshots are at most two refreshes old, and taken again after
+	// any catalog change made through the queen (a name pulled a moment
+	// ago is found): an unknown name costs no hive a round trip.
+	snaps, _, err := q.router.lookSnaps(ctx)
 	if err != nil {
 		return nil, err
 	}
-	spec, err := q.modelByName(ctx, name, snaps)
-	if rbee.CodeOf(err) == rbee.CodeModelNotFound {
-		// Pulled a moment ago? Look again before saying no.
-		if snaps, err = q.router.refresh(ctx, hives); err != nil {
-			return nil, err
-		}
-		spec, err = q.modelByName(ctx, name, snaps)
-	}
-	return spec, err
+	return q.modelByName(ctx, name, snaps)
 }
 
 // withUsage sets stream_options.include_usage in a request body.

@@ -145,6 +145,14 @@ func (rt *router) lookSnaps(ctx context.Context) (map[string]Snapshot, []Hive, e
 	return snaps, hives, err
 }
 
+// stale makes the next lookup take fresh snapshots: a hive's catalog
+// changed through the queen (a pull, a push, an alias, a removal).
+func (rt *router) stale() {
+	rt.mu.Lock()
+	rt.snapsAt = time.Time{}
+	rt.mu.Unlock()
+}
+
 // deployments are the queen catalog's deployments, read again after a
 // change or every refresh.
 func (rt *router) deployments(ctx context.Context) ([]catalog.Deployment, error) {
