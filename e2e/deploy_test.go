@@ -87,6 +87,8 @@ func TestOpenAIDeployment(t *testing.T) {
 		{[]string{"alpha", "--hive", "nohive"}, 4, "nohive"},
 		{[]string{"alpha", "--device", "tpu0"}, 2, "tpu0"},
 		{[]string{"alpha", "--name", "a/b"}, 2, "a/b"},
+		{[]string{"alpha", "--name", "esc\x1b[31m"}, 2, "control characters"},
+		{[]string{"hf:org/repo:Q4_K_M"}, 2, "--name"},
 	} {
 		r := e.rbee(append([]string{"model", "deploy"}, tt.args...)...)
 		if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {

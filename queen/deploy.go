@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
@@ -287,8 +289,9 @@ func checkDeploy(req queenapi.DeployRequest) error {
 		return rbee.Errorf(rbee.CodeBadRequest, "a deployment needs a model")
 	case req.Replicas < 1 || req.Replicas > 64:
 		return rbee.Errorf(rbee.CodeBadRequest, "replicas must be 1 to 64, not %d", req.Replicas)
-	case strings.ContainsAny(req.Name, "/ \t\n,") || req.Name == "" || len(req.Name) > 128:
-		return rbee.Errorf(rbee.CodeBadRequest, "deployment name %q: 1 to 128 characters, no spaces, commas or slashes", req.Name)
+	case req.Name == "" || len(req.Name) > 128 || strings.ContainsAny(req.Name, "/ ,") ||
+		strings.ContainsFunc(req.Name, unicode.IsControl) || !utf8.ValidString(req.Name):
+		return rbee.Errorf(rbee.CodeBadRequest, "deployment name %q: 1 to 128 characters, no spaces, commas, slashes or control characters", req.Name)
 	case req.Device != "" && req.Device != "cpu" && !strings.HasPrefix(req.Device, "gpu"):
 		return rbee.Errorf(rbee.CodeBadRequest, "device %q: cpu or gpuN", req.Device)
 	}

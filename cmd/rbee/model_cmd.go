@@ -167,6 +167,9 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 	}
 	name := c.Name
 	if name == "" {
+		if strings.Contains(c.Model, "/") {
+			return exitf(rbee.ExitUsage, "e.g. --name chat", "%s: give the deployment a --name (clients ask for it; a name has no '/')", printable(c.Model))
+		}
 		name = c.Model
 	}
 	qc, err := connect(ctx, g, quietNarrate)
