@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -73,7 +74,7 @@ func (d *deployer) keep(ctx context.Context, deps []catalog.Deployment) {
 func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group) {
 	rt := d.rt
 	allowed := func(r *replica) bool {
-		return (len(dep.Hives) == 0 || containsStr(dep.Hives, r.hive)) && (dep.Device == "" || r.device == dep.Device)
+		return (len(dep.Hives) == 0 || slices.Contains(dep.Hives, r.hive)) && (dep.Device == "" || r.device == dep.Device)
 	}
 	rt.mu.Lock()
 	var mine, free []*replica
@@ -324,13 +325,4 @@ func (q *Queen) removeDeployment(w http.ResponseWriter, r *http.Request) {
 	}
 	q.deploy.unmarkOrphans(ctx, names)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func containsStr(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

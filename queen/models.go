@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -83,7 +84,7 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 				err = q.aliasOn(ctx, name, m, req.Alias)
 			}
 			if err == nil {
-				ev.narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmpOr(req.Alias, m.ID)))
+				ev.narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmp.Or(req.Alias, m.ID)))
 			}
 			return err
 		}
@@ -173,11 +174,4 @@ func (q *Queen) removeModel(w http.ResponseWriter, r *http.Request) {
 	}
 	q.router.stale()
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

@@ -44,7 +44,7 @@ func (q *Queen) openaiModels(w http.ResponseWriter, r *http.Request) {
 	}
 	seen := map[string]bool{}
 	out := []oaiModel{}
-	deps, err := q.db.Deployments(ctx)
+	deps, err := q.router.deployments(ctx)
 	if err != nil {
 		writeOAIError(w, err)
 		return

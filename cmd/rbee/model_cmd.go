@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -275,7 +276,7 @@ func (c modelDeploymentsCmd) Run(ctx context.Context, g *globals) error {
 			reps = append(reps, fmt.Sprintf("%s/%s(%s %d/%d)", r.Hive, r.Device, r.Worker, r.InFlight, r.Slots))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", printable(d.Name), printable(d.Model), d.Ready, d.Replicas,
-			cmpOr(printable(strings.Join(d.Hives, ",")), "any"), cmpOr(d.Device, "any"), cmpOr(strings.Join(reps, " "), "-"), printable(d.Error))
+			cmp.Or(printable(strings.Join(d.Hives, ",")), "any"), cmp.Or(d.Device, "any"), cmp.Or(strings.Join(reps, " "), "-"), printable(d.Error))
 	}
 	return tw.Flush()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -52,7 +53,7 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 			model += " (embeddings)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\n", printable(p.Hive), p.Worker, p.Device, model, rbee.Bytes(p.MemoryBytes), p.State, p.Busy, max(p.Slots, 1),
-			p.Served, time.Since(p.Started).Round(time.Second), unload, cmpOr(printable(p.Deployment), "-"))
+			p.Served, time.Since(p.Started).Round(time.Second), unload, cmp.Or(printable(p.Deployment), "-"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -61,11 +62,4 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 		fmt.Fprintf(os.Stderr, "rbee: %s\n", printable(s))
 	}
 	return nil
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
