@@ -15,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/queen/door"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 )
 
 // ListenControl listens on the queen's control socket: mode 0600 in a
@@ -102,7 +104,7 @@ func OwnerOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		uid, ok := r.Context().Value(peerKey{}).(int)
 		if !ok || uid != me {
-			writeErr(w, http.StatusForbidden, rbee.Errorf(rbee.CodeBadRequest, "this queen serves only its owner (uid %d)", me))
+			reply.Error(w, http.StatusForbidden, rbee.Errorf(rbee.CodeBadRequest, "this queen serves only its owner (uid %d)", me))
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -138,9 +140,35 @@ func RequireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/health" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rbee"`)
-			writeErr(w, http.StatusUnauthorized, rbee.Errorf(rbee.CodeQueenDown, "this queen needs a bearer token: set RBEE_TOKEN_FILE (or --token-file) to its token file"))
+			reply.Error(w, http.StatusUnauthorized, rbee.Errorf(rbee.CodeQueenDown, "this queen needs a bearer token: set RBEE_TOKEN_FILE (or --token-file) to its token file"))
 			return
 		}
 		h.ServeHTTP(w, r)
+	})
+}
+
+// TCPHandler serves the queen's TCP port: /health open; the front door
+// (models, completions, /metrics) to anyone on loopback when neither a
+// token nor keys are configured, else to requests bearing the token or an
+// API key (door.Guard); the control routes only with the token.
+func (q *Queen) TCPHandler(token string, keys []door.APIKey) http.Handler {
+	public := q.PublicHandler()
+	guarded := door.Guard(token, keys, q.log, public)
+	var control http.Handler
+	if token != "" {
+		control = RequireToken(token, q.ControlHandler())
+	}
+	doorPaths := map[string]bool{"/v1/models": true, "/v1/completions": true, "/v1/chat/completions": true, "/metrics": true}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/health":
+			public.ServeHTTP(w, r)
+		case doorPaths[r.URL.Path]:
+			guarded.ServeHTTP(w, r)
+		case control != nil:
+			control.ServeHTTP(w, r)
+		default:
+			public.ServeHTTP(w, r) // 404: nothing administrative here
+		}
 	})
 }

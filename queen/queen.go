@@ -2,8 +2,6 @@ package queen
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,12 +12,16 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/queen/door"
+	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
+	"github.com/rbee-dev/rbee/queen/split"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
 // LocalHive is the name of the hive on the queen's own machine.
-const LocalHive = "localhost"
+const LocalHive = fleet.LocalHive
 
 // DefaultConnectTimeout bounds how long an unresponsive hive can hold a
 // job: dial and SSH handshake, the agent's handshake, one snapshot.
@@ -37,7 +39,7 @@ type Config struct {
 	EngineDir string        // engine bundle the local hive must use; "" = its worker catalog's
 	KeepAlive time.Duration // idle workers stop after this (the hive enforces it)
 	HiveArgs  []string      // extra flags for the local hive (tests: --nvml-library)
-	SSH       SSH           // remote hives
+	SSH       fleet.SSH     // remote hives
 	// OwnsLocalHive: the local agent is this queen's even when an earlier
 	// queen of this home started it (one that was killed): Close stops it.
 	// An ephemeral queen stops only what it started itself.
@@ -63,28 +65,21 @@ type Config struct {
 	QueueWait  time.Duration
 }
 
-// Queen is the orchestrator.
+// Queen is the orchestrator: it wires the fleet (the hives), the door
+// (the OpenAI API) and the splitter, and runs the keeper's jobs.
 type Queen struct {
 	cfg     Config
 	log     *slog.Logger
 	db      *catalog.Queen
-	pool    *pool
-	plan    *planner
-	metrics *metrics
-	reqlog  *reqLog
-	router  *router
-	deploy  *deployer
-	stop    context.CancelFunc // ends the router's loop and placements
+	fleet   *fleet.Fleet
+	door    *door.Door
+	splits  *split.Splitter
 	started time.Time
-	shas    shaCache
-	splits  splits // models spread over hives (split.go)
 
-	mu       sync.Mutex
-	state    string
-	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
-	jobs     map[string]context.CancelCauseFunc
-	running  sync.WaitGroup  // jobs, for the drain at Close
-	contacts map[string]bool // hives whose devices this queen has seen
+	mu      sync.Mutex
+	state   string
+	jobs    map[string]context.CancelCauseFunc
+	running sync.WaitGroup // jobs, for the drain at Close
 
 	shutdown chan struct{}
 	once     sync.Once
@@ -96,20 +91,11 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Scheduler == nil {
-		cfg.Scheduler = scheduler.Basic{}
-	}
 	if cfg.Grace <= 0 {
 		cfg.Grace = 10 * time.Second
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
-	}
-	if cfg.QueueDepth <= 0 {
-		cfg.QueueDepth = DefaultQueueDepth
-	}
-	if cfg.QueueWait <= 0 {
-		cfg.QueueWait = DefaultQueueWait
 	}
 	if cfg.SSH.Keepalive <= 0 {
 		cfg.SSH.Keepalive = DefaultSSHKeepalive
@@ -123,19 +109,18 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	}
 	q := &Queen{
 		cfg: cfg, log: cfg.Log, db: db, started: time.Now(), state: queenapi.StateReady,
-		workers: map[string]rbee.WorkerInfo{}, jobs: map[string]context.CancelCauseFunc{}, contacts: map[string]bool{},
-		shutdown: make(chan struct{}), closing: make(chan struct{}),
+		jobs: map[string]context.CancelCauseFunc{}, shutdown: make(chan struct{}), closing: make(chan struct{}),
 	}
-	q.pool = newPool(cfg.ConnectTimeout, q.setStatus, q.stopLocal)
-	q.metrics = newMetrics(q)
-	q.reqlog = &reqLog{path: cfg.Home.Log("requests")}
-	q.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: q.estimate, fresh: q.fresh}
-	rctx, stop := context.WithCancel(context.Background())
-	q.stop = stop
-	q.router = newRouter(rctx, q, cfg.QueueDepth, cfg.QueueWait)
-	q.deploy = &deployer{rt: q.router, starting: map[string]bool{}, errs: map[string]string{}}
-	q.router.wg.Add(1)
-	go q.router.run()
+	var dr *door.Door // the fleet tells the door of catalog changes
+	q.fleet = fleet.New(fleet.Config{Home: cfg.Home, HiveBin: cfg.HiveBin, WorkerBin: cfg.WorkerBin, EngineDir: cfg.EngineDir,
+		KeepAlive: cfg.KeepAlive, HiveArgs: cfg.HiveArgs, SSH: cfg.SSH, OwnsLocalHive: cfg.OwnsLocalHive,
+		ConnectTimeout: cfg.ConnectTimeout, Scheduler: cfg.Scheduler, Log: cfg.Log,
+		EngineRegistry: cfg.EngineRegistry, EngineArchive: cfg.EngineArchive,
+		Changed: func() { dr.Stale() }}, db)
+	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive,
+		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log}, q.fleet, db)
+	q.door = dr
+	q.splits = split.New(q.fleet, cfg.Log)
 	return q, nil
 }
 
@@ -150,6 +135,7 @@ func (q *Queen) Close() error {
 	q.mu.Lock() // a job starting now either sees closing or is counted
 	close(q.closing)
 	q.mu.Unlock()
+	q.fleet.Stopping()
 	// Drain: running jobs get the grace period to finish; then those
 	// left end with an explicit "shutting down" error.
 	drained := make(chan struct{})
@@ -169,15 +155,14 @@ func (q *Queen) Close() error {
 	}
 	q.mu.Unlock()
 	<-drained
-	q.splits.closeAll()
-	q.router.close(q.stop)
-	q.pool.close()
-	q.reqlog.close()
+	q.splits.Close()
+	q.door.Close()
+	q.fleet.Close()
 	return q.db.Close()
 }
 
 // ErrShuttingDown ends the jobs still running when the queen stops.
-var ErrShuttingDown = errors.New("the queen is shutting down")
+var ErrShuttingDown = fleet.ErrShuttingDown
 
 // ControlHandler serves the control plane: every admin route, for the
 // owner only (see ListenControl, and RequireToken for TCP).
@@ -186,26 +171,10 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("GET /health", q.health)
 	mux.HandleFunc("POST /v1/jobs", q.job)
 	mux.HandleFunc("DELETE /v1/jobs/{id}", q.cancelJob)
-	mux.HandleFunc("GET /v1/hives", q.listHiveInfo)
-	mux.HandleFunc("POST /v1/hives", q.addHive)
-	mux.HandleFunc("GET /v1/hives/{name}", q.hiveStatus)
-	mux.HandleFunc("DELETE /v1/hives/{name}", q.removeHive)
-	mux.HandleFunc("GET /v1/hives/{name}/logs", q.hiveLogs)
-	mux.HandleFunc("POST /v1/up", q.up)
-	mux.HandleFunc("POST /v1/models/pull", q.pullModel)
-	mux.HandleFunc("GET /v1/catalog", q.listModels)
-	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
-	mux.HandleFunc("POST /v1/engines", q.installEngine)
-	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
-	mux.HandleFunc("DELETE /v1/worker-types/{name}", q.removeWorkerType)
-	mux.HandleFunc("GET /v1/engines", q.listEngines)
-	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
-	mux.HandleFunc("GET /v1/ps", q.ps)
-	mux.HandleFunc("GET /v1/deployments", q.listDeployments)
-	mux.HandleFunc("PUT /v1/deployments/{name}", q.putDeployment)
-	mux.HandleFunc("DELETE /v1/deployments/{name}", q.removeDeployment)
-	q.openaiRoutes(mux) // the owner may use the front door here too
+	q.fleet.Routes(mux)
+	q.door.AdminRoutes(mux)
+	q.door.Routes(mux) // the owner may use the front door here too
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		q.once.Do(func() { close(q.shutdown) })
 		w.WriteHeader(http.StatusNoContent)
@@ -220,26 +189,17 @@ func (q *Queen) ControlHandler() http.Handler {
 func (q *Queen) PublicHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", q.health)
-	q.openaiRoutes(mux)
+	q.door.Routes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, &rbee.Error{Code: rbee.CodeBadRequest,
+		reply.Error(w, http.StatusNotFound, &rbee.Error{Code: rbee.CodeBadRequest,
 			Message: fmt.Sprintf("no route %s %s on the queen's TCP port", r.Method, r.URL.Path),
 			Hint:    "the control plane is the owner's unix socket (" + "~/.rbee/run/queen.sock" + "); rbee uses it for you"})
 	})
 	return mux
 }
 
-// openaiRoutes adds the OpenAI-compatible front door.
-func (q *Queen) openaiRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/models", q.openaiModels)
-	mux.HandleFunc("POST /v1/completions", q.openaiComplete("completions"))
-	mux.HandleFunc("POST /v1/chat/completions", q.openaiComplete("chat/completions"))
-	mux.HandleFunc("POST /v1/embeddings", q.openaiComplete("embeddings"))
-	mux.Handle("GET /metrics", q.metrics.handler())
-}
-
 func notFound(w http.ResponseWriter, r *http.Request) {
-	writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeBadRequest, "no route %s %s", r.Method, r.URL.Path))
+	reply.Error(w, http.StatusNotFound, rbee.Errorf(rbee.CodeBadRequest, "no route %s %s", r.Method, r.URL.Path))
 }
 
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
@@ -261,7 +221,7 @@ func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, h)
+	reply.JSON(w, http.StatusOK, h)
 }
 
 func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
@@ -269,7 +229,7 @@ func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
 	cancel, ok := q.jobs[r.PathValue("id")]
 	q.mu.Unlock()
 	if !ok {
-		writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeBadRequest, "no running job %s", r.PathValue("id")))
+		reply.Error(w, http.StatusNotFound, rbee.Errorf(rbee.CodeBadRequest, "no running job %s", r.PathValue("id")))
 		return
 	}
 	cancel(context.Canceled)
@@ -277,85 +237,22 @@ func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (q *Queen) listWorkers(w http.ResponseWriter, r *http.Request) {
-	q.mu.Lock()
-	out := make([]rbee.WorkerInfo, 0, len(q.workers))
-	for _, wi := range q.workers {
-		out = append(out, wi)
-	}
-	q.mu.Unlock()
-	writeJSON(w, http.StatusOK, queenapi.Workers{Workers: out})
+	reply.JSON(w, http.StatusOK, queenapi.Workers{Workers: q.fleet.Workers()})
 }
 
-// setStatus records a hive's reachability in the catalog (hive ls reads
-// it): the pool calls it the moment a connection is made or lost.
-func (q *Queen) setStatus(name string, online bool, reason string) {
-	select {
-	case <-q.closing:
-		return // shutting down is not a hive's fault
-	default:
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if online {
-		_ = q.db.SetStatus(ctx, name, "online", "", time.Now())
-		return
-	}
-	q.log.Warn("hive offline", "hive", name, "reason", reason)
-	_ = q.db.SetStatus(ctx, name, "offline", reason, time.Time{})
-}
+// The fleet's and the door's names the CLI uses through the queen.
+type (
+	// SSH is how the queen reaches remote hives.
+	SSH = fleet.SSH
+	// APIKey is a key for the front door.
+	APIKey = door.APIKey
+)
 
-// seen records what a snapshot found: the hive is online, its devices and
-// agent, and the worker registry's view of it.
-func (q *Queen) seen(ctx context.Context, name string, hc *hiveConn, s Snapshot) {
-	entry, err := q.db.Hive(ctx, name)
-	if errors.Is(err, catalog.ErrNotFound) {
-		// A hive of a hand-written inventory, reached for the first time.
-		entry, _, err = q.resolveHive(ctx, name)
-	}
-	if err == nil {
-		entry.Status, entry.StatusReason, entry.AgentVersion, entry.LastSeen = "online", "", hc.handshake.Version, time.Now()
-		entry.Capabilities = map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}
-		_ = q.db.UpsertHive(ctx, entry)
-		_ = q.db.SetDevices(ctx, name, s.Devices, time.Now())
-	}
-	q.syncWorkers(name, s.Workers)
-}
+// StatusInvalid is the status of a hive whose inventory entry has problems.
+const StatusInvalid = fleet.StatusInvalid
 
-// fresh reports whether this is the queen's first look at a hive's
-// devices (they are narrated then).
-func (q *Queen) fresh(name string) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.contacts[name] {
-		return false
-	}
-	q.contacts[name] = true
-	return true
-}
+// ValidateAdd refuses what must never reach a remote host or a file.
+func ValidateAdd(r queenapi.AddHiveRequest) error { return fleet.ValidateAdd(r) }
 
-// syncWorkers replaces the registry's view of a hive's workers.
-func (q *Queen) syncWorkers(hive string, ws []rbee.WorkerInfo) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for id, w := range q.workers {
-		if w.Hive == hive {
-			delete(q.workers, id)
-		}
-	}
-	for _, w := range ws {
-		w.Hive = hive
-		q.workers[w.ID] = w
-	}
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// writeErr answers with rbee's error shape: code, message and hint.
-func writeErr(w http.ResponseWriter, status int, err error) {
-	e := rbee.Error{Code: rbee.CodeOf(err), Message: err.Error(), Hint: rbee.HintOf(err)}
-	writeJSON(w, status, map[string]any{"error": e})
-}
+// ReadAPIKeys reads the front door's keys file (see door.ReadAPIKeys).
+func ReadAPIKeys(path string) ([]APIKey, error) { return door.ReadAPIKeys(path) }

@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -21,8 +21,8 @@ import (
 // machine's) has the same reference in its catalog: a copy inside your own
 // network beats the internet, and the hub is not asked twice. The copy is
 // verified against the source's sha256 on the target.
-func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, ev events) (hiveapi.Model, bool, error) {
-	var peers []*hiveConn
+func (q *Fleet) copyFromPeer(ctx context.Context, target *Conn, raw string, ev Events) (hiveapi.Model, bool, error) {
+	var peers []*Conn
 	for _, h := range q.pool.connected() {
 		if h != target {
 			peers = append(peers, h)
@@ -37,14 +37,14 @@ func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, 
 			if m.Ref != raw || m.SHA256 == "" {
 				continue
 			}
-			ev.send(rbee.Narrate(me, "model_copy", fmt.Sprintf("hive %s already holds %s: copying it to hive %s instead of downloading (%s)",
+			ev.Send(rbee.Narrate(me, "model_copy", fmt.Sprintf("hive %s already holds %s: copying it to hive %s instead of downloading (%s)",
 				src.name, raw, target.name, rbee.Bytes(uint64(m.Size)))))
 			r, closeSrc, err := openOnHive(src, m.Path)
 			if err != nil {
 				continue
 			}
 			progress := func(done, total int64, rate float64) {
-				ev.send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_copy", BytesDone: done, BytesTotal: total, Rate: rate,
+				ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_copy", BytesDone: done, BytesTotal: total, Rate: rate,
 					Message: fmt.Sprintf("copied %s of %s (%s/s)", rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)), rbee.Bytes(uint64(rate)))})
 			}
 			var dst string
@@ -59,7 +59,7 @@ func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, 
 			}
 			nm, err := target.client.AddModel(ctx, hiveapi.AddModelRequest{Path: dst, Ref: raw, Alias: m.Alias})
 			if err != nil {
-				return hiveapi.Model{}, false, hiveError(err)
+				return hiveapi.Model{}, false, HiveError(err)
 			}
 			return nm, true, nil
 		}
@@ -69,7 +69,7 @@ func (q *Queen) copyFromPeer(ctx context.Context, target *hiveConn, raw string, 
 
 // openOnHive opens a file on a hive for reading: over SFTP for a remote
 // hive, directly for this machine's.
-func openOnHive(h *hiveConn, p string) (io.ReadSeeker, func(), error) {
+func openOnHive(h *Conn, p string) (io.ReadSeeker, func(), error) {
 	if h.remote == nil {
 		f, err := os.Open(p)
 		if err != nil {
@@ -90,7 +90,7 @@ func openOnHive(h *hiveConn, p string) (io.ReadSeeker, func(), error) {
 
 // copyToLocal writes a model into the local hive's models directory,
 // verified, under a temporary name first.
-func (q *Queen) copyToLocal(ctx context.Context, r io.Reader, m hiveapi.Model, progress provision.Progress) (string, error) {
+func (q *Fleet) copyToLocal(ctx context.Context, r io.Reader, m hiveapi.Model, progress provision.Progress) (string, error) {
 	dir := filepath.Join(string(q.cfg.Home), "models")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err

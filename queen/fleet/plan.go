@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -14,18 +14,18 @@ import (
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
-// placement is the decision a job carries from planning to the run: the
+// Placement is the decision a job carries from planning to the run: the
 // hive, and either a warm worker or a device with its reservation.
-type placement struct {
-	hive        Hive
-	model       hiveapi.Model // the hive's catalog entry (ID only, on the warm path)
-	worker      string        // a warm worker
-	device      string
-	reservation string
+type Placement struct {
+	Hive        Hive
+	Model       hiveapi.Model // the hive's catalog entry (ID only, on the warm path)
+	Worker      string        // a warm worker
+	Device      string
+	Reservation string
 }
 
-// placeJob is what planning needs of a job.
-type placeJob struct {
+// PlaceJob is what planning needs of a job.
+type PlaceJob struct {
 	ID         string
 	Spec       *ModelSpec
 	Device     string
@@ -59,16 +59,16 @@ type planner struct {
 // all of them, and admits on the chosen device, moving on down the plan —
 // to the next device or the next hive — when a hive refuses (409). The
 // model reaches a hive only once the hive is chosen.
-func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev events) (placement, error) {
+func (p *planner) place(ctx context.Context, job PlaceJob, hives []Hive, ev Events) (Placement, error) {
 	snaps := job.Snaps
 	if snaps == nil {
 		var err error
 		if snaps, err = p.snapshots(ctx, hives, ev); err != nil {
-			return placement{}, err
+			return Placement{}, err
 		}
 	}
 	if err := p.estimate(ctx, job.Spec, snaps); err != nil {
-		return placement{}, err
+		return Placement{}, err
 	}
 	byName := map[string]Hive{}
 	var sh []scheduler.Hive
@@ -78,7 +78,7 @@ func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev even
 			continue
 		}
 		byName[h.Name()] = h
-		id, has := modelID(job.Spec, s)
+		id, has := ModelID(job.Spec, s)
 		if h.Name() == LocalHive && job.Spec.Path != "" {
 			has = true // a local file is already on this machine
 		}
@@ -105,21 +105,21 @@ func (p *planner) place(ctx context.Context, job placeJob, hives []Hive, ev even
 		if job.Fleet {
 			prefix = "fleet "
 		}
-		ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + explainText(plan.Candidates), Candidates: plan.Candidates})
+		ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + explainText(plan.Candidates), Candidates: plan.Candidates})
 	}
 	if err != nil {
 		if rbee.CodeOf(err) == rbee.CodeNoRoom && job.Spec.Ref != nil && job.Spec.Checked {
-			return placement{}, p.noRoomBeforeFetch(job.Spec, sh, err)
+			return Placement{}, p.noRoomBeforeFetch(job.Spec, sh, err)
 		}
-		return placement{}, err
+		return Placement{}, err
 	}
 	if plan.Warm != nil {
 		w := plan.Warm
 		if job.Fleet {
-			ev.narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s", w.Hive, plan.WarmReason))
+			ev.Narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s", w.Hive, plan.WarmReason))
 		}
-		ev.narrate("device_picked", "scheduler: "+plan.WarmReason)
-		return placement{hive: byName[w.Hive], model: hiveapi.Model{ID: w.ModelID}, worker: w.ID, device: w.Device}, nil
+		ev.Narrate("device_picked", "scheduler: "+plan.WarmReason)
+		return Placement{Hive: byName[w.Hive], Model: hiveapi.Model{ID: w.ModelID}, Worker: w.ID, Device: w.Device}, nil
 	}
 	return p.admit(ctx, job, plan.Options, byName, snaps, ev)
 }
@@ -136,7 +136,7 @@ func hasEmbeddings(ws []rbee.WorkerInfo) bool {
 // snapshots asks every candidate at once; each answer is bounded. With
 // one candidate its failure is the job's; with several, the unreachable
 // are left out (and said so) unless none answers.
-func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[string]Snapshot, error) {
+func (p *planner) snapshots(ctx context.Context, hives []Hive, ev Events) (map[string]Snapshot, error) {
 	var (
 		mu    sync.Mutex
 		wg    sync.WaitGroup
@@ -151,7 +151,7 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[s
 			defer cancel()
 			hev := ev
 			if len(hives) > 1 {
-				hev = quietEvents{} // a fleet's connects are not narrated one by one
+				hev = Quiet{} // a fleet's connects are not narrated one by one
 			}
 			s, err := h.Snapshot(sctx, hev)
 			if err == nil && sctx.Err() != nil {
@@ -187,10 +187,10 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[s
 		if err, ok := errs[n]; ok {
 			w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s is unreachable, left out of this job: %v", n, err))
 			w.Level = "warn"
-			ev.send(w)
+			ev.Send(w)
 		}
 		if s, ok := snaps[n]; ok && p.fresh != nil && p.fresh(n) {
-			ev.narrate("devices_detected", fmt.Sprintf("hive %s has %s", n, describeDevices(s.Devices)))
+			ev.Narrate("devices_detected", fmt.Sprintf("hive %s has %s", n, describeDevices(s.Devices)))
 		}
 	}
 	if len(snaps) == 0 {
@@ -203,7 +203,7 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev events) (map[s
 // (its VRAM checker), then the model reaches that hive (once per hive). A
 // refusal moves to the next option, whichever hive it is on; so does a
 // hive that cannot be reached any more.
-func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Option, byName map[string]Hive, snaps map[string]Snapshot, ev events) (placement, error) {
+func (p *planner) admit(ctx context.Context, job PlaceJob, opts []scheduler.Option, byName map[string]Hive, snaps map[string]Snapshot, ev Events) (Placement, error) {
 	models := map[string]hiveapi.Model{}
 	failed := map[string]error{}
 	var refusals []string
@@ -214,33 +214,33 @@ func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Opti
 		}
 		switch {
 		case i == 0 && job.Fleet:
-			ev.narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s/%s: %s", opt.Hive, opt.Hive, opt.Device.ID, opt.Reason))
+			ev.Narrate("hive_picked", fmt.Sprintf("fleet: hive %s, %s/%s: %s", opt.Hive, opt.Hive, opt.Device.ID, opt.Reason))
 			fallthrough
 		case i == 0:
-			ev.narrate("device_picked", fmt.Sprintf("scheduler picked %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
+			ev.Narrate("device_picked", fmt.Sprintf("scheduler picked %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
 		default:
-			ev.narrate("device_picked", fmt.Sprintf("trying the next candidate %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
+			ev.Narrate("device_picked", fmt.Sprintf("trying the next candidate %s/%s: %s", opt.Hive, opt.Device.ID, opt.Reason))
 		}
 		res, err := h.Reserve(ctx, hiveapi.ReserveRequest{Device: opt.Device.ID, Bytes: job.Spec.Need, Purpose: job.ID})
 		if rbee.CodeOf(err) == rbee.CodeNoRoom {
 			refusals = append(refusals, err.Error())
 			w := rbee.Narrate(me, "room_refused", fmt.Sprintf("hive %s refused %s: %v", opt.Hive, opt.Device.ID, err))
 			w.Level = "warn"
-			ev.send(w)
+			ev.Send(w)
 			continue
 		}
 		if err != nil {
 			if p.skip(ctx, job, opt.Hive, byName, failed, err, ev) {
 				continue
 			}
-			return placement{}, err
+			return Placement{}, err
 		}
-		ev.narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s", opt.Hive, rbee.Bytes(job.Spec.Need), opt.Device.ID))
+		ev.Narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s", opt.Hive, rbee.Bytes(job.Spec.Need), opt.Device.ID))
 		m, ok := models[opt.Hive]
 		if !ok {
 			if job.Spec.Ref != nil && job.Spec.Checked {
-				if _, there := snaps[opt.Hive].find(job.Spec); !there {
-					ev.narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
+				if _, there := snaps[opt.Hive].Find(job.Spec); !there {
+					ev.Narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
 						job.Spec.Raw, rbee.Bytes(job.Spec.Need), opt.Hive, opt.Device.ID, rbee.Bytes(opt.Device.FreeBytes)))
 				}
 			}
@@ -250,35 +250,35 @@ func (p *planner) admit(ctx context.Context, job placeJob, opts []scheduler.Opti
 				if p.skip(ctx, job, opt.Hive, byName, failed, err, ev) {
 					continue
 				}
-				return placement{}, err
+				return Placement{}, err
 			}
 			models[opt.Hive] = m
-			ev.narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
-				shownName(m.Ref), m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(job.Spec.Need), max(m.CtxSize, job.Spec.CtxSize)))
+			ev.Narrate("model_ready", fmt.Sprintf("model %s: %s %s, %s on disk, needs about %s with a %d-token context",
+				ShownName(m.Ref), m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)), rbee.Bytes(job.Spec.Need), max(m.CtxSize, job.Spec.CtxSize)))
 		}
-		return placement{hive: h, model: m, device: opt.Device.ID, reservation: res}, nil
+		return Placement{Hive: h, Model: m, Device: opt.Device.ID, Reservation: res}, nil
 	}
 	if len(refusals) == 0 && len(failed) > 0 {
 		errs := make([]error, 0, len(failed))
 		for _, e := range failed {
 			errs = append(errs, e)
 		}
-		return placement{}, &rbee.Error{Code: rbee.CodeHiveDown, Message: fmt.Sprintf("no hive could take the model: %v", errors.Join(errs...)), Err: errs[0]}
+		return Placement{}, &rbee.Error{Code: rbee.CodeHiveDown, Message: fmt.Sprintf("no hive could take the model: %v", errors.Join(errs...)), Err: errs[0]}
 	}
-	return placement{}, rbee.Errorf(rbee.CodeNoRoom, "no device has room for %s (needs %s): %s", shownName(job.Spec.Raw),
+	return Placement{}, rbee.Errorf(rbee.CodeNoRoom, "no device has room for %s (needs %s): %s", ShownName(job.Spec.Raw),
 		rbee.Bytes(job.Spec.Need), strings.Join(refusals, "; "))
 }
 
 // skip decides whether a hive that failed mid-admission is left for the
 // next one: only when it became unreachable and others remain.
-func (p *planner) skip(ctx context.Context, job placeJob, name string, byName map[string]Hive, failed map[string]error, err error, ev events) bool {
+func (p *planner) skip(ctx context.Context, job PlaceJob, name string, byName map[string]Hive, failed map[string]error, err error, ev Events) bool {
 	if ctx.Err() != nil || len(byName) == 1 || rbee.CodeOf(err) != rbee.CodeHiveDown {
 		return false
 	}
 	failed[name] = err
 	w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s: %v; trying the next hive", name, err))
 	w.Level = "warn"
-	ev.send(w)
+	ev.Send(w)
 	return true
 }
 
@@ -321,8 +321,11 @@ func explainText(cs []rbee.Candidate) string {
 	return b.String()
 }
 
-// quietEvents drops narration (a fleet's per-hive connects).
-type quietEvents struct{}
+// Quiet drops every event (a fleet's per-hive connects, background work).
+type Quiet struct{}
 
-func (quietEvents) send(rbee.Event)        {}
-func (quietEvents) narrate(string, string) {}
+// Send drops ev.
+func (Quiet) Send(rbee.Event) {}
+
+// Narrate drops the line.
+func (Quiet) Narrate(string, string) {}

@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"context"
@@ -24,7 +24,7 @@ type metrics struct {
 	promptTokens, genTokens *prometheus.CounterVec
 }
 
-func newMetrics(q *Queen) *metrics {
+func newMetrics(dr *Door) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rbee_requests_running",
@@ -42,7 +42,7 @@ func newMetrics(q *Queen) *metrics {
 		Help: "Prompt tokens of answered front-door requests, by model."}, []string{"model"})
 	m.genTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_generation_tokens_total",
 		Help: "Generated tokens of answered front-door requests, by model."}, []string{"model"})
-	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, m.waiting, m.promptTokens, m.genTokens, catalogCollector{q: q})
+	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, m.waiting, m.promptTokens, m.genTokens, catalogCollector{door: dr})
 	return m
 }
 
@@ -63,7 +63,7 @@ var (
 
 // catalogCollector reports what the hive catalog and the worker registry
 // hold, at scrape time.
-type catalogCollector struct{ q *Queen }
+type catalogCollector struct{ door *Door }
 
 func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- hiveUpDesc
@@ -79,21 +79,16 @@ func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	hs, err := c.q.db.Hives(ctx)
+	hs, err := c.door.db.Hives(ctx)
 	if err != nil {
 		return
 	}
-	workers := map[string]int{}
-	c.q.mu.Lock()
-	for _, w := range c.q.workers {
-		workers[w.Hive]++
-	}
-	c.q.mu.Unlock()
-	for _, r := range c.q.router.stats() {
+	workers := c.door.fleet.WorkerCounts()
+	for _, r := range c.door.router.stats() {
 		ch <- prometheus.MustNewConstMetric(slotsDesc, prometheus.GaugeValue, float64(r.slots), r.hive, r.worker, r.model)
 		ch <- prometheus.MustNewConstMetric(slotsBusy, prometheus.GaugeValue, float64(r.inflight), r.hive, r.worker, r.model)
 	}
-	if deps, err := c.q.deploy.status(ctx); err == nil {
+	if deps, err := c.door.deploy.status(ctx); err == nil {
 		for _, d := range deps {
 			ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(d.Ready), d.Name)
 			ch <- prometheus.MustNewConstMetric(wantedDesc, prometheus.GaugeValue, float64(d.Replicas), d.Name)

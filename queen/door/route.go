@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"context"
@@ -12,17 +12,10 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
 )
 
-// Defaults of the front door's queue (queen serve --queue-depth,
-// --queue-wait).
 const (
-	// DefaultQueueDepth is how many requests per model may wait for a
-	// free slot; the next one is answered 429 at once.
-	DefaultQueueDepth = 128
-	// DefaultQueueWait is how long a request may wait for a free slot
-	// before it is answered 503.
-	DefaultQueueWait = 30 * time.Second
 	// refreshEvery is how often the door looks at every hive's workers
 	// (while it is in use or deployments exist).
 	refreshEvery = 2 * time.Second
@@ -42,7 +35,7 @@ var (
 // refreshEvery while in use) and from its own placements; a replica that
 // fails is dropped at once.
 type router struct {
-	q     *Queen
+	door  *Door
 	depth int
 	wait  time.Duration
 	ctx   context.Context // the queen's life: placements and the refresh loop
@@ -50,8 +43,8 @@ type router struct {
 
 	mu      sync.Mutex
 	groups  map[groupKey]*group
-	snaps   map[string]Snapshot // the latest look at each hive
-	hives   []Hive              // the candidates they were taken of
+	snaps   map[string]fleet.Snapshot // the latest look at each hive
+	hives   []fleet.Hive              // the candidates they were taken of
 	snapsAt time.Time
 	deps    []catalog.Deployment // cached; depsOK false = read again
 	depsOK  bool
@@ -70,7 +63,7 @@ type groupKey struct {
 // group is one model's replicas and queue.
 type group struct {
 	key      groupKey
-	spec     *ModelSpec
+	spec     *fleet.ModelSpec
 	replicas map[string]*replica // by hive/worker
 	queue    []*ticket           // requests waiting for a slot, first come first
 	wake     chan struct{}       // closed (and replaced) when a slot frees or replicas change
@@ -97,12 +90,12 @@ type replica struct {
 
 func (r *replica) id() string { return r.hive + "/" + r.worker }
 
-func newRouter(ctx context.Context, q *Queen, depth int, wait time.Duration) *router {
-	return &router{q: q, depth: depth, wait: wait, ctx: ctx, groups: map[groupKey]*group{}, kick: make(chan struct{}, 1)}
+func newRouter(ctx context.Context, door *Door, depth int, wait time.Duration) *router {
+	return &router{door: door, depth: depth, wait: wait, ctx: ctx, groups: map[groupKey]*group{}, kick: make(chan struct{}, 1)}
 }
 
 // keyOf is the group key of a model spec.
-func keyOf(spec *ModelSpec, embeddings bool) groupKey {
+func keyOf(spec *fleet.ModelSpec, embeddings bool) groupKey {
 	if spec.SHA256 != "" {
 		return groupKey{model: spec.SHA256, embeddings: embeddings}
 	}
@@ -111,7 +104,7 @@ func keyOf(spec *ModelSpec, embeddings bool) groupKey {
 
 // group returns the group of spec, made on first use and filled from the
 // latest snapshots.
-func (rt *router) group(spec *ModelSpec, embeddings bool) *group {
+func (rt *router) group(spec *fleet.ModelSpec, embeddings bool) *group {
 	k := keyOf(spec, embeddings)
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -129,7 +122,7 @@ func (rt *router) group(spec *ModelSpec, embeddings bool) *group {
 
 // lookSnaps returns snapshots of hives no older than two refreshes, taken
 // now when the cache is older.
-func (rt *router) lookSnaps(ctx context.Context) (map[string]Snapshot, []Hive, error) {
+func (rt *router) lookSnaps(ctx context.Context) (map[string]fleet.Snapshot, []fleet.Hive, error) {
 	rt.mu.Lock()
 	rt.used = time.Now()
 	snaps, hives, fresh := rt.snaps, rt.hives, time.Since(rt.snapsAt) < 2*refreshEvery
@@ -137,7 +130,7 @@ func (rt *router) lookSnaps(ctx context.Context) (map[string]Snapshot, []Hive, e
 	if fresh && len(snaps) > 0 {
 		return snaps, hives, nil
 	}
-	hives, err := rt.q.candidates(ctx, "", quietEvents{})
+	hives, err := rt.door.fleet.Candidates(ctx, "", fleet.Quiet{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -162,7 +155,7 @@ func (rt *router) deployments(ctx context.Context) ([]catalog.Deployment, error)
 	if ok {
 		return deps, nil
 	}
-	deps, err := rt.q.db.Deployments(ctx)
+	deps, err := rt.door.db.Deployments(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -187,8 +180,8 @@ func (rt *router) changed() {
 // refresh takes a snapshot of every hive (bounded, in parallel) and brings
 // every group's replicas up to date: new ready workers join, gone ones
 // leave, those of a hive that did not answer get nothing until it does.
-func (rt *router) refresh(ctx context.Context, hives []Hive) (map[string]Snapshot, error) {
-	snaps, err := rt.q.plan.snapshots(ctx, hives, quietEvents{})
+func (rt *router) refresh(ctx context.Context, hives []fleet.Hive) (map[string]fleet.Snapshot, error) {
+	snaps, err := rt.door.fleet.Snapshots(ctx, hives, fleet.Quiet{})
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +207,7 @@ func (rt *router) refresh(ctx context.Context, hives []Hive) (map[string]Snapsho
 
 // syncGroup brings g's replicas on hive name in line with its snapshot s.
 // The caller holds rt.mu.
-func (rt *router) syncGroup(g *group, name string, s Snapshot) (changed bool) {
+func (rt *router) syncGroup(g *group, name string, s fleet.Snapshot) (changed bool) {
 	seen := map[string]bool{}
 	for _, w := range s.Workers {
 		if w.Type != "" || w.Embeddings != g.key.embeddings || !servesModel(s, w.ModelID, g) {
@@ -244,7 +237,7 @@ func (rt *router) syncGroup(g *group, name string, s Snapshot) (changed bool) {
 }
 
 // servesModel says whether catalog entry id of the hive is g's model.
-func servesModel(s Snapshot, id string, g *group) bool {
+func servesModel(s fleet.Snapshot, id string, g *group) bool {
 	for _, m := range s.Models {
 		if m.ID == id {
 			if g.spec.SHA256 != "" {
@@ -394,7 +387,7 @@ func (rt *router) release(g *group, r *replica, failed bool) {
 func (rt *router) startPlace(g *group) *placeCall {
 	pc := &placeCall{done: make(chan struct{})}
 	if rt.closed {
-		pc.err = ErrShuttingDown
+		pc.err = fleet.ErrShuttingDown
 		close(pc.done)
 		return pc
 	}
@@ -431,8 +424,8 @@ type placeOpts struct {
 // worker wins, else the plan and the hive's VRAM checker) and waits until
 // it is ready. A deployment's worker is marked kept loaded.
 func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, error) {
-	q := rt.q
-	all, err := q.candidates(ctx, "", quietEvents{})
+	dr := rt.door
+	all, err := dr.fleet.Candidates(ctx, "", fleet.Quiet{})
 	if err != nil {
 		return nil, err
 	}
@@ -440,10 +433,10 @@ func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, e
 	if len(o.hives) > 0 {
 		hives = nil
 		for _, n := range o.hives {
-			if _, _, err := q.resolveHive(ctx, n); err != nil {
+			if err := dr.fleet.Resolve(ctx, n); err != nil {
 				return nil, err
 			}
-			hives = append(hives, &liveHive{q: q, name: n, fleet: len(o.hives) > 1})
+			hives = append(hives, dr.fleet.Live(n, len(o.hives) > 1))
 		}
 	}
 	snaps, err := rt.refresh(ctx, hives)
@@ -453,42 +446,38 @@ func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, e
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	id := "place-" + hex.EncodeToString(b[:])
-	pl, err := q.plan.place(ctx, placeJob{ID: id, Spec: g.spec, Device: o.device, Fleet: len(hives) > 1, Snaps: snaps,
-		Exclude: o.exclude, Embeddings: g.key.embeddings}, hives, quietEvents{})
+	pl, err := dr.fleet.Place(ctx, fleet.PlaceJob{ID: id, Spec: g.spec, Device: o.device, Fleet: len(hives) > 1, Snaps: snaps,
+		Exclude: o.exclude, Embeddings: g.key.embeddings}, hives, fleet.Quiet{})
 	if err != nil {
 		return nil, err
 	}
-	lh, ok := pl.hive.(*liveHive)
-	if !ok {
-		return nil, rbee.Errorf(rbee.CodeInternal, "hive %s cannot take OpenAI requests", pl.hive.Name())
-	}
-	hc, err := lh.conn(ctx)
+	name := pl.Hive.Name()
+	hc, err := dr.fleet.Client(ctx, name)
 	if err != nil {
-		if pl.reservation != "" {
-			_ = pl.hive.Release(context.WithoutCancel(ctx), pl.reservation)
+		if pl.Reservation != "" {
+			_ = pl.Hive.Release(context.WithoutCancel(ctx), pl.Reservation)
 		}
 		return nil, err
 	}
-	name := pl.hive.Name()
-	if pl.worker != "" {
-		if err := hc.client.SetDeployment(ctx, pl.worker, o.deployment); err != nil && o.deployment != "" {
-			return nil, hiveError(err)
+	if pl.Worker != "" {
+		if err := hc.SetDeployment(ctx, pl.Worker, o.deployment); err != nil && o.deployment != "" {
+			return nil, fleet.HiveError(err)
 		}
-		r := &replica{hive: name, worker: pl.worker, device: pl.device, modelID: pl.model.ID, deployment: o.deployment, slots: 1, ready: true}
+		r := &replica{hive: name, worker: pl.Worker, device: pl.Device, modelID: pl.Model.ID, deployment: o.deployment, slots: 1, ready: true}
 		for _, w := range snaps[name].Workers {
-			if w.ID == pl.worker {
+			if w.ID == pl.Worker {
 				r.slots, r.device = max(w.Slots, 1), w.Device
 			}
 		}
-		q.log.Info("replica adopted", "model", shownName(g.spec.Raw), "hive", name, "worker", pl.worker, "deployment", o.deployment)
+		dr.log.Info("replica adopted", "model", fleet.ShownName(g.spec.Raw), "hive", name, "worker", pl.Worker, "deployment", o.deployment)
 		return r, nil
 	}
-	info, err := hc.client.StartWorker(ctx, hiveapi.StartWorkerRequest{Model: pl.model.ID, Device: pl.device, Reservation: pl.reservation,
+	info, err := hc.StartWorker(ctx, hiveapi.StartWorkerRequest{Model: pl.Model.ID, Device: pl.Device, Reservation: pl.Reservation,
 		Embeddings: g.key.embeddings, Deployment: o.deployment})
 	if err != nil {
-		return nil, hiveError(err)
+		return nil, fleet.HiveError(err)
 	}
-	q.log.Info("replica started", "model", shownName(g.spec.Raw), "hive", name, "worker", info.ID, "device", info.Device, "slots", info.Slots, "deployment", o.deployment)
+	dr.log.Info("replica started", "model", fleet.ShownName(g.spec.Raw), "hive", name, "worker", info.ID, "device", info.Device, "slots", info.Slots, "deployment", o.deployment)
 	return &replica{hive: name, worker: info.ID, device: info.Device, modelID: info.ModelID, deployment: o.deployment,
 		slots: max(info.Slots, 1), ready: info.State == "ready"}, nil
 }
@@ -507,9 +496,9 @@ func (rt *router) run() {
 		case <-tick.C:
 		case <-rt.kick:
 		}
-		deps, err := rt.q.db.Deployments(rt.ctx)
+		deps, err := rt.door.db.Deployments(rt.ctx)
 		if err != nil {
-			rt.q.log.Warn("deployments", "err", err)
+			rt.door.log.Warn("deployments", "err", err)
 		} else {
 			rt.mu.Lock()
 			rt.deps, rt.depsOK = deps, true
@@ -521,16 +510,16 @@ func (rt *router) run() {
 		if idle && len(deps) == 0 {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(rt.ctx, rt.q.cfg.ConnectTimeout+2*time.Second)
-		hives, err := rt.q.candidates(ctx, "", quietEvents{})
+		ctx, cancel := context.WithTimeout(rt.ctx, rt.door.cfg.ConnectTimeout+2*time.Second)
+		hives, err := rt.door.fleet.Candidates(ctx, "", fleet.Quiet{})
 		if err == nil {
 			_, err = rt.refresh(ctx, hives)
 		}
 		cancel()
 		if err != nil {
-			rt.q.log.Debug("refresh", "err", err)
+			rt.door.log.Debug("refresh", "err", err)
 		}
-		rt.q.deploy.keep(rt.ctx, deps)
+		rt.door.deploy.keep(rt.ctx, deps)
 	}
 }
 
@@ -568,7 +557,7 @@ func (rt *router) stats() []replicaStat {
 	defer rt.mu.Unlock()
 	var out []replicaStat
 	for _, g := range rt.groups {
-		name := shownName(g.spec.Raw)
+		name := fleet.ShownName(g.spec.Raw)
 		for _, r := range g.replicas {
 			out = append(out, replicaStat{model: name, hive: r.hive, worker: r.worker, device: r.device, deployment: r.deployment, slots: r.slots, inflight: r.inflight})
 		}

@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"cmp"
@@ -11,11 +11,12 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // hiveFor resolves and connects a hive by name ("" = localhost).
-func (q *Queen) hiveFor(ctx context.Context, name string, narrate func(action, msg string)) (*hiveConn, error) {
+func (q *Fleet) hiveFor(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
 	if name == "" {
 		name = LocalHive
 	}
@@ -27,12 +28,12 @@ func (q *Queen) hiveFor(ctx context.Context, name string, narrate func(action, m
 
 // pull has a hive download a reference, relaying its progress. The fit
 // check was made on the header already (placing a job, or pullModel).
-func (q *Queen) pull(ctx context.Context, hc *hiveConn, spec *ModelSpec, alias string, ev events) (hiveapi.Model, error) {
+func (q *Fleet) pull(ctx context.Context, hc *Conn, spec *ModelSpec, alias string, ev Events) (hiveapi.Model, error) {
 	hub := q.hub()
 	m, err := hc.client.Pull(ctx, hiveapi.PullRequest{Ref: spec.Raw, Alias: alias, Endpoint: hub.Endpoint, Token: hub.Token},
-		func(e rbee.Event) error { ev.send(e); return nil })
+		func(e rbee.Event) error { ev.Send(e); return nil })
 	if err != nil {
-		return hiveapi.Model{}, hiveError(err)
+		return hiveapi.Model{}, HiveError(err)
 	}
 	return m, nil
 }
@@ -40,25 +41,25 @@ func (q *Queen) pull(ctx context.Context, hc *hiveConn, spec *ModelSpec, alias s
 // pullModel is rbee model pull: the model onto one hive, planned like a
 // job (already there, copied from a peer, or fetched after the fit check
 // on its header), without starting a worker.
-func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.PullRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "pull: %w", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "pull: %w", err))
 		return
 	}
 	local := filepath.IsAbs(req.Ref) // a GGUF on this machine: named, and pushed to the hive
 	if _, err := download.ParseRef(req.Ref); err != nil && !local {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "%w", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "%w", err))
 		return
 	}
-	q.streamOp(w, func(ev events) error {
-		defer q.router.stale() // the door sees the model (and its alias) at once
+	q.streamOp(w, func(ev Events) error {
+		defer q.changed() // the door sees the model (and its alias) at once
 		ctx := r.Context()
 		name := req.Hive
 		if name == "" {
 			name = LocalHive
 		}
-		spec, err := q.parseModel(ctx, req.Ref)
+		spec, err := q.ParseModel(ctx, req.Ref)
 		if err != nil {
 			return err
 		}
@@ -71,8 +72,8 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		snap := snaps[name]
-		if m, ok := snap.find(spec); ok {
-			ev.narrate("model_ready", fmt.Sprintf("%s is already on hive %s", req.Ref, name))
+		if m, ok := snap.Find(spec); ok {
+			ev.Narrate("model_ready", fmt.Sprintf("%s is already on hive %s", req.Ref, name))
 			return q.aliasOn(ctx, name, m, req.Alias)
 		}
 		if local {
@@ -84,11 +85,11 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 				err = q.aliasOn(ctx, name, m, req.Alias)
 			}
 			if err == nil {
-				ev.narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmp.Or(req.Alias, m.ID)))
+				ev.Narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmp.Or(req.Alias, m.ID)))
 			}
 			return err
 		}
-		hc, err := q.hiveConn(ctx, name, ev.narrate)
+		hc, err := q.hiveConn(ctx, name, ev.Narrate)
 		if err != nil {
 			return err
 		}
@@ -98,7 +99,7 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 			}
 			return err
 		}
-		if err := q.estimate(ctx, spec, snaps); err != nil {
+		if err := q.Estimate(ctx, spec, snaps); err != nil {
 			return err
 		}
 		if err := q.fits(spec, name, snap, ev); err != nil {
@@ -108,29 +109,29 @@ func (q *Queen) pullModel(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		ev.narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s (%s %s, %s)", req.Ref, name, m.ID, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size))))
+		ev.Narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s (%s %s, %s)", req.Ref, name, m.ID, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size))))
 		return nil
 	})
 }
 
 // aliasOn gives a model the alias asked for when it has none yet.
-func (q *Queen) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias string) error {
+func (q *Fleet) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias string) error {
 	if alias == "" || m.Alias == alias {
 		return nil
 	}
-	hc, err := q.hiveConn(ctx, hive, quiet)
+	hc, err := q.hiveConn(ctx, hive, Silent)
 	if err != nil {
 		return err
 	}
 	if _, err := hc.client.AddModel(ctx, hiveapi.AddModelRequest{Path: m.Path, Ref: m.Ref, Alias: alias}); err != nil {
-		return hiveError(err)
+		return HiveError(err)
 	}
 	return nil
 }
 
 // fits refuses, with the numbers and before any download, a model that
 // fits none of the hive's devices.
-func (q *Queen) fits(spec *ModelSpec, name string, snap Snapshot, ev events) error {
+func (q *Fleet) fits(spec *ModelSpec, name string, snap Snapshot, ev Events) error {
 	var best rbee.Device
 	for _, d := range snap.Devices {
 		if d.FreeBytes > best.FreeBytes {
@@ -143,35 +144,35 @@ func (q *Queen) fits(spec *ModelSpec, name string, snap Snapshot, ev events) err
 				spec.Raw, rbee.Bytes(spec.Need), rbee.Bytes(spec.Weights), spec.CtxSize, name, best.ID, rbee.Bytes(best.FreeBytes))}).
 			WithHint("pick a smaller quantization (hf:ORG/REPO:Q4_K_M) or another hive")
 	}
-	ev.narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
+	ev.Narrate("model_fits", fmt.Sprintf("%s needs about %s: fits %s/%s (%s free), checked from its header before downloading",
 		spec.Raw, rbee.Bytes(spec.Need), name, best.ID, rbee.Bytes(best.FreeBytes)))
 	return nil
 }
 
-func (q *Queen) listModels(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+func (q *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	ms, err := hc.client.Models(r.Context())
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, hiveError(err))
+		reply.Error(w, http.StatusBadGateway, HiveError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, queenapi.Models{Hive: hc.name, Models: ms})
+	reply.JSON(w, http.StatusOK, queenapi.Models{Hive: hc.name, Models: ms})
 }
 
-func (q *Queen) removeModel(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+func (q *Fleet) removeModel(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	if err := hc.client.RemoveModel(r.Context(), r.PathValue("key")); err != nil {
-		writeErr(w, http.StatusNotFound, hiveError(err))
+		reply.Error(w, http.StatusNotFound, HiveError(err))
 		return
 	}
-	q.router.stale()
+	q.changed()
 	w.WriteHeader(http.StatusNoContent)
 }

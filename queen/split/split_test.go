@@ -1,10 +1,11 @@
-package queen
+package split
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -25,7 +26,7 @@ func TestValidateSplit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := validateSplit(tt.req)
+			err := Validate(tt.req)
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("got %v, want accepted", err)
@@ -37,7 +38,7 @@ func TestValidateSplit(t *testing.T) {
 }
 
 func TestSplitKeyIgnoresOrder(t *testing.T) {
-	spec := &ModelSpec{SHA256: "abc"}
+	spec := &fleet.ModelSpec{SHA256: "abc"}
 	if a, b := splitKey(spec, []string{"h2", "h1", "localhost"}), splitKey(spec, []string{"localhost", "h1", "h2"}); a != b {
 		t.Errorf("keys differ: %q %q", a, b)
 	}
@@ -48,24 +49,24 @@ func TestSplitKeyIgnoresOrder(t *testing.T) {
 
 type recEvents struct{ evs []rbee.Event }
 
-func (r *recEvents) send(ev rbee.Event) { r.evs = append(r.evs, ev) }
-func (r *recEvents) narrate(action, msg string) {
+func (r *recEvents) Send(ev rbee.Event) { r.evs = append(r.evs, ev) }
+func (r *recEvents) Narrate(action, msg string) {
 	r.evs = append(r.evs, rbee.Narrate(me, action, msg))
 }
 
 // A model no device holds and the hives together do not either: the job
 // fails with both sets of numbers, and --explain says why, before any hive
-// is touched (the Queen here has no pool: touching one would panic).
+// is touched (the Splitter here has no fleet: touching one would panic).
 func TestAutoSplitNoRoom(t *testing.T) {
 	const gib = 1 << 30
-	cpu := func(free uint64) Snapshot {
-		return Snapshot{Devices: []rbee.Device{{ID: "cpu", Kind: rbee.DeviceCPU, Name: "CPU", TotalBytes: free, FreeBytes: free}}}
+	cpu := func(free uint64) fleet.Snapshot {
+		return fleet.Snapshot{Devices: []rbee.Device{{ID: "cpu", Kind: rbee.DeviceCPU, Name: "CPU", TotalBytes: free, FreeBytes: free}}}
 	}
-	spec := &ModelSpec{Raw: "/m/big.gguf", Need: 40 * gib, Weights: 38 * gib, Layers: 40}
+	spec := &fleet.ModelSpec{Raw: "/m/big.gguf", Need: 40 * gib, Weights: 38 * gib, Layers: 40}
 	cause := rbee.Errorf(rbee.CodeNoRoom, "no device has room for the model (needs 40.0 GiB)")
 	ev := &recEvents{}
-	q := &Queen{}
-	err := q.autoSplit(t.Context(), "job-1", queenapi.JobRequest{Explain: true}, spec, map[string]Snapshot{"a": cpu(16 * gib), "b": cpu(20 * gib)}, cause, ev)
+	sp := &Splitter{}
+	err := sp.Auto(t.Context(), "job-1", queenapi.JobRequest{Explain: true}, spec, map[string]fleet.Snapshot{"a": cpu(16 * gib), "b": cpu(20 * gib)}, cause, ev)
 	if rbee.CodeOf(err) != rbee.CodeNoRoom || !strings.Contains(err.Error(), "needs 40.0 GiB") || !strings.Contains(err.Error(), "all 2 hives together have 36.0 GiB free") {
 		t.Errorf("got %v, want no_room with the fleet's numbers", err)
 	}
@@ -77,7 +78,7 @@ func TestAutoSplitNoRoom(t *testing.T) {
 		t.Errorf("--explain said nothing of the split: %+v", ev.evs)
 	}
 	// One hive: no split to propose, the cause stands.
-	if err := q.autoSplit(t.Context(), "job-2", queenapi.JobRequest{}, spec, map[string]Snapshot{"a": cpu(16 * gib)}, cause, ev); err != cause {
+	if err := sp.Auto(t.Context(), "job-2", queenapi.JobRequest{}, spec, map[string]fleet.Snapshot{"a": cpu(16 * gib)}, cause, ev); err != cause {
 		t.Errorf("one hive: got %v, want the cause", err)
 	}
 }

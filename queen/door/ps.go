@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"net/http"
@@ -7,23 +7,25 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // ps lists every worker of every reachable hive, asked now (one bounded
 // snapshot each, in parallel): rbee ps.
-func (q *Queen) ps(w http.ResponseWriter, r *http.Request) {
+func (dr *Door) ps(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	hives, err := q.candidates(ctx, "", quietEvents{})
+	hives, err := dr.fleet.Candidates(ctx, "", fleet.Quiet{})
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	var rec recorderEvents
-	snaps, err := q.plan.snapshots(ctx, hives, &rec)
+	snaps, err := dr.fleet.Snapshots(ctx, hives, &rec)
 	out := queenapi.Processes{Processes: []queenapi.Process{}, Skipped: rec.skipped}
 	if err != nil {
-		writeJSON(w, http.StatusOK, out) // no hive answers: none runs anything we can see
+		reply.JSON(w, http.StatusOK, out) // no hive answers: none runs anything we can see
 		return
 	}
 	for name, s := range snaps {
@@ -41,7 +43,7 @@ func (q *Queen) ps(w http.ResponseWriter, r *http.Request) {
 				p.Model = filepath.Base(wi.Model)
 			}
 			if wi.Busy == 0 && !wi.LastUsed.IsZero() && wi.Deployment == "" {
-				p.UnloadInS = max(q.cfg.KeepAlive-time.Since(wi.LastUsed), 0).Seconds()
+				p.UnloadInS = max(dr.cfg.KeepAlive-time.Since(wi.LastUsed), 0).Seconds()
 			}
 			out.Processes = append(out.Processes, p)
 		}
@@ -53,7 +55,7 @@ func (q *Queen) ps(w http.ResponseWriter, r *http.Request) {
 		}
 		return a.Started.Before(b.Started)
 	})
-	writeJSON(w, http.StatusOK, out)
+	reply.JSON(w, http.StatusOK, out)
 }
 
 // recorderEvents keeps what a snapshot pass says about hives it left out.
@@ -61,10 +63,10 @@ type recorderEvents struct {
 	skipped []string
 }
 
-func (r *recorderEvents) send(ev rbee.Event) {
+func (r *recorderEvents) Send(ev rbee.Event) {
 	if ev.Action == "hive_skipped" {
 		r.skipped = append(r.skipped, ev.Message)
 	}
 }
 
-func (r *recorderEvents) narrate(string, string) {}
+func (r *recorderEvents) Narrate(string, string) {}

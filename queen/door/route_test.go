@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"context"
@@ -6,11 +6,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rbee-dev/rbee/queen/fleet"
 )
 
 // testGroup is a deployed group (no placement) with the given replicas.
 func testGroup(rs ...*replica) *group {
-	g := &group{spec: &ModelSpec{Raw: "m"}, replicas: map[string]*replica{}, wake: make(chan struct{}), deployed: true}
+	g := &group{spec: &fleet.ModelSpec{Raw: "m"}, replicas: map[string]*replica{}, wake: make(chan struct{}), deployed: true}
 	for _, r := range rs {
 		g.replicas[r.id()] = r
 	}

@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"github.com/rbee-dev/rbee/remote"
 )
 
-// hiveConn is a connected hive: its agent's client and how it is reached.
-type hiveConn struct {
+// Conn is a connected hive: its agent's client and how it is reached.
+type Conn struct {
 	name      string
 	client    *hiveapi.Client
 	handshake hiveapi.Handshake
@@ -30,8 +30,22 @@ type remoteHive struct {
 	res    provision.Result
 }
 
+// Name is the hive's name.
+func (h *Conn) Name() string { return h.name }
+
+// Client is the agent's API client.
+func (h *Conn) Client() *hiveapi.Client { return h.client }
+
+// SSH is the hive's SSH connection; nil for this machine's hive.
+func (h *Conn) SSH() *remote.Conn {
+	if h.remote == nil {
+		return nil
+	}
+	return h.remote.conn
+}
+
 // alive reports whether the connection can still carry requests.
-func (h *hiveConn) alive() bool {
+func (h *Conn) alive() bool {
 	if h.remote != nil {
 		return h.remote.conn.Err() == nil
 	}
@@ -47,7 +61,7 @@ func (h *hiveConn) alive() bool {
 
 // connector connects one hive: dial, start its agent if needed, handshake.
 // step names what it is doing, so a timeout can say where it hung.
-type connector func(ctx context.Context, step func(string), narrate func(action, msg string)) (*hiveConn, error)
+type connector func(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error)
 
 // pool holds the queen's one connection per hive. Connecting is
 // single-flight (parallel first uses share one dial and one agent start)
@@ -59,7 +73,7 @@ type pool struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	status     func(name string, online bool, reason string)
-	stopLocal  func(h *hiveConn)
+	stopLocal  func(h *Conn)
 
 	ctx    context.Context // ends with the pool: background redials
 	cancel context.CancelFunc
@@ -72,14 +86,14 @@ type pool struct {
 
 type poolEntry struct {
 	connect   connector
-	conn      *hiveConn
+	conn      *Conn
 	err       error  // why there is no conn
 	dialing   *dial  // the attempt in flight
 	step      string // what the attempt in flight is doing
 	redialing bool
 }
 
-func newPool(timeout time.Duration, status func(name string, online bool, reason string), stopLocal func(*hiveConn)) *pool {
+func newPool(timeout time.Duration, status func(name string, online bool, reason string), stopLocal func(*Conn)) *pool {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pool{timeout: timeout, minBackoff: time.Second, maxBackoff: 30 * time.Second, status: status, stopLocal: stopLocal,
 		ctx: ctx, cancel: cancel, hives: map[string]*poolEntry{}}
@@ -96,7 +110,7 @@ var errPoolClosed = errors.New("the queen is shutting down")
 // for the host's answer with the pool's timeout (pushes are bounded by the
 // keepalives), and a timeout names the step that hung. narrate reports the
 // attempt this call starts, for as long as this call waits.
-func (p *pool) get(ctx context.Context, name string, connect connector, narrate func(action, msg string)) (*hiveConn, error) {
+func (p *pool) get(ctx context.Context, name string, connect connector, narrate func(action, msg string)) (*Conn, error) {
 	return p.getWith(ctx, name, connect, narrate, true)
 }
 
@@ -104,7 +118,7 @@ func (p *pool) get(ctx context.Context, name string, connect connector, narrate 
 // without keeping it for later redials (a connector that accepts a new
 // host key is for the one command the person ran, never a background
 // redial).
-func (p *pool) getWith(ctx context.Context, name string, connect connector, narrate func(action, msg string), keep bool) (*hiveConn, error) {
+func (p *pool) getWith(ctx context.Context, name string, connect connector, narrate func(action, msg string), keep bool) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -154,7 +168,7 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, narr
 // dial is one connect attempt; its outcome is set before done closes.
 type dial struct {
 	done chan struct{}
-	hc   *hiveConn
+	hc   *Conn
 	err  error
 }
 
@@ -267,7 +281,7 @@ func (p *pool) stepError(name, step string, err error) error {
 
 // watch marks the hive offline the moment its SSH connection dies
 // (keepalives unanswered, reset, closed) and starts the redial.
-func (p *pool) watch(name string, e *poolEntry, hc *hiveConn) {
+func (p *pool) watch(name string, e *poolEntry, hc *Conn) {
 	defer p.wg.Done()
 	select {
 	case <-hc.remote.conn.Done():
@@ -297,7 +311,6 @@ func (p *pool) redial(name string, e *poolEntry) {
 		e.redialing = false
 		p.mu.Unlock()
 	}()
-	quiet := func(string, string) {}
 	for delay := p.minBackoff; ; delay = min(2*delay, p.maxBackoff) {
 		t := time.NewTimer(delay)
 		select {
@@ -328,7 +341,7 @@ func (p *pool) redial(name string, e *poolEntry) {
 		e.dialing, e.step = d, "connect"
 		connect := e.connect
 		p.mu.Unlock()
-		if p.dialOnce(name, e, d, connect, quiet); d.err == nil {
+		if p.dialOnce(name, e, d, connect, Silent); d.err == nil {
 			return
 		}
 	}
@@ -337,7 +350,7 @@ func (p *pool) redial(name string, e *poolEntry) {
 // fail drops a connection that stopped answering although its transport
 // looked alive (a stalled host): it is closed without waiting on the peer
 // and the hive is marked offline with reason.
-func (p *pool) fail(name string, hc *hiveConn, reason error) {
+func (p *pool) fail(name string, hc *Conn, reason error) {
 	p.mu.Lock()
 	e := p.hives[name]
 	if e != nil && e.conn == hc {
@@ -352,10 +365,10 @@ func (p *pool) fail(name string, hc *hiveConn, reason error) {
 }
 
 // connected returns the hives with a live connection now.
-func (p *pool) connected() []*hiveConn {
+func (p *pool) connected() []*Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []*hiveConn
+	var out []*Conn
 	for _, e := range p.hives {
 		if e.conn != nil && e.conn.alive() {
 			out = append(out, e.conn)
@@ -414,7 +427,7 @@ func (p *pool) drop(name string) {
 
 // closeConn closes a connection without waiting on the peer. A local agent
 // this queen started is stopped (with its workers).
-func (p *pool) closeConn(hc *hiveConn) {
+func (p *pool) closeConn(hc *Conn) {
 	hc.client.Close()
 	switch {
 	case hc.remote != nil:
@@ -434,7 +447,7 @@ func (p *pool) close() {
 		return
 	}
 	p.closed = true
-	var conns []*hiveConn
+	var conns []*Conn
 	for _, e := range p.hives {
 		if e.conn != nil {
 			conns = append(conns, e.conn)

@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"cmp"
@@ -16,16 +16,18 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/doctor"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/provision"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/remote"
 	"github.com/rbee-dev/rbee/sse"
-	"golang.org/x/crypto/ssh"
 )
 
 var hostChars = func(s string) bool {
@@ -72,52 +74,52 @@ func otherName(host string) string {
 
 // streamOp runs op with its events on an SSE stream, ending with done or
 // the error.
-func (q *Queen) streamOp(w http.ResponseWriter, op func(ev events) error) {
+func (q *Fleet) streamOp(w http.ResponseWriter, op func(ev Events) error) {
 	sw := sse.NewWriter(w)
 	defer sw.Close()
-	ev := jobEvents{sw: sw}
+	ev := Stream{SW: sw}
 	if err := op(ev); err != nil {
-		ev.send(rbee.FailErr(me, err))
+		ev.Send(rbee.FailErr(me, err))
 		return
 	}
-	ev.send(rbee.Event{Type: rbee.EventDone, Actor: me})
+	ev.Send(rbee.Event{Type: rbee.EventDone, Actor: me})
 }
 
 // addHive connects, installs, probes devices, and records the hive in the
 // inventory and the catalog. Running it twice is harmless.
-func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.AddHiveRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add hive: %w", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add hive: %w", err))
 		return
 	}
 	if err := ValidateAdd(req); err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	inv, err := q.loadInventory()
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	ih := inventory.Hive{Name: req.Name, Host: req.Host, User: req.User, Port: req.Port, Identity: req.Identity}
 	if old, ok := inv.Hive(req.Name); ok && (old.Host != ih.Host || old.User != ih.User || old.Port != ih.Port) {
-		writeErr(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s already names %s in %s; rbee hive rm it first or pick another --name", req.Name, old.Host, inv.Path))
+		reply.Error(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s already names %s in %s; rbee hive rm it first or pick another --name", req.Name, old.Host, inv.Path))
 		return
 	}
 	if bad, ok := inv.BadHive(req.Name); ok {
-		writeErr(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s is already in %s:%d, with problems (%s); fix that entry, or rbee hive rm %s, or pick another --name",
+		reply.Error(w, http.StatusConflict, rbee.Errorf(rbee.CodeBadRequest, "hive %s is already in %s:%d, with problems (%s); fix that entry, or rbee hive rm %s, or pick another --name",
 			req.Name, inv.Path, bad.Line, bad.Err, req.Name))
 		return
 	}
 	if req.DryRun {
-		q.streamOp(w, func(ev events) error { return q.planHive(r.Context(), ih, req.AcceptNewHostKey, ev) })
+		q.streamOp(w, func(ev Events) error { return q.planHive(r.Context(), ih, req.AcceptNewHostKey, ev) })
 		return
 	}
-	q.streamOp(w, func(ev events) error {
+	q.streamOp(w, func(ev Events) error {
 		ctx := r.Context()
 		_, known := inv.Hive(req.Name)
-		hc, err := q.pool.getWith(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.narrate, !req.AcceptNewHostKey)
+		hc, err := q.pool.getWith(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.Narrate, !req.AcceptNewHostKey)
 		if err != nil {
 			if !known {
 				q.pool.drop(req.Name) // not a hive yet: nothing to redial
@@ -133,7 +135,7 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return rbee.Errorf(rbee.CodeHiveDown, "hive %s: devices: %w", req.Name, err)
 		}
-		ev.narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
+		ev.Narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
 		if inv, err = q.recordHive(ih); err != nil {
 			return err
 		}
@@ -146,7 +148,7 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 		if err := q.db.SetDevices(ctx, req.Name, devs.Devices, now); err != nil {
 			return err
 		}
-		ev.narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
+		ev.Narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
 		return nil
 	})
 }
@@ -157,7 +159,7 @@ func (q *Queen) addHive(w http.ResponseWriter, r *http.Request) {
 var inventoryMu sync.Mutex
 
 // recordHive adds h to the inventory file (nothing when it is there).
-func (q *Queen) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
+func (q *Fleet) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
 	inventoryMu.Lock()
 	defer inventoryMu.Unlock()
 	inv, err := q.loadInventory()
@@ -177,7 +179,7 @@ func (q *Queen) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
 // plan, changing nothing: not the host (the plan only reads), not the
 // inventory, not the catalog, and not known_hosts — a new host key is
 // trusted for this one connection through a copy of the file.
-func (q *Queen) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool, ev events) error {
+func (q *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool, ev Events) error {
 	t, cfg := q.target(ih)
 	before, err := os.ReadFile(cfg.KnownHosts)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -194,7 +196,7 @@ func (q *Queen) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool,
 			return fmt.Errorf("plan hive %s: %w", ih.Name, err)
 		}
 	}
-	ev.narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s) for a dry run", ih.Name, describeTarget(t)))
+	ev.Narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s) for a dry run", ih.Name, describeTarget(t)))
 	dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
 	conn, err := remote.Dial(dctx, t, cfg)
 	cancel()
@@ -225,7 +227,7 @@ func (q *Queen) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool,
 	if err != nil {
 		return fmt.Errorf("plan hive %s: %w", ih.Name, err)
 	}
-	ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: queenapi.EventInstallPlan, Data: data,
+	ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: queenapi.EventInstallPlan, Data: data,
 		Message: fmt.Sprintf("hive %s: would upload %d file(s), %s (%d bytes); dry run, nothing changed", ih.Name, out.UploadFiles, rbee.Bytes(uint64(out.UploadBytes)), out.UploadBytes)})
 	if perr != nil {
 		return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", ih.Name, perr)
@@ -266,10 +268,10 @@ func hiveInfo(h catalog.Hive) queenapi.HiveInfo {
 // listHiveInfo lists hives from the catalog, as the pool last saw them
 // (a lost connection shows at once, with its reason), without contacting
 // any.
-func (q *Queen) listHiveInfo(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 	hs, err := q.db.Hives(r.Context())
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err)
+		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
 	inv, _ := q.loadInventory() // a file that does not load lists no inventory hives
@@ -297,7 +299,7 @@ func (q *Queen) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, queenapi.Hives{Hives: out})
+	reply.JSON(w, http.StatusOK, queenapi.Hives{Hives: out})
 }
 
 // StatusInvalid is the status of a hive whose inventory entry has problems:
@@ -314,35 +316,35 @@ func badName(b inventory.BadHive) string {
 }
 
 // hiveStatus contacts the hive now and reports it with its workers.
-func (q *Queen) hiveStatus(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	entry, _, err := q.resolveHive(ctx, name)
 	if err != nil {
-		writeErr(w, http.StatusNotFound, err)
+		reply.Error(w, http.StatusNotFound, err)
 		return
 	}
 	h := &liveHive{q: q, name: name}
-	s, err := h.Snapshot(ctx, quietEvents{})
+	s, err := h.Snapshot(ctx, Quiet{})
 	if err != nil {
-		q.setStatus(name, false, err.Error())
+		q.SetStatus(name, false, err.Error())
 		entry, _ = q.db.Hive(ctx, name)
-		writeJSON(w, http.StatusOK, hiveInfo(entry))
+		reply.JSON(w, http.StatusOK, hiveInfo(entry))
 		return
 	}
 	entry, _ = q.db.Hive(ctx, name)
 	info := hiveInfo(entry)
 	info.Status, info.Reason, info.Devices, info.Workers = "online", "", s.Devices, s.Workers
-	if hc, err := q.hiveConn(ctx, name, quiet); err == nil {
+	if hc, err := q.hiveConn(ctx, name, Silent); err == nil {
 		info.Host = hostFacts(ctx, hc)
 	}
-	writeJSON(w, http.StatusOK, info)
+	reply.JSON(w, http.StatusOK, info)
 }
 
 // hostFacts is what is known of a connected hive's machine: the probe its
 // SSH connection ran (a local probe for this machine's hive) and the
 // agent's NVML answer.
-func hostFacts(ctx context.Context, hc *hiveConn) *queenapi.HostFacts {
+func hostFacts(ctx context.Context, hc *Conn) *queenapi.HostFacts {
 	var f queenapi.HostFacts
 	if hc.remote != nil {
 		p := hc.remote.res.Probe
@@ -366,37 +368,37 @@ func hostFacts(ctx context.Context, hc *hiveConn) *queenapi.HostFacts {
 
 // removeHive forgets a hive; with ?purge=1 it also stops its agent and
 // deletes ~/.rbee on the host.
-func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	inventoryMu.Lock()
 	defer inventoryMu.Unlock()
 	inv, err := q.loadInventory()
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	_, inInv := inv.Hive(name)
 	_, isBad := inv.BadHive(name)
 	_, dbErr := q.db.Hive(ctx, name)
 	if !inInv && !isBad && errors.Is(dbErr, catalog.ErrNotFound) {
-		writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name))
+		reply.Error(w, http.StatusNotFound, rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name))
 		return
 	}
 	if r.URL.Query().Get("purge") == "1" && inInv {
 		if err := q.purge(ctx, name); err != nil {
-			writeErr(w, http.StatusBadGateway, err)
+			reply.Error(w, http.StatusBadGateway, err)
 			return
 		}
 	}
 	q.pool.drop(name)
 	if inInv || isBad {
 		if err := inv.Remove(name); err != nil {
-			writeErr(w, http.StatusInternalServerError, err)
+			reply.Error(w, http.StatusInternalServerError, err)
 			return
 		}
 		if err := inv.Save(); err != nil {
-			writeErr(w, http.StatusInternalServerError, err)
+			reply.Error(w, http.StatusInternalServerError, err)
 			return
 		}
 	}
@@ -408,8 +410,8 @@ func (q *Queen) removeHive(w http.ResponseWriter, r *http.Request) {
 
 // purge stops a remote hive's agent (and its workers) and removes ~/.rbee
 // on the host.
-func (q *Queen) purge(ctx context.Context, name string) error {
-	hc, err := q.hiveConn(ctx, name, quiet)
+func (q *Fleet) purge(ctx context.Context, name string) error {
+	hc, err := q.hiveConn(ctx, name, Silent)
 	if err != nil {
 		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
 	}
@@ -427,25 +429,25 @@ func (q *Queen) purge(ctx context.Context, name string) error {
 }
 
 // hiveLogs returns the end of the agent's log.
-func (q *Queen) hiveLogs(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) hiveLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	_, isRemote, err := q.resolveHive(ctx, name)
 	if err != nil {
-		writeErr(w, http.StatusNotFound, err)
+		reply.Error(w, http.StatusNotFound, err)
 		return
 	}
 	var out []byte
 	if !isRemote {
 		out, err = proc.Tail(q.cfg.Home.Log("hive-localhost"), 200)
 	} else {
-		var hc *hiveConn
-		if hc, err = q.hiveConn(ctx, name, quiet); err == nil {
+		var hc *Conn
+		if hc, err = q.hiveConn(ctx, name, Silent); err == nil {
 			out, err = hc.remote.conn.Run(ctx, []string{"tail", "-n", "200", hc.remote.layout.LogPath()}, nil)
 		}
 	}
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -453,13 +455,13 @@ func (q *Queen) hiveLogs(w http.ResponseWriter, r *http.Request) {
 }
 
 // up connects every inventory hive in parallel, one event per host.
-func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) up(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.UpRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "up: %w", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "up: %w", err))
 		return
 	}
-	q.streamOp(w, func(ev events) error {
+	q.streamOp(w, func(ev Events) error {
 		failed, err := q.upAll(r.Context(), ev, req.AcceptNewHostKey)
 		if err != nil {
 			return err
@@ -474,7 +476,7 @@ func (q *Queen) up(w http.ResponseWriter, r *http.Request) {
 // upAll connects every inventory hive in parallel; an entry with problems
 // fails on its own line. acceptNew records the host keys of hosts not yet
 // in known_hosts (for this call only: redials check them).
-func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed int, err error) {
+func (q *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed int, err error) {
 	inv, err := q.loadInventory()
 	if err != nil {
 		return 0, err
@@ -486,7 +488,7 @@ func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed in
 	for _, b := range inv.Bad {
 		e := rbee.FailErr("hive "+badName(b), rbee.Errorf(rbee.CodeBadRequest, "%w", b.Err))
 		e.Hint = "fix the entry in " + inv.Path + ", or rbee hive rm it"
-		ev.send(e)
+		ev.Send(e)
 		failed++
 	}
 	for _, h := range inv.Hives {
@@ -499,14 +501,14 @@ func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed in
 			start := time.Now()
 			was, _ := q.pool.state(h.Name)
 			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			hc, err := q.pool.getWith(ctx, h.Name, q.remoteConnector(h, acceptNew), quiet, !acceptNew)
+			hc, err := q.pool.getWith(ctx, h.Name, q.remoteConnector(h, acceptNew), Silent, !acceptNew)
 			if acceptNew {
 				q.pool.setConnector(h.Name, q.remoteConnector(h, false))
 			}
 			var s Snapshot
 			if err == nil {
 				lh := &liveHive{q: q, name: h.Name}
-				s, err = lh.Snapshot(ctx, quietEvents{})
+				s, err = lh.Snapshot(ctx, Quiet{})
 			}
 			if err != nil {
 				e = rbee.FailErr("hive "+h.Name, err)
@@ -528,7 +530,7 @@ func (q *Queen) upAll(ctx context.Context, ev events, acceptNew bool) (failed in
 				e.Message = msg + "), " + describeDevices(s.Devices)
 			}
 			mu.Lock()
-			ev.send(e)
+			ev.Send(e)
 			mu.Unlock()
 		}()
 	}

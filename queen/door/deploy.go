@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -37,7 +38,7 @@ func (d *deployer) groupOf(ctx context.Context, dep catalog.Deployment) (*group,
 	if err != nil {
 		return nil, err
 	}
-	spec, err := d.rt.q.modelByName(ctx, dep.Model, snaps)
+	spec, err := d.rt.door.modelByName(ctx, dep.Model, snaps)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +133,7 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 		defer cancel()
 		r, err := rt.place(pctx, g, placeOpts{deployment: dep.Name, hives: dep.Hives, device: dep.Device, exclude: exclude})
 		if err != nil {
-			rt.q.log.Warn("deployment replica", "deployment", dep.Name, "err", err)
+			rt.door.log.Warn("deployment replica", "deployment", dep.Name, "err", err)
 			d.setErr(dep.Name, err)
 			rt.mu.Lock()
 			g.deployErr = fmt.Errorf("deployment %s has no ready replica: %w", dep.Name, err)
@@ -159,12 +160,12 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 
 // mark tells r's hive that r is kept for deployment name ("" = no more).
 func (d *deployer) mark(ctx context.Context, r *replica, name string) bool {
-	hc, err := d.rt.q.hiveConn(ctx, r.hive, quiet)
+	hc, err := d.rt.door.fleet.Client(ctx, r.hive)
 	if err == nil {
-		err = hc.client.SetDeployment(ctx, r.worker, name)
+		err = hc.SetDeployment(ctx, r.worker, name)
 	}
 	if err != nil {
-		d.rt.q.log.Warn("deployment mark", "worker", r.id(), "deployment", name, "err", err)
+		d.rt.door.log.Warn("deployment mark", "worker", r.id(), "deployment", name, "err", err)
 		return false
 	}
 	d.rt.mu.Lock()
@@ -203,7 +204,7 @@ func (d *deployer) setErr(name string, err error) {
 
 // status describes every deployment with its replicas now.
 func (d *deployer) status(ctx context.Context) ([]queenapi.Deployment, error) {
-	deps, err := d.rt.q.db.Deployments(ctx)
+	deps, err := d.rt.door.db.Deployments(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -235,51 +236,51 @@ func (d *deployer) status(ctx context.Context) ([]queenapi.Deployment, error) {
 }
 
 // listDeployments serves GET /v1/deployments.
-func (q *Queen) listDeployments(w http.ResponseWriter, r *http.Request) {
-	ds, err := q.deploy.status(r.Context())
+func (dr *Door) listDeployments(w http.ResponseWriter, r *http.Request) {
+	ds, err := dr.deploy.status(r.Context())
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err)
+		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, queenapi.Deployments{Deployments: ds})
+	reply.JSON(w, http.StatusOK, queenapi.Deployments{Deployments: ds})
 }
 
 // putDeployment serves PUT /v1/deployments/{name}: the model must be
 // found (on a hive, or a reference to download) and the hives known
 // before anything is recorded; the replicas start in the background.
-func (q *Queen) putDeployment(w http.ResponseWriter, r *http.Request) {
+func (dr *Door) putDeployment(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.DeployRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "request body: %v", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "request body: %v", err))
 		return
 	}
 	req.Name = r.PathValue("name")
 	ctx := r.Context()
 	if err := checkDeploy(req); err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	for _, h := range req.Hives {
-		if _, _, err := q.resolveHive(ctx, h); err != nil {
-			writeErr(w, http.StatusNotFound, err)
+		if err := dr.fleet.Resolve(ctx, h); err != nil {
+			reply.Error(w, http.StatusNotFound, err)
 			return
 		}
 	}
 	dep := catalog.Deployment{Name: req.Name, Model: req.Model, Replicas: req.Replicas, Hives: req.Hives, Device: req.Device, Embeddings: req.Embeddings}
-	if _, err := q.deploy.groupOf(ctx, dep); err != nil {
+	if _, err := dr.deploy.groupOf(ctx, dep); err != nil {
 		status := http.StatusBadGateway
 		if rbee.CodeOf(err) == rbee.CodeModelNotFound || rbee.CodeOf(err) == rbee.CodeBadRequest {
 			status = http.StatusNotFound
 		}
-		writeErr(w, status, err)
+		reply.Error(w, status, err)
 		return
 	}
-	if err := q.db.PutDeployment(ctx, dep); err != nil {
-		writeErr(w, http.StatusInternalServerError, err)
+	if err := dr.db.PutDeployment(ctx, dep); err != nil {
+		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	q.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "replicas", dep.Replicas)
-	q.router.changed()
+	dr.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "replicas", dep.Replicas)
+	dr.router.changed()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -302,27 +303,27 @@ func checkDeploy(req queenapi.DeployRequest) error {
 // removeDeployment serves DELETE /v1/deployments/{name}: the record goes,
 // its workers are handed back to the keep-alive (requests in flight end
 // normally).
-func (q *Queen) removeDeployment(w http.ResponseWriter, r *http.Request) {
+func (dr *Door) removeDeployment(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	defer q.router.changed()
-	if err := q.db.RemoveDeployment(ctx, name); err != nil {
+	defer dr.router.changed()
+	if err := dr.db.RemoveDeployment(ctx, name); err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
-			writeErr(w, http.StatusNotFound, rbee.Errorf(rbee.CodeModelNotFound, "no deployment %q (rbee model deployments lists them)", name))
+			reply.Error(w, http.StatusNotFound, rbee.Errorf(rbee.CodeModelNotFound, "no deployment %q (rbee model deployments lists them)", name))
 			return
 		}
-		writeErr(w, http.StatusInternalServerError, err)
+		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	deps, err := q.db.Deployments(ctx)
+	deps, err := dr.db.Deployments(ctx)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err)
+		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
 	names := map[string]bool{}
 	for _, d := range deps {
 		names[d.Name] = true
 	}
-	q.deploy.unmarkOrphans(ctx, names)
+	dr.deploy.unmarkOrphans(ctx, names)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -1,4 +1,4 @@
-package queen
+package split
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/remote"
 	"github.com/rbee-dev/rbee/scheduler"
@@ -42,15 +43,15 @@ import (
 // end closed, its SSH connection broke — the worker is killed, and the job
 // fails naming that hive.
 type split struct {
-	q         *Queen
+	owner     *Splitter
 	key       string
 	job       string
 	main      string
-	mainHC    *hiveConn
+	mainHC    *fleet.Conn
 	device    string // the main worker's device
 	plan      scheduler.SplitPlan
 	leases    map[string]*hiveapi.RPCLease // by hive
-	conns     map[string]*hiveConn         // by hive, as the split was set up
+	conns     map[string]*fleet.Conn       // by hive, as the split was set up
 	fwds      []*forward
 	endpoints []string
 
@@ -70,14 +71,7 @@ type split struct {
 	stopWorker bool // the teardown kills the worker
 }
 
-// splits is the queen's table of live splits.
-type splits struct {
-	mu sync.Mutex
-	m  map[*split]struct{}
-	wg sync.WaitGroup // teardowns
-}
-
-func (ss *splits) add(s *split) {
+func (ss *Splitter) add(s *split) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
@@ -86,14 +80,14 @@ func (ss *splits) add(s *split) {
 	ss.m[s] = struct{}{}
 }
 
-func (ss *splits) remove(s *split) {
+func (ss *Splitter) remove(s *split) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	delete(ss.m, s)
 }
 
 // warm returns a live split with key whose worker is running.
-func (ss *splits) warm(key string) *split {
+func (ss *Splitter) warm(key string) *split {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for s := range ss.m {
@@ -107,9 +101,9 @@ func (ss *splits) warm(key string) *split {
 	return nil
 }
 
-// closeAll tears every split down (the queen is stopping: a split worker
+// Close tears every split down (the queen is stopping: a split worker
 // cannot outlive its forwards) and waits.
-func (ss *splits) closeAll() {
+func (ss *Splitter) Close() {
 	ss.mu.Lock()
 	all := make([]*split, 0, len(ss.m))
 	for s := range ss.m {
@@ -127,14 +121,14 @@ func (ss *splits) closeAll() {
 
 // runSplit runs a split job: explicit (--split names the hives) or
 // proposed by the planner when no single device has room (auto).
-func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest, spec *ModelSpec, plan scheduler.SplitPlan, ev events) error {
+func (sp *Splitter) runSplit(ctx context.Context, id string, req queenapi.JobRequest, spec *fleet.ModelSpec, plan scheduler.SplitPlan, ev fleet.Events) error {
 	names := plan.Hives()
 	key := splitKey(spec, names)
-	if s := q.splits.warm(key); s != nil {
+	if s := sp.warm(key); s != nil {
 		s.mu.Lock()
 		worker := s.worker
 		s.mu.Unlock()
-		ev.narrate("device_picked", fmt.Sprintf("split worker %s on hive %s already holds the model across %s: no spawn", worker, s.main, strings.Join(names, ", ")))
+		ev.Narrate("device_picked", fmt.Sprintf("split worker %s on hive %s already holds the model across %s: no spawn", worker, s.main, strings.Join(names, ", ")))
 		ireq := hiveapi.InferRequest{Job: id, Prompt: req.Prompt, Mode: req.Mode, MaxTokens: req.MaxTokens, Temperature: req.Temperature, Seed: req.Seed,
 			Worker: worker, Device: s.device}
 		m, ok := s.modelID()
@@ -142,12 +136,12 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 			return rbee.Errorf(rbee.CodeInternal, "split worker %s: no model", worker)
 		}
 		ireq.Model = m
-		return q.relay(ctx, &liveHive{q: q, name: s.main}, ireq, newSplitEvents(ev, s))
+		return sp.fleet.Relay(ctx, sp.fleet.Live(s.main, false), ireq, newSplitEvents(ev, s))
 	}
 	if !req.Explain {
-		ev.narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
+		ev.Narrate("split_planned", strings.ReplaceAll(strings.Replace(plan.Explain(), ":\n  ", ": ", 1), "\n  ", "; "))
 	}
-	s, model, reservation, err := q.setUpSplit(ctx, id, spec, plan, key, ev)
+	s, model, reservation, err := sp.setUpSplit(ctx, id, spec, plan, key, ev)
 	if err != nil {
 		return err
 	}
@@ -159,7 +153,7 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 	s.abortStart = abort
 	s.model = model.ID
 	s.mu.Unlock()
-	err = q.relay(ictx, &liveHive{q: q, name: s.main}, ireq, newSplitEvents(ev, s))
+	err = sp.fleet.Relay(ictx, sp.fleet.Live(s.main, false), ireq, newSplitEvents(ev, s))
 	s.mu.Lock()
 	started := s.worker != ""
 	s.abortStart = nil
@@ -180,11 +174,11 @@ func (q *Queen) runSplit(ctx context.Context, id string, req queenapi.JobRequest
 // hive, starts the RPC servers and the forwards, and returns the split,
 // watched from now on, with the model's entry on the main hive and the
 // reservation the worker takes over (the main hive's share).
-func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan scheduler.SplitPlan, key string, ev events) (*split, hiveapi.Model, string, error) {
+func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.ModelSpec, plan scheduler.SplitPlan, key string, ev fleet.Events) (*split, hiveapi.Model, string, error) {
 	mainPart := plan.Parts[0]
-	conns := map[string]*hiveConn{}
+	conns := map[string]*fleet.Conn{}
 	for _, pt := range plan.Parts {
-		hc, err := q.hiveConn(ctx, pt.Hive, ev.narrate)
+		hc, err := sp.fleet.Conn(ctx, pt.Hive, ev.Narrate)
 		if err != nil {
 			return nil, hiveapi.Model{}, "", err
 		}
@@ -194,33 +188,33 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 	res := map[string]string{}
 	release := func() {
 		for h, id := range res {
-			_ = (&liveHive{q: q, name: h}).Release(context.WithoutCancel(ctx), id)
+			_ = sp.fleet.Live(h, false).Release(context.WithoutCancel(ctx), id)
 		}
 	}
 	for _, pt := range plan.Parts {
-		r, err := (&liveHive{q: q, name: pt.Hive}).Reserve(ctx, hiveapi.ReserveRequest{Device: pt.Device.ID, Bytes: pt.Bytes, Purpose: id})
+		r, err := sp.fleet.Live(pt.Hive, false).Reserve(ctx, hiveapi.ReserveRequest{Device: pt.Device.ID, Bytes: pt.Bytes, Purpose: id})
 		if err != nil {
 			release()
 			return nil, hiveapi.Model{}, "", fmt.Errorf("split: hive %s: %w", pt.Hive, err)
 		}
 		res[pt.Hive] = r
-		ev.narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s for its share", pt.Hive, rbee.Bytes(pt.Bytes), pt.Device.ID))
+		ev.Narrate("room_checked", fmt.Sprintf("hive %s reserved %s on %s for its share", pt.Hive, rbee.Bytes(pt.Bytes), pt.Device.ID))
 	}
-	snap, err := (&liveHive{q: q, name: mainPart.Hive}).Snapshot(ctx, quietEvents{})
+	snap, err := sp.fleet.Live(mainPart.Hive, false).Snapshot(ctx, fleet.Quiet{})
 	if err != nil {
 		release()
 		return nil, hiveapi.Model{}, "", err
 	}
-	model, err := (&liveHive{q: q, name: mainPart.Hive}).Model(ctx, spec, snap, ev)
+	model, err := sp.fleet.Live(mainPart.Hive, false).Model(ctx, spec, snap, ev)
 	if err != nil {
 		release()
 		return nil, hiveapi.Model{}, "", err
 	}
 
 	sctx, cancel := context.WithCancel(context.Background())
-	s := &split{q: q, key: key, job: id, main: mainPart.Hive, mainHC: conns[mainPart.Hive], device: mainPart.Device.ID, plan: plan,
+	s := &split{owner: sp, key: key, job: id, main: mainPart.Hive, mainHC: conns[mainPart.Hive], device: mainPart.Device.ID, plan: plan,
 		leases: map[string]*hiveapi.RPCLease{}, conns: conns, ctx: sctx, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
-	q.splits.add(s)
+	sp.add(s)
 	fail := func(err error) (*split, hiveapi.Model, string, error) {
 		release()
 		s.end()
@@ -238,7 +232,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 	out := make(chan started, len(parts))
 	for _, pt := range parts {
 		go func() {
-			l, err := conns[pt.Hive].client.StartRPC(ctx, hiveapi.RPCRequest{Job: id, Device: pt.Device.ID, Reservation: res[pt.Hive]})
+			l, err := conns[pt.Hive].Client().StartRPC(ctx, hiveapi.RPCRequest{Job: id, Device: pt.Device.ID, Reservation: res[pt.Hive]})
 			out <- started{pt.Hive, l, err}
 		}()
 	}
@@ -246,13 +240,13 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 	for range parts {
 		st := <-out
 		if st.err != nil {
-			errs = append(errs, fmt.Errorf("hive %s: start its RPC server: %w", st.hive, hiveError(st.err)))
+			errs = append(errs, fmt.Errorf("hive %s: start its RPC server: %w", st.hive, fleet.HiveError(st.err)))
 			delete(res, st.hive) // the hive gave it back
 			continue
 		}
 		delete(res, st.hive)
 		s.leases[st.hive] = st.lease
-		ev.narrate("rpc_ready", fmt.Sprintf("hive %s: RPC server %s on its 127.0.0.1:%d (pid %d)", st.hive, st.lease.Server.ID, st.lease.Server.Port, st.lease.Server.PID))
+		ev.Narrate("rpc_ready", fmt.Sprintf("hive %s: RPC server %s on its 127.0.0.1:%d (pid %d)", st.hive, st.lease.Server.ID, st.lease.Server.Port, st.lease.Server.PID))
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -266,7 +260,7 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 	var fwds []*forward
 	for _, pt := range parts {
 		l := s.leases[pt.Hive]
-		f, err := q.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port, l.Server.Socket)
+		f, err := sp.forwardTo(ctx, s, conns[s.main], pt.Hive, conns[pt.Hive], l.Server.Port, l.Server.Socket)
 		if err != nil {
 			for _, f := range fwds {
 				f.Close()
@@ -276,10 +270,10 @@ func (q *Queen) setUpSplit(ctx context.Context, id string, spec *ModelSpec, plan
 		fwds = append(fwds, f)
 		s.endpoints = append(s.endpoints, f.Endpoint())
 		where := "the queen's 127.0.0.1"
-		if conns[s.main].remote != nil {
+		if conns[s.main].SSH() != nil {
 			where = "hive " + s.main + "'s 127.0.0.1 (an SSH remote forward)"
 		}
-		ev.narrate("rpc_forward", fmt.Sprintf("forward %s on %s → hive %s's RPC server, inside SSH", f.Endpoint(), where, pt.Hive))
+		ev.Narrate("rpc_forward", fmt.Sprintf("forward %s on %s → hive %s's RPC server, inside SSH", f.Endpoint(), where, pt.Hive))
 	}
 	s.mu.Lock()
 	s.fwds = fwds
@@ -312,11 +306,11 @@ func names(parts []scheduler.SplitPart) []string {
 // remote forward, or the queen's own loopback for the local hive) whose
 // connections go to port on the RPC hive's loopback (through its SSH
 // connection, or directly on this machine).
-func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive string, rpc *hiveConn, port int, socket string) (*forward, error) {
+func (sp *Splitter) forwardTo(ctx context.Context, s *split, main *fleet.Conn, hive string, rpc *fleet.Conn, port int, socket string) (*forward, error) {
 	var ln net.Listener
 	var err error
-	if main.remote != nil {
-		ln, err = main.remote.conn.ListenLoopback(ctx)
+	if main.SSH() != nil {
+		ln, err = main.SSH().ListenLoopback(ctx)
 	} else {
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 	}
@@ -328,10 +322,10 @@ func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive st
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	}
-	if rpc.remote != nil {
+	if rpc.SSH() != nil {
 		// The agent's unix relay first (streamlocal: no Nagle's algorithm
 		// on sshd's side); sshd's own TCP dial where streamlocal is refused.
-		conn := rpc.remote.conn
+		conn := rpc.SSH()
 		dial = func(ctx context.Context) (net.Conn, error) {
 			if socket != "" {
 				nc, err := conn.DialUnix(ctx, socket)
@@ -345,7 +339,7 @@ func (q *Queen) forwardTo(ctx context.Context, s *split, main *hiveConn, hive st
 	return newForward(hive, ln, dial, s.lose), nil
 }
 
-func splitKey(spec *ModelSpec, hives []string) string {
+func splitKey(spec *fleet.ModelSpec, hives []string) string {
 	id := spec.SHA256
 	if id == "" {
 		id = spec.Raw
@@ -392,7 +386,7 @@ func (s *split) setWorker(id string) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		_, err := s.mainHC.client.WaitWorker(s.ctx, id)
+		_, err := s.mainHC.Client().WaitWorker(s.ctx, id)
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -409,7 +403,7 @@ func (s *split) setWorker(id string) {
 		case <-t.C:
 		}
 		t.Stop()
-		s.q.log.Info("split worker exited", "worker", id, "hive", s.main)
+		s.owner.log.Info("split worker exited", "worker", id, "hive", s.main)
 		s.end()
 	}()
 }
@@ -442,7 +436,7 @@ func (s *split) lose(hive string, err error) {
 	if ended {
 		return
 	}
-	s.q.log.Warn("split lost a hive", "job", s.job, "hive", hive, "err", err, "worker", worker)
+	s.owner.log.Warn("split lost a hive", "job", s.job, "hive", hive, "err", err, "worker", worker)
 	if abort != nil && worker == "" {
 		abort()
 	}
@@ -460,8 +454,8 @@ func (s *split) lostNow() (string, error, bool) {
 func (s *split) killWorker(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.mainHC.client.KillWorker(ctx, id); err != nil {
-		s.q.log.Warn("kill split worker", "worker", id, "hive", s.main, "err", err)
+	if err := s.mainHC.Client().KillWorker(ctx, id); err != nil {
+		s.owner.log.Warn("kill split worker", "worker", id, "hive", s.main, "err", err)
 	}
 }
 
@@ -477,9 +471,9 @@ func (s *split) end() {
 	s.ended = true
 	worker, kill, fwds := s.worker, s.stopWorker, s.fwds
 	s.mu.Unlock()
-	s.q.splits.wg.Add(1)
+	s.owner.wg.Add(1)
 	go func() {
-		defer s.q.splits.wg.Done()
+		defer s.owner.wg.Done()
 		defer close(s.done)
 		s.cancel()
 		if kill && worker != "" {
@@ -488,7 +482,7 @@ func (s *split) end() {
 		for _, f := range fwds {
 			f.Close()
 			up, down := f.Bytes()
-			s.q.log.Info("split forward closed", "job", s.job, "hive", f.hive, "bytes_up", up, "bytes_down", down)
+			s.owner.log.Info("split forward closed", "job", s.job, "hive", f.hive, "bytes_up", up, "bytes_down", down)
 		}
 		var wg sync.WaitGroup
 		for _, l := range s.leases {
@@ -496,20 +490,20 @@ func (s *split) end() {
 		}
 		wg.Wait()
 		s.wg.Wait()
-		s.q.splits.remove(s)
+		s.owner.remove(s)
 	}()
 }
 
 // splitEvents passes a split job's events on: it learns the worker's id
 // from them, and turns the worker's failure into the loss that caused it.
 type splitEvents struct {
-	events
+	fleet.Events
 	s    *split
 	base int64 // bytes the forwards had carried when the job began
 }
 
-func newSplitEvents(ev events, s *split) splitEvents {
-	return splitEvents{events: ev, s: s, base: s.carried()}
+func newSplitEvents(ev fleet.Events, s *split) splitEvents {
+	return splitEvents{Events: ev, s: s, base: s.carried()}
 }
 
 // carried is what the split's forwards have carried, both ways.
@@ -525,7 +519,7 @@ func (s *split) carried() int64 {
 	return n
 }
 
-func (e splitEvents) send(ev rbee.Event) {
+func (e splitEvents) Send(ev rbee.Event) {
 	if ev.Type == rbee.EventDone && ev.Done != nil {
 		// The split's cost, in bytes: what went through SSH for this job.
 		n := e.s.carried() - e.base
@@ -535,7 +529,7 @@ func (e splitEvents) send(ev rbee.Event) {
 		}
 		nev := rbee.Narrate(me, "split_bytes", msg)
 		nev.Data, _ = json.Marshal(map[string]int64{"bytes": n})
-		e.events.send(nev)
+		e.Events.Send(nev)
 	}
 	if ev.Worker != nil && ev.Worker.ID != "" && ev.Worker.State == "ready" {
 		e.s.setWorker(ev.Worker.ID)
@@ -543,7 +537,7 @@ func (e splitEvents) send(ev rbee.Event) {
 	if ev.Type == rbee.EventError && (ev.Code == rbee.CodeWorkerCrashed || ev.Code == rbee.CodeWorkerFailed || ev.Code == rbee.CodeWorkerNotFound) {
 		ev = e.s.explain(ev)
 	}
-	e.events.send(ev)
+	e.Events.Send(ev)
 }
 
 // explain names the lost hive in the worker's failure. The loss is
@@ -560,11 +554,11 @@ func (s *split) explain(ev rbee.Event) rbee.Event {
 	hive, why, _ := s.lostNow()
 	// A far end that closed may be the SSH connection to the hive, not
 	// its RPC server: that connection's end is seen a moment later, if so.
-	if hc := s.conns[hive]; hc != nil && hc.remote != nil {
+	if hc := s.conns[hive]; hc != nil && hc.SSH() != nil {
 		t := time.NewTimer(300 * time.Millisecond)
 		select {
-		case <-hc.remote.conn.Done():
-			why = fmt.Errorf("the SSH connection to it broke (%w)", hc.remote.conn.Err())
+		case <-hc.SSH().Done():
+			why = fmt.Errorf("the SSH connection to it broke (%w)", hc.SSH().Err())
 		case <-t.C:
 		}
 		t.Stop()

@@ -1,4 +1,4 @@
-package queen
+package door
 
 import (
 	"bufio"
@@ -20,6 +20,8 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 )
 
 // maxOpenAIBody bounds a request body at the front door (413 beyond).
@@ -35,16 +37,16 @@ type oaiModel struct {
 
 // openaiModels lists every model the fleet can serve by the names clients
 // use: deployments, aliases, references, and file names of local models.
-func (q *Queen) openaiModels(w http.ResponseWriter, r *http.Request) {
+func (dr *Door) openaiModels(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	snaps, _, err := q.router.lookSnaps(ctx)
+	snaps, _, err := dr.router.lookSnaps(ctx)
 	if err != nil {
 		writeOAIError(w, err)
 		return
 	}
 	seen := map[string]bool{}
 	out := []oaiModel{}
-	deps, err := q.router.deployments(ctx)
+	deps, err := dr.router.deployments(ctx)
 	if err != nil {
 		writeOAIError(w, err)
 		return
@@ -66,7 +68,7 @@ func (q *Queen) openaiModels(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": out})
+	reply.JSON(w, http.StatusOK, map[string]any{"object": "list", "data": out})
 }
 
 // modelNames are the names a client may ask for a model by.
@@ -100,7 +102,7 @@ type doorHead struct {
 // placed exactly as `rbee infer` places a job —, and the worker's answer
 // streams back as it comes, at the client's pace. A replica that fails
 // before the first byte is dropped and the request tried on another.
-func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
+func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 	embeddings := endpoint == "embeddings"
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOpenAIBody))
@@ -132,20 +134,20 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			if k, ok := ctx.Value(keyCtx{}).(*APIKey); ok {
 				entry.Key = k.ID
 			}
-			q.reqlog.write(entry)
-			q.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
-			q.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
+			dr.reqlog.write(entry)
+			dr.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
+			dr.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
 			if fb.status < 300 && fb.first > 0 {
-				q.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
+				dr.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
 			}
-			q.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
-			q.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
+			dr.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
+			dr.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
 		}()
 		if !allows(ctx, head.Model) {
 			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
 			return
 		}
-		spec, err := q.resolveName(ctx, head.Model)
+		spec, err := dr.ResolveName(ctx, head.Model)
 		if err != nil {
 			writeOAIError(w, err)
 			return
@@ -160,22 +162,22 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 				body, strip = b, true
 			}
 		}
-		g := q.router.group(spec, embeddings)
-		q.metrics.running.WithLabelValues(label).Inc()
-		defer q.metrics.running.WithLabelValues(label).Dec()
-		waiting := func(d int) { q.metrics.waiting.WithLabelValues(label).Add(float64(d)) }
+		g := dr.router.group(spec, embeddings)
+		dr.metrics.running.WithLabelValues(label).Inc()
+		defer dr.metrics.running.WithLabelValues(label).Dec()
+		waiting := func(d int) { dr.metrics.waiting.WithLabelValues(label).Add(float64(d)) }
 		var lastErr error
 		for try := 0; try < 3; try++ {
-			rp, err := q.router.acquire(ctx, g, waiting)
+			rp, err := dr.router.acquire(ctx, g, waiting)
 			if err != nil {
-				writeQueueError(w, head.Model, err, q.router)
+				writeQueueError(w, head.Model, err, dr.router)
 				return
 			}
-			resp, err := q.sendTo(ctx, rp, endpoint, body)
+			resp, err := dr.sendTo(ctx, rp, endpoint, body)
 			if err != nil {
 				// Nothing was written: another replica may answer.
-				q.log.Warn("replica failed before answering", "replica", rp.id(), "err", err)
-				q.router.release(g, rp, true)
+				dr.log.Warn("replica failed before answering", "replica", rp.id(), "err", err)
+				dr.router.release(g, rp, true)
 				lastErr = err
 				if ctx.Err() != nil {
 					return
@@ -194,10 +196,10 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 			resp.Body.Close()
 			broken := !complete && ctx.Err() == nil
 			if broken {
-				q.log.Warn("replica failed mid-answer", "replica", rp.id())
+				dr.log.Warn("replica failed mid-answer", "replica", rp.id())
 				writeStreamError(w, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
 			}
-			q.router.release(g, rp, broken)
+			dr.router.release(g, rp, broken)
 			return
 		}
 		writeOAIError(w, (&rbee.Error{Code: rbee.CodeWorkerFailed, Message: fmt.Sprintf("no replica of %s answered: %v", head.Model, lastErr), Err: lastErr}))
@@ -207,12 +209,12 @@ func (q *Queen) openaiComplete(endpoint string) http.HandlerFunc {
 // sendTo passes the request to replica rp through its hive. An error
 // means nothing came back: the worker or its hive is gone (a 404 or 502
 // from the hive, or no connection).
-func (q *Queen) sendTo(ctx context.Context, rp *replica, endpoint string, body []byte) (*http.Response, error) {
-	hc, err := q.hiveConn(ctx, rp.hive, quiet)
+func (dr *Door) sendTo(ctx context.Context, rp *replica, endpoint string, body []byte) (*http.Response, error) {
+	hc, err := dr.fleet.Client(ctx, rp.hive)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := hc.client.OpenAI(ctx, endpoint, map[string]string{hiveapi.WorkerHeader: rp.worker}, body)
+	resp, err := hc.OpenAI(ctx, endpoint, map[string]string{hiveapi.WorkerHeader: rp.worker}, body)
 	if err != nil {
 		return nil, err
 	}
@@ -227,10 +229,10 @@ func (q *Queen) sendTo(ctx context.Context, rp *replica, endpoint string, body [
 	return resp, nil
 }
 
-// resolveName finds the model a client named: a deployment's, else by
+// ResolveName finds the model a client named: a deployment's, else by
 // name in the fleet's catalogs (see modelByName).
-func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error) {
-	deps, err := q.router.deployments(ctx)
+func (dr *Door) ResolveName(ctx context.Context, name string) (*fleet.ModelSpec, error) {
+	deps, err := dr.router.deployments(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -243,11 +245,11 @@ func (q *Queen) resolveName(ctx context.Context, name string) (*ModelSpec, error
 	// The snapshots are at most two refreshes old, and taken again after
 	// any catalog change made through the queen (a name pulled a moment
 	// ago is found): an unknown name costs no hive a round trip.
-	snaps, _, err := q.router.lookSnaps(ctx)
+	snaps, _, err := dr.router.lookSnaps(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return q.modelByName(ctx, name, snaps)
+	return dr.modelByName(ctx, name, snaps)
 }
 
 // withUsage sets stream_options.include_usage in a request body.
@@ -378,14 +380,14 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 // modelByName finds the model a client named: an alias, a reference, a
 // catalog id or a local model's file name in any candidate's catalog; else
 // a reference (hf:…, https://…) the chosen hive will download.
-func (q *Queen) modelByName(ctx context.Context, name string, snaps map[string]Snapshot) (*ModelSpec, error) {
+func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]fleet.Snapshot) (*fleet.ModelSpec, error) {
 	var known []string
 	for _, s := range snaps {
 		for _, m := range s.Models {
 			names := modelNames(m)
 			known = append(known, names...)
 			if m.ID == name || m.Alias == name || m.Ref == name || (filepath.IsAbs(m.Ref) && filepath.Base(m.Ref) == name) {
-				spec := &ModelSpec{Raw: m.Ref, SHA256: m.SHA256, Size: m.Size, Need: m.EstimateBytes, CtxSize: m.CtxSize, Weights: m.WeightsBytes}
+				spec := &fleet.ModelSpec{Raw: m.Ref, SHA256: m.SHA256, Size: m.Size, Need: m.EstimateBytes, CtxSize: m.CtxSize, Weights: m.WeightsBytes}
 				if ref, err := download.ParseRef(m.Ref); err == nil {
 					spec.Ref = &ref // another hive may fetch it (or copy it from this one)
 				}
@@ -399,7 +401,7 @@ func (q *Queen) modelByName(ctx context.Context, name string, snaps map[string]S
 		}
 	}
 	if strings.HasPrefix(name, "hf:") || strings.HasPrefix(name, "https://") {
-		return q.parseModel(ctx, name)
+		return dr.fleet.ParseModel(ctx, name)
 	}
 	sort.Strings(known)
 	return nil, (&rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(slices.Compact(known), ", "))}).
@@ -428,5 +430,5 @@ func writeOAIError(w http.ResponseWriter, err error) {
 }
 
 func writeOAI(w http.ResponseWriter, status int, typ, code, msg string) {
-	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
+	reply.JSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
 }

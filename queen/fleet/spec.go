@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -30,10 +30,10 @@ type ModelSpec struct {
 	Checked  bool // Need came from the file's header (not yet from a hive)
 }
 
-// parseModel parses the job's model reference: the only place it is
+// ParseModel parses the job's model reference: the only place it is
 // parsed. Local files are read here (header and sha256, cached); a
 // reference's header is read later, only if no hive has the model yet.
-func (q *Queen) parseModel(ctx context.Context, raw string) (*ModelSpec, error) {
+func (q *Fleet) ParseModel(ctx context.Context, raw string) (*ModelSpec, error) {
 	spec := &ModelSpec{Raw: raw}
 	ref, err := download.ParseRef(raw)
 	if err == nil {
@@ -68,15 +68,15 @@ func (q *Queen) parseModel(ctx context.Context, raw string) (*ModelSpec, error) 
 	return spec, nil
 }
 
-// estimate fills Need for a reference: from a hive that already holds
+// Estimate fills Need for a reference: from a hive that already holds
 // the model (no network), else from the file's GGUF header over HTTP (a
 // few hundred KiB, not the weights).
-func (q *Queen) estimate(ctx context.Context, spec *ModelSpec, snaps map[string]Snapshot) error {
+func (q *Fleet) Estimate(ctx context.Context, spec *ModelSpec, snaps map[string]Snapshot) error {
 	if spec.Need > 0 || spec.Ref == nil {
 		return nil
 	}
 	for _, s := range snaps {
-		if m, ok := s.find(spec); ok && m.EstimateBytes > 0 {
+		if m, ok := s.Find(spec); ok && m.EstimateBytes > 0 {
 			spec.Need, spec.CtxSize, spec.Weights, spec.SHA256 = m.EstimateBytes, m.CtxSize, m.WeightsBytes, m.SHA256
 			return nil
 		}
@@ -101,7 +101,7 @@ func (q *Queen) estimate(ctx context.Context, spec *ModelSpec, snaps map[string]
 	return nil
 }
 
-func (q *Queen) hub() *download.Hub {
+func (q *Fleet) hub() *download.Hub {
 	return &download.Hub{Endpoint: os.Getenv("HF_ENDPOINT"), Token: os.Getenv("HF_TOKEN")}
 }
 

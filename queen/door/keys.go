@@ -1,10 +1,11 @@
-package queen
+package door
 
 import (
 	"bufio"
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"slices"
@@ -77,39 +78,19 @@ func allows(ctx context.Context, model string) bool {
 	return !ok || len(k.Models) == 0 || slices.Contains(k.Models, model)
 }
 
-// TCPHandler serves the queen's TCP port: /health open; the front door
-// (models, completions, /metrics) to anyone on loopback when neither a
-// token nor keys are configured, else to requests bearing the token or an
-// API key (a key limited to some models gets only those); the control
-// routes only with the token. Keys and the token are compared in constant
-// time and never logged.
-func (q *Queen) TCPHandler(token string, keys []APIKey) http.Handler {
-	public := q.PublicHandler()
-	var control http.Handler
-	if token != "" {
-		control = RequireToken(token, q.ControlHandler())
-	}
-	door := map[string]bool{"/v1/models": true, "/v1/completions": true, "/v1/chat/completions": true, "/metrics": true}
+// Guard lets a door request through to next when the door is open (no
+// token and no keys: loopback only) or when it bears the token or an API
+// key; a key limited to some models gets only those. Keys and the token
+// are compared in constant time and never logged.
+func Guard(token string, keys []APIKey, log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" {
-			public.ServeHTTP(w, r)
-			return
-		}
-		if !door[r.URL.Path] {
-			if control == nil {
-				public.ServeHTTP(w, r) // 404: nothing administrative here
-				return
-			}
-			control.ServeHTTP(w, r)
-			return
-		}
 		if token == "" && len(keys) == 0 {
-			public.ServeHTTP(w, r)
+			next.ServeHTTP(w, r)
 			return
 		}
 		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
-			public.ServeHTTP(w, r)
+			next.ServeHTTP(w, r)
 			return
 		}
 		var match *APIKey
@@ -123,7 +104,7 @@ func (q *Queen) TCPHandler(token string, keys []APIKey) http.Handler {
 			writeOAI(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "this queen needs an API key: send Authorization: Bearer KEY")
 			return
 		}
-		q.log.Info("front door", "key", match.ID, "path", r.URL.Path)
-		public.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyCtx{}, match)))
+		log.Info("front door", "key", match.ID, "path", r.URL.Path)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyCtx{}, match)))
 	})
 }

@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -44,7 +44,7 @@ func ValidHiveName(name string) error {
 	return nil
 }
 
-func (q *Queen) loadInventory() (*inventory.Inventory, error) {
+func (q *Fleet) loadInventory() (*inventory.Inventory, error) {
 	p := q.cfg.SSH.Inventory
 	if p == "" {
 		p = inventory.DefaultPath()
@@ -56,7 +56,7 @@ func (q *Queen) loadInventory() (*inventory.Inventory, error) {
 	return inv, nil
 }
 
-func (q *Queen) target(h inventory.Hive) (remote.Target, remote.Config) {
+func (q *Fleet) target(h inventory.Hive) (remote.Target, remote.Config) {
 	t := remote.Target{Host: h.Host, User: h.User, Port: h.Port}
 	if h.Identity != "" {
 		t.IdentityFiles = []string{expandHome(h.Identity)}
@@ -79,7 +79,7 @@ func expandHome(p string) string {
 
 // hiveConn returns the pool's connection to a hive, connecting it (one
 // attempt for all callers) when there is none.
-func (q *Queen) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*hiveConn, error) {
+func (q *Fleet) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
 	if name == LocalHive {
 		return q.pool.get(ctx, name, q.connectLocal, narrate)
 	}
@@ -92,7 +92,7 @@ func (q *Queen) hiveConn(ctx context.Context, name string, narrate func(action, 
 
 // inventoryHive finds an SSH hive in the inventory (hand edits are picked
 // up on every call).
-func (q *Queen) inventoryHive(name string) (inventory.Hive, error) {
+func (q *Fleet) inventoryHive(name string) (inventory.Hive, error) {
 	inv, err := q.loadInventory()
 	if err != nil {
 		return inventory.Hive{}, err
@@ -111,8 +111,8 @@ func (q *Queen) inventoryHive(name string) (inventory.Hive, error) {
 // remoteConnector dials an inventory hive and makes sure its agent runs:
 // dial and SSH handshake bounded by the connect timeout, then the agent
 // (probe, install when needed, start, handshake).
-func (q *Queen) remoteConnector(h inventory.Hive, acceptNew bool) connector {
-	return func(ctx context.Context, step func(string), narrate func(action, msg string)) (*hiveConn, error) {
+func (q *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
+	return func(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
 		t, cfg := q.target(h)
 		cfg.AcceptNewHostKey = acceptNew
 		narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
@@ -147,20 +147,20 @@ func (q *Queen) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 			narrate("hive_awake", fmt.Sprintf("hive %s: rbee-hive %s is running (pid %d, via %s)", h.Name, res.Handshake.Version, res.Handshake.PID, res.Transport))
 		}
 		res.Phases = append([]provision.Phase{{Name: "connect", Duration: dialTime}}, res.Phases...)
-		return &hiveConn{name: h.Name, client: client, handshake: res.Handshake,
+		return &Conn{name: h.Name, client: client, handshake: res.Handshake,
 			remote: &remoteHive{conn: conn, layout: provision.Layout{Home: res.Probe.Home}, res: res}}, nil
 	}
 }
 
 // connectLocal reaches this machine's agent on its socket, starting it
 // (detached, in its own session) when nothing answers there.
-func (q *Queen) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*hiveConn, error) {
+func (q *Fleet) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
 	client := hiveapi.NewClient(LocalHive, hiveapi.UnixDialer(q.cfg.Home.HiveSocket()))
 	step("the local agent's handshake")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	hs, err := client.Handshake(hctx)
 	cancel()
-	h := &hiveConn{name: LocalHive, client: client, handshake: hs}
+	h := &Conn{name: LocalHive, client: client, handshake: hs}
 	if err != nil {
 		narrate("hive_wake", "hive localhost is asleep, waking it")
 		step("starting the local agent")
@@ -178,7 +178,7 @@ func (q *Queen) connectLocal(ctx context.Context, step func(string), narrate fun
 }
 
 // startLocalHive starts rbee-hive and waits for its handshake.
-func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hiveConn, error) {
+func (q *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client) (*Conn, error) {
 	if q.cfg.HiveBin == "" {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "no rbee-hive binary configured")
 	}
@@ -189,7 +189,7 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "start hive localhost: %w", err)
 	}
-	h := &hiveConn{name: LocalHive, client: client, local: p}
+	h := &Conn{name: LocalHive, client: client, local: p}
 	err = poll.Until(ctx, poll.Config{Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
 		select {
 		case <-p.Exited():
@@ -215,7 +215,7 @@ func (q *Queen) startLocalHive(ctx context.Context, client *hiveapi.Client) (*hi
 // stopLocal asks the local agent to stop (it stops its workers) and waits
 // for it, killing it after a grace period: the one this queen started,
 // or — for the queen of this home — one an earlier queen started.
-func (q *Queen) stopLocal(h *hiveConn) {
+func (q *Fleet) stopLocal(h *Conn) {
 	if h.local == nil && !q.cfg.OwnsLocalHive {
 		return
 	}
@@ -263,10 +263,10 @@ func sshError(name string, err error) error {
 
 // pushModel copies a local model to a remote hive (content-addressed,
 // resumable); nothing is sent when it is already there.
-func (q *Queen) pushModel(ctx context.Context, hc *hiveConn, spec *ModelSpec, ev events) (string, error) {
-	ev.narrate("model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(spec.Path), rbee.Bytes(uint64(spec.Size)), hc.name))
+func (q *Fleet) pushModel(ctx context.Context, hc *Conn, spec *ModelSpec, ev Events) (string, error) {
+	ev.Narrate("model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(spec.Path), rbee.Bytes(uint64(spec.Size)), hc.name))
 	p, err := provision.PushModel(ctx, hc.remote.conn, hc.remote.layout, spec.Path, spec.SHA256, func(done, total int64, rate float64) {
-		ev.send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
+		ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
 			Message: fmt.Sprintf("pushed %s of %s (%s/s)", rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)), rbee.Bytes(uint64(rate)))})
 	})
 	if err != nil {
@@ -282,7 +282,7 @@ func (q *Queen) pushModel(ctx context.Context, hc *hiveConn, spec *ModelSpec, ev
 // resolveHive finds a hive by name: the inventory (hand edits are picked
 // up), the catalog, or the local machine (always a hive). It reports
 // whether the hive is reached over SSH.
-func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, bool, error) {
+func (q *Fleet) resolveHive(ctx context.Context, name string) (catalog.Hive, bool, error) {
 	inv, err := q.loadInventory()
 	if err != nil {
 		return catalog.Hive{}, false, err
@@ -334,7 +334,7 @@ func (q *Queen) resolveHive(ctx context.Context, name string) (catalog.Hive, boo
 
 // ensureLocalEntry adds the local machine as hive localhost; added says
 // whether it was not there before.
-func (q *Queen) ensureLocalEntry(ctx context.Context) error {
+func (q *Fleet) ensureLocalEntry(ctx context.Context) error {
 	err := q.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: catalog.StatusUnknown, Added: time.Now()})
 	if err != nil && !errors.Is(err, catalog.ErrExists) {
 		return err

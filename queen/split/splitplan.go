@@ -1,4 +1,4 @@
-package queen
+package split
 
 import (
 	"context"
@@ -7,54 +7,55 @@ import (
 	"strings"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
-// splitJob runs a job over the hives --split names: each must be known
+// Job runs a job over the hives --split names: each must be known
 // (checked before anything reaches a hive) and reachable now.
-func (q *Queen) splitJob(ctx context.Context, id string, req queenapi.JobRequest, spec *ModelSpec, ev events) error {
-	hives := make([]Hive, 0, len(req.Split))
+func (sp *Splitter) Job(ctx context.Context, id string, req queenapi.JobRequest, spec *fleet.ModelSpec, ev fleet.Events) error {
+	hives := make([]fleet.Hive, 0, len(req.Split))
 	for _, n := range req.Split {
-		if _, _, err := q.resolveHive(ctx, n); err != nil {
+		if err := sp.fleet.Resolve(ctx, n); err != nil {
 			return err
 		}
 		// fleet: a hive known to be down is left out at once (and the
 		// plan then says it is not reachable).
-		hives = append(hives, &liveHive{q: q, name: n, fleet: true})
+		hives = append(hives, sp.fleet.Live(n, true))
 	}
-	snaps, err := q.plan.snapshots(ctx, hives, ev)
+	snaps, err := sp.fleet.Snapshots(ctx, hives, ev)
 	if err != nil {
 		return err
 	}
-	if err := q.estimate(ctx, spec, snaps); err != nil {
+	if err := sp.fleet.Estimate(ctx, spec, snaps); err != nil {
 		return err
 	}
 	plan, err := scheduler.PlanSplit(splitRequest(spec, req.Split), schedHives(spec, snaps))
-	q.explainSplit(req, plan, err, ev)
+	sp.explainSplit(req, plan, err, ev)
 	if err != nil {
 		return err
 	}
-	return q.runSplit(ctx, id, req, spec, plan, ev)
+	return sp.runSplit(ctx, id, req, spec, plan, ev)
 }
 
-// autoSplit proposes a split when no single device has room (cause): the
+// Auto proposes a split when no single device has room (cause): the
 // fewest hives, roomiest first, that hold the model together.
-func (q *Queen) autoSplit(ctx context.Context, id string, req queenapi.JobRequest, spec *ModelSpec, snaps map[string]Snapshot, cause error, ev events) error {
+func (sp *Splitter) Auto(ctx context.Context, id string, req queenapi.JobRequest, spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot, cause error, ev fleet.Events) error {
 	if len(snaps) < 2 || spec.Need == 0 {
 		return cause
 	}
 	plan, err := scheduler.PlanSplit(splitRequest(spec, nil), schedHives(spec, snaps))
-	q.explainSplit(req, plan, err, ev)
+	sp.explainSplit(req, plan, err, ev)
 	if err != nil {
 		return &rbee.Error{Code: rbee.CodeNoRoom, Message: fmt.Sprintf("%v; %v", cause, err), Err: err,
 			Hint: "pick a smaller quantization, or free memory on the hives"}
 	}
-	ev.narrate("split_proposed", fmt.Sprintf("no single device has room for %s (needs %s): spreading it over %d hives", shownName(spec.Raw), rbee.Bytes(spec.Need), len(plan.Parts)))
-	return q.runSplit(ctx, id, req, spec, plan, ev)
+	ev.Narrate("split_proposed", fmt.Sprintf("no single device has room for %s (needs %s): spreading it over %d hives", fleet.ShownName(spec.Raw), rbee.Bytes(spec.Need), len(plan.Parts)))
+	return sp.runSplit(ctx, id, req, spec, plan, ev)
 }
 
-func (q *Queen) explainSplit(req queenapi.JobRequest, plan scheduler.SplitPlan, err error, ev events) {
+func (sp *Splitter) explainSplit(req queenapi.JobRequest, plan scheduler.SplitPlan, err error, ev fleet.Events) {
 	if !req.Explain {
 		return
 	}
@@ -66,18 +67,18 @@ func (q *Queen) explainSplit(req queenapi.JobRequest, plan scheduler.SplitPlan, 
 		lines = append(lines, strings.Split(plan.Explain(), "\n")...)
 	}
 	for _, l := range lines { // one event a line: narration is one line
-		ev.send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: strings.TrimSpace(l)})
+		ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: strings.TrimSpace(l)})
 	}
 }
 
-func splitRequest(spec *ModelSpec, hives []string) scheduler.SplitRequest {
+func splitRequest(spec *fleet.ModelSpec, hives []string) scheduler.SplitRequest {
 	return scheduler.SplitRequest{Need: spec.Need, Weights: spec.Weights, Layers: spec.Layers, Hives: hives}
 }
 
-func schedHives(spec *ModelSpec, snaps map[string]Snapshot) []scheduler.Hive {
+func schedHives(spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot) []scheduler.Hive {
 	out := make([]scheduler.Hive, 0, len(snaps))
 	for n, s := range snaps {
-		id, has := modelID(spec, s)
+		id, has := fleet.ModelID(spec, s)
 		out = append(out, scheduler.Hive{Name: n, Devices: s.Devices, Workers: s.Workers, HasModel: has, ModelID: id})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

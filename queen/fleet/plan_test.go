@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type fakeHive struct {
 
 func (f *fakeHive) Name() string { return f.name }
 
-func (f *fakeHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
+func (f *fakeHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
 	f.mu.Lock()
 	f.snapshots++
 	f.mu.Unlock()
@@ -64,7 +64,7 @@ func (f *fakeHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
 	return Snapshot{Devices: devs, Workers: f.workers, Models: f.models}, nil
 }
 
-func (f *fakeHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error) {
+func (f *fakeHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev Events) (hiveapi.Model, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.modelsFor = append(f.modelsFor, spec.Raw)
@@ -126,13 +126,13 @@ type recorder struct {
 	evs []rbee.Event
 }
 
-func (r *recorder) send(ev rbee.Event) {
+func (r *recorder) Send(ev rbee.Event) {
 	r.mu.Lock()
 	r.evs = append(r.evs, ev)
 	r.mu.Unlock()
 }
 
-func (r *recorder) narrate(action, msg string) { r.send(rbee.Narrate(me, action, msg)) }
+func (r *recorder) Narrate(action, msg string) { r.Send(rbee.Narrate(me, action, msg)) }
 
 func (r *recorder) text() string {
 	r.mu.Lock()
@@ -160,12 +160,12 @@ func TestPlaceWarmWorkerWinsAcrossHives(t *testing.T) {
 	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(16 * gib)},
 		workers: []rbee.WorkerInfo{{ID: "w-1", ModelID: catalog.ModelID(s.SHA256), Device: "cpu", State: "ready"}}}
 	var ev recorder
-	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: s, Fleet: true}, []Hive{h1, h2}, &ev)
+	pl, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: s, Fleet: true}, []Hive{h1, h2}, &ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pl.hive != h2 || pl.worker != "w-1" || pl.reservation != "" {
-		t.Errorf("placed on %s worker %q reservation %q, want h2's warm worker w-1", pl.hive.Name(), pl.worker, pl.reservation)
+	if pl.Hive != h2 || pl.Worker != "w-1" || pl.Reservation != "" {
+		t.Errorf("placed on %s worker %q reservation %q, want h2's warm worker w-1", pl.Hive.Name(), pl.Worker, pl.Reservation)
 	}
 	for _, h := range []*fakeHive{h1, h2} {
 		if m, r := h.calls(); len(m)+len(r) > 0 {
@@ -181,12 +181,12 @@ func TestPlaceStrongestDeviceAndModelOnlyThere(t *testing.T) {
 	t.Parallel()
 	h1 := &fakeHive{name: "h1", devices: []rbee.Device{cpu(64 * gib)}}
 	h2 := &fakeHive{name: "h2", devices: []rbee.Device{gpu("gpu0", 24*gib), cpu(16 * gib)}}
-	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(4 * gib)}, []Hive{h1, h2}, &recorder{})
+	pl, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: spec(4 * gib)}, []Hive{h1, h2}, &recorder{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pl.hive != h2 || pl.device != "gpu0" || pl.reservation == "" {
-		t.Errorf("placed on %s/%s (reservation %q), want h2/gpu0 reserved", pl.hive.Name(), pl.device, pl.reservation)
+	if pl.Hive != h2 || pl.Device != "gpu0" || pl.Reservation == "" {
+		t.Errorf("placed on %s/%s (reservation %q), want h2/gpu0 reserved", pl.Hive.Name(), pl.Device, pl.Reservation)
 	}
 	if m, _ := h1.calls(); len(m) != 0 {
 		t.Errorf("the model went to h1 too: %v", m)
@@ -203,12 +203,12 @@ func TestPlaceRefusalMovesToTheNextHive(t *testing.T) {
 	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, refuseAt: map[string]bool{"gpu0": true}}
 	h2 := &fakeHive{name: "h2", devices: []rbee.Device{gpu("gpu0", 24*gib)}}
 	var ev recorder
-	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &ev)
+	pl, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &ev)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, ev.text())
 	}
-	if pl.hive != h2 || pl.device != "gpu0" {
-		t.Errorf("placed on %s/%s, want h2/gpu0", pl.hive.Name(), pl.device)
+	if pl.Hive != h2 || pl.Device != "gpu0" {
+		t.Errorf("placed on %s/%s, want h2/gpu0", pl.Hive.Name(), pl.Device)
 	}
 	if m, r := h1.calls(); len(m) != 0 || len(r) != 1 {
 		t.Errorf("h1: model calls %v, reservations %v; want none and one", m, r)
@@ -224,12 +224,12 @@ func TestPlaceHiveLostMidAdmission(t *testing.T) {
 	t.Parallel()
 	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, downAt: "model"}
 	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(32 * gib)}}
-	pl, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &recorder{})
+	pl, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: spec(8 * gib)}, []Hive{h1, h2}, &recorder{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pl.hive != h2 {
-		t.Errorf("placed on %s, want h2", pl.hive.Name())
+	if pl.Hive != h2 {
+		t.Errorf("placed on %s, want h2", pl.Hive.Name())
 	}
 	h1.mu.Lock()
 	defer h1.mu.Unlock()
@@ -245,12 +245,12 @@ func TestPlaceStalledHiveLeftOut(t *testing.T) {
 	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 48*gib)}, stall: true}
 	h2 := &fakeHive{name: "h2", devices: []rbee.Device{cpu(32 * gib)}}
 	var ev recorder
-	pl, err := testPlanner(50*time.Millisecond).place(context.Background(), placeJob{ID: "j", Spec: spec(gib), Fleet: true}, []Hive{h1, h2}, &ev)
+	pl, err := testPlanner(50*time.Millisecond).place(context.Background(), PlaceJob{ID: "j", Spec: spec(gib), Fleet: true}, []Hive{h1, h2}, &ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pl.hive != h2 {
-		t.Errorf("placed on %s, want h2", pl.hive.Name())
+	if pl.Hive != h2 {
+		t.Errorf("placed on %s, want h2", pl.Hive.Name())
 	}
 	if !strings.Contains(ev.text(), "hive h1 is unreachable, left out of this job") {
 		t.Errorf("narration does not say h1 was left out:\n%s", ev.text())
@@ -261,7 +261,7 @@ func TestPlaceStalledHiveLeftOut(t *testing.T) {
 func TestPlaceOnlyHiveStalled(t *testing.T) {
 	t.Parallel()
 	h1 := &fakeHive{name: "h1", stall: true}
-	_, err := testPlanner(50*time.Millisecond).place(context.Background(), placeJob{ID: "j", Spec: spec(gib)}, []Hive{h1}, &recorder{})
+	_, err := testPlanner(50*time.Millisecond).place(context.Background(), PlaceJob{ID: "j", Spec: spec(gib)}, []Hive{h1}, &recorder{})
 	if rbee.CodeOf(err) != rbee.CodeHiveDown || !strings.Contains(err.Error(), "hive h1") {
 		t.Errorf("err = %v (%s), want hive_unreachable naming h1", err, rbee.CodeOf(err))
 	}
@@ -272,7 +272,7 @@ func TestPlaceOnlyHiveStalled(t *testing.T) {
 func TestPlaceNoRoomAnywhere(t *testing.T) {
 	t.Parallel()
 	h1 := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 8*gib), cpu(4 * gib)}}
-	_, err := testPlanner(time.Second).place(context.Background(), placeJob{ID: "j", Spec: spec(16 * gib)}, []Hive{h1}, &recorder{})
+	_, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: spec(16 * gib)}, []Hive{h1}, &recorder{})
 	if rbee.CodeOf(err) != rbee.CodeNoRoom {
 		t.Fatalf("err = %v, want no_room", err)
 	}
@@ -290,13 +290,13 @@ func TestPlaceTwoJobsOneGPU(t *testing.T) {
 	h := &fakeHive{name: "h1", devices: []rbee.Device{gpu("gpu0", 10*gib), cpu(64 * gib)}, gate: gate}
 	p := testPlanner(5 * time.Second)
 	var wg sync.WaitGroup
-	got := make([]placement, 2)
+	got := make([]Placement, 2)
 	errs := make([]error, 2)
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got[i], errs[i] = p.place(context.Background(), placeJob{ID: fmt.Sprintf("j%d", i), Spec: spec(8 * gib)}, []Hive{h}, &recorder{})
+			got[i], errs[i] = p.place(context.Background(), PlaceJob{ID: fmt.Sprintf("j%d", i), Spec: spec(8 * gib)}, []Hive{h}, &recorder{})
 		}()
 	}
 	wg.Wait()
@@ -305,7 +305,7 @@ func TestPlaceTwoJobsOneGPU(t *testing.T) {
 		if errs[i] != nil {
 			t.Fatalf("job %d: %v", i, errs[i])
 		}
-		devs[got[i].device]++
+		devs[got[i].Device]++
 	}
 	if devs["gpu0"] != 1 || devs["cpu"] != 1 {
 		t.Errorf("devices %v, want one job on gpu0 and one on the cpu", devs)
@@ -319,12 +319,12 @@ func TestPlaceTwoJobsOneGPU(t *testing.T) {
 // estimate from the network.
 func TestEstimateFromAHiveThatHasIt(t *testing.T) {
 	t.Parallel()
-	q := &Queen{}
+	q := &Fleet{}
 	s := &ModelSpec{Raw: "hf:org/repo/m.gguf"}
 	ref, _ := parseRefForTest(s.Raw)
 	s.Ref = &ref
 	snaps := map[string]Snapshot{"h2": {Models: []hiveapi.Model{{ID: "sha256:1", Ref: "hf:org/repo/m.gguf", EstimateBytes: 3 * gib, CtxSize: 2048}}}}
-	if err := q.estimate(context.Background(), s, snaps); err != nil {
+	if err := q.Estimate(context.Background(), s, snaps); err != nil {
 		t.Fatal(err)
 	}
 	if s.Need != 3*gib || s.CtxSize != 2048 {

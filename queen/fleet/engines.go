@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"cmp"
@@ -19,19 +19,20 @@ import (
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/enginefetch"
 	"github.com/rbee-dev/rbee/provision"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // installEngine gets the bundle to the hive and has the hive record it.
-func (q *Queen) installEngine(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.InstallEngineRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil || req.Source == "" {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "install engine: give a source"))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "install engine: give a source"))
 		return
 	}
-	q.streamOp(w, func(ev events) error {
+	q.streamOp(w, func(ev Events) error {
 		ctx := r.Context()
-		narrate := ev.narrate
+		narrate := ev.Narrate
 		src, err := q.engineSource(ctx, req.Source, ev)
 		if err != nil {
 			return err
@@ -65,7 +66,7 @@ func (q *Queen) installEngine(w http.ResponseWriter, r *http.Request) {
 		}
 		wb, err := hc.client.InstallEngine(ctx, target)
 		if err != nil {
-			return hiveError(err)
+			return HiveError(err)
 		}
 		narrate("engine_installed", fmt.Sprintf("hive %s: engine %s installed (%s, backends %s)", hc.name, wb.ID, wb.Path, strings.Join(wb.Capabilities, ", ")))
 		return nil
@@ -74,14 +75,14 @@ func (q *Queen) installEngine(w http.ResponseWriter, r *http.Request) {
 
 // engineSource turns a source into a local path: URLs are downloaded into
 // the queen's cache (resumable, verified when the server states a sum).
-func (q *Queen) engineSource(ctx context.Context, src string, ev events) (string, error) {
+func (q *Fleet) engineSource(ctx context.Context, src string, ev Events) (string, error) {
 	if ref, err := download.ParseRef(src); err == nil {
 		if ref.Kind != download.KindURL {
 			return "", rbee.Errorf(rbee.CodeBadRequest, "engine source %s: give a directory, an archive or an https:// URL", src)
 		}
 		store := &download.Store{Dir: q.cfg.Home.Cache("engines")}
 		p, _, err := store.Fetch(ctx, &download.Hub{}, ref, download.Options{Progress: func(p download.Progress) {
-			ev.send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "engine_download", BytesDone: p.Done, BytesTotal: p.Total, Rate: p.Rate,
+			ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "engine_download", BytesDone: p.Done, BytesTotal: p.Total, Rate: p.Rate,
 				Message: fmt.Sprintf("engine %s of %s", rbee.Bytes(uint64(p.Done)), rbee.Bytes(uint64(max(p.Total, 0))))})
 		}})
 		if err != nil {
@@ -99,63 +100,63 @@ func (q *Queen) engineSource(ctx context.Context, src string, ev events) (string
 	return abs, nil
 }
 
-func (q *Queen) listEngines(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+func (q *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	ws, err := hc.client.WorkerBinaries(r.Context())
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, hiveError(err))
+		reply.Error(w, http.StatusBadGateway, HiveError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, queenapi.Engines{Hive: hc.name, Workers: ws})
+	reply.JSON(w, http.StatusOK, queenapi.Engines{Hive: hc.name, Workers: ws})
 }
 
-func (q *Queen) removeEngine(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+func (q *Fleet) removeEngine(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	if err := hc.client.RemoveEngine(r.Context(), r.PathValue("id")); err != nil {
-		writeErr(w, http.StatusConflict, hiveError(err))
+		reply.Error(w, http.StatusConflict, HiveError(err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (q *Queen) addWorkerType(w http.ResponseWriter, r *http.Request) {
+func (q *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.AddWorkerTypeRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add worker type: %w", err))
+		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add worker type: %w", err))
 		return
 	}
-	hc, err := q.hiveFor(r.Context(), req.Hive, quiet)
+	hc, err := q.hiveFor(r.Context(), req.Hive, Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	if err := hc.client.AddWorkerType(r.Context(), req.Type); err != nil {
-		writeErr(w, http.StatusUnprocessableEntity, hiveError(err))
+		reply.Error(w, http.StatusUnprocessableEntity, HiveError(err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (q *Queen) removeWorkerType(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), quiet)
+func (q *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
+	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, err)
+		reply.Error(w, http.StatusBadGateway, err)
 		return
 	}
 	if err := hc.client.RemoveWorkerType(r.Context(), r.PathValue("name")); err != nil {
 		status := http.StatusConflict
-		if rbee.CodeOf(hiveError(err)) == rbee.CodeWorkerTypeUnknown {
+		if rbee.CodeOf(HiveError(err)) == rbee.CodeWorkerTypeUnknown {
 			status = http.StatusNotFound
 		}
-		writeErr(w, status, hiveError(err))
+		reply.Error(w, status, HiveError(err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -165,7 +166,7 @@ func (q *Queen) removeWorkerType(w http.ResponseWriter, r *http.Request) {
 // queen was given (an override), else its worker catalog's, with leave to
 // install the pinned bundle on first need — the CUDA one for GPUs where
 // this machine can run it.
-func (q *Queen) localEngineArgs(ctx context.Context) []string {
+func (q *Fleet) localEngineArgs(ctx context.Context) []string {
 	if q.cfg.EngineDir != "" {
 		return []string{"--engine", q.cfg.EngineDir}
 	}
@@ -185,7 +186,7 @@ func (q *Queen) localEngineArgs(ctx context.Context) []string {
 // localCUDA reports whether this machine can run the CUDA bundle: an
 // NVIDIA driver new enough and the CUDA runtime it links, as rbee doctor
 // judges them. Without a loaded NVIDIA driver nothing is probed.
-func (q *Queen) localCUDA(ctx context.Context) bool {
+func (q *Fleet) localCUDA(ctx context.Context) bool {
 	if _, err := os.Stat("/proc/driver/nvidia"); err != nil {
 		return false
 	}
@@ -205,7 +206,7 @@ func (q *Queen) localCUDA(ctx context.Context) bool {
 // tarball cached with the local hive's, checked against its pinned
 // integrity) and prepared under the queen's cache. Its download is
 // narrated.
-func (q *Queen) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
+func (q *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
 	goos, goarch, _ := strings.Cut(plat, "/")
 	pkg, ok := enginefetch.For(goos, goarch, "")
 	if !ok {

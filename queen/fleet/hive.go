@@ -1,4 +1,4 @@
-package queen
+package fleet
 
 import (
 	"context"
@@ -18,10 +18,10 @@ type Hive interface {
 	Name() string
 	// Snapshot connects if needed (narrated to ev) and reads the hive's
 	// devices (with free memory), workers and models. ctx bounds it.
-	Snapshot(ctx context.Context, ev events) (Snapshot, error)
+	Snapshot(ctx context.Context, ev Events) (Snapshot, error)
 	// Model makes the job's model available on the hive (already there,
 	// pushed, copied from a peer or downloaded) and returns its entry.
-	Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error)
+	Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev Events) (hiveapi.Model, error)
 	// Reserve asks the hive's VRAM checker for room; a refusal is an
 	// *rbee.Error with CodeNoRoom.
 	Reserve(ctx context.Context, r hiveapi.ReserveRequest) (string, error)
@@ -39,9 +39,9 @@ type Snapshot struct {
 	Models  []hiveapi.Model
 }
 
-// find returns the hive's catalog entry for the job's model, by sha256 or
+// Find returns the hive's catalog entry for the job's model, by sha256 or
 // by reference.
-func (s Snapshot) find(spec *ModelSpec) (hiveapi.Model, bool) {
+func (s Snapshot) Find(spec *ModelSpec) (hiveapi.Model, bool) {
 	for _, m := range s.Models {
 		if spec.SHA256 != "" && m.SHA256 == spec.SHA256 {
 			return m, true
@@ -53,15 +53,16 @@ func (s Snapshot) find(spec *ModelSpec) (hiveapi.Model, bool) {
 	return hiveapi.Model{}, false
 }
 
-// events is how a step reports to the job's stream.
-type events interface {
-	send(ev rbee.Event)
-	narrate(action, msg string)
+// Events is how a step reports to the job's stream: events as they are,
+// and narration (one human-readable line).
+type Events interface {
+	Send(ev rbee.Event)
+	Narrate(action, msg string)
 }
 
 // liveHive is a hive reached through the queen's pool.
 type liveHive struct {
-	q    *Queen
+	q    *Fleet
 	name string
 	// fleet: one of several candidates. A hive known to be down is left
 	// out at once rather than waited on.
@@ -70,22 +71,22 @@ type liveHive struct {
 
 func (h *liveHive) Name() string { return h.name }
 
-func (h *liveHive) conn(ctx context.Context) (*hiveConn, error) {
-	return h.q.hiveConn(ctx, h.name, quiet)
+func (h *liveHive) conn(ctx context.Context) (*Conn, error) {
+	return h.q.hiveConn(ctx, h.name, Silent)
 }
 
 // Snapshot reads devices, workers and models within the pool's timeout. A
 // connection that looked alive but did not answer in time is a stalled
 // host: it is dropped, and the hive marked offline with the reason. A
 // local agent that went away is started again, once.
-func (h *liveHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
+func (h *liveHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
 	if h.fleet {
 		if err := h.q.pool.down(h.name); err != nil {
 			return Snapshot{}, rbee.Errorf(rbee.CodeHiveDown, "offline (%w)", err)
 		}
 	}
 	for try := 0; ; try++ {
-		hc, err := h.q.hiveConn(ctx, h.name, ev.narrate)
+		hc, err := h.q.hiveConn(ctx, h.name, ev.Narrate)
 		if err != nil {
 			return Snapshot{}, err
 		}
@@ -99,7 +100,7 @@ func (h *liveHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
 		}
 		var ae *hiveapi.APIError
 		if errors.As(err, &ae) {
-			return Snapshot{}, hiveError(err)
+			return Snapshot{}, HiveError(err)
 		}
 		reason := h.q.pool.stepError(h.name, step, err)
 		h.q.pool.fail(h.name, hc, reason)
@@ -109,7 +110,7 @@ func (h *liveHive) Snapshot(ctx context.Context, ev events) (Snapshot, error) {
 	}
 }
 
-func (h *liveHive) read(ctx context.Context, hc *hiveConn) (s Snapshot, step string, err error) {
+func (h *liveHive) read(ctx context.Context, hc *Conn) (s Snapshot, step string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.q.pool.timeout)
 	defer cancel()
 	devs, err := hc.client.Devices(ctx)
@@ -126,16 +127,16 @@ func (h *liveHive) read(ctx context.Context, hc *hiveConn) (s Snapshot, step str
 	return s, "", nil
 }
 
-func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev events) (hiveapi.Model, error) {
-	if m, ok := snap.find(spec); ok && (spec.Ref != nil || m.Path != "" && (h.name != LocalHive || m.Path == spec.Path)) {
-		ev.narrate("model_ready", fmt.Sprintf("%s is already on hive %s", shownName(spec.Raw), h.name))
+func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev Events) (hiveapi.Model, error) {
+	if m, ok := snap.Find(spec); ok && (spec.Ref != nil || m.Path != "" && (h.name != LocalHive || m.Path == spec.Path)) {
+		ev.Narrate("model_ready", fmt.Sprintf("%s is already on hive %s", ShownName(spec.Raw), h.name))
 		return m, nil
 	}
 	hc, err := h.conn(ctx)
 	if err != nil {
 		return hiveapi.Model{}, err
 	}
-	defer h.q.router.stale() // the hive's catalog changes: the door looks again
+	defer h.q.changed() // the hive's catalog changes: the door looks again
 	if spec.Ref != nil {
 		// Another hive has it: copy across instead of downloading again.
 		if m, ok, err := h.q.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
@@ -151,7 +152,7 @@ func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev
 	}
 	m, err := hc.client.AddModel(ctx, hiveapi.AddModelRequest{Path: path, Ref: spec.Raw})
 	if err != nil {
-		return hiveapi.Model{}, hiveError(err)
+		return hiveapi.Model{}, HiveError(err)
 	}
 	return m, nil
 }
@@ -167,7 +168,7 @@ func (h *liveHive) Reserve(ctx context.Context, r hiveapi.ReserveRequest) (strin
 		return "", &rbee.Error{Code: rbee.CodeNoRoom, Message: ae.Body.Message, Err: err}
 	}
 	if err != nil {
-		return "", hiveError(err)
+		return "", HiveError(err)
 	}
 	return id, nil
 }
@@ -196,12 +197,12 @@ func (h *liveHive) Infer(ctx context.Context, r hiveapi.InferRequest, relay func
 		default:
 		}
 	}
-	return hiveError(err)
+	return HiveError(err)
 }
 
-// hiveError turns a hive API error into an rbee error with its code and
+// HiveError turns a hive API error into an rbee error with its code and
 // hint.
-func hiveError(err error) error {
+func HiveError(err error) error {
 	var ae *hiveapi.APIError
 	if errors.As(err, &ae) {
 		e := ae.Body
@@ -215,10 +216,10 @@ func hiveError(err error) error {
 	return rbee.Errorf(rbee.CodeHiveDown, "%w", err)
 }
 
-// modelID is the id the scheduler matches warm workers on: the hive's
+// ModelID is the id the scheduler matches warm workers on: the hive's
 // catalog entry when it has one, else the id the hive will give the file.
-func modelID(spec *ModelSpec, snap Snapshot) (id string, has bool) {
-	if m, ok := snap.find(spec); ok {
+func ModelID(spec *ModelSpec, snap Snapshot) (id string, has bool) {
+	if m, ok := snap.Find(spec); ok {
 		return m.ID, true
 	}
 	if spec.SHA256 != "" {
@@ -227,11 +228,12 @@ func modelID(spec *ModelSpec, snap Snapshot) (id string, has bool) {
 	return "", false
 }
 
-func shownName(s string) string {
+func ShownName(s string) string {
 	if filepath.IsAbs(s) {
 		return filepath.Base(s)
 	}
 	return s
 }
 
-func quiet(string, string) {}
+// Silent is a narrate function that drops every line.
+func Silent(string, string) {}

@@ -1,0 +1,132 @@
+package door
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
+)
+
+// Fleet is what the door needs of the hives: the candidates and their
+// snapshots, a placement as `rbee infer` would make it, the agent of a
+// hive to send a request to, and the worker registry for the metrics.
+// *fleet.Fleet is the real one; tests fake it.
+type Fleet interface {
+	Candidates(ctx context.Context, pinned string, ev fleet.Events) ([]fleet.Hive, error)
+	Resolve(ctx context.Context, name string) error
+	Live(name string, many bool) fleet.Hive
+	Snapshots(ctx context.Context, hives []fleet.Hive, ev fleet.Events) (map[string]fleet.Snapshot, error)
+	Place(ctx context.Context, job fleet.PlaceJob, hives []fleet.Hive, ev fleet.Events) (fleet.Placement, error)
+	ParseModel(ctx context.Context, raw string) (*fleet.ModelSpec, error)
+	Client(ctx context.Context, hive string) (*hiveapi.Client, error)
+	WorkerCounts() map[string]int
+}
+
+// Store is the part of the queen's catalog the door reads and writes: the
+// deployments, and the hives for the metrics. *catalog.Queen is it.
+type Store interface {
+	Deployments(ctx context.Context) ([]catalog.Deployment, error)
+	PutDeployment(ctx context.Context, d catalog.Deployment) error
+	RemoveDeployment(ctx context.Context, name string) error
+	Hives(ctx context.Context) ([]catalog.Hive, error)
+}
+
+// Defaults of the front door's queue (queen serve --queue-depth,
+// --queue-wait).
+const (
+	// DefaultQueueDepth is how many requests per model may wait for a
+	// free slot; the next one is answered 429 at once.
+	DefaultQueueDepth = 128
+	// DefaultQueueWait is how long a request may wait for a free slot
+	// before it is answered 503.
+	DefaultQueueWait = 30 * time.Second
+)
+
+// Config configures a Door.
+type Config struct {
+	// QueueDepth and QueueWait bound the queue per model: how many
+	// requests may wait for a free slot (the next gets 429) and for how
+	// long (then 503). Defaults DefaultQueueDepth, DefaultQueueWait.
+	QueueDepth int
+	QueueWait  time.Duration
+	// KeepAlive is the hives' keep-alive (rbee ps says when an idle
+	// worker unloads).
+	KeepAlive time.Duration
+	// ConnectTimeout bounds the background refresh of the hives' workers
+	// (with two seconds more).
+	ConnectTimeout time.Duration
+	// RequestLog is the request log's file (JSON lines).
+	RequestLog string
+	Log        *slog.Logger
+}
+
+// Door is the OpenAI-compatible front door: its routes, the router and
+// queue per model, the deployments, the API keys' model limits, the
+// metrics and the request log.
+type Door struct {
+	cfg     Config
+	fleet   Fleet
+	db      Store
+	log     *slog.Logger
+	router  *router
+	deploy  *deployer
+	metrics *metrics
+	reqlog  *reqLog
+	stop    context.CancelFunc // ends the router's loop and placements
+}
+
+// New starts the door's router (its refresh loop runs until Close).
+func New(cfg Config, f Fleet, db Store) *Door {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = DefaultQueueDepth
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = DefaultQueueWait
+	}
+	dr := &Door{cfg: cfg, fleet: f, db: db, log: cfg.Log, reqlog: &reqLog{path: cfg.RequestLog}}
+	dr.metrics = newMetrics(dr)
+	rctx, stop := context.WithCancel(context.Background())
+	dr.stop = stop
+	dr.router = newRouter(rctx, dr, cfg.QueueDepth, cfg.QueueWait)
+	dr.deploy = &deployer{rt: dr.router, starting: map[string]bool{}, errs: map[string]string{}}
+	dr.router.wg.Add(1)
+	go dr.router.run()
+	return dr
+}
+
+// Close stops the refresh loop, waits for the placements in flight and
+// closes the request log.
+func (dr *Door) Close() {
+	dr.router.close(dr.stop)
+	dr.reqlog.close()
+}
+
+// Stale makes the next lookup take fresh snapshots: a hive's catalog
+// changed through the queen (a pull, a push, an alias, a removal).
+func (dr *Door) Stale() { dr.router.stale() }
+
+// Routes adds the OpenAI-compatible routes: models, completions, chat
+// completions, embeddings, and the metrics.
+func (dr *Door) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/models", dr.openaiModels)
+	mux.HandleFunc("POST /v1/completions", dr.openaiComplete("completions"))
+	mux.HandleFunc("POST /v1/chat/completions", dr.openaiComplete("chat/completions"))
+	mux.HandleFunc("POST /v1/embeddings", dr.openaiComplete("embeddings"))
+	mux.Handle("GET /metrics", dr.metrics.handler())
+}
+
+// AdminRoutes adds the owner's routes of the door: rbee ps and the
+// deployments.
+func (dr *Door) AdminRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/ps", dr.ps)
+	mux.HandleFunc("GET /v1/deployments", dr.listDeployments)
+	mux.HandleFunc("PUT /v1/deployments/{name}", dr.putDeployment)
+	mux.HandleFunc("DELETE /v1/deployments/{name}", dr.removeDeployment)
+}

@@ -1,0 +1,333 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/scheduler"
+	"github.com/rbee-dev/rbee/sse"
+)
+
+// LocalHive is the name of the hive on the queen's own machine.
+const LocalHive = "localhost"
+
+// me is the actor of the fleet's narration: the queen.
+const me = "queen"
+
+// ErrShuttingDown ends what is still running when the queen stops.
+var ErrShuttingDown = errors.New("the queen is shutting down")
+
+// Config configures a Fleet.
+type Config struct {
+	Home      rbee.Home     // ~/.rbee: sockets, logs, caches
+	HiveBin   string        // rbee-hive, started for the local hive
+	WorkerBin string        // rbee-worker, handed to the local hive
+	EngineDir string        // engine bundle the local hive must use; "" = its worker catalog's
+	KeepAlive time.Duration // idle workers stop after this (the hive enforces it)
+	HiveArgs  []string      // extra flags for the local hive (tests: --nvml-library)
+	SSH       SSH           // remote hives
+	// OwnsLocalHive: the local agent is this queen's even when an earlier
+	// queen of this home started it (one that was killed): Close stops it.
+	OwnsLocalHive bool
+	// ConnectTimeout bounds each wait for a hive's answer (dial, SSH
+	// handshake, agent handshake, snapshot).
+	ConnectTimeout time.Duration
+	Scheduler      scheduler.Scheduler
+	Log            *slog.Logger
+	// EngineRegistry and EngineArchive: where the pinned engine bundle
+	// comes from for a hive that has none (see queen.Config).
+	EngineRegistry string
+	EngineArchive  string
+	// Changed is called when a hive's model catalog changed through the
+	// queen (a pull, a push, an alias, a removal): the door looks again.
+	Changed func()
+}
+
+// Fleet is the queen's view of its hives: one connection per hive, the
+// snapshots, the model spec, planning and admission, pushes, engines and
+// copies, and the worker registry those keep.
+type Fleet struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *catalog.Queen
+	pool    *pool
+	plan    *planner
+	shas    shaCache
+	changed func()
+
+	closing chan struct{} // closed when the queen begins to stop
+	once    sync.Once
+
+	mu       sync.Mutex
+	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
+	contacts map[string]bool            // hives whose devices this queen has seen
+}
+
+// New returns the fleet over the queen's catalog db.
+func New(cfg Config, db *catalog.Queen) *Fleet {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Scheduler == nil {
+		cfg.Scheduler = scheduler.Basic{}
+	}
+	f := &Fleet{cfg: cfg, log: cfg.Log, db: db, changed: cfg.Changed, closing: make(chan struct{}),
+		workers: map[string]rbee.WorkerInfo{}, contacts: map[string]bool{}}
+	if f.changed == nil {
+		f.changed = func() {}
+	}
+	f.pool = newPool(cfg.ConnectTimeout, f.SetStatus, f.stopLocal)
+	f.plan = &planner{sched: cfg.Scheduler, bound: cfg.ConnectTimeout + time.Second, estimate: f.Estimate, fresh: f.fresh}
+	return f
+}
+
+// Stopping tells the fleet the queen is stopping: from now on a lost
+// connection is not a hive's fault and is not recorded as one.
+func (q *Fleet) Stopping() { q.once.Do(func() { close(q.closing) }) }
+
+// Close closes every hive connection (stopping the local agent this queen
+// started, which stops its workers; remote agents keep theirs warm). It
+// never waits on a stalled host.
+func (q *Fleet) Close() {
+	q.Stopping()
+	q.pool.close()
+}
+
+// SetStatus records a hive's reachability in the catalog (hive ls reads
+// it): the pool calls it the moment a connection is made or lost.
+func (q *Fleet) SetStatus(name string, online bool, reason string) {
+	select {
+	case <-q.closing:
+		return // shutting down is not a hive's fault
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if online {
+		_ = q.db.SetStatus(ctx, name, "online", "", time.Now())
+		return
+	}
+	q.log.Warn("hive offline", "hive", name, "reason", reason)
+	_ = q.db.SetStatus(ctx, name, "offline", reason, time.Time{})
+}
+
+// seen records what a snapshot found: the hive is online, its devices and
+// agent, and the worker registry's view of it.
+func (q *Fleet) seen(ctx context.Context, name string, hc *Conn, s Snapshot) {
+	entry, err := q.db.Hive(ctx, name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		// A hive of a hand-written inventory, reached for the first time.
+		entry, _, err = q.resolveHive(ctx, name)
+	}
+	if err == nil {
+		entry.Status, entry.StatusReason, entry.AgentVersion, entry.LastSeen = "online", "", hc.handshake.Version, time.Now()
+		entry.Capabilities = map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}
+		_ = q.db.UpsertHive(ctx, entry)
+		_ = q.db.SetDevices(ctx, name, s.Devices, time.Now())
+	}
+	q.syncWorkers(name, s.Workers)
+}
+
+// fresh reports whether this is the queen's first look at a hive's
+// devices (they are narrated then).
+func (q *Fleet) fresh(name string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.contacts[name] {
+		return false
+	}
+	q.contacts[name] = true
+	return true
+}
+
+// syncWorkers replaces the registry's view of a hive's workers.
+func (q *Fleet) syncWorkers(hive string, ws []rbee.WorkerInfo) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for id, w := range q.workers {
+		if w.Hive == hive {
+			delete(q.workers, id)
+		}
+	}
+	for _, w := range ws {
+		w.Hive = hive
+		q.workers[w.ID] = w
+	}
+}
+
+// Workers lists the worker registry: every worker the queen knows of.
+func (q *Fleet) Workers() []rbee.WorkerInfo {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]rbee.WorkerInfo, 0, len(q.workers))
+	for _, wi := range q.workers {
+		out = append(out, wi)
+	}
+	return out
+}
+
+// WorkerCounts counts the worker registry by hive.
+func (q *Fleet) WorkerCounts() map[string]int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := map[string]int{}
+	for _, w := range q.workers {
+		out[w.Hive]++
+	}
+	return out
+}
+
+// Candidates are the hives a job may run on: the one it names, or this
+// machine and every enabled hive of the inventory.
+func (q *Fleet) Candidates(ctx context.Context, pinned string, ev Events) ([]Hive, error) {
+	n, err := q.db.CountHives(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		if err := q.ensureLocalEntry(ctx); err != nil {
+			return nil, err
+		}
+		ev.Narrate("hive_added", "the hive catalog is empty: added this machine as hive localhost")
+	}
+	if pinned != "" {
+		if _, _, err := q.resolveHive(ctx, pinned); err != nil {
+			return nil, err
+		}
+		return []Hive{&liveHive{q: q, name: pinned}}, nil
+	}
+	inv, err := q.loadInventory()
+	if err != nil {
+		return nil, err
+	}
+	hives := []Hive{&liveHive{q: q, name: LocalHive}}
+	for _, h := range inv.Hives {
+		if !h.Disabled && h.Name != LocalHive {
+			hives = append(hives, &liveHive{q: q, name: h.Name, fleet: true})
+		}
+	}
+	return hives, nil
+}
+
+// Resolve checks that name is a hive (the inventory, the catalog, or this
+// machine), before anything reaches it.
+func (q *Fleet) Resolve(ctx context.Context, name string) error {
+	_, _, err := q.resolveHive(ctx, name)
+	return err
+}
+
+// Live is hive name reached through the pool, unchecked (see Resolve).
+// many: one of several candidates, left out at once when known down.
+func (q *Fleet) Live(name string, many bool) Hive {
+	return &liveHive{q: q, name: name, fleet: many}
+}
+
+// Conn returns the live connection to a hive, connecting it (one attempt
+// for all callers) when there is none; narrate hears the connect.
+func (q *Fleet) Conn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+	return q.hiveConn(ctx, name, narrate)
+}
+
+// Client is the agent's client of a connected hive.
+func (q *Fleet) Client(ctx context.Context, name string) (*hiveapi.Client, error) {
+	hc, err := q.hiveConn(ctx, name, Silent)
+	if err != nil {
+		return nil, err
+	}
+	return hc.client, nil
+}
+
+// Snapshots asks every candidate at once; each answer is bounded. With
+// one candidate its failure is the job's; with several, the unreachable
+// are left out (and said so) unless none answers.
+func (q *Fleet) Snapshots(ctx context.Context, hives []Hive, ev Events) (map[string]Snapshot, error) {
+	return q.plan.snapshots(ctx, hives, ev)
+}
+
+// Place plans job once across hives and admits it (see planner.place).
+func (q *Fleet) Place(ctx context.Context, job PlaceJob, hives []Hive, ev Events) (Placement, error) {
+	return q.plan.place(ctx, job, hives, ev)
+}
+
+// Stream sends a job's (or an operation's) events on its SSE stream.
+type Stream struct {
+	ID string // the job's id, set on every event; "" for an operation
+	SW *sse.Writer
+}
+
+// Send sends ev, stamped with the job and the time.
+func (e Stream) Send(ev rbee.Event) {
+	if e.ID != "" {
+		ev.Job = e.ID
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	_ = e.SW.Send(ev)
+}
+
+// Narrate sends one line of the queen's narration.
+func (e Stream) Narrate(action, msg string) { e.Send(rbee.Narrate(me, action, msg)) }
+
+// Relay runs the prompt on the placed hive and passes its stream on:
+// tokens untouched (straight to a Stream), other events decoded to keep
+// the worker registry.
+func (q *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev Events) error {
+	name := h.Name()
+	jev, _ := ev.(Stream)
+	err := h.Infer(ctx, ireq, func(evType string, data []byte) error {
+		if evType == rbee.EventToken && jev.SW != nil {
+			return jev.SW.SendRaw(evType, data) // the hot path: tokens pass untouched
+		}
+		var e rbee.Event
+		if err := json.Unmarshal(data, &e); err != nil {
+			return fmt.Errorf("hive %s: decode event: %w", name, err)
+		}
+		if e.Worker != nil {
+			wi := *e.Worker
+			wi.Hive = name
+			q.mu.Lock()
+			q.workers[wi.ID] = wi
+			q.mu.Unlock()
+		}
+		if e.Type == rbee.EventError && (e.Code == rbee.CodeWorkerCrashed || e.Code == rbee.CodeWorkerNotFound) {
+			if s, err := h.Snapshot(context.WithoutCancel(ctx), Quiet{}); err == nil {
+				q.syncWorkers(name, s.Workers)
+			}
+		}
+		ev.Send(e)
+		return nil
+	})
+	if err != nil && ctx.Err() == nil && rbee.CodeOf(err) == rbee.CodeHiveDown {
+		q.SetStatus(name, false, err.Error())
+	}
+	return err
+}
+
+// Routes adds the owner's routes of the fleet: the hives, the models on
+// them and their engines and worker types.
+func (q *Fleet) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/hives", q.listHiveInfo)
+	mux.HandleFunc("POST /v1/hives", q.addHive)
+	mux.HandleFunc("GET /v1/hives/{name}", q.hiveStatus)
+	mux.HandleFunc("DELETE /v1/hives/{name}", q.removeHive)
+	mux.HandleFunc("GET /v1/hives/{name}/logs", q.hiveLogs)
+	mux.HandleFunc("POST /v1/up", q.up)
+	mux.HandleFunc("POST /v1/models/pull", q.pullModel)
+	mux.HandleFunc("GET /v1/catalog", q.listModels)
+	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
+	mux.HandleFunc("POST /v1/engines", q.installEngine)
+	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
+	mux.HandleFunc("DELETE /v1/worker-types/{name}", q.removeWorkerType)
+	mux.HandleFunc("GET /v1/engines", q.listEngines)
+	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
+}
