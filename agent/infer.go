@@ -70,43 +70,10 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			fail(rbee.CodeBadRequest, "infer: a device or a worker is required")
 			return
 		}
-		if req.WorkerType == "" {
-			if engine, err = a.pickEngine(ctx, req.Device, send); err != nil {
-				if req.Reservation != "" {
-					a.vram.release(req.Reservation)
-				}
-				if ctx.Err() == nil {
-					_ = send(rbee.FailErr(me, err))
-				}
-				return
-			}
-		}
-		spec := supervisor.Spec{ModelID: model.ID, ModelPath: model.Path, Device: req.Device, Reservation: req.Reservation, Engine: engine, RPC: req.RPC, TensorSplit: req.TensorSplit}
 		var joined bool
-		key := supervisor.Key{Model: model.ID, Device: req.Device, Type: req.WorkerType, RPC: strings.Join(req.RPC, ",")}
-		wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {
-			if err := a.verifyModel(ctx, model); err != nil {
-				return nil, err
-			}
-			_ = send(rbee.Narrate(me, "worker_starting", fmt.Sprintf("starting a worker for %s on %s", model.Path, req.Device)))
-			if req.WorkerType != "" {
-				wt, terr := a.workerType(req.WorkerType)
-				if terr != nil {
-					return nil, terr
-				}
-				engine = "external " + wt.Name
-				return a.sup.StartExternal(ctx, spec, wt)
-			}
-			spec.Slots, spec.CtxSize = a.size(ctx, model, req.Device, req.Reservation)
-			return a.sup.Start(ctx, spec)
-		})
-		if joined && req.Reservation != "" {
-			a.vram.release(req.Reservation) // the worker we share took its own
-		}
+		ws := workerStart{model: model, device: req.Device, reservation: req.Reservation, workerType: req.WorkerType, rpc: req.RPC, tensorSplit: req.TensorSplit}
+		wp, joined, engine, err = a.ensureWorker(ctx, ws, send)
 		if err != nil {
-			if !joined && req.Reservation != "" {
-				a.vram.release(req.Reservation)
-			}
 			if ctx.Err() != nil {
 				return
 			}

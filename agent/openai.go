@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
@@ -38,7 +39,8 @@ func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", r.Header.Get(hiveapi.ModelHeader), a.cfg.Name))
 			return
 		}
-		if wp, err = a.acquire(ctx, m, r.Header.Get(hiveapi.DeviceHeader), r.Header.Get(hiveapi.ReservationHeader), embeddings, ""); err != nil {
+		ws := workerStart{model: m, device: r.Header.Get(hiveapi.DeviceHeader), reservation: r.Header.Get(hiveapi.ReservationHeader), embeddings: embeddings}
+		if wp, _, _, err = a.ensureWorker(ctx, ws, quietSend); err != nil {
 			writeError(w, http.StatusServiceUnavailable, err)
 			return
 		}
@@ -87,7 +89,8 @@ func (a *Agent) startWorker(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", req.Model, a.cfg.Name))
 		return
 	}
-	wp, err := a.acquire(ctx, m, req.Device, req.Reservation, req.Embeddings, req.Deployment)
+	ws := workerStart{model: m, device: req.Device, reservation: req.Reservation, embeddings: req.Embeddings, deployment: req.Deployment}
+	wp, _, _, err := a.ensureWorker(ctx, ws, quietSend)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err)
 		return
@@ -112,32 +115,61 @@ func (a *Agent) setDeployment(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// acquire returns a worker for model m on device: a running one, or one
-// this call starts (or joins), sized to the device and charged to the
-// reservation, which is released when it is not needed. embeddings picks
-// a worker started with --embeddings; deployment marks a new one kept
-// loaded.
-func (a *Agent) acquire(ctx context.Context, m catalog.Model, device, reservation string, embeddings bool, deployment string) (*supervisor.Worker, error) {
-	if device == "" {
-		return nil, rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
+// workerStart is what a worker for a model needs: the job's (rbee infer)
+// and the front door's ask for it the same way.
+type workerStart struct {
+	model       catalog.Model
+	device      string // "cpu" or "gpuN"
+	reservation string // the VRAM checker's, charged to a new worker
+	workerType  string // an external worker type; "" = rbee-worker
+	embeddings  bool   // a worker started with --embeddings
+	deployment  string // a new worker is kept loaded for it
+	rpc         []string
+	tensorSplit []float64
+}
+
+// ensureWorker returns a worker for ws: one this call starts, sized to
+// the device and charged to the reservation, or — joined — one another
+// call is starting for the same model, device and kind (the reservation is
+// then released, as it is on failure). send hears the engine's
+// installation and the start; engine is the bundle the worker runs.
+func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee.Event) error) (wp *supervisor.Worker, joined bool, engine string, err error) {
+	if ws.device == "" {
+		return nil, false, "", rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
 	}
-	engine, err := a.pickEngine(ctx, device, func(rbee.Event) error { return nil })
-	if err != nil {
-		if reservation != "" {
-			a.vram.release(reservation)
+	if ws.workerType == "" {
+		if engine, err = a.pickEngine(ctx, ws.device, send); err != nil {
+			if ws.reservation != "" {
+				a.vram.release(ws.reservation)
+			}
+			return nil, false, "", err
 		}
-		return nil, err
 	}
-	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: device, Reservation: reservation, Engine: engine, Embeddings: embeddings, Deployment: deployment}
-	wp, joined, err := a.sup.Ensure(ctx, supervisor.Key{Model: m.ID, Device: device, Embeddings: embeddings}, func() (*supervisor.Worker, error) {
+	m := ws.model
+	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: ws.device, Reservation: ws.reservation, Engine: engine,
+		Embeddings: ws.embeddings, Deployment: ws.deployment, RPC: ws.rpc, TensorSplit: ws.tensorSplit}
+	key := supervisor.Key{Model: m.ID, Device: ws.device, Type: ws.workerType, RPC: strings.Join(ws.rpc, ","), Embeddings: ws.embeddings}
+	wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {
 		if err := a.verifyModel(ctx, m); err != nil {
 			return nil, err
 		}
-		spec.Slots, spec.CtxSize = a.size(ctx, m, device, reservation)
+		_ = send(rbee.Narrate(actor(a.cfg.Name), "worker_starting", fmt.Sprintf("starting a worker for %s on %s", m.Path, ws.device)))
+		if ws.workerType != "" {
+			wt, err := a.workerType(ws.workerType)
+			if err != nil {
+				return nil, err
+			}
+			engine = "external " + wt.Name
+			return a.sup.StartExternal(ctx, spec, wt)
+		}
+		spec.Slots, spec.CtxSize = a.size(ctx, m, ws.device, ws.reservation)
 		return a.sup.Start(ctx, spec)
 	})
-	if reservation != "" && (joined || err != nil) {
-		a.vram.release(reservation)
+	if ws.reservation != "" && (joined || err != nil) {
+		a.vram.release(ws.reservation) // the worker we share took its own
 	}
-	return wp, err
+	return wp, joined, engine, err
 }
+
+// quietSend drops the events of a start nobody streams (the front door's).
+func quietSend(rbee.Event) error { return nil }

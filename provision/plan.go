@@ -74,17 +74,13 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 			}
 		}
 	}
-	if p.OS != "linux" {
-		return plan, fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
+	// The plan lists a bundle only when this machine holds one; Up gets
+	// one first.
+	agentSrc, workerSrc, err := checkHost(p, a, false)
+	if err != nil {
+		return plan, err
 	}
-	plat := p.Platform()
-	agentSrc, workerSrc, engineSrc := a.Agents[plat], a.Workers[plat], a.Engines[plat]
-	if agentSrc == "" || workerSrc == "" {
-		return plan, fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
-	}
-	if !p.Libffi {
-		return plan, errors.New("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
-	}
+	engineSrc := a.Engines[p.Platform()]
 	files, err := binaryFiles(agentSrc, workerSrc, l)
 	if err != nil {
 		return plan, err
@@ -134,10 +130,34 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 		}
 		plan.Files = append(plan.Files, PlannedFile{Name: path.Base(f.dst), Src: f.src, Dst: f.dst, Bytes: n, Upload: have[f.dst] != f.sum})
 	}
-	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
-		return plan, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
+	return plan, checkRoom(p, need)
+}
+
+// checkHost is what Up checks of a probed host before it installs, and
+// PlanUp before it plans: a linux host, an rbee build for its platform
+// (and, with engine, a bundle or a way to get one), libffi. It returns
+// the agent and worker builds for the host.
+func checkHost(p Probe, a Artifacts, engine bool) (agentSrc, workerSrc string, err error) {
+	if p.OS != "linux" {
+		return "", "", fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
 	}
-	return plan, nil
+	plat := p.Platform()
+	agentSrc, workerSrc = a.Agents[plat], a.Workers[plat]
+	if agentSrc == "" || workerSrc == "" || (engine && a.Engines[plat] == "" && a.Engine == nil) {
+		return "", "", fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
+	}
+	if !p.Libffi {
+		return "", "", errors.New("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
+	}
+	return agentSrc, workerSrc, nil
+}
+
+// checkRoom refuses a host without room for need bytes and 64 MiB more.
+func checkRoom(p Probe, need uint64) error {
+	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
+		return fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
+	}
+	return nil
 }
 
 // handshakeOnly asks the agent on the host's socket who it is, through

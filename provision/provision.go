@@ -244,17 +244,12 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	// Install: the files this platform needs.
 	narrate("host_probed", fmt.Sprintf("host %s: %s/%s, %s, libffi %s, %s free in %s", opt.Name, p.OS, p.Arch, p.Libc,
 		map[bool]string{true: "found", false: "missing"}[p.Libffi], rbee.Bytes(p.FreeBytes), p.Home))
-	if p.OS != "linux" {
-		return res, nil, fmt.Errorf("host runs %s/%s; rbee hives run on linux (amd64, arm64)", p.OS, p.Machine)
+	agentSrc, workerSrc, err := checkHost(p, a, true)
+	if err != nil {
+		return res, nil, err
 	}
 	plat := p.Platform()
-	agentSrc, workerSrc, engineSrc := a.Agents[plat], a.Workers[plat], a.Engines[plat]
-	if agentSrc == "" || workerSrc == "" || (engineSrc == "" && a.Engine == nil) {
-		return res, nil, fmt.Errorf("no rbee build for %s (have %s); `make agents` builds them", plat, platforms(a))
-	}
-	if !p.Libffi {
-		return res, nil, fmt.Errorf("host lacks libffi.so.8, which the worker needs: install it there (Debian/Ubuntu: apt-get install libffi8)")
-	}
+	engineSrc := a.Engines[plat]
 	if engineSrc == "" {
 		if engineSrc, err = a.Engine(ctx, plat); err != nil {
 			return res, nil, fmt.Errorf("engine bundle for %s: %w", plat, err)
@@ -265,8 +260,8 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if err != nil {
 		return res, nil, err
 	}
-	if p.FreeBytes > 0 && p.FreeBytes < need+64<<20 {
-		return res, nil, fmt.Errorf("host has %s free in %s; rbee needs about %s", rbee.Bytes(p.FreeBytes), p.Home, rbee.Bytes(need+64<<20))
+	if err := checkRoom(p, need); err != nil {
+		return res, nil, err
 	}
 	m, err := bundle.Validate(engineSrc)
 	if err != nil {

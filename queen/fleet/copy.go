@@ -21,9 +21,9 @@ import (
 // machine's) has the same reference in its catalog: a copy inside your own
 // network beats the internet, and the hub is not asked twice. The copy is
 // verified against the source's sha256 on the target.
-func (q *Fleet) copyFromPeer(ctx context.Context, target *Conn, raw string, ev Events) (hiveapi.Model, bool, error) {
+func (f *Fleet) copyFromPeer(ctx context.Context, target *Conn, raw string, ev Events) (hiveapi.Model, bool, error) {
 	var peers []*Conn
-	for _, h := range q.pool.connected() {
+	for _, h := range f.pool.connected() {
 		if h != target {
 			peers = append(peers, h)
 		}
@@ -51,7 +51,7 @@ func (q *Fleet) copyFromPeer(ctx context.Context, target *Conn, raw string, ev E
 			if target.remote != nil {
 				dst, err = provision.PushModelFrom(ctx, target.remote.conn, target.remote.layout, r, m.Size, m.SHA256, progress)
 			} else {
-				dst, err = q.copyToLocal(ctx, r, m, progress)
+				dst, err = f.copyToLocal(ctx, r, m, progress)
 			}
 			closeSrc()
 			if err != nil {
@@ -90,8 +90,8 @@ func openOnHive(h *Conn, p string) (io.ReadSeeker, func(), error) {
 
 // copyToLocal writes a model into the local hive's models directory,
 // verified, under a temporary name first.
-func (q *Fleet) copyToLocal(ctx context.Context, r io.Reader, m hiveapi.Model, progress provision.Progress) (string, error) {
-	dir := filepath.Join(string(q.cfg.Home), "models")
+func (f *Fleet) copyToLocal(ctx context.Context, r io.Reader, m hiveapi.Model, progress provision.Progress) (string, error) {
+	dir := filepath.Join(string(f.cfg.Home), "models")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}

@@ -24,27 +24,27 @@ import (
 )
 
 // installEngine gets the bundle to the hive and has the hive record it.
-func (q *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.InstallEngineRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil || req.Source == "" {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "install engine: give a source"))
 		return
 	}
-	q.streamOp(w, func(ev Events) error {
+	f.streamOp(w, func(ev Events) error {
 		ctx := r.Context()
 		narrate := ev.Narrate
-		src, err := q.engineSource(ctx, req.Source, ev)
+		src, err := f.engineSource(ctx, req.Source, ev)
 		if err != nil {
 			return err
 		}
-		hc, err := q.hiveFor(ctx, req.Hive, narrate)
+		hc, err := f.hiveFor(ctx, req.Hive, narrate)
 		if err != nil {
 			return err
 		}
 		target := src
 		if hc.remote != nil {
 			// Prepared here, checked, then pushed: the host needs only SSH.
-			tmp, err := os.MkdirTemp(string(q.cfg.Home), "engine-")
+			tmp, err := os.MkdirTemp(string(f.cfg.Home), "engine-")
 			if err != nil {
 				return err
 			}
@@ -75,12 +75,12 @@ func (q *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 
 // engineSource turns a source into a local path: URLs are downloaded into
 // the queen's cache (resumable, verified when the server states a sum).
-func (q *Fleet) engineSource(ctx context.Context, src string, ev Events) (string, error) {
+func (f *Fleet) engineSource(ctx context.Context, src string, ev Events) (string, error) {
 	if ref, err := download.ParseRef(src); err == nil {
 		if ref.Kind != download.KindURL {
 			return "", rbee.Errorf(rbee.CodeBadRequest, "engine source %s: give a directory, an archive or an https:// URL", src)
 		}
-		store := &download.Store{Dir: q.cfg.Home.Cache("engines")}
+		store := &download.Store{Dir: f.cfg.Home.Cache("engines")}
 		p, _, err := store.Fetch(ctx, &download.Hub{}, ref, download.Options{Progress: func(p download.Progress) {
 			ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "engine_download", BytesDone: p.Done, BytesTotal: p.Total, Rate: p.Rate,
 				Message: fmt.Sprintf("engine %s of %s", rbee.Bytes(uint64(p.Done)), rbee.Bytes(uint64(max(p.Total, 0))))})
@@ -100,8 +100,8 @@ func (q *Fleet) engineSource(ctx context.Context, src string, ev Events) (string
 	return abs, nil
 }
 
-func (q *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+func (f *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -114,8 +114,8 @@ func (q *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
 	reply.JSON(w, http.StatusOK, queenapi.Engines{Hive: hc.name, Workers: ws})
 }
 
-func (q *Fleet) removeEngine(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+func (f *Fleet) removeEngine(w http.ResponseWriter, r *http.Request) {
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -127,13 +127,13 @@ func (q *Fleet) removeEngine(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (q *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.AddWorkerTypeRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add worker type: %w", err))
 		return
 	}
-	hc, err := q.hiveFor(r.Context(), req.Hive, Silent)
+	hc, err := f.hiveFor(r.Context(), req.Hive, Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -145,8 +145,8 @@ func (q *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (q *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+func (f *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -166,18 +166,18 @@ func (q *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
 // queen was given (an override), else its worker catalog's, with leave to
 // install the pinned bundle on first need — the CUDA one for GPUs where
 // this machine can run it.
-func (q *Fleet) localEngineArgs(ctx context.Context) []string {
-	if q.cfg.EngineDir != "" {
-		return []string{"--engine", q.cfg.EngineDir}
+func (f *Fleet) localEngineArgs(ctx context.Context) []string {
+	if f.cfg.EngineDir != "" {
+		return []string{"--engine", f.cfg.EngineDir}
 	}
 	args := []string{"--engine-fetch"}
-	if q.cfg.EngineRegistry != "" {
-		args = append(args, "--engine-registry", q.cfg.EngineRegistry)
+	if f.cfg.EngineRegistry != "" {
+		args = append(args, "--engine-registry", f.cfg.EngineRegistry)
 	}
-	if q.cfg.EngineArchive != "" {
-		args = append(args, "--engine-archive", q.cfg.EngineArchive)
+	if f.cfg.EngineArchive != "" {
+		args = append(args, "--engine-archive", f.cfg.EngineArchive)
 	}
-	if q.localCUDA(ctx) {
+	if f.localCUDA(ctx) {
 		args = append(args, "--engine-gpu", "cuda")
 	}
 	return args
@@ -186,7 +186,7 @@ func (q *Fleet) localEngineArgs(ctx context.Context) []string {
 // localCUDA reports whether this machine can run the CUDA bundle: an
 // NVIDIA driver new enough and the CUDA runtime it links, as rbee doctor
 // judges them. Without a loaded NVIDIA driver nothing is probed.
-func (q *Fleet) localCUDA(ctx context.Context) bool {
+func (f *Fleet) localCUDA(ctx context.Context) bool {
 	if _, err := os.Stat("/proc/driver/nvidia"); err != nil {
 		return false
 	}
@@ -197,7 +197,7 @@ func (q *Fleet) localCUDA(ctx context.Context) bool {
 		return false
 	}
 	c, _ := rep.Check("cuda runtime") // doctor's name for the check
-	q.log.Info("local CUDA bundle", "verdict", c.Verdict, "detail", c.Detail)
+	f.log.Info("local CUDA bundle", "verdict", c.Verdict, "detail", c.Detail)
 	return c.Verdict == doctor.OK
 }
 
@@ -206,13 +206,13 @@ func (q *Fleet) localCUDA(ctx context.Context) bool {
 // tarball cached with the local hive's, checked against its pinned
 // integrity) and prepared under the queen's cache. Its download is
 // narrated.
-func (q *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
+func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
 	goos, goarch, _ := strings.Cut(plat, "/")
 	pkg, ok := enginefetch.For(goos, goarch, "")
 	if !ok {
 		return "", fmt.Errorf("no engine package is pinned for %s: name a bundle with RBEE_ENGINE_%s", plat, strings.ToUpper(goos+"_"+goarch))
 	}
-	dir := filepath.Join(q.cfg.Home.Cache("engine-bundles"), strings.TrimSuffix(pkg.CacheName(), ".tgz"))
+	dir := filepath.Join(f.cfg.Home.Cache("engine-bundles"), strings.TrimSuffix(pkg.CacheName(), ".tgz"))
 	unlock, err := lockDir(ctx, dir)
 	if err != nil {
 		return "", err
@@ -222,10 +222,10 @@ func (q *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate
 		return dir, nil
 	}
 	narrate("engine_download", fmt.Sprintf("getting engine %s@%s (pinned) for %s from %s", pkg.Name, pkg.Version, plat,
-		cmp.Or(q.cfg.EngineArchive, pkg.TarballURL(q.cfg.EngineRegistry))))
+		cmp.Or(f.cfg.EngineArchive, pkg.TarballURL(f.cfg.EngineRegistry))))
 	var last time.Time
 	dir, err = enginefetch.Fetch(ctx, enginefetch.Options{
-		Package: pkg, Dir: dir, CacheDir: q.cfg.Home.Cache("npm"), Registry: q.cfg.EngineRegistry, Archive: q.cfg.EngineArchive,
+		Package: pkg, Dir: dir, CacheDir: f.cfg.Home.Cache("npm"), Registry: f.cfg.EngineRegistry, Archive: f.cfg.EngineArchive,
 		Progress: func(done, total int64) {
 			// Narration, not a bar: a connect reports in lines.
 			if now := time.Now(); now.Sub(last) >= 2*time.Second || done == total {
@@ -233,7 +233,7 @@ func (q *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate
 				narrate("engine_download", fmt.Sprintf("engine %s: %s of %s", path.Base(pkg.Name), rbee.Bytes(uint64(done)), rbee.Bytes(uint64(max(total, 0)))))
 			}
 		},
-		Logf: func(format string, args ...any) { q.log.Info(fmt.Sprintf(format, args...)) },
+		Logf: func(format string, args ...any) { f.log.Info(fmt.Sprintf(format, args...)) },
 	})
 	if err != nil {
 		return "", err

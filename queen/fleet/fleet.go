@@ -92,95 +92,95 @@ func New(cfg Config, db *catalog.Queen) *Fleet {
 
 // Stopping tells the fleet the queen is stopping: from now on a lost
 // connection is not a hive's fault and is not recorded as one.
-func (q *Fleet) Stopping() { q.once.Do(func() { close(q.closing) }) }
+func (f *Fleet) Stopping() { f.once.Do(func() { close(f.closing) }) }
 
 // Close closes every hive connection (stopping the local agent this queen
 // started, which stops its workers; remote agents keep theirs warm). It
 // never waits on a stalled host.
-func (q *Fleet) Close() {
-	q.Stopping()
-	q.pool.close()
+func (f *Fleet) Close() {
+	f.Stopping()
+	f.pool.close()
 }
 
 // SetStatus records a hive's reachability in the catalog (hive ls reads
 // it): the pool calls it the moment a connection is made or lost.
-func (q *Fleet) SetStatus(name string, online bool, reason string) {
+func (f *Fleet) SetStatus(name string, online bool, reason string) {
 	select {
-	case <-q.closing:
+	case <-f.closing:
 		return // shutting down is not a hive's fault
 	default:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if online {
-		_ = q.db.SetStatus(ctx, name, "online", "", time.Now())
+		_ = f.db.SetStatus(ctx, name, "online", "", time.Now())
 		return
 	}
-	q.log.Warn("hive offline", "hive", name, "reason", reason)
-	_ = q.db.SetStatus(ctx, name, "offline", reason, time.Time{})
+	f.log.Warn("hive offline", "hive", name, "reason", reason)
+	_ = f.db.SetStatus(ctx, name, "offline", reason, time.Time{})
 }
 
 // seen records what a snapshot found: the hive is online, its devices and
 // agent, and the worker registry's view of it.
-func (q *Fleet) seen(ctx context.Context, name string, hc *Conn, s Snapshot) {
-	entry, err := q.db.Hive(ctx, name)
+func (f *Fleet) seen(ctx context.Context, name string, hc *Conn, s Snapshot) {
+	entry, err := f.db.Hive(ctx, name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		// A hive of a hand-written inventory, reached for the first time.
-		entry, _, err = q.resolveHive(ctx, name)
+		entry, _, err = f.resolveHive(ctx, name)
 	}
 	if err == nil {
 		entry.Status, entry.StatusReason, entry.AgentVersion, entry.LastSeen = "online", "", hc.handshake.Version, time.Now()
 		entry.Capabilities = map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}
-		_ = q.db.UpsertHive(ctx, entry)
-		_ = q.db.SetDevices(ctx, name, s.Devices, time.Now())
+		_ = f.db.UpsertHive(ctx, entry)
+		_ = f.db.SetDevices(ctx, name, s.Devices, time.Now())
 	}
-	q.syncWorkers(name, s.Workers)
+	f.syncWorkers(name, s.Workers)
 }
 
 // fresh reports whether this is the queen's first look at a hive's
 // devices (they are narrated then).
-func (q *Fleet) fresh(name string) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.contacts[name] {
+func (f *Fleet) fresh(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.contacts[name] {
 		return false
 	}
-	q.contacts[name] = true
+	f.contacts[name] = true
 	return true
 }
 
 // syncWorkers replaces the registry's view of a hive's workers.
-func (q *Fleet) syncWorkers(hive string, ws []rbee.WorkerInfo) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for id, w := range q.workers {
+func (f *Fleet) syncWorkers(hive string, ws []rbee.WorkerInfo) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, w := range f.workers {
 		if w.Hive == hive {
-			delete(q.workers, id)
+			delete(f.workers, id)
 		}
 	}
 	for _, w := range ws {
 		w.Hive = hive
-		q.workers[w.ID] = w
+		f.workers[w.ID] = w
 	}
 }
 
 // Workers lists the worker registry: every worker the queen knows of.
-func (q *Fleet) Workers() []rbee.WorkerInfo {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	out := make([]rbee.WorkerInfo, 0, len(q.workers))
-	for _, wi := range q.workers {
+func (f *Fleet) Workers() []rbee.WorkerInfo {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]rbee.WorkerInfo, 0, len(f.workers))
+	for _, wi := range f.workers {
 		out = append(out, wi)
 	}
 	return out
 }
 
 // WorkerCounts counts the worker registry by hive.
-func (q *Fleet) WorkerCounts() map[string]int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+func (f *Fleet) WorkerCounts() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	out := map[string]int{}
-	for _, w := range q.workers {
+	for _, w := range f.workers {
 		out[w.Hive]++
 	}
 	return out
@@ -188,31 +188,31 @@ func (q *Fleet) WorkerCounts() map[string]int {
 
 // Candidates are the hives a job may run on: the one it names, or this
 // machine and every enabled hive of the inventory.
-func (q *Fleet) Candidates(ctx context.Context, pinned string, ev Events) ([]Hive, error) {
-	n, err := q.db.CountHives(ctx)
+func (f *Fleet) Candidates(ctx context.Context, pinned string, ev Events) ([]Hive, error) {
+	n, err := f.db.CountHives(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if n == 0 {
-		if err := q.ensureLocalEntry(ctx); err != nil {
+		if err := f.ensureLocalEntry(ctx); err != nil {
 			return nil, err
 		}
 		ev.Narrate("hive_added", "the hive catalog is empty: added this machine as hive localhost")
 	}
 	if pinned != "" {
-		if _, _, err := q.resolveHive(ctx, pinned); err != nil {
+		if _, _, err := f.resolveHive(ctx, pinned); err != nil {
 			return nil, err
 		}
-		return []Hive{&liveHive{q: q, name: pinned}}, nil
+		return []Hive{&liveHive{f: f, name: pinned}}, nil
 	}
-	inv, err := q.loadInventory()
+	inv, err := f.loadInventory()
 	if err != nil {
 		return nil, err
 	}
-	hives := []Hive{&liveHive{q: q, name: LocalHive}}
+	hives := []Hive{&liveHive{f: f, name: LocalHive}}
 	for _, h := range inv.Hives {
 		if !h.Disabled && h.Name != LocalHive {
-			hives = append(hives, &liveHive{q: q, name: h.Name, fleet: true})
+			hives = append(hives, &liveHive{f: f, name: h.Name, many: true})
 		}
 	}
 	return hives, nil
@@ -220,26 +220,26 @@ func (q *Fleet) Candidates(ctx context.Context, pinned string, ev Events) ([]Hiv
 
 // Resolve checks that name is a hive (the inventory, the catalog, or this
 // machine), before anything reaches it.
-func (q *Fleet) Resolve(ctx context.Context, name string) error {
-	_, _, err := q.resolveHive(ctx, name)
+func (f *Fleet) Resolve(ctx context.Context, name string) error {
+	_, _, err := f.resolveHive(ctx, name)
 	return err
 }
 
 // Live is hive name reached through the pool, unchecked (see Resolve).
 // many: one of several candidates, left out at once when known down.
-func (q *Fleet) Live(name string, many bool) Hive {
-	return &liveHive{q: q, name: name, fleet: many}
+func (f *Fleet) Live(name string, many bool) Hive {
+	return &liveHive{f: f, name: name, many: many}
 }
 
 // Conn returns the live connection to a hive, connecting it (one attempt
 // for all callers) when there is none; narrate hears the connect.
-func (q *Fleet) Conn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
-	return q.hiveConn(ctx, name, narrate)
+func (f *Fleet) Conn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+	return f.hiveConn(ctx, name, narrate)
 }
 
 // Client is the agent's client of a connected hive.
-func (q *Fleet) Client(ctx context.Context, name string) (*hiveapi.Client, error) {
-	hc, err := q.hiveConn(ctx, name, Silent)
+func (f *Fleet) Client(ctx context.Context, name string) (*hiveapi.Client, error) {
+	hc, err := f.hiveConn(ctx, name, Silent)
 	if err != nil {
 		return nil, err
 	}
@@ -249,13 +249,13 @@ func (q *Fleet) Client(ctx context.Context, name string) (*hiveapi.Client, error
 // Snapshots asks every candidate at once; each answer is bounded. With
 // one candidate its failure is the job's; with several, the unreachable
 // are left out (and said so) unless none answers.
-func (q *Fleet) Snapshots(ctx context.Context, hives []Hive, ev Events) (map[string]Snapshot, error) {
-	return q.plan.snapshots(ctx, hives, ev)
+func (f *Fleet) Snapshots(ctx context.Context, hives []Hive, ev Events) (map[string]Snapshot, error) {
+	return f.plan.snapshots(ctx, hives, ev)
 }
 
 // Place plans job once across hives and admits it (see planner.place).
-func (q *Fleet) Place(ctx context.Context, job PlaceJob, hives []Hive, ev Events) (Placement, error) {
-	return q.plan.place(ctx, job, hives, ev)
+func (f *Fleet) Place(ctx context.Context, job PlaceJob, hives []Hive, ev Events) (Placement, error) {
+	return f.plan.place(ctx, job, hives, ev)
 }
 
 // Stream sends a job's (or an operation's) events on its SSE stream.
@@ -281,7 +281,7 @@ func (e Stream) Narrate(action, msg string) { e.Send(rbee.Narrate(me, action, ms
 // Relay runs the prompt on the placed hive and passes its stream on:
 // tokens untouched (straight to a Stream), other events decoded to keep
 // the worker registry.
-func (q *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev Events) error {
+func (f *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev Events) error {
 	name := h.Name()
 	jev, _ := ev.(Stream)
 	err := h.Infer(ctx, ireq, func(evType string, data []byte) error {
@@ -295,39 +295,39 @@ func (q *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev
 		if e.Worker != nil {
 			wi := *e.Worker
 			wi.Hive = name
-			q.mu.Lock()
-			q.workers[wi.ID] = wi
-			q.mu.Unlock()
+			f.mu.Lock()
+			f.workers[wi.ID] = wi
+			f.mu.Unlock()
 		}
 		if e.Type == rbee.EventError && (e.Code == rbee.CodeWorkerCrashed || e.Code == rbee.CodeWorkerNotFound) {
 			if s, err := h.Snapshot(context.WithoutCancel(ctx), Quiet{}); err == nil {
-				q.syncWorkers(name, s.Workers)
+				f.syncWorkers(name, s.Workers)
 			}
 		}
 		ev.Send(e)
 		return nil
 	})
 	if err != nil && ctx.Err() == nil && rbee.CodeOf(err) == rbee.CodeHiveDown {
-		q.SetStatus(name, false, err.Error())
+		f.SetStatus(name, false, err.Error())
 	}
 	return err
 }
 
 // Routes adds the owner's routes of the fleet: the hives, the models on
 // them and their engines and worker types.
-func (q *Fleet) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/hives", q.listHiveInfo)
-	mux.HandleFunc("POST /v1/hives", q.addHive)
-	mux.HandleFunc("GET /v1/hives/{name}", q.hiveStatus)
-	mux.HandleFunc("DELETE /v1/hives/{name}", q.removeHive)
-	mux.HandleFunc("GET /v1/hives/{name}/logs", q.hiveLogs)
-	mux.HandleFunc("POST /v1/up", q.up)
-	mux.HandleFunc("POST /v1/models/pull", q.pullModel)
-	mux.HandleFunc("GET /v1/catalog", q.listModels)
-	mux.HandleFunc("DELETE /v1/models/{key}", q.removeModel)
-	mux.HandleFunc("POST /v1/engines", q.installEngine)
-	mux.HandleFunc("POST /v1/worker-types", q.addWorkerType)
-	mux.HandleFunc("DELETE /v1/worker-types/{name}", q.removeWorkerType)
-	mux.HandleFunc("GET /v1/engines", q.listEngines)
-	mux.HandleFunc("DELETE /v1/engines/{id}", q.removeEngine)
+func (f *Fleet) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/hives", f.listHiveInfo)
+	mux.HandleFunc("POST /v1/hives", f.addHive)
+	mux.HandleFunc("GET /v1/hives/{name}", f.hiveStatus)
+	mux.HandleFunc("DELETE /v1/hives/{name}", f.removeHive)
+	mux.HandleFunc("GET /v1/hives/{name}/logs", f.hiveLogs)
+	mux.HandleFunc("POST /v1/up", f.up)
+	mux.HandleFunc("POST /v1/models/pull", f.pullModel)
+	mux.HandleFunc("GET /v1/catalog", f.listModels)
+	mux.HandleFunc("DELETE /v1/models/{key}", f.removeModel)
+	mux.HandleFunc("POST /v1/engines", f.installEngine)
+	mux.HandleFunc("POST /v1/worker-types", f.addWorkerType)
+	mux.HandleFunc("DELETE /v1/worker-types/{name}", f.removeWorkerType)
+	mux.HandleFunc("GET /v1/engines", f.listEngines)
+	mux.HandleFunc("DELETE /v1/engines/{id}", f.removeEngine)
 }

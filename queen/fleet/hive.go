@@ -62,17 +62,17 @@ type Events interface {
 
 // liveHive is a hive reached through the queen's pool.
 type liveHive struct {
-	q    *Fleet
+	f    *Fleet
 	name string
-	// fleet: one of several candidates. A hive known to be down is left
+	// many: one of several candidates. A hive known to be down is left
 	// out at once rather than waited on.
-	fleet bool
+	many bool
 }
 
 func (h *liveHive) Name() string { return h.name }
 
 func (h *liveHive) conn(ctx context.Context) (*Conn, error) {
-	return h.q.hiveConn(ctx, h.name, Silent)
+	return h.f.hiveConn(ctx, h.name, Silent)
 }
 
 // Snapshot reads devices, workers and models within the pool's timeout. A
@@ -80,30 +80,30 @@ func (h *liveHive) conn(ctx context.Context) (*Conn, error) {
 // host: it is dropped, and the hive marked offline with the reason. A
 // local agent that went away is started again, once.
 func (h *liveHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
-	if h.fleet {
-		if err := h.q.pool.down(h.name); err != nil {
+	if h.many {
+		if err := h.f.pool.down(h.name); err != nil {
 			return Snapshot{}, rbee.Errorf(rbee.CodeHiveDown, "offline (%w)", err)
 		}
 	}
 	for try := 0; ; try++ {
-		hc, err := h.q.hiveConn(ctx, h.name, ev.Narrate)
+		hc, err := h.f.hiveConn(ctx, h.name, ev.Narrate)
 		if err != nil {
 			return Snapshot{}, err
 		}
 		s, step, err := h.read(ctx, hc)
 		if err == nil {
-			h.q.seen(ctx, h.name, hc, s)
+			h.f.seen(ctx, h.name, hc, s)
 			return s, nil
 		}
 		if ctx.Err() != nil {
-			return Snapshot{}, h.q.pool.stepError(h.name, step, ctx.Err())
+			return Snapshot{}, h.f.pool.stepError(h.name, step, ctx.Err())
 		}
 		var ae *hiveapi.APIError
 		if errors.As(err, &ae) {
 			return Snapshot{}, HiveError(err)
 		}
-		reason := h.q.pool.stepError(h.name, step, err)
-		h.q.pool.fail(h.name, hc, reason)
+		reason := h.f.pool.stepError(h.name, step, err)
+		h.f.pool.fail(h.name, hc, reason)
 		if try > 0 || errors.Is(err, context.DeadlineExceeded) {
 			return Snapshot{}, reason
 		}
@@ -111,7 +111,7 @@ func (h *liveHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
 }
 
 func (h *liveHive) read(ctx context.Context, hc *Conn) (s Snapshot, step string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, h.q.pool.timeout)
+	ctx, cancel := context.WithTimeout(ctx, h.f.pool.timeout)
 	defer cancel()
 	devs, err := hc.client.Devices(ctx)
 	if err != nil {
@@ -136,17 +136,17 @@ func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev
 	if err != nil {
 		return hiveapi.Model{}, err
 	}
-	defer h.q.changed() // the hive's catalog changes: the door looks again
+	defer h.f.changed() // the hive's catalog changes: the door looks again
 	if spec.Ref != nil {
 		// Another hive has it: copy across instead of downloading again.
-		if m, ok, err := h.q.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
+		if m, ok, err := h.f.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
 			return m, err
 		}
-		return h.q.pull(ctx, hc, spec, "", ev)
+		return h.f.pull(ctx, hc, spec, "", ev)
 	}
 	path := spec.Path
 	if hc.remote != nil {
-		if path, err = h.q.pushModel(ctx, hc, spec, ev); err != nil {
+		if path, err = h.f.pushModel(ctx, hc, spec, ev); err != nil {
 			return hiveapi.Model{}, err
 		}
 	}

@@ -74,7 +74,7 @@ func otherName(host string) string {
 
 // streamOp runs op with its events on an SSE stream, ending with done or
 // the error.
-func (q *Fleet) streamOp(w http.ResponseWriter, op func(ev Events) error) {
+func (f *Fleet) streamOp(w http.ResponseWriter, op func(ev Events) error) {
 	sw := sse.NewWriter(w)
 	defer sw.Close()
 	ev := Stream{SW: sw}
@@ -87,7 +87,7 @@ func (q *Fleet) streamOp(w http.ResponseWriter, op func(ev Events) error) {
 
 // addHive connects, installs, probes devices, and records the hive in the
 // inventory and the catalog. Running it twice is harmless.
-func (q *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.AddHiveRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add hive: %w", err))
@@ -97,7 +97,7 @@ func (q *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
-	inv, err := q.loadInventory()
+	inv, err := f.loadInventory()
 	if err != nil {
 		reply.Error(w, http.StatusBadRequest, err)
 		return
@@ -113,39 +113,39 @@ func (q *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.DryRun {
-		q.streamOp(w, func(ev Events) error { return q.planHive(r.Context(), ih, req.AcceptNewHostKey, ev) })
+		f.streamOp(w, func(ev Events) error { return f.planHive(r.Context(), ih, req.AcceptNewHostKey, ev) })
 		return
 	}
-	q.streamOp(w, func(ev Events) error {
+	f.streamOp(w, func(ev Events) error {
 		ctx := r.Context()
 		_, known := inv.Hive(req.Name)
-		hc, err := q.pool.getWith(ctx, req.Name, q.remoteConnector(ih, req.AcceptNewHostKey), ev.Narrate, !req.AcceptNewHostKey)
+		hc, err := f.pool.getWith(ctx, req.Name, f.remoteConnector(ih, req.AcceptNewHostKey), ev.Narrate, !req.AcceptNewHostKey)
 		if err != nil {
 			if !known {
-				q.pool.drop(req.Name) // not a hive yet: nothing to redial
+				f.pool.drop(req.Name) // not a hive yet: nothing to redial
 			}
 			return err
 		}
 		// From now on it is reached as the inventory says (new host keys
 		// are accepted only while adding).
-		q.pool.setConnector(req.Name, q.remoteConnector(ih, false))
-		dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
+		f.pool.setConnector(req.Name, f.remoteConnector(ih, false))
+		dctx, cancel := context.WithTimeout(ctx, f.cfg.ConnectTimeout)
 		devs, err := hc.client.Devices(dctx)
 		cancel()
 		if err != nil {
 			return rbee.Errorf(rbee.CodeHiveDown, "hive %s: devices: %w", req.Name, err)
 		}
 		ev.Narrate("devices_detected", fmt.Sprintf("hive %s has %s", req.Name, describeDevices(devs.Devices)))
-		if inv, err = q.recordHive(ih); err != nil {
+		if inv, err = f.recordHive(ih); err != nil {
 			return err
 		}
 		now := time.Now()
-		if err := q.db.UpsertHive(ctx, catalog.Hive{Name: req.Name, Kind: "ssh", Host: req.Host, Port: req.Port, User: req.User,
+		if err := f.db.UpsertHive(ctx, catalog.Hive{Name: req.Name, Kind: "ssh", Host: req.Host, Port: req.Port, User: req.User,
 			Status: "online", AgentVersion: hc.handshake.Version, LastSeen: now, Added: now,
 			Capabilities: map[string]string{"os": hc.handshake.OS, "arch": hc.handshake.Arch}}); err != nil {
 			return err
 		}
-		if err := q.db.SetDevices(ctx, req.Name, devs.Devices, now); err != nil {
+		if err := f.db.SetDevices(ctx, req.Name, devs.Devices, now); err != nil {
 			return err
 		}
 		ev.Narrate("hive_added", fmt.Sprintf("hive %s added to %s", req.Name, inv.Path))
@@ -159,10 +159,10 @@ func (q *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 var inventoryMu sync.Mutex
 
 // recordHive adds h to the inventory file (nothing when it is there).
-func (q *Fleet) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
+func (f *Fleet) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
 	inventoryMu.Lock()
 	defer inventoryMu.Unlock()
-	inv, err := q.loadInventory()
+	inv, err := f.loadInventory()
 	if err != nil {
 		return nil, err
 	}
@@ -179,8 +179,8 @@ func (q *Fleet) recordHive(h inventory.Hive) (*inventory.Inventory, error) {
 // plan, changing nothing: not the host (the plan only reads), not the
 // inventory, not the catalog, and not known_hosts — a new host key is
 // trusted for this one connection through a copy of the file.
-func (q *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool, ev Events) error {
-	t, cfg := q.target(ih)
+func (f *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool, ev Events) error {
+	t, cfg := f.target(ih)
 	before, err := os.ReadFile(cfg.KnownHosts)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("plan hive %s: %w", ih.Name, err)
@@ -197,7 +197,7 @@ func (q *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool,
 		}
 	}
 	ev.Narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s) for a dry run", ih.Name, describeTarget(t)))
-	dctx, cancel := context.WithTimeout(ctx, q.cfg.ConnectTimeout)
+	dctx, cancel := context.WithTimeout(ctx, f.cfg.ConnectTimeout)
 	conn, err := remote.Dial(dctx, t, cfg)
 	cancel()
 	if err != nil {
@@ -208,7 +208,7 @@ func (q *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool,
 	if acceptNew {
 		out.NewHostKey = newHostKey(cfg.KnownHosts, len(before))
 	}
-	plan, perr := provision.PlanUp(ctx, conn, q.cfg.SSH.Artifacts)
+	plan, perr := provision.PlanUp(ctx, conn, f.cfg.SSH.Artifacts)
 	if plan.Probe.Home == "" && perr != nil {
 		return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", ih.Name, perr)
 	}
@@ -268,13 +268,13 @@ func hiveInfo(h catalog.Hive) queenapi.HiveInfo {
 // listHiveInfo lists hives from the catalog, as the pool last saw them
 // (a lost connection shows at once, with its reason), without contacting
 // any.
-func (q *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
-	hs, err := q.db.Hives(r.Context())
+func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
+	hs, err := f.db.Hives(r.Context())
 	if err != nil {
 		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	inv, _ := q.loadInventory() // a file that does not load lists no inventory hives
+	inv, _ := f.loadInventory() // a file that does not load lists no inventory hives
 	seen := map[string]bool{}
 	out := []queenapi.HiveInfo{}
 	for _, h := range hs {
@@ -316,26 +316,26 @@ func badName(b inventory.BadHive) string {
 }
 
 // hiveStatus contacts the hive now and reports it with its workers.
-func (q *Fleet) hiveStatus(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	entry, _, err := q.resolveHive(ctx, name)
+	entry, _, err := f.resolveHive(ctx, name)
 	if err != nil {
 		reply.Error(w, http.StatusNotFound, err)
 		return
 	}
-	h := &liveHive{q: q, name: name}
+	h := &liveHive{f: f, name: name}
 	s, err := h.Snapshot(ctx, Quiet{})
 	if err != nil {
-		q.SetStatus(name, false, err.Error())
-		entry, _ = q.db.Hive(ctx, name)
+		f.SetStatus(name, false, err.Error())
+		entry, _ = f.db.Hive(ctx, name)
 		reply.JSON(w, http.StatusOK, hiveInfo(entry))
 		return
 	}
-	entry, _ = q.db.Hive(ctx, name)
+	entry, _ = f.db.Hive(ctx, name)
 	info := hiveInfo(entry)
 	info.Status, info.Reason, info.Devices, info.Workers = "online", "", s.Devices, s.Workers
-	if hc, err := q.hiveConn(ctx, name, Silent); err == nil {
+	if hc, err := f.hiveConn(ctx, name, Silent); err == nil {
 		info.Host = hostFacts(ctx, hc)
 	}
 	reply.JSON(w, http.StatusOK, info)
@@ -368,30 +368,30 @@ func hostFacts(ctx context.Context, hc *Conn) *queenapi.HostFacts {
 
 // removeHive forgets a hive; with ?purge=1 it also stops its agent and
 // deletes ~/.rbee on the host.
-func (q *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	inventoryMu.Lock()
 	defer inventoryMu.Unlock()
-	inv, err := q.loadInventory()
+	inv, err := f.loadInventory()
 	if err != nil {
 		reply.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	_, inInv := inv.Hive(name)
 	_, isBad := inv.BadHive(name)
-	_, dbErr := q.db.Hive(ctx, name)
+	_, dbErr := f.db.Hive(ctx, name)
 	if !inInv && !isBad && errors.Is(dbErr, catalog.ErrNotFound) {
 		reply.Error(w, http.StatusNotFound, rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name))
 		return
 	}
 	if r.URL.Query().Get("purge") == "1" && inInv {
-		if err := q.purge(ctx, name); err != nil {
+		if err := f.purge(ctx, name); err != nil {
 			reply.Error(w, http.StatusBadGateway, err)
 			return
 		}
 	}
-	q.pool.drop(name)
+	f.pool.drop(name)
 	if inInv || isBad {
 		if err := inv.Remove(name); err != nil {
 			reply.Error(w, http.StatusInternalServerError, err)
@@ -403,15 +403,15 @@ func (q *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if dbErr == nil {
-		_ = q.db.RemoveHive(ctx, name)
+		_ = f.db.RemoveHive(ctx, name)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 // purge stops a remote hive's agent (and its workers) and removes ~/.rbee
 // on the host.
-func (q *Fleet) purge(ctx context.Context, name string) error {
-	hc, err := q.hiveConn(ctx, name, Silent)
+func (f *Fleet) purge(ctx context.Context, name string) error {
+	hc, err := f.hiveConn(ctx, name, Silent)
 	if err != nil {
 		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
 	}
@@ -429,20 +429,20 @@ func (q *Fleet) purge(ctx context.Context, name string) error {
 }
 
 // hiveLogs returns the end of the agent's log.
-func (q *Fleet) hiveLogs(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) hiveLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	_, isRemote, err := q.resolveHive(ctx, name)
+	_, isRemote, err := f.resolveHive(ctx, name)
 	if err != nil {
 		reply.Error(w, http.StatusNotFound, err)
 		return
 	}
 	var out []byte
 	if !isRemote {
-		out, err = proc.Tail(q.cfg.Home.Log("hive-localhost"), 200)
+		out, err = proc.Tail(f.cfg.Home.Log("hive-localhost"), 200)
 	} else {
 		var hc *Conn
-		if hc, err = q.hiveConn(ctx, name, Silent); err == nil {
+		if hc, err = f.hiveConn(ctx, name, Silent); err == nil {
 			out, err = hc.remote.conn.Run(ctx, []string{"tail", "-n", "200", hc.remote.layout.LogPath()}, nil)
 		}
 	}
@@ -455,14 +455,14 @@ func (q *Fleet) hiveLogs(w http.ResponseWriter, r *http.Request) {
 }
 
 // up connects every inventory hive in parallel, one event per host.
-func (q *Fleet) up(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) up(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.UpRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "up: %w", err))
 		return
 	}
-	q.streamOp(w, func(ev Events) error {
-		failed, err := q.upAll(r.Context(), ev, req.AcceptNewHostKey)
+	f.streamOp(w, func(ev Events) error {
+		failed, err := f.upAll(r.Context(), ev, req.AcceptNewHostKey)
 		if err != nil {
 			return err
 		}
@@ -476,8 +476,8 @@ func (q *Fleet) up(w http.ResponseWriter, r *http.Request) {
 // upAll connects every inventory hive in parallel; an entry with problems
 // fails on its own line. acceptNew records the host keys of hosts not yet
 // in known_hosts (for this call only: redials check them).
-func (q *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed int, err error) {
-	inv, err := q.loadInventory()
+func (f *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed int, err error) {
+	inv, err := f.loadInventory()
 	if err != nil {
 		return 0, err
 	}
@@ -499,15 +499,15 @@ func (q *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed in
 		go func() {
 			defer wg.Done()
 			start := time.Now()
-			was, _ := q.pool.state(h.Name)
+			was, _ := f.pool.state(h.Name)
 			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			hc, err := q.pool.getWith(ctx, h.Name, q.remoteConnector(h, acceptNew), Silent, !acceptNew)
+			hc, err := f.pool.getWith(ctx, h.Name, f.remoteConnector(h, acceptNew), Silent, !acceptNew)
 			if acceptNew {
-				q.pool.setConnector(h.Name, q.remoteConnector(h, false))
+				f.pool.setConnector(h.Name, f.remoteConnector(h, false))
 			}
 			var s Snapshot
 			if err == nil {
-				lh := &liveHive{q: q, name: h.Name}
+				lh := &liveHive{f: f, name: h.Name}
 				s, err = lh.Snapshot(ctx, Quiet{})
 			}
 			if err != nil {

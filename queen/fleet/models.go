@@ -16,20 +16,20 @@ import (
 )
 
 // hiveFor resolves and connects a hive by name ("" = localhost).
-func (q *Fleet) hiveFor(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+func (f *Fleet) hiveFor(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
 	if name == "" {
 		name = LocalHive
 	}
-	if _, _, err := q.resolveHive(ctx, name); err != nil {
+	if _, _, err := f.resolveHive(ctx, name); err != nil {
 		return nil, err
 	}
-	return q.hiveConn(ctx, name, narrate)
+	return f.hiveConn(ctx, name, narrate)
 }
 
 // pull has a hive download a reference, relaying its progress. The fit
 // check was made on the header already (placing a job, or pullModel).
-func (q *Fleet) pull(ctx context.Context, hc *Conn, spec *ModelSpec, alias string, ev Events) (hiveapi.Model, error) {
-	hub := q.hub()
+func (f *Fleet) pull(ctx context.Context, hc *Conn, spec *ModelSpec, alias string, ev Events) (hiveapi.Model, error) {
+	hub := f.hub()
 	m, err := hc.client.Pull(ctx, hiveapi.PullRequest{Ref: spec.Raw, Alias: alias, Endpoint: hub.Endpoint, Token: hub.Token},
 		func(e rbee.Event) error { ev.Send(e); return nil })
 	if err != nil {
@@ -41,7 +41,7 @@ func (q *Fleet) pull(ctx context.Context, hc *Conn, spec *ModelSpec, alias strin
 // pullModel is rbee model pull: the model onto one hive, planned like a
 // job (already there, copied from a peer, or fetched after the fit check
 // on its header), without starting a worker.
-func (q *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
+func (f *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
 	var req queenapi.PullRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "pull: %w", err))
@@ -52,60 +52,60 @@ func (q *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "%w", err))
 		return
 	}
-	q.streamOp(w, func(ev Events) error {
-		defer q.changed() // the door sees the model (and its alias) at once
+	f.streamOp(w, func(ev Events) error {
+		defer f.changed() // the door sees the model (and its alias) at once
 		ctx := r.Context()
 		name := req.Hive
 		if name == "" {
 			name = LocalHive
 		}
-		spec, err := q.ParseModel(ctx, req.Ref)
+		spec, err := f.ParseModel(ctx, req.Ref)
 		if err != nil {
 			return err
 		}
-		if _, _, err := q.resolveHive(ctx, name); err != nil {
+		if _, _, err := f.resolveHive(ctx, name); err != nil {
 			return err
 		}
-		h := &liveHive{q: q, name: name}
-		snaps, err := q.plan.snapshots(ctx, []Hive{h}, ev)
+		h := &liveHive{f: f, name: name}
+		snaps, err := f.plan.snapshots(ctx, []Hive{h}, ev)
 		if err != nil {
 			return err
 		}
 		snap := snaps[name]
 		if m, ok := snap.Find(spec); ok {
 			ev.Narrate("model_ready", fmt.Sprintf("%s is already on hive %s", req.Ref, name))
-			return q.aliasOn(ctx, name, m, req.Alias)
+			return f.aliasOn(ctx, name, m, req.Alias)
 		}
 		if local {
-			if err := q.fits(spec, name, snap, ev); err != nil {
+			if err := f.fits(spec, name, snap, ev); err != nil {
 				return err
 			}
 			m, err := h.Model(ctx, spec, snap, ev)
 			if err == nil {
-				err = q.aliasOn(ctx, name, m, req.Alias)
+				err = f.aliasOn(ctx, name, m, req.Alias)
 			}
 			if err == nil {
 				ev.Narrate("model_ready", fmt.Sprintf("%s is on hive %s as %s", filepath.Base(req.Ref), name, cmp.Or(req.Alias, m.ID)))
 			}
 			return err
 		}
-		hc, err := q.hiveConn(ctx, name, ev.Narrate)
+		hc, err := f.hiveConn(ctx, name, ev.Narrate)
 		if err != nil {
 			return err
 		}
-		if m, ok, err := q.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
+		if m, ok, err := f.copyFromPeer(ctx, hc, spec.Raw, ev); err != nil || ok {
 			if err == nil {
-				err = q.aliasOn(ctx, name, m, req.Alias)
+				err = f.aliasOn(ctx, name, m, req.Alias)
 			}
 			return err
 		}
-		if err := q.Estimate(ctx, spec, snaps); err != nil {
+		if err := f.Estimate(ctx, spec, snaps); err != nil {
 			return err
 		}
-		if err := q.fits(spec, name, snap, ev); err != nil {
+		if err := f.fits(spec, name, snap, ev); err != nil {
 			return err
 		}
-		m, err := q.pull(ctx, hc, spec, req.Alias, ev)
+		m, err := f.pull(ctx, hc, spec, req.Alias, ev)
 		if err != nil {
 			return err
 		}
@@ -115,11 +115,11 @@ func (q *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
 }
 
 // aliasOn gives a model the alias asked for when it has none yet.
-func (q *Fleet) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias string) error {
+func (f *Fleet) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias string) error {
 	if alias == "" || m.Alias == alias {
 		return nil
 	}
-	hc, err := q.hiveConn(ctx, hive, Silent)
+	hc, err := f.hiveConn(ctx, hive, Silent)
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (q *Fleet) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias
 
 // fits refuses, with the numbers and before any download, a model that
 // fits none of the hive's devices.
-func (q *Fleet) fits(spec *ModelSpec, name string, snap Snapshot, ev Events) error {
+func (f *Fleet) fits(spec *ModelSpec, name string, snap Snapshot, ev Events) error {
 	var best rbee.Device
 	for _, d := range snap.Devices {
 		if d.FreeBytes > best.FreeBytes {
@@ -149,8 +149,8 @@ func (q *Fleet) fits(spec *ModelSpec, name string, snap Snapshot, ev Events) err
 	return nil
 }
 
-func (q *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+func (f *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -163,8 +163,8 @@ func (q *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
 	reply.JSON(w, http.StatusOK, queenapi.Models{Hive: hc.name, Models: ms})
 }
 
-func (q *Fleet) removeModel(w http.ResponseWriter, r *http.Request) {
-	hc, err := q.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+func (f *Fleet) removeModel(w http.ResponseWriter, r *http.Request) {
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -173,6 +173,6 @@ func (q *Fleet) removeModel(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusNotFound, HiveError(err))
 		return
 	}
-	q.changed()
+	f.changed()
 	w.WriteHeader(http.StatusNoContent)
 }

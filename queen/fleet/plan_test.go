@@ -319,12 +319,12 @@ func TestPlaceTwoJobsOneGPU(t *testing.T) {
 // estimate from the network.
 func TestEstimateFromAHiveThatHasIt(t *testing.T) {
 	t.Parallel()
-	q := &Fleet{}
+	f := &Fleet{}
 	s := &ModelSpec{Raw: "hf:org/repo/m.gguf"}
 	ref, _ := parseRefForTest(s.Raw)
 	s.Ref = &ref
 	snaps := map[string]Snapshot{"h2": {Models: []hiveapi.Model{{ID: "sha256:1", Ref: "hf:org/repo/m.gguf", EstimateBytes: 3 * gib, CtxSize: 2048}}}}
-	if err := q.Estimate(context.Background(), s, snaps); err != nil {
+	if err := f.Estimate(context.Background(), s, snaps); err != nil {
 		t.Fatal(err)
 	}
 	if s.Need != 3*gib || s.CtxSize != 2048 {

@@ -44,8 +44,8 @@ func ValidHiveName(name string) error {
 	return nil
 }
 
-func (q *Fleet) loadInventory() (*inventory.Inventory, error) {
-	p := q.cfg.SSH.Inventory
+func (f *Fleet) loadInventory() (*inventory.Inventory, error) {
+	p := f.cfg.SSH.Inventory
 	if p == "" {
 		p = inventory.DefaultPath()
 	}
@@ -56,17 +56,17 @@ func (q *Fleet) loadInventory() (*inventory.Inventory, error) {
 	return inv, nil
 }
 
-func (q *Fleet) target(h inventory.Hive) (remote.Target, remote.Config) {
+func (f *Fleet) target(h inventory.Hive) (remote.Target, remote.Config) {
 	t := remote.Target{Host: h.Host, User: h.User, Port: h.Port}
 	if h.Identity != "" {
 		t.IdentityFiles = []string{expandHome(h.Identity)}
 	}
-	kh := q.cfg.SSH.KnownHosts
+	kh := f.cfg.SSH.KnownHosts
 	if h.KnownHosts != "" {
 		kh = expandHome(h.KnownHosts)
 	}
-	return t, remote.Config{KnownHosts: kh, SSHConfig: q.cfg.SSH.SSHConfig, UseAgent: true,
-		DialTimeout: q.cfg.ConnectTimeout, Keepalive: max(q.cfg.SSH.Keepalive/3, 100*time.Millisecond)}
+	return t, remote.Config{KnownHosts: kh, SSHConfig: f.cfg.SSH.SSHConfig, UseAgent: true,
+		DialTimeout: f.cfg.ConnectTimeout, Keepalive: max(f.cfg.SSH.Keepalive/3, 100*time.Millisecond)}
 }
 
 func expandHome(p string) string {
@@ -79,21 +79,21 @@ func expandHome(p string) string {
 
 // hiveConn returns the pool's connection to a hive, connecting it (one
 // attempt for all callers) when there is none.
-func (q *Fleet) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+func (f *Fleet) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
 	if name == LocalHive {
-		return q.pool.get(ctx, name, q.connectLocal, narrate)
+		return f.pool.get(ctx, name, f.connectLocal, narrate)
 	}
-	ih, err := q.inventoryHive(name)
+	ih, err := f.inventoryHive(name)
 	if err != nil {
 		return nil, err
 	}
-	return q.pool.get(ctx, name, q.remoteConnector(ih, false), narrate)
+	return f.pool.get(ctx, name, f.remoteConnector(ih, false), narrate)
 }
 
 // inventoryHive finds an SSH hive in the inventory (hand edits are picked
 // up on every call).
-func (q *Fleet) inventoryHive(name string) (inventory.Hive, error) {
-	inv, err := q.loadInventory()
+func (f *Fleet) inventoryHive(name string) (inventory.Hive, error) {
+	inv, err := f.loadInventory()
 	if err != nil {
 		return inventory.Hive{}, err
 	}
@@ -111,9 +111,9 @@ func (q *Fleet) inventoryHive(name string) (inventory.Hive, error) {
 // remoteConnector dials an inventory hive and makes sure its agent runs:
 // dial and SSH handshake bounded by the connect timeout, then the agent
 // (probe, install when needed, start, handshake).
-func (q *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
+func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 	return func(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
-		t, cfg := q.target(h)
+		t, cfg := f.target(h)
 		cfg.AcceptNewHostKey = acceptNew
 		narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
 		step("ssh dial and handshake with " + describeTarget(t))
@@ -127,13 +127,13 @@ func (q *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 		}
 		dialTime := time.Since(dialStart)
 		step("the agent (probe, install, handshake)")
-		arts := q.cfg.SSH.Artifacts
+		arts := f.cfg.SSH.Artifacts
 		arts.Engine = func(ctx context.Context, plat provision.Platform) (string, error) {
 			step("the engine bundle for " + plat + " (fetched on this machine)")
 			defer step("the agent (install, handshake)")
-			return q.hostEngine(ctx, plat, narrate)
+			return f.hostEngine(ctx, plat, narrate)
 		}
-		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: q.cfg.KeepAlive, Narrate: narrate})
+		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: f.cfg.KeepAlive, Narrate: narrate})
 		if err != nil {
 			conn.Close()
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -154,8 +154,8 @@ func (q *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 
 // connectLocal reaches this machine's agent on its socket, starting it
 // (detached, in its own session) when nothing answers there.
-func (q *Fleet) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
-	client := hiveapi.NewClient(LocalHive, hiveapi.UnixDialer(q.cfg.Home.HiveSocket()))
+func (f *Fleet) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
+	client := hiveapi.NewClient(LocalHive, hiveapi.UnixDialer(f.cfg.Home.HiveSocket()))
 	step("the local agent's handshake")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	hs, err := client.Handshake(hctx)
@@ -164,7 +164,7 @@ func (q *Fleet) connectLocal(ctx context.Context, step func(string), narrate fun
 	if err != nil {
 		narrate("hive_wake", "hive localhost is asleep, waking it")
 		step("starting the local agent")
-		if h, err = q.startLocalHive(ctx, client); err != nil {
+		if h, err = f.startLocalHive(ctx, client); err != nil {
 			client.Close()
 			return nil, err
 		}
@@ -178,14 +178,14 @@ func (q *Fleet) connectLocal(ctx context.Context, step func(string), narrate fun
 }
 
 // startLocalHive starts rbee-hive and waits for its handshake.
-func (q *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client) (*Conn, error) {
-	if q.cfg.HiveBin == "" {
+func (f *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client) (*Conn, error) {
+	if f.cfg.HiveBin == "" {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "no rbee-hive binary configured")
 	}
-	args := []string{"serve", "--home", string(q.cfg.Home), "--name", LocalHive, "--worker-binary", q.cfg.WorkerBin,
-		"--keep-alive", q.cfg.KeepAlive.String()}
-	args = append(append(args, q.localEngineArgs(ctx)...), q.cfg.HiveArgs...)
-	p, err := proc.Start(q.cfg.HiveBin, args, proc.Options{Log: q.cfg.Home.Log("hive-localhost"), Setsid: true})
+	args := []string{"serve", "--home", string(f.cfg.Home), "--name", LocalHive, "--worker-binary", f.cfg.WorkerBin,
+		"--keep-alive", f.cfg.KeepAlive.String()}
+	args = append(append(args, f.localEngineArgs(ctx)...), f.cfg.HiveArgs...)
+	p, err := proc.Start(f.cfg.HiveBin, args, proc.Options{Log: f.cfg.Home.Log("hive-localhost"), Setsid: true})
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "start hive localhost: %w", err)
 	}
@@ -215,8 +215,8 @@ func (q *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client) (*Co
 // stopLocal asks the local agent to stop (it stops its workers) and waits
 // for it, killing it after a grace period: the one this queen started,
 // or — for the queen of this home — one an earlier queen started.
-func (q *Fleet) stopLocal(h *Conn) {
-	if h.local == nil && !q.cfg.OwnsLocalHive {
+func (f *Fleet) stopLocal(h *Conn) {
+	if h.local == nil && !f.cfg.OwnsLocalHive {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -263,7 +263,7 @@ func sshError(name string, err error) error {
 
 // pushModel copies a local model to a remote hive (content-addressed,
 // resumable); nothing is sent when it is already there.
-func (q *Fleet) pushModel(ctx context.Context, hc *Conn, spec *ModelSpec, ev Events) (string, error) {
+func (f *Fleet) pushModel(ctx context.Context, hc *Conn, spec *ModelSpec, ev Events) (string, error) {
 	ev.Narrate("model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(spec.Path), rbee.Bytes(uint64(spec.Size)), hc.name))
 	p, err := provision.PushModel(ctx, hc.remote.conn, hc.remote.layout, spec.Path, spec.SHA256, func(done, total int64, rate float64) {
 		ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
@@ -282,16 +282,16 @@ func (q *Fleet) pushModel(ctx context.Context, hc *Conn, spec *ModelSpec, ev Eve
 // resolveHive finds a hive by name: the inventory (hand edits are picked
 // up), the catalog, or the local machine (always a hive). It reports
 // whether the hive is reached over SSH.
-func (q *Fleet) resolveHive(ctx context.Context, name string) (catalog.Hive, bool, error) {
-	inv, err := q.loadInventory()
+func (f *Fleet) resolveHive(ctx context.Context, name string) (catalog.Hive, bool, error) {
+	inv, err := f.loadInventory()
 	if err != nil {
 		return catalog.Hive{}, false, err
 	}
 	if ih, ok := inv.Hive(name); ok && name != LocalHive {
-		entry, err := q.db.Hive(ctx, name)
+		entry, err := f.db.Hive(ctx, name)
 		if errors.Is(err, catalog.ErrNotFound) {
 			entry = catalog.Hive{Name: name, Kind: "ssh", Host: ih.Host, Port: ih.Port, User: ih.User, Status: catalog.StatusUnknown, Added: time.Now()}
-			if err := q.db.UpsertHive(ctx, entry); err != nil {
+			if err := f.db.UpsertHive(ctx, entry); err != nil {
 				return entry, true, err
 			}
 		} else if err != nil {
@@ -300,19 +300,19 @@ func (q *Fleet) resolveHive(ctx context.Context, name string) (catalog.Hive, boo
 		return entry, true, nil
 	}
 	if name == LocalHive {
-		if err := q.ensureLocalEntry(ctx); err != nil {
+		if err := f.ensureLocalEntry(ctx); err != nil {
 			return catalog.Hive{}, false, err
 		}
-		entry, err := q.db.Hive(ctx, name)
+		entry, err := f.db.Hive(ctx, name)
 		return entry, false, err
 	}
 	if bad, ok := inv.BadHive(name); ok {
 		return catalog.Hive{}, true, rbee.Errorf(rbee.CodeBadRequest, "%w", bad.Err).WithHint("fix that entry of " + inv.Path + ", or rbee hive rm " + name)
 	}
-	entry, err := q.db.Hive(ctx, name)
+	entry, err := f.db.Hive(ctx, name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		var names []string
-		if hs, err := q.db.Hives(ctx); err == nil {
+		if hs, err := f.db.Hives(ctx); err == nil {
 			for _, h := range hs {
 				names = append(names, h.Name)
 			}
@@ -334,8 +334,8 @@ func (q *Fleet) resolveHive(ctx context.Context, name string) (catalog.Hive, boo
 
 // ensureLocalEntry adds the local machine as hive localhost; added says
 // whether it was not there before.
-func (q *Fleet) ensureLocalEntry(ctx context.Context) error {
-	err := q.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: catalog.StatusUnknown, Added: time.Now()})
+func (f *Fleet) ensureLocalEntry(ctx context.Context) error {
+	err := f.db.AddHive(ctx, catalog.Hive{Name: LocalHive, Kind: "local", Status: catalog.StatusUnknown, Added: time.Now()})
 	if err != nil && !errors.Is(err, catalog.ErrExists) {
 		return err
 	}

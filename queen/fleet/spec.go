@@ -33,7 +33,7 @@ type ModelSpec struct {
 // ParseModel parses the job's model reference: the only place it is
 // parsed. Local files are read here (header and sha256, cached); a
 // reference's header is read later, only if no hive has the model yet.
-func (q *Fleet) ParseModel(ctx context.Context, raw string) (*ModelSpec, error) {
+func (f *Fleet) ParseModel(ctx context.Context, raw string) (*ModelSpec, error) {
 	spec := &ModelSpec{Raw: raw}
 	ref, err := download.ParseRef(raw)
 	if err == nil {
@@ -57,7 +57,7 @@ func (q *Fleet) ParseModel(ctx context.Context, raw string) (*ModelSpec, error) 
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeNotGGUF, "model %s: %w", filepath.Base(raw), err)
 	}
-	sha, err := q.shas.sum(ctx, raw)
+	sha, err := f.shas.sum(ctx, raw)
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeModelNotFound, "model %s: %w", raw, err)
 	}
@@ -71,7 +71,7 @@ func (q *Fleet) ParseModel(ctx context.Context, raw string) (*ModelSpec, error) 
 // Estimate fills Need for a reference: from a hive that already holds
 // the model (no network), else from the file's GGUF header over HTTP (a
 // few hundred KiB, not the weights).
-func (q *Fleet) Estimate(ctx context.Context, spec *ModelSpec, snaps map[string]Snapshot) error {
+func (f *Fleet) Estimate(ctx context.Context, spec *ModelSpec, snaps map[string]Snapshot) error {
 	if spec.Need > 0 || spec.Ref == nil {
 		return nil
 	}
@@ -81,7 +81,7 @@ func (q *Fleet) Estimate(ctx context.Context, spec *ModelSpec, snaps map[string]
 			return nil
 		}
 	}
-	hub := q.hub()
+	hub := f.hub()
 	ref := *spec.Ref
 	if ref.Kind == download.KindHF && ref.File == "" {
 		r, err := hub.Resolve(ctx, ref)
@@ -101,7 +101,7 @@ func (q *Fleet) Estimate(ctx context.Context, spec *ModelSpec, snaps map[string]
 	return nil
 }
 
-func (q *Fleet) hub() *download.Hub {
+func (f *Fleet) hub() *download.Hub {
 	return &download.Hub{Endpoint: os.Getenv("HF_ENDPOINT"), Token: os.Getenv("HF_TOKEN")}
 }
 
