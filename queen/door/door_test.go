@@ -1,0 +1,388 @@
+package door
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
+)
+
+// The door is tested here against a fleet in memory: hives whose
+// snapshots are set by the test, and one in-process agent (an httptest
+// server) answering every hive's OpenAI and worker routes. No process is
+// started.
+
+const alphaSHA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+// fakeHive is one hive's snapshot.
+type fakeHive struct {
+	name string
+	mu   sync.Mutex
+	snap fleet.Snapshot
+}
+
+func (h *fakeHive) Name() string { return h.name }
+
+func (h *fakeHive) Snapshot(context.Context, fleet.Events) (fleet.Snapshot, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.snap
+	s.Workers = slices.Clone(s.Workers)
+	return s, nil
+}
+
+func (h *fakeHive) Model(context.Context, *fleet.ModelSpec, fleet.Snapshot, fleet.Events) (hiveapi.Model, error) {
+	return hiveapi.Model{}, errors.New("not used by the door")
+}
+func (h *fakeHive) Reserve(context.Context, hiveapi.ReserveRequest) (string, error) { return "", nil }
+func (h *fakeHive) Release(context.Context, string) error                           { return nil }
+func (h *fakeHive) Infer(context.Context, hiveapi.InferRequest, func(string, []byte) error) error {
+	return errors.New("not used by the door")
+}
+
+func (h *fakeHive) addWorker(w rbee.WorkerInfo) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.snap.Workers = append(h.snap.Workers, w)
+}
+
+// fakeFleet is the door's Fleet in memory.
+type fakeFleet struct {
+	t      *testing.T
+	hives  []*fakeHive
+	agents map[string]*httptest.Server // each hive's agent
+
+	mu      sync.Mutex
+	places  int
+	served  []string // hive/worker of each request the agent answered
+	gone    map[string]bool
+	started int
+}
+
+func alphaModel() hiveapi.Model {
+	return hiveapi.Model{ID: "sha256:aaaa", Ref: "/models/alpha.gguf", Alias: "alpha", SHA256: alphaSHA, Size: 1 << 20, EstimateBytes: 1 << 20}
+}
+
+func worker(id string) rbee.WorkerInfo {
+	return rbee.WorkerInfo{ID: id, ModelID: "sha256:aaaa", Device: "cpu", State: "ready", Slots: 1}
+}
+
+// newFakeFleet makes hives h1 and h2, both holding alpha, with the
+// given ready workers (hive name to worker ids).
+func newFakeFleet(t *testing.T, workers map[string][]string) *fakeFleet {
+	f := &fakeFleet{t: t, gone: map[string]bool{}, agents: map[string]*httptest.Server{}}
+	for _, name := range []string{"h1", "h2"} {
+		h := &fakeHive{name: name, snap: fleet.Snapshot{
+			Devices: []rbee.Device{{ID: "cpu", Kind: rbee.DeviceCPU, TotalBytes: 8 << 30, FreeBytes: 8 << 30}},
+			Models:  []hiveapi.Model{alphaModel()}}}
+		for _, id := range workers[name] {
+			h.snap.Workers = append(h.snap.Workers, worker(id))
+		}
+		f.hives = append(f.hives, h)
+		mux := http.NewServeMux()
+		mux.HandleFunc("POST /v1/openai/{endpoint...}", func(w http.ResponseWriter, r *http.Request) { f.openai(w, r, name) })
+		mux.HandleFunc("POST /v1/workers", func(w http.ResponseWriter, r *http.Request) { f.startWorker(w, r, name) })
+		srv := httptest.NewServer(mux)
+		t.Cleanup(srv.Close)
+		f.agents[name] = srv
+	}
+	return f
+}
+
+// openai answers as a worker would, naming the worker in the text; a
+// worker marked gone is answered 502 as the hive does.
+func (f *fakeFleet) openai(w http.ResponseWriter, r *http.Request, hive string) {
+	id := hive + "/" + r.Header.Get(hiveapi.WorkerHeader)
+	f.mu.Lock()
+	gone := f.gone[id]
+	if !gone {
+		f.served = append(f.served, id)
+	}
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	if gone {
+		w.WriteHeader(http.StatusBadGateway)
+		fmt.Fprintf(w, `{"error":{"code":"worker_failed","message":"worker %s stopped answering"}}`, id)
+		return
+	}
+	fmt.Fprintf(w, `{"id":"c1","object":"chat.completion","model":"/models/alpha.gguf","choices":[{"index":0,"message":{"role":"assistant","content":"from %s"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}`, id)
+}
+
+// startWorker starts a worker on the hive: it shows in the next snapshot.
+func (f *fakeFleet) startWorker(w http.ResponseWriter, r *http.Request, hive string) {
+	var req hiveapi.StartWorkerRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	f.started++
+	wi := worker(fmt.Sprintf("w-new%d", f.started))
+	f.mu.Unlock()
+	wi.Device = req.Device
+	f.hive(hive).addWorker(wi)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(wi)
+}
+
+func (f *fakeFleet) hive(name string) *fakeHive {
+	for _, h := range f.hives {
+		if h.name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+func (f *fakeFleet) Candidates(context.Context, string, fleet.Events) ([]fleet.Hive, error) {
+	out := make([]fleet.Hive, 0, len(f.hives))
+	for _, h := range f.hives {
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+func (f *fakeFleet) Resolve(_ context.Context, name string) error {
+	if f.hive(name) == nil {
+		return rbee.Errorf(rbee.CodeHiveUnknown, "no hive named %q", name)
+	}
+	return nil
+}
+
+func (f *fakeFleet) Live(name string, _ bool) fleet.Hive { return f.hive(name) }
+
+func (f *fakeFleet) Snapshots(ctx context.Context, hives []fleet.Hive, ev fleet.Events) (map[string]fleet.Snapshot, error) {
+	out := map[string]fleet.Snapshot{}
+	for _, h := range hives {
+		s, err := h.Snapshot(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		out[h.Name()] = s
+	}
+	return out, nil
+}
+
+// Place puts every new replica on h1's CPU.
+func (f *fakeFleet) Place(_ context.Context, job fleet.PlaceJob, _ []fleet.Hive, _ fleet.Events) (fleet.Placement, error) {
+	f.mu.Lock()
+	f.places++
+	f.mu.Unlock()
+	if job.Spec.SHA256 != alphaSHA {
+		return fleet.Placement{}, fmt.Errorf("placed %q, want alpha", job.Spec.Raw)
+	}
+	return fleet.Placement{Hive: f.hive("h1"), Model: alphaModel(), Device: "cpu", Reservation: "res-1"}, nil
+}
+
+func (f *fakeFleet) ParseModel(_ context.Context, raw string) (*fleet.ModelSpec, error) {
+	return nil, rbee.Errorf(rbee.CodeModelNotFound, "no network here: %s", raw)
+}
+
+// Client reaches the hive's in-process agent.
+func (f *fakeFleet) Client(_ context.Context, hive string) (*hiveapi.Client, error) {
+	srv, ok := f.agents[hive]
+	if !ok {
+		return nil, rbee.Errorf(rbee.CodeHiveUnknown, "no hive %s", hive)
+	}
+	addr := srv.Listener.Addr().String()
+	return hiveapi.NewClient(hive, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}), nil
+}
+
+func (f *fakeFleet) WorkerCounts() map[string]int { return map[string]int{} }
+
+func (f *fakeFleet) servedBy() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.served)
+}
+
+// fakeStore is the catalog's deployments in memory.
+type fakeStore struct {
+	mu   sync.Mutex
+	deps []catalog.Deployment
+}
+
+func (s *fakeStore) Deployments(context.Context) ([]catalog.Deployment, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.deps), nil
+}
+
+func (s *fakeStore) PutDeployment(_ context.Context, d catalog.Deployment) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deps = append(s.deps, d)
+	return nil
+}
+
+func (s *fakeStore) RemoveDeployment(context.Context, string) error { return nil }
+func (s *fakeStore) Hives(context.Context) ([]catalog.Hive, error)  { return nil, nil }
+
+func newTestDoor(t *testing.T, f *fakeFleet) http.Handler {
+	dr := New(Config{RequestLog: t.TempDir() + "/requests.log"}, f, &fakeStore{})
+	t.Cleanup(dr.Close)
+	mux := http.NewServeMux()
+	dr.Routes(mux)
+	return mux
+}
+
+func chat(t *testing.T, h http.Handler, model string) *httptest.ResponseRecorder {
+	t.Helper()
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}]}`, model)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body)))
+	return rec
+}
+
+// A request goes to a ready replica of the model it names (by alias), its
+// answer names the model as the client did, and a replica that fails
+// before answering is dropped and the request served by another.
+func TestDoorRoutesToReplicas(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}, "h2": {"w2"}})
+	h := newTestDoor(t, f)
+
+	rec := chat(t, h, "alpha")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if got := rec.Header().Get("Rbee-Replica"); got != "h1/w1" {
+		t.Errorf("replica %q, want h1/w1 (equal load: the first by id)", got)
+	}
+	var resp struct {
+		Model   string `json:"model"`
+		Choices []struct {
+			Message struct{ Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil || resp.Model != "alpha" || resp.Choices[0].Message.Content != "from h1/w1" {
+		t.Errorf("answer %s (%v), want model alpha from h1/w1", rec.Body, err)
+	}
+
+	f.mu.Lock()
+	f.gone["h1/w1"] = true
+	f.mu.Unlock()
+	rec = chat(t, h, "alpha")
+	if rec.Code != http.StatusOK || rec.Header().Get("Rbee-Replica") != "h2/w2" {
+		t.Fatalf("with h1/w1 gone: status %d replica %q: %s, want 200 from h2/w2", rec.Code, rec.Header().Get("Rbee-Replica"), rec.Body)
+	}
+	rec = chat(t, h, "alpha")
+	if got := rec.Header().Get("Rbee-Replica"); got != "h2/w2" {
+		t.Errorf("after the failure: replica %q, want h2/w2 (h1/w1 left the group)", got)
+	}
+	if got, want := f.servedBy(), []string{"h1/w1", "h2/w2", "h2/w2"}; !slices.Equal(got, want) {
+		t.Errorf("the agents served %v, want %v", got, want)
+	}
+	if f.places != 0 {
+		t.Errorf("%d placements, want none: ready replicas were there", f.places)
+	}
+}
+
+// A model no hive knows is a 404 naming the known ones, counted under
+// "unknown" in the metrics; nothing is placed.
+func TestDoorUnknownModel(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+	h := newTestDoor(t, f)
+	rec := chat(t, h, "nope")
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), `model \"nope\" is not on any hive (known: alpha`) ||
+		!strings.Contains(rec.Body.String(), `"code":"model_not_found"`) {
+		t.Fatalf("status %d: %s, want 404 model_not_found naming alpha", rec.Code, rec.Body)
+	}
+	chat(t, h, "alpha")
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`rbee_requests_total{model="unknown",status="404"} 1`, `rbee_requests_total{model="alpha",status="200"} 1`,
+		`rbee_generation_tokens_total{model="alpha"} 2`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if len(f.servedBy()) != 1 || f.places != 0 {
+		t.Errorf("served %v, placed %d: want one answer and no placement", f.servedBy(), f.places)
+	}
+}
+
+// With no replica, the first request places one (once, however many
+// requests arrive together) and every request is served by it in turn.
+func TestDoorPlacesOneReplicaForConcurrentRequests(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, nil)
+	h := newTestDoor(t, f)
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Go(func() { codes[i] = chat(t, h, "alpha").Code })
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("request %d: status %d", i, c)
+		}
+	}
+	f.mu.Lock()
+	places, started := f.places, f.started
+	f.mu.Unlock()
+	if places != 1 || started != 1 {
+		t.Errorf("%d placements, %d workers started; want 1 and 1", places, started)
+	}
+	for _, s := range f.servedBy() {
+		if s != "h1/w-new1" {
+			t.Errorf("served by %s, want the placed h1/w-new1", s)
+		}
+	}
+}
+
+// GET /v1/models lists the names clients use; a key limited to other
+// models sees none of them and may not use them.
+func TestDoorModelsAndKeys(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+	h := newTestDoor(t, f)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/models", nil))
+	if !strings.Contains(rec.Body.String(), `"id":"alpha"`) || !strings.Contains(rec.Body.String(), `"id":"alpha.gguf"`) {
+		t.Errorf("models: %s, want alpha and alpha.gguf", rec.Body)
+	}
+	keys := []APIKey{{ID: "app", key: "0123456789abcdef0123", Models: []string{"beta"}}}
+	g := Guard("", keys, testLog(), h)
+	req := httptest.NewRequest("GET", "/v1/models", nil)
+	req.Header.Set("Authorization", "Bearer 0123456789abcdef0123")
+	rec = httptest.NewRecorder()
+	g.ServeHTTP(rec, req)
+	if strings.Contains(rec.Body.String(), "alpha") {
+		t.Errorf("a key for beta sees %s", rec.Body)
+	}
+	req = httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"alpha","messages":[]}`))
+	req.Header.Set("Authorization", "Bearer 0123456789abcdef0123")
+	rec = httptest.NewRecorder()
+	g.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("a key for beta asking for alpha: %d %s, want 403", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	g.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/models", nil))
+	if rec.Code != http.StatusUnauthorized {
+		t.Errorf("no key: %d, want 401", rec.Code)
+	}
+	_, _ = io.Copy(io.Discard, rec.Body)
+}
+
+func testLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
