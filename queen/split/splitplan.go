@@ -15,28 +15,35 @@ import (
 // Job runs a job over the hives --split names: each must be known
 // (checked before anything reaches a hive) and reachable now.
 func (sp *Splitter) Job(ctx context.Context, id string, req queenapi.JobRequest, spec *fleet.ModelSpec, ev fleet.Events) error {
+	plan, err := sp.planNamed(ctx, req, spec, ev)
+	if err != nil {
+		return err
+	}
+	return sp.runSplit(ctx, id, req, spec, plan, ev)
+}
+
+// planNamed plans a split over the hives req names, from one snapshot of
+// each; --explain hears the plan or why there is none.
+func (sp *Splitter) planNamed(ctx context.Context, req queenapi.JobRequest, spec *fleet.ModelSpec, ev fleet.Events) (scheduler.SplitPlan, error) {
 	hives := make([]fleet.Hive, 0, len(req.Split))
 	for _, n := range req.Split {
 		if err := sp.fleet.Resolve(ctx, n); err != nil {
-			return err
+			return scheduler.SplitPlan{}, err
 		}
-		// fleet: a hive known to be down is left out at once (and the
+		// many: a hive known to be down is left out at once (and the
 		// plan then says it is not reachable).
 		hives = append(hives, sp.fleet.Live(n, true))
 	}
 	snaps, err := sp.fleet.Snapshots(ctx, hives, ev)
 	if err != nil {
-		return err
+		return scheduler.SplitPlan{}, err
 	}
 	if err := sp.fleet.Estimate(ctx, spec, snaps); err != nil {
-		return err
+		return scheduler.SplitPlan{}, err
 	}
 	plan, err := scheduler.PlanSplit(splitRequest(spec, req.Split), schedHives(spec, snaps))
 	sp.explainSplit(req, plan, err, ev)
-	if err != nil {
-		return err
-	}
-	return sp.runSplit(ctx, id, req, spec, plan, ev)
+	return plan, err
 }
 
 // Auto proposes a split when no single device has room (cause): the
