@@ -46,3 +46,40 @@ func TestDependencies(t *testing.T) {
 		})
 	}
 }
+
+// TestQueenRooms keeps the queen's rooms apart: the door and the split
+// reach the hives through the fleet and never each other, the fleet knows
+// neither, and nothing below the queen imports the queen itself.
+func TestQueenRooms(t *testing.T) {
+	t.Parallel()
+	const q = "github.com/rbee-dev/rbee/queen"
+	tests := []struct {
+		pkg       string
+		forbidden []string // exact import paths
+	}{
+		{"./queen/door", []string{q, q + "/split"}},
+		{"./queen/split", []string{q, q + "/door"}},
+		{"./queen/fleet", []string{q, q + "/door", q + "/split"}},
+		{"./queen/internal/reply", []string{q, q + "/door", q + "/split", q + "/fleet"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pkg, func(t *testing.T) {
+			t.Parallel()
+			out, err := exec.Command("go", "list", "-deps", tt.pkg).CombinedOutput()
+			if err != nil {
+				t.Fatalf("go list: %v\n%s", err, out)
+			}
+			deps := strings.Fields(string(out))
+			if len(deps) < 10 {
+				t.Fatalf("go list found only %d packages: %s", len(deps), out)
+			}
+			for _, d := range deps {
+				for _, f := range tt.forbidden {
+					if d == f {
+						t.Errorf("%s depends on %s", tt.pkg, d)
+					}
+				}
+			}
+		})
+	}
+}
