@@ -1,7 +1,7 @@
-// Package queen is the orchestrator behind `rbee queen serve`: HTTP on
-// loopback, /health, and a job API whose events stream over SSE. It keeps
-// the hive catalog (SQLite) and the hive and worker registries (RAM), wakes
-// the local hive agent when it is down, asks the scheduler where a job runs,
-// has the hive's VRAM checker admit it, and relays the hive's event stream
-// to the keeper, narrating every step.
+// Package queen is the orchestrator behind `rbee queen serve`: its
+// configuration and lifecycle (the drain at Close), the control socket
+// (owner only) and the TCP port (the front door, the token), and the
+// keeper's jobs, streamed over SSE. It wires three rooms and owns none of
+// their state: the hives are queen/fleet's, the OpenAI API queen/door's,
+// models spread over hives queen/split's.
 package queen
