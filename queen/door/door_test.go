@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
@@ -30,9 +31,10 @@ const alphaSHA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 
 // fakeHive is one hive's snapshot.
 type fakeHive struct {
-	name string
-	mu   sync.Mutex
-	snap fleet.Snapshot
+	name  string
+	mu    sync.Mutex
+	snap  fleet.Snapshot
+	looks int
 }
 
 func (h *fakeHive) Name() string { return h.name }
@@ -40,6 +42,7 @@ func (h *fakeHive) Name() string { return h.name }
 func (h *fakeHive) Snapshot(context.Context, fleet.Events) (fleet.Snapshot, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.looks++
 	s := h.snap
 	s.Workers = slices.Clone(s.Workers)
 	return s, nil
@@ -386,3 +389,27 @@ func TestDoorModelsAndKeys(t *testing.T) {
 }
 
 func testLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// Requests find their model in the door's cached snapshots: a burst of
+// requests costs a hive one look, not one each (the refresh loop may add
+// one per refreshEvery).
+func TestDoorCachesSnapshots(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}, "h2": {"w2"}})
+	h := newTestDoor(t, f)
+	start := time.Now()
+	for i := range 20 {
+		if rec := chat(t, h, "alpha"); rec.Code != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, rec.Code, rec.Body)
+		}
+	}
+	bound := 1 + int(time.Since(start)/refreshEvery) + 1
+	for _, hv := range f.hives {
+		hv.mu.Lock()
+		looks := hv.looks
+		hv.mu.Unlock()
+		if looks > bound {
+			t.Errorf("hive %s was looked at %d times for 20 requests, want at most %d", hv.name, looks, bound)
+		}
+	}
+}
