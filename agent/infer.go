@@ -86,6 +86,10 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 			_ = send(rbee.Narrate(me, "worker_reused", fmt.Sprintf("worker %s was just started for %s on %s by another job: no spawn", info.ID, model.Path, info.Device)))
 		}
 	}
+	// Counted in flight at once: the keep-alive must not unload it while
+	// this request narrates.
+	done := wp.Use()
+	defer done()
 	if !warm {
 		info := wp.Info()
 		ev := rbee.Narrate(me, "worker_started", fmt.Sprintf("worker %s is ready on %s (pid %d, loaded in %d ms, engine %s)",
@@ -99,8 +103,6 @@ func (a *Agent) infer(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	_ = a.db.TouchModel(ctx, model.ID, time.Now())
-	done := wp.Use() // keeps the reaper off it
-	defer done()
 	a.stream(ctx, wp, req, warm, send, fail)
 }
 

@@ -67,6 +67,8 @@ func helperMain(args []string) {
 	case "hang", "sleep":
 		time.Sleep(time.Hour)
 		return
+	case "slow":
+		time.Sleep(300 * time.Millisecond) // a load that takes longer than the test's keep-alive
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		// A child in the worker's process group, which the kill after
@@ -268,6 +270,12 @@ func TestStartReadyListGet(t *testing.T) {
 	waitExit(t, w)
 	eventually(t, "the stopped worker is forgotten", func() bool { return len(s.List()) == 0 })
 	eventually(t, "its reservation is released", func() bool { return slices.Contains(res.get(), "release "+info.ID) })
+	// The socket goes last in forget (after the release): wait for it to end.
+	select {
+	case <-w.forgotten:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stopped worker was never forgotten")
+	}
 	if _, err := os.Stat(filepath.Join(cfg.RunDir, info.ID+".sock")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
 	}
@@ -416,6 +424,24 @@ func TestReapUnloadsIdleKeepsBusy(t *testing.T) {
 		t.Errorf("Busy = %d after done, want 0", got)
 	}
 	waitExit(t, busy) // idle now, after its keep-alive
+}
+
+// A worker's keep-alive counts from when it is ready, not from its
+// spawn: one whose load takes longer than the keep-alive is not idle the
+// moment it is ready (the request that started it has not used it yet).
+func TestKeepAliveCountsFromReady(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	cfg.KeepAlive = 100 * time.Millisecond
+	s := newSupervisor(t, cfg)
+	w, err := s.Start(t.Context(), spec("slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := w.Info()
+	if loaded := info.LastUsed.Sub(info.Started); loaded < 300*time.Millisecond {
+		t.Errorf("last used %s after its spawn, want at its ready (after the 300ms load)", loaded)
+	}
 }
 
 // Parallel jobs for one model and device start one worker; the others

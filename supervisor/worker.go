@@ -108,9 +108,13 @@ func (w *Worker) ExitReason() string {
 	return msg
 }
 
+// setReady marks the worker ready, and used now: its keep-alive counts
+// from here, not from its spawn (a load longer than the keep-alive must
+// not unload it before the request that started it).
 func (w *Worker) setReady() {
 	w.mu.Lock()
 	w.info.State = "ready"
+	w.info.LastUsed = time.Now()
 	w.mu.Unlock()
 }
 
