@@ -1,11 +1,18 @@
 package e2e
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // TestQueenSIGTERMDrains: SIGTERM to the queen lets running jobs finish
@@ -69,4 +76,113 @@ func TestHiveRmLocalhostThenStop(t *testing.T) {
 		t.Fatalf("hive rm localhost: exit %d\n%s", r.code, r.stderr)
 	}
 	e.stopQueen()
+}
+
+// openDoorStream starts a streamed completion of random-3m through the
+// front door and returns its body once the first event came.
+func openDoorStream(t *testing.T, e *env, maxTokens int) (*bufio.Reader, func()) {
+	t.Helper()
+	if r := e.rbee("infer", "--model", longModel, "--temperature", "0", "--max-tokens", "1", "hello"); r.code != 0 {
+		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
+	}
+	body := fmt.Sprintf(`{"model":"random-3m.gguf","prompt":"hello","max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true}`, maxTokens)
+	resp, err := http.Post("http://"+e.queen+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("door stream: %d %s", resp.StatusCode, b)
+	}
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: {") {
+		t.Fatalf("first event %q %v", line, err)
+	}
+	return br, func() { resp.Body.Close() }
+}
+
+// health reads the queen's /health.
+func (e *env) health(t *testing.T) queenapi.Health {
+	t.Helper()
+	resp, err := http.Get("http://" + e.queen + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h queenapi.Health
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// TestDoorStreamAcrossQueenStop: a front-door stream is a running request
+// like a keeper's job: the queen's health counts it, `rbee queen stop`
+// gives it the grace period (a stream that ends within it ends whole), and
+// one that outlasts it ends with an error event saying the queen is
+// shutting down — not a worker crash, and not before the grace.
+func TestDoorStreamAcrossQueenStop(t *testing.T) {
+	t.Parallel()
+	t.Run("outlasts the grace", func(t *testing.T) {
+		t.Parallel()
+		const grace = 2 * time.Second
+		e := newEnv(t, "RBEE_QUEEN_GRACE="+grace.String())
+		br, done := openDoorStream(t, e, 1_000_000)
+		defer done()
+		if h := e.health(t); h.Requests != 1 {
+			t.Errorf("health while streaming: %d front-door requests, want 1", h.Requests)
+		}
+		stopped := make(chan result, 1)
+		t0 := time.Now()
+		go func() { stopped <- e.rbee("queen", "stop") }()
+		rest, err := io.ReadAll(br)
+		elapsed := time.Since(t0)
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		last := lastEvent(string(rest))
+		if !strings.Contains(last, "the queen is shutting down") || !strings.Contains(last, `"code":"`+rbee.CodeQueenDown+`"`) ||
+			strings.Contains(string(rest), rbee.CodeWorkerCrashed) {
+			t.Errorf("the stream ended with %q, want the queen shutting down (not a worker crash)", last)
+		}
+		if elapsed < grace-200*time.Millisecond {
+			t.Errorf("the stream was cut %s after the stop, before the %s grace", elapsed.Round(time.Millisecond), grace)
+		}
+		if r := <-stopped; r.code != 0 {
+			t.Fatalf("queen stop: exit %d\n%s", r.code, r.stderr)
+		}
+		e.waitGone()
+	})
+	t.Run("ends within the grace", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, "RBEE_QUEEN_GRACE=2m")
+		const n = 3000
+		br, done := openDoorStream(t, e, n)
+		defer done()
+		stopped := make(chan result, 1)
+		go func() { stopped <- e.rbee("queen", "stop") }()
+		rest, err := io.ReadAll(br)
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		s := string(rest)
+		if !strings.Contains(s, "data: [DONE]") || !strings.Contains(s, fmt.Sprintf(`"completion_tokens":%d`, n)) || strings.Contains(s, `"error"`) {
+			t.Errorf("the stream did not end whole: it ends %q", lastEvent(s))
+		}
+		if r := <-stopped; r.code != 0 || !strings.Contains(r.stdout, "remote hives keep their agents") {
+			t.Fatalf("queen stop: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+		}
+		e.waitGone()
+	})
+}
+
+// lastEvent is the last data line of an SSE body other than [DONE].
+func lastEvent(s string) string {
+	last := ""
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "data: ") && l != "data: [DONE]" {
+			last = l
+		}
+	}
+	return last
 }

@@ -136,11 +136,13 @@ func (q *Queen) Close() error {
 	close(q.closing)
 	q.mu.Unlock()
 	q.fleet.Stopping()
-	// Drain: running jobs get the grace period to finish; then those
-	// left end with an explicit "shutting down" error.
+	q.door.Quiesce()
+	// Drain: running jobs and front-door requests get the grace period to
+	// finish; then those left end with an explicit "shutting down" error.
 	drained := make(chan struct{})
 	go func() {
 		q.running.Wait()
+		q.door.Wait()
 		close(drained)
 	}()
 	t := time.NewTimer(q.cfg.Grace)
@@ -154,6 +156,7 @@ func (q *Queen) Close() error {
 		cancel(ErrShuttingDown)
 	}
 	q.mu.Unlock()
+	q.door.Cancel(ErrShuttingDown)
 	<-drained
 	q.splits.Close()
 	q.door.Close()
@@ -205,7 +208,7 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
 	q.mu.Lock()
 	h := queenapi.Health{Service: queenapi.ServiceName, State: q.state, Version: rbee.Version, Protocol: rbee.ProtocolVersion,
-		PID: os.Getpid(), UptimeS: time.Since(q.started).Seconds(), Jobs: len(q.jobs)}
+		PID: os.Getpid(), UptimeS: time.Since(q.started).Seconds(), Jobs: len(q.jobs), Requests: q.door.InFlight()}
 	q.mu.Unlock()
 	if h.State == queenapi.StateReady {
 		hs, err := q.db.Hives(r.Context())

@@ -31,6 +31,9 @@ type Health struct {
 	PID      int     `json:"pid"`
 	UptimeS  float64 `json:"uptime_s"`
 	Jobs     int     `json:"jobs"` // running now
+	// Requests are the front door's requests being served now (a
+	// stream is one until its last byte).
+	Requests int `json:"requests"`
 }
 
 // JobRequest is the body of POST /v1/jobs. The answer is an SSE stream of

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -78,10 +79,10 @@ func replaceOldQueen(ctx context.Context, g *globals, c *queenapi.Client, h quee
 	switch {
 	case !ours:
 		why, hint = "it runs on another machine", "upgrade rbee on "+g.Queen+" and restart its queen there"
-	case h.Jobs > 0:
-		why, hint = fmt.Sprintf("it is running %d job(s)", h.Jobs), "rbee queen stop once they are done; the next command starts this version"
+	case h.Jobs > 0 || h.Requests > 0:
+		why, hint = fmt.Sprintf("it is serving %s", busy(h)), "rbee queen stop once they are done; the next command starts this version"
 	default:
-		narrate("queen_restart", skew+": restarting it (no jobs are running)")
+		narrate("queen_restart", skew+": restarting it (no jobs or front-door requests are running)")
 		if err := stopQueen(ctx, g, c); err != nil {
 			return false, exitf(rbee.ExitQueen, fmt.Sprintf("stop it with rbee queen stop (or kill %d)", h.PID), "restart the queen of version %s: %v", h.Version, err)
 		}
@@ -271,4 +272,19 @@ func follow(ctx context.Context, g *globals, s *queenapi.Stream, err error, p *p
 			done = true
 		}
 	}
+}
+
+// busy says what a queen is serving: jobs and front-door requests.
+func busy(h queenapi.Health) string {
+	var parts []string
+	if h.Jobs > 0 {
+		parts = append(parts, fmt.Sprintf("%d job(s)", h.Jobs))
+	}
+	if h.Requests > 0 {
+		parts = append(parts, fmt.Sprintf("%d front-door request(s)", h.Requests))
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, " and ")
 }

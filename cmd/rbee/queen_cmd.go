@@ -281,7 +281,7 @@ func (queenStopCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return exitf(rbee.ExitQueen, fmt.Sprintf("kill %d", h.PID), "queen did not stop: %v", err)
 	}
-	fmt.Printf("queen stopped (pid %d)\n", h.PID)
+	fmt.Printf("queen stopped (pid %d): this machine's hive and its workers stopped; remote hives keep their agents and workers warm (rbee hive rm --purge NAME removes one)\n", h.PID)
 	return nil
 }
 
@@ -314,6 +314,6 @@ func (c queenStatusCmd) Run(ctx context.Context, g *globals) error {
 	if h.Reason != "" {
 		fmt.Printf(" (%s)", h.Reason)
 	}
-	fmt.Printf(", pid %d, up %s, %d job(s) running\n", h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second), h.Jobs)
+	fmt.Printf(", pid %d, up %s, %d job(s) and %d front-door request(s) running\n", h.PID, time.Duration(h.UptimeS*float64(time.Second)).Round(time.Second), h.Jobs, h.Requests)
 	return nil
 }

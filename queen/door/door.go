@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/rbee-dev/rbee/catalog"
@@ -77,6 +78,11 @@ type Door struct {
 	metrics *metrics
 	reqlog  *reqLog
 	stop    context.CancelFunc // ends the router's loop and placements
+
+	mu       sync.Mutex
+	closing  bool                                      // new requests are refused
+	inflight map[*http.Request]context.CancelCauseFunc // requests being served
+	running  sync.WaitGroup
 }
 
 // New starts the door's router (its refresh loop runs until Close).
@@ -90,7 +96,8 @@ func New(cfg Config, f Fleet, db Store) *Door {
 	if cfg.QueueWait <= 0 {
 		cfg.QueueWait = DefaultQueueWait
 	}
-	dr := &Door{cfg: cfg, fleet: f, db: db, log: cfg.Log, reqlog: &reqLog{path: cfg.RequestLog}}
+	dr := &Door{cfg: cfg, fleet: f, db: db, log: cfg.Log, reqlog: &reqLog{path: cfg.RequestLog},
+		inflight: map[*http.Request]context.CancelCauseFunc{}}
 	dr.metrics = newMetrics(dr)
 	rctx, stop := context.WithCancel(context.Background())
 	dr.stop = stop
@@ -99,6 +106,61 @@ func New(cfg Config, f Fleet, db Store) *Door {
 	dr.router.wg.Add(1)
 	go dr.router.run()
 	return dr
+}
+
+// ErrShuttingDown ends the requests still served when the queen's grace
+// period is over.
+var ErrShuttingDown = fleet.ErrShuttingDown
+
+// begin counts a request in flight until done is called; its context is
+// cancelled with ErrShuttingDown by Cancel. Once Quiesce was called no
+// request begins (ok is false).
+func (dr *Door) begin(r *http.Request) (ctx context.Context, done func(), ok bool) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	dr.mu.Lock()
+	defer dr.mu.Unlock()
+	if dr.closing {
+		cancel(nil)
+		return nil, nil, false
+	}
+	dr.inflight[r] = cancel
+	dr.running.Add(1)
+	return ctx, func() {
+		dr.mu.Lock()
+		delete(dr.inflight, r)
+		dr.mu.Unlock()
+		cancel(nil)
+		dr.running.Done()
+	}, true
+}
+
+// InFlight is how many requests the door is serving now (the queen's
+// health counts them: a queen serving streams is not idle).
+func (dr *Door) InFlight() int {
+	dr.mu.Lock()
+	defer dr.mu.Unlock()
+	return len(dr.inflight)
+}
+
+// Quiesce refuses new requests (503, the queen is shutting down); those
+// in flight go on.
+func (dr *Door) Quiesce() {
+	dr.mu.Lock()
+	dr.closing = true
+	dr.mu.Unlock()
+}
+
+// Wait returns when no request is in flight any more.
+func (dr *Door) Wait() { dr.running.Wait() }
+
+// Cancel ends every request in flight with cause: a stream gets an error
+// event saying it, a request not yet answered a 503.
+func (dr *Door) Cancel(cause error) {
+	dr.mu.Lock()
+	defer dr.mu.Unlock()
+	for _, cancel := range dr.inflight {
+		cancel(cause)
+	}
 }
 
 // Close stops the refresh loop, waits for the placements in flight and

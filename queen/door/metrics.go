@@ -111,17 +111,20 @@ func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
 // firstByte records when the first byte of an answer is written.
 type firstByte struct {
 	http.ResponseWriter
-	start  time.Time
-	first  time.Duration
-	status int
+	start    time.Time
+	first    time.Duration
+	status   int
+	wrote    bool // the status line went out
+	complete bool // the whole answer went out
 }
 
 func (f *firstByte) WriteHeader(code int) {
-	f.status = code
+	f.status, f.wrote = code, true
 	f.ResponseWriter.WriteHeader(code)
 }
 
 func (f *firstByte) Write(b []byte) (int, error) {
+	f.wrote = true
 	if f.first == 0 && len(b) > 0 {
 		f.first = time.Since(f.start)
 	}

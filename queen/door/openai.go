@@ -120,9 +120,26 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "the body must be a JSON object naming a model")
 			return
 		}
-		ctx := r.Context()
+		ctx, done, ok := dr.begin(r)
+		if !ok {
+			writeShuttingDown(w)
+			return
+		}
+		defer done()
 		fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
 		w = fb
+		// The queen's grace period ended while this request was served:
+		// say so, in the shape the client reads at this point.
+		defer func() {
+			if !errors.Is(context.Cause(ctx), ErrShuttingDown) || fb.complete {
+				return
+			}
+			if !fb.wrote {
+				writeShuttingDown(w)
+				return
+			}
+			writeStreamError(w, rbee.CodeQueenDown, "the queen is shutting down: the request was not completed; send it again once the queen is back")
+		}()
 		// A name no hive knows is counted as "unknown": clients must not
 		// be able to grow the metrics without bound.
 		label := "unknown"
@@ -170,7 +187,9 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 		for try := 0; try < 3; try++ {
 			rp, err := dr.router.acquire(ctx, g, waiting)
 			if err != nil {
-				writeQueueError(w, head.Model, err, dr.router)
+				if ctx.Err() == nil {
+					writeQueueError(w, head.Model, err, dr.router)
+				}
 				return
 			}
 			resp, err := dr.sendTo(ctx, rp, endpoint, body)
@@ -194,10 +213,11 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 			w.WriteHeader(resp.StatusCode)
 			complete := renameModel(w, resp, head.Model, &use, strip)
 			resp.Body.Close()
+			fb.complete = complete
 			broken := !complete && ctx.Err() == nil
 			if broken {
 				dr.log.Warn("replica failed mid-answer", "replica", rp.id())
-				writeStreamError(w, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
+				writeStreamError(w, rbee.CodeWorkerCrashed, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
 			}
 			dr.router.release(g, rp, broken)
 			return
@@ -284,8 +304,8 @@ func writeQueueError(w http.ResponseWriter, model string, err error, rt *router)
 
 // writeStreamError ends a broken stream with an error event an OpenAI
 // client reports.
-func writeStreamError(w http.ResponseWriter, msg string) {
-	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "server_error", "code": rbee.CodeWorkerCrashed}})
+func writeStreamError(w http.ResponseWriter, code, msg string) {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "server_error", "code": code}})
 	_, _ = fmt.Fprintf(w, "data: %s\n\n", b)
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
@@ -406,6 +426,13 @@ func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]f
 	sort.Strings(known)
 	return nil, (&rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(slices.Compact(known), ", "))}).
 		WithHint("rbee model pull REF --alias NAME gives a model a name clients can use")
+}
+
+// writeShuttingDown refuses a request the queen will not serve: it is
+// stopping (503, Retry-After: a client retries against the next queen).
+func writeShuttingDown(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	writeOAI(w, http.StatusServiceUnavailable, "server_error", rbee.CodeQueenDown, "the queen is shutting down; retry in a few seconds")
 }
 
 // writeOAIError answers with OpenAI's error shape and the status that
