@@ -108,17 +108,19 @@ func open(ctx context.Context, file, dir string) (*sql.DB, error) {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
 		return nil, fmt.Errorf("open catalog %s: %w", abs, err)
 	}
-	// Create the file ourselves so it is 0600 from the start; SQLite gives the
-	// -wal and -shm files the mode of the database file.
-	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	// A catalog is created whole (create) and never shrinks to nothing: an
+	// empty file is one a crash or a full disk cut, not a new catalog, and
+	// opening it would silently lose every hive, model and deployment.
+	st, err := os.Stat(abs)
 	switch {
-	case err == nil:
-		if err := f.Close(); err != nil {
-			return nil, fmt.Errorf("open catalog %s: %w", abs, err)
+	case errors.Is(err, fs.ErrNotExist):
+		if err := create(ctx, abs, dir, migs); err != nil {
+			return nil, err
 		}
-	case errors.Is(err, fs.ErrExist):
-	default:
+	case err != nil:
 		return nil, fmt.Errorf("open catalog %s: %w", abs, err)
+	case st.Mode().IsRegular() && st.Size() == 0:
+		return nil, corruptErr(abs, "the file is empty (0 bytes): a crash or a full disk cut it")
 	}
 
 	db, err := sql.Open("sqlite", dsn(abs))
@@ -132,6 +134,44 @@ func open(ctx context.Context, file, dir string) (*sql.DB, error) {
 		return nil, err
 	}
 	return db, nil
+}
+
+// create makes a new catalog at abs whole or not at all: built under a
+// temporary name (0600 from the start: SQLite gives the -wal and -shm files
+// the mode of the database file), closed, then linked into place. A
+// catalog another process created meanwhile wins.
+func create(ctx context.Context, abs, dir string, migs []migration) error {
+	f, err := os.CreateTemp(filepath.Dir(abs), "."+filepath.Base(abs)+".new-*")
+	if err != nil {
+		return fmt.Errorf("create catalog %s: %w", abs, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		for _, p := range []string{tmp, tmp + "-wal", tmp + "-shm"} {
+			os.Remove(p)
+		}
+	}()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("create catalog %s: %w", abs, err)
+	}
+	db, err := sql.Open("sqlite", dsn(tmp))
+	if err != nil {
+		return fmt.Errorf("create catalog %s: %w", abs, err)
+	}
+	err = setup(ctx, db, tmp, dir, migs)
+	if err == nil { // everything into the file itself before it is linked
+		_, err = db.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
+	}
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("create catalog %s: %w", abs, cerr)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, abs); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create catalog %s: %w", abs, err)
+	}
+	return nil
 }
 
 // dsn builds a URI that survives '?', '#' and '%' in the path. Every pooled

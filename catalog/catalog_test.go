@@ -362,6 +362,38 @@ func TestCorrupt(t *testing.T) {
 		open func(ctx context.Context, path string) error
 	}{
 		{
+			// A crash or a full disk can leave a 0-byte file: it is not a
+			// new catalog (every hive and deployment would vanish).
+			name: "empty file",
+			make: func(t *testing.T, path string) {
+				if err := os.WriteFile(path, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			},
+			open: func(ctx context.Context, path string) error {
+				q, err := OpenQueen(ctx, path)
+				if err == nil {
+					q.Close()
+				}
+				return err
+			},
+		},
+		{
+			name: "empty hive file",
+			make: func(t *testing.T, path string) {
+				if err := os.WriteFile(path, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			},
+			open: func(ctx context.Context, path string) error {
+				h, err := OpenHive(ctx, path)
+				if err == nil {
+					h.Close()
+				}
+				return err
+			},
+		},
+		{
 			name: "plain text",
 			make: func(t *testing.T, path string) {
 				text := strings.Repeat("this is not a database, it is a shopping list\n", 200)
@@ -633,5 +665,32 @@ func TestHelperWriter(t *testing.T) {
 		if err := q.SetDevices(t.Context(), name, []rbee.Device{{ID: "cpu", Kind: "cpu"}}, ms(1)); err != nil {
 			t.Fatalf("set devices: %v", err)
 		}
+	}
+}
+
+// A new catalog appears whole: its file is never the empty one a crash
+// leaves (so an empty file can be called damage), and no temporary file is
+// left beside it.
+func TestCreateIsWhole(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "queen.db")
+	q, err := OpenQueen(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	st, err := os.Stat(path)
+	if err != nil || st.Size() == 0 || st.Mode().Perm() != 0o600 {
+		t.Fatalf("new catalog: %v %v, want a non-empty 0600 file", st, err)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".new-") {
+			t.Errorf("temporary file left: %s", e.Name())
+		}
+	}
+	if err := q.UpsertHive(t.Context(), Hive{Name: "h1", Kind: "ssh", Host: "h1", Status: StatusUnknown, Added: time.Now()}); err != nil {
+		t.Fatal(err)
 	}
 }
