@@ -489,7 +489,7 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
 	ws := a.sup.List()
 	for i := range ws {
-		ws[i].MemoryBytes = a.vram.workerBytes(ws[i].ID)
+		ws[i].MemoryBytes = a.vram.WorkerBytes(ws[i].ID)
 	}
 	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: ws})
 }

@@ -110,8 +110,20 @@ func (v *vram) Loaded(worker string) {
 	}
 }
 
-// workerBytes returns what a worker's reservations hold.
-func (v *vram) workerBytes(worker string) uint64 {
+// Restore charges an adopted worker's memory (what its reservations held
+// under the agent before this one) on its device, as loaded.
+func (v *vram) Restore(worker, device string, bytes uint64) {
+	if bytes == 0 {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	id := "res-adopted-" + worker
+	v.res[id] = &reservation{id: id, device: device, bytes: bytes, created: v.now(), worker: worker, loaded: true}
+}
+
+// WorkerBytes returns what a worker's reservations hold.
+func (v *vram) WorkerBytes(worker string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var n uint64

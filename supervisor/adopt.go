@@ -61,10 +61,15 @@ func (s *Supervisor) saveState() {
 	}
 	ws := []savedWorker{}
 	for _, w := range s.all() {
+		// What rbee ps shows goes with the worker: the requests it served
+		// and the memory its reservation holds.
+		info := w.Info()
+		info.Busy = 0
+		info.MemoryBytes = s.cfg.Reservations.WorkerBytes(info.ID)
 		w.mu.Lock()
-		if w.info.State == "ready" {
-			ws = append(ws, savedWorker{Info: w.info, Socket: w.socket, LogPath: w.proc.Log, Chat: w.chat, Engine: w.engineDevice, Base: w.base,
-				Start: startTime(w.info.PID)})
+		if info.State == "ready" {
+			ws = append(ws, savedWorker{Info: info, Socket: w.socket, LogPath: w.proc.Log, Chat: w.chat, Engine: w.engineDevice, Base: w.base,
+				Start: startTime(info.PID)})
 		}
 		w.mu.Unlock()
 	}
@@ -143,6 +148,9 @@ func (s *Supervisor) adoptOne(ctx context.Context, sw savedWorker) error {
 	w.proc = p
 	w.info.State = "ready"
 	s.track(w, "")
+	// Its memory is charged again on its device: the VRAM checker of this
+	// agent must count what the worker already holds.
+	s.cfg.Reservations.Restore(w.info.ID, w.info.Device, sw.Info.MemoryBytes)
 	s.cfg.Log.Info("adopted worker", "worker", w.info.ID, "pid", w.info.PID, "model", w.info.Model)
 	return nil
 }

@@ -31,6 +31,11 @@ type Reservations interface {
 	Attach(reservation, worker string)
 	Loaded(worker string)
 	ReleaseWorker(worker string)
+	// WorkerBytes is what a worker's reservations hold: saved for the
+	// next agent, which charges it again with Restore when it adopts the
+	// worker.
+	WorkerBytes(worker string) uint64
+	Restore(worker, device string, bytes uint64)
 }
 
 // Config configures a Supervisor.
@@ -102,6 +107,8 @@ type noReservations struct{}
 func (noReservations) Attach(string, string) {}
 func (noReservations) Loaded(string)         {}
 func (noReservations) ReleaseWorker(string)  {}
+func (noReservations) WorkerBytes(string) uint64 { return 0 }
+func (noReservations) Restore(string, string, uint64) {}
 
 // newID returns a worker id no tracked worker has (an adopted worker's id
 // carries its agent's pid, which this one may share).

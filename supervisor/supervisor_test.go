@@ -138,6 +138,12 @@ func (f *fakeReservations) ReleaseWorker(worker string) {
 	f.record("release " + worker)
 }
 
+// WorkerBytes: every worker holds 64 MiB.
+func (f *fakeReservations) WorkerBytes(string) uint64 { return 64 << 20 }
+func (f *fakeReservations) Restore(worker, device string, bytes uint64) {
+	f.record(fmt.Sprintf("restore %s %s %d", worker, device, bytes))
+}
+
 func (f *fakeReservations) get() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -578,6 +584,10 @@ func TestReleaseAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for range 2 { // two requests served: the next agent must still say so
+		done := w.Use()
+		done()
+	}
 	before := w.Info()
 	old.Release()
 	old.StopAll(time.Second) // stops nothing after Release
@@ -598,8 +608,11 @@ func TestReleaseAdopt(t *testing.T) {
 		t.Fatal("the adopted worker is not listed")
 	}
 	after := aw.Info()
-	if after.PID != before.PID || after.State != "ready" || after.ModelID != before.ModelID {
-		t.Errorf("adopted %+v, want %+v", after, before)
+	if after.PID != before.PID || after.State != "ready" || after.ModelID != before.ModelID || after.Served != 2 {
+		t.Errorf("adopted %+v, want %+v (2 served)", after, before)
+	}
+	if want := fmt.Sprintf("restore %s cpu %d", before.ID, 64<<20); !slices.Contains(res.get(), want) {
+		t.Errorf("reservation calls = %q, want %q: the adopted worker's memory charged again", res.get(), want)
 	}
 	if !aw.ModelChat() || aw.EngineDevice() != "CPU" {
 		t.Errorf("adopted ModelChat, EngineDevice = %v, %q", aw.ModelChat(), aw.EngineDevice())
