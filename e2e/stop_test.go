@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -185,4 +187,66 @@ func lastEvent(s string) string {
 		}
 	}
 	return last
+}
+
+// TestLocalUpgradeKeepsWorker: upgrading rbee keeps this machine's
+// workers loaded, as it does a remote host's. A newer rbee restarts an
+// idle older queen as a handover (its agent leaves the workers to the
+// next one, which adopts them); an older agent that outlived its queen is
+// replaced the same way. rbee ps still shows what the worker served and
+// holds.
+func TestLocalUpgradeKeepsWorker(t *testing.T) {
+	t.Parallel()
+	old, err := testenv.BuildAllVersion(filepath.Join(tmp, "old-local"), "0.0.9-old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t)
+	infer := func(bin string) result {
+		t.Helper()
+		r := e.run(bin, "infer", "--model", alphabet, "--temperature", "0", "abc")
+		if r.code != 0 || r.stdout != alphabetRest+"\n" {
+			t.Fatalf("%s infer: exit %d %q\n%s", bin, r.code, r.stdout, r.stderr)
+		}
+		return r
+	}
+	one := func() rbee.WorkerInfo {
+		t.Helper()
+		ws := e.workers()
+		if len(ws) != 1 {
+			t.Fatalf("workers: %+v, want one", ws)
+		}
+		return ws[0]
+	}
+
+	infer(old.Rbee)
+	before := one()
+	r := infer(bins.Rbee)
+	inOrder(t, r.stderr, "the running queen is rbee 0.0.9-old", "restarting it", "hive localhost is asleep", "no spawn")
+	if after := one(); after.ID != before.ID || after.PID != before.PID {
+		t.Errorf("after the queen's upgrade: worker %s pid %d, want the same %s pid %d", after.ID, after.PID, before.ID, before.PID)
+	}
+	var ps queenapi.Processes
+	if r := e.rbee("ps", "--json"); r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil || len(ps.Processes) != 1 {
+		t.Fatalf("ps: exit %d %s", r.code, r.stdout)
+	}
+	if p := ps.Processes[0]; p.Served < 2 || p.MemoryBytes == 0 {
+		t.Errorf("ps after the upgrade: served %d, memory %d; want both requests counted and its memory", p.Served, p.MemoryBytes)
+	}
+	e.stopQueen()
+
+	// An older agent whose queen was killed: the next queen replaces it.
+	infer(old.Rbee)
+	before = one()
+	pid, err := e.queenHealth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signal(t, pid, syscall.SIGKILL)
+	r = infer(bins.Rbee)
+	inOrder(t, r.stderr, "replacing rbee-hive 0.0.9-old", "its workers stay", "hive localhost is awake", "no spawn")
+	if after := one(); after.ID != before.ID || after.PID != before.PID {
+		t.Errorf("after the agent's upgrade: worker %s pid %d, want the same %s pid %d", after.ID, after.PID, before.ID, before.PID)
+	}
+	e.stopQueen()
 }

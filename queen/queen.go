@@ -179,6 +179,11 @@ func (q *Queen) ControlHandler() http.Handler {
 	q.door.AdminRoutes(mux)
 	q.door.Routes(mux) // the owner may use the front door here too
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("handover") == "1" {
+			// A newer queen replaces this one: the local workers stay
+			// loaded for its agent.
+			q.fleet.HandOver()
+		}
 		q.once.Do(func() { close(q.shutdown) })
 		w.WriteHeader(http.StatusNoContent)
 	})

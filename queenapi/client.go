@@ -305,6 +305,13 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return c.call(ctx, "POST", "/v1/shutdown", nil, nil)
 }
 
+// Handover asks the queen to stop for a newer one: this machine's hive
+// agent hands its workers over (the next agent adopts them) instead of
+// stopping them. A queen older than this call stops them.
+func (c *Client) Handover(ctx context.Context) error {
+	return c.call(ctx, "POST", "/v1/shutdown?handover=1", nil, nil)
+}
+
 // Ps lists every worker across the fleet, asking each hive now.
 func (c *Client) Ps(ctx context.Context) (Processes, error) {
 	var out Processes

@@ -98,7 +98,7 @@ func replaceOldQueen(ctx context.Context, g *globals, c *queenapi.Client, h quee
 // stopQueen asks the queen to stop and waits until it is gone: nothing
 // answers on its socket and it let go of the socket's lock.
 func stopQueen(ctx context.Context, g *globals, c *queenapi.Client) error {
-	if err := c.Shutdown(ctx); err != nil && !isDown(err) {
+	if err := c.Handover(ctx); err != nil && !isDown(err) {
 		return err
 	}
 	return poll.Until(ctx, poll.Config{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 60 * time.Second, MaxAttempts: 2000},

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -64,8 +65,9 @@ type Fleet struct {
 	shas    shaCache
 	changed func()
 
-	closing chan struct{} // closed when the queen begins to stop
-	once    sync.Once
+	closing  chan struct{} // closed when the queen begins to stop
+	once     sync.Once
+	handover atomic.Bool // the local agent hands its workers over when it stops
 
 	mu       sync.Mutex
 	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
@@ -93,6 +95,10 @@ func New(cfg Config, db *catalog.Queen) *Fleet {
 // Stopping tells the fleet the queen is stopping: from now on a lost
 // connection is not a hive's fault and is not recorded as one.
 func (f *Fleet) Stopping() { f.once.Do(func() { close(f.closing) }) }
+
+// HandOver makes Close leave this machine's workers running for the next
+// queen's agent, which adopts them (an upgrade), instead of stopping them.
+func (f *Fleet) HandOver() { f.handover.Store(true) }
 
 // Close closes every hive connection (stopping the local agent this queen
 // started, which stops its workers; remote agents keep theirs warm). It

@@ -161,7 +161,21 @@ func (f *Fleet) connectLocal(ctx context.Context, step func(string), narrate fun
 	hs, err := client.Handshake(hctx)
 	cancel()
 	h := &Conn{name: LocalHive, client: client, handshake: hs}
-	if err != nil {
+	if err == nil && (hs.Version != rbee.Version || hs.Protocol != rbee.ProtocolVersion) {
+		// An agent of another rbee (an upgrade): replaced as a remote
+		// host's is, its workers handed over to the new agent.
+		narrate("hive_replace", fmt.Sprintf("replacing rbee-hive %s (pid %d) on this machine with %s; its workers stay", hs.Version, hs.PID, rbee.Version))
+		step("replacing the local agent")
+		if err := replaceLocal(ctx, client, hs); err != nil {
+			client.Close()
+			return nil, err
+		}
+		if h, err = f.startLocalHive(ctx, client); err != nil {
+			client.Close()
+			return nil, err
+		}
+		narrate("hive_awake", fmt.Sprintf("hive localhost is awake (rbee-hive %s, protocol %d, pid %d)", h.handshake.Version, h.handshake.Protocol, h.handshake.PID))
+	} else if err != nil {
 		narrate("hive_wake", "hive localhost is asleep, waking it")
 		step("starting the local agent")
 		if h, err = f.startLocalHive(ctx, client); err != nil {
@@ -175,6 +189,33 @@ func (f *Fleet) connectLocal(ctx context.Context, step func(string), narrate fun
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "hive localhost speaks protocol %d, this queen %d; stop the old agent (kill %d)", h.handshake.Protocol, rbee.ProtocolVersion, h.handshake.PID)
 	}
 	return h, nil
+}
+
+// replaceLocal asks the local agent of another rbee to stop and leave its
+// workers for the next agent, and waits until it is gone.
+func replaceLocal(ctx context.Context, client *hiveapi.Client, hs hiveapi.Handshake) error {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := client.Shutdown(sctx, true)
+	cancel()
+	if err != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "hive localhost runs rbee-hive %s (pid %d), which did not stop for %s: %w", hs.Version, hs.PID, rbee.Version, err).
+			WithHint(fmt.Sprintf("stop it (kill %d); the next command starts this version", hs.PID))
+	}
+	p, err := proc.Attach(hs.PID, proc.Options{})
+	if err != nil {
+		return nil // already gone
+	}
+	t := time.NewTimer(15 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.Exited():
+		return nil
+	case <-t.C:
+		return rbee.Errorf(rbee.CodeHiveDown, "hive localhost: rbee-hive %s (pid %d) did not exit within 15s of its shutdown", hs.Version, hs.PID).
+			WithHint(fmt.Sprintf("kill %d; the next command starts this version", hs.PID))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // startLocalHive starts rbee-hive and waits for its handshake.
@@ -220,7 +261,7 @@ func (f *Fleet) stopLocal(h *Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_ = h.client.Shutdown(ctx, false)
+	_ = h.client.Shutdown(ctx, f.handover.Load()) // a handover keeps the workers for the next agent
 	cancel()
 	if h.local != nil {
 		h.local.Wait(15 * time.Second)
