@@ -297,6 +297,7 @@ func TestBadInputWorkerInstall(t *testing.T) {
 	for _, tt := range []struct{ name, src, want string }{
 		{"arm64", arm64, "built for linux/arm64 and this hive runs linux/amd64"},
 		{"renamed", renamed, "does not export llama.cpp's functions"},
+		{"missing", filepath.Join(t.TempDir(), "no-such-bundle"), "engine source"}, // a bad argument like the others: 2, not 4
 	} {
 		for _, hive := range []string{"localhost", "h1"} {
 			r := e.rbee("worker", "install", "--hive", hive, tt.src)
@@ -373,4 +374,35 @@ func TestBadInputWorkerTypeRemoval(t *testing.T) {
 		t.Errorf("infer on a removed type succeeded:\n%s", r.stderr)
 	}
 	e.stopQueen()
+}
+
+// TestBadInputCatalog: a queen catalog that is not a database — or is
+// empty, as a crash or a full disk can leave it — stops the queen with the
+// corrupt-catalog message, said once, and the file kept as it was (never
+// silently replaced by an empty catalog).
+func TestBadInputCatalog(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ name, content string }{
+		{"garbage", "this is not a database\n"},
+		{"empty", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			db := filepath.Join(e.home, ".rbee", "queen.db")
+			if err := os.MkdirAll(filepath.Dir(db), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(db, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := e.rbee("queen", "start")
+			if r.code != rbee.ExitQueen || strings.Count(r.stderr, "catalog is corrupt") != 1 || !strings.Contains(r.stderr, "move it aside") {
+				t.Errorf("queen start: exit %d, want %d saying once that the catalog is corrupt:\n%s", r.code, rbee.ExitQueen, r.stderr)
+			}
+			if b, err := os.ReadFile(db); err != nil || string(b) != tt.content {
+				t.Errorf("the catalog file was changed: %q %v", b, err)
+			}
+		})
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/poll"
+	"github.com/rbee-dev/rbee/queen"
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
@@ -124,8 +125,10 @@ func startAndWait(ctx context.Context, g *globals, c *queenapi.Client, narrate f
 				switch {
 				case queenLocked(g):
 					// Another keeper's queen won the socket: use it.
-				case !restarted:
+				case !restarted && lostRace(p):
 					// Ours lost to a queen that has died since: once more.
+					// (Any other failure — a corrupt catalog — would only
+					// fail again, and say it twice.)
 					np, err := startQueen(g)
 					if err != nil {
 						return false, poll.Permanent(err)
@@ -287,4 +290,11 @@ func busy(h queenapi.Health) string {
 		return "nothing"
 	}
 	return strings.Join(parts, " and ")
+}
+
+// lostRace says whether a queen that exited at start lost the control
+// socket to another queen (its last words, before the hint line).
+func lostRace(p *proc.Proc) bool {
+	b, err := proc.Tail(p.Log, 2)
+	return err == nil && strings.Contains(string(b), queen.ErrQueenRunning.Error())
 }

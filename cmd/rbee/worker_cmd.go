@@ -84,7 +84,8 @@ func (c workerInstallCmd) Run(ctx context.Context, g *globals) error {
 			return exitf(rbee.ExitUsage, "", "%v", err)
 		}
 		if _, err := os.Stat(abs); err != nil {
-			return exitf(rbee.ExitNotFound, "", "engine source: %v", err)
+			// A bad bundle argument, like every other bad bundle: usage.
+			return exitf(rbee.ExitUsage, "give a bundle directory, a .tgz/.zip archive or an https:// URL", "engine source: %v", err)
 		}
 		src = abs
 	}

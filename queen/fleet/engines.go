@@ -95,7 +95,8 @@ func (f *Fleet) engineSource(ctx context.Context, src string, ev Events) (string
 		return "", err
 	}
 	if _, err := os.Stat(abs); err != nil {
-		return "", rbee.Errorf(rbee.CodeModelNotFound, "engine source %s: %w", src, err)
+		return "", rbee.Errorf(rbee.CodeBadRequest, "engine source %s: %w", src, err).
+			WithHint("give a bundle directory, a .tgz/.zip archive or an https:// URL")
 	}
 	return abs, nil
 }
