@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"time"
 
 	gguf "github.com/gpustack/gguf-parser-go"
 
@@ -29,28 +30,25 @@ const headerBuffer = 256 << 10
 // training context. The body of the file (the weights) is not fetched, so a
 // model that fits no device can be refused before its download.
 //
-// The header is read from the final URL Head found, with gguf-parser-go's
-// own HTTP client (Hub.Client serves only the Head), and the token goes with
-// it only when that URL is on the hub's own host. For the first part of a
-// split model ("-00001-of-00003.gguf") the weights of all parts are summed,
-// each read from its own header. ctx bounds the whole call.
+// The header is read from the final URL Head found, through the hub's own
+// requests (each hop checked, the token only for the hub's own host), with
+// the hub's retries and stall timeout. For the first part of a split model
+// ("-00001-of-00003.gguf") the weights of all parts are summed, each read
+// from its own header. ctx bounds the whole call.
 func (h *Hub) Estimate(ctx context.Context, r Ref) (weightsBytes, kvBytesPerToken uint64, ctxTrain int, err error) {
-	r, err = h.Resolve(ctx, r)
+	opt := h.options()
+	r, err = h.resolve(ctx, r, opt, h.onRetry())
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("estimate: %w", err)
 	}
-	gf, allParts, err := h.header(ctx, r)
+	gf, err := h.header(ctx, r, opt)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	ga := gf.Architecture()
 	weightsBytes = gf.TensorInfos.Bytes()
-	var siblings []Ref
-	if !allParts {
-		siblings = splitSiblings(r)
-	}
-	for _, part := range siblings {
-		pf, _, err := h.header(ctx, part)
+	for _, part := range splitSiblings(r) {
+		pf, err := h.header(ctx, part, opt)
 		if err != nil {
 			return 0, 0, 0, err
 		}
@@ -59,32 +57,21 @@ func (h *Hub) Estimate(ctx context.Context, r Ref) (weightsBytes, kvBytesPerToke
 	return weightsBytes, modelfile.KVBytesPerToken(ga), clampInt(ga.MaximumContextLength), nil
 }
 
-// header parses the GGUF header of r's file. When the final URL itself
-// names a part of a split model, the parser reads all parts (allParts);
-// behind the hub's redirect to a content-addressed CDN URL it cannot.
-func (h *Hub) header(ctx context.Context, r Ref) (gf *gguf.GGUFFile, allParts bool, err error) {
-	rem, err := h.Head(ctx, r)
+// header parses the GGUF header of r's file.
+func (h *Hub) header(ctx context.Context, r Ref, opt Options) (*gguf.GGUFFile, error) {
+	rem, err := h.head(ctx, r, opt, h.onRetry())
 	if err != nil {
-		return nil, false, fmt.Errorf("estimate: %w", err)
+		return nil, fmt.Errorf("estimate: %w", err)
 	}
-	if !rem.AcceptRanges {
-		// A simple mirror (Python's http.server, many others): read the
-		// header from the start of a plain download and drop it there.
-		gf, err := h.headerFromStart(ctx, rem)
-		if err != nil {
-			return nil, false, fmt.Errorf("estimate %s: read GGUF header from the start of %s: %w", r.Raw, redact(rem.URL), err)
-		}
-		return gf, false, nil
-	}
-	opts := []gguf.GGUFReadOption{gguf.SkipLargeMetadata(), gguf.UseBufferSize(headerBuffer), gguf.SkipCache()}
-	if u, perr := url.Parse(rem.URL); perr == nil && h.token() != "" && h.isHub(u) {
-		opts = append(opts, gguf.UseBearerAuth(h.token()))
-	}
-	gf, err = parseRemote(ctx, rem.URL, opts)
+	var gf *gguf.GGUFFile
+	err = retry(ctx, opt, h.onRetry(), func(ctx context.Context) (err error) {
+		gf, err = h.headerPrefix(ctx, r, rem, opt.StallTimeout)
+		return err
+	})
 	if err != nil {
-		return nil, false, fmt.Errorf("estimate %s: read GGUF header from %s: %w", r.Raw, redact(rem.URL), err)
+		return nil, fmt.Errorf("estimate %s: read GGUF header from %s: %w", r.Raw, redact(rem.URL), err)
 	}
-	return gf, gguf.CompleteShardGGUFFilename(rem.URL) != nil, nil
+	return gf, nil
 }
 
 // splitSiblings returns the refs of parts 2..N when r names part 1 of N of a
@@ -124,17 +111,6 @@ func splitSiblings(r Ref) []Ref {
 	return parts
 }
 
-// parseRemote runs the parser under recover: it panics on some malformed
-// headers, and a remote file is untrusted input.
-func parseRemote(ctx context.Context, u string, opts []gguf.GGUFReadOption) (gf *gguf.GGUFFile, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			gf, err = nil, fmt.Errorf("malformed header: %.200s", fmt.Sprint(p))
-		}
-	}()
-	return gguf.ParseGGUFFileRemote(ctx, u, opts...)
-}
-
 func clampInt(u uint64) int {
 	if u > math.MaxInt {
 		return math.MaxInt
@@ -155,51 +131,78 @@ func satAdd(a, b uint64) uint64 {
 // few MiB), far less than the weights.
 const maxHeaderPrefix = 64 << 20
 
-// headerFromStart reads a GGUF header from the start of a plain GET of a
-// server that ignores byte ranges: the first bytes go into a sparse
-// temporary file of the file's full size (the parser checks the size), and
-// the read grows (1 MiB, ×4, up to maxHeaderPrefix) until the header
-// parses. The connection is then dropped: the weights are not fetched.
-func (h *Hub) headerFromStart(ctx context.Context, rem Remote) (*gguf.GGUFFile, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", rem.URL, nil)
-	if err != nil {
-		return nil, err
-	}
-	if u, perr := url.Parse(rem.URL); perr == nil && h.token() != "" && h.isHub(u) {
-		req.Header.Set("Authorization", "Bearer "+h.token())
-	}
-	resp, err := h.client().Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %d", resp.StatusCode)
-	}
-	size := rem.Size
-	if size < 0 {
-		size = resp.ContentLength
-	}
+// headerPrefix reads a GGUF header from the start of rem's file: the
+// first bytes go into a sparse temporary file of the file's full size (the
+// parser checks the size), and the read grows (headerBuffer, ×4, up to
+// maxHeaderPrefix) until the header parses. A server with byte ranges is
+// asked for each step's bytes; from one without (Python's http.server,
+// many mirrors) the start of a plain download is read and the connection
+// dropped. Either way the weights are not fetched. The reads go through do
+// (each hop checked and authorized on its own, never the parser's own
+// client, which would follow any redirect with the token) and are cut when
+// nothing arrives for stall.
+func (h *Hub) headerPrefix(ctx context.Context, r Ref, rem Remote, stall time.Duration) (*gguf.GGUFFile, error) {
+	wctx, watch, stop := watchStall(ctx, stall)
+	defer stop()
 	f, err := os.CreateTemp("", "rbee-header-*.gguf")
 	if err != nil {
 		return nil, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
+	ranges, total := rem.AcceptRanges, rem.Size
+	var body io.ReadCloser // the plain download, once one is open
+	defer func() {
+		if body != nil {
+			body.Close()
+		}
+	}()
 	var read int64
-	for limit := int64(1 << 20); ; limit *= 4 {
-		n, cerr := io.CopyN(f, resp.Body, limit-read)
+	for limit := int64(headerBuffer); ; limit = min(limit*4, maxHeaderPrefix) {
+		if body == nil {
+			hdr := http.Header{}
+			if ranges {
+				hdr.Set("Range", fmt.Sprintf("bytes=%d-%d", read, limit-1))
+			}
+			resp, final, err := h.do(wctx, http.MethodGet, rem.URL, hdr, nil)
+			if err != nil {
+				return nil, watch.failed(ctx, err, -1)
+			}
+			watch.kick()
+			switch {
+			case resp.StatusCode == http.StatusPartialContent && ranges:
+				if start, ok := contentRangeStart(resp.Header.Get("Content-Range")); !ok || start != read {
+					drain(resp)
+					return nil, fmt.Errorf("asked for bytes from %d, got Content-Range %q", read, resp.Header.Get("Content-Range"))
+				}
+			case resp.StatusCode == http.StatusOK: // the whole file, from its start
+				ranges, read = false, 0
+				if total < 0 {
+					total = resp.ContentLength
+				}
+			default:
+				err := h.statusError(r, final, resp)
+				drain(resp)
+				return nil, err
+			}
+			body = resp.Body
+		}
+		if _, err := f.Seek(read, io.SeekStart); err != nil {
+			return nil, err
+		}
+		n, cerr := io.CopyN(f, watch.reader(body), limit-read)
 		read += n
 		eof := errors.Is(cerr, io.EOF)
 		if cerr != nil && !eof {
-			return nil, cerr
+			return nil, watch.failed(ctx, cerr, read)
 		}
-		if size > read {
-			if err := f.Truncate(size); err != nil {
-				return nil, err
-			}
+		if ranges { // one request per step
+			body.Close()
+			body = nil
+			eof = eof || total >= 0 && read >= total
+		}
+		if err := f.Truncate(max(total, read)); err != nil {
+			return nil, err
 		}
 		gf, perr := parseRemoteFile(f.Name())
 		if perr == nil {
@@ -207,9 +210,6 @@ func (h *Hub) headerFromStart(ctx context.Context, rem Remote) (*gguf.GGUFFile, 
 		}
 		if eof || read >= maxHeaderPrefix {
 			return nil, perr
-		}
-		if _, err := f.Seek(read, io.SeekStart); err != nil {
-			return nil, err
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Errors callers test for.
@@ -22,6 +23,10 @@ var (
 	ErrAuth     = errors.New("not authorized")
 	ErrChecksum = errors.New("checksum mismatch")
 	ErrNoSpace  = errors.New("not enough disk space")
+	// ErrInsecure: a request would go over plain http to another machine
+	// (the endpoint, a URL, a redirect); it is refused before any
+	// connection.
+	ErrInsecure = errors.New("plain http to another machine refused")
 )
 
 // authHint is what a 401 or 403 tells the person to do.
@@ -33,11 +38,27 @@ const maxRedirects = 10
 // Hub talks to a Hugging Face hub, or to any HTTP server for url refs. The
 // zero value is ready: it uses $HF_ENDPOINT (else huggingface.co), $HF_TOKEN
 // and a client without an overall timeout (downloads are long; stalls are
-// caught by Options.StallTimeout).
+// caught by StallTimeout).
+//
+// Every request, redirects included, goes over https or to this machine:
+// plain http to another host is refused (ErrInsecure) before any
+// connection, since the token and the model would cross the network
+// unencrypted and anyone on the way could swap the model.
 type Hub struct {
 	Endpoint string // default $HF_ENDPOINT, else DefaultEndpoint
 	Token    string // default $HF_TOKEN; sent only to the endpoint's own host
 	Client   *http.Client
+	// StallTimeout, Retries and Backoff rule the hub's own requests (the
+	// listing, Head, the header Estimate reads) as the Options fields of
+	// the same names rule a Fetch, with the same defaults; a Fetch takes
+	// them where its Options leave them zero.
+	StallTimeout time.Duration
+	Retries      int
+	Backoff      time.Duration
+	// OnRetry, when set, hears why a request of the hub's own failed,
+	// before attempt number attempt is made (Fetch reports its retries
+	// through Options.Progress instead).
+	OnRetry func(attempt int, err error)
 }
 
 // Remote is what the server says about a file before its body is fetched.
@@ -61,6 +82,21 @@ func (h *Hub) token() string {
 		return h.Token
 	}
 	return os.Getenv("HF_TOKEN")
+}
+
+// options is the hub's own retry and stall policy.
+func (h *Hub) options() Options {
+	if h == nil {
+		return Options{}.withDefaults()
+	}
+	return Options{Retries: h.Retries, Backoff: h.Backoff, StallTimeout: h.StallTimeout}.withDefaults()
+}
+
+func (h *Hub) onRetry() func(int, error) {
+	if h == nil {
+		return nil
+	}
+	return h.OnRetry
 }
 
 func (h *Hub) client() *http.Client {
@@ -93,15 +129,49 @@ func (h *Hub) isHub(u *url.URL) bool {
 	return err == nil && strings.EqualFold(ep.Scheme, u.Scheme) && strings.EqualFold(ep.Host, u.Host)
 }
 
+// allowed refuses a request that plain http would carry to another
+// machine. from is the URL that redirected to u, "" for the first request.
+func (h *Hub) allowed(u *url.URL, from string) error {
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return nil
+	case "http":
+		if isLoopback(u.Hostname()) {
+			return nil
+		}
+	default:
+		if from != "" {
+			return fmt.Errorf("redirect from %s to %s refused: unsupported scheme %q", redact(from), redact(u.String()), u.Scheme)
+		}
+		return fmt.Errorf("%s: unsupported scheme %q; want https", redact(u.String()), u.Scheme)
+	}
+	switch {
+	case from != "":
+		return fmt.Errorf("redirect from %s to %s: %w; the server must redirect to https://", redact(from), redact(u.String()), ErrInsecure)
+	case h.isHub(u):
+		what := "the model"
+		if h.token() != "" {
+			what = "HF_TOKEN and the model"
+		}
+		return fmt.Errorf("hub endpoint %s: %w (%s would cross the network unencrypted); set HF_ENDPOINT to an https:// URL, or to a mirror on this machine (http://127.0.0.1:PORT)", h.endpoint(), ErrInsecure, what)
+	}
+	return fmt.Errorf("%s: %w; use https://, or a mirror on this machine (http://127.0.0.1:PORT)", redact(u.String()), ErrInsecure)
+}
+
 // do sends a request to u and follows redirects itself, so that each hop
-// is authorized (or not) on its own and the caller sees every hop's
-// headers through hop. It returns the final response and its URL.
+// is checked (allowed) and authorized (or not) on its own, and the caller
+// sees every hop's headers through hop. It returns the final response and
+// its URL. A network error is retryable; a refused hop is not.
 func (h *Hub) do(ctx context.Context, method, u string, hdr http.Header, hop func(*http.Response)) (*http.Response, string, error) {
 	c := *h.client()
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	from := ""
 	for range maxRedirects + 1 {
 		req, err := http.NewRequestWithContext(ctx, method, u, nil)
 		if err != nil {
+			return nil, "", err
+		}
+		if err := h.allowed(req.URL, from); err != nil {
 			return nil, "", err
 		}
 		for k, v := range hdr {
@@ -110,7 +180,7 @@ func (h *Hub) do(ctx context.Context, method, u string, hdr http.Header, hop fun
 		h.authorize(req)
 		resp, err := c.Do(req)
 		if err != nil {
-			return nil, "", err
+			return nil, "", retryError{err}
 		}
 		if hop != nil {
 			hop(resp)
@@ -124,10 +194,7 @@ func (h *Hub) do(ctx context.Context, method, u string, hdr http.Header, hop fun
 		if err != nil {
 			return nil, "", fmt.Errorf("redirect from %s: %w", u, err)
 		}
-		if next.Scheme != "https" && (next.Scheme != "http" || req.URL.Scheme == "https" && !isLoopback(next.Hostname())) {
-			return nil, "", fmt.Errorf("redirect from %s to %s refused: it leaves https", redact(u), redact(next.String()))
-		}
-		u = next.String()
+		from, u = u, next.String()
 	}
 	return nil, "", fmt.Errorf("%s: more than %d redirects", u, maxRedirects)
 }
@@ -210,16 +277,38 @@ func redact(u string) string {
 // a HEAD on /resolve/ with a redirect to its CDN and states the LFS file's
 // size and sha256 in X-Linked-Size and X-Linked-Etag; those are read from
 // the hop that has them, the rest (final URL, ETag, ranges) from the last
-// hop. An hf ref without a file is resolved first.
+// hop. An hf ref without a file is resolved first. A HEAD that fails for a
+// reason worth a retry (the network, no answer for StallTimeout, 5xx) is
+// retried with the hub's policy.
 func (h *Hub) Head(ctx context.Context, r Ref) (Remote, error) {
-	r, err := h.Resolve(ctx, r)
+	opt := h.options()
+	r, err := h.resolve(ctx, r, opt, h.onRetry())
 	if err != nil {
 		return Remote{}, err
 	}
+	return h.head(ctx, r, opt, h.onRetry())
+}
+
+// head is Head of a resolved ref with opt's retries and stall timeout.
+func (h *Hub) head(ctx context.Context, r Ref, opt Options, told func(int, error)) (rem Remote, err error) {
+	err = retry(ctx, opt, told, func(ctx context.Context) error {
+		rem, err = h.headOnce(ctx, r, opt.StallTimeout)
+		return err
+	})
+	if err != nil {
+		return Remote{}, err
+	}
+	return rem, nil
+}
+
+// headOnce makes one HEAD, cut when no answer comes for stall.
+func (h *Hub) headOnce(ctx context.Context, r Ref, stall time.Duration) (Remote, error) {
+	wctx, watch, stop := watchStall(ctx, stall)
+	defer stop()
 	u := h.url(r)
 	rem := Remote{Size: -1}
 	linkedSize := int64(-1)
-	resp, final, err := h.do(ctx, http.MethodHead, u, nil, func(resp *http.Response) {
+	resp, final, err := h.do(wctx, http.MethodHead, u, nil, func(resp *http.Response) {
 		if s := resp.Header.Get("X-Linked-Size"); s != "" && linkedSize < 0 {
 			if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
 				linkedSize = n
@@ -230,7 +319,7 @@ func (h *Hub) Head(ctx context.Context, r Ref) (Remote, error) {
 		}
 	})
 	if err != nil {
-		return Remote{}, retryError{fmt.Errorf("head %s: %w", r.Raw, err)}
+		return Remote{}, fmt.Errorf("head %s: %w", r.Raw, watch.failed(ctx, err, -1))
 	}
 	defer drain(resp)
 	if resp.StatusCode != http.StatusOK {
@@ -302,13 +391,18 @@ var splitPart = regexp.MustCompile(`(?i)-(\d{5})-of-(\d{5})\.gguf$`)
 // multimodal projectors (mmproj) are never picked. When nothing matches, the
 // error lists the files the repo has.
 func (h *Hub) Resolve(ctx context.Context, r Ref) (Ref, error) {
+	return h.resolve(ctx, r, h.options(), h.onRetry())
+}
+
+// resolve is Resolve with opt's retries and stall timeout for the listing.
+func (h *Hub) resolve(ctx context.Context, r Ref, opt Options, told func(int, error)) (Ref, error) {
 	if r.Kind != KindHF || r.File != "" {
 		if r.Kind == KindHF {
 			r.URL = h.url(r)
 		}
 		return r, nil
 	}
-	entries, err := h.tree(ctx, r)
+	entries, err := h.tree(ctx, r, opt, told)
 	if err != nil {
 		return Ref{}, fmt.Errorf("resolve %w", err)
 	}
@@ -428,33 +522,49 @@ func listNames(names []string) string {
 }
 
 // tree lists the files of r's repo at r's revision, following the hub's
-// Link pagination.
-func (h *Hub) tree(ctx context.Context, r Ref) ([]treeEntry, error) {
+// Link pagination; each page is retried on its own.
+func (h *Hub) tree(ctx context.Context, r Ref, opt Options, told func(int, error)) ([]treeEntry, error) {
 	u := h.endpoint() + "/api/models/" + r.Repo + "/tree/" + url.PathEscape(r.Revision) + "?recursive=1"
 	var all []treeEntry
 	for page := 0; u != ""; page++ {
 		if page > 1000 {
 			return nil, fmt.Errorf("%s: listing has more than 1000 pages", r.Raw)
 		}
-		resp, final, err := h.do(ctx, http.MethodGet, u, http.Header{"Accept": {"application/json"}}, nil)
+		var entries []treeEntry
+		var next string
+		err := retry(ctx, opt, told, func(ctx context.Context) (err error) {
+			entries, next, err = h.treePage(ctx, r, u, opt.StallTimeout)
+			return err
+		})
 		if err != nil {
-			return nil, fmt.Errorf("%s: list files: %w", r.Raw, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			err := h.statusError(r, final, resp)
-			drain(resp)
 			return nil, err
 		}
-		var entries []treeEntry
-		err = json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&entries)
-		drain(resp)
-		if err != nil {
-			return nil, fmt.Errorf("%s: list files at %s: %w", r.Raw, redact(final), err)
-		}
 		all = append(all, entries...)
-		u = nextLink(resp.Header.Get("Link"), resp.Request.URL)
+		u = next
 	}
 	return all, nil
+}
+
+// treePage fetches one page of the listing at u, cut when no answer or no
+// byte of it comes for stall, and returns its entries and the next page's
+// URL.
+func (h *Hub) treePage(ctx context.Context, r Ref, u string, stall time.Duration) ([]treeEntry, string, error) {
+	wctx, watch, stop := watchStall(ctx, stall)
+	defer stop()
+	resp, final, err := h.do(wctx, http.MethodGet, u, http.Header{"Accept": {"application/json"}}, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: list files: %w", r.Raw, watch.failed(ctx, err, -1))
+	}
+	defer drain(resp)
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", h.statusError(r, final, resp)
+	}
+	watch.kick()
+	var entries []treeEntry
+	if err := json.NewDecoder(io.LimitReader(watch.reader(resp.Body), 64<<20)).Decode(&entries); err != nil {
+		return nil, "", fmt.Errorf("%s: list files at %s: %w", r.Raw, redact(final), watch.failed(ctx, err, 0))
+	}
+	return entries, nextLink(resp.Header.Get("Link"), resp.Request.URL), nil
 }
 
 // nextLink returns the rel="next" target of a Link header, or "".

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +48,11 @@ type Progress struct {
 	Rate        float64       // bytes per second over this Fetch, resumed bytes not counted
 	ETA         time.Duration // 0 when unknown
 	Attempt     int           // 1 for the first attempt, counting every retry
+	// LastError is why the attempt before Attempt failed, short, for
+	// people ("no data for 30s at byte 0", "503 Service Unavailable"); ""
+	// on the first attempt. A retry of the first request (before the
+	// size is known: Total -1) is reported with it too.
+	LastError string
 }
 
 // Options tune Fetch. The zero value takes the defaults.
@@ -60,14 +64,21 @@ type Options struct {
 	// Backoff is the wait before the first retry; it doubles per retry up
 	// to 5s (or Backoff, if larger). Default 200ms.
 	Backoff time.Duration
-	// StallTimeout aborts an attempt that received no byte for this long;
-	// the retry resumes where it stopped. Default 30s.
+	// StallTimeout aborts an attempt that received no answer or no byte
+	// for this long, the first request (HEAD) included; the retry resumes
+	// where it stopped. Default 30s.
 	StallTimeout time.Duration
 	// Progress, when set, is called from the downloading goroutine; it
 	// should return quickly.
 	Progress func(Progress)
 	// MinFree is the space to leave free beyond the file. Default 256 MiB.
 	MinFree uint64
+	// Check, when set, inspects the whole file, its size and sha256
+	// verified, before it enters blobs/ (and a blob found in the store
+	// before it is returned): an error deletes the file, so that no blob
+	// and no URL record is left of it, and is returned wrapped. Pulls of
+	// models check that the file is a GGUF here.
+	Check func(path string) error
 }
 
 const (
@@ -114,7 +125,8 @@ func (o Options) withDefaults() Options {
 //
 // A checksum or size mismatch returns an error wrapping ErrChecksum; too
 // little space before or during the download one wrapping ErrNoSpace. Both
-// delete the partial file.
+// delete the partial file, as does a failed opt.Check, and a download that
+// gives up with nothing written.
 func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, sum string, err error) {
 	if s.Dir == "" {
 		return "", "", errors.New("fetch: store has no directory")
@@ -122,16 +134,32 @@ func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, su
 	if h == nil {
 		h = &Hub{}
 	}
+	if opt.Retries == 0 {
+		opt.Retries = h.Retries
+	}
+	if opt.Backoff == 0 {
+		opt.Backoff = h.Backoff
+	}
+	if opt.StallTimeout == 0 {
+		opt.StallTimeout = h.StallTimeout
+	}
 	opt = opt.withDefaults()
-	r, err = h.Resolve(ctx, r)
+	// The first requests are retried like the body, and each retry is
+	// reported: a pull must not sit silent while it waits on a server.
+	told := func(attempt int, err error) {
+		if opt.Progress != nil {
+			opt.Progress(Progress{Total: -1, Attempt: attempt, LastError: reason(err)})
+		}
+	}
+	r, err = h.resolve(ctx, r, opt, told)
 	if err != nil {
 		return "", "", fmt.Errorf("fetch: %w", err)
 	}
-	rem, err := headRetrying(ctx, h, r, opt)
+	rem, err := h.head(ctx, r, opt, told)
 	if err != nil {
 		return "", "", fmt.Errorf("fetch: %w", err)
 	}
-	if path, sum, ok := s.lookup(h.url(r), rem); ok {
+	if path, sum, ok := s.found(h.url(r), rem, opt); ok {
 		return path, sum, nil
 	}
 	key := rem.SHA256
@@ -143,29 +171,12 @@ func (s *Store) Fetch(ctx context.Context, h *Hub, r Ref, opt Options) (path, su
 		return "", "", fmt.Errorf("fetch: %w", err)
 	}
 	return flights.do(ctx, dir+"\x00"+key, opt.Progress, func(ctx context.Context, report func(Progress)) (string, string, error) {
-		if path, sum, ok := s.lookup(h.url(r), rem); ok {
+		if path, sum, ok := s.found(h.url(r), rem, opt); ok {
 			return path, sum, nil // the flight before this one stored it
 		}
 		opt.Progress = report
 		return s.download(ctx, h, r, rem, key, opt)
 	})
-}
-
-// headRetrying is Head with Fetch's retry policy: a hub that answers 503
-// for a moment should not fail a pull.
-func headRetrying(ctx context.Context, h *Hub, r Ref, opt Options) (Remote, error) {
-	for failures := 1; ; failures++ {
-		rem, err := h.Head(ctx, r)
-		if err == nil || !retryable(err) {
-			return rem, err
-		}
-		if failures > opt.Retries {
-			return rem, fmt.Errorf("giving up after %d attempts: %w", failures, err)
-		}
-		if err := sleep(ctx, backoff(opt, failures)); err != nil {
-			return Remote{}, err
-		}
-	}
 }
 
 // backoff is the wait before retry number failures (from 1).
@@ -200,9 +211,8 @@ func (s *Store) lookup(u string, rem Remote) (path, sum string, ok bool) {
 		if rem.ETag == "" {
 			return "", "", false
 		}
-		var e urlEntry
-		b, err := os.ReadFile(filepath.Join(s.Dir, "urls", hashString(u)+".json"))
-		if err != nil || json.Unmarshal(b, &e) != nil || e.URL != u || e.ETag != rem.ETag || e.Size != rem.Size {
+		e, err := s.urlRecord(u)
+		if err != nil || e.URL != u || e.ETag != rem.ETag || e.Size != rem.Size {
 			return "", "", false
 		}
 		sum = sha256FromETag(e.SHA256)
@@ -216,6 +226,35 @@ func (s *Store) lookup(u string, rem Remote) (path, sum string, ok bool) {
 		return "", "", false
 	}
 	return path, sum, true
+}
+
+// found is lookup with opt.Check: a blob that fails it (stored before the
+// check existed, or by a caller without it) is removed with its records,
+// so that it is fetched again.
+func (s *Store) found(u string, rem Remote, opt Options) (path, sum string, ok bool) {
+	path, sum, ok = s.lookup(u, rem)
+	if !ok || opt.Check == nil || opt.Check(path) == nil {
+		return path, sum, ok
+	}
+	os.Remove(path)
+	os.Remove(s.verifiedPath(path))
+	if e, err := s.urlRecord(u); err == nil && sha256FromETag(e.SHA256) == sum {
+		os.Remove(s.urlPath(u))
+	}
+	return "", "", false
+}
+
+func (s *Store) urlPath(u string) string {
+	return filepath.Join(s.Dir, "urls", hashString(u)+".json")
+}
+
+func (s *Store) urlRecord(u string) (urlEntry, error) {
+	var e urlEntry
+	b, err := os.ReadFile(s.urlPath(u))
+	if err == nil {
+		err = json.Unmarshal(b, &e)
+	}
+	return e, err
 }
 
 // urlEntry is a record of the URL index.
@@ -260,11 +299,17 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 	t.async = newAsyncHash(t.hash, hashBuffers, copyBuffer)
 	defer t.async.close()
 	closed := false
+	discard := false // the partial is worth nothing: remove it
 	defer func() {
 		if !closed {
 			f.Close()
 		}
-		if errors.Is(err, ErrChecksum) || errors.Is(err, ErrNoSpace) {
+		if err == nil {
+			return
+		}
+		// An empty partial holds nothing to resume (a server that
+		// never sent a byte): it would only be litter.
+		if st, serr := os.Stat(part); discard || errors.Is(err, ErrChecksum) || errors.Is(err, ErrNoSpace) || serr == nil && st.Size() == 0 {
 			os.Remove(part)
 		}
 	}()
@@ -303,6 +348,14 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 	if err := f.Close(); err != nil {
 		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, diskError(err))
 	}
+	// Checked before it enters blobs/: a file that fails is never a blob,
+	// nor in the URL index.
+	if opt.Check != nil {
+		if err := opt.Check(part); err != nil {
+			discard = true
+			return "", "", fmt.Errorf("fetch %s: %w; the download was deleted", r.Raw, err)
+		}
+	}
 	path = s.blobPath(sum)
 	if err := os.Rename(part, path); err != nil {
 		return "", "", fmt.Errorf("fetch %s: %w", r.Raw, err)
@@ -332,7 +385,7 @@ func (s *Store) index(u string, rem Remote, sum string) {
 	}
 	_, err = tmp.Write(b)
 	if cerr := tmp.Close(); err == nil && cerr == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, hashString(u)+".json"))
+		err = os.Rename(tmp.Name(), s.urlPath(u))
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
@@ -422,7 +475,7 @@ func (t *transfer) run(ctx context.Context) error {
 	failures := 0
 	for attempt := 1; ; attempt++ {
 		t.prog.attempt = attempt
-		t.prog.report(t.off, attempt == 1)
+		t.prog.report(t.off, true)
 		before := t.off
 		err := t.attempt(ctx)
 		if err == nil {
@@ -442,6 +495,7 @@ func (t *transfer) run(ctx context.Context) error {
 		if failures > t.opt.Retries {
 			return fmt.Errorf("fetch %s: giving up after %d attempts: %w", t.r.Raw, attempt, err)
 		}
+		t.prog.lastErr = reason(err)
 		if err := sleep(ctx, backoff(t.opt, failures)); err != nil {
 			return fmt.Errorf("fetch %s: %w", t.r.Raw, err)
 		}
@@ -466,22 +520,13 @@ func (t *transfer) attempt(ctx context.Context) error {
 	if t.rem.Size >= 0 && t.off == t.rem.Size {
 		return nil // a previous run got it all but did not verify
 	}
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var stalled atomic.Bool
-	watchdog := time.AfterFunc(t.opt.StallTimeout, func() {
-		stalled.Store(true)
-		cancel()
-	})
-	defer watchdog.Stop()
+	actx, watch, stop := watchStall(ctx, t.opt.StallTimeout)
+	defer stop()
 	failed := func(err error) error {
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case stalled.Load():
-			return retryError{fmt.Errorf("fetch %s: no data for %s at byte %d: stalled", t.r.Raw, t.opt.StallTimeout, t.off)}
 		}
-		return retryError{fmt.Errorf("fetch %s: %w", t.r.Raw, err)}
+		return fmt.Errorf("fetch %s: %w", t.r.Raw, watch.failed(ctx, err, t.off))
 	}
 
 	hdr := http.Header{}
@@ -496,6 +541,7 @@ func (t *transfer) attempt(ctx context.Context) error {
 		return failed(err)
 	}
 	defer resp.Body.Close()
+	watch.kick()
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		if start, ok := contentRangeStart(resp.Header.Get("Content-Range")); !ok || start != t.off {
@@ -528,7 +574,7 @@ func (t *transfer) attempt(ctx context.Context) error {
 			var m int
 			m, rerr = resp.Body.Read(buf[n:])
 			if m > 0 {
-				watchdog.Reset(t.opt.StallTimeout)
+				watch.kick()
 				n += m
 			}
 		}
@@ -558,7 +604,7 @@ func (t *transfer) attempt(ctx context.Context) error {
 			}
 			return nil
 		case rerr != nil:
-			return failed(rerr)
+			return failed(retryError{rerr})
 		}
 	}
 }
@@ -585,6 +631,7 @@ type progress struct {
 	startDone int64
 	last      time.Time
 	attempt   int
+	lastErr   string // why the attempt before this one failed
 }
 
 func (p *progress) report(done int64, force bool) {
@@ -596,7 +643,7 @@ func (p *progress) report(done int64, force bool) {
 		return
 	}
 	p.last = now
-	pr := Progress{Done: done, Total: p.total, Attempt: p.attempt}
+	pr := Progress{Done: done, Total: p.total, Attempt: p.attempt, LastError: p.lastErr}
 	if el := now.Sub(p.start).Seconds(); el > 0 && done > p.startDone {
 		pr.Rate = float64(done-p.startDone) / el
 	}
