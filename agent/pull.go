@@ -15,6 +15,7 @@ import (
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/sse"
 )
 
@@ -92,11 +93,21 @@ func (a *Agent) Pull(ctx context.Context, hub *download.Hub, ref download.Ref, a
 		if p.ETA > 0 {
 			msg += fmt.Sprintf(", %s left", p.ETA.Round(time.Second))
 		}
-		if p.Attempt > 1 {
+		switch {
+		case p.Attempt > 1 && p.LastError != "":
+			msg += fmt.Sprintf(" (attempt %d, retrying after: %s)", p.Attempt, p.LastError)
+		case p.Attempt > 1:
 			msg += fmt.Sprintf(" (attempt %d)", p.Attempt)
 		}
 		_ = send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_download", Message: msg,
 			BytesDone: p.Done, BytesTotal: p.Total, Rate: p.Rate})
+	}, Check: func(p string) error {
+		// Before the file enters the store: one that is not a loadable
+		// GGUF is deleted there, not left behind as an uncatalogued blob.
+		// Not ctx: a pull cancelled now must not delete a good file (the
+		// header read is short).
+		_, err := modelfile.Inspect(context.WithoutCancel(ctx), p, modelfile.Options{})
+		return err
 	}})
 	if err != nil {
 		return hiveapi.Model{}, pullError(ref, err)
@@ -115,6 +126,8 @@ func pullError(ref download.Ref, err error) error {
 		return rbee.Errorf(rbee.CodeModelNotFound, "%v", err)
 	case errors.Is(err, download.ErrAuth):
 		return &rbee.Error{Code: rbee.CodeModelNotFound, Message: err.Error(), Hint: "set HF_TOKEN"}
+	case errors.Is(err, modelfile.ErrNotGGUF):
+		return rbee.Errorf(rbee.CodeNotGGUF, "%v", err)
 	case errors.Is(err, download.ErrNoSpace):
 		return rbee.Errorf(rbee.CodeNoRoom, "%v", err)
 	case errors.Is(err, context.Canceled):
