@@ -177,6 +177,8 @@ func TestBodyStallReportedAndNoEmptyPartLeft(t *testing.T) {
 	var retried []int
 	for _, p := range reports {
 		switch {
+		case p.Total < 0:
+			// A retry of the HEAD (a slow machine): not what this tests.
 		case p.Attempt == 1 && p.LastError != "":
 			t.Errorf("got %+v, want no reason on the first attempt", p)
 		case p.Attempt > 1 && p.LastError != "no data for 200ms at byte 0":
