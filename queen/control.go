@@ -147,19 +147,29 @@ func RequireToken(token string, h http.Handler) http.Handler {
 	})
 }
 
-// TCPHandler serves the queen's TCP port: /health open; the front door
-// (models, completions, /metrics) to anyone on loopback when neither a
-// token nor keys are configured, else to requests bearing the token or an
-// API key (door.Guard); the control routes only with the token.
-func (q *Queen) TCPHandler(token string, keys []door.APIKey) http.Handler {
+// TCPConfig is how the queen's TCP port is guarded.
+type TCPConfig struct {
+	Token  string        // grants the control routes and the door; "" = none
+	Keys   []door.APIKey // grant the door (a key may be limited to some models)
+	Listen string        // the address the port listens on (its host is a name the queen answers to)
+	Fence  door.FenceConfig
+}
+
+// TCPHandler serves the queen's TCP port: /health open; everything else
+// only to requests a web page could not have made (door.Fence: the Host
+// names this queen, no foreign Origin, JSON bodies); the front door
+// (models, completions, embeddings, /metrics) to anyone on loopback when
+// neither a token nor keys are configured, else to requests bearing the
+// token or an API key (door.Guard); the control routes only with the token.
+func (q *Queen) TCPHandler(cfg TCPConfig) http.Handler {
 	public := q.PublicHandler()
-	guarded := door.Guard(token, keys, q.log, public)
+	guarded := door.Guard(cfg.Token, cfg.Keys, q.log, public)
 	var control http.Handler
-	if token != "" {
-		control = RequireToken(token, q.ControlHandler())
+	if cfg.Token != "" {
+		control = RequireToken(cfg.Token, q.ControlHandler())
 	}
-	doorPaths := map[string]bool{"/v1/models": true, "/v1/completions": true, "/v1/chat/completions": true, "/metrics": true}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	doorPaths := map[string]bool{"/v1/models": true, "/v1/completions": true, "/v1/chat/completions": true, "/v1/embeddings": true, "/metrics": true}
+	return door.Fence(cfg.Fence, cfg.Listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/health":
 			public.ServeHTTP(w, r)
@@ -170,5 +180,5 @@ func (q *Queen) TCPHandler(token string, keys []door.APIKey) http.Handler {
 		default:
 			public.ServeHTTP(w, r) // 404: nothing administrative here
 		}
-	})
+	}))
 }

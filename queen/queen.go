@@ -63,6 +63,9 @@ type Config struct {
 	// for how long (then 503). Defaults DefaultQueueDepth, DefaultQueueWait.
 	QueueDepth int
 	QueueWait  time.Duration
+	// DoorPull lets front-door clients name models to download (see
+	// door.Config.Pull); off by default.
+	DoorPull bool
 }
 
 // Queen is the orchestrator: it wires the fleet (the hives), the door
@@ -117,7 +120,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 		ConnectTimeout: cfg.ConnectTimeout, Scheduler: cfg.Scheduler, Log: cfg.Log,
 		EngineRegistry: cfg.EngineRegistry, EngineArchive: cfg.EngineArchive,
 		Changed: func() { dr.Stale() }}, db)
-	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive,
+	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
 		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log}, q.fleet, db)
 	q.door = dr
 	q.splits = split.New(q.fleet, cfg.Log)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee/provision"
+	"github.com/rbee-dev/rbee/queen/door"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/poll"
@@ -44,6 +45,7 @@ type queenConfig struct {
 	// The OpenAI front door's queue per model.
 	QueueDepth int           `name:"queue-depth" default:"128" env:"RBEE_QUEUE_DEPTH" help:"Front door: requests per model that may wait for a free slot; the next is answered 429."`
 	QueueWait  time.Duration `name:"queue-wait" default:"30s" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503."`
+	DoorPull   bool          `name:"door-pull" env:"RBEE_DOOR_PULL" help:"Front door: let clients name a model to download (hf:…, https://…) that no hive holds; off, they use only what the fleet has."`
 }
 
 func (c queenConfig) build(g *globals) (queen.Config, error) {
@@ -109,7 +111,7 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	if c.QueueDepth < 1 {
 		return cfg, exitf(rbee.ExitUsage, "e.g. --queue-depth 128", "--queue-depth %d: at least 1", c.QueueDepth)
 	}
-	cfg.QueueDepth, cfg.QueueWait = c.QueueDepth, c.QueueWait
+	cfg.QueueDepth, cfg.QueueWait, cfg.DoorPull = c.QueueDepth, c.QueueWait, c.DoorPull
 	return cfg, nil
 }
 
@@ -122,7 +124,9 @@ func envOr(k, def string) string {
 
 type queenServeCmd struct {
 	queenConfig
-	APIKeys string `name:"api-keys" env:"RBEE_API_KEYS" help:"File of API keys for the OpenAI-compatible door (mode 0600; one per line: ID KEY [MODEL,MODEL…]); needed, or the token, beyond loopback."`
+	APIKeys     string   `name:"api-keys" env:"RBEE_API_KEYS" help:"File of API keys for the OpenAI-compatible door (mode 0600; one per line: ID KEY [MODEL,MODEL…]); needed, or the token, beyond loopback."`
+	DoorHosts   []string `name:"door-host" env:"RBEE_DOOR_HOSTS" sep:"," placeholder:"NAME" help:"A name of this machine the door answers to (repeatable), besides localhost, 127.0.0.1, ::1 and the listen address; requests for other names are refused (DNS rebinding)."`
+	CORSOrigins []string `name:"cors-origin" env:"RBEE_CORS_ORIGINS" sep:"," placeholder:"ORIGIN" help:"A web origin (https://app.example) whose pages may call the door (repeatable); none by default."`
 }
 
 func (c *queenServeCmd) Help() string {
@@ -183,7 +187,8 @@ func (c *queenServeCmd) Run(ctx context.Context, g *globals) error {
 	_ = os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 	defer os.Remove(pidFile)
 	log.Info("queen listening", "control", g.home().QueenSocket(), "addr", ln.Addr().String(), "version", rbee.Version, "home", g.Home, "token", token != "")
-	return serveQueen(ctx, q, ctl, ln, q.TCPHandler(token, keys))
+	return serveQueen(ctx, q, ctl, ln, q.TCPHandler(queen.TCPConfig{Token: token, Keys: keys, Listen: ln.Addr().String(),
+		Fence: door.FenceConfig{Hosts: c.DoorHosts, Origins: c.CORSOrigins}}))
 }
 
 // serveQueen serves the control socket (owner only) and the TCP listener

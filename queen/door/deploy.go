@@ -38,7 +38,7 @@ func (d *deployer) groupOf(ctx context.Context, dep catalog.Deployment) (*group,
 	if err != nil {
 		return nil, err
 	}
-	spec, err := d.rt.door.modelByName(ctx, dep.Model, snaps)
+	spec, _, err := d.rt.door.modelByName(ctx, dep.Model, snaps, true) // the owner's deployment may download
 	if err != nil {
 		return nil, err
 	}

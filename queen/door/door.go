@@ -60,6 +60,10 @@ type Config struct {
 	// ConnectTimeout bounds the background refresh of the hives' workers
 	// (with two seconds more).
 	ConnectTimeout time.Duration
+	// Pull lets door clients name a reference (hf:…, https://…) no hive
+	// holds, which the queen then downloads (--door-pull). Off, a client
+	// can only use what the fleet has.
+	Pull bool
 	// RequestLog is the request log's file (JSON lines).
 	RequestLog string
 	Log        *slog.Logger

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
+	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queen/fleet"
 )
@@ -70,6 +71,7 @@ type fakeFleet struct {
 	agents map[string]*httptest.Server // each hive's agent
 
 	mu      sync.Mutex
+	parsed  int // references taken to fetch
 	places  int
 	served  []string // hive/worker of each request the agent answered
 	gone    map[string]bool
@@ -186,13 +188,21 @@ func (f *fakeFleet) Place(_ context.Context, job fleet.PlaceJob, _ []fleet.Hive,
 	f.places++
 	f.mu.Unlock()
 	if job.Spec.SHA256 != alphaSHA {
-		return fleet.Placement{}, fmt.Errorf("placed %q, want alpha", job.Spec.Raw)
+		return fleet.Placement{}, rbee.Errorf(rbee.CodeDownload, "fetch %s: tls: handshake failure", job.Spec.Raw)
 	}
 	return fleet.Placement{Hive: f.hive("h1"), Model: alphaModel(), Device: "cpu", Reservation: "res-1"}, nil
 }
 
+// ParseModel takes any reference: its fetch fails later, in Place.
 func (f *fakeFleet) ParseModel(_ context.Context, raw string) (*fleet.ModelSpec, error) {
-	return nil, rbee.Errorf(rbee.CodeModelNotFound, "no network here: %s", raw)
+	f.mu.Lock()
+	f.parsed++
+	f.mu.Unlock()
+	ref, err := download.ParseRef(raw)
+	if err != nil {
+		return nil, err
+	}
+	return &fleet.ModelSpec{Raw: raw, Ref: &ref}, nil
 }
 
 // Client reaches the hive's in-process agent.
@@ -239,7 +249,12 @@ func (s *fakeStore) RemoveDeployment(context.Context, string) error { return nil
 func (s *fakeStore) Hives(context.Context) ([]catalog.Hive, error)  { return nil, nil }
 
 func newTestDoor(t *testing.T, f *fakeFleet) http.Handler {
-	dr := New(Config{RequestLog: t.TempDir() + "/requests.log"}, f, &fakeStore{})
+	return newTestDoorWith(t, f, Config{})
+}
+
+func newTestDoorWith(t *testing.T, f *fakeFleet, cfg Config) http.Handler {
+	cfg.RequestLog = t.TempDir() + "/requests.log"
+	dr := New(cfg, f, &fakeStore{})
 	t.Cleanup(dr.Close)
 	mux := http.NewServeMux()
 	dr.Routes(mux)
@@ -385,6 +400,22 @@ func TestDoorModelsAndKeys(t *testing.T) {
 	if rec.Code != http.StatusUnauthorized {
 		t.Errorf("no key: %d, want 401", rec.Code)
 	}
+	// The metrics name every model: a key for some models gets none.
+	chat(t, h, "alpha")
+	keys = append(keys, APIKey{ID: "ops", key: "fedcba98765432100123"})
+	g = Guard("", keys, testLog(), h)
+	for _, k := range []struct {
+		key  string
+		want int
+	}{{"0123456789abcdef0123", http.StatusForbidden}, {"fedcba98765432100123", http.StatusOK}} {
+		req = httptest.NewRequest("GET", "/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+k.key)
+		rec = httptest.NewRecorder()
+		g.ServeHTTP(rec, req)
+		if rec.Code != k.want || (k.want == http.StatusForbidden && strings.Contains(rec.Body.String(), "alpha")) {
+			t.Errorf("metrics with key %s…: %d, want %d", k.key[:4], rec.Code, k.want)
+		}
+	}
 	_, _ = io.Copy(io.Discard, rec.Body)
 }
 
@@ -412,4 +443,50 @@ func TestDoorCachesSnapshots(t *testing.T) {
 			t.Errorf("hive %s was looked at %d times for 20 requests, want at most %d", hv.name, looks, bound)
 		}
 	}
+}
+
+// A client naming a URL or a Hugging Face reference no hive holds makes
+// the queen fetch nothing unless the owner allows it (--door-pull); when
+// allowed, a failed fetch is reported with its reason, requests within the
+// backoff get that reason without another fetch, and such names never
+// become metrics labels.
+func TestDoorPull(t *testing.T) {
+	t.Parallel()
+	names := []string{"https://127.0.0.1:9/x.gguf", "hf:org/repo/x.gguf"}
+	t.Run("off", func(t *testing.T) {
+		t.Parallel()
+		f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+		h := newTestDoor(t, f)
+		for _, n := range names {
+			rec := chat(t, h, n)
+			if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "does not download") {
+				t.Errorf("%s: %d %s, want 404 saying the door does not download", n, rec.Code, rec.Body)
+			}
+		}
+		if f.parsed != 0 || f.places != 0 {
+			t.Errorf("%d references taken, %d placements: the queen reached out", f.parsed, f.places)
+		}
+	})
+	t.Run("on", func(t *testing.T) {
+		t.Parallel()
+		f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+		h := newTestDoorWith(t, f, Config{Pull: true})
+		for i := range 3 {
+			rec := chat(t, h, names[0])
+			if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "tls: handshake failure") {
+				t.Errorf("request %d: %d %s, want 502 with the fetch's reason", i, rec.Code, rec.Body)
+			}
+		}
+		f.mu.Lock()
+		places := f.places
+		f.mu.Unlock()
+		if places != 1 {
+			t.Errorf("%d fetches for 3 requests within the backoff, want 1", places)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if strings.Contains(rec.Body.String(), "127.0.0.1:9") || !strings.Contains(rec.Body.String(), `rbee_requests_total{model="unknown",status="502"} 3`) {
+			t.Errorf("metrics: the URL became a label, or the requests were not counted as unknown:\n%s", rec.Body)
+		}
+	})
 }

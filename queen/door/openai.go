@@ -164,12 +164,14 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
 			return
 		}
-		spec, err := dr.ResolveName(ctx, head.Model)
+		spec, fetch, err := dr.resolve(ctx, head.Model, dr.cfg.Pull)
 		if err != nil {
 			writeOAIError(w, err)
 			return
 		}
-		label = head.Model
+		if !fetch { // a name to fetch is no label until a hive holds it
+			label = head.Model
+		}
 		// Usage is asked of the worker for every stream (the metrics and
 		// the request log count tokens); a client that did not ask for it
 		// does not get it.
@@ -252,9 +254,16 @@ func (dr *Door) sendTo(ctx context.Context, rp *replica, endpoint string, body [
 // ResolveName finds the model a client named: a deployment's, else by
 // name in the fleet's catalogs (see modelByName).
 func (dr *Door) ResolveName(ctx context.Context, name string) (*fleet.ModelSpec, error) {
+	spec, _, err := dr.resolve(ctx, name, true)
+	return spec, err
+}
+
+// resolve is ResolveName; fetch says the name is a reference no hive holds
+// yet (the chosen hive will download it), which pull=false refuses.
+func (dr *Door) resolve(ctx context.Context, name string, pull bool) (spec *fleet.ModelSpec, fetch bool, err error) {
 	deps, err := dr.router.deployments(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, d := range deps {
 		if d.Name == name {
@@ -267,9 +276,9 @@ func (dr *Door) ResolveName(ctx context.Context, name string) (*fleet.ModelSpec,
 	// ago is found): an unknown name costs no hive a round trip.
 	snaps, _, err := dr.router.lookSnaps(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return dr.modelByName(ctx, name, snaps)
+	return dr.modelByName(ctx, name, snaps, pull)
 }
 
 // withUsage sets stream_options.include_usage in a request body.
@@ -398,9 +407,10 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 }
 
 // modelByName finds the model a client named: an alias, a reference, a
-// catalog id or a local model's file name in any candidate's catalog; else
-// a reference (hf:…, https://…) the chosen hive will download.
-func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]fleet.Snapshot) (*fleet.ModelSpec, error) {
+// catalog id or a local model's file name in any candidate's catalog; else,
+// with pull, a reference (hf:…, https://…) the chosen hive will download
+// (fetch is then true).
+func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]fleet.Snapshot, pull bool) (spec *fleet.ModelSpec, fetch bool, err error) {
 	var known []string
 	for _, s := range snaps {
 		for _, m := range s.Models {
@@ -416,16 +426,21 @@ func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]f
 						spec.Path = m.Ref // still on this machine: pushed to a hive that lacks it
 					}
 				}
-				return spec, nil
+				return spec, false, nil
 			}
 		}
 	}
-	if strings.HasPrefix(name, "hf:") || strings.HasPrefix(name, "https://") {
-		return dr.fleet.ParseModel(ctx, name)
-	}
 	sort.Strings(known)
-	return nil, (&rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(slices.Compact(known), ", "))}).
-		WithHint("rbee model pull REF --alias NAME gives a model a name clients can use")
+	notFound := &rbee.Error{Code: rbee.CodeModelNotFound, Message: fmt.Sprintf("model %q is not on any hive (known: %s)", name, strings.Join(slices.Compact(known), ", "))}
+	if strings.HasPrefix(name, "hf:") || strings.HasPrefix(name, "https://") {
+		if !pull {
+			// A client naming a URL must not make the queen reach out.
+			return nil, false, notFound.WithHint("the front door does not download: the owner runs rbee model pull " + name + " --alias NAME, or starts the queen with --door-pull")
+		}
+		spec, err := dr.fleet.ParseModel(ctx, name)
+		return spec, true, err
+	}
+	return nil, false, notFound.WithHint("rbee model pull REF --alias NAME gives a model a name clients can use")
 }
 
 // writeShuttingDown refuses a request the queen will not serve: it is
@@ -448,6 +463,8 @@ func writeOAIError(w http.ResponseWriter, err error) {
 	case rbee.CodeNoRoom, rbee.CodeHiveDown, rbee.CodeWorkerFailed, rbee.CodeQueenDown:
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
+	case rbee.CodeDownload: // the model's server failed the queen: a gateway's error
+		status = http.StatusBadGateway
 	}
 	msg := err.Error()
 	if h := rbee.HintOf(err); h != "" {

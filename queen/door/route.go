@@ -21,6 +21,10 @@ const (
 	refreshEvery = 2 * time.Second
 	// placeTimeout bounds starting a replica (a model download included).
 	placeTimeout = 30 * time.Minute
+	// placeBackoff and placeBackoffMax bound how often requests may start
+	// a placement again after one failed.
+	placeBackoff    = 5 * time.Second
+	placeBackoffMax = 5 * time.Minute
 )
 
 // errQueueFull and errQueueTimeout are answered 429 and 503.
@@ -72,6 +76,14 @@ type group struct {
 	// deployErr is the deployment's last failure to place a replica: with
 	// none ready, a request fails with it at once instead of waiting.
 	deployErr error
+	// placeErr is the last failure of a placement requests started, until
+	// placeRetry: requests meanwhile fail with it at once instead of each
+	// starting another (a model a client names that cannot be fetched must
+	// not make the queen reach out for every request). The wait doubles
+	// with each failure in a row, from placeBackoff to placeBackoffMax.
+	placeErr   error
+	placeAt    time.Time // when it failed
+	placeFails int
 }
 
 // placeCall is a placement others wait on.
@@ -344,6 +356,12 @@ func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)
 		var placed <-chan struct{}
 		pc := g.placing
 		if pc == nil && !g.deployed && g.readyCount() == 0 {
+			if retry := g.placeAt.Add(rt.backoff(g.placeFails)); g.placeErr != nil && time.Now().Before(retry) {
+				err := fmt.Errorf("%w (that was %s ago; the door tries again in %s)", g.placeErr,
+					time.Since(g.placeAt).Round(time.Second), time.Until(retry).Round(time.Second))
+				rt.mu.Unlock()
+				return nil, err
+			}
 			pc = rt.startPlace(g)
 		}
 		if pc != nil {
@@ -402,6 +420,10 @@ func (rt *router) startPlace(g *group) *placeCall {
 		g.placing = nil
 		if err == nil {
 			g.replicas[r.id()] = r
+			g.placeErr, g.placeFails = nil, 0
+		} else if rt.ctx.Err() == nil {
+			g.placeFails++
+			g.placeErr, g.placeAt = err, time.Now()
 		}
 		pc.err = err
 		g.broadcast()
@@ -409,6 +431,16 @@ func (rt *router) startPlace(g *group) *placeCall {
 		close(pc.done)
 	}()
 	return pc
+}
+
+// backoff is how long requests wait before placing again after n
+// failures in a row.
+func (rt *router) backoff(n int) time.Duration {
+	d := placeBackoff
+	for i := 1; i < n && d < placeBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, placeBackoffMax)
 }
 
 // placeOpts narrow a placement: the deployment the worker is kept for,
