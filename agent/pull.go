@@ -88,7 +88,13 @@ func (a *Agent) Pull(ctx context.Context, hub *download.Hub, ref download.Ref, a
 		}
 	}
 	_ = send(rbee.Narrate(me, "model_download", fmt.Sprintf("downloading %s on hive %s", ref.URL, a.cfg.Name)))
-	p, _, err := a.store().Fetch(ctx, hub, ref, download.Options{Progress: func(p download.Progress) {
+	checked := "verified" // a file already in the store was checked when it came
+	p, _, err := a.store().Fetch(ctx, hub, ref, download.Options{Stated: func(sha bool) {
+		checked = "downloaded; its sha256 matches the source's"
+		if !sha {
+			checked = "downloaded; its size matches (the source states no checksum)"
+		}
+	}, Progress: func(p download.Progress) {
 		msg := fmt.Sprintf("%s of %s, %s/s", rbee.Bytes(uint64(p.Done)), rbee.Bytes(uint64(max(p.Total, 0))), rbee.Bytes(uint64(p.Rate)))
 		if p.ETA > 0 {
 			msg += fmt.Sprintf(", %s left", p.ETA.Round(time.Second))
@@ -116,7 +122,7 @@ func (a *Agent) Pull(ctx context.Context, hub *download.Hub, ref download.Ref, a
 	if err != nil {
 		return hiveapi.Model{}, err
 	}
-	_ = send(rbee.Narrate(me, "model_ready", fmt.Sprintf("%s downloaded and verified: %s %s, %s", ref.Raw, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)))))
+	_ = send(rbee.Narrate(me, "model_ready", fmt.Sprintf("%s %s: %s %s, %s", ref.Raw, checked, m.Arch, m.Quant, rbee.Bytes(uint64(m.Size)))))
 	return m, nil
 }
 
@@ -128,6 +134,8 @@ func pullError(ref download.Ref, err error) error {
 		return &rbee.Error{Code: rbee.CodeModelNotFound, Message: err.Error(), Hint: "set HF_TOKEN"}
 	case errors.Is(err, modelfile.ErrNotGGUF):
 		return rbee.Errorf(rbee.CodeNotGGUF, "%v", err)
+	case errors.Is(err, download.ErrInsecure): // the endpoint's setting (HF_ENDPOINT), not the server
+		return rbee.Errorf(rbee.CodeBadRequest, "%v", err)
 	case errors.Is(err, download.ErrNoSpace):
 		return rbee.Errorf(rbee.CodeNoRoom, "%v", err)
 	case errors.Is(err, context.Canceled):

@@ -104,3 +104,39 @@ func TestPullStallSaysWhy(t *testing.T) {
 	}
 	t.Errorf("got events %q, want a progress line with %q", msgs, want)
 }
+
+// A pull from a server that states no checksum says what was checked —
+// the size — and does not claim a verification it did not make.
+func TestPullSaysWhatWasChecked(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	if _, err := testmodel.Random(testmodel.Small).WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`) // an ETag that is no sha256
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	a := newTestAgent(t, nil)
+	ref, err := download.ParseRef(srv.URL + "/m.gguf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev events
+	if _, err := a.Pull(t.Context(), &download.Hub{}, ref, "", ev.send); err != nil {
+		t.Fatal(err)
+	}
+	var said string
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.ev {
+		if e.Action == "model_ready" {
+			said = e.Message
+		}
+	}
+	if !strings.Contains(said, "its size matches (the source states no checksum)") || strings.Contains(said, "verified") {
+		t.Errorf("model_ready said %q, want the size checked and no claim of a verification", said)
+	}
+}

@@ -209,7 +209,10 @@ func (h *Hub) headerPrefix(ctx context.Context, r Ref, rem Remote, stall time.Du
 			return gf, nil
 		}
 		if eof || read >= maxHeaderPrefix {
-			return nil, perr
+			// All there is, or more than a header can be: the server's
+			// file is no GGUF model (the same fault, and code, as when a
+			// download is found to be none).
+			return nil, fmt.Errorf("%w: %w", modelfile.ErrNotGGUF, perr)
 		}
 	}
 }

@@ -79,6 +79,11 @@ type Options struct {
 	// and no URL record is left of it, and is returned wrapped. Pulls of
 	// models check that the file is a GGUF here.
 	Check func(path string) error
+	// Stated, when set, hears whether the file that was just downloaded
+	// was checked against a sha256 its source stated (true), or only
+	// against the size the server announced (false): what a "verified"
+	// may claim.
+	Stated func(sha256 bool)
 }
 
 const (
@@ -336,6 +341,9 @@ func (s *Store) download(ctx context.Context, h *Hub, r Ref, rem Remote, key str
 	}
 	if rem.SHA256 != "" && sum != rem.SHA256 {
 		return "", "", fmt.Errorf("fetch %s: %w: got sha256 %s, the source states %s; the download was deleted", r.Raw, ErrChecksum, sum, rem.SHA256)
+	}
+	if opt.Stated != nil {
+		opt.Stated(rem.SHA256 != "")
 	}
 	writebackRunning = false
 	t.writeback.stop()

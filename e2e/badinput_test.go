@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,6 +334,18 @@ func TestBadInputExitCodes(t *testing.T) {
 		r := e.rbee(args...)
 		if r.code != rbee.ExitDownload || !strings.Contains(r.stderr, closed) {
 			t.Errorf("%s with nothing listening: exit %d, want %d naming the server:\n%s", args[0], r.code, rbee.ExitDownload, r.stderr)
+		}
+	}
+	// A server whose file is no GGUF: the header read finds it, with the
+	// same code as a download found to be none (4), not a failed download.
+	notGGUF := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "m.gguf", time.Time{}, strings.NewReader(strings.Repeat("<html>not a model</html>\n", 4000)))
+	}))
+	defer notGGUF.Close()
+	for _, args := range [][]string{{"model", "pull", notGGUF.URL + "/m.gguf"}, {"infer", "--model", notGGUF.URL + "/m.gguf", "abc"}} {
+		r := e.rbee(args...)
+		if r.code != rbee.ExitNotFound || !strings.Contains(r.stderr, "not a GGUF file") {
+			t.Errorf("%s of a file that is no GGUF: exit %d, want %d saying so:\n%s", args[0], r.code, rbee.ExitNotFound, r.stderr)
 		}
 	}
 	e.stopQueen()

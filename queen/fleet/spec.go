@@ -121,6 +121,10 @@ func refError(err error) error {
 		return rbee.Errorf(rbee.CodeModelNotFound, "%w", err).WithHint("set HF_TOKEN to a token with read access")
 	case errors.Is(err, download.ErrNotRef):
 		return rbee.Errorf(rbee.CodeBadRequest, "%w", err)
+	case errors.Is(err, download.ErrInsecure): // the endpoint's setting, not the server
+		return rbee.Errorf(rbee.CodeBadRequest, "%w", err)
+	case errors.Is(err, modelfile.ErrNotGGUF):
+		return rbee.Errorf(rbee.CodeNotGGUF, "%w", err)
 	}
 	return rbee.Errorf(rbee.CodeDownload, "%w", err) // the server: unreachable, failing, stalled
 }
