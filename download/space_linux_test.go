@@ -101,6 +101,9 @@ func TestFetchDiskFillsMidDownload(t *testing.T) {
 	if !strings.Contains(err.Error(), "disk filled at byte ") || strings.Contains(err.Error(), "at byte 0;") {
 		t.Errorf("got %q, want the disk to fill after some bytes were written", err)
 	}
+	if !strings.Contains(err.Error(), "of 6.0 MiB: it needs 6.0 MiB and") || !strings.Contains(err.Error(), "are free there") {
+		t.Errorf("got %q, want what the file needs and what is free", err)
+	}
 	// With the space back, the same Fetch succeeds.
 	if err := os.Remove(filepath.Join(dir, "filler")); err != nil {
 		t.Fatal(err)

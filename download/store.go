@@ -599,7 +599,7 @@ func (t *transfer) attempt(ctx context.Context) error {
 			t.writeback.wrote(t.off)
 			if werr != nil {
 				if err := diskError(werr); errors.Is(err, ErrNoSpace) {
-					return fmt.Errorf("fetch %s: disk filled at byte %d; the download was deleted: %w", t.r.Raw, t.off, err)
+					return fmt.Errorf("fetch %s: disk filled at byte %d%s; the download was deleted: %w", t.r.Raw, t.off, t.room(), err)
 				}
 				return fmt.Errorf("fetch %s: %w", t.r.Raw, werr)
 			}
@@ -615,6 +615,18 @@ func (t *transfer) attempt(ctx context.Context) error {
 			return failed(retryError{rerr})
 		}
 	}
+}
+
+// room says, for a disk that filled, what the file needs and what is free
+// once its partial download is deleted.
+func (t *transfer) room() string {
+	free, known, err := freeBytes(filepath.Dir(t.f.Name()))
+	if err != nil || !known || t.rem.Size < 0 {
+		return ""
+	}
+	free = satAdd(free, uint64(t.off)) // the partial goes
+	return fmt.Sprintf(" of %s: it needs %s and %s kept free, %s are free there; free space and pull again",
+		rbee.Bytes(uint64(t.rem.Size)), rbee.Bytes(uint64(t.rem.Size)), rbee.Bytes(t.opt.MinFree), rbee.Bytes(free))
 }
 
 // contentRangeStart parses the first byte of "bytes START-END/SIZE".
