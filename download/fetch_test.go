@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,6 +77,7 @@ func TestFetch(t *testing.T) {
 	if blobs, _ := f.store.List(); len(blobs) != 0 {
 		t.Errorf("after Remove, List() = %+v, want none", blobs)
 	}
+
 	if err := f.store.Remove(sum); !errors.Is(err, ErrNotFound) || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Remove of a removed blob: got %v, want ErrNotFound", err)
 	}
@@ -419,5 +421,32 @@ func TestHead(t *testing.T) {
 		if err != nil || got != tt.want {
 			t.Errorf("Head(%s) = %+v, %v\nwant %+v", tt.ref, got, err, tt.want)
 		}
+	}
+}
+
+// Removing a blob removes the URL records that point at it: a model pulled
+// from a plain URL (an ETag, no stated sha256) and then removed leaves no
+// record of a blob that is gone (rbee model rm left them).
+func TestRemoveForgetsURLs(t *testing.T) {
+	t.Parallel()
+	data := randomBytes(1<<20, 7)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	s := &Store{Dir: t.TempDir()}
+	_, sum, err := s.Fetch(t.Context(), &Hub{}, mustRef(t, srv.URL+"/m.gguf"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if urls, _ := os.ReadDir(filepath.Join(s.Dir, "urls")); len(urls) != 1 {
+		t.Fatalf("%d URL records after the fetch, want 1", len(urls))
+	}
+	if err := s.Remove(sum); err != nil {
+		t.Fatal(err)
+	}
+	if urls, _ := os.ReadDir(filepath.Join(s.Dir, "urls")); len(urls) != 0 {
+		t.Errorf("after Remove, %d URL records are left", len(urls))
 	}
 }

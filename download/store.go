@@ -673,12 +673,23 @@ func (p *progress) report(done int64, force bool) {
 	p.fn(pr)
 }
 
-// Remove deletes the blob with sha256 sha. A blob that is not there yields
-// an error wrapping ErrNotFound and fs.ErrNotExist.
+// Remove deletes the blob with sha256 sha, and the URL records that point
+// at it (a later pull of the URL must download again, not find a record of
+// a blob that is gone). A blob that is not there yields an error wrapping
+// ErrNotFound and fs.ErrNotExist.
 func (s *Store) Remove(sha string) error {
 	sum := sha256FromETag(sha)
 	if sum == "" || len(sha) != len(sum) {
 		return fmt.Errorf("remove blob %q: not a sha256", sha)
+	}
+	if ents, err := os.ReadDir(filepath.Join(s.Dir, "urls")); err == nil {
+		for _, e := range ents {
+			p := filepath.Join(s.Dir, "urls", e.Name())
+			var u urlEntry
+			if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &u) == nil && sha256FromETag(u.SHA256) == sum {
+				os.Remove(p)
+			}
+		}
 	}
 	err := os.Remove(s.blobPath(sum))
 	if errors.Is(err, fs.ErrNotExist) {
