@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -78,6 +79,23 @@ func TestHiveRmLocalhostThenStop(t *testing.T) {
 		t.Fatalf("hive rm localhost: exit %d\n%s", r.code, r.stderr)
 	}
 	e.stopQueen()
+}
+
+var (
+	oldOnce  sync.Once
+	oldBuilt testenv.Bins
+	oldErr   error
+)
+
+// oldBins is an "older" rbee (version 0.0.9-old), built once for the
+// tests that need one.
+func oldBins(t *testing.T) testenv.Bins {
+	t.Helper()
+	oldOnce.Do(func() { oldBuilt, oldErr = testenv.BuildAllVersion(filepath.Join(tmp, "old-local"), "0.0.9-old") })
+	if oldErr != nil {
+		t.Fatal(oldErr)
+	}
+	return oldBuilt
 }
 
 // openDoorStream starts a streamed completion of random-3m through the
@@ -176,6 +194,26 @@ func TestDoorStreamAcrossQueenStop(t *testing.T) {
 		}
 		e.waitGone()
 	})
+	t.Run("version skew", func(t *testing.T) {
+		t.Parallel()
+		// A newer rbee does not restart an older queen that serves a
+		// stream: it uses it (the same protocol) and says why.
+		old := oldBins(t)
+		e := newEnv(t)
+		e.bin = old.Rbee
+		br, done := openDoorStream(t, e, 1500)
+		defer done()
+		e.bin = ""
+		r := e.rbee("infer", "--model", longModel, "--temperature", "0", "--max-tokens", "3", "hello")
+		if r.code != 0 || !strings.Contains(r.stderr, "1 front-door request(s)") || strings.Contains(r.stderr, "restarting it") {
+			t.Errorf("infer beside a stream: exit %d, want the old queen used, saying it serves a front-door request:\n%s", r.code, r.stderr)
+		}
+		rest, err := io.ReadAll(br)
+		if err != nil || !strings.Contains(string(rest), "data: [DONE]") || strings.Contains(string(rest), `"error"`) {
+			t.Errorf("the stream did not end whole (%v): it ends %q", err, lastEvent(string(rest)))
+		}
+		e.stopQueen()
+	})
 }
 
 // lastEvent is the last data line of an SSE body other than [DONE].
@@ -197,10 +235,7 @@ func lastEvent(s string) string {
 // holds.
 func TestLocalUpgradeKeepsWorker(t *testing.T) {
 	t.Parallel()
-	old, err := testenv.BuildAllVersion(filepath.Join(tmp, "old-local"), "0.0.9-old")
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := oldBins(t)
 	e := newEnv(t)
 	infer := func(bin string) result {
 		t.Helper()
