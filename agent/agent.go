@@ -23,6 +23,7 @@ import (
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/gpu"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/peer"
 	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/supervisor"
 )
@@ -231,15 +232,35 @@ func listenLocked(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("listen: remove stale socket: %w", err)
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("listen: %w", err)
-	}
 	return ln, nil
+}
+
+// listenPrivate listens on a unix socket that is 0600 from its creation:
+// no moment in which another user could connect.
+func listenPrivate(path string) (net.Listener, error) {
+	umaskMu.Lock()
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	umaskMu.Unlock()
+	return ln, err
+}
+
+// umaskMu: the umask is the process's; sockets are made one at a time.
+var umaskMu sync.Mutex
+
+// OwnerHandler is Handler for the agent's socket: only its owner (and
+// root) get through, told by the peer's uid (serve it with
+// peer.Context as the server's ConnContext). sshd's forwards and the
+// bridge run as the owner.
+func (a *Agent) OwnerHandler() http.Handler {
+	return peer.OwnerOnly(a.Handler(), func(w http.ResponseWriter, me int) {
+		writeErr(w, http.StatusForbidden, rbee.CodeBadRequest, fmt.Sprintf("hive %s serves only its owner (uid %d)", a.cfg.Name, me))
+	})
 }
 
 // Handler returns the hive API.

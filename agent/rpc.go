@@ -16,6 +16,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/peer"
 	"github.com/rbee-dev/rbee/sse"
 	"github.com/rbee-dev/rbee/supervisor"
 )
@@ -179,12 +180,8 @@ type relay struct {
 func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
 	path := filepath.Join(rbee.Home(a.cfg.Home).RunDir(), info.ID+".sock")
 	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	ln, err := listenPrivate(path)
 	if err != nil {
-		return nil, fmt.Errorf("rpc relay: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("rpc relay: %w", err)
 	}
 	r := &relay{path: path, ln: ln, open: map[net.Conn]struct{}{}}
@@ -196,6 +193,13 @@ func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
 			down, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			// The RPC server runs llama.cpp's unauthenticated protocol:
+			// only the owner (sshd's forward runs as the owner) reaches it.
+			if uid, err := peer.UID(down); err != nil || !peer.Allowed(uid) {
+				a.log.Warn("rpc relay: refused a connection of another user", "server", info.ID, "uid", uid)
+				down.Close()
+				continue
 			}
 			r.wg.Add(1)
 			go func() {

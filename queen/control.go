@@ -12,9 +12,8 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/internal/peer"
 	"github.com/rbee-dev/rbee/queen/door"
 	"github.com/rbee-dev/rbee/queen/internal/reply"
 )
@@ -73,41 +72,16 @@ func (l *lockedListener) Close() error {
 // ErrQueenRunning means another queen already serves that control socket.
 var ErrQueenRunning = errors.New("another queen is running")
 
-type peerKey struct{}
-
 // PeerContext records the uid of a unix-socket peer in the request
 // context (http.Server.ConnContext).
-func PeerContext(ctx context.Context, c net.Conn) context.Context {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return ctx
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return ctx
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || cerr != nil {
-		return ctx
-	}
-	return context.WithValue(ctx, peerKey{}, int(cred.Uid))
-}
+func PeerContext(ctx context.Context, c net.Conn) context.Context { return peer.Context(ctx, c) }
 
 // OwnerOnly refuses (403) every request whose peer is not the queen's own
-// user: the socket's mode keeps others out, this keeps them out even if
-// the mode is loosened.
+// user (or root): the socket's mode keeps others out, this keeps them out
+// even if the mode is loosened.
 func OwnerOnly(h http.Handler) http.Handler {
-	me := os.Getuid()
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		uid, ok := r.Context().Value(peerKey{}).(int)
-		if !ok || uid != me {
-			reply.Error(w, http.StatusForbidden, rbee.Errorf(rbee.CodeBadRequest, "this queen serves only its owner (uid %d)", me))
-			return
-		}
-		h.ServeHTTP(w, r)
+	return peer.OwnerOnly(h, func(w http.ResponseWriter, me int) {
+		reply.Error(w, http.StatusForbidden, rbee.Errorf(rbee.CodeBadRequest, "this queen serves only its owner (uid %d)", me))
 	})
 }
 

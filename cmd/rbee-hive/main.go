@@ -21,6 +21,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/agent"
 	"github.com/rbee-dev/rbee/gpu"
+	"github.com/rbee-dev/rbee/internal/peer"
 )
 
 func main() {
@@ -100,7 +101,7 @@ func serve(args []string) error {
 	}
 	defer os.Remove(pidFile)
 
-	hs := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: a.OwnerHandler(), ConnContext: peer.Context, ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Add(1)
