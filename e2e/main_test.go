@@ -75,6 +75,8 @@ type env struct {
 	home  string
 	queen string
 	vars  []string
+	// rbeeHome is RBEE_HOME when it is not home/.rbee.
+	rbeeHome string
 }
 
 func newEnv(t testing.TB, extra ...string) *env {
@@ -100,7 +102,11 @@ func newEnv(t testing.TB, extra ...string) *env {
 
 // procs lists the processes of this env still alive.
 func (e *env) procs() []int {
-	return testenv.ProcsWithEnv("RBEE_HOME=" + filepath.Join(e.home, ".rbee"))
+	home := e.rbeeHome
+	if home == "" {
+		home = filepath.Join(e.home, ".rbee")
+	}
+	return testenv.ProcsWithEnv("RBEE_HOME=" + home)
 }
 
 // result is a finished rbee command.

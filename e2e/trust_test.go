@@ -10,6 +10,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/rbee-dev/rbee/internal/sshtest"
+	"github.com/rbee-dev/rbee/internal/testenv"
 )
 
 // asNobody runs curl as uid 65534 and returns the HTTP status it got.
@@ -137,4 +141,44 @@ func TestDoorRefusesWebPages(t *testing.T) {
 		t.Errorf("a name a client sent became a metrics label")
 	}
 	e.stopQueen()
+}
+
+// TestTwoHomesKeepTheirHosts: two rbee homes on one machine (one user, one
+// XDG_CONFIG_HOME) do not share an inventory: a hive added in one is not a
+// hive of the other, whose queen never connects to it.
+func TestTwoHomesKeepTheirHosts(t *testing.T) {
+	t.Parallel()
+	if err := sshtest.Available(); err != nil {
+		t.Fatalf("SSH hosts cannot run here: %v (.ci/run installs openssh-server)", err)
+	}
+	hosts := sshtest.Start(t, 1, sshtest.Options{})
+	a := newEnv(t) // the default home, ~/.rbee
+	a.vars = append(a.vars, "XDG_CONFIG_HOME="+filepath.Join(a.home, "xdg"))
+	addr, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &env{t: t, home: a.home, queen: addr, rbeeHome: filepath.Join(a.home, "other")}
+	b.vars = append(append([]string{}, a.vars...), "RBEE_HOME="+filepath.Join(a.home, "other"), "RBEE_QUEEN="+addr)
+	t.Cleanup(func() {
+		if left := b.procs(); len(left) > 0 {
+			testenv.KillAll(left, 10*time.Second)
+		}
+	})
+	if r := a.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add in the default home: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := a.rbee("hive", "ls"); !strings.Contains(r.stdout, "h1") {
+		t.Errorf("the default home lost its hive:\n%s", r.stdout)
+	}
+	if r := b.rbee("hive", "ls"); r.code != 0 || strings.Contains(r.stdout, "h1") {
+		t.Errorf("the other home lists the first home's hive: exit %d\n%s", r.code, r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(a.home, "xdg", "rbee", "inventory.toml")); err != nil {
+		t.Errorf("the default home's inventory is not the XDG one: %v", err)
+	}
+	a.stopQueen()
+	if r := b.rbee("queen", "stop"); r.code != 0 {
+		t.Errorf("queen stop in the other home: exit %d\n%s", r.code, r.stderr)
+	}
 }

@@ -56,9 +56,24 @@ const newFileHeader = `# rbee inventory: the hives rbee reaches over SSH.
 # Edit freely: rbee hive add and rbee hive rm keep your comments and order.
 `
 
+// PathFor is the inventory of the rbee home rbeeHome: $RBEE_INVENTORY when
+// set; for the default home (~/.rbee) DefaultPath's file; for any other
+// home, inventory.toml inside it. Two homes on one machine never share
+// hosts unless told to.
+func PathFor(rbeeHome string) string {
+	if p := os.Getenv("RBEE_INVENTORY"); p != "" {
+		return p
+	}
+	if home, err := os.UserHomeDir(); err == nil && rbeeHome != "" && filepath.Clean(rbeeHome) != filepath.Join(home, ".rbee") {
+		return filepath.Join(rbeeHome, "inventory.toml")
+	}
+	return DefaultPath()
+}
+
 // DefaultPath is $RBEE_INVENTORY, else $XDG_CONFIG_HOME/rbee/inventory.toml,
-// else ~/.config/rbee/inventory.toml. A relative $XDG_CONFIG_HOME is ignored,
-// as the XDG spec asks; with no home directory the path is relative.
+// else ~/.config/rbee/inventory.toml: the default home's inventory. A
+// relative $XDG_CONFIG_HOME is ignored, as the XDG spec asks; with no home
+// directory the path is relative.
 func DefaultPath() string {
 	if p := os.Getenv("RBEE_INVENTORY"); p != "" {
 		return p

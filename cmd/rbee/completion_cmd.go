@@ -117,7 +117,7 @@ func completionOptions() []kongplete.Option {
 // the inventory is in: completion must never fail loudly.
 func hiveNames() []string {
 	names := []string{queen.LocalHive}
-	inv, err := inventory.Load(inventory.DefaultPath())
+	inv, err := inventory.Load(inventory.PathFor(os.Getenv("RBEE_HOME")))
 	if err != nil || inv == nil {
 		return names
 	}

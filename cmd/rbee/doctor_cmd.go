@@ -32,7 +32,7 @@ func (c *doctorCmd) Run(ctx context.Context, g *globals) error {
 	opt := doctor.Options{Version: rbee.Version, Needs: doctor.NeedsOf(agentFiles(g)...)}
 	// "localhost" is this machine's hive, as everywhere in rbee.
 	if c.Hive != "" && c.Hive != queen.LocalHive {
-		inv, err := inventory.Load(inventory.DefaultPath())
+		inv, err := inventory.Load(inventory.PathFor(g.Home))
 		if err != nil {
 			// A broken inventory does not stop a check of USER@HOST.
 			fmt.Fprintf(os.Stderr, "rbee: %v\n", err)

@@ -32,7 +32,7 @@ type hiveCmd struct {
 
 func (hiveCmd) Help() string {
 	return `Hives are the hosts rbee runs models on: this machine (localhost) and the
-SSH hosts of the inventory, now ` + inventory.DefaultPath() + ` ($RBEE_INVENTORY).
+SSH hosts of the inventory, now ` + inventory.PathFor(os.Getenv("RBEE_HOME")) + ` ($RBEE_INVENTORY; a home other than ~/.rbee keeps its own).
 
 Examples:
   rbee hive add me@gpu-box me@10.0.0.7:2222 --accept-new-host-key
@@ -51,7 +51,7 @@ type hiveAddCmd struct {
 func (c *hiveAddCmd) Help() string {
 	return `Connects over SSH, uploads the agent, the worker and the engine bundle (only
 what the host lacks, by checksum), starts the agent, probes the devices, and
-records the hive in the inventory, now ` + inventory.DefaultPath() + ` ($RBEE_INVENTORY).
+records the hive in the inventory, now ` + inventory.PathFor(os.Getenv("RBEE_HOME")) + ` ($RBEE_INVENTORY; a home other than ~/.rbee keeps its own).
 Host keys are checked against ` + knownHostsPath() + `.
 
 Examples:
@@ -629,7 +629,7 @@ type upCmd struct {
 }
 
 func (upCmd) Help() string {
-	return `Every hive of the inventory, now ` + inventory.DefaultPath() + ` ($RBEE_INVENTORY),
+	return `Every hive of the inventory, now ` + inventory.PathFor(os.Getenv("RBEE_HOME")) + ` ($RBEE_INVENTORY; a home other than ~/.rbee keeps its own),
 is reached in parallel and its agent installed or started when needed. One
 line per host; an inventory entry with problems gets its own FAILED line,
 with the file and line, and the others come up anyway.

@@ -23,7 +23,7 @@ import (
 
 // SSH is how the queen reaches remote hives.
 type SSH struct {
-	Inventory  string // inventory file; "" = inventory.DefaultPath()
+	Inventory  string // inventory file; "" = inventory.PathFor(the queen's home)
 	KnownHosts string // "" = ~/.ssh/known_hosts
 	SSHConfig  string // "" = ~/.ssh/config
 	Artifacts  provision.Artifacts
@@ -47,7 +47,7 @@ func ValidHiveName(name string) error {
 func (f *Fleet) loadInventory() (*inventory.Inventory, error) {
 	p := f.cfg.SSH.Inventory
 	if p == "" {
-		p = inventory.DefaultPath()
+		p = inventory.PathFor(string(f.cfg.Home))
 	}
 	inv, err := inventory.LoadTolerant(p)
 	if err != nil {
