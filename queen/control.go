@@ -131,13 +131,14 @@ type TCPConfig struct {
 
 // TCPHandler serves the queen's TCP port: /health open; everything else
 // only to requests a web page could not have made (door.Fence: the Host
-// names this queen, no foreign Origin, JSON bodies); the front door
+// names this queen, no foreign Origin; door.RequireJSON: JSON bodies at
+// the door); the front door
 // (models, completions, embeddings, /metrics) to anyone on loopback when
 // neither a token nor keys are configured, else to requests bearing the
 // token or an API key (door.Guard); the control routes only with the token.
 func (q *Queen) TCPHandler(cfg TCPConfig) http.Handler {
 	public := q.PublicHandler()
-	guarded := door.Guard(cfg.Token, cfg.Keys, q.log, public)
+	guarded := door.RequireJSON(door.Guard(cfg.Token, cfg.Keys, q.log, public))
 	var control http.Handler
 	if cfg.Token != "" {
 		control = RequireToken(cfg.Token, q.ControlHandler())

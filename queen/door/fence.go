@@ -27,11 +27,10 @@ type FenceConfig struct {
 
 // Fence refuses what a web page could send to the queen's TCP port: a Host
 // that does not name this queen (DNS rebinding), an Origin not allowed (a
-// page calling the door with the owner's network position), a POST body
-// that is not application/json (a "simple" cross-site form or text/plain
-// request needs no preflight). Refusals are OpenAI-shaped 403 and 415 that
-// say what to configure. Allowed origins get CORS headers and preflights.
-// /health stays open.
+// page calling the door with the owner's network position). Refusals are
+// OpenAI-shaped 403s that say what to configure. Allowed origins get CORS
+// headers and preflights. /health stays open. (RequireJSON guards the
+// door's bodies.)
 func Fence(cfg FenceConfig, listen string, next http.Handler) http.Handler {
 	hosts := map[string]bool{"localhost": true, "127.0.0.1": true, "::1": true}
 	if h, _, err := net.SplitHostPort(listen); err == nil {
@@ -82,6 +81,15 @@ func Fence(cfg FenceConfig, listen string, next http.Handler) http.Handler {
 				return
 			}
 		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// RequireJSON refuses (415) a door POST whose body is not declared JSON: a
+// page's "simple" cross-site request (text/plain, a form) needs no
+// preflight, so a door that accepted it could be driven by any page.
+func RequireJSON(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost && !isJSON(r.Header.Get("Content-Type")) {
 			writeOAI(w, http.StatusUnsupportedMediaType, "invalid_request_error", "unsupported_media_type",
 				"the body must be JSON: send Content-Type: application/json")

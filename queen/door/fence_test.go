@@ -15,7 +15,7 @@ import (
 func TestFence(t *testing.T) {
 	t.Parallel()
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	h := Fence(FenceConfig{Hosts: []string{"gpu-box.lan"}, Origins: []string{"https://app.example"}}, "127.0.0.1:7833", ok)
+	h := Fence(FenceConfig{Hosts: []string{"gpu-box.lan"}, Origins: []string{"https://app.example"}}, "127.0.0.1:7833", RequireJSON(ok))
 	tests := []struct {
 		name, method, path, host, origin, ctype string
 		want                                    int
