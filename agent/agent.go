@@ -40,9 +40,13 @@ const DefaultCtxSize = 4096
 
 // Config configures an Agent.
 type Config struct {
-	Name      string        // hive name, for narration
-	Home      string        // ~/.rbee: catalogs, sockets, logs
-	WorkerBin string        // rbee-worker to register in the worker catalog
+	Name      string // hive name, for narration
+	Home      string // ~/.rbee: catalogs, sockets, logs
+	WorkerBin string // rbee-worker to register in the worker catalog
+	// Sandbox is the program that runs RPC servers in a network namespace
+	// of their own (rbee-hive itself: supervisor.SandboxCommand); "" runs
+	// them on the host's loopback (tests of the agent alone).
+	Sandbox   string
 	EngineDir string        // engine bundle to register; "" = only those of the worker catalog
 	KeepAlive time.Duration // idle workers stop after this; 0 = never
 	CtxSize   int           // worker context size; 0 = DefaultCtxSize
@@ -118,6 +122,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.sup = supervisor.New(supervisor.Config{
 		Bin: cfg.WorkerBin, Engine: cfg.EngineDir, RunDir: rbee.Home(cfg.Home).RunDir(), LogDir: rbee.Home(cfg.Home).LogDir(),
 		Threads: cfg.Threads, CtxSize: cfg.CtxSize, KeepAlive: cfg.KeepAlive, Log: cfg.Log, Reservations: a.vram,
+		Sandbox: cfg.Sandbox,
 	})
 	if ids := a.sup.Adopt(ctx); len(ids) > 0 {
 		cfg.Log.Info("adopted workers from the previous agent", "workers", ids)

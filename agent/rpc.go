@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"time"
 
@@ -112,7 +112,7 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info := rs.Info()
-	relay, err := a.rpcRelay(info)
+	relay, err := a.rpcRelay(info, rs.Dial)
 	if err != nil {
 		rs.Stop(5 * time.Second)
 		_ = send(rbee.FailErr(me, fmt.Errorf("hive %s: %w", a.cfg.Name, err)))
@@ -120,7 +120,7 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 	}
 	defer relay.close()
 	info.Socket = relay.path
-	ev := rbee.Narrate(me, hiveapi.ActionRPCReady, fmt.Sprintf("RPC server %s listens on 127.0.0.1:%d (pid %d, %s)", info.ID, info.Port, info.PID, info.Device))
+	ev := rbee.Narrate(me, hiveapi.ActionRPCReady, fmt.Sprintf("RPC server %s is up (pid %d, %s), reached only through this hive's socket", info.ID, info.PID, info.Device))
 	ev.Data, _ = json.Marshal(info)
 	if send(ev) != nil {
 		rs.Stop(5 * time.Second)
@@ -177,7 +177,7 @@ type relay struct {
 
 // rpcRelay listens on run/<id>.sock (0600) and carries each connection to
 // the RPC server's port. close stops it and waits for its goroutines.
-func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
+func (a *Agent) rpcRelay(info hiveapi.RPCServer, dial func(context.Context) (net.Conn, error)) (*relay, error) {
 	path := filepath.Join(rbee.Home(a.cfg.Home).RunDir(), info.ID+".sock")
 	_ = os.Remove(path)
 	ln, err := listenPrivate(path)
@@ -185,7 +185,6 @@ func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
 		return nil, fmt.Errorf("rpc relay: %w", err)
 	}
 	r := &relay{path: path, ln: ln, open: map[net.Conn]struct{}{}}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(info.Port))
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -204,7 +203,7 @@ func (a *Agent) rpcRelay(info hiveapi.RPCServer) (*relay, error) {
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
-				r.carry(down, addr)
+				r.carry(down, dial)
 			}()
 		}
 	}()
@@ -225,9 +224,9 @@ func (r *relay) track(c net.Conn, on bool) bool {
 	return true
 }
 
-func (r *relay) carry(down net.Conn, addr string) {
+func (r *relay) carry(down net.Conn, dial func(context.Context) (net.Conn, error)) {
 	defer down.Close()
-	up, err := net.Dial("tcp", addr) // Go sets TCP_NODELAY
+	up, err := dial(context.Background()) // TCP: Go sets TCP_NODELAY
 	if err != nil {
 		return
 	}

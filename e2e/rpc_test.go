@@ -68,9 +68,10 @@ type sock struct {
 	inode         string
 }
 
-func tcpSocks(t *testing.T) []sock {
+// tcpSocksOf reads a tcp table: /proc/PID/net/tcp is PID's namespace's.
+func tcpSocksOf(t *testing.T, path string) []sock {
 	t.Helper()
-	b, err := os.ReadFile("/proc/net/tcp")
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,11 +153,12 @@ func splitWorker(e *env, hosts []*sshtest.Host) (pid int, endpoints []string) {
 	return 0, nil
 }
 
-// checkLoopbackOnly: every RPC server listens on 127.0.0.1 and nothing
-// else; the split worker's endpoints are not the RPC servers' ports; every
-// connection to an RPC server comes from the queen or the host's agent
-// relay (the forwards' far ends), none from the worker.
-func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
+// checkIsolated: every RPC server runs in a network namespace of its own
+// (its sandbox's): it listens on no socket of the machine's network, not
+// even 127.0.0.1, so no other local user can reach it; inside, its only
+// client is its sandbox (rbee-hive), which the agent's 0600 relay reaches.
+// The worker reaches the servers through forwards on its own loopback.
+func checkIsolated(t *testing.T, e *env, hosts []*sshtest.Host) {
 	t.Helper()
 	servers := rpcServers(e, hosts)
 	n := 0
@@ -167,24 +169,44 @@ func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
 		t.Fatalf("%d RPC servers run, want 2 (the hives that are not the main one): %v", n, servers)
 	}
 	owners := socketOwners()
-	socks := tcpSocks(t)
-	rpcPorts := map[string]string{} // hex port → hive
+	hostNet, _ := os.Readlink("/proc/self/ns/net")
 	for hive, ps := range servers {
 		for _, pid := range ps {
-			found := false
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || ns == hostNet {
+				t.Errorf("hive %s's RPC server (pid %d) runs in the machine's network namespace (%s %v)", hive, pid, ns, err)
+			}
+			for _, s := range tcpSocksOf(t, "/proc/self/net/tcp") {
+				if slices.Contains(owners[s.inode], pid) {
+					t.Errorf("hive %s's RPC server (pid %d) has a socket on the machine's network: %s", hive, pid, s.local)
+				}
+			}
+			// Its own namespace: it listens on its loopback, and its
+			// clients are its sandbox.
+			socks := tcpSocksOf(t, fmt.Sprintf("/proc/%d/net/tcp", pid))
+			port := ""
 			for _, s := range socks {
-				if s.state != "0A" || !slices.Contains(owners[s.inode], pid) {
+				if s.state == "0A" && slices.Contains(owners[s.inode], pid) {
+					_, port, _ = strings.Cut(s.local, ":")
+				}
+			}
+			if port == "" {
+				t.Errorf("hive %s's RPC server (pid %d) listens nowhere in its namespace", hive, pid)
+				continue
+			}
+			clients := 0
+			for _, s := range socks {
+				if s.state != "01" || !strings.HasSuffix(s.remote, ":"+port) {
 					continue
 				}
-				found = true
-				ip, port, _ := strings.Cut(s.local, ":")
-				if ip != "0100007F" {
-					t.Errorf("hive %s's RPC server (pid %d) listens on %s, want 127.0.0.1 only", hive, pid, s.local)
+				for _, c := range owners[s.inode] {
+					clients++
+					if comm(c) != "rbee-hive" {
+						t.Errorf("hive %s's RPC server has a client %s (pid %d): only its sandbox may connect", hive, comm(c), c)
+					}
 				}
-				rpcPorts[port] = hive
 			}
-			if !found {
-				t.Errorf("hive %s's RPC server (pid %d) listens nowhere", hive, pid)
+			if clients == 0 {
+				t.Errorf("hive %s's RPC server has no client: the split does not use it", hive)
 			}
 		}
 	}
@@ -193,32 +215,8 @@ func checkLoopbackOnly(t *testing.T, e *env, hosts []*sshtest.Host) {
 		t.Fatalf("split worker %d with endpoints %v, want 2", wpid, eps)
 	}
 	for _, ep := range eps {
-		host, p, _ := strings.Cut(ep, ":")
-		port, _ := strconv.Atoi(p)
-		if host != "127.0.0.1" {
+		if host, _, _ := strings.Cut(ep, ":"); host != "127.0.0.1" {
 			t.Errorf("the worker reaches %s, not its loopback", ep)
-		}
-		if hive, ok := rpcPorts[fmt.Sprintf("%04X", port)]; ok {
-			t.Errorf("the worker connects to hive %s's RPC server directly (%s), not through a forward", hive, ep)
-		}
-	}
-	for port, hive := range rpcPorts {
-		clients := 0
-		for _, s := range socks {
-			if s.state != "01" || !strings.HasSuffix(s.remote, ":"+port) {
-				continue
-			}
-			for _, pid := range owners[s.inode] {
-				clients++
-				// The queen (the local hive's server) or the host's agent
-				// relaying its unix socket (streamlocal, inside SSH).
-				if c := comm(pid); c != "rbee" && c != "rbee-hive" {
-					t.Errorf("hive %s's RPC server has a client %s (pid %d): only the forwards (the queen, the agent's relay) may connect", hive, c, pid)
-				}
-			}
-		}
-		if clients == 0 {
-			t.Errorf("hive %s's RPC server has no client: the split does not use it", hive)
 		}
 	}
 }
@@ -295,7 +293,7 @@ func TestRPCSplit(t *testing.T) {
 		t.Errorf("split output differs from the unsplit one:\nsplit   %q\nunsplit %q", sp.stdout, one.stdout)
 	}
 	inOrder(t, sp.stderr, "split across 3 hives", "h1/cpu (main worker)", "RPC server", "forward 127.0.0.1:", "hive h1's 127.0.0.1 (an SSH remote forward)", "inside SSH", "is ready")
-	checkLoopbackOnly(t, e, hosts)
+	checkIsolated(t, e, hosts)
 	checkPlacement(t, e, hosts, sp.stderr)
 
 	// Warm: the same split again reuses the worker.

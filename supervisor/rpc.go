@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rbee-dev/rbee"
@@ -46,6 +47,15 @@ type RPCSpec struct {
 type RPCServer struct {
 	proc *proc.Proc
 	info hiveapi.RPCServer
+	// network and addr are where it is reached on this machine: the
+	// sandbox's unix socket, or 127.0.0.1:port without one.
+	network, addr string
+}
+
+// Dial connects to the server (through its sandbox when it has one).
+func (r *RPCServer) Dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, r.network, r.addr)
 }
 
 // Info describes it.
@@ -113,14 +123,27 @@ func (s *Supervisor) StartRPC(ctx context.Context, spec RPCSpec) (*RPCServer, er
 		env = append(env, "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES="+idx)
 	}
 	logPath := filepath.Join(s.cfg.LogDir, id+".log")
-	p, err := proc.Start(bin, args, proc.Options{Log: logPath, Env: env, Setpgid: true})
+	network, addr := "tcp", net.JoinHostPort(rpcHost, strconv.Itoa(port))
+	opts := proc.Options{Log: logPath, Env: env, Setpgid: true}
+	if s.cfg.Sandbox != "" {
+		// Its 127.0.0.1 is a namespace's own: only the sandbox's 0600
+		// socket, for this user, leads to it.
+		network, addr = "unix", filepath.Join(s.cfg.RunDir, id+".rpc")
+		args = append([]string{SandboxCommand, "--socket", addr, "--port", strconv.Itoa(port), "--", bin}, args...)
+		bin, opts.Isolate = s.cfg.Sandbox, true
+	}
+	p, err := proc.Start(bin, args, opts)
 	if err != nil {
+		if opts.Isolate && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC)) {
+			return nil, rbee.Errorf(rbee.CodeWorkerFailed, "start rpc-server: this host does not let rbee give it a network namespace of its own (%w), and on the host's loopback any local user could drive it", err).
+				WithHint("allow unprivileged user namespaces on the host (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: kernel.apparmor_restrict_unprivileged_userns=0), or leave this host out of --split")
+		}
 		return nil, rbee.Errorf(rbee.CodeWorkerFailed, "start rpc-server: %w", err)
 	}
-	r := &RPCServer{proc: p, info: hiveapi.RPCServer{ID: id, Port: port, PID: p.PID(), Device: spec.Device, Job: spec.Job, Started: time.Now()}}
+	r := &RPCServer{proc: p, network: network, addr: addr,
+		info: hiveapi.RPCServer{ID: id, Port: port, PID: p.PID(), Device: spec.Device, Job: spec.Job, Started: time.Now()}}
 	s.trackRPC(r, spec.Reservation)
 
-	addr := net.JoinHostPort(rpcHost, strconv.Itoa(port))
 	err = poll.Until(ctx, poll.Config{Initial: 5 * time.Millisecond, Max: 200 * time.Millisecond, MaxAttempts: 10000, Timeout: s.cfg.ReadyTimeout},
 		func(ctx context.Context) (bool, error) {
 			select {
@@ -128,8 +151,7 @@ func (s *Supervisor) StartRPC(ctx context.Context, spec RPCSpec) (*RPCServer, er
 				return false, poll.Permanent(rbee.Errorf(rbee.CodeWorkerFailed, "%s", r.ExitReason()))
 			default:
 			}
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", addr)
+			c, err := r.Dial(ctx)
 			if err != nil {
 				return false, err
 			}

@@ -49,6 +49,10 @@ type Config struct {
 	Log            *slog.Logger
 	Reservations   Reservations  // nil = none
 	ReadyTimeout   time.Duration // how long a worker may take to be ready; 0 = 2 minutes
+	// Sandbox is the program whose SandboxCommand runs an RPC server in a
+	// network namespace of its own (the hive agent's own binary); "" runs
+	// it on this machine's loopback, where any local user reaches it.
+	Sandbox string
 }
 
 // Spec is what a worker is started with.

@@ -22,6 +22,7 @@ import (
 	"github.com/rbee-dev/rbee/agent"
 	"github.com/rbee-dev/rbee/gpu"
 	"github.com/rbee-dev/rbee/internal/peer"
+	"github.com/rbee-dev/rbee/supervisor"
 )
 
 func main() {
@@ -30,6 +31,13 @@ func main() {
 		return
 	}
 	args := os.Args[1:]
+	if len(args) > 0 && args[0] == supervisor.SandboxCommand {
+		if err := supervisor.RunSandbox(args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "rbee-hive %s: %v\n", supervisor.SandboxCommand, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(args) > 0 && args[0] == "bridge" {
 		if err := bridge(args[1:]); err != nil {
 			fmt.Fprintf(os.Stderr, "rbee-hive bridge: %v\n", err)
@@ -90,6 +98,9 @@ func serve(args []string) error {
 	if *fetch {
 		cfg.Fetch = &agent.EngineFetch{Registry: *registry, Archive: *archive, GPU: *engineGPU}
 	}
+	if exe, err := os.Executable(); err == nil {
+		cfg.Sandbox = exe // RPC servers run in a network namespace of their own
+	}
 	a, err := agent.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
@@ -147,10 +158,15 @@ func bridge(args []string) error {
 	home, _ := os.UserHomeDir()
 	fs := flag.NewFlagSet("rbee-hive bridge", flag.ContinueOnError)
 	homeDir := fs.String("home", envOr("RBEE_HOME", filepath.Join(home, ".rbee")), "state directory")
+	sock := fs.String("socket", "", "a socket of the agent's other than its API (an RPC server's relay)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	conn, err := net.Dial("unix", agent.SocketPath(*homeDir))
+	path := agent.SocketPath(*homeDir)
+	if *sock != "" {
+		path = *sock
+	}
+	conn, err := net.Dial("unix", path)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,12 @@ type Options struct {
 	// Stdout, when set, receives stdout instead of the log (a pipe the
 	// caller reads, e.g. a worker announcing its address).
 	Stdout io.Writer
+	// Isolate starts it in a user namespace of its own (this user mapped
+	// to root there) with a network namespace of its own: no socket it
+	// listens on can be reached from this machine's network, while files
+	// and devices are what this user may use. An unprivileged user needs
+	// the kernel to allow user namespaces.
+	Isolate bool
 }
 
 // Proc is a started process, or one Attach took over. Its waiter reaps
@@ -54,8 +60,15 @@ func Start(name string, args []string, opt Options) (*Proc, error) {
 	if opt.Stdout != nil {
 		cmd.Stdout = opt.Stdout
 	}
-	if opt.Setsid || opt.Setpgid {
+	if opt.Setsid || opt.Setpgid || opt.Isolate {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: opt.Setsid, Setpgid: opt.Setpgid && !opt.Setsid}
+	}
+	if opt.Isolate {
+		a := cmd.SysProcAttr
+		a.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET
+		a.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}}
+		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}
+		a.GidMappingsEnableSetgroups = false
 	}
 	if err := cmd.Start(); err != nil {
 		if logf != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -42,6 +43,26 @@ func (h *Conn) SSH() *remote.Conn {
 		return nil
 	}
 	return h.remote.conn
+}
+
+// DialSocket connects to a unix socket on the hive's machine (an RPC
+// server's relay): directly for this machine's hive; for a remote one over
+// SSH, by streamlocal forwarding, or through the agent's bridge where the
+// host's sshd refuses it.
+func (h *Conn) DialSocket(ctx context.Context, path string) (net.Conn, error) {
+	if h.remote == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+	c, err := h.remote.conn.DialUnix(ctx, path)
+	if !errors.Is(err, remote.ErrForwardingRefused) {
+		return c, err
+	}
+	bc, berr := h.remote.conn.DialBridge(ctx, []string{h.remote.layout.AgentPath(h.handshake.Version), "bridge", "--home", h.remote.layout.RbeeDir(), "--socket", path})
+	if berr != nil {
+		return nil, fmt.Errorf("%w; bridge: %w", err, berr)
+	}
+	return bc, nil
 }
 
 // alive reports whether the connection can still carry requests.

@@ -15,7 +15,6 @@ import (
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
-	"github.com/rbee-dev/rbee/remote"
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
@@ -246,7 +245,7 @@ func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.Model
 		}
 		delete(res, st.hive)
 		s.leases[st.hive] = st.lease
-		ev.Narrate("rpc_ready", fmt.Sprintf("hive %s: RPC server %s on its 127.0.0.1:%d (pid %d)", st.hive, st.lease.Server.ID, st.lease.Server.Port, st.lease.Server.PID))
+		ev.Narrate("rpc_ready", fmt.Sprintf("hive %s: RPC server %s (pid %d) in a network namespace of its own, reached only through the hive's socket", st.hive, st.lease.Server.ID, st.lease.Server.PID))
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -322,19 +321,14 @@ func (sp *Splitter) forwardTo(ctx context.Context, s *split, main *fleet.Conn, h
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	}
-	if rpc.SSH() != nil {
-		// The agent's unix relay first (streamlocal: no Nagle's algorithm
-		// on sshd's side); sshd's own TCP dial where streamlocal is refused.
+	switch {
+	case socket != "":
+		// The agent's 0600 relay, for its owner only: the server itself
+		// runs in a network namespace of its own, on no port of the host.
+		dial = func(ctx context.Context) (net.Conn, error) { return rpc.DialSocket(ctx, socket) }
+	case rpc.SSH() != nil: // an agent that names no relay: sshd's own TCP dial
 		conn := rpc.SSH()
-		dial = func(ctx context.Context) (net.Conn, error) {
-			if socket != "" {
-				nc, err := conn.DialUnix(ctx, socket)
-				if !errors.Is(err, remote.ErrForwardingRefused) {
-					return nc, err
-				}
-			}
-			return conn.DialLoopback(ctx, port)
-		}
+		dial = func(ctx context.Context) (net.Conn, error) { return conn.DialLoopback(ctx, port) }
 	}
 	return newForward(hive, ln, dial, s.lose), nil
 }
