@@ -281,6 +281,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/models/pull", a.pull)
 	mux.HandleFunc("DELETE /v1/models/{key}", a.removeModel)
 	mux.HandleFunc("GET /v1/workers", a.workers)
+	mux.HandleFunc("GET /v1/peers/tcp", a.tcpPeer)
 	mux.HandleFunc("POST /v1/engines", a.installEngine)
 	mux.HandleFunc("POST /v1/worker-types", a.addWorkerType)
 	mux.HandleFunc("DELETE /v1/worker-types/{name}", a.removeWorkerType)
@@ -510,6 +511,23 @@ func (a *Agent) removeModel(w http.ResponseWriter, r *http.Request) {
 		_ = a.store().Remove(m.SHA256)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// tcpPeer serves GET /v1/peers/tcp: the owner of a loopback connection's
+// client socket on this machine (see hiveapi.TCPPeer).
+func (a *Agent) tcpPeer(w http.ResponseWriter, r *http.Request) {
+	local, err1 := net.ResolveTCPAddr("tcp", r.URL.Query().Get("local"))
+	remote, err2 := net.ResolveTCPAddr("tcp", r.URL.Query().Get("remote"))
+	if err1 != nil || err2 != nil {
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, "peers: local and remote must be HOST:PORT")
+		return
+	}
+	uid, err := peer.TCPOwner(local, remote)
+	if err != nil {
+		writeErr(w, http.StatusNotFound, rbee.CodeBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, hiveapi.TCPPeer{UID: uid, Allowed: peer.Allowed(uid)})
 }
 
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {

@@ -295,6 +295,15 @@ func TestRPCSplit(t *testing.T) {
 	inOrder(t, sp.stderr, "split across 3 hives", "h1/cpu (main worker)", "RPC server", "forward 127.0.0.1:", "hive h1's 127.0.0.1 (an SSH remote forward)", "inside SSH", "is ready")
 	checkIsolated(t, e, hosts)
 	checkPlacement(t, e, hosts, sp.stderr)
+	// Another local user reaches none of it: the worker's forwards (on
+	// h1's loopback, which every user reaches) close its connections
+	// unanswered, and the owner's next job runs as before.
+	_, eps := splitWorker(e, hosts)
+	for _, ep := range eps {
+		if out, code := asUser(t, 65534, 65534, "curl", "-s", "-m", "5", "http://"+ep+"/"); code == 0 || out != "" {
+			t.Errorf("uid 65534 through the forward %s: curl exit %d %q, want its connection closed", ep, code, out)
+		}
+	}
 
 	// Warm: the same split again reuses the worker.
 	again := e.rbee(append([]string{"infer", "--split", "h2,h1,localhost"}, args...)...)

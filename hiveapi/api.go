@@ -158,6 +158,15 @@ type RPCServers struct {
 	RPC []RPCServer `json:"rpc"`
 }
 
+// TCPPeer is the answer to GET /v1/peers/tcp: who owns the socket of a
+// loopback TCP connection on the hive's machine (the queen asks before it
+// carries a connection to a split's forward: only the hive's owner, whose
+// worker it is, may use it).
+type TCPPeer struct {
+	UID     int  `json:"uid"`
+	Allowed bool `json:"allowed"` // the agent's own user (or root)
+}
+
 // ActionRPCReady is the action of an RPC lease's first event.
 const ActionRPCReady = "rpc_ready"
 

@@ -360,6 +360,15 @@ func (c *Client) RPCServers(ctx context.Context) ([]RPCServer, error) {
 	return r.RPC, err
 }
 
+// TCPPeer says who owns the socket whose local address is local and
+// remote address remote on the hive's machine (HOST:PORT each).
+func (c *Client) TCPPeer(ctx context.Context, local, remote string) (TCPPeer, error) {
+	var p TCPPeer
+	q := url.Values{"local": {local}, "remote": {remote}}
+	_, err := c.do(ctx, "GET", "/v1/peers/tcp?"+q.Encode(), nil, &p)
+	return p, err
+}
+
 // WaitWorker returns once worker id has exited, with how it ended (a
 // worker unknown to the hive is an *APIError with code worker_not_found).
 // ctx bounds the wait.

@@ -56,3 +56,51 @@ func TestOwnerOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPUID: the uid behind a loopback TCP connection is read from the
+// kernel's tables: this process's own, and another user's (a curl run as
+// uid 65534).
+func TestTCPUID(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan int, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			uid, err := TCPUID(c)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- uid
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := <-got; uid != os.Getuid() {
+		t.Errorf("own connection: uid %d, want %d", uid, os.Getuid())
+	}
+	c.Close()
+	cmd := exec.Command("curl", "-s", "-m", "5", "http://"+ln.Addr().String()+"/")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	_ = cmd.Start()
+	if uid := <-got; uid != 65534 {
+		t.Errorf("another user's connection: uid %d, want 65534", uid)
+	}
+	_ = cmd.Wait()
+	if _, err := parseAddr("0100007F:1F90"); err != nil {
+		t.Error(err)
+	}
+	if a, _ := parseAddr("0100007F:1F90"); a.String() != "127.0.0.1:8080" {
+		t.Errorf("parseAddr = %s, want 127.0.0.1:8080", a)
+	}
+}

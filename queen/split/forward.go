@@ -22,6 +22,11 @@ type forward struct {
 	ln   net.Listener
 	dial func(ctx context.Context) (net.Conn, error)
 	lost func(hive string, err error)
+	// admit says whether a connection may be carried: only the split
+	// worker's user (the hive's owner) may use the forward; any other
+	// local user's connection is closed before anything is dialed.
+	admit func(ctx context.Context, c net.Conn) error
+	log   func(msg string, args ...any)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -33,9 +38,10 @@ type forward struct {
 	conns map[net.Conn]struct{}
 }
 
-func newForward(hive string, ln net.Listener, dial func(ctx context.Context) (net.Conn, error), lost func(string, error)) *forward {
+func newForward(hive string, ln net.Listener, dial func(ctx context.Context) (net.Conn, error), lost func(string, error),
+	admit func(context.Context, net.Conn) error, log func(string, ...any)) *forward {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forward{hive: hive, ln: ln, dial: dial, lost: lost, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	f := &forward{hive: hive, ln: ln, dial: dial, lost: lost, admit: admit, log: log, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go f.accept()
 	return f
@@ -111,6 +117,15 @@ func (f *forward) carry(down net.Conn) {
 	defer f.wg.Done()
 	defer f.untrack(down)
 	defer down.Close()
+	if f.admit != nil {
+		if err := f.admit(f.ctx, down); err != nil {
+			// Not the worker's: closed, and the split goes on.
+			if f.log != nil {
+				f.log("split forward refused a connection", "hive", f.hive, "from", down.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+	}
 	up, err := f.dial(f.ctx)
 	if err != nil {
 		if f.ctx.Err() == nil {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"net"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -47,6 +49,13 @@ func newEchoServer(t *testing.T) *echoServer {
 	}()
 	t.Cleanup(s.kill)
 	return s
+}
+
+// accepted counts the connections it took.
+func (s *echoServer) accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 func (s *echoServer) kill() {
@@ -90,7 +99,7 @@ func startForward(t *testing.T, srv *echoServer, l *lossLog) *forward {
 	return newForward("h2", ln, func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
-	}, l.lost)
+	}, l.lost, admitLocal, nil)
 }
 
 func echo(t *testing.T, c net.Conn, msg string) {
@@ -179,5 +188,35 @@ func TestForwardReportsTheFarEnd(t *testing.T) {
 	}
 	if got := l.all(); len(got) < 2 || !strings.Contains(got[1], "reach its RPC server") {
 		t.Errorf("losses: %v", got)
+	}
+}
+
+// Another local user's connection to a forward (its port is on a loopback
+// everyone reaches) is closed before the RPC server is dialed, and is no
+// loss: the owner's connections carry on. The other user is uid 65534,
+// through curl; the test runs as root, like CI.
+func TestForwardAdmitsOnlyTheOwner(t *testing.T) {
+	srv := newEchoServer(t)
+	l := &lossLog{once: make(chan struct{})}
+	f := startForward(t, srv, l)
+	defer f.Close()
+	c, err := net.Dial("tcp", f.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo(t, c, "owner")
+	before := srv.accepted()
+	cmd := exec.Command("curl", "-s", "-m", "5", "http://"+f.Endpoint()+"/")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Errorf("another user's request through the forward got an answer: %q", out)
+	}
+	if got := srv.accepted(); got != before {
+		t.Errorf("the RPC server got %d connections from another user", got-before)
+	}
+	echo(t, c, "still the owner's")
+	if got := l.all(); len(got) != 0 {
+		t.Errorf("losses after a refused connection: %v", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/peer"
 	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/scheduler"
@@ -330,7 +331,35 @@ func (sp *Splitter) forwardTo(ctx context.Context, s *split, main *fleet.Conn, h
 		conn := rpc.SSH()
 		dial = func(ctx context.Context) (net.Conn, error) { return conn.DialLoopback(ctx, port) }
 	}
-	return newForward(hive, ln, dial, s.lose), nil
+	// Only the worker's user may use the forward: its listener is on a
+	// loopback every local user reaches.
+	admit := admitLocal
+	if main.SSH() != nil {
+		client := main.Client()
+		admit = func(ctx context.Context, c net.Conn) error {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			// On the main hive's machine: the connection's client socket is
+			// the one whose local address is the forward's remote one.
+			p, err := client.TCPPeer(ctx, c.RemoteAddr().String(), c.LocalAddr().String())
+			if err == nil && !p.Allowed {
+				err = fmt.Errorf("a connection of uid %d on hive %s, not its owner's", p.UID, s.main)
+			}
+			return err
+		}
+	}
+	return newForward(hive, ln, dial, s.lose, admit, sp.log.Warn), nil
+}
+
+// admitLocal lets through a connection to a forward on this machine only
+// when its client is this user's (or root's), by the kernel's socket
+// tables.
+func admitLocal(_ context.Context, c net.Conn) error {
+	uid, err := peer.TCPUID(c)
+	if err == nil && !peer.Allowed(uid) {
+		err = fmt.Errorf("a connection of uid %d, not this user's", uid)
+	}
+	return err
 }
 
 func splitKey(spec *fleet.ModelSpec, hives []string) string {
