@@ -108,10 +108,10 @@ func New(cfg Config) *Supervisor {
 
 type noReservations struct{}
 
-func (noReservations) Attach(string, string) {}
-func (noReservations) Loaded(string)         {}
-func (noReservations) ReleaseWorker(string)  {}
-func (noReservations) WorkerBytes(string) uint64 { return 0 }
+func (noReservations) Attach(string, string)          {}
+func (noReservations) Loaded(string)                  {}
+func (noReservations) ReleaseWorker(string)           {}
+func (noReservations) WorkerBytes(string) uint64      { return 0 }
 func (noReservations) Restore(string, string, uint64) {}
 
 // newID returns a worker id no tracked worker has (an adopted worker's id
