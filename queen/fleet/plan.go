@@ -105,7 +105,12 @@ func (p *planner) place(ctx context.Context, job PlaceJob, hives []Hive, ev Even
 		if job.Fleet {
 			prefix = "fleet "
 		}
-		ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + explainText(plan.Candidates), Candidates: plan.Candidates})
+		// One event a line: narration is one line (a keeper escapes a
+		// newline); the first carries the candidates for --json.
+		ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + "candidates:", Candidates: plan.Candidates})
+		for _, c := range plan.Candidates {
+			ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: fmt.Sprintf("  %s/%s %s: %s", c.Hive, c.Device, c.Name, c.Verdict)})
+		}
 	}
 	if err != nil {
 		if rbee.CodeOf(err) == rbee.CodeNoRoom && job.Spec.Ref != nil && job.Spec.Checked {
@@ -312,14 +317,6 @@ func describeDevices(ds []rbee.Device) string {
 	return fmt.Sprintf("%d device(s): %s", len(ds), strings.Join(parts, "; "))
 }
 
-func explainText(cs []rbee.Candidate) string {
-	var b strings.Builder
-	b.WriteString("candidates:")
-	for _, c := range cs {
-		fmt.Fprintf(&b, "\n  %s/%s %s: %s", c.Hive, c.Device, c.Name, c.Verdict)
-	}
-	return b.String()
-}
 
 // Quiet drops every event (a fleet's per-hive connects, background work).
 type Quiet struct{}

@@ -333,3 +333,32 @@ func TestEstimateFromAHiveThatHasIt(t *testing.T) {
 }
 
 func parseRefForTest(s string) (download.Ref, error) { return download.ParseRef(s) }
+
+// --explain is one narration line per candidate (a keeper prints a line
+// as one line: a newline inside was shown as a literal \n), the first
+// carrying the candidates for --json.
+func TestExplainIsOneLineEach(t *testing.T) {
+	t.Parallel()
+	h1 := &fakeHive{name: "h1", devices: []rbee.Device{cpu(64 * gib)}}
+	h2 := &fakeHive{name: "h2", devices: []rbee.Device{gpu("gpu0", 24*gib), cpu(16 * gib)}}
+	var ev recorder
+	if _, err := testPlanner(time.Second).place(context.Background(), PlaceJob{ID: "j", Spec: spec(4 * gib), Explain: true, Fleet: true}, []Hive{h1, h2}, &ev); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, e := range ev.evs {
+		if e.Action != "explain" {
+			continue
+		}
+		if strings.Contains(e.Message, "\n") {
+			t.Errorf("an explain event holds a newline: %q", e.Message)
+		}
+		if len(lines) == 0 && len(e.Candidates) != 3 {
+			t.Errorf("the first explain event carries %d candidates, want 3", len(e.Candidates))
+		}
+		lines = append(lines, e.Message)
+	}
+	if len(lines) != 4 || lines[0] != "fleet candidates:" || !strings.HasPrefix(lines[1], "  h2/gpu0") {
+		t.Errorf("explain lines %q, want the header then one a candidate, h2/gpu0 first", lines)
+	}
+}
