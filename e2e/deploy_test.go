@@ -102,6 +102,9 @@ func TestOpenAIDeployment(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "2/2 replicas ready") {
 		t.Fatalf("model deploy: exit %d %q\n%s", r.code, r.stdout, r.stderr)
 	}
+	if strings.Contains(r.stderr, "\r") { // stderr is a pipe here: lines, no redraws
+		t.Errorf("model deploy wrote carriage returns into a pipe: %q", r.stderr)
+	}
 	ds := e.deployments(t)
 	if len(ds) != 1 || ds[0].Ready != 2 || len(ds[0].Workers) != 2 || ds[0].Workers[0].Hive == ds[0].Workers[1].Hive {
 		t.Fatalf("deployments = %+v, want 2 ready replicas on two hives", ds)

@@ -15,6 +15,7 @@ import (
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/download"
 	"github.com/rbee-dev/rbee/queenapi"
+	"golang.org/x/term"
 )
 
 type modelCmd struct {
@@ -182,6 +183,10 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 	}
 	var last queenapi.Deployment
 	deadline := time.Now().Add(c.Wait)
+	// A line redrawn in place on a terminal; in a pipe or a log, a line
+	// each time the count changes.
+	tty := term.IsTerminal(int(os.Stderr.Fd()))
+	said := -1
 	for {
 		ds, err := qc.Deployments(ctx)
 		if err != nil {
@@ -195,8 +200,13 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 		if last.Ready >= last.Replicas || !time.Now().Before(deadline) {
 			break
 		}
-		if !c.JSON {
+		switch {
+		case c.JSON:
+		case tty:
 			fmt.Fprintf(os.Stderr, "\r%s: %d/%d replicas ready", printable(name), last.Ready, last.Replicas)
+		case last.Ready != said:
+			fmt.Fprintf(os.Stderr, "%s: %d/%d replicas ready\n", printable(name), last.Ready, last.Replicas)
+			said = last.Ready
 		}
 		select {
 		case <-ctx.Done():
@@ -207,7 +217,9 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 	if c.JSON {
 		return printJSON(last)
 	}
-	fmt.Fprintf(os.Stderr, "\r")
+	if tty {
+		fmt.Fprintf(os.Stderr, "\r\033[K")
+	}
 	fmt.Printf("deployment %s: %d/%d replicas ready\n", printable(name), last.Ready, last.Replicas)
 	if last.Ready < last.Replicas && c.Wait > 0 {
 		msg := "not every replica is ready yet; rbee model deployments shows them"
