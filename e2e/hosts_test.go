@@ -334,3 +334,45 @@ func TestHostsMalformedEntry(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestHiveLsTruth: hive ls sorts names as people do (h2 before h10), drops
+// a hive taken out of the inventory by hand (even one the catalog knew),
+// and says so when the inventory does not parse instead of showing the
+// catalog's last view.
+func TestHiveLsTruth(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	inv := filepath.Join(e.home, "inventory.toml")
+	e.vars = append(e.vars, "RBEE_INVENTORY="+inv)
+	write := func(names ...string) {
+		t.Helper()
+		var b strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&b, "[[hive]]\nname = %q\nhost = \"127.0.0.1\"\nport = 1\n\n", n)
+		}
+		if err := os.WriteFile(inv, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("h10", "h2", "h1")
+	// h10 enters the catalog: a job names it (its host does not answer).
+	if r := e.rbee("infer", "--hive", "h10", "--model", alphabet, "abc"); r.code == 0 {
+		t.Fatalf("infer on a hive that does not answer: exit 0\n%s", r.stderr)
+	}
+	r := e.rbee("hive", "ls")
+	if r.code != 0 {
+		t.Fatalf("hive ls: exit %d\n%s", r.code, r.stderr)
+	}
+	inOrder(t, r.stdout, "\nh1 ", "\nh2 ", "\nh10 ", "\nlocalhost ")
+	write("h2", "h1") // h10 taken out by hand
+	if r := e.rbee("hive", "ls"); r.code != 0 || strings.Contains(r.stdout, "h10") {
+		t.Errorf("hive ls after h10 left the inventory: exit %d\n%s", r.code, r.stdout)
+	}
+	if err := os.WriteFile(inv, []byte("[[hive]\nname = \"h1\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rbee("hive", "ls"); r.code != rbee.ExitUsage || !strings.Contains(r.stderr, inv) {
+		t.Errorf("hive ls with a syntax error: exit %d, want %d naming the file:\n%s%s", r.code, rbee.ExitUsage, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}

@@ -274,17 +274,28 @@ func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	inv, _ := f.loadInventory() // a file that does not load lists no inventory hives
+	// An inventory that does not load is said, not hidden behind the
+	// catalog's last view of it.
+	inv, err := f.loadInventory()
+	if err != nil {
+		reply.Error(w, http.StatusBadRequest, err)
+		return
+	}
 	seen := map[string]bool{}
 	out := []queenapi.HiveInfo{}
 	for _, h := range hs {
-		seen[h.Name] = true
 		info := hiveInfo(h)
-		if inv != nil && info.Kind == "ssh" {
-			if bad, ok := inv.BadHive(h.Name); ok {
+		if info.Kind == "ssh" {
+			_, ok := inv.Hive(h.Name)
+			bad, isBad := inv.BadHive(h.Name)
+			if !ok && !isBad {
+				continue // taken out of the inventory by hand: no hive any more
+			}
+			if isBad {
 				info.Status, info.Reason = StatusInvalid, bad.Err.Error()
 			}
 		}
+		seen[h.Name] = true
 		out = append(out, info)
 	}
 	if inv != nil {
@@ -299,6 +310,7 @@ func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	slices.SortStableFunc(out, func(a, b queenapi.HiveInfo) int { return naturalCompare(a.Name, b.Name) })
 	reply.JSON(w, http.StatusOK, queenapi.Hives{Hives: out})
 }
 
@@ -536,4 +548,43 @@ func (f *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed in
 	}
 	wg.Wait()
 	return failed, nil
+}
+
+// naturalCompare orders names with their numbers as numbers: h2 before
+// h10 (names equal but for leading zeros, by their text).
+func naturalCompare(a, b string) int {
+	if c := natural(a, b); c != 0 {
+		return c
+	}
+	return strings.Compare(a, b)
+}
+
+func natural(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitsPrefix(a), digitsPrefix(b)
+		if da != "" && db != "" {
+			na, nb := strings.TrimLeft(da, "0"), strings.TrimLeft(db, "0")
+			if c := cmp.Compare(len(na), len(nb)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[len(da):], b[len(db):]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digitsPrefix(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
 }

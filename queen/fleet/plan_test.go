@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -360,5 +361,15 @@ func TestExplainIsOneLineEach(t *testing.T) {
 	}
 	if len(lines) != 4 || lines[0] != "fleet candidates:" || !strings.HasPrefix(lines[1], "  h2/gpu0") {
 		t.Errorf("explain lines %q, want the header then one a candidate, h2/gpu0 first", lines)
+	}
+}
+
+func TestNaturalCompare(t *testing.T) {
+	t.Parallel()
+	names := []string{"h10", "h2", "localhost", "h1", "gpu-box", "h02", "h100", "a"}
+	slices.SortFunc(names, naturalCompare)
+	want := []string{"a", "gpu-box", "h1", "h02", "h2", "h10", "h100", "localhost"}
+	if !slices.Equal(names, want) {
+		t.Errorf("sorted %v, want %v", names, want)
 	}
 }
