@@ -420,3 +420,19 @@ func TestBadInputCatalog(t *testing.T) {
 		})
 	}
 }
+
+// TestBadInputHome: an RBEE_HOME that cannot be a directory means the
+// queen cannot be started: exit 3, saying what to fix (it was 1).
+func TestBadInputHome(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	file := filepath.Join(e.home, "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.vars = append(e.vars, "RBEE_HOME="+filepath.Join(file, "rbee"))
+	r := e.rbee("infer", "--model", alphabet, "abc")
+	if r.code != rbee.ExitQueen || !strings.Contains(r.stderr, "RBEE_HOME") {
+		t.Errorf("infer with a home under a file: exit %d, want %d with a hint about RBEE_HOME:\n%s", r.code, rbee.ExitQueen, r.stderr)
+	}
+}

@@ -198,7 +198,8 @@ func startQueen(g *globals) (*proc.Proc, error) {
 		return nil, fmt.Errorf("start queen: %w", err)
 	}
 	if err := g.home().Make(); err != nil {
-		return nil, fmt.Errorf("start queen: %w", err)
+		// The queen cannot be started: its home is unusable.
+		return nil, exitf(rbee.ExitQueen, "point RBEE_HOME (--home) at a directory you can write", "start queen: %v", err)
 	}
 	args := []string{"--queen", g.Queen, "--home", g.Home}
 	if g.TokenFile != "" {
