@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -424,6 +425,40 @@ func TestFleetScheduling(t *testing.T) {
 	r = e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "fleet: hive localhost") {
 		t.Fatalf("a local file should run locally: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+// TestSSHParallelFirstUse: jobs and pulls that bring the same model to a
+// host at once share one push (each its own raced on the host's partial
+// file: three of four failed); every one succeeds.
+func TestSSHParallelFirstUse(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	var wg sync.WaitGroup
+	results := make([]result, 6)
+	for i := range results {
+		wg.Go(func() {
+			if i < 4 {
+				results[i] = e.rbee("infer", "--hive", "h1", "--model", longModel, "--temperature", "0", "--max-tokens", "2", "hi")
+			} else {
+				results[i] = e.rbee("model", "pull", longModel, "--hive", "h1")
+			}
+		})
+	}
+	wg.Wait()
+	pushes := 0
+	for i, r := range results {
+		if r.code != 0 {
+			t.Errorf("parallel first use %d: exit %d\n%s", i, r.code, r.stderr)
+		}
+		pushes += strings.Count(r.stderr, "] pushing random-3m.gguf")
+	}
+	if pushes != 1 {
+		t.Errorf("%d pushes of the model for 6 parallel uses, want 1", pushes)
 	}
 	e.stopQueen()
 }

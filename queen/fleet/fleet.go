@@ -69,6 +69,9 @@ type Fleet struct {
 	once     sync.Once
 	handover atomic.Bool // the local agent hands its workers over when it stops
 
+	pushMu sync.Mutex
+	pushes map[string]*pushCall // model pushes in flight, by hive and sha256
+
 	mu       sync.Mutex
 	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
 	contacts map[string]bool            // hives whose devices this queen has seen

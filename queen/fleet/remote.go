@@ -304,7 +304,52 @@ func sshError(name string, err error) error {
 
 // pushModel copies a local model to a remote hive (content-addressed,
 // resumable); nothing is sent when it is already there.
+// Parallel first uses of a model on a host share one push: each its own
+// would race on the same partial file on the host. A waiter whose pusher
+// gave up (its job was cancelled) pushes itself.
 func (f *Fleet) pushModel(ctx context.Context, hc *Conn, spec *ModelSpec, ev Events) (string, error) {
+	key := hc.name + "|" + spec.SHA256
+	for {
+		f.pushMu.Lock()
+		if c := f.pushes[key]; c != nil {
+			f.pushMu.Unlock()
+			ev.Narrate("model_push", fmt.Sprintf("%s is being pushed to hive %s for another job: waiting for it", filepath.Base(spec.Path), hc.name))
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			if c.err == nil {
+				return c.path, nil
+			}
+			if errors.Is(c.err, context.Canceled) || errors.Is(c.err, context.DeadlineExceeded) {
+				continue
+			}
+			return "", c.err
+		}
+		c := &pushCall{done: make(chan struct{})}
+		if f.pushes == nil {
+			f.pushes = map[string]*pushCall{}
+		}
+		f.pushes[key] = c
+		f.pushMu.Unlock()
+		c.path, c.err = f.pushOnce(ctx, hc, spec, ev)
+		f.pushMu.Lock()
+		delete(f.pushes, key)
+		f.pushMu.Unlock()
+		close(c.done)
+		return c.path, c.err
+	}
+}
+
+// pushCall is a model push in flight that other jobs wait for.
+type pushCall struct {
+	done chan struct{}
+	path string
+	err  error
+}
+
+func (f *Fleet) pushOnce(ctx context.Context, hc *Conn, spec *ModelSpec, ev Events) (string, error) {
 	ev.Narrate("model_push", fmt.Sprintf("pushing %s (%s) to hive %s", filepath.Base(spec.Path), rbee.Bytes(uint64(spec.Size)), hc.name))
 	p, err := provision.PushModel(ctx, hc.remote.conn, hc.remote.layout, spec.Path, spec.SHA256, func(done, total int64, rate float64) {
 		ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "model_push", BytesDone: done, BytesTotal: total, Rate: rate,
