@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -162,5 +163,65 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("%s: not within 10s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStartRPCSandboxed: with a sandbox, the RPC server runs in a network
+// namespace of its own: its port is on no loopback of this machine, it is
+// reached only through the sandbox's 0600 socket, which carries the bytes
+// both ways and refuses another user (uid 65534, through curl; the test
+// runs as root, like CI).
+func TestStartRPCSandboxed(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "rbee-rpc-") // short: a unix socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Engine: rpcEngine(t), RunDir: dir, LogDir: dir, ReadyTimeout: 20 * time.Second, Sandbox: self})
+	defer s.StopAll(time.Second)
+	r, err := s.StartRPC(context.Background(), RPCSpec{Device: "cpu", Job: "job-1"})
+	if err != nil {
+		b, _ := os.ReadFile(filepath.Join(dir, "rpc-"+"*.log"))
+		t.Fatalf("%v %s", err, b)
+	}
+	info := r.Info()
+	if got := listenAddr(t, info.Port); got != "" {
+		t.Errorf("the RPC server's port %d is on this machine's network (%s)", info.Port, got)
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", info.Port), time.Second); err == nil {
+		c.Close()
+		t.Errorf("127.0.0.1:%d answers on this machine", info.Port)
+	}
+	c, err := r.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
+		t.Fatalf("through the sandbox: %q %v, want the echo", got, err)
+	}
+	if st, err := os.Stat(r.addr); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("the sandbox's socket: %v %v, want 0600", st, err)
+	}
+	for _, p := range []string{dir, r.addr} {
+		_ = os.Chmod(p, 0o777) // loosened: the uid check still refuses
+	}
+	curl := exec.Command("curl", "-s", "-m", "5", "--unix-socket", r.addr, "http://rpc/")
+	curl.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := curl.CombinedOutput(); err == nil || len(out) > 0 {
+		t.Errorf("another user through the sandbox's socket: %q %v, want the connection closed", out, err)
+	}
+	r.Stop(5 * time.Second)
+	if _, err := os.Stat(r.addr); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the sandbox's socket is left: %v", err)
 	}
 }

@@ -99,10 +99,35 @@ func RunSandbox(args []string) error {
 }
 
 // serveSandbox carries each connection of this user to addr until ln
-// closes.
+// closes; then it closes the connections it carries (the server is gone).
 func serveSandbox(ln net.Listener, addr string) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	defer func() {
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
+	}()
+	track := func(c net.Conn, on bool) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false
+		}
+		if on {
+			conns[c] = true
+		} else {
+			delete(conns, c)
+		}
+		return true
+	}
 	for {
 		down, err := ln.Accept()
 		if err != nil {
@@ -124,6 +149,11 @@ func serveSandbox(ln net.Listener, addr string) {
 				return
 			}
 			defer up.Close()
+			if !track(down, true) || !track(up, true) {
+				return
+			}
+			defer track(down, false)
+			defer track(up, false)
 			done := make(chan struct{})
 			go func() {
 				_, _ = io.Copy(up, down)

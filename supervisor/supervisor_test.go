@@ -44,6 +44,13 @@ func helperMain(args []string) {
 		helperRPC(args)
 		return
 	}
+	if len(args) > 0 && args[0] == SandboxCommand { // the test binary plays rbee-hive too
+		if err := RunSandbox(args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	flags := map[string]string{}
 	for i := 0; i < len(args); i++ {
 		if strings.HasPrefix(args[i], "--") && i+1 < len(args) && !strings.HasPrefix(args[i+1], "--") {
