@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -459,6 +461,66 @@ func TestSSHParallelFirstUse(t *testing.T) {
 	}
 	if pushes == 0 {
 		t.Errorf("no push of the model narrated for 6 parallel first uses")
+	}
+	e.stopQueen()
+}
+
+// TestDoorSeesReconnectedHive: the moment rbee up has brought a host back,
+// the door serves the models it holds (its snapshots of the fleet were
+// taken while the host was away: for up to two refreshes they said the
+// model was on no hive).
+func TestDoorSeesReconnectedHive(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("model", "pull", longModel, "--hive", "h1", "--alias", "tiny"); r.code != 0 {
+		t.Fatalf("model pull: exit %d\n%s", r.code, r.stderr)
+	}
+	models := func() string {
+		t.Helper()
+		resp, err := http.Get("http://" + e.queen + "/v1/models")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if m := models(); !strings.Contains(m, `"tiny"`) {
+		t.Fatalf("models before: %s", m)
+	}
+	h.Kill()
+	waitFor(t, "the door drops h1's models", func() bool { return !strings.Contains(models(), `"tiny"`) })
+	h.Restart(t)
+	if r := e.rbee("up"); r.code != 0 {
+		t.Fatalf("up: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if m := models(); !strings.Contains(m, `"tiny"`) {
+		t.Errorf("right after rbee up, the door does not list h1's model: %s", m)
+	}
+	e.stopQueen()
+}
+
+// TestSSHSameAccountTwice: the account a hive reaches, added again under
+// another name, is refused (its agent answers with the first name): two
+// hives on one install would share its workers, and purging one would
+// wipe the other's.
+func TestSSHSameAccountTwice(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	r := e.addHive(h, "again")
+	if r.code != rbee.ExitUsage || !strings.Contains(r.stderr, "the account hive h1 already reaches") {
+		t.Errorf("the same account as a second hive: exit %d, want %d naming h1\n%s", r.code, rbee.ExitUsage, r.stderr)
+	}
+	if r := e.rbee("hive", "ls"); strings.Contains(r.stdout, "again") {
+		t.Errorf("the refused hive was recorded:\n%s", r.stdout)
 	}
 	e.stopQueen()
 }

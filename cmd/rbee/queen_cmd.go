@@ -44,7 +44,7 @@ type queenConfig struct {
 	SSHKeepalive   time.Duration `name:"ssh-keepalive" default:"15s" env:"RBEE_SSH_KEEPALIVE" help:"Declare a connected host offline when it stays silent this long."`
 	// The OpenAI front door's queue per model.
 	QueueDepth int           `name:"queue-depth" default:"128" env:"RBEE_QUEUE_DEPTH" help:"Front door: requests per model that may wait for a free slot; the next is answered 429."`
-	QueueWait  time.Duration `name:"queue-wait" default:"30s" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503."`
+	QueueWait  time.Duration `name:"queue-wait" default:"10m" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503 (10m: as long as OpenAI's clients wait)."`
 	DoorPull   bool          `name:"door-pull" env:"RBEE_DOOR_PULL" help:"Front door: let clients name a model to download (hf:…, https://…) that no hive holds; off, they use only what the fleet has."`
 }
 

@@ -43,8 +43,10 @@ const (
 	// free slot; the next one is answered 429 at once.
 	DefaultQueueDepth = 128
 	// DefaultQueueWait is how long a request may wait for a free slot
-	// before it is answered 503.
-	DefaultQueueWait = 30 * time.Second
+	// before it is answered 503: as long as OpenAI's SDKs wait for an
+	// answer (10 minutes), so a burst a busy host serves in turn is
+	// served, not refused (llama-server has no bound at all).
+	DefaultQueueWait = 10 * time.Minute
 )
 
 // Config configures a Door.

@@ -123,6 +123,9 @@ func (f *Fleet) SetStatus(name string, online bool, reason string) {
 	defer cancel()
 	if online {
 		_ = f.db.SetStatus(ctx, name, "online", "", time.Now())
+		// A hive back online brings its models: the door must not go on
+		// with snapshots taken while it was away.
+		f.changed()
 		return
 	}
 	f.log.Warn("hive offline", "hive", name, "reason", reason)

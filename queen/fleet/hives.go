@@ -126,6 +126,20 @@ func (f *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 			}
 			return err
 		}
+		// The same account under a second name (an ssh_config alias, a
+		// ProxyJump, another spelling of the address) is answered by the
+		// agent the first name started: it says its name. Two hives on one
+		// install would share workers and models, and purging one would
+		// wipe the other's.
+		if other := hc.handshake.Name; other != "" && other != req.Name {
+			if _, ok := inv.Hive(other); ok {
+				if !known {
+					f.pool.drop(req.Name)
+				}
+				return rbee.Errorf(rbee.CodeBadRequest, "%s is the account hive %s already reaches (its rbee-hive answers as %s)", describeTarget(remote.Target{Host: req.Host, User: req.User, Port: req.Port}), other, other).
+					WithHint("use hive " + other + ", or rbee hive rm " + other + " first")
+			}
+		}
 		// From now on it is reached as the inventory says (new host keys
 		// are accepted only while adding).
 		f.pool.setConnector(req.Name, f.remoteConnector(ih, false))
