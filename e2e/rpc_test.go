@@ -47,11 +47,11 @@ func needRPC(t testing.TB) {
 }
 
 // splitEnv is a queen with the local hive and two SSH hives, h1 and h2.
-func splitEnv(t *testing.T, keepAlive time.Duration) (*env, []*sshtest.Host) {
+func splitEnv(t *testing.T, keepAlive time.Duration, vars ...string) (*env, []*sshtest.Host) {
 	t.Helper()
 	needRPC(t)
 	e, hosts := sshEnv(t, 2, sshtest.Options{})
-	e.vars = append(e.vars, "RBEE_KEEP_ALIVE="+keepAlive.String(), "RBEE_WORKER_THREADS=1")
+	e.vars = append(append(e.vars, "RBEE_KEEP_ALIVE="+keepAlive.String(), "RBEE_WORKER_THREADS=1"), vars...)
 	for i, h := range hosts {
 		name := fmt.Sprintf("h%d", i+1)
 		if r := e.addHive(h, name); r.code != 0 {
@@ -340,6 +340,16 @@ func TestRPCSplitLostHost(t *testing.T) {
 	})
 }
 
+// TestRPCSplitStalledHost: an RPC server that stops answering mid-stream
+// (kill -STOP: its process and connections stay) fails the job within the
+// stall bound, naming the hive, instead of hanging it for good.
+func TestRPCSplitStalledHost(t *testing.T) {
+	t.Parallel()
+	lostSplit(t, "RPC server sent nothing", func(t *testing.T, h *sshtest.Host, rpcServer int) {
+		signal(t, rpcServer, syscall.SIGSTOP)
+	}, "RBEE_RPC_STALL=3s")
+}
+
 // TestRPCSplitLostLink: the SSH connection to an RPC host breaking
 // mid-stream (its sshd session killed) does the same, and the host's
 // agent stops its RPC server when the lease's request breaks.
@@ -364,8 +374,8 @@ func TestRPCSplitLostLink(t *testing.T) {
 // checks the failure and what is left: every agent (the victim's too:
 // it runs detached) and every other worker untouched, the split's remains
 // gone, the next split without the victim served.
-func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Host, rpcServer int)) {
-	e, hosts := splitEnv(t, time.Minute)
+func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Host, rpcServer int), vars ...string) {
+	e, hosts := splitEnv(t, time.Minute, vars...)
 	model := random75m(t)
 	// An ordinary worker on every hive, which the loss must not touch.
 	bystanders := map[string]int{}

@@ -66,6 +66,9 @@ type Config struct {
 	// DoorPull lets front-door clients name models to download (see
 	// door.Config.Pull); off by default.
 	DoorPull bool
+	// RPCStall is how long a split's RPC server may owe its worker an
+	// answer before it is taken for lost (split.DefaultStall).
+	RPCStall time.Duration
 }
 
 // Queen is the orchestrator: it wires the fleet (the hives), the door
@@ -123,7 +126,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
 		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log}, q.fleet, db)
 	q.door = dr
-	q.splits = split.New(q.fleet, cfg.Log)
+	q.splits = split.New(q.fleet, cfg.Log, cfg.RPCStall)
 	return q, nil
 }
 

@@ -46,6 +46,7 @@ type queenConfig struct {
 	QueueDepth int           `name:"queue-depth" default:"128" env:"RBEE_QUEUE_DEPTH" help:"Front door: requests per model that may wait for a free slot; the next is answered 429."`
 	QueueWait  time.Duration `name:"queue-wait" default:"10m" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503 (10m: as long as OpenAI's clients wait)."`
 	DoorPull   bool          `name:"door-pull" env:"RBEE_DOOR_PULL" help:"Front door: let clients name a model to download (hf:…, https://…) that no hive holds; off, they use only what the fleet has."`
+	RPCStall   time.Duration `name:"rpc-stall" default:"2m" env:"RBEE_RPC_STALL" help:"A split fails, naming the hive, when an RPC server owes its worker an answer for this long."`
 }
 
 func (c queenConfig) build(g *globals) (queen.Config, error) {
@@ -111,7 +112,7 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	if c.QueueDepth < 1 {
 		return cfg, exitf(rbee.ExitUsage, "e.g. --queue-depth 128", "--queue-depth %d: at least 1", c.QueueDepth)
 	}
-	cfg.QueueDepth, cfg.QueueWait, cfg.DoorPull = c.QueueDepth, c.QueueWait, c.DoorPull
+	cfg.QueueDepth, cfg.QueueWait, cfg.DoorPull, cfg.RPCStall = c.QueueDepth, c.QueueWait, c.DoorPull, c.RPCStall
 	return cfg, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // forward carries the connections a split worker makes to one forward
@@ -27,6 +28,10 @@ type forward struct {
 	// local user's connection is closed before anything is dialed.
 	admit func(ctx context.Context, c net.Conn) error
 	log   func(msg string, args ...any)
+	// stall: an RPC server that owes the worker an answer (the worker
+	// sent last and waits) and sends nothing for this long is stalled (a
+	// stopped process, a hung device): a loss. 0 = never.
+	stall time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -39,9 +44,9 @@ type forward struct {
 }
 
 func newForward(hive string, ln net.Listener, dial func(ctx context.Context) (net.Conn, error), lost func(string, error),
-	admit func(context.Context, net.Conn) error, log func(string, ...any)) *forward {
+	admit func(context.Context, net.Conn) error, log func(string, ...any), stall time.Duration) *forward {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forward{hive: hive, ln: ln, dial: dial, lost: lost, admit: admit, log: log, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	f := &forward{hive: hive, ln: ln, dial: dial, lost: lost, admit: admit, log: log, stall: stall, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go f.accept()
 	return f
@@ -144,18 +149,46 @@ func (f *forward) carry(down net.Conn) {
 		err error
 	}
 	ends := make(chan end, 2)
+	var (
+		last atomic.Int64 // when bytes last went either way
+		owed atomic.Bool  // the worker sent last: the server owes an answer
+	)
+	last.Store(time.Now().UnixNano())
 	go func() { // worker → RPC server: a failed write is the server's end
-		err := pipe(up, down, &f.up)
+		err := pipe(up, down, &f.up, func() { last.Store(time.Now().UnixNano()); owed.Store(true) })
 		ends <- end{errors.Is(err, errWrite), err}
 	}()
 	go func() { // RPC server → worker: a failed write is the worker's end
-		err := pipe(down, up, &f.down)
+		err := pipe(down, up, &f.down, func() { last.Store(time.Now().UnixNano()); owed.Store(false) })
 		ends <- end{!errors.Is(err, errWrite), err}
 	}()
-	first := <-ends
+	var first end
+	stalled := false
+	if f.stall > 0 {
+		tick := time.NewTicker(max(f.stall/4, 10*time.Millisecond))
+	watch:
+		for {
+			select {
+			case first = <-ends:
+				break watch
+			case <-tick.C:
+				if idle := time.Since(time.Unix(0, last.Load())); owed.Load() && idle > f.stall {
+					first = end{far: true, err: fmt.Errorf("the RPC server sent nothing for %s while the worker waited for an answer (stopped, or hung)", idle.Round(time.Second))}
+					stalled = true
+					break watch
+				}
+			}
+		}
+		tick.Stop()
+	} else {
+		first = <-ends
+	}
 	up.Close()
 	down.Close()
-	<-ends
+	<-ends // the other pipe ends with the connections
+	if stalled {
+		<-ends // both were still running
+	}
 	if first.far && f.ctx.Err() == nil {
 		why := first.err
 		if why == nil || errors.Is(why, io.EOF) {
@@ -171,11 +204,12 @@ var errWrite = errors.New("write")
 
 // pipe copies src to dst, counting into n, until src ends (nil at EOF) or
 // fails. A failed write to dst is reported as the other side's end.
-func pipe(dst, src net.Conn, n *atomic.Int64) error {
+func pipe(dst, src net.Conn, n *atomic.Int64, moved func()) error {
 	buf := make([]byte, 64<<10)
 	for {
 		k, err := src.Read(buf)
 		if k > 0 {
+			moved()
 			if _, werr := dst.Write(buf[:k]); werr != nil {
 				return fmt.Errorf("%w: %w", errWrite, werr)
 			}

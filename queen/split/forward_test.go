@@ -99,7 +99,7 @@ func startForward(t *testing.T, srv *echoServer, l *lossLog) *forward {
 	return newForward("h2", ln, func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
-	}, l.lost, admitLocal, nil)
+	}, l.lost, admitLocal, nil, 0)
 }
 
 func echo(t *testing.T, c net.Conn, msg string) {
@@ -218,5 +218,72 @@ func TestForwardAdmitsOnlyTheOwner(t *testing.T) {
 	echo(t, c, "still the owner's")
 	if got := l.all(); len(got) != 0 {
 		t.Errorf("losses after a refused connection: %v", got)
+	}
+}
+
+// An RPC server that owes the worker an answer and sends nothing (a
+// stopped process) is a loss within the stall bound, naming its hive; one
+// that is only idle while the worker sends nothing is not.
+func TestForwardReportsAStalledServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn // a server that reads and never answers
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	fl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lossLog{once: make(chan struct{})}
+	f := newForward("h2", fl, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}, l.lost, admitLocal, nil, 300*time.Millisecond)
+	defer f.Close()
+	c, err := net.Dial("tcp", f.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Idle with nothing asked: no stall.
+	time.Sleep(600 * time.Millisecond)
+	if got := l.all(); len(got) != 0 {
+		t.Fatalf("an idle connection was taken for a stall: %v", got)
+	}
+	if _, err := io.WriteString(c, "GRAPH_COMPUTE"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.once:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled RPC server was never reported")
+	}
+	if got := l.all(); !strings.HasPrefix(got[0], "h2: ") || !strings.Contains(got[0], "sent nothing") {
+		t.Errorf("loss %q, want h2 named and the stall said", got[0])
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the worker's connection still carries after the stall")
 	}
 }

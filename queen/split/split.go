@@ -348,7 +348,7 @@ func (sp *Splitter) forwardTo(ctx context.Context, s *split, main *fleet.Conn, h
 			return err
 		}
 	}
-	return newForward(hive, ln, dial, s.lose, admit, sp.log.Warn), nil
+	return newForward(hive, ln, dial, s.lose, admit, sp.log.Warn, sp.stall), nil
 }
 
 // admitLocal lets through a connection to a forward on this machine only

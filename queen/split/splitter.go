@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
@@ -32,18 +33,28 @@ type Fleet interface {
 type Splitter struct {
 	fleet Fleet
 	log   *slog.Logger
+	stall time.Duration // see New
 
 	mu sync.Mutex
 	m  map[*split]struct{}
 	wg sync.WaitGroup // teardowns
 }
 
-// New returns a Splitter over the fleet.
-func New(f Fleet, log *slog.Logger) *Splitter {
+// DefaultStall is how long an RPC server may owe the worker an answer.
+// Generous: one graph of a long prompt on a slow CPU takes a while.
+const DefaultStall = 2 * time.Minute
+
+// New returns a Splitter over the fleet. An RPC server that owes its
+// worker an answer and sends nothing for stall (0: DefaultStall) is lost:
+// the split's worker is killed and its job fails naming the hive.
+func New(f Fleet, log *slog.Logger, stall time.Duration) *Splitter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Splitter{fleet: f, log: log}
+	if stall <= 0 {
+		stall = DefaultStall
+	}
+	return &Splitter{fleet: f, log: log, stall: stall}
 }
 
 // Validate checks --split before anything reaches a hive.

@@ -90,7 +90,7 @@ func cpuHive(name string, free uint64) *fakeHive {
 func TestPlanNamed(t *testing.T) {
 	t.Parallel()
 	f := &fakeFleet{t: t, hives: map[string]*fakeHive{"a": cpuHive("a", 12*gib), "b": cpuHive("b", 24*gib), "c": cpuHive("c", 2*gib)}}
-	sp := New(f, nil)
+	sp := New(f, nil, 0)
 	spec := &fleet.ModelSpec{Raw: "/m/big.gguf", SHA256: "ab", Need: 30 * gib, Weights: 28 * gib, Layers: 30}
 	ev := &recEvents{}
 	plan, err := sp.planNamed(t.Context(), queenapi.JobRequest{Split: []string{"a", "b"}, Explain: true}, spec, ev)
@@ -146,7 +146,7 @@ func (r *recEvents) text() string {
 // of the table, and the worker's failure then names the lost hive.
 func TestSplitBookkeeping(t *testing.T) {
 	t.Parallel()
-	sp := New(&fakeFleet{t: t}, nil)
+	sp := New(&fakeFleet{t: t}, nil, 0)
 	mk := func(key, worker string) *split {
 		ctx, cancel := context.WithCancel(context.Background())
 		s := &split{owner: sp, key: key, job: "job-" + key, main: "h0", worker: worker, leases: map[string]*hiveapi.RPCLease{},
