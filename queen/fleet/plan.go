@@ -317,7 +317,6 @@ func describeDevices(ds []rbee.Device) string {
 	return fmt.Sprintf("%d device(s): %s", len(ds), strings.Join(parts, "; "))
 }
 
-
 // Quiet drops every event (a fleet's per-hive connects, background work).
 type Quiet struct{}
 
