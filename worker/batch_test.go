@@ -380,3 +380,55 @@ func TestBadInputKeepsWorkerUp(t *testing.T) {
 		}
 	}
 }
+
+// TestNextTurnFindsItsSlot: an agent sends its next turn the moment the
+// answer ends; the slot holding the conversation must already be free
+// then (it was freed only after the last byte went out: a turn sent at
+// once went to the other, empty slot and decoded everything again).
+func TestNextTurnFindsItsSlot(t *testing.T) {
+	t.Parallel()
+	w := startWorker(t, "--slots", "2", "--ctx-size", "256")
+	ask := func(prompt string) int {
+		t.Helper()
+		resp, body := post(t, w.URL, "/v1/completions", greedy(prompt, map[string]any{"max_tokens": 2}))
+		if resp.StatusCode != 200 {
+			t.Fatalf("%q: %d %s", prompt, resp.StatusCode, body)
+		}
+		var c struct {
+			Usage struct {
+				PromptTokensDetails struct {
+					CachedTokens int `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(body, &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.Usage.PromptTokensDetails.CachedTokens
+	}
+	misses := 0
+	for i := range 60 {
+		first := string(rune('a'+i%13)) + "bcdefghij"
+		// Streamed, as agents ask: the next turn goes out the moment
+		// [DONE] is read, before the response's end.
+		st := openStream(t, w.URL, "/v1/completions", greedy(first, map[string]any{"max_tokens": 2, "stream": true}))
+		for {
+			data, err := st.next()
+			if err != nil {
+				t.Fatalf("stream: %v", err)
+			}
+			if data == "[DONE]" {
+				break
+			}
+		}
+		// At once: the prompt extends the first, whose slot holds it.
+		got := ask(first + "klm")
+		st.close()
+		if got < len(first) {
+			misses++
+		}
+	}
+	if misses > 0 {
+		t.Errorf("%d of 60 next turns sent at once missed their slot's cache", misses)
+	}
+}

@@ -480,10 +480,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		return
 	}
 	s.running.Add(1)
-	defer func() {
-		s.running.Add(-1)
-		m.Release(slot)
-	}()
+	var releaseOnce sync.Once
+	release := func() {
+		releaseOnce.Do(func() {
+			s.running.Add(-1)
+			m.Release(slot)
+		})
+	}
+	defer release()
 
 	p := llm.SampleParams{Temperature: 1, Stop: req.Stop, IgnoreEOS: req.IgnoreEOS}
 	if req.MaxTokens != nil {
@@ -509,6 +513,10 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 	out := &responder{w: w, id: newID(chat), chat: chat, model: s.cfg.ModelName, created: time.Now().Unix(), stream: req.Stream}
 	defer out.close()
 	res, err := slot.Generate(ctx, tokens, p, out.text)
+	// The slot is done with: free (with its cache) before the answer's
+	// last bytes go out, so a next turn sent the moment [DONE] is read
+	// finds it, not an empty slot.
+	release()
 	s.lastGen.Store(int64(res.CompletionTokens))
 	switch {
 	case err == nil:
