@@ -10,7 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
+	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
 
@@ -521,6 +523,48 @@ func TestSSHSameAccountTwice(t *testing.T) {
 	}
 	if r := e.rbee("hive", "ls"); strings.Contains(r.stdout, "again") {
 		t.Errorf("the refused hive was recorded:\n%s", r.stdout)
+	}
+	e.stopQueen()
+}
+
+// TestSSHEngineNeverClobbered: the issue's brick. The queen gives a host
+// the plain engine; the RPC build (what the --split hint says to install)
+// goes over it; the host's agent dies (a reboot). The next job's install
+// keeps the RPC build — it holds every file of the plain one — instead of
+// pushing the plain manifest over it (the agent then refused its engine and
+// every job failed until someone removed the directory by hand).
+func TestSSHEngineNeverClobbered(t *testing.T) {
+	t.Parallel()
+	root, err := testenv.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "node-llama-cpp-linux-x64-*.tgz"))
+	if len(archives) == 0 {
+		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
+	}
+	plain := filepath.Join(t.TempDir(), "plain")
+	if _, err := bundle.Prepare(t.Context(), archives[0], plain, bundle.Options{Source: archives[0]}); err != nil {
+		t.Fatal(err)
+	}
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	e.vars = append(e.vars, "RBEE_ENGINE="+plain) // what the queen gives hosts
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("worker", "install", "--hive", "h1", engineDir); r.code != 0 { // the RPC build
+		t.Fatalf("worker install of the RPC build: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, pid := range hostProcs(h.UID, "rbee-hive") {
+		signal(t, pid, syscall.SIGKILL)
+	}
+	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("a job after the agent died: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "already holds every file of engine") {
+		t.Errorf("the host's RPC build was not kept:\n%s", r.stderr)
 	}
 	e.stopQueen()
 }

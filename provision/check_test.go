@@ -2,8 +2,11 @@ package provision
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/rbee-dev/rbee/bundle"
 )
 
 // Up and PlanUp refuse a host for the same reasons, with the same words:
@@ -67,5 +70,39 @@ func TestCheckRoom(t *testing.T) {
 		} else if err != nil && !strings.Contains(err.Error(), "rbee needs about 164.0 MiB") {
 			t.Errorf("%s: %v, want the need with the spare", tt.name, err)
 		}
+	}
+}
+
+// TestBundleRelation: a host's engine directory is completed when it holds
+// this bundle or a part of it, kept when it holds all of it and more (the
+// RPC build beside the plain one), and never overwritten by a different
+// bundle, which gets a directory of its own.
+func TestBundleRelation(t *testing.T) {
+	t.Parallel()
+	f := func(name, sum string) bundle.File { return bundle.File{Name: name, SHA256: sum} }
+	plain := &bundle.Manifest{Version: "v0.5.0", Files: []bundle.File{f("libllama.so", "a"), f("libggml.so", "b"), f("libggml-cpu-haswell.so", "c")}}
+	partial := &bundle.Manifest{Version: "v0.5.0", Files: []bundle.File{f("libllama.so", "a"), f("libggml.so", "b")}, Omitted: []bundle.File{f("libggml-cpu-haswell.so", "c")}}
+	rpc := &bundle.Manifest{Version: "v0.5.0", Files: append(slices.Clone(plain.Files), f("libggml-rpc.so", "d"), f("rpc-server", "e"))}
+	other := &bundle.Manifest{Version: "v0.5.0", Files: []bundle.File{f("libllama.so", "X"), f("libggml.so", "b"), f("libggml-cpu-haswell.so", "c")}}
+	odd := &bundle.Manifest{Version: "v0.5.0", Files: []bundle.File{f("libllama.so", "a"), f("libggml-vulkan.so", "v")}}
+	tests := []struct {
+		name     string
+		m, there *bundle.Manifest
+		want     relation
+	}{
+		{"the same", plain, plain, sameOrLess},
+		{"a host's cut of it", plain, partial, sameOrLess},
+		{"the RPC build over the plain one", rpc, plain, sameOrLess},
+		{"the plain one over the RPC build", plain, rpc, superset},
+		{"a file differs", plain, other, different},
+		{"each lacks some of the other", plain, odd, different},
+	}
+	for _, tt := range tests {
+		if got := bundleRelation(tt.m, tt.there); got != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	if bundleDigest(plain) == bundleDigest(other) || bundleDigest(plain) != bundleDigest(partial) || len(bundleDigest(plain)) != 8 {
+		t.Errorf("digests: plain %s other %s partial %s: want the files' identity, 8 digits", bundleDigest(plain), bundleDigest(other), bundleDigest(partial))
 	}
 }

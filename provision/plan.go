@@ -94,8 +94,14 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 		if m, err = bundle.Validate(engineSrc); err != nil {
 			return plan, fmt.Errorf("engine bundle: %w", err)
 		}
-		plan.Engine, plan.Links = bundle.Variant(m), len(m.Links)
-		if bfiles, manifest, err = bundleFiles(engineSrc, l.EngineDir(plan.Engine), m); err != nil {
+		dir, keep, err := EngineTarget(ctx, c, l, m)
+		if err != nil {
+			return plan, err
+		}
+		plan.Engine, plan.Links = path.Base(dir), len(m.Links)
+		if keep {
+			m = nil // the host's engine holds all of it: nothing to send
+		} else if bfiles, manifest, err = bundleFiles(engineSrc, dir, m); err != nil {
 			return plan, fmt.Errorf("engine bundle: %w", err)
 		}
 	}

@@ -6,13 +6,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -267,7 +270,14 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if err != nil {
 		return res, nil, fmt.Errorf("engine bundle: %w", err)
 	}
-	engineDir := l.EngineDir(bundle.Variant(m))
+	engineDir, keep, err := EngineTarget(ctx, c, l, m)
+	if err != nil {
+		return res, nil, err
+	}
+	if keep {
+		narrate("engine_kept", fmt.Sprintf("host %s: %s already holds every file of engine %s (and more): kept as it is", opt.Name, engineDir, bundle.Variant(m)))
+		m = nil // nothing of the engine is sent
+	}
 	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags)
 	if err != nil {
 		return res, nil, err
@@ -429,6 +439,21 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 	files, err := binaryFiles(agentSrc, workerSrc, l)
 	if err != nil {
 		return nil, err
+	}
+	if m == nil { // the host's engine stays as it is: the binaries only
+		have, err := remoteSums(ctx, c, dsts(files))
+		if err != nil {
+			return nil, err
+		}
+		sent, err := sendFiles(ctx, c, files, file{}, have) // no file goes last
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for _, f := range sent {
+			names = append(names, map[bool]string{true: "rbee-hive", false: "rbee-worker"}[f.src == agentSrc])
+		}
+		return names, nil
 	}
 	bfiles, manifest, err := bundleFiles(engineSrc, engineDir, m)
 	if err != nil {
@@ -681,6 +706,92 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, erro
 		return 0, err
 	}
 	return len(sent), linkBundle(ctx, c, dst, m)
+}
+
+// EngineTarget is where bundle m goes on the host: its variant's
+// directory, unless that holds a different bundle, which is never
+// overwritten — m then gets a directory of its own (the variant and a
+// digest of its files). keep says the variant's directory already holds
+// every file of m, and more (a bundle that adds to it, such as the one with
+// the RPC backend): it is used as it is and nothing of m is sent, where
+// pushing m's manifest over it would leave files it does not list (an
+// agent that then refused its engine, and a host bricked until someone
+// removed the directory by hand).
+func EngineTarget(ctx context.Context, c *remote.Conn, l Layout, m *bundle.Manifest) (dir string, keep bool, err error) {
+	dir = l.EngineDir(bundle.Variant(m))
+	sc, err := c.SFTP()
+	if err != nil {
+		return "", false, fmt.Errorf("engine bundle: %w", err)
+	}
+	f, err := sc.Open(path.Join(dir, bundle.ManifestName))
+	if err != nil {
+		return dir, false, nil // none there (or unreadable: the push says so)
+	}
+	defer f.Close()
+	var there bundle.Manifest
+	if err := json.NewDecoder(io.LimitReader(f, 4<<20)).Decode(&there); err != nil {
+		return dir, false, nil // a broken manifest: the push replaces it
+	}
+	switch bundleRelation(m, &there) {
+	case sameOrLess:
+		return dir, false, nil
+	case superset:
+		return dir, true, nil
+	}
+	return l.EngineDir(bundle.Variant(m) + "-" + bundleDigest(m)), false, nil
+}
+
+type relation int
+
+const (
+	sameOrLess relation = iota // there is m, or a part of it: m completes it
+	superset                   // there holds all of m and more
+	different                  // files of the same name differ, or each lacks some of the other's
+)
+
+// bundleRelation compares two manifests of one variant by their files
+// (present and omitted: a host's copy leaves out CPU variants it cannot
+// run).
+func bundleRelation(m, there *bundle.Manifest) relation {
+	ours, theirs := fileSums(m), fileSums(there)
+	for name, sum := range ours {
+		if t, ok := theirs[name]; ok && t != sum {
+			return different
+		}
+	}
+	missing := 0
+	for name := range ours {
+		if _, ok := theirs[name]; !ok {
+			missing++
+		}
+	}
+	extra := len(theirs) - (len(ours) - missing)
+	switch {
+	case extra == 0:
+		return sameOrLess
+	case missing == 0:
+		return superset
+	}
+	return different
+}
+
+func fileSums(m *bundle.Manifest) map[string]string {
+	out := map[string]string{}
+	for _, f := range append(slices.Clone(m.Files), m.Omitted...) {
+		out[f.Name] = f.SHA256
+	}
+	return out
+}
+
+// bundleDigest names a bundle by its files: 8 hex digits.
+func bundleDigest(m *bundle.Manifest) string {
+	h := sha256.New()
+	names := slices.Sorted(maps.Keys(fileSums(m)))
+	sums := fileSums(m)
+	for _, n := range names {
+		fmt.Fprintf(h, "%s %s\n", n, sums[n])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:8]
 }
 
 // pruneBundle removes from a bundle directory on the host the regular

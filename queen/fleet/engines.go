@@ -57,12 +57,19 @@ func (f *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return rbee.Errorf(rbee.CodeBadRequest, "engine %s: %w", req.Source, err)
 			}
-			target = hc.remote.layout.EngineDir(bundle.Variant(m))
-			n, err := provision.PushBundle(ctx, hc.remote.conn, filepath.Join(tmp, "b"), target)
-			if err != nil {
+			var keep bool
+			if target, keep, err = provision.EngineTarget(ctx, hc.remote.conn, hc.remote.layout, m); err != nil {
 				return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", hc.name, err)
 			}
-			narrate("engine_pushed", fmt.Sprintf("pushed engine %s (%s) to hive %s: %d files", m.Version, strings.Join(m.Backends, ", "), hc.name, n))
+			if keep {
+				narrate("engine_kept", fmt.Sprintf("hive %s: %s already holds every file of engine %s (and more): nothing to push", hc.name, target, m.Version))
+			} else {
+				n, err := provision.PushBundle(ctx, hc.remote.conn, filepath.Join(tmp, "b"), target)
+				if err != nil {
+					return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", hc.name, err)
+				}
+				narrate("engine_pushed", fmt.Sprintf("pushed engine %s (%s) to hive %s: %d files", m.Version, strings.Join(m.Backends, ", "), hc.name, n))
+			}
 		}
 		wb, err := hc.client.InstallEngine(ctx, target)
 		if err != nil {
