@@ -568,3 +568,44 @@ func TestSSHEngineNeverClobbered(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestSSHPurgeWithoutAgent: hive rm --purge works on a host whose agent
+// cannot start (the state it needs is broken): over SSH alone it stops
+// what runs from ~/.rbee and removes it.
+func TestSSHPurgeWithoutAgent(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen() // the next queen must connect afresh
+	for _, pid := range hostProcs(h.UID, "rbee-hive") {
+		signal(t, pid, syscall.SIGKILL)
+	}
+	// The agent can start no more: its run directory is a file.
+	run := filepath.Join(h.Home, ".rbee", "run")
+	if err := os.RemoveAll(run); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(run, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "abc"); r.code == 0 {
+		t.Fatalf("infer with a broken host: exit 0, want a failure\n%s", r.stderr)
+	}
+	r := e.rbee("hive", "rm", "h1", "--purge")
+	if r.code != 0 {
+		t.Fatalf("hive rm --purge without an agent: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(h.Home, ".rbee")); !os.IsNotExist(err) {
+		t.Errorf("--purge left ~/.rbee on the host: %v", err)
+	}
+	if left := append(hostProcs(h.UID, "rbee-worker"), hostProcs(h.UID, "rbee-hive")...); len(left) > 0 {
+		t.Errorf("--purge left rbee processes running: %v", left)
+	}
+	e.stopQueen()
+}

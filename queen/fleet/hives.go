@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -438,6 +439,14 @@ func (f *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 // on the host.
 func (f *Fleet) purge(ctx context.Context, name string) error {
 	hc, err := f.hiveConn(ctx, name, Silent)
+	if err != nil && name != LocalHive {
+		// No healthy agent (one that cannot start is what purge is for):
+		// over SSH alone.
+		if perr := f.purgeBare(ctx, name); perr != nil {
+			return rbee.Errorf(rbee.CodeOf(perr), "purge: %w (the agent: %v)", perr, err)
+		}
+		return nil
+	}
 	if err != nil {
 		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
 	}
@@ -452,6 +461,53 @@ func (f *Fleet) purge(ctx context.Context, name string) error {
 		return rbee.Errorf(rbee.CodeHiveDown, "purge: %w", err)
 	}
 	return nil
+}
+
+// purgeBare purges a host whose agent does not answer, over SSH alone:
+// every process started from its rbee directory (the agent, its workers,
+// RPC servers) is stopped, then the directory removed.
+func (f *Fleet) purgeBare(ctx context.Context, name string) error {
+	ih, err := f.inventoryHive(name)
+	if err != nil {
+		return err
+	}
+	t, cfg := f.target(ih)
+	dctx, cancel := context.WithTimeout(ctx, f.cfg.ConnectTimeout)
+	conn, err := remote.Dial(dctx, t, cfg)
+	cancel()
+	if err != nil {
+		return sshError(name, err)
+	}
+	defer conn.Close()
+	p, err := provision.ProbeHost(ctx, conn)
+	if err != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "probe: %w", err)
+	}
+	dir := provision.Layout{Home: p.Home}.RbeeDir()
+	// pkill's pattern is an extended regexp: the directory, quoted.
+	pattern := "^" + regexp.QuoteMeta(dir+"/")
+	for _, sig := range []string{"-TERM", "-KILL"} {
+		if _, err := conn.Run(ctx, []string{"pkill", sig, "-f", "--", pattern}, nil); err != nil && !noProcess(err) {
+			return rbee.Errorf(rbee.CodeHiveDown, "stop rbee's processes: %w", err)
+		}
+		if sig == "-TERM" {
+			select { // a moment to end on their own
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	if _, err := conn.Run(ctx, []string{"rm", "-rf", "--", dir}, nil); err != nil {
+		return rbee.Errorf(rbee.CodeHiveDown, "remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// noProcess is pkill's "nothing matched" (exit 1).
+func noProcess(err error) bool {
+	var ee *remote.ExitError
+	return errors.As(err, &ee) && ee.Status == 1
 }
 
 // hiveLogs returns the end of the agent's log.
