@@ -41,6 +41,10 @@ type Conn struct {
 // is not followed). ctx bounds the dial only; each hop also gets
 // cfg.DialTimeout.
 func Dial(ctx context.Context, t Target, cfg Config) (*Conn, error) {
+	// A known_hosts file the caller names wins; else the host's
+	// UserKnownHostsFile in the ssh config (the hosts ssh itself knows),
+	// else ~/.ssh/known_hosts.
+	named := cfg.KnownHosts != ""
 	cfg = cfg.withDefaults()
 	r, err := Resolve(t, cfg)
 	if err != nil {
@@ -60,7 +64,11 @@ func Dial(ctx context.Context, t Target, cfg Config) (*Conn, error) {
 	}
 	chain = append(chain, r)
 
-	hk := &hostKeys{file: cfg.KnownHosts, accept: cfg.AcceptNewHostKey}
+	file := cfg.KnownHosts
+	if !named && r.KnownHosts != "" {
+		file = r.KnownHosts
+	}
+	hk := &hostKeys{file: file, accept: cfg.AcceptNewHostKey}
 	var clients []*ssh.Client
 	var via *ssh.Client
 	for i, hr := range chain {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -342,5 +343,28 @@ func TestCloseFrozenHostWithSFTP(t *testing.T) {
 		h.Thaw() // lets the blocked Close end, so the test does not leak it
 		<-closed
 		t.Fatal("Close blocked on a frozen host for 10s")
+	}
+}
+
+// A host ssh knows through the UserKnownHostsFile of the ssh config is
+// known to rbee too (it was refused as unknown); a known_hosts file the
+// caller names still wins.
+func TestDialUserKnownHostsFile(t *testing.T) {
+	t.Parallel()
+	h := sshtest.Start(t, 1, sshtest.Options{})[0]
+	tg := target(h)
+	sshConfig := filepath.Join(t.TempDir(), "config")
+	text := fmt.Sprintf("Host %s\n  UserKnownHostsFile %s\n", tg.Host, h.KnownHosts)
+	if err := os.WriteFile(sshConfig, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(testCtx(t), tg, Config{SSHConfig: sshConfig})
+	if err != nil {
+		t.Fatalf("dial with the host in the config's UserKnownHostsFile: %v", err)
+	}
+	c.Close()
+	empty := filepath.Join(t.TempDir(), "known_hosts")
+	if _, err := Dial(testCtx(t), tg, Config{SSHConfig: sshConfig, KnownHosts: empty}); !errors.Is(err, ErrUnknownHostKey) {
+		t.Errorf("with a known_hosts file named: %v, want ErrUnknownHostKey (the named file wins)", err)
 	}
 }

@@ -51,6 +51,9 @@ type Resolved struct {
 	User          string   // remote user
 	IdentityFiles []string // key files to offer, in order
 	ProxyJump     []string // jump hosts, first dialed first ([user@]host[:port])
+	// KnownHosts is the config's UserKnownHostsFile for the host (its
+	// first file, as OpenSSH writes to); "" when it sets none.
+	KnownHosts string
 }
 
 func (c Config) withDefaults() Config {
@@ -170,12 +173,17 @@ func resolve(t Target, cfg Config) (Resolved, error) {
 			}
 		}
 	}
+	var knownHosts string
+	if f := strings.Fields(get("UserKnownHostsFile")); len(f) > 0 && !strings.EqualFold(f[0], "none") {
+		knownHosts = expandPath(unquote(f[0]), home, t.Host, host, u)
+	}
 	return Resolved{
 		Host:          t.Host,
 		Addr:          net.JoinHostPort(host, strconv.Itoa(port)),
 		User:          u,
 		IdentityFiles: ids,
 		ProxyJump:     jumps,
+		KnownHosts:    knownHosts,
 	}, nil
 }
 

@@ -27,6 +27,10 @@ Host *.lan
 
 Host proxied
   ProxyCommand nc %h %p
+
+Host known
+  HostName 10.0.0.9
+  UserKnownHostsFile /etc/rbee/known_%h "/second file"
 `
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
@@ -46,6 +50,9 @@ Host proxied
 		{"wildcard", Target{Host: "box.lan", IdentityFiles: []string{"/k"}}, Resolved{Host: "box.lan", Addr: "box.lan:22", User: "lanuser", IdentityFiles: []string{"/k"}}, ""},
 		{"ipv6", Target{Host: "::1", User: "u", Port: 2200, IdentityFiles: []string{"/k"}}, Resolved{Host: "::1", Addr: "[::1]:2200", User: "u", IdentityFiles: []string{"/k"}}, ""},
 		{"proxy command refused", Target{Host: "proxied"}, Resolved{}, "ProxyCommand"},
+		// The hosts ssh knows are rbee's too: a host ssh knows was "unknown".
+		{"UserKnownHostsFile", Target{Host: "known", User: "u", IdentityFiles: []string{"/k"}},
+			Resolved{Host: "known", Addr: "10.0.0.9:22", User: "u", IdentityFiles: []string{"/k"}, KnownHosts: "/etc/rbee/known_10.0.0.9"}, ""},
 		{"command substitution", Target{Host: "$(touch /tmp/x)"}, Resolved{}, "no host name has"},
 		{"backticks", Target{Host: "`id`"}, Resolved{}, "no host name has"},
 		{"semicolon", Target{Host: "a;b"}, Resolved{}, "no host name has"},
