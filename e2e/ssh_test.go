@@ -609,3 +609,22 @@ func TestSSHPurgeWithoutAgent(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestSSHChannelTimeout: a host whose sshd closes idle channels
+// (ChannelTimeout *=2s, OpenSSH 9.2+) still takes model pushes after an idle
+// spell (every push failed "connection lost", while other jobs worked).
+func TestSSHChannelTimeout(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{ExtraConfig: "ChannelTimeout *=2s"})
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	time.Sleep(4 * time.Second) // idle past the server's channel timeout: no event to wait for
+	if r := e.rbee("model", "pull", longModel, "--hive", "h1"); r.code != 0 {
+		t.Fatalf("model pull after an idle spell: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("infer: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}

@@ -368,3 +368,22 @@ func TestDialUserKnownHostsFile(t *testing.T) {
 		t.Errorf("with a known_hosts file named: %v, want ErrUnknownHostKey (the named file wins)", err)
 	}
 }
+
+// An sftp session the server closes when idle (sshd's ChannelTimeout,
+// OpenSSH 9.2 and later) is opened again on the next use: every push after
+// the first failed with "connection lost" while other jobs worked.
+func TestSFTPReopenedAfterChannelTimeout(t *testing.T) {
+	t.Parallel()
+	h := sshtest.Start(t, 1, sshtest.Options{ExtraConfig: "ChannelTimeout *=1s"})[0]
+	c := dial(t, h)
+	ctx := testCtx(t)
+	if _, err := c.Upload(ctx, strings.NewReader("one"), 3, "first.txt", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Idle past the server's channel timeout (time must pass: there is no
+	// event to wait for).
+	time.Sleep(3 * time.Second)
+	if _, err := c.Upload(ctx, strings.NewReader("two"), 3, "second.txt", 0o600); err != nil {
+		t.Fatalf("upload after the sftp channel timed out: %v", err)
+	}
+}

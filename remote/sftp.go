@@ -34,6 +34,19 @@ func (c *Conn) SFTP() (*sftp.Client, error) {
 		return nil, fmt.Errorf("sftp on %s: %w", c.name, err)
 	}
 	c.sftp = cl
+	// The server may close the channel on its own (sshd's ChannelTimeout
+	// closes an idle sftp session): forgotten then, the next use opens a
+	// new one, where every later push failed with "connection lost".
+	c.wg.Add(1) // c.err is nil under c.mu: Close has not begun
+	go func() {
+		defer c.wg.Done()
+		_ = cl.Wait()
+		c.mu.Lock()
+		if c.sftp == cl {
+			c.sftp = nil
+		}
+		c.mu.Unlock()
+	}()
 	return cl, nil
 }
 
