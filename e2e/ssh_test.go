@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/internal/testenv"
