@@ -292,3 +292,31 @@ func TestLocalUpgradeKeepsWorker(t *testing.T) {
 	}
 	e.stopQueen()
 }
+
+// TestAgentKilledWorkersAdopted: workers orphaned by a killed agent (kill
+// -9, an OOM kill) are adopted by the next agent, not left running unowned
+// or loaded twice.
+func TestAgentKilledWorkersAdopted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc"); r.code != 0 {
+		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
+	}
+	ws := e.workers()
+	if len(ws) != 1 {
+		t.Fatalf("workers: %+v", ws)
+	}
+	for _, pid := range e.procs() {
+		if comm(pid) == "rbee-hive" {
+			signal(t, pid, syscall.SIGKILL)
+		}
+	}
+	r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || !strings.Contains(r.stderr, "no spawn") {
+		t.Fatalf("infer after the agent was killed: exit %d, want the orphaned worker adopted\n%s", r.code, r.stderr)
+	}
+	if after := e.workers(); len(after) != 1 || after[0].PID != ws[0].PID {
+		t.Errorf("workers after: %+v, want the same pid %d", after, ws[0].PID)
+	}
+	e.stopQueen()
+}
