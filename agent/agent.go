@@ -244,19 +244,21 @@ func listenLocked(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// listenPrivate listens on a unix socket that is 0600 from its creation:
-// no moment in which another user could connect.
+// listenPrivate listens on a unix socket of mode 0600. Not by the umask:
+// it is the process's, and a directory another goroutine made meanwhile
+// would lose its execute bits. A connection in the moment before the
+// chmod is still refused by its peer uid (OwnerHandler, the relay).
 func listenPrivate(path string) (net.Listener, error) {
-	umaskMu.Lock()
-	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	umaskMu.Unlock()
-	return ln, err
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
-
-// umaskMu: the umask is the process's; sockets are made one at a time.
-var umaskMu sync.Mutex
 
 // OwnerHandler is Handler for the agent's socket: only its owner (and
 // root) get through, told by the peer's uid (serve it with

@@ -175,8 +175,9 @@ type relay struct {
 	open map[net.Conn]struct{}
 }
 
-// rpcRelay listens on run/<id>.sock (0600) and carries each connection to
-// the RPC server's port. close stops it and waits for its goroutines.
+// rpcRelay listens on run/<id>.sock (0600, this user only) and carries
+// each connection to the RPC server through dial (its sandbox's socket, or
+// its port). close stops it and waits for its goroutines.
 func (a *Agent) rpcRelay(info hiveapi.RPCServer, dial func(context.Context) (net.Conn, error)) (*relay, error) {
 	path := filepath.Join(rbee.Home(a.cfg.Home).RunDir(), info.ID+".sock")
 	_ = os.Remove(path)
