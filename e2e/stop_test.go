@@ -211,10 +211,16 @@ func TestDoorStreamAcrossQueenStop(t *testing.T) {
 		br, done := openDoorStream(t, e, 1500)
 		defer done()
 		e.bin = ""
+		// The stream is unread but fits the sockets' buffers, so on a fast
+		// machine it may end before the newer rbee looks (then a restart is
+		// right). What must not happen is a restart that cuts it: the
+		// stream must end whole either way. The keeper's choice itself is
+		// TestReplaceOldQueenBusy, without processes.
 		r := e.rbee("infer", "--model", longModel, "--temperature", "0", "--max-tokens", "3", "hello")
-		if r.code != 0 || !strings.Contains(r.stderr, "1 front-door request(s)") || strings.Contains(r.stderr, "restarting it") {
-			t.Errorf("infer beside a stream: exit %d, want the old queen used, saying it serves a front-door request:\n%s", r.code, r.stderr)
+		if r.code != 0 {
+			t.Errorf("infer beside a stream: exit %d\n%s", r.code, r.stderr)
 		}
+		t.Logf("the newer rbee: %s", map[bool]string{true: "used the busy queen", false: "restarted the queen (the stream had ended)"}[strings.Contains(r.stderr, "front-door request(s)")])
 		rest, err := io.ReadAll(br)
 		if err != nil || !strings.Contains(string(rest), "data: [DONE]") || strings.Contains(string(rest), `"error"`) {
 			t.Errorf("the stream did not end whole (%v): it ends %q", err, lastEvent(string(rest)))
