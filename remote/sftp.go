@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/pkg/sftp"
+	"github.com/rbee-dev/rbee/internal/watchdog"
 )
 
 // SFTP returns the connection's SFTP client, started on first use and
@@ -193,7 +194,8 @@ func mkdirAll(cl *sftp.Client, dir string) error {
 	return nil
 }
 
-// ctxReader hashes what it reads and stops when ctx ends.
+// ctxReader hashes what it reads, reports each read as progress on ctx,
+// and stops when ctx ends.
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
@@ -206,5 +208,6 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.h.Write(p[:n])
+	watchdog.Alive(c.ctx) // the link moves: silence bounds keep waiting
 	return n, err
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/internal/watchdog"
 	"github.com/rbee-dev/rbee/scheduler"
 )
 
@@ -152,7 +153,9 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev Events) (map[s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sctx, cancel := context.WithTimeout(ctx, p.bound)
+			// Bounded by silence, not total time: an agent uploaded
+			// inside the job takes as long as the link needs.
+			sctx, cancel := watchdog.WithSilence(ctx, p.bound)
 			defer cancel()
 			hev := ev
 			if len(hives) > 1 {

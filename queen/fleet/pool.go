@@ -11,6 +11,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/proc"
+	"github.com/rbee-dev/rbee/internal/watchdog"
 	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/remote"
 )
@@ -129,8 +130,11 @@ var errPoolClosed = errors.New("the queen is shutting down")
 // (its bound, a cancelled job) never cuts it short for the others. ctx
 // bounds only this caller's wait; the connector bounds each step that waits
 // for the host's answer with the pool's timeout (pushes are bounded by the
-// keepalives), and a timeout names the step that hung. narrate reports the
-// attempt this call starts, for as long as this call waits.
+// keepalives), and a timeout names the step that hung. The attempt's
+// progress (each step, each buffer uploaded) is reported on ctx
+// (watchdog.Alive), so a caller bounded by silence waits for an upload on
+// a slow link as long as bytes flow. narrate reports the attempt this call
+// starts, for as long as this call waits.
 func (p *pool) get(ctx context.Context, name string, connect connector, narrate func(action, msg string)) (*Conn, error) {
 	return p.getWith(ctx, name, connect, narrate, true)
 }
@@ -178,6 +182,9 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, narr
 		}()
 	}
 	p.mu.Unlock()
+	// The attempt's progress (steps, bytes uploaded) is this caller's: a
+	// bound on its silence waits as long as the attempt moves.
+	defer d.listen(func() { watchdog.Alive(ctx) })()
 	select {
 	case <-d.done:
 		return d.hc, d.err
@@ -191,6 +198,34 @@ type dial struct {
 	done chan struct{}
 	hc   *Conn
 	err  error
+
+	mu        sync.Mutex
+	listeners map[*func()]struct{} // the waiters' progress reports
+}
+
+// listen passes the attempt's progress reports to fn until the returned
+// func is called.
+func (d *dial) listen(fn func()) (stop func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.listeners == nil {
+		d.listeners = map[*func()]struct{}{}
+	}
+	d.listeners[&fn] = struct{}{}
+	return func() {
+		d.mu.Lock()
+		delete(d.listeners, &fn)
+		d.mu.Unlock()
+	}
+}
+
+// progress reports that the attempt moved to everyone waiting on it.
+func (d *dial) progress() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for fn := range d.listeners {
+		(*fn)()
+	}
 }
 
 // narrator passes an attempt's narration to the caller that started it
@@ -224,8 +259,13 @@ func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, n
 		p.mu.Lock()
 		e.step = s
 		p.mu.Unlock()
+		d.progress()
 	}
-	hc, err := connect(p.ctx, step, narrate)
+	say := func(action, msg string) {
+		d.progress()
+		narrate(action, msg)
+	}
+	hc, err := connect(watchdog.WithHook(p.ctx, d.progress), step, say)
 
 	p.mu.Lock()
 	e.dialing = nil
