@@ -137,7 +137,12 @@ func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee
 	if ws.device == "" {
 		return nil, false, "", rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
 	}
-	if ws.workerType == "" {
+	if ws.workerType == "" && len(ws.rpc) > 0 {
+		// A split's main worker reaches the RPC servers through the RPC
+		// backend: the newest bundle with it, whatever else is newer.
+		engine = a.installedEngine(ctx, rpcBackends)
+	}
+	if ws.workerType == "" && engine == "" {
 		if engine, err = a.pickEngine(ctx, ws.device, send); err != nil {
 			if ws.reservation != "" {
 				a.vram.release(ws.reservation)

@@ -473,3 +473,45 @@ func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Ho
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestRPCSplitNeedsRPCEngine: on the engine rbee installs by itself (no
+// RPC backend) a split is refused before any room is reserved, with the
+// one command per hive that makes it work; after those commands, the same
+// split runs.
+func TestRPCSplitNeedsRPCEngine(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	e.vars = append(e.vars, "RBEE_ENGINE="+plainEngine(t))
+	if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	args := []string{"infer", "--split", "localhost,h1", "--model", alphabet, "--temperature", "0", "abc"}
+	r := e.rbee(args...)
+	if r.code != rbee.ExitCodeFor(rbee.CodeWorkerTypeUnknown) || !strings.Contains(r.stderr, "hives localhost, h1 have no engine with llama.cpp's RPC backend") {
+		t.Fatalf("split on plain engines: exit %d, want %d naming both hives\n%s", r.code, rbee.ExitCodeFor(rbee.CodeWorkerTypeUnknown), r.stderr)
+	}
+	if strings.Contains(r.stderr, "reserved") {
+		t.Errorf("room was reserved before the refusal:\n%s", r.stderr)
+	}
+	for _, h := range []string{"localhost", "h1"} {
+		if cmd := "rbee worker install --hive " + h + " DIR"; !strings.Contains(r.stderr, cmd) {
+			t.Errorf("the hint lacks %q:\n%s", cmd, r.stderr)
+		}
+	}
+	if w := e.rbee("worker", "install", "--hive", "localhost", engineDir); w.code != 0 {
+		t.Fatalf("worker install on localhost: exit %d\n%s", w.code, w.stderr)
+	}
+	// Now this machine has a bundle with it: the hint names its directory.
+	r = e.rbee(args...)
+	cmd := regexp.MustCompile(`rbee worker install --hive h1 (/\S+)`).FindStringSubmatch(r.stderr)
+	if r.code == 0 || !strings.Contains(r.stderr, "hive h1 has no engine") || cmd == nil {
+		t.Fatalf("split with h1 on the plain engine: exit %d, want the hint with localhost's bundle\n%s", r.code, r.stderr)
+	}
+	if w := e.rbee("worker", "install", "--hive", "h1", cmd[1]); w.code != 0 {
+		t.Fatalf("the hint's command: exit %d\n%s", w.code, w.stderr)
+	}
+	if r = e.rbee(args...); r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("split after the installs: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}

@@ -528,14 +528,10 @@ func TestSSHSameAccountTwice(t *testing.T) {
 	e.stopQueen()
 }
 
-// TestSSHEngineNeverClobbered: the brick. The queen gives a host
-// the plain engine; the RPC build (what the --split hint says to install)
-// goes over it; the host's agent dies (a reboot). The next job's install
-// keeps the RPC build — it holds every file of the plain one — instead of
-// pushing the plain manifest over it (the agent then refused its engine and
-// every job failed until someone removed the directory by hand).
-func TestSSHEngineNeverClobbered(t *testing.T) {
-	t.Parallel()
+// plainEngine prepares the engine bundle rbee installs by itself (the npm
+// package, without the RPC backend) in a temporary directory.
+func plainEngine(t *testing.T) string {
+	t.Helper()
 	root, err := testenv.Root()
 	if err != nil {
 		t.Fatal(err)
@@ -548,6 +544,18 @@ func TestSSHEngineNeverClobbered(t *testing.T) {
 	if _, err := bundle.Prepare(t.Context(), archives[0], plain, bundle.Options{Source: archives[0]}); err != nil {
 		t.Fatal(err)
 	}
+	return plain
+}
+
+// TestSSHEngineNeverClobbered: the brick. The queen gives a host
+// the plain engine; the RPC build (what the --split hint says to install)
+// goes over it; the host's agent dies (a reboot). The next job's install
+// keeps the RPC build — it holds every file of the plain one — instead of
+// pushing the plain manifest over it (the agent then refused its engine and
+// every job failed until someone removed the directory by hand).
+func TestSSHEngineNeverClobbered(t *testing.T) {
+	t.Parallel()
+	plain := plainEngine(t)
 	e, hosts := sshEnv(t, 1, sshtest.Options{})
 	e.vars = append(e.vars, "RBEE_ENGINE="+plain) // what the queen gives hosts
 	h := hosts[0]

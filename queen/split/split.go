@@ -184,6 +184,11 @@ func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.Model
 		}
 		conns[pt.Hive] = hc
 	}
+	// Every part needs llama.cpp's RPC backend (the main worker to reach
+	// the servers, the others to serve): said before any room is taken.
+	if err := checkRPCEngines(ctx, plan, conns); err != nil {
+		return nil, hiveapi.Model{}, "", err
+	}
 	// Admission: every part's room, or none.
 	res := map[string]string{}
 	release := func() {
@@ -590,4 +595,56 @@ func (s *split) explain(ev rbee.Event) rbee.Event {
 	ev.Message = fmt.Sprintf("the split lost hive %s: %v; %s", hive, why, ev.Message)
 	ev.Hint = fmt.Sprintf("the next job plans again (rbee hive ls shows whether hive %s is up; --split names the hives to use)", hive)
 	return ev
+}
+
+// rpcBackend is the engine backend a split's every part needs.
+const rpcBackend = "rpc"
+
+// checkRPCEngines refuses a split whose hives lack an engine with the RPC
+// backend (the engine rbee installs by itself has none), naming the one
+// command that installs one: from a bundle another hive of this machine
+// already has, or from the one `make engine` builds.
+func checkRPCEngines(ctx context.Context, plan scheduler.SplitPlan, conns map[string]*fleet.Conn) error {
+	var lacking []string
+	have := ""
+	for _, pt := range plan.Parts {
+		wbs, err := conns[pt.Hive].Client().WorkerBinaries(ctx)
+		if err != nil {
+			return fmt.Errorf("split: hive %s: engines: %w", pt.Hive, fleet.HiveError(err))
+		}
+		ok := false
+		for _, wb := range wbs {
+			if slices.Contains(wb.Capabilities, rpcBackend) {
+				ok = true
+				if pt.Hive == fleet.LocalHive && have == "" {
+					have = wb.Path
+				}
+			}
+		}
+		if !ok {
+			lacking = append(lacking, pt.Hive)
+		}
+	}
+	if len(lacking) == 0 {
+		return nil
+	}
+	src := have
+	if src == "" {
+		src = "DIR"
+	}
+	cmds := make([]string, len(lacking))
+	for i, h := range lacking {
+		cmds[i] = "rbee worker install --hive " + h + " " + src
+	}
+	hint := strings.Join(cmds, "; ")
+	if have == "" {
+		hint += ", with DIR an engine bundle built with llama.cpp's RPC backend (in rbee's source, `make engine` builds one in .rbee-dev/engine/llama-cpu)"
+	}
+	which := "hive " + lacking[0] + " has"
+	if len(lacking) > 1 {
+		which = "hives " + strings.Join(lacking, ", ") + " have"
+	}
+	return (&rbee.Error{Code: rbee.CodeWorkerTypeUnknown,
+		Message: fmt.Sprintf("split: %s no engine with llama.cpp's RPC backend (the engine rbee installs by itself has none)", which)}).
+		WithHint(hint)
 }
