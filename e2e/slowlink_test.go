@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"io"
 	"net"
 	"os"
@@ -98,8 +99,20 @@ func TestSSHSlowLinkInstall(t *testing.T) {
 	var rate atomic.Int64
 	rate.Store(1 << 30)
 	slow := throttle(t, h.Addr, &rate)
-	if r := e.rbee("hive", "add", h.User+"@"+slow, "--name", "h1", "--identity", h.ClientKey, "--accept-new-host-key"); r.code != 0 {
+	r := e.rbee("hive", "add", h.User+"@"+slow, "--name", "h1", "--identity", h.ClientKey, "--accept-new-host-key", "--json")
+	if r.code != 0 {
 		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	// The upload reports its bytes (a bar on a terminal), up to the whole.
+	var last rbee.Event
+	for _, l := range lines(r.stdout) {
+		var ev rbee.Event
+		if json.Unmarshal([]byte(l), &ev) == nil && ev.Type == rbee.EventProgress && ev.Action == "agent_upload" {
+			last = ev
+		}
+	}
+	if last.BytesTotal < 10<<20 || last.BytesDone != last.BytesTotal {
+		t.Errorf("hive add's upload progress ended at %d of %d bytes, want all of more than 10 MiB\n%s", last.BytesDone, last.BytesTotal, r.stdout)
 	}
 	// The next queen connects afresh, to a host whose agent is gone.
 	e.stopQueen()
@@ -111,9 +124,12 @@ func TestSSHSlowLinkInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	rate.Store(3 << 20)
-	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
+	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {
 		t.Fatalf("infer over a slow link: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "pushing rbee to hive h1: ") {
+		t.Errorf("a job's upload of the agent showed no progress:\n%s", r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(h.Home, ".rbee", "hive", rbee.Version, "rbee-hive")); err != nil {
 		t.Errorf("the agent was not installed again: %v", err)

@@ -118,6 +118,9 @@ type Options struct {
 	Name      string        // hive name the agent narrates as
 	KeepAlive time.Duration // worker keep-alive on the host
 	Narrate   func(action, msg string)
+	// Progress, when set, hears the bytes of the upload (at most about
+	// five times a second, and at its end).
+	Progress func(done, total int64)
 }
 
 // probeScript prints one fact per line. It is a constant: no user input is
@@ -278,7 +281,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		narrate("engine_kept", fmt.Sprintf("host %s: %s already holds every file of engine %s (and more): kept as it is", opt.Name, engineDir, bundle.Variant(m)))
 		m = nil // nothing of the engine is sent
 	}
-	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags)
+	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags, &meter{report: opt.Progress})
 	if err != nil {
 		return res, nil, err
 	}
@@ -435,7 +438,7 @@ func (f file) size() (int64, error) {
 // temporary name, checked, then renamed. Of the bundle's CPU variants only
 // those the host's CPU (flags) needs go (see hostBundle). The bundle's
 // manifest goes last (a bundle with a manifest is complete), then its links.
-func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest, flags []string) ([]string, error) {
+func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest, flags []string, mt *meter) ([]string, error) {
 	files, err := binaryFiles(agentSrc, workerSrc, l)
 	if err != nil {
 		return nil, err
@@ -445,7 +448,7 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 		if err != nil {
 			return nil, err
 		}
-		sent, err := sendFiles(ctx, c, files, file{}, have) // no file goes last
+		sent, err := sendFiles(ctx, c, files, file{}, have, mt) // no file goes last
 		if err != nil {
 			return nil, err
 		}
@@ -474,7 +477,7 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 			return nil, fmt.Errorf("remove stale engine files: %w", err)
 		}
 	}
-	sent, err := sendFiles(ctx, c, append(files, bfiles...), manifest, have)
+	sent, err := sendFiles(ctx, c, append(files, bfiles...), manifest, have, mt)
 	if err != nil {
 		return nil, err
 	}
@@ -573,36 +576,107 @@ func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
 // pushFiles uploads the files whose checksum on the host differs (one
 // remote command checks them all), then last, and returns what it sent
 // besides last.
-func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file) ([]file, error) {
+func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file, mt *meter) ([]file, error) {
 	have, err := remoteSums(ctx, c, dsts(append(files, last)))
 	if err != nil {
 		return nil, err
 	}
-	return sendFiles(ctx, c, files, last, have)
+	return sendFiles(ctx, c, files, last, have, mt)
 }
 
 // sendFiles uploads the files whose checksum differs from have's, then
 // last, and returns what it sent besides last.
-func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, have map[string]string) ([]file, error) {
+func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, have map[string]string, mt *meter) ([]file, error) {
 	var todo []file
 	for _, f := range files {
 		if have[f.dst] != f.sum {
 			todo = append(todo, f)
 		}
 	}
-	if err := uploadAll(ctx, c, todo); err != nil {
+	sendLast := have[last.dst] != last.sum
+	for _, f := range append(todo, last) {
+		if f.dst == last.dst && !sendLast {
+			continue
+		}
+		n, err := f.size()
+		if err != nil {
+			return nil, fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+		}
+		mt.plan(n)
+	}
+	if err := uploadAll(ctx, c, todo, mt); err != nil {
 		return nil, err
 	}
-	if have[last.dst] != last.sum {
-		if err := uploadOne(ctx, c, last); err != nil {
+	if sendLast {
+		if err := uploadOne(ctx, c, last, mt); err != nil {
 			return nil, err
 		}
 	}
+	mt.finish()
 	return todo, nil
 }
 
+// meter counts the bytes of a push for its progress report; a nil meter
+// or one without report counts nothing.
+type meter struct {
+	report func(done, total int64)
+
+	mu    sync.Mutex
+	total int64
+	done  int64
+	last  time.Time
+}
+
+// plan adds n bytes to the push's total.
+func (m *meter) plan(n int64) {
+	if m == nil || m.report == nil {
+		return
+	}
+	m.mu.Lock()
+	m.total += n
+	m.mu.Unlock()
+}
+
+// add counts n bytes sent, reporting at most about five times a second.
+func (m *meter) add(n int) {
+	if m == nil || m.report == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.done += int64(n)
+	if now := time.Now(); now.Sub(m.last) >= 200*time.Millisecond {
+		m.last = now
+		m.report(m.done, m.total)
+	}
+}
+
+// finish reports the end of a push that sent anything.
+func (m *meter) finish() {
+	if m == nil || m.report == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.total > 0 {
+		m.report(m.done, m.total)
+	}
+}
+
+// counted counts what is read through it on a meter.
+type counted struct {
+	r  io.Reader
+	mt *meter
+}
+
+func (c counted) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.mt.add(n)
+	return n, err
+}
+
 // uploadAll uploads files, four at a time.
-func uploadAll(ctx context.Context, c *remote.Conn, files []file) error {
+func uploadAll(ctx context.Context, c *remote.Conn, files []file, mt *meter) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -617,7 +691,7 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file) error {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := uploadOne(ctx, c, f); err != nil {
+			if err := uploadOne(ctx, c, f, mt); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -629,7 +703,7 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file) error {
 	return errors.Join(errs...)
 }
 
-func uploadOne(ctx context.Context, c *remote.Conn, f file) error {
+func uploadOne(ctx context.Context, c *remote.Conn, f file, mt *meter) error {
 	var (
 		in   io.Reader
 		size int64
@@ -648,7 +722,7 @@ func uploadOne(ctx context.Context, c *remote.Conn, f file) error {
 		}
 		in, size = fh, st.Size()
 	}
-	got, err := c.Upload(ctx, in, size, f.dst, f.mode)
+	got, err := c.Upload(ctx, counted{in, mt}, size, f.dst, f.mode)
 	if err != nil {
 		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
 	}
@@ -688,8 +762,8 @@ func cachedSHA256(p string) (string, error) {
 
 // PushBundle puts a prepared engine bundle on the host at dst: only the
 // files whose checksum differs are sent, the manifest last, then its links.
-// It returns how many files were sent.
-func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, error) {
+// It returns how many files were sent; progress, when set, hears the bytes.
+func PushBundle(ctx context.Context, c *remote.Conn, src, dst string, progress func(done, total int64)) (int, error) {
 	m, err := bundle.Validate(src)
 	if err != nil {
 		return 0, fmt.Errorf("engine bundle: %w", err)
@@ -698,7 +772,7 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	sent, err := pushFiles(ctx, c, files, manifest)
+	sent, err := pushFiles(ctx, c, files, manifest, &meter{report: progress})
 	if err != nil {
 		return 0, err
 	}

@@ -37,7 +37,7 @@ func (f *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		hc, err := f.hiveFor(ctx, req.Hive, narrate)
+		hc, err := f.hiveFor(ctx, req.Hive, ev)
 		if err != nil {
 			return err
 		}
@@ -64,7 +64,7 @@ func (f *Fleet) installEngine(w http.ResponseWriter, r *http.Request) {
 			if keep {
 				narrate("engine_kept", fmt.Sprintf("hive %s: %s already holds every file of engine %s (and more): nothing to push", hc.name, target, m.Version))
 			} else {
-				n, err := provision.PushBundle(ctx, hc.remote.conn, filepath.Join(tmp, "b"), target)
+				n, err := provision.PushBundle(ctx, hc.remote.conn, filepath.Join(tmp, "b"), target, uploadProgress(ev, "engine_push", "engine "+m.Version+" to hive "+hc.name))
 				if err != nil {
 					return rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", hc.name, err)
 				}
@@ -109,7 +109,7 @@ func (f *Fleet) engineSource(ctx context.Context, src string, ev Events) (string
 }
 
 func (f *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
-	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -123,7 +123,7 @@ func (f *Fleet) listEngines(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fleet) removeEngine(w http.ResponseWriter, r *http.Request) {
-	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -141,7 +141,7 @@ func (f *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusBadRequest, rbee.Errorf(rbee.CodeBadRequest, "add worker type: %w", err))
 		return
 	}
-	hc, err := f.hiveFor(r.Context(), req.Hive, Silent)
+	hc, err := f.hiveFor(r.Context(), req.Hive, Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -154,7 +154,7 @@ func (f *Fleet) addWorkerType(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
-	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -214,7 +214,8 @@ func (f *Fleet) localCUDA(ctx context.Context) bool {
 // tarball cached with the local hive's, checked against its pinned
 // integrity) and prepared under the queen's cache. Its download is
 // narrated.
-func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate func(action, msg string)) (string, error) {
+func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, ev Events) (string, error) {
+	narrate := ev.Narrate
 	goos, goarch, _ := strings.Cut(plat, "/")
 	pkg, ok := enginefetch.For(goos, goarch, "")
 	if !ok {
@@ -235,10 +236,12 @@ func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, narrate
 	dir, err = enginefetch.Fetch(ctx, enginefetch.Options{
 		Package: pkg, Dir: dir, CacheDir: f.cfg.Home.Cache("npm"), Registry: f.cfg.EngineRegistry, Archive: f.cfg.EngineArchive,
 		Progress: func(done, total int64) {
-			// Narration, not a bar: a connect reports in lines.
-			if now := time.Now(); now.Sub(last) >= 2*time.Second || done == total {
+			// A bar on a terminal; the client prints a line now and then
+			// elsewhere.
+			if now := time.Now(); now.Sub(last) >= 200*time.Millisecond || done == total {
 				last = now
-				narrate("engine_download", fmt.Sprintf("engine %s: %s of %s", path.Base(pkg.Name), rbee.Bytes(uint64(done)), rbee.Bytes(uint64(max(total, 0)))))
+				ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: "engine_download", BytesDone: done, BytesTotal: total,
+					Message: fmt.Sprintf("engine %s for %s: %s of %s", path.Base(pkg.Name), plat, rbee.Bytes(uint64(done)), rbee.Bytes(uint64(max(total, 0))))})
 			}
 		},
 		Logf: func(format string, args ...any) { f.log.Info(fmt.Sprintf(format, args...)) },

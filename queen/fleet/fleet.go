@@ -245,13 +245,13 @@ func (f *Fleet) Live(name string, many bool) Hive {
 
 // Conn returns the live connection to a hive, connecting it (one attempt
 // for all callers) when there is none; narrate hears the connect.
-func (f *Fleet) Conn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
-	return f.hiveConn(ctx, name, narrate)
+func (f *Fleet) Conn(ctx context.Context, name string, ev Events) (*Conn, error) {
+	return f.hiveConn(ctx, name, ev)
 }
 
 // Client is the agent's client of a connected hive.
 func (f *Fleet) Client(ctx context.Context, name string) (*hiveapi.Client, error) {
-	hc, err := f.hiveConn(ctx, name, Silent)
+	hc, err := f.hiveConn(ctx, name, Quiet{})
 	if err != nil {
 		return nil, err
 	}

@@ -72,7 +72,7 @@ type liveHive struct {
 func (h *liveHive) Name() string { return h.name }
 
 func (h *liveHive) conn(ctx context.Context) (*Conn, error) {
-	return h.f.hiveConn(ctx, h.name, Silent)
+	return h.f.hiveConn(ctx, h.name, Quiet{})
 }
 
 // Snapshot reads devices, workers and models within the pool's timeout. A
@@ -86,7 +86,7 @@ func (h *liveHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
 		}
 	}
 	for try := 0; ; try++ {
-		hc, err := h.f.hiveConn(ctx, h.name, ev.Narrate)
+		hc, err := h.f.hiveConn(ctx, h.name, ev)
 		if err != nil {
 			return Snapshot{}, err
 		}

@@ -120,7 +120,7 @@ func (f *Fleet) addHive(w http.ResponseWriter, r *http.Request) {
 	f.streamOp(w, func(ev Events) error {
 		ctx := r.Context()
 		_, known := inv.Hive(req.Name)
-		hc, err := f.pool.getWith(ctx, req.Name, f.remoteConnector(ih, req.AcceptNewHostKey), ev.Narrate, !req.AcceptNewHostKey)
+		hc, err := f.pool.getWith(ctx, req.Name, f.remoteConnector(ih, req.AcceptNewHostKey), ev, !req.AcceptNewHostKey)
 		if err != nil {
 			if !known {
 				f.pool.drop(req.Name) // not a hive yet: nothing to redial
@@ -362,7 +362,7 @@ func (f *Fleet) hiveStatus(w http.ResponseWriter, r *http.Request) {
 	entry, _ = f.db.Hive(ctx, name)
 	info := hiveInfo(entry)
 	info.Status, info.Reason, info.Devices, info.Workers = "online", "", s.Devices, s.Workers
-	if hc, err := f.hiveConn(ctx, name, Silent); err == nil {
+	if hc, err := f.hiveConn(ctx, name, Quiet{}); err == nil {
 		info.Host = hostFacts(ctx, hc)
 	}
 	reply.JSON(w, http.StatusOK, info)
@@ -438,7 +438,7 @@ func (f *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 // purge stops a remote hive's agent (and its workers) and removes ~/.rbee
 // on the host.
 func (f *Fleet) purge(ctx context.Context, name string) error {
-	hc, err := f.hiveConn(ctx, name, Silent)
+	hc, err := f.hiveConn(ctx, name, Quiet{})
 	if err != nil && name != LocalHive {
 		// No healthy agent (one that cannot start is what purge is for):
 		// over SSH alone.
@@ -524,7 +524,7 @@ func (f *Fleet) hiveLogs(w http.ResponseWriter, r *http.Request) {
 		out, err = proc.Tail(f.cfg.Home.Log("hive-localhost"), 200)
 	} else {
 		var hc *Conn
-		if hc, err = f.hiveConn(ctx, name, Silent); err == nil {
+		if hc, err = f.hiveConn(ctx, name, Quiet{}); err == nil {
 			out, err = hc.remote.conn.Run(ctx, []string{"tail", "-n", "200", hc.remote.layout.LogPath()}, nil)
 		}
 	}
@@ -583,7 +583,7 @@ func (f *Fleet) upAll(ctx context.Context, ev Events, acceptNew bool) (failed in
 			start := time.Now()
 			was, _ := f.pool.state(h.Name)
 			e := rbee.Event{Type: rbee.EventNarration, Actor: "hive " + h.Name, Action: "hive_up"}
-			hc, err := f.pool.getWith(ctx, h.Name, f.remoteConnector(h, acceptNew), Silent, !acceptNew)
+			hc, err := f.pool.getWith(ctx, h.Name, f.remoteConnector(h, acceptNew), Quiet{}, !acceptNew)
 			if acceptNew {
 				f.pool.setConnector(h.Name, f.remoteConnector(h, false))
 			}

@@ -16,14 +16,14 @@ import (
 )
 
 // hiveFor resolves and connects a hive by name ("" = localhost).
-func (f *Fleet) hiveFor(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+func (f *Fleet) hiveFor(ctx context.Context, name string, ev Events) (*Conn, error) {
 	if name == "" {
 		name = LocalHive
 	}
 	if _, _, err := f.resolveHive(ctx, name); err != nil {
 		return nil, err
 	}
-	return f.hiveConn(ctx, name, narrate)
+	return f.hiveConn(ctx, name, ev)
 }
 
 // pull has a hive download a reference, relaying its progress. The fit
@@ -89,7 +89,7 @@ func (f *Fleet) pullModel(w http.ResponseWriter, r *http.Request) {
 			}
 			return err
 		}
-		hc, err := f.hiveConn(ctx, name, ev.Narrate)
+		hc, err := f.hiveConn(ctx, name, ev)
 		if err != nil {
 			return err
 		}
@@ -119,7 +119,7 @@ func (f *Fleet) aliasOn(ctx context.Context, hive string, m hiveapi.Model, alias
 	if alias == "" || m.Alias == alias {
 		return nil
 	}
-	hc, err := f.hiveConn(ctx, hive, Silent)
+	hc, err := f.hiveConn(ctx, hive, Quiet{})
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (f *Fleet) fits(spec *ModelSpec, name string, snap Snapshot, ev Events) err
 }
 
 func (f *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
-	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return
@@ -164,7 +164,7 @@ func (f *Fleet) listModels(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fleet) removeModel(w http.ResponseWriter, r *http.Request) {
-	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Silent)
+	hc, err := f.hiveFor(r.Context(), r.URL.Query().Get("hive"), Quiet{})
 	if err != nil {
 		reply.Error(w, http.StatusBadGateway, err)
 		return

@@ -83,7 +83,7 @@ func (h *Conn) alive() bool {
 
 // connector connects one hive: dial, start its agent if needed, handshake.
 // step names what it is doing, so a timeout can say where it hung.
-type connector func(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error)
+type connector func(ctx context.Context, step func(string), ev Events) (*Conn, error)
 
 // pool holds the queen's one connection per hive. Connecting is
 // single-flight (parallel first uses share one dial and one agent start)
@@ -133,17 +133,17 @@ var errPoolClosed = errors.New("the queen is shutting down")
 // keepalives), and a timeout names the step that hung. The attempt's
 // progress (each step, each buffer uploaded) is reported on ctx
 // (watchdog.Alive), so a caller bounded by silence waits for an upload on
-// a slow link as long as bytes flow. narrate reports the attempt this call
+// a slow link as long as bytes flow. ev hears the attempt this call
 // starts, for as long as this call waits.
-func (p *pool) get(ctx context.Context, name string, connect connector, narrate func(action, msg string)) (*Conn, error) {
-	return p.getWith(ctx, name, connect, narrate, true)
+func (p *pool) get(ctx context.Context, name string, connect connector, ev Events) (*Conn, error) {
+	return p.getWith(ctx, name, connect, ev, true)
 }
 
 // getWith is get; keep=false uses connect for an attempt this call starts
 // without keeping it for later redials (a connector that accepts a new
 // host key is for the one command the person ran, never a background
 // redial).
-func (p *pool) getWith(ctx context.Context, name string, connect connector, narrate func(action, msg string), keep bool) (*Conn, error) {
+func (p *pool) getWith(ctx context.Context, name string, connect connector, ev Events, keep bool) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -163,7 +163,7 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, narr
 		return hc, nil
 	}
 	d := e.dialing
-	n := &narrator{narrate: narrate}
+	n := &narrator{ev: ev}
 	defer n.leave()
 	if d == nil {
 		if connect == nil {
@@ -178,7 +178,7 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, narr
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.dialOnce(name, e, d, connect, n.say)
+			p.dialOnce(name, e, d, connect, n)
 		}()
 	}
 	p.mu.Unlock()
@@ -228,19 +228,29 @@ func (d *dial) progress() {
 	}
 }
 
-// narrator passes an attempt's narration to the caller that started it
+// narrator passes an attempt's events to the caller that started it
 // while that caller still waits (its stream may be gone after).
 type narrator struct {
-	mu      sync.Mutex
-	narrate func(action, msg string)
-	gone    bool
+	mu   sync.Mutex
+	ev   Events
+	gone bool
 }
 
-func (n *narrator) say(action, msg string) {
+// Send passes ev on while the caller waits.
+func (n *narrator) Send(ev rbee.Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.gone && n.narrate != nil {
-		n.narrate(action, msg)
+	if !n.gone && n.ev != nil {
+		n.ev.Send(ev)
+	}
+}
+
+// Narrate passes the line on while the caller waits.
+func (n *narrator) Narrate(action, msg string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.gone && n.ev != nil {
+		n.ev.Narrate(action, msg)
 	}
 }
 
@@ -250,10 +260,26 @@ func (n *narrator) leave() {
 	n.mu.Unlock()
 }
 
+// dialEvents counts each event of an attempt as its progress.
+type dialEvents struct {
+	ev Events
+	d  *dial
+}
+
+func (e dialEvents) Send(ev rbee.Event) {
+	e.d.progress()
+	e.ev.Send(ev)
+}
+
+func (e dialEvents) Narrate(action, msg string) {
+	e.d.progress()
+	e.ev.Narrate(action, msg)
+}
+
 // dialOnce runs attempt d for e on the pool's context and records its
 // outcome: the connection (watched from now on), or the reason, the hive
 // marked offline and a background redial started.
-func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, narrate func(action, msg string)) {
+func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, ev Events) {
 	defer close(d.done)
 	step := func(s string) {
 		p.mu.Lock()
@@ -261,11 +287,7 @@ func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, n
 		p.mu.Unlock()
 		d.progress()
 	}
-	say := func(action, msg string) {
-		d.progress()
-		narrate(action, msg)
-	}
-	hc, err := connect(watchdog.WithHook(p.ctx, d.progress), step, say)
+	hc, err := connect(watchdog.WithHook(p.ctx, d.progress), step, dialEvents{ev, d})
 
 	p.mu.Lock()
 	e.dialing = nil
@@ -402,7 +424,7 @@ func (p *pool) redial(name string, e *poolEntry) {
 		e.dialing, e.step = d, "connect"
 		connect := e.connect
 		p.mu.Unlock()
-		if p.dialOnce(name, e, d, connect, Silent); d.err == nil {
+		if p.dialOnce(name, e, d, connect, Quiet{}); d.err == nil {
 			return
 		}
 	}

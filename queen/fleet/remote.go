@@ -79,15 +79,15 @@ func expandHome(p string) string {
 
 // hiveConn returns the pool's connection to a hive, connecting it (one
 // attempt for all callers) when there is none.
-func (f *Fleet) hiveConn(ctx context.Context, name string, narrate func(action, msg string)) (*Conn, error) {
+func (f *Fleet) hiveConn(ctx context.Context, name string, ev Events) (*Conn, error) {
 	if name == LocalHive {
-		return f.pool.get(ctx, name, f.connectLocal, narrate)
+		return f.pool.get(ctx, name, f.connectLocal, ev)
 	}
 	ih, err := f.inventoryHive(name)
 	if err != nil {
 		return nil, err
 	}
-	return f.pool.get(ctx, name, f.remoteConnector(ih, false), narrate)
+	return f.pool.get(ctx, name, f.remoteConnector(ih, false), ev)
 }
 
 // inventoryHive finds an SSH hive in the inventory (hand edits are picked
@@ -112,7 +112,8 @@ func (f *Fleet) inventoryHive(name string) (inventory.Hive, error) {
 // dial and SSH handshake bounded by the connect timeout, then the agent
 // (probe, install when needed, start, handshake).
 func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
-	return func(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
+	return func(ctx context.Context, step func(string), ev Events) (*Conn, error) {
+		narrate := ev.Narrate
 		t, cfg := f.target(h)
 		cfg.AcceptNewHostKey = acceptNew
 		narrate("hive_connect", fmt.Sprintf("connecting to hive %s (%s)", h.Name, describeTarget(t)))
@@ -131,9 +132,10 @@ func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 		arts.Engine = func(ctx context.Context, plat provision.Platform) (string, error) {
 			step("the engine bundle for " + plat + " (fetched on this machine)")
 			defer step("the agent (install, handshake)")
-			return f.hostEngine(ctx, plat, narrate)
+			return f.hostEngine(ctx, plat, ev)
 		}
-		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: f.cfg.KeepAlive, Narrate: narrate})
+		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: f.cfg.KeepAlive, Narrate: narrate,
+			Progress: uploadProgress(ev, "agent_upload", "rbee to hive "+h.Name)})
 		if err != nil {
 			conn.Close()
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -154,7 +156,8 @@ func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 
 // connectLocal reaches this machine's agent on its socket, starting it
 // (detached, in its own session) when nothing answers there.
-func (f *Fleet) connectLocal(ctx context.Context, step func(string), narrate func(action, msg string)) (*Conn, error) {
+func (f *Fleet) connectLocal(ctx context.Context, step func(string), ev Events) (*Conn, error) {
+	narrate := ev.Narrate
 	client := hiveapi.NewClient(LocalHive, hiveapi.UnixDialer(f.cfg.Home.HiveSocket()))
 	step("the local agent's handshake")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -426,4 +429,13 @@ func (f *Fleet) ensureLocalEntry(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// uploadProgress reports a push's bytes as progress events (a bar on a
+// terminal) named action, about what.
+func uploadProgress(ev Events, action, what string) func(done, total int64) {
+	return func(done, total int64) {
+		ev.Send(rbee.Event{Type: rbee.EventProgress, Actor: me, Action: action, BytesDone: done, BytesTotal: total,
+			Message: fmt.Sprintf("pushing %s: %s of %s", what, rbee.Bytes(uint64(done)), rbee.Bytes(uint64(total)))})
+	}
 }

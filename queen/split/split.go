@@ -178,7 +178,7 @@ func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.Model
 	mainPart := plan.Parts[0]
 	conns := map[string]*fleet.Conn{}
 	for _, pt := range plan.Parts {
-		hc, err := sp.fleet.Conn(ctx, pt.Hive, ev.Narrate)
+		hc, err := sp.fleet.Conn(ctx, pt.Hive, ev)
 		if err != nil {
 			return nil, hiveapi.Model{}, "", err
 		}

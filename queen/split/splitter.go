@@ -22,7 +22,7 @@ const me = "queen"
 type Fleet interface {
 	Resolve(ctx context.Context, name string) error
 	Live(name string, many bool) fleet.Hive
-	Conn(ctx context.Context, name string, narrate func(action, msg string)) (*fleet.Conn, error)
+	Conn(ctx context.Context, name string, ev fleet.Events) (*fleet.Conn, error)
 	Snapshots(ctx context.Context, hives []fleet.Hive, ev fleet.Events) (map[string]fleet.Snapshot, error)
 	Estimate(ctx context.Context, spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot) error
 	Relay(ctx context.Context, h fleet.Hive, ireq hiveapi.InferRequest, ev fleet.Events) error

@@ -57,7 +57,7 @@ func (f *fakeFleet) Resolve(_ context.Context, name string) error {
 	return nil
 }
 func (f *fakeFleet) Live(name string, _ bool) fleet.Hive { return f.hives[name] }
-func (f *fakeFleet) Conn(context.Context, string, func(string, string)) (*fleet.Conn, error) {
+func (f *fakeFleet) Conn(context.Context, string, fleet.Events) (*fleet.Conn, error) {
 	f.t.Error("planning connected to a hive")
 	return nil, errors.New("no connection in a unit test")
 }
