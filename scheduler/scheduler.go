@@ -131,6 +131,8 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 		switch {
 		case c.rejected != "":
 			rc.Rejected, rc.Verdict = true, c.rejected
+		case p.Warm != nil && c.hive == p.Warm.Hive && c.dev.ID == p.Warm.Device:
+			continue // the picked one, listed first: it did not lose to itself
 		case p.Warm != nil:
 			rank++
 			rc.Rank = rank + 1

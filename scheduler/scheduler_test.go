@@ -106,3 +106,25 @@ func TestBasicPlan(t *testing.T) {
 		})
 	}
 }
+
+// With a warm worker, its device is listed once, as the pick: it did not
+// also lose to itself ("fits, but warm worker … on the same device").
+func TestWarmListedOnce(t *testing.T) {
+	warm := rbee.WorkerInfo{ID: "w-1", ModelID: "m1", Device: "gpu0", State: "ready"}
+	p, err := Basic{}.Plan(Request{Need: gib}, []Hive{{Name: "a", Devices: devs(), Workers: []rbee.WorkerInfo{warm}, ModelID: "m1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range p.Candidates {
+		if c.Hive == "a" && c.Device == "gpu0" {
+			n++
+			if !strings.HasPrefix(c.Verdict, "picked: ") {
+				t.Errorf("a/gpu0: %q, want the pick", c.Verdict)
+			}
+		}
+	}
+	if n != 1 || len(p.Candidates) != len(devs()) {
+		t.Errorf("a/gpu0 listed %d times among %d candidates (want once among %d): %+v", n, len(p.Candidates), len(devs()), p.Candidates)
+	}
+}

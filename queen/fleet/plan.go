@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/hiveapi"
@@ -109,8 +110,8 @@ func (p *planner) place(ctx context.Context, job PlaceJob, hives []Hive, ev Even
 		// One event a line: narration is one line (a keeper escapes a
 		// newline); the first carries the candidates for --json.
 		ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: prefix + "candidates:", Candidates: plan.Candidates})
-		for _, c := range plan.Candidates {
-			ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: fmt.Sprintf("  %s/%s %s: %s", c.Hive, c.Device, c.Name, c.Verdict)})
+		for _, row := range explainRows(plan.Candidates) {
+			ev.Send(rbee.Event{Type: rbee.EventNarration, Actor: me, Action: "explain", Message: row})
 		}
 	}
 	if err != nil {
@@ -191,13 +192,16 @@ func (p *planner) snapshots(ctx context.Context, hives []Hive, ev Events) (map[s
 		names = append(names, h.Name())
 	}
 	sort.Strings(names)
+	if len(hives) > 1 {
+		ev.Send(candidatesLine(names, snaps, errs))
+	}
 	for _, n := range names {
 		if err, ok := errs[n]; ok {
 			w := rbee.Narrate(me, "hive_skipped", fmt.Sprintf("hive %s is unreachable, left out of this job: %v", n, err))
 			w.Level = "warn"
 			ev.Send(w)
 		}
-		if s, ok := snaps[n]; ok && p.fresh != nil && p.fresh(n) {
+		if s, ok := snaps[n]; ok && len(hives) == 1 && p.fresh != nil && p.fresh(n) {
 			ev.Narrate("devices_detected", fmt.Sprintf("hive %s has %s", n, describeDevices(s.Devices)))
 		}
 	}
@@ -318,6 +322,42 @@ func describeDevices(ds []rbee.Device) string {
 		}
 	}
 	return fmt.Sprintf("%d device(s): %s", len(ds), strings.Join(parts, "; "))
+}
+
+// explainRows lays the candidates out as a table under a header, a row a
+// line: device, its name, the verdict.
+func explainRows(cs []rbee.Candidate) []string {
+	wd, wn := len("DEVICE"), len("NAME")
+	for _, c := range cs {
+		wd = max(wd, utf8.RuneCountInString(c.Hive+"/"+c.Device))
+		wn = max(wn, utf8.RuneCountInString(c.Name))
+	}
+	out := []string{fmt.Sprintf("  %-*s  %-*s  %s", wd, "DEVICE", wn, "NAME", "VERDICT")}
+	for _, c := range cs {
+		out = append(out, fmt.Sprintf("  %-*s  %-*s  %s", wd, c.Hive+"/"+c.Device, wn, c.Name, c.Verdict))
+	}
+	return out
+}
+
+// candidatesLine sums a fleet job's candidates up in one line: how many
+// answered, with what devices, and how many were left out (each of those
+// has its warning). At a hundred hosts, a line per hive buried the job's.
+func candidatesLine(names []string, snaps map[string]Snapshot, errs map[string]error) rbee.Event {
+	cpus, gpus := 0, 0
+	for _, s := range snaps {
+		for _, d := range s.Devices {
+			if d.Kind == rbee.DeviceGPU {
+				gpus++
+			} else {
+				cpus++
+			}
+		}
+	}
+	msg := fmt.Sprintf("candidates: %d hives, %d answered (%d GPU(s), %d CPU(s))", len(names), len(snaps), gpus, cpus)
+	if len(errs) > 0 {
+		msg += fmt.Sprintf(", %d unreachable and left out", len(errs))
+	}
+	return rbee.Narrate(me, "candidates", msg)
 }
 
 // Quiet drops every event (a fleet's per-hive connects, background work).

@@ -359,8 +359,8 @@ func TestExplainIsOneLineEach(t *testing.T) {
 		}
 		lines = append(lines, e.Message)
 	}
-	if len(lines) != 4 || lines[0] != "fleet candidates:" || !strings.HasPrefix(lines[1], "  h2/gpu0") {
-		t.Errorf("explain lines %q, want the header then one a candidate, h2/gpu0 first", lines)
+	if len(lines) != 5 || lines[0] != "fleet candidates:" || !strings.HasPrefix(lines[1], "  DEVICE   NAME ") || !strings.HasPrefix(lines[2], "  h2/gpu0  GPU gpu0  picked:") {
+		t.Errorf("explain lines %q, want a title, a table header, then a row a candidate, h2/gpu0 first, in columns", lines)
 	}
 }
 
@@ -373,3 +373,34 @@ func TestNaturalCompare(t *testing.T) {
 		t.Errorf("sorted %v, want %v", names, want)
 	}
 }
+
+// A fleet job sums its candidates up in one line, however many there are
+// and however fresh: no line per hive (91 of them at 100 hosts), except a
+// warning for each hive left out.
+func TestPlaceCandidatesOneLine(t *testing.T) {
+	t.Parallel()
+	var hives []Hive
+	for i := range 40 {
+		hives = append(hives, &fakeHive{name: fmt.Sprintf("h%d", i), devices: []rbee.Device{cpu(32 * gib)}})
+	}
+	hives = append(hives, &fakeHive{name: "gpubox", devices: []rbee.Device{gpu("gpu0", 48*gib), cpu(32 * gib)}},
+		&fakeHive{name: "stalled", devices: []rbee.Device{cpu(32 * gib)}, stall: true})
+	pl := testPlanner(50 * time.Millisecond)
+	pl.fresh = func(string) bool { return true }
+	var ev recorder
+	if _, err := pl.place(context.Background(), PlaceJob{ID: "j", Spec: spec(gib), Fleet: true}, hives, &ev); err != nil {
+		t.Fatal(err)
+	}
+	text := ev.text()
+	if n := strings.Count(text, "candidates:"); n != 1 || !strings.Contains(text, "candidates: 42 hives, 41 answered (1 GPU(s), 41 CPU(s)), 1 unreachable and left out\n") {
+		t.Errorf("%d candidates lines, want one with the counts:\n%s", n, text)
+	}
+	if strings.Contains(text, "device(s):") {
+		t.Errorf("a line per hive's devices:\n%s", text)
+	}
+	if n := len(lines(text)); n > 6 {
+		t.Errorf("%d lines of narration for a fleet job:\n%s", n, text)
+	}
+}
+
+func lines(s string) []string { return strings.Split(strings.TrimSuffix(s, "\n"), "\n") }
