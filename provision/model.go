@@ -52,10 +52,11 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 	}
 	st := sized(size)
 	partial := dst + ".partial"
-	sc, err := c.SFTP()
+	sc, release, err := c.SFTP()
 	if err != nil {
 		return "", fmt.Errorf("push model: %w", err)
 	}
+	defer release()
 	if err := sc.MkdirAll(path.Dir(dst)); err != nil {
 		return "", fmt.Errorf("push model: %w", err)
 	}

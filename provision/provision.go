@@ -793,10 +793,11 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string, progress f
 // removed the directory by hand).
 func EngineTarget(ctx context.Context, c *remote.Conn, l Layout, m *bundle.Manifest) (dir string, keep bool, err error) {
 	dir = l.EngineDir(bundle.Variant(m))
-	sc, err := c.SFTP()
+	sc, release, err := c.SFTP()
 	if err != nil {
 		return "", false, fmt.Errorf("engine bundle: %w", err)
 	}
+	defer release()
 	f, err := sc.Open(path.Join(dir, bundle.ManifestName))
 	if err != nil {
 		return dir, false, nil // none there (or unreadable: the push says so)
@@ -872,10 +873,11 @@ func bundleDigest(m *bundle.Manifest) string {
 // files its new manifest does not list: what an earlier bundle of the same
 // name left (a bundle with the RPC backend replaced by one without).
 func pruneBundle(c *remote.Conn, dst string, m *bundle.Manifest) error {
-	sc, err := c.SFTP()
+	sc, release, err := c.SFTP()
 	if err != nil {
 		return fmt.Errorf("engine bundle: %w", err)
 	}
+	defer release()
 	keep := map[string]bool{bundle.ManifestName: true}
 	for _, f := range m.Files {
 		keep[f.Name] = true

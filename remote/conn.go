@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -30,10 +31,15 @@ type Conn struct {
 	once sync.Once
 	wg   sync.WaitGroup // every goroutine the Conn starts
 
-	mu   sync.Mutex
-	err  error
-	sftp *sftp.Client
-	home string
+	alive atomic.Int64 // unix nanoseconds of the last sign of life
+
+	mu        sync.Mutex
+	err       error
+	sftp      *sftp.Client
+	sftpUsers int       // callers holding sftp now
+	sftpUsed  time.Time // when the last of them let go
+	sftpIdle  time.Duration
+	home      string
 }
 
 // Dial connects to t, through the ProxyJump hosts the ssh config names
@@ -91,7 +97,9 @@ func Dial(ctx context.Context, t Target, cfg Config) (*Conn, error) {
 		client:   clients[len(clients)-1],
 		hops:     clients[:len(clients)-1],
 		done:     make(chan struct{}),
+		sftpIdle: cfg.SFTPIdle,
 	}
+	c.alive.Store(time.Now().UnixNano())
 	c.wg.Add(2)
 	go c.watch()
 	go c.keepalive(cfg.Keepalive)
@@ -207,6 +215,10 @@ func (c *Conn) watch() {
 	c.fail(fmt.Errorf("%s: %w: %w", c.name, ErrConnLost, err))
 }
 
+// LastAlive is when the host last showed it is there: the dial, or the
+// last answer to a keepalive.
+func (c *Conn) LastAlive() time.Time { return time.Unix(0, c.alive.Load()) }
+
 // keepalive sends keepalive@openssh.com every interval, one at a time; an
 // answer (even a refusal) proves the server alive. Three intervals without
 // one, or a failed send, end the connection.
@@ -226,7 +238,9 @@ func (c *Conn) keepalive(every time.Duration) {
 				c.fail(fmt.Errorf("%s: %w: keepalive: %w", c.name, ErrConnLost, err))
 				return
 			}
+			c.alive.Store(time.Now().UnixNano())
 		case <-tick.C:
+			c.closeIdleSFTP()
 			if pending {
 				if misses++; misses >= 3 {
 					c.fail(fmt.Errorf("%s: %w: no answer to keepalives for %s", c.name, ErrConnLost, every*time.Duration(misses)))

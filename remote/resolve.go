@@ -42,6 +42,10 @@ type Config struct {
 	Keepalive time.Duration
 	// DialTimeout bounds each hop's connect and handshake. Default 10s.
 	DialTimeout time.Duration
+	// SFTPIdle is how long an unused SFTP session stays open (each holds
+	// an sftp-server process on the host); checked at each keepalive.
+	// Default 30s.
+	SFTPIdle time.Duration
 }
 
 // Resolved is a Target with ~/.ssh/config applied.
@@ -62,6 +66,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
+	}
+	if c.SFTPIdle <= 0 {
+		c.SFTPIdle = 30 * time.Second
 	}
 	if c.KnownHosts == "" {
 		if home, err := os.UserHomeDir(); err == nil {

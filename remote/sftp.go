@@ -12,29 +12,66 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/pkg/sftp"
 	"github.com/rbee-dev/rbee/internal/watchdog"
 )
 
 // SFTP returns the connection's SFTP client, started on first use and
-// shared after; it closes with the Conn.
-func (c *Conn) SFTP() (*sftp.Client, error) {
+// shared while in use; release says the caller is done with it. A session
+// nobody used for Config.SFTPIdle is closed (the host's sftp-server
+// exits) and the next use opens another; all close with the Conn.
+func (c *Conn) SFTP() (cl *sftp.Client, release func(), err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
-		return nil, fmt.Errorf("sftp on %s: %w", c.name, c.err)
+		return nil, nil, fmt.Errorf("sftp on %s: %w", c.name, c.err)
 	}
-	if c.sftp != nil {
-		return c.sftp, nil
+	if c.sftp == nil {
+		if err := c.openSFTP(); err != nil {
+			return nil, nil, err
+		}
 	}
+	c.sftpUsers++
+	var once sync.Once
+	return c.sftp, func() {
+		once.Do(func() {
+			c.mu.Lock()
+			c.sftpUsers--
+			c.sftpUsed = time.Now()
+			c.mu.Unlock()
+		})
+	}, nil
+}
+
+// closeIdleSFTP closes the SFTP session when nobody has used it for the
+// idle time (in its own goroutine: a stalled peer is not waited on here).
+func (c *Conn) closeIdleSFTP() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.sftp
+	if cl == nil || c.sftpUsers > 0 || time.Since(c.sftpUsed) < c.sftpIdle || c.err != nil {
+		return
+	}
+	c.sftp = nil
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		cl.Close()
+	}()
+}
+
+// openSFTP starts the SFTP session; c.mu is held.
+func (c *Conn) openSFTP() error {
 	// 128 KiB packets (OpenSSH's sftp-server takes up to 256 KiB) cut the
 	// per-packet cost of pushing agents and bundles by four.
 	cl, err := sftp.NewClient(c.client, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(128<<10))
 	if err != nil {
-		return nil, fmt.Errorf("sftp on %s: %w", c.name, err)
+		return fmt.Errorf("sftp on %s: %w", c.name, err)
 	}
-	c.sftp = cl
+	c.sftp, c.sftpUsed = cl, time.Now()
 	// The server may close the channel on its own (sshd's ChannelTimeout
 	// closes an idle sftp session): forgotten then, the next use opens a
 	// new one, where every later push failed with "connection lost".
@@ -48,7 +85,7 @@ func (c *Conn) SFTP() (*sftp.Client, error) {
 		}
 		c.mu.Unlock()
 	}()
-	return cl, nil
+	return nil
 }
 
 // Upload writes size bytes from r to remotePath with mode, atomically: into
@@ -74,10 +111,11 @@ func (c *Conn) upload(ctx context.Context, r io.Reader, size int64, remotePath s
 	if dst == "" || strings.HasSuffix(dst, "/") {
 		return "", errors.New("no file name")
 	}
-	cl, err := c.SFTP()
+	cl, release, err := c.SFTP()
 	if err != nil {
 		return "", err
 	}
+	defer release()
 	if err := mkdirAll(cl, path.Dir(dst)); err != nil {
 		return "", err
 	}

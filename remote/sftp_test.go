@@ -10,8 +10,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rbee-dev/rbee/internal/sshtest"
 )
@@ -132,4 +134,43 @@ func assertNoTemp(t *testing.T, dir string) {
 	if len(matches) > 0 {
 		t.Errorf("temporary files left: %v", matches)
 	}
+}
+
+// TestSFTPClosedWhenIdle: an SFTP session nobody uses is closed after the
+// idle time (each host kept an sftp-server for the life of the
+// connection); one in use is not; the next upload opens another.
+func TestSFTPClosedWhenIdle(t *testing.T) {
+	t.Parallel()
+	h := sshtest.Start(t, 1, sshtest.Options{})[0]
+	cfg := config(t, h)
+	cfg.SFTPIdle, cfg.Keepalive = 300*time.Millisecond, 100*time.Millisecond
+	c, err := Dial(testCtx(t), target(h), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	up := func() {
+		t.Helper()
+		if _, err := c.Upload(testCtx(t), strings.NewReader("hello"), 5, "~/idle.txt", 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up()
+	cl, release, err := c.SFTP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // held past the idle time: no event to wait for
+	if _, err := cl.Stat("idle.txt"); err != nil {
+		t.Fatalf("a session in use was closed: %v", err)
+	}
+	release()
+	closed := make(chan error, 1)
+	go func() { closed <- cl.Wait() }()
+	select {
+	case <-closed: // the session's channel is closed: the server's end exits
+	case <-time.After(30 * time.Second):
+		t.Fatal("the idle SFTP session is still open after 30s")
+	}
+	up()
 }

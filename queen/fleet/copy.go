@@ -77,15 +77,16 @@ func openOnHive(h *Conn, p string) (io.ReadSeeker, func(), error) {
 		}
 		return f, func() { f.Close() }, nil
 	}
-	sc, err := h.remote.conn.SFTP()
+	sc, release, err := h.remote.conn.SFTP()
 	if err != nil {
 		return nil, nil, err
 	}
 	f, err := sc.Open(p)
 	if err != nil {
+		release()
 		return nil, nil, err
 	}
-	return f, func() { f.Close() }, nil
+	return f, func() { f.Close(); release() }, nil
 }
 
 // copyToLocal writes a model into the local hive's models directory,
