@@ -177,3 +177,38 @@ func countIn(path, needle string) int {
 	b, _ := os.ReadFile(path)
 	return strings.Count(string(b), needle)
 }
+
+// TestQueenRestartReconnects: a queen that starts picks its hives up again
+// without a command. Until their connections are up they are connecting,
+// not online (the last queen's word); a frozen host stays connecting, then
+// comes online by itself when it thaws; LAST SEEN moves with keepalives.
+func TestQueenRestartReconnects(t *testing.T) {
+	t.Parallel()
+	const keepalive = 1500 * time.Millisecond
+	e, hosts := sshEnv(t, 2, sshtest.Options{})
+	e.vars = append(e.vars, "RBEE_SSH_KEEPALIVE="+keepalive.String(), "RBEE_CONNECT_TIMEOUT=20s")
+	for i, h := range hosts {
+		if r := e.addHive(h, []string{"h1", "h2"}[i]); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+	}
+	e.stopQueen()
+	hosts[1].Freeze()
+	defer hosts[1].Thaw()
+	if h2 := hiveLs(t, e, "h2"); h2.Status != "connecting" { // this starts the queen
+		t.Errorf("a frozen hive after the queen's start: %s (%s), want connecting", h2.Status, h2.Reason)
+	}
+	online := func(name string) func() bool {
+		return func() bool { return hiveLs(t, e, name).Status == "online" }
+	}
+	waitFor(t, "h1 online without a command", online("h1"))
+	if h2 := hiveLs(t, e, "h2"); h2.Status != "connecting" {
+		t.Errorf("the frozen hive: %s (%s), want connecting", h2.Status, h2.Reason)
+	}
+	hosts[1].Thaw()
+	waitFor(t, "h2 online once thawed, without a command", online("h2"))
+
+	first := hiveLs(t, e, "h1").LastSeen
+	waitFor(t, "h1's LAST SEEN moves with the keepalives", func() bool { return hiveLs(t, e, "h1").LastSeen.After(first) })
+	e.stopQueen()
+}

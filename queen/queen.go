@@ -127,6 +127,8 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log}, q.fleet, db)
 	q.door = dr
 	q.splits = split.New(q.fleet, cfg.Log, cfg.RPCStall)
+	// The hives an earlier queen served are picked up again at once.
+	q.fleet.Reconnect(ctx)
 	return q, nil
 }
 

@@ -95,6 +95,27 @@ func New(cfg Config, db *catalog.Queen) *Fleet {
 	return f
 }
 
+// Reconnect connects, in the background, every SSH hive of the inventory
+// the catalog knows (a queen that starts picks its fleet up again without
+// waiting for a command); they show as connecting until then. Connects run
+// a bounded number at a time.
+func (f *Fleet) Reconnect(ctx context.Context) {
+	inv, err := f.loadInventory()
+	if err != nil {
+		f.log.Warn("reconnect: inventory", "err", err)
+		return
+	}
+	for _, h := range inv.Hives {
+		if h.Disabled {
+			continue
+		}
+		if _, err := f.db.Hive(ctx, h.Name); err != nil {
+			continue // never added: nothing to pick up
+		}
+		f.pool.warm(h.Name, f.remoteConnector(h, false))
+	}
+}
+
 // Stopping tells the fleet the queen is stopping: from now on a lost
 // connection is not a hive's fault and is not recorded as one.
 func (f *Fleet) Stopping() { f.once.Do(func() { close(f.closing) }) }

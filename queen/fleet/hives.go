@@ -308,6 +308,8 @@ func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 			}
 			if isBad {
 				info.Status, info.Reason = StatusInvalid, bad.Err.Error()
+			} else {
+				f.liveStatus(&info)
 			}
 		}
 		seen[h.Name] = true
@@ -327,6 +329,29 @@ func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	slices.SortStableFunc(out, func(a, b queenapi.HiveInfo) int { return naturalCompare(a.Name, b.Name) })
 	reply.JSON(w, http.StatusOK, queenapi.Hives{Hives: out})
+}
+
+// StatusConnecting is the status of an SSH hive this queen is connecting
+// to (at its start it reconnects the hives it knows): online is said only
+// of a live connection.
+const StatusConnecting = "connecting"
+
+// liveStatus corrects an SSH hive's catalog status with the pool's view:
+// online needs a connection of this queen (an earlier queen's "online" is
+// not one), and LAST SEEN moves with the keepalives' answers.
+func (f *Fleet) liveStatus(info *queenapi.HiveInfo) {
+	v := f.pool.view(info.Name)
+	switch {
+	case v.online:
+		info.Status, info.Reason = "online", ""
+		if v.alive.After(info.LastSeen) {
+			info.LastSeen = v.alive
+		}
+	case v.connecting:
+		info.Status, info.Reason = StatusConnecting, ""
+	case info.Status == "online":
+		info.Status, info.Reason = catalog.StatusUnknown, "not connected since the queen started"
+	}
 }
 
 // StatusInvalid is the status of a hive whose inventory entry has problems:

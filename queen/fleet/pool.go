@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -96,6 +97,11 @@ type pool struct {
 	maxBackoff time.Duration
 	status     func(name string, online bool, reason string)
 	stopLocal  func(h *Conn)
+	// slots bounds the connect attempts that run at once (dial, SSH
+	// handshake, agent install): a hundred hosts started together
+	// queue here instead of all thrashing the CPU, and an attempt's
+	// bound starts when its own dial does.
+	slots chan struct{}
 
 	ctx    context.Context // ends with the pool: background redials
 	cancel context.CancelFunc
@@ -118,8 +124,13 @@ type poolEntry struct {
 func newPool(timeout time.Duration, status func(name string, online bool, reason string), stopLocal func(*Conn)) *pool {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pool{timeout: timeout, minBackoff: time.Second, maxBackoff: 30 * time.Second, status: status, stopLocal: stopLocal,
-		ctx: ctx, cancel: cancel, hives: map[string]*poolEntry{}}
+		slots: make(chan struct{}, connectSlots()), ctx: ctx, cancel: cancel, hives: map[string]*poolEntry{}}
 }
+
+// connectSlots is how many hives connect at once: four per core, at least
+// 8 and at most 64 (a connect is mostly the host's work, the handshake and
+// the upload partly this machine's).
+func connectSlots() int { return min(max(4*runtime.NumCPU(), 8), 64) }
 
 // errPoolClosed: the queen is shutting down.
 var errPoolClosed = errors.New("the queen is shutting down")
@@ -281,6 +292,14 @@ func (e dialEvents) Narrate(action, msg string) {
 // marked offline and a background redial started.
 func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, ev Events) {
 	defer close(d.done)
+	if !p.takeSlot(e, d) {
+		p.mu.Lock()
+		e.dialing = nil
+		p.mu.Unlock()
+		d.err = rbee.Errorf(rbee.CodeQueenDown, "hive %s: %w", name, errPoolClosed)
+		return
+	}
+	defer func() { <-p.slots }()
 	step := func(s string) {
 		p.mu.Lock()
 		e.step = s
@@ -321,6 +340,35 @@ func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, e
 	p.mu.Unlock()
 	p.status(name, true, "")
 	d.hc = hc
+}
+
+// takeSlot waits for a connect slot; the wait counts as the attempt's
+// progress (the host has not been asked yet, so its silence is not
+// measured). False: the pool closed first.
+func (p *pool) takeSlot(e *poolEntry, d *dial) bool {
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	default:
+	}
+	p.mu.Lock()
+	e.step = fmt.Sprintf("waiting for a connect slot (%d hives connect at once)", cap(p.slots))
+	p.mu.Unlock()
+	tick := time.NewTicker(max(p.timeout/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case p.slots <- struct{}{}:
+			p.mu.Lock()
+			e.step = "connect"
+			p.mu.Unlock()
+			return true
+		case <-tick.C:
+			d.progress()
+		case <-p.ctx.Done():
+			return false
+		}
+	}
 }
 
 // redialLocked starts the background redial of a remote hive unless one
@@ -445,6 +493,58 @@ func (p *pool) fail(name string, hc *Conn, reason error) {
 		hc.remote.conn.Close()
 	}
 	p.status(name, false, reason.Error())
+}
+
+// warm starts connecting name in the background, unless it is connected
+// or an attempt runs (a queen that starts reconnects the hives it knows:
+// until then they are connecting, not online). A failure is recorded and
+// redialed like a lost connection's.
+func (p *pool) warm(name string, connect connector) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	e := p.hives[name]
+	if e == nil {
+		e = &poolEntry{}
+		p.hives[name] = e
+	}
+	e.connect = connect
+	if (e.conn != nil && e.conn.alive()) || e.dialing != nil {
+		return
+	}
+	d := &dial{done: make(chan struct{})}
+	e.dialing, e.step = d, "connect"
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.dialOnce(name, e, d, connect, Quiet{})
+	}()
+}
+
+// hiveView is what the pool knows of a hive now, for a listing.
+type hiveView struct {
+	online     bool
+	connecting bool      // an attempt runs (or waits for its slot)
+	alive      time.Time // when the host last answered (SSH hives)
+}
+
+func (p *pool) view(name string) hiveView {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.hives[name]
+	if e == nil {
+		return hiveView{}
+	}
+	v := hiveView{connecting: e.dialing != nil}
+	if e.conn != nil && e.conn.alive() {
+		v.online = true
+		if e.conn.remote != nil {
+			v.alive = e.conn.remote.conn.LastAlive()
+		}
+	}
+	return v
 }
 
 // connected returns the hives with a live connection now.
