@@ -90,7 +90,7 @@ func TestEngineNotNeededForHiveAdd(t *testing.T) {
 	}
 	inOrder(t, r.stderr,
 		"getting engine @node-llama-cpp/linux-x64@3.22.1 (pinned) for linux/amd64 from "+reg.URL,
-		"engine linux-x64: 10.3 MiB of 10.3 MiB",
+		"engine linux-x64 for linux/amd64: 10.3 MiB of 10.3 MiB",
 		"uploaded rbee-hive, rbee-worker, engine",
 		"started rbee-hive",
 	)

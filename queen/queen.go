@@ -1,11 +1,13 @@
 package queen
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -183,6 +185,7 @@ func (q *Queen) ControlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/jobs", q.job)
 	mux.HandleFunc("DELETE /v1/jobs/{id}", q.cancelJob)
 	mux.HandleFunc("GET /v1/workers", q.listWorkers)
+	mux.HandleFunc("GET /v1/top", q.top)
 	q.fleet.Routes(mux)
 	q.door.AdminRoutes(mux)
 	q.door.Routes(mux) // the owner may use the front door here too
@@ -250,6 +253,30 @@ func (q *Queen) cancelJob(w http.ResponseWriter, r *http.Request) {
 	}
 	cancel(context.Canceled)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// top is the fleet as the queen knows it now, asking no hive: rbee top
+// calls it every second.
+func (q *Queen) top(w http.ResponseWriter, r *http.Request) {
+	hives, err := q.fleet.HiveInfos(r.Context())
+	if err != nil {
+		reply.Error(w, http.StatusInternalServerError, err)
+		return
+	}
+	models, doorIn, doorGen := q.door.Top()
+	jobIn, jobGen := q.fleet.Activity()
+	out := queenapi.Top{At: time.Now(), Hives: hives, Models: models, Workers: []queenapi.TopWorker{}}
+	if out.Models == nil {
+		out.Models = []queenapi.TopModel{}
+	}
+	for _, wi := range q.fleet.Workers() {
+		k := wi.Hive + "/" + wi.ID
+		out.Workers = append(out.Workers, queenapi.TopWorker{WorkerInfo: wi, InFlight: doorIn[k] + jobIn[k], Generated: doorGen[k] + jobGen[k]})
+	}
+	slices.SortFunc(out.Workers, func(a, b queenapi.TopWorker) int {
+		return cmp.Or(strings.Compare(a.Hive, b.Hive), strings.Compare(a.ID, b.ID))
+	})
+	reply.JSON(w, http.StatusOK, out)
 }
 
 func (q *Queen) listWorkers(w http.ResponseWriter, r *http.Request) {

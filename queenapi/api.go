@@ -258,3 +258,34 @@ type Replica struct {
 type Deployments struct {
 	Deployments []Deployment `json:"deployments"`
 }
+
+// Top is the fleet as the queen knows it now, without asking any hive
+// (GET /v1/top): what rbee top shows every second.
+type Top struct {
+	At      time.Time   `json:"at"`
+	Hives   []HiveInfo  `json:"hives"` // devices as last probed
+	Workers []TopWorker `json:"workers"`
+	Models  []TopModel  `json:"models"` // the front door's
+}
+
+// TopWorker is one worker of the registry, with what the queen counted of
+// its work: requests in flight through the door and jobs, and the tokens
+// it generated for them since the queen started (a client takes the rate
+// from two looks).
+type TopWorker struct {
+	rbee.WorkerInfo
+	InFlight  int   `json:"in_flight"`
+	Generated int64 `json:"generated_tokens"`
+}
+
+// TopModel is one model of the front door: its queue and its replicas.
+type TopModel struct {
+	Model      string `json:"model"`
+	Embeddings bool   `json:"embeddings,omitempty"`
+	Deployment bool   `json:"deployment,omitempty"` // a deployment keeps it loaded
+	Waiting    int    `json:"waiting"`              // requests queued for a slot
+	InFlight   int    `json:"in_flight"`
+	Replicas   int    `json:"replicas"`
+	Ready      int    `json:"ready"`
+	Slots      int    `json:"slots"` // of the ready replicas
+}

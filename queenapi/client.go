@@ -318,3 +318,10 @@ func (c *Client) Ps(ctx context.Context) (Processes, error) {
 	err := c.call(ctx, "GET", "/v1/ps", nil, &out)
 	return out, err
 }
+
+// Top returns the fleet as the queen knows it now (no hive is asked).
+func (c *Client) Top(ctx context.Context) (Top, error) {
+	var out Top
+	err := c.call(ctx, "GET", "/v1/top", nil, &out)
+	return out, err
+}

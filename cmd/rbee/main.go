@@ -38,6 +38,7 @@ type cli struct {
 	Queen  queenCmd  `cmd:"" help:"Manage the queen (the orchestrator daemon)."`
 	Doctor doctorCmd `cmd:"" help:"Check this machine or a host before rbee touches it."`
 	Ps     psCmd     `cmd:"" help:"List every worker across the fleet."`
+	Top    topCmd    `cmd:"" help:"A live view of the fleet: hives, devices, workers, door queues."`
 
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`

@@ -10,6 +10,7 @@ import (
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 // Fleet is what the door needs of the hives: the candidates and their
@@ -174,6 +175,12 @@ func (dr *Door) Cancel(cause error) {
 func (dr *Door) Close() {
 	dr.router.close(dr.stop)
 	dr.reqlog.close()
+}
+
+// Top is the door's part of rbee top: each model's queue and replicas,
+// and by hive/worker the requests in flight and the tokens generated.
+func (dr *Door) Top() (models []queenapi.TopModel, inFlight map[string]int, generated map[string]int64) {
+	return dr.router.top()
 }
 
 // Stale makes the next lookup take fresh snapshots: a hive's catalog

@@ -159,6 +159,9 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 			}
 			dr.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
 			dr.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
+			if replica != "" && use.CompletionTokens > 0 {
+				dr.router.counted(replica, use.CompletionTokens)
+			}
 		}()
 		if !allows(ctx, head.Model) {
 			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))

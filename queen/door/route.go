@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queenapi"
 )
 
 const (
@@ -98,6 +100,7 @@ type replica struct {
 	deployment                    string
 	slots, inflight               int
 	ready                         bool
+	generated                     int64 // tokens of the requests it answered
 }
 
 func (r *replica) id() string { return r.hive + "/" + r.worker }
@@ -582,6 +585,42 @@ func (rt *router) close(stop context.CancelFunc) {
 	rt.mu.Unlock()
 	stop()
 	rt.wg.Wait()
+}
+
+// counted adds the tokens a request generated on replica id (hive/worker).
+func (rt *router) counted(id string, tokens int) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, g := range rt.groups {
+		if r := g.replicas[id]; r != nil {
+			r.generated += int64(tokens)
+			return
+		}
+	}
+}
+
+// top is the door's part of rbee top: each model's queue and replicas,
+// and by hive/worker the requests in flight and the tokens generated.
+func (rt *router) top() (models []queenapi.TopModel, inFlight map[string]int, generated map[string]int64) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	inFlight, generated = map[string]int{}, map[string]int64{}
+	for _, g := range rt.groups {
+		m := queenapi.TopModel{Model: fleet.ShownName(g.spec.Raw), Embeddings: g.key.embeddings, Deployment: g.deployed, Waiting: len(g.queue)}
+		for id, r := range g.replicas {
+			m.Replicas++
+			m.InFlight += r.inflight
+			if r.ready {
+				m.Ready++
+				m.Slots += r.slots
+			}
+			inFlight[id] += r.inflight
+			generated[id] += r.generated
+		}
+		models = append(models, m)
+	}
+	slices.SortFunc(models, func(a, b queenapi.TopModel) int { return strings.Compare(a.Model, b.Model) })
+	return models, inFlight, generated
 }
 
 func (rt *router) stats() []replicaStat {

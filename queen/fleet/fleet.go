@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,7 @@ type Fleet struct {
 	mu       sync.Mutex
 	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
 	contacts map[string]bool            // hives whose devices this queen has seen
+	active   map[string]*workActivity   // jobs counted by hive/worker
 }
 
 // New returns the fleet over the queen's catalog db.
@@ -86,7 +88,7 @@ func New(cfg Config, db *catalog.Queen) *Fleet {
 		cfg.Scheduler = scheduler.Basic{}
 	}
 	f := &Fleet{cfg: cfg, log: cfg.Log, db: db, changed: cfg.Changed, closing: make(chan struct{}),
-		workers: map[string]rbee.WorkerInfo{}, contacts: map[string]bool{}}
+		workers: map[string]rbee.WorkerInfo{}, contacts: map[string]bool{}, active: map[string]*workActivity{}}
 	if f.changed == nil {
 		f.changed = func() {}
 	}
@@ -195,6 +197,13 @@ func (f *Fleet) syncWorkers(hive string, ws []rbee.WorkerInfo) {
 		w.Hive = hive
 		f.workers[w.ID] = w
 	}
+	// Counts of workers gone with nothing in flight go with them.
+	for k, a := range f.active {
+		h, id, _ := strings.Cut(k, "/")
+		if _, ok := f.workers[id]; h == hive && !ok && a.inFlight == 0 {
+			delete(f.active, k)
+		}
+	}
 }
 
 // Workers lists the worker registry: every worker the queen knows of.
@@ -206,6 +215,35 @@ func (f *Fleet) Workers() []rbee.WorkerInfo {
 		out = append(out, wi)
 	}
 	return out
+}
+
+// workActivity is what the queen counted of a worker's jobs.
+type workActivity struct {
+	inFlight  int
+	generated int64
+}
+
+// activity returns the count of hive/worker key, made on first use; f.mu
+// is held.
+func (f *Fleet) activity(key string) *workActivity {
+	a := f.active[key]
+	if a == nil {
+		a = &workActivity{}
+		f.active[key] = a
+	}
+	return a
+}
+
+// Activity returns, by hive/worker, the jobs in flight on each worker and
+// the tokens it generated for jobs since the queen started.
+func (f *Fleet) Activity() (inFlight map[string]int, generated map[string]int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	inFlight, generated = map[string]int{}, map[string]int64{}
+	for k, a := range f.active {
+		inFlight[k], generated[k] = a.inFlight, a.generated
+	}
+	return inFlight, generated
 }
 
 // WorkerCounts counts the worker registry by hive.
@@ -317,6 +355,14 @@ func (e Stream) Narrate(action, msg string) { e.Send(rbee.Narrate(me, action, ms
 func (f *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev Events) error {
 	name := h.Name()
 	jev, _ := ev.(Stream)
+	counted := "" // the worker this job is counted in flight on
+	defer func() {
+		if counted != "" {
+			f.mu.Lock()
+			f.activity(counted).inFlight--
+			f.mu.Unlock()
+		}
+	}()
 	err := h.Infer(ctx, ireq, func(evType string, data []byte) error {
 		if evType == rbee.EventToken && jev.SW != nil {
 			return jev.SW.SendRaw(evType, data) // the hot path: tokens pass untouched
@@ -330,6 +376,15 @@ func (f *Fleet) Relay(ctx context.Context, h Hive, ireq hiveapi.InferRequest, ev
 			wi.Hive = name
 			f.mu.Lock()
 			f.workers[wi.ID] = wi
+			if counted == "" {
+				counted = name + "/" + wi.ID
+				f.activity(counted).inFlight++
+			}
+			f.mu.Unlock()
+		}
+		if e.Done != nil && e.Done.Worker != "" {
+			f.mu.Lock()
+			f.activity(name + "/" + e.Done.Worker).generated += int64(e.Done.CompletionTokens)
 			f.mu.Unlock()
 		}
 		if e.Type == rbee.EventError && (e.Code == rbee.CodeWorkerCrashed || e.Code == rbee.CodeWorkerNotFound) {

@@ -284,17 +284,31 @@ func hiveInfo(h catalog.Hive) queenapi.HiveInfo {
 // (a lost connection shows at once, with its reason), without contacting
 // any.
 func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
-	hs, err := f.db.Hives(r.Context())
+	out, err := f.HiveInfos(r.Context())
 	if err != nil {
-		reply.Error(w, http.StatusInternalServerError, err)
+		status := http.StatusInternalServerError
+		if rbee.CodeOf(err) == rbee.CodeBadRequest {
+			status = http.StatusBadRequest
+		}
+		reply.Error(w, status, err)
 		return
+	}
+	reply.JSON(w, http.StatusOK, queenapi.Hives{Hives: out})
+}
+
+// HiveInfos lists the hives as the queen knows them now, without
+// contacting any: the catalog, corrected by the inventory (an entry taken
+// out, or with problems) and by the pool (connecting, online, last seen).
+func (f *Fleet) HiveInfos(ctx context.Context) ([]queenapi.HiveInfo, error) {
+	hs, err := f.db.Hives(ctx)
+	if err != nil {
+		return nil, err
 	}
 	// An inventory that does not load is said, not hidden behind the
 	// catalog's last view of it.
 	inv, err := f.loadInventory()
 	if err != nil {
-		reply.Error(w, http.StatusBadRequest, err)
-		return
+		return nil, err
 	}
 	seen := map[string]bool{}
 	out := []queenapi.HiveInfo{}
@@ -328,7 +342,7 @@ func (f *Fleet) listHiveInfo(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	slices.SortStableFunc(out, func(a, b queenapi.HiveInfo) int { return naturalCompare(a.Name, b.Name) })
-	reply.JSON(w, http.StatusOK, queenapi.Hives{Hives: out})
+	return out, nil
 }
 
 // StatusConnecting is the status of an SSH hive this queen is connecting

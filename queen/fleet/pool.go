@@ -174,8 +174,6 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, ev E
 		return hc, nil
 	}
 	d := e.dialing
-	n := &narrator{ev: ev}
-	defer n.leave()
 	if d == nil {
 		if connect == nil {
 			connect = e.connect
@@ -189,10 +187,12 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, ev E
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.dialOnce(name, e, d, connect, n)
+			p.dialOnce(name, e, d, connect)
 		}()
 	}
 	p.mu.Unlock()
+	// Whoever waits hears the attempt: what it said so far, then the rest.
+	defer d.join(&narrator{ev: ev})()
 	// The attempt's progress (steps, bytes uploaded) is this caller's: a
 	// bound on its silence waits as long as the attempt moves.
 	defer d.listen(func() { watchdog.Alive(ctx) })()
@@ -211,8 +211,50 @@ type dial struct {
 	err  error
 
 	mu        sync.Mutex
-	listeners map[*func()]struct{} // the waiters' progress reports
+	listeners map[*func()]struct{}  // the waiters' progress reports
+	hear      map[*narrator]struct{} // the waiters' streams
+	said      []rbee.Event           // the attempt's narration so far
 }
+
+// maxSaid bounds the narration an attempt keeps for callers that join it.
+const maxSaid = 64
+
+// join passes the attempt's events to n — first what it said so far —
+// until the returned func is called.
+func (d *dial) join(n *narrator) (leave func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ev := range d.said {
+		n.Send(ev)
+	}
+	if d.hear == nil {
+		d.hear = map[*narrator]struct{}{}
+	}
+	d.hear[n] = struct{}{}
+	return func() {
+		d.mu.Lock()
+		delete(d.hear, n)
+		d.mu.Unlock()
+		n.leave()
+	}
+}
+
+// Send counts ev as the attempt's progress and passes it to everyone
+// waiting on it; narration is kept for those who join later.
+func (d *dial) Send(ev rbee.Event) {
+	d.progress()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ev.Type != rbee.EventProgress && len(d.said) < maxSaid {
+		d.said = append(d.said, ev)
+	}
+	for n := range d.hear {
+		n.Send(ev)
+	}
+}
+
+// Narrate sends a line of the queen's narration about the attempt.
+func (d *dial) Narrate(action, msg string) { d.Send(rbee.Narrate(me, action, msg)) }
 
 // listen passes the attempt's progress reports to fn until the returned
 // func is called.
@@ -239,8 +281,8 @@ func (d *dial) progress() {
 	}
 }
 
-// narrator passes an attempt's events to the caller that started it
-// while that caller still waits (its stream may be gone after).
+// narrator passes an attempt's events to one caller while that caller
+// still waits (its stream may be gone after).
 type narrator struct {
 	mu   sync.Mutex
 	ev   Events
@@ -256,41 +298,16 @@ func (n *narrator) Send(ev rbee.Event) {
 	}
 }
 
-// Narrate passes the line on while the caller waits.
-func (n *narrator) Narrate(action, msg string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if !n.gone && n.ev != nil {
-		n.ev.Narrate(action, msg)
-	}
-}
-
 func (n *narrator) leave() {
 	n.mu.Lock()
 	n.gone = true
 	n.mu.Unlock()
 }
 
-// dialEvents counts each event of an attempt as its progress.
-type dialEvents struct {
-	ev Events
-	d  *dial
-}
-
-func (e dialEvents) Send(ev rbee.Event) {
-	e.d.progress()
-	e.ev.Send(ev)
-}
-
-func (e dialEvents) Narrate(action, msg string) {
-	e.d.progress()
-	e.ev.Narrate(action, msg)
-}
-
 // dialOnce runs attempt d for e on the pool's context and records its
 // outcome: the connection (watched from now on), or the reason, the hive
 // marked offline and a background redial started.
-func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, ev Events) {
+func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector) {
 	defer close(d.done)
 	if !p.takeSlot(e, d) {
 		p.mu.Lock()
@@ -306,7 +323,7 @@ func (p *pool) dialOnce(name string, e *poolEntry, d *dial, connect connector, e
 		p.mu.Unlock()
 		d.progress()
 	}
-	hc, err := connect(watchdog.WithHook(p.ctx, d.progress), step, dialEvents{ev, d})
+	hc, err := connect(watchdog.WithHook(p.ctx, d.progress), step, d)
 
 	p.mu.Lock()
 	e.dialing = nil
@@ -472,7 +489,7 @@ func (p *pool) redial(name string, e *poolEntry) {
 		e.dialing, e.step = d, "connect"
 		connect := e.connect
 		p.mu.Unlock()
-		if p.dialOnce(name, e, d, connect, Quiet{}); d.err == nil {
+		if p.dialOnce(name, e, d, connect); d.err == nil {
 			return
 		}
 	}
@@ -519,7 +536,7 @@ func (p *pool) warm(name string, connect connector) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		p.dialOnce(name, e, d, connect, Quiet{})
+		p.dialOnce(name, e, d, connect)
 	}()
 }
 
