@@ -211,7 +211,7 @@ type dial struct {
 	err  error
 
 	mu        sync.Mutex
-	listeners map[*func()]struct{}  // the waiters' progress reports
+	listeners map[*func()]struct{}   // the waiters' progress reports
 	hear      map[*narrator]struct{} // the waiters' streams
 	said      []rbee.Event           // the attempt's narration so far
 }
