@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
 
@@ -536,20 +535,8 @@ func TestSSHSameAccountTwice(t *testing.T) {
 // every job failed until someone removed the directory by hand).
 func TestSSHEngineNeverClobbered(t *testing.T) {
 	t.Parallel()
-	root, err := testenv.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "node-llama-cpp-linux-x64-*.tgz"))
-	if len(archives) == 0 {
-		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
-	}
-	plain := filepath.Join(t.TempDir(), "plain")
-	if _, err := bundle.Prepare(t.Context(), archives[0], plain, bundle.Options{Source: archives[0]}); err != nil {
-		t.Fatal(err)
-	}
 	e, hosts := sshEnv(t, 1, sshtest.Options{})
-	e.vars = append(e.vars, "RBEE_ENGINE="+plain) // what the queen gives hosts
+	e.vars = append(e.vars, "RBEE_ENGINE="+plainEngine(t)) // what the queen gives hosts
 	h := hosts[0]
 	if r := e.addHive(h, "h1"); r.code != 0 {
 		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)

@@ -251,7 +251,7 @@ func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.Model
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		code := rbee.CodeWorkerFailed
-		if c := rbee.CodeOf(errs[0]); c == rbee.CodeHiveDown || c == rbee.CodeNoRoom {
+		if c := rbee.CodeOf(errs[0]); c == rbee.CodeHiveDown || c == rbee.CodeNoRoom || c == rbee.CodeEngine {
 			code = c
 		}
 		return fail(&rbee.Error{Code: code, Message: "split: " + err.Error(), Err: err})
