@@ -224,6 +224,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, err
 	}
 	res.Probe = p
+	RemoveLeftovers(ctx, c) // a failed push's partial copy, from before this connection
 	l := Layout{Home: p.Home}
 	dial, mode := Dialer(c, l, rbee.Version)
 	client := hiveapi.NewClient(opt.Name, dial)
