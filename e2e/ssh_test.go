@@ -598,6 +598,40 @@ func TestSSHPurgeWithoutAgent(t *testing.T) {
 	e.stopQueen()
 }
 
+// TestSSHAgentCannotStart: a host whose agent exits as it starts (its run
+// directory is a file) fails the job with the agent's own reason and where
+// to look, at once — not "did not answer within 5s" — and rbee doctor
+// reports that reason as the agent's last error.
+func TestSSHAgentCannotStart(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen() // the next queen connects afresh
+	for _, pid := range hostProcs(h.UID, "rbee-hive") {
+		signal(t, pid, syscall.SIGKILL)
+	}
+	run := filepath.Join(h.Home, ".rbee", "run")
+	if err := os.RemoveAll(run); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(run, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "abc")
+	if r.code != rbee.ExitHive || !strings.Contains(r.stderr, "rbee-hive: listen: mkdir "+run+": not a directory") ||
+		!strings.Contains(r.stderr, "hint: ") || strings.Contains(r.stderr, "did not answer") {
+		t.Errorf("infer on a host whose agent cannot start: exit %d, want %d with the agent's reason and a hint:\n%s", r.code, rbee.ExitHive, r.stderr)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("infer on a host whose agent cannot start took %s, want it told at once", took)
+	}
+	e.stopQueen()
+}
+
 // TestSSHChannelTimeout: a host whose sshd closes idle channels
 // (ChannelTimeout *=2s, OpenSSH 9.2+) still takes model pushes after an idle
 // spell (every push failed "connection lost", while other jobs worked).
