@@ -323,17 +323,8 @@ func (a *Agent) engineFault(dir string, err error) error {
 }
 
 // reinstallHint is the command that puts a good copy of the bundle in dir
-// on this hive: the source it was made from when that is a path or URL
-// the keeper can name again.
+// on this hive.
 func (a *Agent) reinstallHint(dir string) string {
-	cmd := "rbee worker install --hive " + a.cfg.Name + " "
-	m, err := bundle.Load(dir)
-	if err != nil {
-		return cmd + "SOURCE installs a good bundle (see rbee worker install --help)"
-	}
-	if filepath.IsAbs(m.Source) || strings.HasPrefix(m.Source, "https://") {
-		return cmd + m.Source + " puts a good copy in place"
-	}
-	return fmt.Sprintf("%sSOURCE puts a good copy in place (SOURCE: a directory or archive of llama.cpp %s for %s/%s; this one came from %s)",
-		cmd, m.Version, m.OS, m.Arch, cmp.Or(m.Source, "an unnamed source"))
+	m, _ := bundle.Load(dir)
+	return bundle.ReinstallHint(a.cfg.Name, m)
 }
