@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -628,6 +629,27 @@ func TestSSHAgentCannotStart(t *testing.T) {
 	}
 	if took := time.Since(start); took > 4*time.Second {
 		t.Errorf("infer on a host whose agent cannot start took %s, want it told at once", took)
+	}
+
+	// rbee doctor says why, and checks the host's engine bundles: one
+	// changed since it was pushed fails, with the command that fixes it.
+	libs, _ := filepath.Glob(filepath.Join(h.Home, ".rbee", "engines", "*", "libllama.v*.so"))
+	if len(libs) == 0 {
+		t.Fatal("no engine bundle on the host")
+	}
+	b, err := os.ReadFile(libs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff
+	if err := os.WriteFile(libs[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = e.rbee("doctor", "--hive", "h1")
+	if r.code != rbee.ExitError || !regexp.MustCompile(`fail\s+agent\s+rbee-hive is not running: its last start failed: rbee-hive: listen: mkdir .*: not a directory`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`fail\s+engines\s+bundle .*`+regexp.QuoteMeta(filepath.Base(libs[0]))+`: sha256 mismatch`).MatchString(r.stdout) ||
+		!strings.Contains(r.stdout, "hint: rbee worker install --hive h1 ") {
+		t.Errorf("doctor: exit %d, want %d with the agent's reason and the changed engine file:\n%s\n%s", r.code, rbee.ExitError, r.stdout, r.stderr)
 	}
 	e.stopQueen()
 }
