@@ -25,6 +25,7 @@ const (
 	CodeQueenDown         = "queen_unavailable"
 	CodeBusy              = "busy"            // every slot and queue place of the worker is taken
 	CodeDownload          = "download_failed" // a download could not be completed (network, server, stall, checksum)
+	CodeEngine            = "engine_unusable" // the hive's engine bundle is damaged, incomplete or lacks what the job needs
 	CodeInternal          = "internal"
 )
 
@@ -41,6 +42,7 @@ const (
 	ExitHive        = 7   // a hive could not be reached (SSH, host key, agent)
 	ExitBusy        = 8   // the worker is busy: its slots and queue are full
 	ExitDownload    = 9   // a download failed: network, server error, stall, checksum
+	ExitEngine      = 10  // a hive's engine bundle is damaged or lacks what the job needs
 	ExitInterrupted = 130 // Ctrl-C
 )
 
@@ -57,6 +59,7 @@ var ExitMeanings = map[int]string{
 	ExitHive:        "a hive could not be reached (SSH, host key, authentication, agent)",
 	ExitBusy:        "the worker is busy (its slots and queue are full): retry later",
 	ExitDownload:    "a download failed: the server could not be reached, answered an error, stalled, or sent other bytes than announced",
+	ExitEngine:      "a hive's engine bundle is damaged (its files no longer match its manifest), missing, or lacks what the job needs (rpc-server for a split): the hint says the command that installs one",
 	ExitInterrupted: "interrupted (Ctrl-C)",
 }
 
@@ -79,6 +82,8 @@ func ExitCodeFor(code string) int {
 		return ExitBusy
 	case CodeDownload:
 		return ExitDownload
+	case CodeEngine:
+		return ExitEngine
 	case CodeCancelled:
 		return ExitInterrupted
 	}

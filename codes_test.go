@@ -45,7 +45,7 @@ func TestREADMEExitCodes(t *testing.T) {
 		}
 	}
 	for _, code := range []string{CodeBadRequest, CodeModelNotFound, CodeNotGGUF, CodeHiveUnknown, CodeHiveDown, CodeNoRoom,
-		CodeDeviceUnknown, CodeWorkerFailed, CodeWorkerCrashed, CodeWorkerNotFound, CodeCancelled, CodeQueenDown, CodeBusy, CodeDownload, CodeModelCorrupt, CodeInternal} {
+		CodeDeviceUnknown, CodeWorkerFailed, CodeWorkerCrashed, CodeWorkerNotFound, CodeCancelled, CodeQueenDown, CodeBusy, CodeDownload, CodeModelCorrupt, CodeEngine, CodeInternal} {
 		if _, ok := ExitMeanings[ExitCodeFor(code)]; !ok {
 			t.Errorf("ExitCodeFor(%s) = %d, which is not documented", code, ExitCodeFor(code))
 		}
@@ -63,6 +63,7 @@ func TestExitCodeFor(t *testing.T) {
 		CodeWorkerFailed:  ExitWorker,
 		CodeHiveDown:      ExitHive,
 		CodeBadRequest:    ExitUsage,
+		CodeEngine:        ExitEngine, // an install problem, not a worker that failed (no worker ran)
 		"unknown-code":    ExitError,
 	} {
 		if got := ExitCodeFor(code); got != want {

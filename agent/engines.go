@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -176,10 +177,37 @@ func (a *Agent) pickEngine(ctx context.Context, device string, send func(rbee.Ev
 		return a.cfg.EngineDir, nil
 	}
 	if a.cfg.Fetch == nil {
-		return "", rbee.Errorf(rbee.CodeWorkerFailed, "hive %s has no engine bundle for %s", a.cfg.Name, device).
+		return "", rbee.Errorf(rbee.CodeEngine, "hive %s has no engine bundle for %s", a.cfg.Name, device).
 			WithHint("rbee worker install --hive " + a.cfg.Name + " SOURCE installs one (see rbee worker install --help)")
 	}
 	return a.fetchEngine(ctx, device, "", send)
+}
+
+// workerEngine picks the engine bundle of an rbee-worker: a split's worker
+// needs llama.cpp's RPC backend, which a bundle without it cannot give (the
+// worker would start only to exit).
+func (a *Agent) workerEngine(ctx context.Context, ws workerStart, send func(rbee.Event) error) (string, error) {
+	if len(ws.rpc) == 0 {
+		return a.pickEngine(ctx, ws.device, send)
+	}
+	if engine := a.installedEngine(ctx, rpcBackends); engine != "" {
+		return engine, nil
+	}
+	engine, err := a.pickEngine(ctx, ws.device, send)
+	if err != nil {
+		return "", err
+	}
+	if m, err := bundle.Load(engine); err == nil && !slices.Contains(m.Backends, "rpc") {
+		return "", rbee.Errorf(rbee.CodeEngine, "hive %s: engine %s has no RPC backend (libggml-rpc.so), which a split's worker needs", a.cfg.Name, engine).
+			WithHint(a.rpcInstallHint())
+	}
+	return engine, nil
+}
+
+// rpcInstallHint is the command that gives this hive an engine bundle with
+// llama.cpp's RPC backend and rpc-server.
+func (a *Agent) rpcInstallHint() string {
+	return "rbee worker install --hive " + a.cfg.Name + " DIR installs a bundle with the RPC backend and rpc-server (make engine builds one into .rbee-dev/engine/llama-cpu)"
 }
 
 // installedEngine returns the newest bundle of the worker catalog with one
@@ -221,7 +249,7 @@ func (a *Agent) fetchEngine(ctx context.Context, device, gpuKind string, send fu
 	}
 	pkg, ok := enginefetch.For(runtime.GOOS, runtime.GOARCH, gpuKind)
 	if !ok {
-		return "", rbee.Errorf(rbee.CodeWorkerFailed, "hive %s has no engine bundle for %s, and none is pinned for %s/%s %s",
+		return "", rbee.Errorf(rbee.CodeEngine, "hive %s has no engine bundle for %s, and none is pinned for %s/%s %s",
 			a.cfg.Name, device, runtime.GOOS, runtime.GOARCH, cmp.Or(gpuKind, "cpu")).
 			WithHint("rbee worker install --hive " + a.cfg.Name + " SOURCE installs a llama.cpp " + "v0.5.0 build (see rbee worker install --help)")
 	}
@@ -275,4 +303,28 @@ func (a *Agent) fetchEngine(ctx context.Context, device, gpuKind string, send fu
 	}
 	_ = send(rbee.Narrate(me, "engine_installed", fmt.Sprintf("engine %s installed in %s (backends %s)", wb.Version, wb.Path, strings.Join(wb.Capabilities, ", "))))
 	return wb.Path, nil
+}
+
+// engineFault names the engine bundle as the cause of a worker's or RPC
+// server's failed start when the bundle no longer matches its manifest (a
+// file changed, missing or added since it was installed): no worker ran,
+// and reinstalling the bundle is the fix, not another try. Any other
+// failure is returned as it is. The bundle is hashed only after a failure.
+func (a *Agent) engineFault(dir string, err error) error {
+	if err == nil || dir == "" || rbee.CodeOf(err) != rbee.CodeWorkerFailed {
+		return err
+	}
+	_, verr := bundle.Validate(dir)
+	if !errors.Is(verr, bundle.ErrCorrupt) {
+		return err
+	}
+	return (&rbee.Error{Code: rbee.CodeEngine, Err: verr,
+		Message: fmt.Sprintf("hive %s: the engine cannot run: %v", a.cfg.Name, verr)}).WithHint(a.reinstallHint(dir))
+}
+
+// reinstallHint is the command that puts a good copy of the bundle in dir
+// on this hive.
+func (a *Agent) reinstallHint(dir string) string {
+	m, _ := bundle.Load(dir)
+	return bundle.ReinstallHint(a.cfg.Name, m)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -10,9 +11,11 @@ import (
 	"testing"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/enginefetch"
 	"github.com/rbee-dev/rbee/enginefetch/npmtest"
 	"github.com/rbee-dev/rbee/internal/testenv"
+	"github.com/rbee-dev/rbee/supervisor"
 )
 
 // newTestAgent is an agent on a fresh home with no engine of its own.
@@ -76,8 +79,8 @@ func TestPickEngineWithoutFetch(t *testing.T) {
 	var ev events
 	_, err := a.pickEngine(t.Context(), "cpu", ev.send)
 	var re *rbee.Error
-	if !errors.As(err, &re) || re.Code != rbee.CodeWorkerFailed || !strings.Contains(re.Hint, "rbee worker install") {
-		t.Fatalf("got %v, want %s with a hint to rbee worker install", err, rbee.CodeWorkerFailed)
+	if !errors.As(err, &re) || re.Code != rbee.CodeEngine || !strings.Contains(re.Hint, "rbee worker install") {
+		t.Fatalf("got %v, want %s with a hint to rbee worker install", err, rbee.CodeEngine)
 	}
 }
 
@@ -143,5 +146,112 @@ func TestPickEngineInstallsThePinnedBundle(t *testing.T) {
 				t.Errorf("downloads: got %d, want %d", reg.Hits(), tt.wantHits)
 			}
 		})
+	}
+}
+
+// copyBundle copies the dev engine bundle into a fresh directory; drop
+// names files left out (the bundle is then prepared again without them).
+func copyBundle(t *testing.T, drop ...string) string {
+	t.Helper()
+	src, err := testenv.EngineDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "engine")
+	if out, err := exec.Command("cp", "-a", src, dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy engine: %v\n%s", err, out)
+	}
+	if len(drop) == 0 {
+		return dir
+	}
+	for _, name := range append(drop, bundle.ManifestName) {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "prepared")
+	if _, err := bundle.Prepare(t.Context(), dir, out, bundle.Options{Source: dir}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestEngineFault: a start that failed on a bundle changed since it was
+// installed is the engine's fault (engine_unusable, exit 10) with the
+// command that reinstalls it, not a failed worker; on an intact bundle, or
+// for another failure, the error stays what it was.
+func TestEngineFault(t *testing.T) {
+	a := newTestAgent(t, nil)
+	a.cfg.Name = "h1"
+	dir := copyBundle(t)
+	failed := rbee.Errorf(rbee.CodeWorkerFailed, "worker w-1 (pid 1) exited: exit status 1")
+	if got := a.engineFault(dir, failed); got != error(failed) {
+		t.Errorf("intact bundle: got %v, want the worker's error", got)
+	}
+	lib, err := filepath.EvalSymlinks(filepath.Join(dir, "libllama.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff
+	if err := os.WriteFile(lib, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := a.engineFault(dir, failed)
+	var re *rbee.Error
+	if !errors.As(got, &re) || re.Code != rbee.CodeEngine || !strings.Contains(re.Message, "sha256 mismatch") ||
+		!strings.Contains(re.Hint, "rbee worker install --hive h1 ") {
+		t.Errorf("tampered bundle: got %v (hint %q), want %s naming the file, with the command that reinstalls it", got, rbee.HintOf(got), rbee.CodeEngine)
+	}
+	if rbee.ExitCodeFor(rbee.CodeOf(got)) != rbee.ExitEngine {
+		t.Errorf("tampered bundle: exit %d, want %d", rbee.ExitCodeFor(rbee.CodeOf(got)), rbee.ExitEngine)
+	}
+	busy := rbee.Errorf(rbee.CodeBusy, "busy")
+	if got := a.engineFault(dir, busy); got != error(busy) {
+		t.Errorf("another failure: got %v, want it as it was", got)
+	}
+}
+
+// TestEngineWithoutRPC: a split's worker on a hive whose bundle has no RPC
+// backend, and an RPC server where it has no rpc-server, fail before
+// anything starts, as the engine's fault, naming the command that installs
+// one.
+func TestEngineWithoutRPC(t *testing.T) {
+	plain := copyBundle(t, "libggml-rpc.so", bundle.RPCServer)
+	home := t.TempDir()
+	worker := filepath.Join(home, "rbee-worker")
+	if err := os.WriteFile(worker, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(t.Context(), Config{Name: "h2", Home: filepath.Join(home, ".rbee"), WorkerBin: worker, EngineDir: plain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+
+	for name, err := range map[string]error{
+		"split worker": func() error {
+			_, err := a.workerEngine(t.Context(), workerStart{device: "cpu", rpc: []string{"127.0.0.1:5000"}}, quietSend)
+			return err
+		}(),
+		"rpc server": func() error {
+			_, err := a.sup.StartRPC(t.Context(), supervisor.RPCSpec{Engine: plain, Device: "cpu"})
+			return a.rpcStartError(plain, err)
+		}(),
+	} {
+		if rbee.CodeOf(err) != rbee.CodeEngine || !strings.Contains(rbee.HintOf(err), "rbee worker install --hive h2 ") {
+			t.Errorf("%s: got %v (code %s, hint %q), want %s with the command that installs a bundle with the RPC backend",
+				name, err, rbee.CodeOf(err), rbee.HintOf(err), rbee.CodeEngine)
+		}
+	}
+	if got := a.sup.RPCServers(); len(got) != 0 {
+		t.Errorf("started %v", got)
+	}
+	// Without RPC the bundle serves.
+	if engine, err := a.workerEngine(t.Context(), workerStart{device: "cpu"}, quietSend); err != nil || engine != plain {
+		t.Errorf("plain worker: got %q %v, want %s", engine, err, plain)
 	}
 }

@@ -137,13 +137,8 @@ func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee
 	if ws.device == "" {
 		return nil, false, "", rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
 	}
-	if ws.workerType == "" && len(ws.rpc) > 0 {
-		// A split's main worker reaches the RPC servers through the RPC
-		// backend: the newest bundle with it, whatever else is newer.
-		engine = a.installedEngine(ctx, rpcBackends)
-	}
-	if ws.workerType == "" && engine == "" {
-		if engine, err = a.pickEngine(ctx, ws.device, send); err != nil {
+	if ws.workerType == "" {
+		if engine, err = a.workerEngine(ctx, ws, send); err != nil {
 			if ws.reservation != "" {
 				a.vram.release(ws.reservation)
 			}
@@ -168,7 +163,8 @@ func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee
 			return a.sup.StartExternal(ctx, spec, wt)
 		}
 		spec.Slots, spec.CtxSize = a.size(ctx, m, ws.device, ws.reservation)
-		return a.sup.Start(ctx, spec)
+		wp, err := a.sup.Start(ctx, spec)
+		return wp, a.engineFault(engine, err)
 	})
 	if ws.reservation != "" && (joined || err != nil) {
 		a.vram.release(ws.reservation) // the worker we share took its own

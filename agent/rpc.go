@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -59,6 +60,20 @@ func checkRPC(req hiveapi.InferRequest) error {
 	return nil
 }
 
+// rpcStartError says why an RPC server did not start, naming this hive; a
+// bundle without rpc-server, or one damaged since it was installed, is the
+// engine's fault, with the command that installs a good one.
+func (a *Agent) rpcStartError(engine string, err error) error {
+	if errors.Is(err, supervisor.ErrNoRPCServer) {
+		return (&rbee.Error{Code: rbee.CodeEngine, Err: err, Message: fmt.Sprintf("hive %s: %v", a.cfg.Name, err)}).
+			WithHint(a.rpcInstallHint())
+	}
+	if err := a.engineFault(engine, err); rbee.CodeOf(err) == rbee.CodeEngine {
+		return err
+	}
+	return fmt.Errorf("hive %s: %w", a.cfg.Name, err)
+}
+
 // RPCCacheDir is where llama.cpp's RPC servers keep the tensors they were
 // sent (rpc-server -c), so the next load of the same model on this host
 // skips the transfer.
@@ -107,7 +122,7 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 			a.vram.release(req.Reservation)
 		}
 		if ctx.Err() == nil {
-			_ = send(rbee.FailErr(me, fmt.Errorf("hive %s: %w", a.cfg.Name, err)))
+			_ = send(rbee.FailErr(me, a.rpcStartError(engine, err)))
 		}
 		return
 	}

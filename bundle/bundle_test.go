@@ -6,10 +6,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -991,6 +994,14 @@ func TestValidate(t *testing.T) {
 					t.Errorf("Validate: got %q, want %q after %q", err, tt.wantMsg, "bundle "+dir+": ")
 				}
 			}
+			// Check, given the directory as a host's listing reports it,
+			// judges as Validate does.
+			if manifest, entries, ok := listing(t, dir); ok {
+				_, cerr := bundle.Check(dir, manifest, entries)
+				if fmt.Sprint(cerr) != fmt.Sprint(err) {
+					t.Errorf("Check: got %v, want what Validate said: %v", cerr, err)
+				}
+			}
 			// Quick works from the manifest read before the damage, as a
 			// worker that loaded it at start would.
 			err = m.Quick(dir)
@@ -1002,6 +1013,41 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// listing reads dir as rbee doctor's probe reports a host's bundle: the
+// manifest's bytes and every entry, with the SHA-256 of each regular file.
+// ok is false without a manifest.
+func listing(t *testing.T, dir string) (manifest []byte, entries []bundle.Entry, ok bool) {
+	t.Helper()
+	manifest, err := os.ReadFile(filepath.Join(dir, bundle.ManifestName))
+	if err != nil {
+		return nil, nil, false
+	}
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range des {
+		p := filepath.Join(dir, de.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := bundle.Entry{Name: de.Name(), Mode: fi.Mode(), Size: fi.Size()}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			e.Link, _ = os.Readlink(p)
+		} else if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(b)
+			e.SHA256 = hex.EncodeToString(sum[:])
+		}
+		entries = append(entries, e)
+	}
+	return manifest, entries, true
 }
 
 // TestPrepareNPM prepares node-llama-cpp's real package when

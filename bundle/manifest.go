@@ -109,6 +109,11 @@ func Load(dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", dir, err)
 	}
+	return parse(dir, data)
+}
+
+// parse reads and checks a manifest, the content of dir's ManifestName.
+func parse(dir string, data []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, corrupt(dir, "%s: %v; reinstall the bundle", ManifestName, err)
@@ -130,18 +135,42 @@ func Validate(dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Quick(dir); err != nil {
+	entries, err := readEntries(dir, m, true)
+	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 1<<20)
-	for _, f := range m.Files {
-		sum, err := hashFile(filepath.Join(dir, f.Name), buf)
-		if err != nil {
-			return nil, fmt.Errorf("validate bundle %s: %w", dir, err)
-		}
-		if sum != f.SHA256 {
-			return nil, corrupt(dir, "%s: sha256 mismatch (want %s, got %s); reinstall the bundle", f.Name, f.SHA256, sum)
-		}
+	if err := m.compare(dir, entries, true); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Entry is one name in a bundle's directory as a check sees it: read on
+// this machine (Quick, Validate), or listed on another (rbee doctor's probe
+// of a host).
+type Entry struct {
+	Name   string
+	Mode   fs.FileMode // type and permission bits, as lstat gives them
+	Size   int64
+	Link   string // a link's target
+	SHA256 string // a regular file's content, hex; "" = not read
+}
+
+// Check checks a bundle directory given as its manifest's content and the
+// entries it holds, as Validate checks one on this machine: every listed
+// file present with its size and SHA-256, every link in place, nothing
+// unlisted that ggml could load. dir names the bundle in messages.
+func Check(dir string, manifest []byte, entries []Entry) (*Manifest, error) {
+	m, err := parse(dir, manifest)
+	if err != nil {
+		return nil, err
+	}
+	byName := make(map[string]Entry, len(entries))
+	for _, e := range entries {
+		byName[e.Name] = e
+	}
+	if err := m.compare(dir, byName, true); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -166,54 +195,121 @@ func (m *Manifest) Quick(dir string) error {
 	if err := m.check(); err != nil {
 		return corrupt(dir, "%s: %v; reinstall the bundle", ManifestName, err)
 	}
+	entries, err := readEntries(dir, m, false)
+	if err != nil {
+		return err
+	}
+	return m.compare(dir, entries, false)
+}
+
+// readEntries lists dir by name, with the SHA-256 of the files m lists
+// when hash is set.
+func readEntries(dir string, m *Manifest, hash bool) (map[string]Entry, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) { // a directory gone lacks every file
+		return nil, fmt.Errorf("check bundle %s: %w", dir, err)
+	}
+	listed := map[string]bool{}
 	for _, f := range m.Files {
-		fi, err := os.Lstat(filepath.Join(dir, f.Name))
+		listed[f.Name] = true
+	}
+	var buf []byte
+	entries := make(map[string]Entry, len(des))
+	for _, de := range des {
+		p := filepath.Join(dir, de.Name())
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return nil, fmt.Errorf("check bundle %s: %w", dir, err)
+		}
+		e := Entry{Name: de.Name(), Mode: fi.Mode(), Size: fi.Size()}
 		switch {
-		case errors.Is(err, fs.ErrNotExist):
+		case fi.Mode()&fs.ModeSymlink != 0:
+			if e.Link, err = os.Readlink(p); err != nil {
+				return nil, fmt.Errorf("check bundle %s: %w", dir, err)
+			}
+		case hash && fi.Mode().IsRegular() && listed[e.Name]:
+			if buf == nil {
+				buf = make([]byte, 1<<20)
+			}
+			if e.SHA256, err = hashFile(p, buf); err != nil {
+				return nil, fmt.Errorf("validate bundle %s: %w", dir, err)
+			}
+		}
+		entries[e.Name] = e
+	}
+	return entries, nil
+}
+
+// compare checks a bundle directory's entries against m, the contents
+// too when hashed: the one judgement Quick, Validate and Check share.
+func (m *Manifest) compare(dir string, entries map[string]Entry, hashed bool) error {
+	for _, f := range m.Files {
+		e, ok := entries[f.Name]
+		switch {
+		case !ok:
 			return corrupt(dir, "%s: missing; reinstall the bundle", f.Name)
-		case err != nil:
-			return fmt.Errorf("check bundle %s: %w", dir, err)
-		case !fi.Mode().IsRegular():
+		case !e.Mode.IsRegular():
 			return corrupt(dir, "%s: not a regular file; reinstall the bundle", f.Name)
-		case fi.Size() != f.Size:
-			return corrupt(dir, "%s: size %d, want %d; reinstall the bundle", f.Name, fi.Size(), f.Size)
-		case IsTool(f.Name) && fi.Mode().Perm()&0o100 == 0:
+		case e.Size != f.Size:
+			return corrupt(dir, "%s: size %d, want %d; reinstall the bundle", f.Name, e.Size, f.Size)
+		case IsTool(f.Name) && e.Mode.Perm()&0o100 == 0:
 			return corrupt(dir, "%s: not executable; reinstall the bundle", f.Name)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(m.Links)) {
 		want := m.Links[name]
-		p := filepath.Join(dir, name)
-		fi, err := os.Lstat(p)
+		e, ok := entries[name]
 		switch {
-		case errors.Is(err, fs.ErrNotExist):
+		case !ok:
 			return corrupt(dir, "%s: missing link to %s; reinstall the bundle", name, want)
-		case err != nil:
-			return fmt.Errorf("check bundle %s: %w", dir, err)
-		case fi.Mode()&fs.ModeSymlink == 0:
+		case e.Mode&fs.ModeSymlink == 0:
 			return corrupt(dir, "%s: not a link to %s; reinstall the bundle", name, want)
-		}
-		got, err := os.Readlink(p)
-		if err != nil {
-			return fmt.Errorf("check bundle %s: %w", dir, err)
-		}
-		if got != want {
-			return corrupt(dir, "%s: links to %s, want %s; reinstall the bundle", name, got, want)
+		case e.Link != want:
+			return corrupt(dir, "%s: links to %s, want %s; reinstall the bundle", name, e.Link, want)
 		}
 	}
 	// ggml loads every backend plugin it finds beside libggml, so a library
 	// the manifest does not vouch for must not sit there.
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("check bundle %s: %w", dir, err)
-	}
 	listed := m.names()
-	for _, e := range entries {
-		if isLib(e.Name()) && !listed[e.Name()] {
-			return corrupt(dir, "%s: not listed in %s; remove it or reinstall the bundle", e.Name(), ManifestName)
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
+		if isLib(name) && !listed[name] {
+			return corrupt(dir, "%s: not listed in %s; remove it or reinstall the bundle", name, ManifestName)
+		}
+	}
+	if !hashed {
+		return nil
+	}
+	for _, f := range m.Files {
+		switch sum := entries[f.Name].SHA256; {
+		case sum == "":
+			return fmt.Errorf("validate bundle %s: %s: its content was not read", dir, f.Name)
+		case sum != f.SHA256:
+			return corrupt(dir, "%s: sha256 mismatch (want %s, got %s); reinstall the bundle", f.Name, f.SHA256, sum)
 		}
 	}
 	return nil
+}
+
+// ReinstallHint is the command that puts a good copy of the bundle m
+// describes on hive: its source again, where that is a path or URL
+// `rbee worker install` takes. The agent and rbee doctor both say it.
+func ReinstallHint(hive string, m *Manifest) string {
+	cmd := "rbee worker install --hive " + hive + " "
+	if m == nil {
+		return cmd + "SOURCE installs a good bundle (see rbee worker install --help)"
+	}
+	if filepath.IsAbs(m.Source) || strings.HasPrefix(m.Source, "https://") {
+		return cmd + m.Source + " puts a good copy in place"
+	}
+	src := m.Source
+	if src == "" {
+		src = "an unnamed source"
+	}
+	return fmt.Sprintf("%sSOURCE puts a good copy in place (SOURCE: a directory or archive of llama.cpp %s for %s/%s; this one came from %s)",
+		cmd, m.Version, m.OS, m.Arch, src)
 }
 
 // names returns the names of the files and links of m.

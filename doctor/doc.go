@@ -3,5 +3,6 @@
 // and never installs or writes anything. It reports each check (reach, host
 // key, login, platform, glibc against what the agent and engine need,
 // libraries, disk, home, forwarding, GPUs, CUDA runtime, installed rbee
-// versions) with a verdict, a detail and a hint; `rbee doctor` prints it.
+// versions, engine bundles against their manifests, the agent's last error)
+// with a verdict, a detail and a hint; `rbee doctor` prints it.
 package doctor

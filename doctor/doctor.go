@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -58,6 +60,22 @@ type Facts struct {
 	GPUs         []GPU    `json:"gpus"`
 	CUDARuntime  []Lib    `json:"cuda_runtime"`
 	Installed    []string `json:"installed"` // versions under ~/.rbee/hive/
+	// Engines are the engine bundles installed under ~/.rbee/engines/,
+	// each checked against its manifest.
+	Engines []EngineFact `json:"engines"`
+	// AgentPID is the hive agent's that runs; 0 when none does.
+	AgentPID int `json:"agent_pid,omitempty"`
+	// AgentError is why the agent's last start failed, else the last
+	// warning in its log.
+	AgentError string `json:"agent_error,omitempty"`
+}
+
+// EngineFact is one installed engine bundle.
+type EngineFact struct {
+	Dir      string   `json:"dir"`
+	Variant  string   `json:"variant,omitempty"` // v0.5.0-cpu
+	Backends []string `json:"backends,omitempty"`
+	Problem  string   `json:"problem,omitempty"` // what does not match its manifest; "" = intact
 }
 
 // Lib is a shared library looked up the way the dynamic loader would.
@@ -111,6 +129,13 @@ type Options struct {
 	Needs Needs
 	// Version is this rbee's version, to say whether the host has it.
 	Version string
+	// Hive is the hive's name, for the commands hints give ("" = HIVE, or
+	// localhost on this machine).
+	Hive string
+	// Home is rbee's home on this machine (RBEE_HOME), whose engine
+	// bundles and local agent a check of this machine looks at; "" leaves
+	// them out. Engine is the bundle the local hive is given (RBEE_ENGINE).
+	Home, Engine string
 }
 
 // Run checks the machine Options name. It returns a report even when the
@@ -120,7 +145,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	if opt.Needs.Glibc == "" {
 		opt.Needs = DefaultNeeds()
 	}
-	rep := &Report{Target: "localhost", Facts: Facts{GPUs: []GPU{}, Libraries: []Lib{}, CUDARuntime: []Lib{}, Installed: []string{}}}
+	rep := &Report{Target: "localhost", Facts: Facts{GPUs: []GPU{}, Libraries: []Lib{}, CUDARuntime: []Lib{}, Installed: []string{}, Engines: []EngineFact{}}}
 	var run runner = localRunner{}
 	if opt.Target != nil {
 		c, ok := reach(ctx, rep, *opt.Target, opt.Config)
@@ -157,10 +182,47 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	if c, ok := run.(*remote.Conn); ok && p.get("agent_socket") == "yes" {
 		checkAgentSocket(ctx, rep, c)
 	}
+	if err := checkHive(ctx, rep, run, opt); err != nil {
+		return nil, err
+	}
 	slices.SortStableFunc(rep.Checks, func(a, b Check) int {
 		return slices.Index(reportOrder, a.Name) - slices.Index(reportOrder, b.Name)
 	})
 	return rep, nil
+}
+
+// checkHive checks what an installed hive left: its engine bundles against
+// their manifests, and its agent (does it run, why did its last start
+// fail). On a host the constant hiveScript reads them; on this machine
+// they are read here, from Options.Home. Only ctx's error is returned.
+func checkHive(ctx context.Context, rep *Report, run runner, opt Options) error {
+	hive := cmp.Or(opt.Hive, "HIVE")
+	if _, local := run.(localRunner); local {
+		if opt.Home == "" {
+			rep.add(checkEngines, Skip, "", "rbee's home was not given")
+			rep.add(checkAgent, Skip, "", "rbee's home was not given")
+			return nil
+		}
+		hive = cmp.Or(opt.Hive, "localhost")
+		evalEngines(rep, hive, localEngines(opt.Home, opt.Engine))
+		evalAgent(rep, hive, localAgent(opt.Home))
+		return nil
+	}
+	out, err := run.Run(ctx, []string{"sh", "-s"}, strings.NewReader(hiveScript))
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		rep.add(checkEngines, Warn, "", "could not read ~/.rbee: %v", err)
+		rep.add(checkAgent, Warn, "", "could not read ~/.rbee: %v", err)
+		return nil
+	}
+	evalEngines(rep, hive, parseEngines(out))
+	p := parseProbe(out)
+	st := agentState{log: p["agent_log"], logRead: p.get("agent_log_read") == "yes"}
+	st.pid, _ = strconv.Atoi(p.get("agent_pid"))
+	evalAgent(rep, hive, st)
+	return nil
 }
 
 // checkAgentSocket settles the forwarding check where an agent already
@@ -202,10 +264,12 @@ const (
 	checkGPU        = "gpu"
 	checkCUDA       = "cuda runtime"
 	checkInstalled  = "installed"
+	checkEngines    = "engines"
+	checkAgent      = "agent"
 )
 
 var allChecks = []string{checkReach, checkHostKey, checkAuth, checkForwarding, checkPlatform, checkGlibc,
-	checkLibs, checkDisk, checkHome, checkGPU, checkCUDA, checkInstalled}
+	checkLibs, checkDisk, checkHome, checkGPU, checkCUDA, checkInstalled, checkEngines, checkAgent}
 
 var reportOrder = slices.Insert(slices.Clone(allChecks), 4, checkProbe)
 

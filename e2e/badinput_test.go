@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/download/hubtest"
 	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/internal/sshtest"
@@ -349,6 +350,62 @@ func TestBadInputExitCodes(t *testing.T) {
 		}
 	}
 	e.stopQueen()
+}
+
+// TestBadInputEngine: an engine bundle changed since it was prepared, and
+// one without the rpc-server a split needs, are install problems: exit 10
+// with the command that installs a good one, not "the worker failed" (6),
+// for no worker ran.
+func TestBadInputEngine(t *testing.T) {
+	t.Parallel()
+	t.Run("tampered", func(t *testing.T) {
+		t.Parallel()
+		tampered := copyEngine(t, func(b []byte) []byte {
+			b[len(b)-1] ^= 0xff // same size: the agent's quick look passes, the worker's check does not
+			return b
+		})
+		e := newEnv(t, "RBEE_ENGINE="+tampered)
+		r := e.rbee("infer", "--model", alphabet, "--temperature", "0", "abc")
+		if r.code != rbee.ExitEngine || !strings.Contains(r.stderr, "sha256 mismatch") || !strings.Contains(r.stderr, "hint: rbee worker install --hive localhost ") {
+			t.Errorf("infer on a tampered engine: exit %d, want %d naming the file and the command that reinstalls it:\n%s", r.code, rbee.ExitEngine, r.stderr)
+		}
+		if r.stdout != "" {
+			t.Errorf("infer on a tampered engine printed %q", r.stdout)
+		}
+		e.stopQueen()
+	})
+	t.Run("no rpc-server", func(t *testing.T) {
+		t.Parallel()
+		e, hosts := sshEnv(t, 1, sshtest.Options{})
+		e.vars = append(e.vars, "RBEE_ENGINE="+plainEngine(t)) // no RPC backend, no rpc-server
+		if r := e.addHive(hosts[0], "h1"); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+		r := e.rbee("infer", "--split", "localhost,h1", "--model", alphabet, "--temperature", "0", "abc")
+		if r.code != rbee.ExitEngine || !strings.Contains(r.stderr, "no rpc-server") || !strings.Contains(r.stderr, "hint: rbee worker install --hive ") {
+			t.Errorf("a split without rpc-server: exit %d, want %d with the command that installs one:\n%s", r.code, rbee.ExitEngine, r.stderr)
+		}
+		e.stopQueen()
+	})
+}
+
+// plainEngine prepares the pinned CPU bundle as rbee fetches it: without
+// llama.cpp's RPC backend and rpc-server.
+func plainEngine(t *testing.T) string {
+	t.Helper()
+	root, err := testenv.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "node-llama-cpp-linux-x64-*.tgz"))
+	if len(archives) == 0 {
+		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
+	}
+	plain := filepath.Join(t.TempDir(), "plain")
+	if _, err := bundle.Prepare(t.Context(), archives[0], plain, bundle.Options{Source: archives[0]}); err != nil {
+		t.Fatal(err)
+	}
+	return plain
 }
 
 // TestBadInputWorkerTypeRemoval: a worker type can be removed; one a

@@ -487,8 +487,8 @@ func TestRPCSplitNeedsRPCEngine(t *testing.T) {
 	}
 	args := []string{"infer", "--split", "localhost,h1", "--model", alphabet, "--temperature", "0", "abc"}
 	r := e.rbee(args...)
-	if r.code != rbee.ExitCodeFor(rbee.CodeWorkerTypeUnknown) || !strings.Contains(r.stderr, "hives localhost, h1 have no engine with llama.cpp's RPC backend") {
-		t.Fatalf("split on plain engines: exit %d, want %d naming both hives\n%s", r.code, rbee.ExitCodeFor(rbee.CodeWorkerTypeUnknown), r.stderr)
+	if r.code != rbee.ExitCodeFor(rbee.CodeEngine) || !strings.Contains(r.stderr, "hives localhost, h1 have no engine with llama.cpp's RPC backend") {
+		t.Fatalf("split on plain engines: exit %d, want %d naming both hives\n%s", r.code, rbee.ExitCodeFor(rbee.CodeEngine), r.stderr)
 	}
 	if strings.Contains(r.stderr, "reserved") {
 		t.Errorf("room was reserved before the refusal:\n%s", r.stderr)

@@ -7,13 +7,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/rbee-dev/rbee/bundle"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
 
@@ -528,25 +528,6 @@ func TestSSHSameAccountTwice(t *testing.T) {
 	e.stopQueen()
 }
 
-// plainEngine prepares the engine bundle rbee installs by itself (the npm
-// package, without the RPC backend) in a temporary directory.
-func plainEngine(t *testing.T) string {
-	t.Helper()
-	root, err := testenv.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	archives, _ := filepath.Glob(filepath.Join(root, ".rbee-dev", "cache", "node-llama-cpp-linux-x64-*.tgz"))
-	if len(archives) == 0 {
-		t.Fatal("no engine archive in .rbee-dev/cache: run `make engine`")
-	}
-	plain := filepath.Join(t.TempDir(), "plain")
-	if _, err := bundle.Prepare(t.Context(), archives[0], plain, bundle.Options{Source: archives[0]}); err != nil {
-		t.Fatal(err)
-	}
-	return plain
-}
-
 // TestSSHEngineNeverClobbered: the issue's brick. The queen gives a host
 // the plain engine; the RPC build (what the --split hint says to install)
 // goes over it; the host's agent dies (a reboot). The next job's install
@@ -555,9 +536,8 @@ func plainEngine(t *testing.T) string {
 // every job failed until someone removed the directory by hand).
 func TestSSHEngineNeverClobbered(t *testing.T) {
 	t.Parallel()
-	plain := plainEngine(t)
 	e, hosts := sshEnv(t, 1, sshtest.Options{})
-	e.vars = append(e.vars, "RBEE_ENGINE="+plain) // what the queen gives hosts
+	e.vars = append(e.vars, "RBEE_ENGINE="+plainEngine(t)) // what the queen gives hosts
 	h := hosts[0]
 	if r := e.addHive(h, "h1"); r.code != 0 {
 		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
@@ -615,6 +595,61 @@ func TestSSHPurgeWithoutAgent(t *testing.T) {
 	}
 	if left := append(hostProcs(h.UID, "rbee-worker"), hostProcs(h.UID, "rbee-hive")...); len(left) > 0 {
 		t.Errorf("--purge left rbee processes running: %v", left)
+	}
+	e.stopQueen()
+}
+
+// TestSSHAgentCannotStart: a host whose agent exits as it starts (its run
+// directory is a file) fails the job with the agent's own reason and where
+// to look, at once — not "did not answer within 5s" — and rbee doctor
+// reports that reason as the agent's last error.
+func TestSSHAgentCannotStart(t *testing.T) {
+	t.Parallel()
+	e, hosts := sshEnv(t, 1, sshtest.Options{})
+	h := hosts[0]
+	if r := e.addHive(h, "h1"); r.code != 0 {
+		t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen() // the next queen connects afresh
+	for _, pid := range hostProcs(h.UID, "rbee-hive") {
+		signal(t, pid, syscall.SIGKILL)
+	}
+	run := filepath.Join(h.Home, ".rbee", "run")
+	if err := os.RemoveAll(run); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(run, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := e.rbee("infer", "--hive", "h1", "--model", alphabet, "abc")
+	if r.code != rbee.ExitHive || !strings.Contains(r.stderr, "rbee-hive: listen: mkdir "+run+": not a directory") ||
+		!strings.Contains(r.stderr, "hint: ") || strings.Contains(r.stderr, "did not answer") {
+		t.Errorf("infer on a host whose agent cannot start: exit %d, want %d with the agent's reason and a hint:\n%s", r.code, rbee.ExitHive, r.stderr)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("infer on a host whose agent cannot start took %s, want it told at once", took)
+	}
+
+	// rbee doctor says why, and checks the host's engine bundles: one
+	// changed since it was pushed fails, with the command that fixes it.
+	libs, _ := filepath.Glob(filepath.Join(h.Home, ".rbee", "engines", "*", "libllama.v*.so"))
+	if len(libs) == 0 {
+		t.Fatal("no engine bundle on the host")
+	}
+	b, err := os.ReadFile(libs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff
+	if err := os.WriteFile(libs[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = e.rbee("doctor", "--hive", "h1")
+	if r.code != rbee.ExitError || !regexp.MustCompile(`fail\s+agent\s+rbee-hive is not running: its last start failed: rbee-hive: listen: mkdir .*: not a directory`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`fail\s+engines\s+bundle .*`+regexp.QuoteMeta(filepath.Base(libs[0]))+`: sha256 mismatch`).MatchString(r.stdout) ||
+		!strings.Contains(r.stdout, "hint: rbee worker install --hive h1 ") {
+		t.Errorf("doctor: exit %d, want %d with the agent's reason and the changed engine file:\n%s\n%s", r.code, rbee.ExitError, r.stdout, r.stderr)
 	}
 	e.stopQueen()
 }

@@ -2,14 +2,19 @@ package provision
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/remote"
 )
 
@@ -43,6 +48,7 @@ func PushModel(ctx context.Context, c *remote.Conn, l Layout, local, sha string,
 // hive-to-hive copy).
 func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeker, size int64, sha string, progress Progress) (string, error) {
 	dst := l.ModelPath(sha)
+	RemoveLeftovers(ctx, c)
 	sums, err := remoteSums(ctx, c, []string{dst})
 	if err != nil {
 		return "", err
@@ -72,11 +78,13 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 	done := have
 	failed := func(err error) (string, error) {
 		full := diskFull(context.WithoutCancel(ctx), c, path.Dir(dst), st.Size()-done)
-		_ = sc.Remove(partial)
-		if full != nil {
-			return "", full
+		gone := removePartial(ctx, c, partial, done)
+		var re *rbee.Error
+		if errors.As(full, &re) {
+			re.Message += "; " + gone
+			return "", re
 		}
-		return "", fmt.Errorf("push model: %w; the partial copy was removed", err)
+		return "", fmt.Errorf("push model: %w; %s", err, gone)
 	}
 	out, err := sc.OpenFile(partial, os.O_WRONLY|os.O_CREATE)
 	if err != nil {
@@ -127,13 +135,80 @@ func PushModelFrom(ctx context.Context, c *remote.Conn, l Layout, f io.ReadSeeke
 		return "", fmt.Errorf("verify model: %w", err)
 	}
 	if s := strings.TrimSpace(string(got)); s != sha {
-		_, _ = c.Run(context.WithoutCancel(ctx), []string{"rm", "-f", partial}, nil)
-		return "", fmt.Errorf("verify model: sha256 on the host is %s, want %s (size %s); the partial copy was removed", s, sha, strconv.FormatInt(done, 10))
+		gone := removePartial(ctx, c, partial, done)
+		return "", fmt.Errorf("verify model: sha256 on the host is %s, want %s (size %s); %s", s, sha, strconv.FormatInt(done, 10), gone)
 	}
 	if err := sc.PosixRename(partial, dst); err != nil {
 		return "", fmt.Errorf("push model: %w", err)
 	}
 	return dst, nil
+}
+
+// removeTimeout bounds the removal of a failed push's partial copy: the
+// connection that failed may be one that stalls.
+const removeTimeout = 10 * time.Second
+
+// removePartial removes a failed push's partial copy from the host and
+// says what became of it. When the host cannot be told (the connection is
+// gone or stalls), the copy is remembered and the next push to the host,
+// or the next connection's start, removes it; meanwhile the message says
+// where it is.
+func removePartial(ctx context.Context, c *remote.Conn, partial string, size int64) string {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
+	_, err := c.Run(rctx, []string{"rm", "-f", "--", partial}, nil)
+	if err == nil {
+		return "the partial copy was removed"
+	}
+	remember(hostKey(c), partial)
+	return fmt.Sprintf("the partial copy (%s) could not be removed (%v): it stays at %s:%s, and the next push or connection to the host removes it",
+		rbee.Bytes(uint64(max(size, 0))), err, c.Resolved().Host, partial)
+}
+
+// leftovers are the partial copies failed pushes could not remove, by
+// host (hostKey).
+var leftovers = struct {
+	sync.Mutex
+	m map[string]map[string]bool
+}{m: map[string]map[string]bool{}}
+
+// hostKey names the account a connection reaches: user@host:port.
+func hostKey(c *remote.Conn) string {
+	r := c.Resolved()
+	return r.User + "@" + r.Addr
+}
+
+// RemoveLeftovers removes from the host the partial copies that failed
+// pushes over an earlier connection could not remove. They are taken off
+// the list first, so that two callers never remove one twice (the second
+// could pull a new push's file from under it); what cannot be removed now
+// goes back on it.
+func RemoveLeftovers(ctx context.Context, c *remote.Conn) {
+	host := hostKey(c)
+	leftovers.Lock()
+	paths := slices.Sorted(maps.Keys(leftovers.m[host]))
+	delete(leftovers.m, host)
+	leftovers.Unlock()
+	if len(paths) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, removeTimeout)
+	defer cancel()
+	if _, err := c.Run(rctx, append([]string{"rm", "-f", "--"}, paths...), nil); err != nil {
+		remember(host, paths...)
+	}
+}
+
+// remember puts partial copies on host's list of leftovers.
+func remember(host string, paths ...string) {
+	leftovers.Lock()
+	defer leftovers.Unlock()
+	if leftovers.m[host] == nil {
+		leftovers.m[host] = map[string]bool{}
+	}
+	for _, p := range paths {
+		leftovers.m[host][p] = true
+	}
 }
 
 // sized stands in for a FileInfo where only the size is known.

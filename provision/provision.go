@@ -227,6 +227,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		return res, nil, err
 	}
 	res.Probe = p
+	RemoveLeftovers(ctx, c) // a failed push's partial copy, from before this connection
 	l := Layout{Home: p.Home}
 	dial, mode := Dialer(c, l, rbee.Version)
 	client := hiveapi.NewClient(opt.Name, dial)
@@ -306,24 +307,41 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		}
 	}
 
-	// Start detached: its own session, stdin from /dev/null, output to its log.
-	args := []string{"sh", "-c", `log=$1; shift; mkdir -p "$(dirname "$log")"; setsid "$@" </dev/null >>"$log" 2>&1 &`, "sh",
+	// Start detached: its own session, stdin from /dev/null, output to its
+	// log. The log's size before is where this start's lines begin.
+	args := []string{"sh", "-c", `log=$1; shift; mkdir -p "$(dirname "$log")"; s=0; if [ -f "$log" ]; then s=$(wc -c <"$log"); fi; echo "$s"; setsid "$@" </dev/null >>"$log" 2>&1 &`, "sh",
 		l.LogPath(), l.AgentPath(rbee.Version), "serve", "--home", l.RbeeDir(), "--name", opt.Name,
 		"--worker-binary", l.WorkerPath(rbee.Version), "--engine", engineDir}
 	if opt.KeepAlive > 0 {
 		args = append(args, "--keep-alive", opt.KeepAlive.String())
 	}
-	if _, err := c.Run(ctx, args, nil); err != nil {
+	out, err := c.Run(ctx, args, nil)
+	if err != nil {
 		return res, nil, fmt.Errorf("start agent: %w", err)
 	}
+	logFrom, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 	res.Installed = true
 	phase("start")
+	var looked time.Time
 	err = poll.Until(ctx, poll.Config{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, MaxAttempts: 400, Timeout: 20 * time.Second}, func(ctx context.Context) (bool, error) {
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		hs, err = client.Handshake(hctx)
-		return err == nil, err
+		if hs, err = client.Handshake(hctx); err == nil {
+			return true, nil
+		}
+		// An agent that cannot start says why and exits: its reason,
+		// not a handshake that never comes, is the error.
+		if time.Since(looked) >= 200*time.Millisecond {
+			looked = time.Now()
+			if why := agentExit(ctx, c, l.LogPath(), logFrom); why != "" {
+				return false, poll.Permanent(fmt.Errorf("%w: %s (log: %s)", ErrAgentExited, why, l.LogPath()))
+			}
+		}
+		return false, err
 	})
+	if errors.Is(err, ErrAgentExited) {
+		return res, nil, err
+	}
 	if err != nil {
 		tail, _ := c.Run(ctx, []string{"tail", "-n", "5", l.LogPath()}, nil)
 		return res, nil, fmt.Errorf("agent did not answer the handshake: %w; its log ends: %s", err, strings.TrimSpace(string(tail)))
@@ -335,6 +353,21 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	RemoveOldAgents(ctx, c, l, narrate)
 	res.Handshake, res.Transport = hs, settle(ctx, c, l, client, mode(ctx))
 	return res, client, nil
+}
+
+// ErrAgentExited reports an agent that exited as it started, saying why.
+var ErrAgentExited = errors.New("the agent exited as it started")
+
+// agentExit returns the last "rbee-hive: …" line the agent's log gained
+// after offset from: what an agent that cannot start prints as it exits.
+// "" when there is none (or the log cannot be read).
+func agentExit(ctx context.Context, c *remote.Conn, log string, from int64) string {
+	out, err := c.Run(ctx, []string{"sh", "-c", `tail -c +"$2" "$1" 2>/dev/null | grep '^rbee-hive: ' | tail -n 1 | cut -c 1-2000`,
+		"sh", log, strconv.FormatInt(from+1, 10)}, nil)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // settle undoes a bridge taken by mistake: while the agent starts, a stale

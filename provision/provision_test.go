@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/rbee-dev/rbee/internal/sshtest"
@@ -105,6 +106,55 @@ func TestPushModelResumes(t *testing.T) {
 	sent := false
 	if _, err := PushModel(context.Background(), c, l, local, sha, func(int64, int64, float64) { sent = true }); err != nil || sent {
 		t.Errorf("third push: err %v, sent %v; want nothing sent", err, sent)
+	}
+}
+
+// TestPushModelLostConnection: a push whose connection dies midway (a
+// stalled link declared dead) cannot remove its partial copy. The error
+// says where it stays — it said "the partial copy was removed" while the
+// bytes stayed on the host — and the next push to the host, over a new
+// connection, removes it.
+func TestPushModelLostConnection(t *testing.T) {
+	if err := sshtest.Available(); err != nil {
+		t.Fatalf("SSH hosts cannot run here: %v", err)
+	}
+	t.Parallel()
+	h := sshtest.Start(t, 1, sshtest.Options{})[0]
+	c := dial(t, h)
+	l := Layout{Home: h.Home}
+	model := func(n int) (string, string) {
+		data := make([]byte, n)
+		rand.Read(data)
+		local := filepath.Join(t.TempDir(), "m.gguf")
+		if err := os.WriteFile(local, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		return local, hex.EncodeToString(sum[:])
+	}
+	local, sha := model(24 << 20)
+	partial := l.ModelPath(sha) + ".partial"
+	var once sync.Once
+	_, err := PushModel(context.Background(), c, l, local, sha, func(int64, int64, float64) {
+		once.Do(func() { c.Close() }) // the link dies after the first chunk
+	})
+	if err == nil {
+		t.Fatal("push over a connection that died: no error")
+	}
+	if _, serr := os.Stat(partial); serr != nil {
+		t.Fatalf("the partial copy is not on the host (%v); the test cannot tell", serr)
+	}
+	if msg := err.Error(); strings.Contains(msg, "was removed") || !strings.Contains(msg, "stays at") || !strings.Contains(msg, partial) {
+		t.Errorf("push over a connection that died: %q, want where the partial copy stays, not that it was removed", msg)
+	}
+
+	// The next push, another model over a new connection, removes it.
+	other, otherSHA := model(1 << 20)
+	if _, err := PushModel(context.Background(), dial(t, h), l, other, otherSHA, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(partial); !os.IsNotExist(err) {
+		t.Errorf("the failed push's partial copy is still on the host after the next push: %v", err)
 	}
 }
 

@@ -98,7 +98,7 @@ func (s *Supervisor) StartRPC(ctx context.Context, spec RPCSpec) (*RPCServer, er
 	}
 	bin := filepath.Join(engine, RPCServerBin)
 	if st, err := os.Stat(bin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-		return nil, rbee.Errorf(rbee.CodeWorkerFailed, "%w (%s)", ErrNoRPCServer, bin).
+		return nil, rbee.Errorf(rbee.CodeEngine, "%w (%s)", ErrNoRPCServer, bin).
 			WithHint("install an engine bundle built with the RPC backend (make engine builds one)")
 	}
 	port, err := freePort()

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbee-dev/rbee"
 )
 
 // helperRPC plays llama.cpp's rpc-server: -H HOST -p PORT [-c] [-t N];
@@ -150,8 +152,8 @@ func TestStartRPCNoBinary(t *testing.T) {
 	dir := t.TempDir()
 	s := New(Config{Engine: dir, RunDir: dir, LogDir: dir})
 	_, err := s.StartRPC(context.Background(), RPCSpec{Device: "cpu"})
-	if !errors.Is(err, ErrNoRPCServer) {
-		t.Fatalf("got %v, want ErrNoRPCServer", err)
+	if !errors.Is(err, ErrNoRPCServer) || rbee.CodeOf(err) != rbee.CodeEngine {
+		t.Fatalf("got %v (code %s), want ErrNoRPCServer, %s: the bundle's fault, no worker's", err, rbee.CodeOf(err), rbee.CodeEngine)
 	}
 }
 

@@ -29,14 +29,21 @@ func (c *doctorCmd) Help() string {
 }
 
 func (c *doctorCmd) Run(ctx context.Context, g *globals) error {
-	opt := doctor.Options{Version: rbee.Version, Needs: doctor.NeedsOf(agentFiles(g)...)}
+	opt := doctor.Options{Version: rbee.Version, Needs: doctor.NeedsOf(agentFiles(g)...),
+		Hive: queen.LocalHive, Home: g.Home, Engine: os.Getenv("RBEE_ENGINE")}
 	// "localhost" is this machine's hive, as everywhere in rbee.
 	if c.Hive != "" && c.Hive != queen.LocalHive {
+		opt.Hive, opt.Home, opt.Engine = "", "", ""
 		inv, err := inventory.Load(inventory.PathFor(g.Home))
 		if err != nil {
 			// A broken inventory does not stop a check of USER@HOST.
 			fmt.Fprintf(os.Stderr, "rbee: %v\n", err)
 			inv = nil
+		}
+		if inv != nil {
+			if _, ok := inv.Hive(c.Hive); ok {
+				opt.Hive = c.Hive // hints name it
+			}
 		}
 		t, knownHosts, err := doctor.TargetFor(c.Hive, inv)
 		switch {

@@ -141,7 +141,11 @@ func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return nil, err
 			}
-			return nil, rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", h.Name, err)
+			e := rbee.Errorf(rbee.CodeHiveDown, "hive %s: %w", h.Name, err)
+			if errors.Is(err, provision.ErrAgentExited) {
+				e.Hint = "fix what the agent says on the host (rbee doctor --hive " + h.Name + " checks it); the next command starts it again"
+			}
+			return nil, e
 		}
 		if res.Installed {
 			narrate("hive_awake", fmt.Sprintf("hive %s: started rbee-hive %s on %s/%s (pid %d, via %s)", h.Name, res.Handshake.Version, res.Probe.OS, res.Probe.Arch, res.Handshake.PID, res.Transport))

@@ -256,7 +256,7 @@ func (sp *Splitter) setUpSplit(ctx context.Context, id string, spec *fleet.Model
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		code := rbee.CodeWorkerFailed
-		if c := rbee.CodeOf(errs[0]); c == rbee.CodeHiveDown || c == rbee.CodeNoRoom {
+		if c := rbee.CodeOf(errs[0]); c == rbee.CodeHiveDown || c == rbee.CodeNoRoom || c == rbee.CodeEngine {
 			code = c
 		}
 		return fail(&rbee.Error{Code: code, Message: "split: " + err.Error(), Err: err})
@@ -644,7 +644,7 @@ func checkRPCEngines(ctx context.Context, plan scheduler.SplitPlan, conns map[st
 	if len(lacking) > 1 {
 		which = "hives " + strings.Join(lacking, ", ") + " have"
 	}
-	return (&rbee.Error{Code: rbee.CodeWorkerTypeUnknown,
+	return (&rbee.Error{Code: rbee.CodeEngine,
 		Message: fmt.Sprintf("split: %s no engine with llama.cpp's RPC backend (the engine rbee installs by itself has none)", which)}).
 		WithHint(hint)
 }
