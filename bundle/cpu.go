@@ -134,10 +134,24 @@ func (m *Manifest) CPUNeeds(flags []string) func(name string) bool {
 	}
 }
 
-// Partial returns a copy of m without the CPU variant libraries keep
-// refuses, which it lists as Omitted (with those m omitted already): the
-// manifest of a bundle shipped to a host that runs only some of them.
-// Every other file stays, and at least one CPU variant must.
+// unused are libraries of the npm bundles that nothing rbee runs loads:
+// the worker opens libllama, libggml and libggml-base (and ggml its
+// backends), the RPC server links ggml alone. libllama-common (6 MB) is
+// llama.cpp's helper library for its own tools.
+var unused = map[string]bool{"libllama-common.so": true}
+
+// Unused reports whether nothing rbee runs loads the bundle file name: a
+// push may leave it out.
+func Unused(name string) bool { return unused[name] }
+
+// omissible reports whether a host's copy of a bundle may lack name.
+func omissible(name string) bool { return CPUVariant(name) != "" || Unused(name) }
+
+// Partial returns a copy of m without the CPU variant libraries (and
+// Unused files) keep refuses, which it lists as Omitted (with those m
+// omitted already): the manifest of a bundle shipped to a host that runs
+// only some of them. Every other file stays, and at least one CPU variant
+// must.
 func (m *Manifest) Partial(keep func(File) bool) (*Manifest, error) {
 	p := *m
 	p.Files = nil
@@ -145,7 +159,7 @@ func (m *Manifest) Partial(keep func(File) bool) (*Manifest, error) {
 	p.Links = maps.Clone(m.Links)
 	cpu := 0
 	for _, f := range m.Files {
-		if CPUVariant(f.Name) == "" || keep(f) {
+		if !omissible(f.Name) || keep(f) {
 			p.Files = append(p.Files, f)
 			if CPUVariant(f.Name) != "" {
 				cpu++
@@ -195,8 +209,8 @@ func (m *Manifest) checkOmitted(files map[string]bool) error {
 	seen := map[string]bool{}
 	for _, f := range m.Omitted {
 		switch {
-		case !plainFileName(f.Name) || CPUVariant(f.Name) == "":
-			return fmt.Errorf("omitted %q is not a CPU variant library", f.Name)
+		case !plainFileName(f.Name) || !omissible(f.Name):
+			return fmt.Errorf("omitted %q is not a CPU variant library or an unused one", f.Name)
 		case files[f.Name]:
 			return fmt.Errorf("%s listed as file and omitted", f.Name)
 		case seen[f.Name]:

@@ -109,7 +109,10 @@ func TestPartial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := m.Partial(func(f bundle.File) bool { return bundle.CPUVariant(f.Name) == bundle.PortableCPUVariant })
+	p, err := m.Partial(func(f bundle.File) bool {
+		v := bundle.CPUVariant(f.Name)
+		return v == "" || v == bundle.PortableCPUVariant
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,5 +187,44 @@ func TestPartialManifestChecked(t *testing.T) {
 				t.Errorf("Load: got %v, want ErrCorrupt with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestPartialUnused: a push leaves out the library nothing rbee runs loads
+// (libllama-common, 6 MB of the npm bundles); the host's copy without it
+// validates, and only such files and CPU variants may be omitted.
+func TestPartialUnused(t *testing.T) {
+	t.Parallel()
+	dir := prepared(t)
+	m, err := bundle.Validate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.Partial(func(f bundle.File) bool { return !bundle.Unused(f.Name) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Omitted) != 1 || p.Omitted[0].Name != "libllama-common.so" {
+		t.Fatalf("omitted %+v, want libllama-common.so", p.Omitted)
+	}
+	data, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeDir(t, dir, []entry{{name: bundle.ManifestName, body: string(data)}})
+	if err := os.Remove(filepath.Join(dir, "libllama-common.so")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundle.Validate(dir); err != nil {
+		t.Fatalf("Validate of the copy without the unused library: %v", err)
+	}
+	q, err := m.Partial(func(f bundle.File) bool { return f.Name != "libllama.v0.5.0.so" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range q.Omitted {
+		if f.Name == "libllama.v0.5.0.so" {
+			t.Errorf("a needed library was omitted: %+v", q.Omitted)
+		}
 	}
 }

@@ -382,7 +382,7 @@ func TestBadInputEngine(t *testing.T) {
 			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
 		}
 		r := e.rbee("infer", "--split", "localhost,h1", "--model", alphabet, "--temperature", "0", "abc")
-		if r.code != rbee.ExitEngine || !strings.Contains(r.stderr, "no rpc-server") || !strings.Contains(r.stderr, "hint: rbee worker install --hive ") {
+		if r.code != rbee.ExitEngine || !strings.Contains(r.stderr, "no engine with llama.cpp's RPC backend") || !strings.Contains(r.stderr, "hint: rbee worker install --hive ") {
 			t.Errorf("a split without rpc-server: exit %d, want %d with the command that installs one:\n%s", r.code, rbee.ExitEngine, r.stderr)
 		}
 		e.stopQueen()

@@ -561,7 +561,9 @@ func hostBundle(files []file, manifest file, m *bundle.Manifest, flags []string,
 		dst[path.Base(f.dst)] = f
 	}
 	needs := m.CPUNeeds(flags)
-	pm, err := m.Partial(func(bf bundle.File) bool { return needs(bf.Name) || have[dst[bf.Name].dst] == bf.SHA256 })
+	pm, err := m.Partial(func(bf bundle.File) bool {
+		return (needs(bf.Name) && !bundle.Unused(bf.Name)) || have[dst[bf.Name].dst] == bf.SHA256
+	})
 	if err != nil {
 		return nil, file{}, nil, fmt.Errorf("engine bundle: %w", err)
 	}
