@@ -90,6 +90,8 @@ func newEnv(t testing.TB, extra ...string) *env {
 	e.vars = append([]string{
 		"HOME=" + home, "RBEE_HOME=" + filepath.Join(home, ".rbee"), "RBEE_QUEEN=" + addr,
 		"RBEE_ENGINE=" + engineDir, "RBEE_NVML_LIBRARY=" + filepath.Join(home, "no-nvml.so"),
+		// Gzipped copies of what hosts get, made once for every test.
+		"RBEE_PUSH_CACHE=" + filepath.Join(tmp, "push-cache"),
 	}, extra...)
 	t.Cleanup(func() {
 		// Everything this test started carries its RBEE_HOME.

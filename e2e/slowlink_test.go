@@ -87,7 +87,7 @@ func throttle(t *testing.T, addr string, rate *atomic.Int64) string {
 
 // TestSSHSlowLinkInstall: bounds on a hive's answer measure silence, not
 // work. A job whose host needs the agent uploaded again, over a link of
-// 3 MB/s (about 8 s for the agent and worker), succeeds with a connect
+// 2 MB/s (about 5 s for the agent and worker, gzipped), succeeds with a connect
 // bound of 2 s: the bytes flow. (It failed "did not answer within 3s
 // (step: the agent …)": the bound covered the upload.) When the link then
 // stops carrying anything, the job fails within the bound, naming the hive.
@@ -111,9 +111,10 @@ func TestSSHSlowLinkInstall(t *testing.T) {
 			last = ev
 		}
 	}
-	if last.BytesTotal < 10<<20 || last.BytesDone != last.BytesTotal {
-		t.Errorf("hive add's upload progress ended at %d of %d bytes, want all of more than 10 MiB\n%s", last.BytesDone, last.BytesTotal, r.stdout)
+	if last.BytesTotal < 5<<20 || last.BytesDone != last.BytesTotal {
+		t.Errorf("hive add's upload progress ended at %d of %d bytes, want all of more than 5 MiB\n%s", last.BytesDone, last.BytesTotal, r.stdout)
 	}
+	t.Logf("hive add sent %.1f MiB", float64(last.BytesTotal)/(1<<20))
 	// The next queen connects afresh, to a host whose agent is gone.
 	e.stopQueen()
 	for _, pid := range hostProcs(h.UID, "rbee-hive") {
@@ -123,7 +124,7 @@ func TestSSHSlowLinkInstall(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(h.Home, ".rbee", "hive", rbee.Version)); err != nil {
 		t.Fatal(err)
 	}
-	rate.Store(3 << 20)
+	rate.Store(2 << 20)
 	r = e.rbee("infer", "--hive", "h1", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {
 		t.Fatalf("infer over a slow link: exit %d %q\n%s", r.code, r.stdout, r.stderr)

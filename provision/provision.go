@@ -42,6 +42,9 @@ type Artifacts struct {
 	// queen fetches the pinned one on its machine). It is called only for a
 	// host that needs installing.
 	Engine func(ctx context.Context, p Platform) (string, error)
+	// PackDir caches gzipped copies of what is pushed; "" sends files as
+	// they are (over SFTP).
+	PackDir string
 }
 
 // Probe is what the probe phase learned about a host.
@@ -51,6 +54,7 @@ type Probe struct {
 	Libc      string // first line of ldd --version
 	Libffi    bool
 	Agent     bool   // an agent's socket exists
+	Gzip      bool   // gzip is on the PATH: pushes may go compressed
 	FreeBytes uint64 // in the home's filesystem
 	Home      string
 	// CPUFlags are the CPU's features as /proc/cpuinfo lists them (its
@@ -127,7 +131,7 @@ type Options struct {
 // ever pasted into a remote command.
 const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 1; ` +
 	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libffi.so.8" ] && { echo libffi=yes; break; }; done; ` +
-	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; ` +
+	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; command -v gzip >/dev/null 2>&1 && echo gzip=yes; ` +
 	`awk '/^(flags|Features)[ \t]*:/ { sub(/^[^:]*:[ \t]*/, ""); print "cpu=" $0; exit }' /proc/cpuinfo 2>/dev/null; df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
 
 // ProbeHost runs the probe phase.
@@ -144,6 +148,10 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 		line := strings.TrimSpace(sc.Text())
 		if flags, ok := strings.CutPrefix(line, "cpu="); ok {
 			p.CPUFlags = strings.Fields(flags)
+			continue
+		}
+		if line == "gzip=yes" {
+			p.Gzip = true
 			continue
 		}
 		lines = append(lines, line)
@@ -282,7 +290,11 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 		narrate("engine_kept", fmt.Sprintf("host %s: %s already holds every file of engine %s (and more): kept as it is", opt.Name, engineDir, bundle.Variant(m)))
 		m = nil // nothing of the engine is sent
 	}
-	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags, &meter{report: opt.Progress})
+	s := &sender{mt: &meter{report: opt.Progress}}
+	if p.Gzip {
+		s.pack = a.PackDir
+	}
+	uploaded, err := pushAll(ctx, c, agentSrc, workerSrc, engineSrc, l, engineDir, m, p.CPUFlags, s)
 	if err != nil {
 		return res, nil, err
 	}
@@ -471,7 +483,7 @@ func (f file) size() (int64, error) {
 // temporary name, checked, then renamed. Of the bundle's CPU variants only
 // those the host's CPU (flags) needs go (see hostBundle). The bundle's
 // manifest goes last (a bundle with a manifest is complete), then its links.
-func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest, flags []string, mt *meter) ([]string, error) {
+func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc string, l Layout, engineDir string, m *bundle.Manifest, flags []string, s *sender) ([]string, error) {
 	files, err := binaryFiles(agentSrc, workerSrc, l)
 	if err != nil {
 		return nil, err
@@ -481,7 +493,7 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 		if err != nil {
 			return nil, err
 		}
-		sent, err := sendFiles(ctx, c, files, file{}, have, mt) // no file goes last
+		sent, err := sendFiles(ctx, c, files, file{}, have, s) // no file goes last
 		if err != nil {
 			return nil, err
 		}
@@ -510,7 +522,7 @@ func pushAll(ctx context.Context, c *remote.Conn, agentSrc, workerSrc, engineSrc
 			return nil, fmt.Errorf("remove stale engine files: %w", err)
 		}
 	}
-	sent, err := sendFiles(ctx, c, append(files, bfiles...), manifest, have, mt)
+	sent, err := sendFiles(ctx, c, append(files, bfiles...), manifest, have, s)
 	if err != nil {
 		return nil, err
 	}
@@ -611,17 +623,17 @@ func bundleFiles(src, dst string, m *bundle.Manifest) ([]file, file, error) {
 // pushFiles uploads the files whose checksum on the host differs (one
 // remote command checks them all), then last, and returns what it sent
 // besides last.
-func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file, mt *meter) ([]file, error) {
+func pushFiles(ctx context.Context, c *remote.Conn, files []file, last file, s *sender) ([]file, error) {
 	have, err := remoteSums(ctx, c, dsts(append(files, last)))
 	if err != nil {
 		return nil, err
 	}
-	return sendFiles(ctx, c, files, last, have, mt)
+	return sendFiles(ctx, c, files, last, have, s)
 }
 
 // sendFiles uploads the files whose checksum differs from have's, then
 // last, and returns what it sent besides last.
-func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, have map[string]string, mt *meter) ([]file, error) {
+func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, have map[string]string, s *sender) ([]file, error) {
 	var todo []file
 	for _, f := range files {
 		if have[f.dst] != f.sum {
@@ -633,22 +645,44 @@ func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, hav
 		if f.dst == last.dst && !sendLast {
 			continue
 		}
-		n, err := f.size()
+		n, err := s.wireSize(f)
 		if err != nil {
-			return nil, fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+			return nil, err
 		}
-		mt.plan(n)
+		s.mt.plan(n)
 	}
-	if err := uploadAll(ctx, c, todo, mt); err != nil {
+	if err := uploadAll(ctx, c, todo, s); err != nil {
 		return nil, err
 	}
 	if sendLast {
-		if err := uploadOne(ctx, c, last, mt); err != nil {
+		if err := uploadOne(ctx, c, last, s); err != nil {
 			return nil, err
 		}
 	}
-	mt.finish()
+	s.mt.finish()
 	return todo, nil
+}
+
+// sender is how a push sends: counted on a meter, gzipped from a cache
+// directory when pack is set.
+type sender struct {
+	mt   *meter
+	pack string
+}
+
+// wireSize is how many bytes f takes on the link: its gzipped copy's
+// size when it goes gzipped (the copy is made now, once per content).
+func (s *sender) wireSize(f file) (int64, error) {
+	if s.pack != "" && canPack(f) {
+		if _, n, err := packed(s.pack, f); err == nil {
+			return n, nil
+		}
+	}
+	n, err := f.size()
+	if err != nil {
+		return 0, fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+	}
+	return n, nil
 }
 
 // meter counts the bytes of a push for its progress report; a nil meter
@@ -711,7 +745,7 @@ func (c counted) Read(p []byte) (int, error) {
 }
 
 // uploadAll uploads files, four at a time.
-func uploadAll(ctx context.Context, c *remote.Conn, files []file, mt *meter) error {
+func uploadAll(ctx context.Context, c *remote.Conn, files []file, s *sender) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -726,7 +760,7 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file, mt *meter) err
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := uploadOne(ctx, c, f, mt); err != nil {
+			if err := uploadOne(ctx, c, f, s); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -738,7 +772,16 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file, mt *meter) err
 	return errors.Join(errs...)
 }
 
-func uploadOne(ctx context.Context, c *remote.Conn, f file, mt *meter) error {
+func uploadOne(ctx context.Context, c *remote.Conn, f file, s *sender) error {
+	if s.pack != "" && canPack(f) {
+		if gz, _, err := packed(s.pack, f); err == nil {
+			err := sendPacked(ctx, c, f, gz, s.mt)
+			if !errors.Is(err, errUnpacked) {
+				return err
+			}
+			_ = os.Remove(gz) // a bad copy: dropped, the file goes as it is
+		}
+	}
 	var (
 		in   io.Reader
 		size int64
@@ -757,7 +800,7 @@ func uploadOne(ctx context.Context, c *remote.Conn, f file, mt *meter) error {
 		}
 		in, size = fh, st.Size()
 	}
-	got, err := c.Upload(ctx, counted{in, mt}, size, f.dst, f.mode)
+	got, err := c.Upload(ctx, counted{in, s.mt}, size, f.dst, f.mode)
 	if err != nil {
 		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
 	}
@@ -807,7 +850,7 @@ func PushBundle(ctx context.Context, c *remote.Conn, src, dst string, progress f
 	if err != nil {
 		return 0, err
 	}
-	sent, err := pushFiles(ctx, c, files, manifest, &meter{report: progress})
+	sent, err := pushFiles(ctx, c, files, manifest, &sender{mt: &meter{report: progress}})
 	if err != nil {
 		return 0, err
 	}

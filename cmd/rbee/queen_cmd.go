@@ -89,6 +89,8 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 		Agents:  map[string]string{plat: cfg.HiveBin},
 		Workers: map[string]string{plat: cfg.WorkerBin},
 		Engines: map[string]string{},
+		// Gzipped copies of what goes to hosts, made once per content.
+		PackDir: envOr("RBEE_PUSH_CACHE", g.home().Cache("push")),
 	}
 	if cfg.EngineDir != "" {
 		a.Engines[plat] = cfg.EngineDir
