@@ -1080,7 +1080,8 @@ func TestPrepareNPM(t *testing.T) {
 	t.Logf("%d files, links %v", len(m.Files), m.Links)
 }
 
-func BenchmarkValidate(b *testing.B) {
+// benchBundle prepares a bundle the size of the npm CPU one (30 MB).
+func benchBundle(b *testing.B) (dir string, size int64) {
 	rng := rand.NewChaCha8([32]byte{})
 	big := func(n int) string {
 		buf := make([]byte, n)
@@ -1102,14 +1103,34 @@ func BenchmarkValidate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var size int64
 	for _, f := range m.Files {
 		size += f.Size
 	}
+	return dst, size
+}
+
+func BenchmarkValidate(b *testing.B) {
+	dst, size := benchBundle(b)
 	b.SetBytes(size)
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := bundle.Validate(dst); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkValidateOnce: the queen's check of a bundle it pushes to many
+// hosts, after the first.
+func BenchmarkValidateOnce(b *testing.B) {
+	dst, size := benchBundle(b)
+	b.SetBytes(size)
+	if _, err := bundle.ValidateOnce(dst); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := bundle.ValidateOnce(dst); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -91,7 +91,7 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 		manifest file
 	)
 	if engineSrc != "" {
-		if m, err = bundle.Validate(engineSrc); err != nil {
+		if m, err = bundle.ValidateOnce(engineSrc); err != nil {
 			return plan, fmt.Errorf("engine bundle: %w", err)
 		}
 		dir, keep, err := EngineTarget(ctx, c, l, m)

@@ -278,7 +278,7 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if err := checkRoom(p, need); err != nil {
 		return res, nil, err
 	}
-	m, err := bundle.Validate(engineSrc)
+	m, err := bundle.ValidateOnce(engineSrc)
 	if err != nil {
 		return res, nil, fmt.Errorf("engine bundle: %w", err)
 	}
@@ -842,7 +842,7 @@ func cachedSHA256(p string) (string, error) {
 // files whose checksum differs are sent, the manifest last, then its links.
 // It returns how many files were sent; progress, when set, hears the bytes.
 func PushBundle(ctx context.Context, c *remote.Conn, src, dst string, progress func(done, total int64)) (int, error) {
-	m, err := bundle.Validate(src)
+	m, err := bundle.ValidateOnce(src)
 	if err != nil {
 		return 0, fmt.Errorf("engine bundle: %w", err)
 	}

@@ -227,7 +227,7 @@ func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, ev Even
 		return "", err
 	}
 	defer unlock()
-	if m, err := bundle.Validate(dir); err == nil && m.Source == pkg.Source() {
+	if m, err := bundle.ValidateOnce(dir); err == nil && m.Source == pkg.Source() {
 		return dir, nil
 	}
 	narrate("engine_download", fmt.Sprintf("getting engine %s@%s (pinned) for %s from %s", pkg.Name, pkg.Version, plat,
