@@ -14,7 +14,7 @@ DEADCODE   ?= $(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build agents test check bench anchors engine models demo worker-demo clean
+.PHONY: help build agents test check bench bench-scale anchors engine models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ check: ## gofmt, go vet, go mod tidy and deadcode must leave nothing to change
 bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
 	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) RBEE_BENCH_ANCHORS=$(abspath $(DEV)/anchors) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./bundle/ ./catalog/ ./modelfile/ ./sse/ ./gpu/ ./remote/ ./download/ ./inventory/
+
+bench-scale: ## rbee up on HOSTS fresh sshd hosts of this machine (default 50): cold and warm up, rbee ps, the queen's peak RSS, bytes per host
+	RBEE_BENCH_HOSTS=$(or $(HOSTS),50) RBEE_ENGINE=$(abspath $(ENGINE_DIR)) $(GO) test -run '^$$' -bench BenchmarkScale -benchtime 1x -count 1 -timeout 30m -v ./e2e/
 
 anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama-cpp@3.22.1's source bundle into $(DEV)/anchors (needs cmake, g++)
 	./scripts/anchors.sh $(DEV)/anchors $(DEV)/cache
