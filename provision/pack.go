@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/rbee-dev/rbee/internal/watchdog"
 	"github.com/rbee-dev/rbee/remote"
 )
 
@@ -21,20 +20,26 @@ import (
 // when the host has gzip: 40 MB a host became about 13 (the binaries
 // compress to 41 %, the libraries to 36 %). Each file is compressed once
 // per content into a cache directory (<sha256>.gz, made under a temporary
-// name and renamed) and streamed from there to every host, where gzip -dc
-// writes a temporary file that is checked against the file's SHA-256
-// before it takes its name. A copy that does not check out is dropped
-// from the cache and the file sent as it is over SFTP.
+// name and renamed). A push uploads the gzipped copies it needs over SFTP
+// (pipelined: an exec channel's stdin carried a third as much) into a
+// staging directory on the host, then one remote command unpacks each into
+// a temporary file, checks it against the file's SHA-256, and gives it its
+// name. A copy that does not check out is dropped from the cache and the
+// files sent as they are.
 
-// unpackScript receives a gzipped file on stdin: $1 the path, $2 its
-// sha256, $3 its mode (octal). It is a constant: the paths are arguments,
-// never pasted into it. Exit 3: what arrived does not match.
-const unpackScript = `set -e; umask 077; t="$1.tmp-$$"; trap 'rm -f "$t"' EXIT; mkdir -p "${1%/*}"; gzip -dc > "$t"; ` +
-	`s=$(sha256sum "$t"); [ "${s%% *}" = "$2" ] || { echo "sha256 of what arrived is ${s%% *}, $2 expected" >&2; exit 3; }; ` +
-	`chmod "$3" "$t"; mv -f "$t" "$1"; trap - EXIT`
+// unpackScript unpacks a push: $1 the staging directory (removed at the
+// end, whatever happens), then for each file its gzipped copy, its path,
+// its sha256 and its mode (octal). It is a constant: the paths are
+// arguments, never pasted into it. Exit 3: what a copy unpacked to does
+// not match.
+const unpackScript = `set -e; umask 077; stage=$1; shift; trap 'rm -rf "$stage"' EXIT; ` +
+	`while [ $# -ge 4 ]; do z=$1; d=$2; s=$3; m=$4; shift 4; t="$d.tmp-$$"; mkdir -p "${d%/*}"; ` +
+	`gzip -dc < "$z" > "$t" || { rm -f "$t"; exit 1; }; h=$(sha256sum "$t"); ` +
+	`if [ "${h%% *}" != "$s" ]; then rm -f "$t"; echo "$d: sha256 of what arrived is ${h%% *}, $s expected" >&2; exit 3; fi; ` +
+	`chmod "$m" "$t"; mv -f "$t" "$d"; done`
 
-// errUnpacked: the host unpacked something else than the file's content.
-var errUnpacked = errors.New("the gzipped copy does not match")
+// errUnpacked: the host unpacked something else than a file's content.
+var errUnpacked = errors.New("a gzipped copy does not match its file")
 
 // packLocks make one compression per cached copy: hosts pushed at once
 // wait for the first.
@@ -98,39 +103,47 @@ func packed(dir string, f file) (string, int64, error) {
 	return p, st.Size(), nil
 }
 
-// sendPacked streams the gzipped copy gz of f to the host, which unpacks
-// and checks it.
-func sendPacked(ctx context.Context, c *remote.Conn, f file, gz string, mt *meter) error {
-	in, err := os.Open(gz)
-	if err != nil {
-		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+// sendPacked pushes files as their gzipped copies: uploaded into a
+// staging directory beside the first file, then unpacked and checked by
+// one remote command.
+func sendPacked(ctx context.Context, c *remote.Conn, files []file, pack string, mt *meter) error {
+	if len(files) == 0 {
+		return nil
 	}
-	defer in.Close()
-	_, err = c.Run(ctx, []string{"sh", "-c", unpackScript, "sh", f.dst, f.sum, fmt.Sprintf("%o", f.mode.Perm())},
-		aliveReader{ctx: ctx, r: counted{in, mt}})
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return err
+	}
+	stage := path.Join(path.Dir(files[0].dst), ".incoming-"+hex.EncodeToString(rnd[:]))
+	args := []string{"sh", "-c", unpackScript, "sh", stage}
+	gzs := make([]file, len(files))
+	for i, f := range files {
+		gz, _, err := packed(pack, f)
+		if err != nil {
+			return err
+		}
+		sum, err := cachedSHA256(gz)
+		if err != nil {
+			return err
+		}
+		z := path.Join(stage, fmt.Sprintf("%d.gz", i))
+		gzs[i] = file{src: gz, dst: z, mode: 0o600, sum: sum}
+		args = append(args, z, f.dst, f.sum, fmt.Sprintf("%o", f.mode.Perm()))
+	}
+	if err := uploadAll(ctx, c, gzs, &sender{mt: mt}); err != nil {
+		// What reached the stage goes with it.
+		_, _ = c.Run(context.WithoutCancel(ctx), []string{"rm", "-rf", "--", stage}, nil)
+		return err
+	}
+	_, err := c.Run(ctx, args, nil)
 	var ee *remote.ExitError
 	if errors.As(err, &ee) && ee.Status == 3 {
-		return fmt.Errorf("push %s: %w: %w", filepath.Base(f.src), errUnpacked, err)
+		return fmt.Errorf("push: %w: %w", errUnpacked, err)
 	}
 	if err != nil {
-		return fmt.Errorf("push %s: %w", filepath.Base(f.src), err)
+		return fmt.Errorf("push: unpack: %w", err)
 	}
 	return nil
-}
-
-// aliveReader reports each read as progress on ctx (a wait bounded by
-// silence goes on while bytes flow).
-type aliveReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (a aliveReader) Read(p []byte) (int, error) {
-	n, err := a.r.Read(p)
-	if n > 0 {
-		watchdog.Alive(a.ctx)
-	}
-	return n, err
 }
 
 // canPack reports whether f may go gzipped: a file of this machine to an

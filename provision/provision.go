@@ -651,7 +651,23 @@ func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, hav
 		}
 		s.mt.plan(n)
 	}
-	if err := uploadAll(ctx, c, todo, s); err != nil {
+	var packs, plain []file
+	for _, f := range todo {
+		if s.pack != "" && canPack(f) {
+			packs = append(packs, f)
+		} else {
+			plain = append(plain, f)
+		}
+	}
+	if err := sendPacked(ctx, c, packs, s.pack, s.mt); errors.Is(err, errUnpacked) {
+		for _, f := range packs {
+			_ = os.Remove(filepath.Join(s.pack, f.sum+".gz")) // a bad copy among them: all go as they are
+		}
+		plain = append(plain, packs...)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := uploadAll(ctx, c, plain, s); err != nil {
 		return nil, err
 	}
 	if sendLast {
@@ -773,15 +789,6 @@ func uploadAll(ctx context.Context, c *remote.Conn, files []file, s *sender) err
 }
 
 func uploadOne(ctx context.Context, c *remote.Conn, f file, s *sender) error {
-	if s.pack != "" && canPack(f) {
-		if gz, _, err := packed(s.pack, f); err == nil {
-			err := sendPacked(ctx, c, f, gz, s.mt)
-			if !errors.Is(err, errUnpacked) {
-				return err
-			}
-			_ = os.Remove(gz) // a bad copy: dropped, the file goes as it is
-		}
-	}
 	var (
 		in   io.Reader
 		size int64

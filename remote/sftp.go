@@ -67,7 +67,7 @@ func (c *Conn) closeIdleSFTP() {
 func (c *Conn) openSFTP() error {
 	// 128 KiB packets (OpenSSH's sftp-server takes up to 256 KiB) cut the
 	// per-packet cost of pushing agents and bundles by four.
-	cl, err := sftp.NewClient(c.client, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(128<<10))
+	cl, err := sftp.NewClient(c.client, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(128<<10), sftp.MaxConcurrentRequestsPerFile(4))
 	if err != nil {
 		return fmt.Errorf("sftp on %s: %w", c.name, err)
 	}

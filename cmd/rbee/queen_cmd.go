@@ -89,8 +89,12 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 		Agents:  map[string]string{plat: cfg.HiveBin},
 		Workers: map[string]string{plat: cfg.WorkerBin},
 		Engines: map[string]string{},
-		// Gzipped copies of what goes to hosts, made once per content.
+		// Gzipped copies of what goes to hosts, made once per content
+		// ("off": files go as they are).
 		PackDir: envOr("RBEE_PUSH_CACHE", g.home().Cache("push")),
+	}
+	if a.PackDir == "off" {
+		a.PackDir = ""
 	}
 	if cfg.EngineDir != "" {
 		a.Engines[plat] = cfg.EngineDir
