@@ -347,7 +347,7 @@ func TestRPCSplitStalledHost(t *testing.T) {
 	t.Parallel()
 	lostSplit(t, "RPC server sent nothing", func(t *testing.T, h *sshtest.Host, rpcServer int) {
 		signal(t, rpcServer, syscall.SIGSTOP)
-	}, "RBEE_RPC_STALL=3s")
+	}, "RBEE_RPC_STALL=8s") // well above a busy machine's pauses while the model loads over RPC
 }
 
 // TestRPCSplitLostLink: the SSH connection to an RPC host breaking

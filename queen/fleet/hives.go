@@ -453,6 +453,7 @@ func (f *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Query().Get("purge") == "1" && inInv {
 		if err := f.purge(ctx, name); err != nil {
+			f.pool.drop(name) // the hive stays: the next job connects afresh
 			reply.Error(w, http.StatusBadGateway, err)
 			return
 		}
@@ -477,20 +478,21 @@ func (f *Fleet) removeHive(w http.ResponseWriter, r *http.Request) {
 // purge stops a remote hive's agent (and its workers) and removes ~/.rbee
 // on the host.
 func (f *Fleet) purge(ctx context.Context, name string) error {
-	hc, err := f.hiveConn(ctx, name, Quiet{})
-	if err != nil && name != LocalHive {
+	if name == LocalHive {
+		return rbee.Errorf(rbee.CodeBadRequest, "purge: hive %s is this machine's; rbee queen stop stops it", name)
+	}
+	// Nothing may start the agent again meanwhile: no job, no redial.
+	hc, err := f.pool.retire(ctx, name)
+	if err != nil {
+		return rbee.Errorf(rbee.CodeCancelled, "purge: %w", err)
+	}
+	if hc == nil || hc.remote == nil {
 		// No healthy agent (one that cannot start is what purge is for):
 		// over SSH alone.
-		if perr := f.purgeBare(ctx, name); perr != nil {
-			return rbee.Errorf(rbee.CodeOf(perr), "purge: %w (the agent: %v)", perr, err)
+		if err := f.purgeBare(ctx, name); err != nil {
+			return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
 		}
 		return nil
-	}
-	if err != nil {
-		return rbee.Errorf(rbee.CodeOf(err), "purge: %w", err)
-	}
-	if hc.remote == nil {
-		return rbee.Errorf(rbee.CodeBadRequest, "purge: hive %s is this machine's; rbee queen stop stops it", name)
 	}
 	_ = hc.client.Shutdown(ctx, false) // stops its workers too
 	if err := provision.WaitExit(ctx, hc.remote.conn, hc.handshake.PID, 30*time.Second); err != nil {

@@ -119,6 +119,7 @@ type poolEntry struct {
 	dialing   *dial  // the attempt in flight
 	step      string // what the attempt in flight is doing
 	redialing bool
+	retired   bool // being removed: no attempt starts any more
 }
 
 func newPool(timeout time.Duration, status func(name string, online bool, reason string), stopLocal func(*Conn)) *pool {
@@ -164,6 +165,10 @@ func (p *pool) getWith(ctx context.Context, name string, connect connector, ev E
 	if e == nil {
 		e = &poolEntry{}
 		p.hives[name] = e
+	}
+	if e.retired {
+		p.mu.Unlock()
+		return nil, rbee.Errorf(rbee.CodeHiveUnknown, "hive %s is being removed", name)
 	}
 	if connect != nil && keep {
 		e.connect = connect
@@ -391,7 +396,7 @@ func (p *pool) takeSlot(e *poolEntry, d *dial) bool {
 // redialLocked starts the background redial of a remote hive unless one
 // runs; p.mu is held.
 func (p *pool) redialLocked(name string, e *poolEntry) {
-	if e.redialing || p.closed || name == LocalHive {
+	if e.redialing || p.closed || e.retired || name == LocalHive {
 		return
 	}
 	e.redialing = true
@@ -468,7 +473,7 @@ func (p *pool) redial(name string, e *poolEntry) {
 			return
 		}
 		p.mu.Lock()
-		if p.closed || p.hives[name] != e || (e.conn != nil && e.conn.alive()) {
+		if p.closed || p.hives[name] != e || e.retired || (e.conn != nil && e.conn.alive()) {
 			p.mu.Unlock()
 			return
 		}
@@ -528,7 +533,7 @@ func (p *pool) warm(name string, connect connector) {
 		p.hives[name] = e
 	}
 	e.connect = connect
-	if (e.conn != nil && e.conn.alive()) || e.dialing != nil {
+	if (e.conn != nil && e.conn.alive()) || e.dialing != nil || e.retired {
 		return
 	}
 	d := &dial{done: make(chan struct{})}
@@ -612,6 +617,35 @@ func (p *pool) setConnector(name string, c connector) {
 	if e := p.hives[name]; e != nil {
 		e.connect = c
 	}
+}
+
+// retire stops every new connect attempt to name (jobs, background
+// redials) and waits for the one in flight, so that nothing starts an
+// agent on the host behind a purge's back. It returns the live connection,
+// if any; drop forgets the hive after.
+func (p *pool) retire(ctx context.Context, name string) (*Conn, error) {
+	p.mu.Lock()
+	e := p.hives[name]
+	if e == nil {
+		p.mu.Unlock()
+		return nil, nil
+	}
+	e.retired = true
+	d := e.dialing
+	p.mu.Unlock()
+	if d != nil {
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e.conn != nil && e.conn.alive() {
+		return e.conn, nil
+	}
+	return nil, nil
 }
 
 // drop forgets a hive and closes its connection.
