@@ -276,6 +276,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/handshake", a.handshake)
 	mux.HandleFunc("GET /health", a.handshake)
 	mux.HandleFunc("GET /v1/devices", a.devices)
+	mux.HandleFunc("GET /v1/snapshot", a.snapshot)
 	mux.HandleFunc("POST /v1/reservations", a.reserve)
 	mux.HandleFunc("DELETE /v1/reservations/{id}", a.release)
 	mux.HandleFunc("POST /v1/models", a.addModel)
@@ -344,6 +345,25 @@ func (a *Agent) devices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+// snapshot answers devices, workers and models at once.
+func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
+	d, err := a.detect(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	ms, err := a.db.Models(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	out := hiveapi.Snapshot{Devices: d, Workers: a.workerList(), Models: make([]hiveapi.Model, 0, len(ms))}
+	for _, m := range ms {
+		out.Models = append(out.Models, a.apiModel(m))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // reserve is the VRAM checker: 204 with the reservation id, or 409 with the
@@ -533,11 +553,16 @@ func (a *Agent) tcpPeer(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) workers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: a.workerList()})
+}
+
+// workerList lists the running workers with the memory each holds.
+func (a *Agent) workerList() []rbee.WorkerInfo {
 	ws := a.sup.List()
 	for i := range ws {
 		ws[i].MemoryBytes = a.vram.WorkerBytes(ws[i].ID)
 	}
-	writeJSON(w, http.StatusOK, hiveapi.Workers{Workers: ws})
+	return ws
 }
 
 func (a *Agent) stopWorker(w http.ResponseWriter, r *http.Request) {

@@ -24,6 +24,15 @@ type Devices struct {
 	NVML    string        `json:"nvml"`
 }
 
+// Snapshot is the hive's devices, workers and models in one answer
+// (GET /v1/snapshot): what the queen reads of each hive before it plans,
+// one round trip instead of three.
+type Snapshot struct {
+	Devices
+	Workers []rbee.WorkerInfo `json:"workers"`
+	Models  []Model           `json:"models"`
+}
+
 // ReserveRequest asks the VRAM checker for room (POST /v1/reservations).
 type ReserveRequest struct {
 	Device  string `json:"device"`

@@ -151,6 +151,13 @@ func (c *Client) Models(ctx context.Context) ([]Model, error) {
 	return ms.Models, err
 }
 
+// Snapshot reads the hive's devices, workers and models at once.
+func (c *Client) Snapshot(ctx context.Context) (Snapshot, error) {
+	var s Snapshot
+	_, err := c.do(ctx, "GET", "/v1/snapshot", nil, &s)
+	return s, err
+}
+
 // Workers lists the workers running on the hive.
 func (c *Client) Workers(ctx context.Context) ([]rbee.WorkerInfo, error) {
 	var w Workers

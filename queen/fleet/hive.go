@@ -113,18 +113,11 @@ func (h *liveHive) Snapshot(ctx context.Context, ev Events) (Snapshot, error) {
 func (h *liveHive) read(ctx context.Context, hc *Conn) (s Snapshot, step string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.f.pool.timeout)
 	defer cancel()
-	devs, err := hc.client.Devices(ctx)
+	snap, err := hc.client.Snapshot(ctx)
 	if err != nil {
-		return s, "the agent's devices", err
+		return s, "the agent's snapshot (devices, workers, models)", err
 	}
-	s.Devices = devs.Devices
-	if s.Workers, err = hc.client.Workers(ctx); err != nil {
-		return s, "the agent's workers", err
-	}
-	if s.Models, err = hc.client.Models(ctx); err != nil {
-		return s, "the agent's models", err
-	}
-	return s, "", nil
+	return Snapshot{Devices: snap.Devices.Devices, Workers: snap.Workers, Models: snap.Models}, "", nil
 }
 
 func (h *liveHive) Model(ctx context.Context, spec *ModelSpec, snap Snapshot, ev Events) (hiveapi.Model, error) {
