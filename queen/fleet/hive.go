@@ -227,6 +227,3 @@ func ShownName(s string) string {
 	}
 	return s
 }
-
-// Silent is a narrate function that drops every line.
-func Silent(string, string) {}
