@@ -22,4 +22,8 @@ type Device struct {
 	RoomBytes  uint64 `json:"room_bytes,omitempty"`  // what the VRAM checker would still grant
 	ComputeCap string `json:"compute_cap,omitempty"` // CUDA compute capability, "8.6"
 	Cores      int    `json:"cores,omitempty"`       // CPU only: usable CPUs
+	// Utilization (GPU busy, %) and TemperatureC are what the GPU's driver
+	// reports when it was probed; nil where it tells nothing.
+	Utilization  *int `json:"utilization_percent,omitempty"`
+	TemperatureC *int `json:"temperature_c,omitempty"`
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -260,7 +261,7 @@ func TestFakeGPUs(t *testing.T) {
 	t.Parallel()
 	gpus := gputest.GPUsEnv(
 		gputest.FakeGPU{Name: "NVIDIA GeForce RTX 3060", TotalMiB: 12288, FreeMiB: 11000, ComputeCap: "8.6"},
-		gputest.FakeGPU{Name: "NVIDIA GeForce RTX 3090", TotalMiB: 24576, FreeMiB: 20000, ComputeCap: "8.6"},
+		gputest.FakeGPU{Name: "NVIDIA GeForce RTX 3090", TotalMiB: 24576, FreeMiB: 20000, ComputeCap: "8.6", Reports: true, UtilPercent: 37, TempC: 61},
 		gputest.FakeGPU{Name: "NVIDIA GeForce GT 1030", TotalMiB: 2048, FreeMiB: 40, ComputeCap: "6.1"},
 	)
 	e := newEnv(t, gputest.EnvGPUs+"="+gpus)
@@ -313,6 +314,18 @@ func TestFakeGPUs(t *testing.T) {
 		r := e.rbee("infer", "--device", "gpu2", "--model", alphabet, "--temperature", "0", "abc")
 		if r.code != rbee.ExitNoRoom || !strings.Contains(r.stderr, "no device has room") {
 			t.Errorf("exit %d, want %d with 'no device has room':\n%s", r.code, rbee.ExitNoRoom, r.stderr)
+		}
+	})
+
+	t.Run("top shows what the driver tells", func(t *testing.T) {
+		r := e.rbee("top", "--once")
+		if r.code != 0 {
+			t.Fatalf("top --once: exit %d\n%s", r.code, r.stderr)
+		}
+		for _, re := range []string{`(?m)^localhost/gpu1 +NVIDIA GeForce RTX 3090 .* 37% +61°C$`, `(?m)^localhost/gpu0 +NVIDIA GeForce RTX 3060 .* - +-$`} {
+			if !regexp.MustCompile(re).MatchString(r.stdout) {
+				t.Errorf("top --once has no line matching %s:\n%s", re, r.stdout)
+			}
 		}
 	})
 	e.stopQueen()

@@ -145,10 +145,12 @@ var (
 	rtx3090 = gputest.FakeGPU{Name: "NVIDIA RTX 3090", TotalMiB: 24576, FreeMiB: 20000, ComputeCap: "8.6"}
 	rtx3060 = gputest.FakeGPU{Name: "NVIDIA RTX 3060", TotalMiB: 12288, FreeMiB: 11000, ComputeCap: "8.6"}
 	h100    = gputest.FakeGPU{Name: "NVIDIA H100 80GB HBM3", TotalMiB: 81559, FreeMiB: 81000, ComputeCap: "9.0"}
+	// reporting tells its load and temperature.
+	reporting = gputest.FakeGPU{Name: "NVIDIA RTX 4090", TotalMiB: 24564, FreeMiB: 20000, ComputeCap: "8.9", Reports: true, UtilPercent: 37, TempC: 61}
 )
 
 func wantGPU(i int, g gputest.FakeGPU) rbee.Device {
-	return rbee.Device{
+	d := rbee.Device{
 		ID:         "gpu" + strconv.Itoa(i),
 		Kind:       rbee.DeviceGPU,
 		Index:      i,
@@ -158,6 +160,10 @@ func wantGPU(i int, g gputest.FakeGPU) rbee.Device {
 		FreeBytes:  uint64(g.FreeMiB) * mib,
 		ComputeCap: g.ComputeCap,
 	}
+	if g.Reports {
+		d.Utilization, d.TemperatureC = &g.UtilPercent, &g.TempC
+	}
+	return d
 }
 
 func wantCPU() rbee.Device {
@@ -178,6 +184,8 @@ var deviceCalls = []string{
 	"nvmlDeviceGetUUID",
 	"nvmlDeviceGetMemoryInfo",
 	"nvmlDeviceGetCudaComputeCapability",
+	"nvmlDeviceGetUtilizationRates",
+	"nvmlDeviceGetTemperature",
 }
 
 func expectCalls(gpus int) []string {
@@ -220,6 +228,15 @@ func TestDetect(t *testing.T) {
 			opt:       Options{NVMLLibrary: lib},
 			gpus:      []gputest.FakeGPU{rtx3090, rtx3060},
 			want:      []rbee.Device{wantGPU(0, rtx3090), wantGPU(1, rtx3060)},
+			wantNVML:  driver,
+			wantCalls: expectCalls(2),
+		},
+		{
+			// The driver's load and temperature, where it tells them.
+			name:      "utilisation and temperature",
+			opt:       Options{NVMLLibrary: lib},
+			gpus:      []gputest.FakeGPU{reporting, rtx3060},
+			want:      []rbee.Device{wantGPU(0, reporting), wantGPU(1, rtx3060)},
 			wantNVML:  driver,
 			wantCalls: expectCalls(2),
 		},

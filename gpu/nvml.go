@@ -38,6 +38,10 @@ var requiredSymbols = [][]string{
 	{"nvmlDeviceGetCudaComputeCapability"},
 }
 
+// optionalSymbols are called only when the library has them: what a
+// driver may or may not tell (rbee top shows them).
+var optionalSymbols = []string{"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetTemperature"}
+
 // detectNVML lists the GPUs that the NVML library at path reports. status
 // is Report.NVML; err is set only when ctx ends.
 func detectNVML(ctx context.Context, path string) (gpus []rbee.Device, status string, err error) {
@@ -48,7 +52,8 @@ func detectNVML(ctx context.Context, path string) (gpus []rbee.Device, status st
 	}
 	defer func() { <-nvmlSem }()
 
-	if reason := checkLibrary(path); reason != "" {
+	reason, optional := checkLibrary(path)
+	if reason != "" {
 		return nil, reason, nil
 	}
 	var notes []string
@@ -65,7 +70,7 @@ func detectNVML(ctx context.Context, path string) (gpus []rbee.Device, status st
 			gpus, status, err = nil, fmt.Sprintf("nvml panic: %v", r), nil
 		}
 	}()
-	gpus, probeNotes, err := probe(ctx, nvml.New(nvml.WithLibraryPath(path)))
+	gpus, probeNotes, err := probe(ctx, nvml.New(nvml.WithLibraryPath(path)), optional)
 	if err != nil {
 		return nil, "", err
 	}
@@ -74,18 +79,18 @@ func detectNVML(ctx context.Context, path string) (gpus []rbee.Device, status st
 
 // checkLibrary loads the library and looks up the symbols detection needs,
 // without calling any of them. It returns why the library cannot be used,
-// or "".
+// or "", and which optional symbols it has.
 //
 // The library is loaded with RTLD_NODELETE so that it stays mapped after
 // go-nvml's Shutdown unloads it: the symbols bound on the first detection
 // must stay valid for the next one.
-func checkLibrary(path string) string {
+func checkLibrary(path string) (string, map[string]bool) {
 	lib := dl.New(path, dl.RTLD_LAZY|dl.RTLD_LOCAL|dl.RTLD_NODELETE)
 	if err := lib.Open(); err != nil {
 		if strings.Contains(err.Error(), "No such file or directory") {
-			return path + " not found"
+			return path + " not found", nil
 		}
-		return fmt.Sprintf("load %s: %v", path, err)
+		return fmt.Sprintf("load %s: %v", path, err), nil
 	}
 	defer lib.Close()
 	for _, versions := range requiredSymbols {
@@ -97,17 +102,21 @@ func checkLibrary(path string) string {
 			}
 		}
 		if !found {
-			return fmt.Sprintf("%s lacks %s", path, versions[0])
+			return fmt.Sprintf("%s lacks %s", path, versions[0]), nil
 		}
 	}
-	return ""
+	optional := map[string]bool{}
+	for _, sym := range optionalSymbols {
+		optional[sym] = lib.Lookup(sym) == nil
+	}
+	return "", optional
 }
 
 // probe initialises lib, queries its GPUs and shuts it down again. notes
 // make up Report.NVML. When Init fails, probe calls nothing else on lib:
 // on some systems any NVML call after a failed init kills the process.
 // err is set only when ctx ends.
-func probe(ctx context.Context, lib nvml.Interface) (gpus []rbee.Device, notes []string, err error) {
+func probe(ctx context.Context, lib nvml.Interface, optional map[string]bool) (gpus []rbee.Device, notes []string, err error) {
 	if ret := lib.Init(); ret != nvml.SUCCESS {
 		return nil, []string{"init: " + retName(ret)}, nil
 	}
@@ -130,7 +139,7 @@ func probe(ctx context.Context, lib nvml.Interface) (gpus []rbee.Device, notes [
 		if err := ctx.Err(); err != nil {
 			return nil, notes, err
 		}
-		d, err := queryDevice(lib, i)
+		d, err := queryDevice(lib, i, optional)
 		if err != nil {
 			notes = append(notes, fmt.Sprintf("gpu%d skipped: %v", i, err))
 			continue
@@ -149,7 +158,7 @@ type nvmlError struct {
 
 func (e nvmlError) Error() string { return e.op + ": " + retName(e.ret) }
 
-func queryDevice(lib nvml.Interface, i int) (rbee.Device, error) {
+func queryDevice(lib nvml.Interface, i int, optional map[string]bool) (rbee.Device, error) {
 	dev, ret := lib.DeviceGetHandleByIndex(i)
 	if ret != nvml.SUCCESS {
 		return rbee.Device{}, nvmlError{"get handle", ret}
@@ -170,7 +179,7 @@ func queryDevice(lib nvml.Interface, i int) (rbee.Device, error) {
 	if ret != nvml.SUCCESS {
 		return rbee.Device{}, nvmlError{"get compute capability", ret}
 	}
-	return rbee.Device{
+	d := rbee.Device{
 		ID:         fmt.Sprintf("gpu%d", i),
 		Kind:       rbee.DeviceGPU,
 		Index:      i,
@@ -179,7 +188,21 @@ func queryDevice(lib nvml.Interface, i int) (rbee.Device, error) {
 		TotalBytes: mem.Total,
 		FreeBytes:  mem.Free,
 		ComputeCap: fmt.Sprintf("%d.%d", major, minor),
-	}, nil
+	}
+	// What the driver may not tell is left unknown, never an error.
+	if optional["nvmlDeviceGetUtilizationRates"] {
+		if u, ret := dev.GetUtilizationRates(); ret == nvml.SUCCESS {
+			v := int(u.Gpu)
+			d.Utilization = &v
+		}
+	}
+	if optional["nvmlDeviceGetTemperature"] {
+		if t, ret := dev.GetTemperature(nvml.TEMPERATURE_GPU); ret == nvml.SUCCESS {
+			v := int(t)
+			d.TemperatureC = &v
+		}
+	}
+	return d, nil
 }
 
 // retName names an NVML return code the way nvml.h does. nvml.Return's own

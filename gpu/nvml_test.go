@@ -168,7 +168,7 @@ func TestProbe(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(m)
 			}
-			got, notes, err := probe(context.Background(), m)
+			got, notes, err := probe(context.Background(), m, nil)
 			if err != nil {
 				t.Fatalf("probe: %v", err)
 			}
@@ -195,7 +195,7 @@ func TestProbeCanceled(t *testing.T) {
 		cancel() // the caller gives up while NVML is busy
 		return 1, nvml.SUCCESS
 	}
-	_, _, err := probe(ctx, m)
+	_, _, err := probe(ctx, m, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("got error %v, want %v", err, context.Canceled)
 	}

@@ -180,12 +180,19 @@ func (v topView) frame(t queenapi.Top, prev *queenapi.Top, width int) []string {
 	}
 	out = append(out, table(rows)...)
 
-	rows = [][]string{{"DEVICE", "NAME", "MEMORY USED", "", "FREE"}}
+	rows = [][]string{{"DEVICE", "NAME", "MEMORY USED", "", "FREE", "GPU LOAD", "TEMP"}}
 	for _, h := range hives {
 		for _, d := range h.Devices {
 			u := d.TotalBytes - min(d.FreeBytes, d.TotalBytes)
+			load, temp := "-", "-"
+			if d.Utilization != nil {
+				load = fmt.Sprintf("%d%%", *d.Utilization)
+			}
+			if d.TemperatureC != nil {
+				temp = fmt.Sprintf("%d°C", *d.TemperatureC)
+			}
 			rows = append(rows, []string{printable(h.Name) + "/" + d.ID, printable(d.Name), bar(u, d.TotalBytes, 20),
-				fmt.Sprintf("%s of %s", rbee.Bytes(u), rbee.Bytes(d.TotalBytes)), rbee.Bytes(d.FreeBytes)})
+				fmt.Sprintf("%s of %s", rbee.Bytes(u), rbee.Bytes(d.TotalBytes)), rbee.Bytes(d.FreeBytes), load, temp})
 		}
 	}
 	out = append(append(out, ""), table(rows)...)

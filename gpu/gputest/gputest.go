@@ -38,6 +38,10 @@ type FakeGPU struct {
 	TotalMiB   int
 	FreeMiB    int
 	ComputeCap string // "8.6"
+	// UtilPercent and TempC, when Reports is set, are what the driver
+	// says of its load and temperature; without, it says "not supported".
+	Reports            bool
+	UtilPercent, TempC int
 }
 
 // GPUsEnv returns the value of EnvGPUs that makes the fake report gpus, in
@@ -45,9 +49,11 @@ type FakeGPU struct {
 func GPUsEnv(gpus ...FakeGPU) string {
 	parts := make([]string, len(gpus))
 	for i, g := range gpus {
-		parts[i] = strings.Join([]string{
-			g.Name, strconv.Itoa(g.TotalMiB), strconv.Itoa(g.FreeMiB), g.ComputeCap,
-		}, ",")
+		f := []string{g.Name, strconv.Itoa(g.TotalMiB), strconv.Itoa(g.FreeMiB), g.ComputeCap}
+		if g.Reports {
+			f = append(f, strconv.Itoa(g.UtilPercent), strconv.Itoa(g.TempC))
+		}
+		parts[i] = strings.Join(f, ",")
 	}
 	return strings.Join(parts, ";")
 }

@@ -77,6 +77,7 @@ type Fleet struct {
 	workers  map[string]rbee.WorkerInfo // worker registry, by worker id
 	contacts map[string]bool            // hives whose devices this queen has seen
 	active   map[string]*workActivity   // jobs counted by hive/worker
+	devices  map[string][]rbee.Device   // each hive's latest snapshot
 }
 
 // New returns the fleet over the queen's catalog db.
@@ -88,7 +89,7 @@ func New(cfg Config, db *catalog.Queen) *Fleet {
 		cfg.Scheduler = scheduler.Basic{}
 	}
 	f := &Fleet{cfg: cfg, log: cfg.Log, db: db, changed: cfg.Changed, closing: make(chan struct{}),
-		workers: map[string]rbee.WorkerInfo{}, contacts: map[string]bool{}, active: map[string]*workActivity{}}
+		workers: map[string]rbee.WorkerInfo{}, contacts: map[string]bool{}, active: map[string]*workActivity{}, devices: map[string][]rbee.Device{}}
 	if f.changed == nil {
 		f.changed = func() {}
 	}
@@ -169,6 +170,9 @@ func (f *Fleet) seen(ctx context.Context, name string, hc *Conn, s Snapshot) {
 		_ = f.db.UpsertHive(ctx, entry)
 		_ = f.db.SetDevices(ctx, name, s.Devices, time.Now())
 	}
+	f.mu.Lock()
+	f.devices[name] = s.Devices
+	f.mu.Unlock()
 	f.syncWorkers(name, s.Workers)
 }
 

@@ -341,8 +341,27 @@ func (f *Fleet) HiveInfos(ctx context.Context) ([]queenapi.HiveInfo, error) {
 			}
 		}
 	}
+	f.driverFacts(out)
 	slices.SortStableFunc(out, func(a, b queenapi.HiveInfo) int { return naturalCompare(a.Name, b.Name) })
 	return out, nil
+}
+
+// driverFacts adds what GPU drivers told at each hive's latest snapshot
+// (load, temperature), which the catalog does not keep.
+func (f *Fleet) driverFacts(hs []queenapi.HiveInfo) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range hs {
+		last := f.devices[hs[i].Name]
+		for j := range hs[i].Devices {
+			d := &hs[i].Devices[j]
+			for _, l := range last {
+				if l.ID == d.ID {
+					d.Utilization, d.TemperatureC = l.Utilization, l.TemperatureC
+				}
+			}
+		}
+	}
 }
 
 // StatusConnecting is the status of an SSH hive this queen is connecting

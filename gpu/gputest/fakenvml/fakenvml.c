@@ -4,11 +4,15 @@
 // (nvmlInit_v2, nvmlShutdown, nvmlSystemGetDriverVersion,
 // nvmlDeviceGetCount_v2, nvmlDeviceGetHandleByIndex_v2, nvmlDeviceGetName,
 // nvmlDeviceGetUUID, nvmlDeviceGetMemoryInfo,
-// nvmlDeviceGetCudaComputeCapability) plus nvmlErrorString, which go-nvml
-// binds when it loads a library. The environment drives it:
+// nvmlDeviceGetCudaComputeCapability, and the optional
+// nvmlDeviceGetUtilizationRates and nvmlDeviceGetTemperature) plus
+// nvmlErrorString, which go-nvml binds when it loads a library. The
+// environment drives it:
 //
-//   FAKE_NVML_GPUS="NVIDIA RTX 3090,24576,20000,8.6;NVIDIA RTX 3060,12288,11000,8.6"
-//       name, total MiB, free MiB, compute capability; read by nvmlInit_v2.
+//   FAKE_NVML_GPUS="NVIDIA RTX 3090,24576,20000,8.6,37,61;NVIDIA RTX 3060,12288,11000,8.6"
+//       name, total MiB, free MiB, compute capability, and optionally GPU
+//       utilisation (%) and temperature (°C) — without them those calls
+//       answer "not supported"; read by nvmlInit_v2.
 //   FAKE_NVML_INIT_ERROR=9
 //       nvmlInit_v2 returns that code and every other function aborts the
 //       process, so a caller that goes on after a failed init cannot pass.
@@ -28,6 +32,7 @@
 #define NVML_SUCCESS 0
 #define NVML_ERROR_UNINITIALIZED 1
 #define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_UNKNOWN 999
 
@@ -45,7 +50,14 @@ struct nvmlDevice_st {
 	unsigned long long free;
 	int major;
 	int minor;
+	int util; // -1: not supported
+	int temp; // -1: not supported
 };
+
+typedef struct {
+	unsigned int gpu;
+	unsigned int memory;
+} nvmlUtilization_t;
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
 static struct nvmlDevice_st gpus[MAX_GPUS];
@@ -104,17 +116,23 @@ static int parse_gpus(const char *spec) {
 			break;
 		}
 		struct nvmlDevice_st *d = &gpus[ngpus];
-		char *f[4];
+		char *f[6];
 		char *fsave = NULL;
 		int n = 0;
-		for (char *p = strtok_r(g, ",", &fsave); p != NULL && n < 5; p = strtok_r(NULL, ",", &fsave)) {
-			if (n < 4) {
+		for (char *p = strtok_r(g, ",", &fsave); p != NULL && n < 7; p = strtok_r(NULL, ",", &fsave)) {
+			if (n < 6) {
 				f[n] = p;
 			}
 			n++;
 		}
 		unsigned long long total_mib, free_mib;
-		if (n != 4 || strlen(f[0]) >= NAME_LEN ||
+		d->util = -1;
+		d->temp = -1;
+		if (n == 6 && (sscanf(f[4], "%d", &d->util) != 1 || sscanf(f[5], "%d", &d->temp) != 1)) {
+			rc = -1;
+			break;
+		}
+		if ((n != 4 && n != 6) || strlen(f[0]) >= NAME_LEN ||
 		    sscanf(f[1], "%llu", &total_mib) != 1 || sscanf(f[2], "%llu", &free_mib) != 1 ||
 		    sscanf(f[3], "%d.%d", &d->major, &d->minor) != 2 || free_mib > total_mib) {
 			rc = -1;
@@ -252,5 +270,36 @@ nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major,
 	}
 	*major = device->major;
 	*minor = device->minor;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+	enter("nvmlDeviceGetUtilizationRates");
+	if (initialized == 0) {
+		return NVML_ERROR_UNINITIALIZED;
+	}
+	if (!valid(device) || utilization == NULL) {
+		return NVML_ERROR_INVALID_ARGUMENT;
+	}
+	if (device->util < 0) {
+		return NVML_ERROR_NOT_SUPPORTED;
+	}
+	utilization->gpu = device->util;
+	utilization->memory = device->util;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensorType, unsigned int *temp) {
+	enter("nvmlDeviceGetTemperature");
+	if (initialized == 0) {
+		return NVML_ERROR_UNINITIALIZED;
+	}
+	if (!valid(device) || temp == NULL || sensorType != 0) {
+		return NVML_ERROR_INVALID_ARGUMENT;
+	}
+	if (device->temp < 0) {
+		return NVML_ERROR_NOT_SUPPORTED;
+	}
+	*temp = device->temp;
 	return NVML_SUCCESS;
 }
