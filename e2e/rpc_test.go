@@ -439,7 +439,7 @@ func lostSplit(t *testing.T, cause string, kill func(t *testing.T, h *sshtest.Ho
 	if code != rbee.ExitWorker || !strings.Contains(msg, "lost hive "+victim+": the "+cause) {
 		t.Errorf("exit %d, want %d naming hive %s and its %s", code, rbee.ExitWorker, victim, cause)
 	}
-	if took > 10*time.Second {
+	if took > 25*time.Second { // the stall bound (8 s) and a busy machine's slack: not minutes
 		t.Errorf("the failure took %s, want seconds", took)
 	}
 	// Untouched: every agent, every bystander worker.

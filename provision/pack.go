@@ -32,14 +32,22 @@ import (
 // its sha256 and its mode (octal). It is a constant: the paths are
 // arguments, never pasted into it. Exit 3: what a copy unpacked to does
 // not match.
-const unpackScript = `set -e; umask 077; stage=$1; shift; trap 'rm -rf "$stage"' EXIT; ` +
+const unpackScript = `set -e; umask 077; stage=$1; shift; ` +
+	// A dot a second keeps the channel busy: sshd's ChannelTimeout closes
+	// a session that stays silent while a big file unpacks.
+	`( while :; do echo .; sleep 1 </dev/null >/dev/null 2>&1; done ) & tick=$!; trap 'kill $tick 2>/dev/null; rm -rf "$stage"' EXIT; ` +
 	`while [ $# -ge 4 ]; do z=$1; d=$2; s=$3; m=$4; shift 4; t="$d.tmp-$$"; mkdir -p "${d%/*}"; ` +
 	`gzip -dc < "$z" > "$t" || { rm -f "$t"; exit 1; }; h=$(sha256sum "$t"); ` +
 	`if [ "${h%% *}" != "$s" ]; then rm -f "$t"; echo "$d: sha256 of what arrived is ${h%% *}, $s expected" >&2; exit 3; fi; ` +
 	`chmod "$m" "$t"; mv -f "$t" "$d"; done`
 
-// errUnpacked: the host unpacked something else than a file's content.
-var errUnpacked = errors.New("a gzipped copy does not match its file")
+var (
+	// errUnpacked: the host unpacked something else than a file's content
+	// (the cached copies are dropped).
+	errUnpacked = errors.New("a gzipped copy does not match its file")
+	// errUnpack: unpacking failed on the host for another reason.
+	errUnpack = errors.New("unpacking failed")
+)
 
 // packLocks make one compression per cached copy: hosts pushed at once
 // wait for the first.
@@ -137,13 +145,19 @@ func sendPacked(ctx context.Context, c *remote.Conn, files []file, pack string, 
 	}
 	_, err := c.Run(ctx, args, nil)
 	var ee *remote.ExitError
-	if errors.As(err, &ee) && ee.Status == 3 {
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee) && ee.Status == 3:
 		return fmt.Errorf("push: %w: %w", errUnpacked, err)
-	}
-	if err != nil {
+	case ctx.Err() == nil && c.Err() == nil:
+		// The session ended some other way (a server that closed it, a
+		// host without room for both copies): the files go as they are.
+		_, _ = c.Run(context.WithoutCancel(ctx), []string{"rm", "-rf", "--", stage}, nil)
+		return fmt.Errorf("push: unpack: %w: %w", errUnpack, err)
+	default:
 		return fmt.Errorf("push: unpack: %w", err)
 	}
-	return nil
 }
 
 // canPack reports whether f may go gzipped: a file of this machine to an

@@ -659,12 +659,15 @@ func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, hav
 			plain = append(plain, f)
 		}
 	}
-	if err := sendPacked(ctx, c, packs, s.pack, s.mt); errors.Is(err, errUnpacked) {
+	switch err := sendPacked(ctx, c, packs, s.pack, s.mt); {
+	case errors.Is(err, errUnpacked):
 		for _, f := range packs {
 			_ = os.Remove(filepath.Join(s.pack, f.sum+".gz")) // a bad copy among them: all go as they are
 		}
 		plain = append(plain, packs...)
-	} else if err != nil {
+	case errors.Is(err, errUnpack):
+		plain = append(plain, packs...) // as they are, over SFTP
+	case err != nil:
 		return nil, err
 	}
 	if err := uploadAll(ctx, c, plain, s); err != nil {
