@@ -67,7 +67,15 @@ func (c *Conn) closeIdleSFTP() {
 func (c *Conn) openSFTP() error {
 	// 128 KiB packets (OpenSSH's sftp-server takes up to 256 KiB) cut the
 	// per-packet cost of pushing agents and bundles by four.
-	cl, err := sftp.NewClient(c.client, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(128<<10), sftp.MaxConcurrentRequestsPerFile(4))
+	// At most 4 requests in flight per file: with 64 (8 MiB), sshd's
+	// copying of its buffers was most of a cold up's CPU.
+	opts := []sftp.ClientOption{sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(128 << 10), sftp.MaxConcurrentRequestsPerFile(4)}
+	cl, err := sftp.NewClient(c.client, opts...)
+	if err != nil && c.err == nil {
+		// A server that closes silent channels (ChannelTimeout) may close
+		// one that opens slowly on a busy host: once more.
+		cl, err = sftp.NewClient(c.client, opts...)
+	}
 	if err != nil {
 		return fmt.Errorf("sftp on %s: %w", c.name, err)
 	}
