@@ -224,7 +224,8 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
 	q.mu.Lock()
 	h := queenapi.Health{Service: queenapi.ServiceName, State: q.state, Version: rbee.Version, Protocol: rbee.ProtocolVersion,
-		PID: os.Getpid(), UptimeS: time.Since(q.started).Seconds(), Jobs: len(q.jobs), Requests: q.door.InFlight()}
+		PID: os.Getpid(), UptimeS: time.Since(q.started).Seconds(), Jobs: len(q.jobs), Requests: q.door.InFlight(),
+		GraceS: q.cfg.Grace.Seconds()}
 	q.mu.Unlock()
 	if h.State == queenapi.StateReady {
 		hs, err := q.db.Hives(r.Context())

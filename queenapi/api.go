@@ -34,6 +34,9 @@ type Health struct {
 	// Requests are the front door's requests being served now (a
 	// stream is one until its last byte).
 	Requests int `json:"requests"`
+	// GraceS is how long running jobs and requests get when the queen is
+	// asked to stop.
+	GraceS float64 `json:"grace_s,omitempty"`
 }
 
 // JobRequest is the body of POST /v1/jobs. The answer is an SSE stream of

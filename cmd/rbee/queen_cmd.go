@@ -286,7 +286,14 @@ func (queenStopCmd) Run(ctx context.Context, g *globals) error {
 	if err := c.Shutdown(ctx); err != nil {
 		return queenError(g, err)
 	}
-	err = poll.Until(ctx, poll.Config{Timeout: 60 * time.Second, MaxAttempts: 1000}, func(ctx context.Context) (bool, error) {
+	// The queen gives running work its grace period, then closes its
+	// hives: wait for all of it (a fixed minute gave up on a queen told
+	// --grace 2m that was keeping its word).
+	grace := time.Duration(h.GraceS * float64(time.Second))
+	if n := h.Jobs + h.Requests; n > 0 {
+		fmt.Fprintf(os.Stderr, "[keeper] queen is stopping: %d running job(s) and request(s) get up to %s to finish\n", n, grace.Round(time.Second))
+	}
+	err = poll.Until(ctx, poll.Config{Timeout: max(grace+30*time.Second, 60*time.Second), MaxAttempts: 100000}, func(ctx context.Context) (bool, error) {
 		_, err := c.Health(ctx)
 		return err != nil && isDown(err), nil
 	})
