@@ -183,7 +183,10 @@ func TestDoorStreamAcrossQueenStop(t *testing.T) {
 	t.Run("ends within the grace", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, "RBEE_QUEEN_GRACE=2m")
-		const n = 1500 // under random-3m's 2048-token context
+		// Short enough to end within the grace with every core busy
+		// (1,500 tokens took over two minutes so), long enough to be
+		// running when the stop comes.
+		const n = 300
 		br, done := openDoorStream(t, e, n)
 		defer done()
 		stopped := make(chan result, 1)
