@@ -641,10 +641,11 @@ func sendFiles(ctx context.Context, c *remote.Conn, files []file, last file, hav
 		}
 	}
 	sendLast := have[last.dst] != last.sum
-	for _, f := range append(todo, last) {
-		if f.dst == last.dst && !sendLast {
-			continue
-		}
+	planned := todo
+	if sendLast {
+		planned = append(slices.Clip(todo), last)
+	}
+	for _, f := range planned {
 		n, err := s.wireSize(f)
 		if err != nil {
 			return nil, err

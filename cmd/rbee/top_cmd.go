@@ -176,7 +176,7 @@ func (v topView) frame(t queenapi.Top, prev *queenapi.Top, width int) []string {
 		if !h.LastSeen.IsZero() {
 			seen = ago(t.At.Sub(h.LastSeen))
 		}
-		rows = append(rows, []string{printable(h.Name), h.Status, seen, fmt.Sprint(len(h.Devices)), fmt.Sprint(nworkers[h.Name]), printable(h.Reason)})
+		rows = append(rows, []string{printable(h.Name), printable(h.Status), seen, fmt.Sprint(len(h.Devices)), fmt.Sprint(nworkers[h.Name]), printable(h.Reason)})
 	}
 	out = append(out, table(rows)...)
 
@@ -191,7 +191,7 @@ func (v topView) frame(t queenapi.Top, prev *queenapi.Top, width int) []string {
 			if d.TemperatureC != nil {
 				temp = fmt.Sprintf("%d°C", *d.TemperatureC)
 			}
-			rows = append(rows, []string{printable(h.Name) + "/" + d.ID, printable(d.Name), bar(u, d.TotalBytes, 20),
+			rows = append(rows, []string{printable(h.Name) + "/" + printable(d.ID), printable(d.Name), bar(u, d.TotalBytes, 20),
 				fmt.Sprintf("%s of %s", rbee.Bytes(u), rbee.Bytes(d.TotalBytes)), rbee.Bytes(d.FreeBytes), load, temp})
 		}
 	}
@@ -217,7 +217,7 @@ func (v topView) frame(t queenapi.Top, prev *queenapi.Top, width int) []string {
 		if w.Embeddings {
 			model += " (embeddings)"
 		}
-		rows = append(rows, []string{printable(w.Hive) + "/" + w.ID, model, w.Device, w.State,
+		rows = append(rows, []string{printable(w.Hive) + "/" + printable(w.ID), model, printable(w.Device), printable(w.State),
 			fmt.Sprintf("%d/%d", w.InFlight, max(w.Slots, 1)), rate, fmt.Sprint(w.Served), mem})
 	}
 	out = append(append(out, ""), table(rows)...)

@@ -404,3 +404,51 @@ func TestPlaceCandidatesOneLine(t *testing.T) {
 }
 
 func lines(s string) []string { return strings.Split(strings.TrimSuffix(s, "\n"), "\n") }
+
+// blockingEvents is a caller's stream that stops reading: Send blocks
+// until block closes.
+type blockingEvents struct {
+	block   chan struct{}
+	entered chan struct{}
+}
+
+func (b *blockingEvents) Send(rbee.Event) {
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	<-b.block
+}
+
+func (b *blockingEvents) Narrate(string, string) {}
+
+// A caller whose stream stops reading does not stall a connect attempt:
+// its progress events pass others by (the upload reports them from its
+// reading goroutines; they waited on that caller's stream).
+func TestDialProgressPassesAStalledStream(t *testing.T) {
+	t.Parallel()
+	d := &dial{done: make(chan struct{})}
+	b := &blockingEvents{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	leave := d.join(&narrator{ev: b})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.Narrate("step", "a line the stalled stream does not take")
+	}()
+	<-b.entered
+	sent := make(chan struct{})
+	go func() {
+		d.Send(rbee.Event{Type: rbee.EventProgress, BytesDone: 1, BytesTotal: 2})
+		close(sent)
+	}()
+	select {
+	case <-sent:
+	case <-time.After(10 * time.Second): // a hang detector, not a speed bound
+		t.Error("a progress event waited on a stream that does not read")
+	}
+	close(b.block)
+	wg.Wait()
+	<-sent
+	leave()
+}

@@ -245,16 +245,26 @@ func (d *dial) join(n *narrator) (leave func()) {
 }
 
 // Send counts ev as the attempt's progress and passes it to everyone
-// waiting on it; narration is kept for those who join later.
+// waiting on it; narration is kept for those who join later. A caller
+// whose stream does not take a progress event at once misses it: a
+// client that stops reading must not stall the upload for the others.
 func (d *dial) Send(ev rbee.Event) {
 	d.progress()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if ev.Type != rbee.EventProgress && len(d.said) < maxSaid {
 		d.said = append(d.said, ev)
 	}
+	hear := make([]*narrator, 0, len(d.hear))
 	for n := range d.hear {
-		n.Send(ev)
+		hear = append(hear, n)
+	}
+	d.mu.Unlock()
+	for _, n := range hear {
+		if ev.Type == rbee.EventProgress {
+			n.trySend(ev)
+		} else {
+			n.Send(ev)
+		}
 	}
 }
 
@@ -297,6 +307,17 @@ type narrator struct {
 // Send passes ev on while the caller waits.
 func (n *narrator) Send(ev rbee.Event) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.gone && n.ev != nil {
+		n.ev.Send(ev)
+	}
+}
+
+// trySend passes ev on unless the caller's stream is busy taking another.
+func (n *narrator) trySend(ev rbee.Event) {
+	if !n.mu.TryLock() {
+		return
+	}
 	defer n.mu.Unlock()
 	if !n.gone && n.ev != nil {
 		n.ev.Send(ev)
