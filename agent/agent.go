@@ -74,6 +74,7 @@ type Agent struct {
 
 	detectMu sync.Mutex    // one device detection at a time
 	fetching chan struct{} // one engine install at a time (cap 1)
+	engines  engineProbe   // the GPU bundles' devices, listed by their backends
 
 	ctx      context.Context // ends at Close: stops the reaper
 	cancel   context.CancelFunc
@@ -115,6 +116,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, db: db, vram: newVRAM(2 * time.Minute), started: time.Now(), shutdown: make(chan struct{}),
 		fetching: make(chan struct{}, 1)}
+	a.engines.ttl, a.engines.listing = 2*time.Second, a.listEngineDevices
 	if err := a.registerBinaries(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -326,16 +328,35 @@ func (a *Agent) handshake(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) detect(ctx context.Context) (hiveapi.Devices, error) {
 	a.detectMu.Lock()
 	defer a.detectMu.Unlock()
-	rep, err := gpu.Detect(ctx, a.cfg.GPU)
+	rep, err := a.detectLocked(ctx)
 	if err != nil {
-		return hiveapi.Devices{}, fmt.Errorf("detect devices: %w", err)
+		return hiveapi.Devices{}, err
 	}
-	out := hiveapi.Devices{NVML: rep.NVML}
+	out := hiveapi.Devices{NVML: rep.NVML, Engines: rep.Engines}
 	for _, d := range rep.Devices {
 		d.RoomBytes = a.vram.room(d.ID, d.TotalBytes, d.FreeBytes)
 		out.Devices = append(out.Devices, d)
 	}
 	return out, nil
+}
+
+// detected is what detectLocked found.
+type detected struct {
+	Devices []rbee.Device
+	NVML    string
+	Engines string // what listing the GPU bundles' devices said went wrong
+	vkEnv   string // GGML_VK_VISIBLE_DEVICES that shows workers these devices
+}
+
+// detectLocked reads NVML's devices and the CPU, and the GPUs the
+// installed GPU bundles' backends report (Vulkan, CUDA), merged.
+func (a *Agent) detectLocked(ctx context.Context) (detected, error) {
+	rep, err := gpu.Detect(ctx, a.cfg.GPU)
+	if err != nil {
+		return detected{}, fmt.Errorf("detect devices: %w", err)
+	}
+	eng, vk, note := a.engineDevices(ctx)
+	return detected{Devices: mergeDevices(rep.Devices, eng), NVML: rep.NVML, Engines: note, vkEnv: vk}, nil
 }
 
 func (a *Agent) devices(w http.ResponseWriter, r *http.Request) {
@@ -375,9 +396,13 @@ func (a *Agent) reserve(w http.ResponseWriter, r *http.Request) {
 	}
 	a.detectMu.Lock()
 	defer a.detectMu.Unlock()
-	rep, err := gpu.Detect(r.Context(), a.cfg.GPU)
+	rep, err := a.detectLocked(r.Context())
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, rbee.CodeInternal, err.Error())
+		return
+	}
+	if strings.Contains(req.Device, ",") {
+		a.reserveSplit(w, req, rep.Devices)
 		return
 	}
 	for _, d := range rep.Devices {

@@ -152,7 +152,18 @@ var (
 // without one) the one with the CPU backend, else the bundle the agent was
 // started with. When none fits and the agent may fetch, it installs the
 // pinned bundle first, its download reported with send.
-func (a *Agent) pickEngine(ctx context.Context, device string, send func(rbee.Event) error) (string, error) {
+func (a *Agent) pickEngine(ctx context.Context, device, backend string, send func(rbee.Event) error) (string, error) {
+	if backend != "" {
+		// The bundle whose backend listed the device.
+		if p := a.installedEngine(ctx, []string{backend}); p != "" {
+			return p, nil
+		}
+		if d := a.cfg.EngineDir; d != "" {
+			if m, err := bundle.Load(d); err == nil && slices.Contains(m.Backends, backend) {
+				return d, nil
+			}
+		}
+	}
 	if strings.HasPrefix(device, "gpu") {
 		if p := a.installedEngine(ctx, gpuBackends); p != "" {
 			return p, nil
@@ -188,12 +199,12 @@ func (a *Agent) pickEngine(ctx context.Context, device string, send func(rbee.Ev
 // worker would start only to exit).
 func (a *Agent) workerEngine(ctx context.Context, ws workerStart, send func(rbee.Event) error) (string, error) {
 	if len(ws.rpc) == 0 {
-		return a.pickEngine(ctx, ws.device, send)
+		return a.pickEngine(ctx, ws.device, ws.backend, send)
 	}
 	if engine := a.installedEngine(ctx, rpcBackends); engine != "" {
 		return engine, nil
 	}
-	engine, err := a.pickEngine(ctx, ws.device, send)
+	engine, err := a.pickEngine(ctx, ws.device, ws.backend, send)
 	if err != nil {
 		return "", err
 	}

@@ -119,7 +119,8 @@ func (a *Agent) setDeployment(w http.ResponseWriter, r *http.Request) {
 // and the front door's ask for it the same way.
 type workerStart struct {
 	model       catalog.Model
-	device      string // "cpu" or "gpuN"
+	device      string // "cpu", "gpuN", or "gpu0,gpu1" split across them
+	backend     string // the bundle backend that drives device ("vulkan", "cuda"); "" = CPU
 	reservation string // the VRAM checker's, charged to a new worker
 	workerType  string // an external worker type; "" = rbee-worker
 	embeddings  bool   // a worker started with --embeddings
@@ -137,8 +138,14 @@ func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee
 	if ws.device == "" {
 		return nil, false, "", rbee.Errorf(rbee.CodeBadRequest, "a device or a worker is required")
 	}
+	var backend string
+	var env []string
 	if ws.workerType == "" {
-		if engine, err = a.workerEngine(ctx, ws, send); err != nil {
+		backend, env, ws.backend, err = a.deviceBackend(ctx, ws.device)
+		if err == nil {
+			engine, err = a.workerEngine(ctx, ws, send)
+		}
+		if err != nil {
 			if ws.reservation != "" {
 				a.vram.release(ws.reservation)
 			}
@@ -146,7 +153,7 @@ func (a *Agent) ensureWorker(ctx context.Context, ws workerStart, send func(rbee
 		}
 	}
 	m := ws.model
-	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: ws.device, Reservation: ws.reservation, Engine: engine,
+	spec := supervisor.Spec{ModelID: m.ID, ModelPath: m.Path, Device: ws.device, Backend: backend, Env: env, Reservation: ws.reservation, Engine: engine,
 		Embeddings: ws.embeddings, Deployment: ws.deployment, RPC: ws.rpc, TensorSplit: ws.tensorSplit}
 	key := supervisor.Key{Model: m.ID, Device: ws.device, Type: ws.workerType, RPC: strings.Join(ws.rpc, ","), Embeddings: ws.embeddings}
 	wp, joined, err = a.sup.Ensure(ctx, key, func() (*supervisor.Worker, error) {

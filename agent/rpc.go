@@ -107,7 +107,7 @@ func (a *Agent) rpcLease(w http.ResponseWriter, r *http.Request) {
 	engine := a.installedEngine(ctx, rpcBackends)
 	if engine == "" {
 		var err error
-		if engine, err = a.pickEngine(ctx, req.Device, send); err != nil {
+		if engine, err = a.pickEngine(ctx, req.Device, "", send); err != nil {
 			if req.Reservation != "" {
 				a.vram.release(req.Reservation)
 			}

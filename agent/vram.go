@@ -3,6 +3,7 @@ package agent
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,10 +95,16 @@ var _ supervisor.Reservations = (*vram)(nil)
 func (v *vram) Attach(id, worker string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if r, ok := v.res[id]; ok {
-		r.worker = worker
+	for _, id := range resParts(id) {
+		if r, ok := v.res[id]; ok {
+			r.worker = worker
+		}
 	}
 }
+
+// resParts are the reservations behind an id: a split across a host's
+// GPUs holds one a device, joined with "+".
+func resParts(id string) []string { return strings.Split(id, "+") }
 
 // Loaded marks the worker's reservation as allocated for real.
 func (v *vram) Loaded(worker string) {
@@ -139,10 +146,13 @@ func (v *vram) WorkerBytes(worker string) uint64 {
 func (v *vram) bytesOf(id string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if r, ok := v.res[id]; ok {
-		return r.bytes
+	var n uint64
+	for _, id := range resParts(id) {
+		if r, ok := v.res[id]; ok {
+			n += r.bytes
+		}
 	}
-	return 0
+	return n
 }
 
 // grow sets a reservation to bytes when the device has that much room
@@ -168,8 +178,13 @@ func (v *vram) grow(id string, bytes, total, free uint64) bool {
 func (v *vram) release(id string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	_, ok := v.res[id]
-	delete(v.res, id)
+	ok := false
+	for _, id := range resParts(id) {
+		if _, there := v.res[id]; there {
+			ok = true
+		}
+		delete(v.res, id)
+	}
 	return ok
 }
 

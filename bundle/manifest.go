@@ -432,8 +432,9 @@ func backendOf(name string) string {
 }
 
 var (
-	// libllama.v0.5.0.so, libllama.v0.5.0.dylib (node-llama-cpp)
-	reDotV = regexp.MustCompile(`^(lib.+)\.v[0-9]+(?:\.[0-9]+)*\.(so|dylib)$`)
+	// libllama.v0.5.0.so, libllama.v0.5.0.dylib (node-llama-cpp), and its
+	// GPU packages' libllama.vulkan.v0.5.0.so, libggml.cuda.v0.5.0.so
+	reDotV = regexp.MustCompile(`^(lib.+?)(?:\.(?:cuda|vulkan|metal|hip|rocm|sycl))?\.v[0-9]+(?:\.[0-9]+)*\.(so|dylib)$`)
 	// libllama.so.0, libllama.so.0.0.1234 (CMake SOVERSION on Linux)
 	reSOVersion = regexp.MustCompile(`^(lib.+\.so)(?:\.[0-9]+)+$`)
 	// libllama.0.dylib (CMake SOVERSION on macOS)

@@ -12,7 +12,7 @@ type Package struct {
 	Version   string // "3.22.1"
 	Integrity string // npm's "sha512-<base64>" of the tarball
 	OS, Arch  string // GOOS/GOARCH it runs on
-	GPU       string // "" for CPUs, "cuda"
+	GPU       string // "" for CPUs, "cuda", "vulkan"
 }
 
 // The pinned engines: node-llama-cpp 3.22.1's packages, which hold
@@ -32,10 +32,25 @@ var (
 		Name: "@node-llama-cpp/linux-x64-cuda", Version: "3.22.1", OS: "linux", Arch: "amd64", GPU: "cuda",
 		Integrity: "sha512-8rQCjyNNLZJUFit+YpjwlC4hwkKgOMIkB2wuycKBf8NU2O3ySKbiWZQ8aw9ku2nUTXjSnUIrE6KB88itduTBuA==",
 	}
+
+	// LinuxAMD64Vulkan is the Vulkan build (24 MB): any GPU with a Vulkan
+	// driver (AMD and Intel through Mesa, NVIDIA without CUDA), and
+	// Mesa's software rasteriser llvmpipe. It needs the Vulkan loader
+	// (libvulkan.so.1) on the host.
+	LinuxAMD64Vulkan = Package{
+		Name: "@node-llama-cpp/linux-x64-vulkan", Version: "3.22.1", OS: "linux", Arch: "amd64", GPU: "vulkan",
+		Integrity: "sha512-bBxqU+JOcBu1nb5Qj2zcMci+JByT1E8EajHvYodyNfVIPkEhXh+/HMwR1/BT7xP08YK0hks+kM8fglER0P8JEg==",
+	}
+	// LinuxARM64 is the arm64 CPU build (7 MB): Raspberry Pi 4/5,
+	// Graviton, Ampere, a Jetson's CPU.
+	LinuxARM64 = Package{
+		Name: "@node-llama-cpp/linux-arm64", Version: "3.22.1", OS: "linux", Arch: "arm64",
+		Integrity: "sha512-W+7naKCXX9/eEjjFmRS8vvx91QyLXDbeFxexZc3bh/PtQABZgmRL3C0AtYYXn4YGTj/3Qor4lWZn2tpjZFPLdQ==",
+	}
 )
 
 // Packages are the pinned packages, CPU builds first.
-var Packages = []Package{LinuxAMD64, LinuxAMD64CUDA}
+var Packages = []Package{LinuxAMD64, LinuxARM64, LinuxAMD64CUDA, LinuxAMD64Vulkan}
 
 // For returns the pinned package for a platform and GPU kind ("" for the
 // CPU build).

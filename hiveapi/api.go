@@ -22,6 +22,9 @@ type Handshake struct {
 type Devices struct {
 	Devices []rbee.Device `json:"devices"`
 	NVML    string        `json:"nvml"`
+	// Engines says what went wrong listing the devices of the installed
+	// GPU bundles (their backends are asked); "" when nothing did.
+	Engines string `json:"engines,omitempty"`
 }
 
 // Snapshot is the hive's devices, workers and models in one answer

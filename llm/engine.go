@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -146,6 +147,13 @@ func (e *Engine) listDevices() {
 	}
 }
 
+// Devices returns the devices ggml's backends report now, with their free
+// memory read afresh.
+func (e *Engine) Devices() []Device {
+	e.listDevices()
+	return slices.Clone(e.devices)
+}
+
 // deviceHandle returns ggml's handle of the device named name; 0 if none.
 func (e *Engine) deviceHandle(name string) llama.GGMLBackendDevice {
 	for i, d := range e.devices {
@@ -164,6 +172,25 @@ func devType(t llama.GGMLBackendDeviceType) string {
 
 // Device returns the device a --device value names (see resolveDevice).
 func (e *Engine) Device(want string) (Device, error) {
+	if names := strings.Split(want, ","); len(names) > 1 {
+		// Several GPUs a model is split across: their memory summed.
+		var all Device
+		for i, n := range names {
+			d, err := e.Device(n)
+			if err != nil {
+				return Device{}, err
+			}
+			if i == 0 {
+				all = d
+				continue
+			}
+			all.Name += "," + d.Name
+			all.Description += ", " + d.Description
+			all.FreeBytes += d.FreeBytes
+			all.TotalBytes += d.TotalBytes
+		}
+		return all, nil
+	}
 	name, _, err := e.resolveDevice(want)
 	if err != nil {
 		return Device{}, err

@@ -130,18 +130,36 @@ func (e *Engine) LoadModel(ctx context.Context, path string, opt ModelOptions) (
 	if err := CheckGGUF(path); err != nil {
 		return nil, err
 	}
-	devName, dev, err := e.resolveDevice(opt.Device)
+	names := strings.Split(opt.Device, ",")
+	devName, dev, err := e.resolveDevice(names[0])
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
-	if opt.Split != nil && len(opt.RPC) == 0 {
-		return nil, errors.New("load model: a split needs rpc servers")
+	var local *splitPlan // a split across this host's own GPUs
+	if len(names) > 1 {
+		if len(opt.RPC) > 0 {
+			return nil, errors.New("load model: split across this host's GPUs or over rpc servers, not both")
+		}
+		if local, err = e.planLocal(path, names, opt.Split); err != nil {
+			return nil, fmt.Errorf("load model: %w", err)
+		}
+	} else if opt.Split != nil && len(opt.RPC) == 0 {
+		return nil, errors.New("load model: a split needs several devices or rpc servers")
 	}
 	mp := llama.ModelDefaultParams()
 	devs := []llama.GGMLBackendDevice{dev, 0}
 	var split []float32
 	placement := []Placement{{Device: devName, Layers: -1, Output: true}}
 	switch {
+	case local != nil:
+		devs, split, placement = local.devices, local.split, local.placement
+		devName = opt.Device
+		mp.NGpuLayers = local.nGPU
+		mp.SplitMode = llama.SplitModeLayer
+		mp.TensorSplit = &split[0]
+		if err := mp.SetDevices(devs); err != nil {
+			return nil, fmt.Errorf("load model: %w", err)
+		}
 	case len(opt.RPC) > 0:
 		plan, err := e.planRPC(ctx, path, devName, dev, opt)
 		if err != nil {

@@ -352,6 +352,36 @@ func modelLayers(path string) (int, error) {
 	return n, nil
 }
 
+// planLocal plans the split of the model at path across several GPUs of
+// this host, named as --device names them ("Vulkan0", "CUDA1"): each
+// keeps a share of the layers, by free memory unless shares are given.
+func (e *Engine) planLocal(path string, names []string, shares []float64) (*splitPlan, error) {
+	var devs []Device
+	var handles []llama.GGMLBackendDevice
+	for _, name := range names {
+		n, h, err := e.resolveDevice(name)
+		if err != nil {
+			return nil, err
+		}
+		if h == 0 {
+			return nil, fmt.Errorf("device %q: a split across devices takes GPUs only", name)
+		}
+		if slices.ContainsFunc(devs, func(d Device) bool { return d.Name == n }) {
+			return nil, fmt.Errorf("device %s named twice", n)
+		}
+		d, err := e.Device(n)
+		if err != nil {
+			return nil, err
+		}
+		devs, handles = append(devs, d), append(handles, h)
+	}
+	n, err := modelLayers(path)
+	if err != nil {
+		return nil, err
+	}
+	return planSplit(n, devs[0], handles[0], devs[1:], handles[1:], shares)
+}
+
 // planRPC connects to opt.RPC's servers and plans the split of the model
 // at path over the local device and theirs.
 func (e *Engine) planRPC(ctx context.Context, path, devName string, dev llama.GGMLBackendDevice, opt ModelOptions) (*splitPlan, error) {

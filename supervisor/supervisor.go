@@ -58,9 +58,16 @@ type Config struct {
 // Spec is what a worker is started with.
 type Spec struct {
 	ModelID, ModelPath string
-	Device             string // "cpu" or "gpuN"
-	Reservation        string // the VRAM reservation the worker takes over; "" = none
-	Engine             string // engine bundle directory; "" = Config.Engine
+	Device             string // "cpu", "gpuN", or "gpu0,gpu1" split across them
+	// Backend is the engine's name of Device ("Vulkan0", "CUDA1",
+	// "Vulkan0,Vulkan1"), what rbee-worker --device takes; "" for a GPU
+	// known by its NVML index alone (the worker sees only that GPU).
+	Backend string
+	// Env is what the worker needs to see Backend's devices as they were
+	// listed (GGML_VK_VISIBLE_DEVICES=0,1).
+	Env         []string
+	Reservation string // the VRAM reservation the worker takes over; "" = none
+	Engine      string // engine bundle directory; "" = Config.Engine
 	// Slots and CtxSize size the worker (parallel sequences, context
 	// tokens per sequence); 0 = one slot of Config.CtxSize, what a
 	// reservation for one context covers.
@@ -153,12 +160,26 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Worker, error) {
 		}
 		env = append(env, "GGML_NO_BACKTRACE=1")
 	}
-	if spec.Device == "cpu" {
+	env = append(env, spec.Env...)
+	switch {
+	case spec.Device == "cpu":
 		args = append(args, "--device", "cpu")
 		if s.cfg.Threads > 0 {
 			args = append(args, "--threads", strconv.Itoa(s.cfg.Threads))
 		}
-	} else {
+	case spec.Backend != "":
+		// Named as the engine listed them: CUDA devices in PCI bus order,
+		// as NVML numbers them.
+		args = append(args, "--device", spec.Backend)
+		env = append(env, "CUDA_DEVICE_ORDER=PCI_BUS_ID")
+		if len(spec.RPC) == 0 && len(spec.TensorSplit) > 0 {
+			fs := make([]string, len(spec.TensorSplit))
+			for i, f := range spec.TensorSplit {
+				fs[i] = strconv.FormatFloat(f, 'g', -1, 64)
+			}
+			args = append(args, "--tensor-split", strings.Join(fs, ","))
+		}
+	default:
 		// The worker sees only its GPU, numbered as NVML numbers them.
 		idx := spec.Device[len("gpu"):]
 		args = append(args, "--device", "auto")

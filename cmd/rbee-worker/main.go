@@ -27,10 +27,10 @@ import (
 )
 
 type cli struct {
-	Model   string        `required:"" type:"path" help:"GGUF model file to serve."`
+	Model   string        `type:"path" help:"GGUF model file to serve (required unless --list-devices)."`
 	Engine  string        `required:"" type:"path" env:"RBEE_ENGINE" help:"Engine bundle directory (llama.cpp shared libraries; make engine builds one)."`
 	Listen  string        `default:"127.0.0.1:0" help:"Loopback host:port (port 0 picks a free port, announced on stdout), or a unix socket path (unix:PATH or an absolute path)."`
-	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0."`
+	Device  string        `default:"auto" help:"auto (first GPU, else CPU), cpu, or an engine device name such as CUDA0; several GPUs of this host (Vulkan0,Vulkan1) split the model's layers across them (by free memory, or --tensor-split)."`
 	Threads int           `help:"Threads of the process's one compute thread pool; 0 = one per physical core (llama.cpp's default). ggml threads spin: match free cores."`
 	CtxSize int           `name:"ctx-size" help:"Context size in tokens per slot; 0 = sized to the device: the model's training context, at most 4096, less if memory is short (docs/worker.md)."`
 	Slots   int           `help:"Requests generated in parallel, decoded together in one batch per step (one shared context, ctx-size tokens each); 0 = sized to the device's free memory, 1 to 4 on a CPU, 1 to 8 on a GPU (docs/worker.md)."`
@@ -40,7 +40,11 @@ type cli struct {
 	Alias   string        `help:"Model name in responses (default: the file name without .gguf)."`
 	Grace   time.Duration `default:"10s" help:"On SIGTERM or SIGINT, how long running requests may finish before their streams are cut."`
 	RPC     string        `name:"rpc" placeholder:"HOST:PORT[,HOST:PORT...]" help:"Split the model's layers over llama.cpp RPC servers (rpc-server of the same engine bundle) beside --device. The worker dies when one is lost."`
-	Split   string        `name:"tensor-split" placeholder:"F,F,..." help:"With --rpc: each device's share of the layers, --device first, then each RPC server's devices in order (e.g. 1,1,2); default: by free memory."`
+	Split   string        `name:"tensor-split" placeholder:"F,F,..." help:"With several --device GPUs or --rpc: each device's share of the layers, --device first, then each RPC server's devices in order (e.g. 1,1,2); default: by free memory."`
+
+	// ListDevices is how a hive learns what the bundle's backends see
+	// (Vulkan, CUDA, ...): rbee-hive runs it once per bundle.
+	ListDevices bool `name:"list-devices" help:"Print the devices the engine's backends report (JSON, one object per line) and exit."`
 
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
@@ -84,13 +88,19 @@ func run(c cli) error {
 	if err := llm.Preflight(c.Engine); err != nil {
 		return err
 	}
+	if c.ListDevices {
+		return listDevices(c.Engine)
+	}
+	if c.Model == "" {
+		return errors.New("--model is required: the GGUF file to serve")
+	}
 	if err := llm.CheckGGUF(c.Model); err != nil {
 		return err
 	}
 	if c.Slots < 0 || c.Queue < 0 || c.Threads < 0 || c.CtxSize < 0 {
 		return errors.New("--slots, --queue, --threads and --ctx-size must not be negative")
 	}
-	rpc, split, err := splitFlags(c.RPC, c.Split)
+	rpc, split, err := splitFlags(c.Device, c.RPC, c.Split)
 	if err != nil {
 		return err
 	}
@@ -194,20 +204,41 @@ func run(c cli) error {
 	return nil
 }
 
+// listDevices prints the engine's devices, one JSON object a line.
+func listDevices(engine string) error {
+	e, err := llm.Load(engine)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for _, d := range e.Devices() {
+		if err := enc.Encode(d); err != nil {
+			return fmt.Errorf("list devices: %w", err)
+		}
+	}
+	return nil
+}
+
 // rpcConnectTimeout bounds connecting to the --rpc servers.
 const rpcConnectTimeout = 10 * time.Second
 
-// splitFlags parses --rpc and --tensor-split.
-func splitFlags(rpc, split string) ([]string, []float64, error) {
-	if rpc == "" {
-		if split != "" {
-			return nil, nil, errors.New("--tensor-split needs --rpc: it shares the layers between this device and RPC servers")
-		}
-		return nil, nil, nil
+// splitFlags parses --rpc and --tensor-split; device is --device, which
+// may name several of this host's GPUs ("Vulkan0,Vulkan1").
+func splitFlags(device, rpc, split string) ([]string, []float64, error) {
+	local := strings.Count(device, ",") + 1
+	if local > 1 && rpc != "" {
+		return nil, nil, errors.New("--device names several devices and --rpc is set: split across this host's GPUs or over rpc servers, not both")
 	}
-	eps, err := llm.ParseEndpoints(rpc)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--rpc: %w", err)
+	var eps []string
+	if rpc == "" {
+		if split != "" && local == 1 {
+			return nil, nil, errors.New("--tensor-split needs --rpc or several devices in --device: it shares the layers between devices")
+		}
+	} else {
+		var err error
+		if eps, err = llm.ParseEndpoints(rpc); err != nil {
+			return nil, nil, fmt.Errorf("--rpc: %w", err)
+		}
 	}
 	if split == "" {
 		return eps, nil, nil
@@ -224,6 +255,9 @@ func splitFlags(rpc, split string) ([]string, []float64, error) {
 	}
 	if sum == 0 {
 		return nil, nil, fmt.Errorf("--tensor-split %q: every share is 0", split)
+	}
+	if local > 1 && len(shares) != local {
+		return nil, nil, fmt.Errorf("--tensor-split %q: %d shares for %d devices (%s); give one per device", split, len(shares), local, device)
 	}
 	if len(shares) < 1+len(eps) {
 		return nil, nil, fmt.Errorf("--tensor-split %q: %d shares for this device and %d rpc servers; give one per device, this one first", split, len(shares), len(eps))

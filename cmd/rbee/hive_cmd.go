@@ -586,7 +586,11 @@ func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 			fmt.Printf("host: %s\n", printable(hostLine(f)))
 		}
 		for _, d := range h.Devices {
-			fmt.Printf("device %s: %s, %s total, %s free\n", printable(d.ID), printable(d.Name), rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))
+			line := fmt.Sprintf("device %s: %s, %s total, %s free", printable(d.ID), printable(d.Name), rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))
+			if dr := d.Driven(); dr != "" {
+				line += " (" + printable(dr) + ")"
+			}
+			fmt.Println(line)
 		}
 		for _, w := range h.Workers {
 			fmt.Printf("worker %s: %s on %s (pid %d, %s)\n", printable(w.ID), printable(filepath.Base(w.Model)), printable(w.Device), w.PID, printable(w.State))

@@ -316,7 +316,11 @@ func describeDevices(ds []rbee.Device) string {
 	var parts []string
 	for _, d := range ds {
 		if d.Kind == rbee.DeviceGPU {
-			parts = append(parts, fmt.Sprintf("%s %s (%s, compute %s)", d.ID, d.Name, rbee.Bytes(d.TotalBytes), d.ComputeCap))
+			note := rbee.Bytes(d.TotalBytes)
+			if dr := d.Driven(); dr != "" {
+				note += ", " + dr
+			}
+			parts = append(parts, fmt.Sprintf("%s %s (%s)", d.ID, d.Name, note))
 		} else {
 			parts = append(parts, fmt.Sprintf("cpu %s (%d cores, %s RAM)", d.Name, d.Cores, rbee.Bytes(d.TotalBytes)))
 		}
