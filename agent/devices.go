@@ -97,18 +97,24 @@ func (a *Agent) gpuBundles(ctx context.Context) []string {
 }
 
 // engineDevices returns the GPUs the installed GPU bundles' backends
-// report (software ones only with RBEE_SOFTWARE_GPU=1), and the
-// GGML_VK_VISIBLE_DEVICES a worker needs to see them as listed.
+// report (software ones only with RBEE_SOFTWARE_GPU=1), the
+// GGML_VK_VISIBLE_DEVICES a worker needs to see them as listed, and what
+// went wrong listing them.
 func (a *Agent) engineDevices(ctx context.Context) (devs []engineDevice, vkEnv, note string) {
 	p := &a.engines
 	dirs := a.gpuBundles(ctx)
 	key := strings.Join(dirs, "\x00")
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if key == p.key && time.Since(p.at) < p.ttl {
-		return p.devs, p.vkEnv, p.note
+	if key != p.key || time.Since(p.at) >= p.ttl {
+		p.devs, p.vkEnv, p.note = p.list(ctx, dirs)
+		p.key, p.at = key, time.Now()
 	}
-	p.devs, p.vkEnv, p.note = nil, "", ""
+	return p.devs, p.vkEnv, p.note
+}
+
+// list asks each bundle's backends for their devices.
+func (p *engineProbe) list(ctx context.Context, dirs []string) (devs []engineDevice, vkEnv, note string) {
 	software := os.Getenv(EnvSoftwareGPU) == "1"
 	var notes []string
 	for _, dir := range dirs {
@@ -130,28 +136,34 @@ func (a *Agent) engineDevices(ctx context.Context) (devs []engineDevice, vkEnv, 
 				best, vk = got, try
 			}
 			if vk != "" {
-				p.devs = append(p.devs, gpusOf(best, software)...)
-				p.vkEnv = vk
+				devs = addDevices(devs, gpusOf(best, software))
+				vkEnv = vk
 				continue
 			}
 		}
 		if vk != "" {
 			env = append(env, envVKVisible+"="+vk)
-			p.vkEnv = vk
+			vkEnv = vk
 		}
 		got, err := p.listing(ctx, dir, env)
 		if err != nil {
 			notes = append(notes, err.Error())
 			continue
 		}
-		for _, d := range gpusOf(got, software) {
-			if !slices.ContainsFunc(p.devs, func(e engineDevice) bool { return e.Name == d.Name }) {
-				p.devs = append(p.devs, d)
-			}
+		devs = addDevices(devs, gpusOf(got, software))
+	}
+	return devs, vkEnv, strings.Join(notes, "; ")
+}
+
+// addDevices adds the devices of one bundle's listing that another's did
+// not list already.
+func addDevices(devs, more []engineDevice) []engineDevice {
+	for _, d := range more {
+		if !slices.ContainsFunc(devs, func(e engineDevice) bool { return e.Name == d.Name }) {
+			devs = append(devs, d)
 		}
 	}
-	p.key, p.at, p.note = key, time.Now(), strings.Join(notes, "; ")
-	return p.devs, p.vkEnv, p.note
+	return devs
 }
 
 func countKind(devs []engineDevice, kind string) int {

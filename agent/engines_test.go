@@ -77,7 +77,7 @@ func (e *events) actions() []string {
 func TestPickEngineWithoutFetch(t *testing.T) {
 	a := newTestAgent(t, nil)
 	var ev events
-	_, err := a.pickEngine(t.Context(), "cpu", ev.send)
+	_, err := a.pickEngine(t.Context(), "cpu", "", ev.send)
 	var re *rbee.Error
 	if !errors.As(err, &re) || re.Code != rbee.CodeEngine || !strings.Contains(re.Hint, "rbee worker install") {
 		t.Fatalf("got %v, want %s with a hint to rbee worker install", err, rbee.CodeEngine)
@@ -98,7 +98,7 @@ func TestPickEngineInstallsThePinnedBundle(t *testing.T) {
 	got := make([]string, 2)
 	errs := make([]error, 2)
 	for i := range 2 {
-		wg.Go(func() { got[i], errs[i] = a.pickEngine(t.Context(), "cpu", first[i].send) })
+		wg.Go(func() { got[i], errs[i] = a.pickEngine(t.Context(), "cpu", "", first[i].send) })
 	}
 	wg.Wait()
 	for i := range 2 {
@@ -135,7 +135,7 @@ func TestPickEngineInstallsThePinnedBundle(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			reg.Reset()
 			var ev events
-			got, err := a.pickEngine(t.Context(), tt.device, ev.send)
+			got, err := a.pickEngine(t.Context(), tt.device, "", ev.send)
 			if err != nil || got != want {
 				t.Fatalf("got %q %v, want %s", got, err, want)
 			}

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -90,7 +91,11 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 		if req.Hive != "" && h.Name != req.Hive {
 			continue
 		}
-		for _, d := range h.Devices {
+		devs := h.Devices
+		if g, ok := gpuGroup(h.Devices, req); ok {
+			devs = append(slices.Clone(devs), g)
+		}
+		for _, d := range devs {
 			c := cand{hive: h.Name, has: h.HasModel, dev: d, fits: d.FreeBytes >= req.Need}
 			switch {
 			case req.Device != "" && d.ID != req.Device:
@@ -164,11 +169,74 @@ func (Basic) Plan(req Request, hives []Hive) (Plan, error) {
 	return p, nil
 }
 
+// kindRank orders devices: a GPU, then several GPUs of one host sharing
+// the model, then the CPU.
 func kindRank(d rbee.Device) int {
-	if d.Kind == "gpu" {
+	switch {
+	case d.Kind == rbee.DeviceGPU && !strings.Contains(d.ID, ","):
 		return 0
+	case d.Kind == rbee.DeviceGPU:
+		return 1
 	}
-	return 1
+	return 2
+}
+
+// gpuGroup is the candidate of one worker split across several GPUs of a
+// host (llama.cpp's layer split): the GPUs req.Device names
+// ("gpu0,gpu1"), else — when no single GPU of the host has room — the
+// fewest GPUs of one backend, roomiest first, whose free memory together
+// does. Only GPUs an engine backend drives can share a model.
+func gpuGroup(devs []rbee.Device, req Request) (rbee.Device, bool) {
+	var pick []rbee.Device
+	if strings.Contains(req.Device, ",") {
+		for id := range strings.SplitSeq(req.Device, ",") {
+			i := slices.IndexFunc(devs, func(d rbee.Device) bool { return d.ID == id && d.Kind == rbee.DeviceGPU })
+			if i < 0 {
+				return rbee.Device{}, false
+			}
+			pick = append(pick, devs[i])
+		}
+	} else {
+		if req.Device != "" || slices.ContainsFunc(devs, func(d rbee.Device) bool { return d.Kind == rbee.DeviceGPU && d.FreeBytes >= req.Need }) {
+			return rbee.Device{}, false
+		}
+		byKind := map[string][]rbee.Device{}
+		for _, d := range devs {
+			if d.Kind == rbee.DeviceGPU && d.Backend != "" {
+				k := strings.TrimRight(d.Backend, "0123456789")
+				byKind[k] = append(byKind[k], d)
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(byKind)) {
+			gs := byKind[k]
+			slices.SortStableFunc(gs, func(a, b rbee.Device) int { return cmp.Compare(b.FreeBytes, a.FreeBytes) })
+			var free uint64
+			for i, g := range gs {
+				free += g.FreeBytes
+				if free >= req.Need && i > 0 {
+					if pick == nil || i+1 < len(pick) {
+						pick = slices.Clone(gs[:i+1])
+					}
+					break
+				}
+			}
+		}
+		if len(pick) < 2 {
+			return rbee.Device{}, false
+		}
+		slices.SortFunc(pick, func(a, b rbee.Device) int { return cmp.Compare(a.Index, b.Index) })
+	}
+	g := rbee.Device{Kind: rbee.DeviceGPU}
+	var ids, names, backends []string
+	for _, d := range pick {
+		ids, names, backends = append(ids, d.ID), append(names, d.Name), append(backends, d.Backend)
+		g.TotalBytes += d.TotalBytes
+		g.FreeBytes += d.FreeBytes
+		g.Software = g.Software || d.Software
+	}
+	g.ID, g.Backend = strings.Join(ids, ","), strings.Join(backends, ",")
+	g.Name = fmt.Sprintf("%d GPUs split by layers: %s", len(pick), strings.Join(names, " + "))
+	return g, true
 }
 
 // capValue turns "8.6" into 86 for ordering.

@@ -19,6 +19,15 @@ func devs() []rbee.Device {
 	}
 }
 
+// driven are devs() with an engine backend on each GPU.
+func driven() []rbee.Device {
+	ds := devs()
+	for i := range ds[:3] {
+		ds[i].Backend = "CUDA" + ds[i].ID[3:]
+	}
+	return ds
+}
+
 func ids(opts []Option) string {
 	var s []string
 	for _, o := range opts {
@@ -46,6 +55,18 @@ func TestBasicPlan(t *testing.T) {
 			want: "a/gpu2,a/gpu0,a/cpu", explain: "needs 4.0 GiB, has 2.0 GiB free"},
 		{name: "only the CPU fits",
 			req: Request{Need: 20 * gib}, hives: []Hive{{Name: "a", Devices: devs()}}, want: "a/cpu"},
+		{name: "too big for one GPU: split across the fewest, roomiest of the host, before the CPU",
+			req: Request{Need: 20 * gib}, hives: []Hive{{Name: "a", Devices: driven()}},
+			want: "a/gpu0,gpu2,a/cpu", explain: "picked: 2 GPUs split by layers: RTX 3060 + RTX 4060 with 24.0 GiB, 22.0 GiB free ≥ 20.0 GiB needed"},
+		{name: "no split when one GPU fits",
+			req: Request{Need: 4 * gib}, hives: []Hive{{Name: "a", Devices: driven()}}, want: "a/gpu2,a/gpu0,a/cpu"},
+		{name: "no split of GPUs no engine drives",
+			req: Request{Need: 20 * gib}, hives: []Hive{{Name: "a", Devices: devs()}}, want: "a/cpu"},
+		{name: "no split across hosts",
+			req:   Request{Need: 20 * gib},
+			hives: []Hive{{Name: "a", Devices: driven()[:1]}, {Name: "b", Devices: driven()[2:]}}, want: "b/cpu"},
+		{name: "a pinned split",
+			req: Request{Need: 1 * gib, Device: "gpu0,gpu1"}, hives: []Hive{{Name: "a", Devices: driven()}}, want: "a/gpu0,gpu1"},
 		{name: "nothing fits",
 			req: Request{Need: 100 * gib}, hives: []Hive{{Name: "a", Devices: devs()}}, wantCode: rbee.CodeNoRoom},
 		{name: "warm worker wins",
