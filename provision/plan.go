@@ -28,6 +28,8 @@ type Plan struct {
 	// machine holds no bundle for the host's platform yet (Up gets one
 	// first, and its files are not listed).
 	Engine string
+	// Choice is the engine kind the host gets, and why (ChooseEngine).
+	Choice EngineChoice
 	Files  []PlannedFile // the agent, the worker, the bundle's files, its manifest last
 	Links  int           // the bundle's plain-name links Up would recreate
 }
@@ -64,6 +66,7 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 		return plan, err
 	}
 	plan.Probe = p
+	plan.Choice = ChooseEngine(p, a.SoftwareGPU)
 	l := Layout{Home: p.Home}
 	if p.Agent {
 		if hs, err := handshakeOnly(ctx, c, l); err == nil {
@@ -81,6 +84,9 @@ func PlanUp(ctx context.Context, c *remote.Conn, a Artifacts) (Plan, error) {
 		return plan, err
 	}
 	engineSrc := a.Engines[p.Platform()]
+	if plan.Choice.GPU != "" {
+		engineSrc = a.GPUEngines[plan.Choice.GPU] // "": fetched first
+	}
 	files, err := binaryFiles(agentSrc, workerSrc, l)
 	if err != nil {
 		return plan, err

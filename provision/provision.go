@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -41,7 +42,14 @@ type Artifacts struct {
 	// Engine, when set, gets a bundle for a platform Engines lacks (the
 	// queen fetches the pinned one on its machine). It is called only for a
 	// host that needs installing.
-	Engine func(ctx context.Context, p Platform) (string, error)
+	Engine func(ctx context.Context, p Platform, gpu string) (string, error)
+	// GPUEngines are bundle directories for hosts ChooseEngine gives a GPU
+	// kind ("vulkan", "cuda"), instead of the pinned package Engine gets.
+	GPUEngines map[string]string
+	// SoftwareGPU counts a software Vulkan driver (llvmpipe) as a GPU
+	// when the engine is chosen, and has the agent list its device
+	// (RBEE_SOFTWARE_GPU=1).
+	SoftwareGPU bool
 	// PackDir caches gzipped copies of what is pushed; "" sends files as
 	// they are (over SFTP).
 	PackDir string
@@ -61,6 +69,20 @@ type Probe struct {
 	// flags line on x86, Features on arm); nil when unknown. A push sends
 	// only the engine's CPU variants they allow.
 	CPUFlags []string
+	// NVIDIA is the loaded NVIDIA driver's version ("580.95.05"), from
+	// /proc/driver/nvidia/version or nvidia-smi; "" without one.
+	NVIDIA string `json:",omitempty"`
+	// CUDARuntime: the CUDA 13 runtime the CUDA bundle links
+	// (libcudart.so.13, libcublas.so.13) is on the loader's path.
+	CUDARuntime bool `json:",omitempty"`
+	// Vulkan: the Vulkan loader (libvulkan.so.1) is installed.
+	Vulkan bool `json:",omitempty"`
+	// VulkanDrivers are the installed Vulkan drivers' manifests
+	// ("radeon_icd.x86_64.json", "lvp_icd.x86_64.json").
+	VulkanDrivers []string `json:",omitempty"`
+	// RenderNodes counts /dev/dri/renderD* (GPUs a Vulkan driver can
+	// open).
+	RenderNodes int `json:",omitempty"`
 }
 
 // Platform returns the host's build target.
@@ -132,7 +154,60 @@ type Options struct {
 const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 1; ` +
 	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libffi.so.8" ] && { echo libffi=yes; break; }; done; ` +
 	`[ -S "$HOME/.rbee/run/hive.sock" ] && echo agent=yes; command -v gzip >/dev/null 2>&1 && echo gzip=yes; ` +
-	`awk '/^(flags|Features)[ \t]*:/ { sub(/^[^:]*:[ \t]*/, ""); print "cpu=" $0; exit }' /proc/cpuinfo 2>/dev/null; df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
+	`awk '/^(flags|Features)[ \t]*:/ { sub(/^[^:]*:[ \t]*/, ""); print "cpu=" $0; exit }' /proc/cpuinfo 2>/dev/null; ` +
+	// The GPU facts the engine's choice rests on.
+	`v=$(sed -n 's/.*Kernel Module[ \t]*\([0-9][0-9.]*\).*/\1/p' /proc/driver/nvidia/version 2>/dev/null | head -n 1); ` +
+	`[ -z "$v" ] && command -v nvidia-smi >/dev/null 2>&1 && v=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1); ` +
+	`[ -n "$v" ] && echo "nvidia=$v"; ` +
+	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do [ -e "$d/libcudart.so.13" ] && [ -e "$d/libcublas.so.13" ] && { echo cudart=yes; break; }; done; ` +
+	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libvulkan.so.1" ] && { echo vulkan=yes; break; }; done; ` +
+	`for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json; do [ -e "$f" ] && echo "icd=${f##*/}"; done; ` +
+	`n=0; for f in /dev/dri/renderD*; do [ -e "$f" ] && n=$((n+1)); done; echo "render=$n"; ` +
+	`df -Pk "$HOME" | tail -n 1 | awk '{print $4}'; printf '%s\n' "$HOME"`
+
+// engineFor is the engine bundle to push to a probed host: the one its
+// GPU kind gets (ChooseEngine says why, narrated), else this platform's.
+// A GPU bundle that cannot be had leaves the host the CPU build, said so.
+func (a Artifacts) engineFor(ctx context.Context, p Probe, opt Options, narrate func(action, msg string)) (string, error) {
+	plat := p.Platform()
+	choice := ChooseEngine(p, a.SoftwareGPU)
+	narrate("engine_chosen", fmt.Sprintf("host %s: the %s engine: %s", opt.Name, choice.Kind(), choice.Why))
+	if choice.GPU != "" {
+		if src := a.GPUEngines[choice.GPU]; src != "" {
+			return src, nil
+		}
+		if a.Engine != nil {
+			src, err := a.Engine(ctx, plat, choice.GPU)
+			if err == nil {
+				return src, nil
+			}
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+			narrate("engine_fallback", fmt.Sprintf("host %s: no %s engine (%v): the CPU build instead", opt.Name, choice.GPU, err))
+		}
+	}
+	if src := a.Engines[plat]; src != "" {
+		return src, nil
+	}
+	if a.Engine == nil {
+		return "", fmt.Errorf("engine bundle for %s: none given", plat)
+	}
+	src, err := a.Engine(ctx, plat, "")
+	if err != nil {
+		return "", fmt.Errorf("engine bundle for %s: %w", plat, err)
+	}
+	return src, nil
+}
+
+// ProbeLocal runs the probe on this machine, as ProbeHost does on a host.
+func ProbeLocal(ctx context.Context) (Probe, error) {
+	out, err := exec.CommandContext(ctx, "sh", "-c", probeScript).Output()
+	if err != nil {
+		return Probe{}, fmt.Errorf("probe: %w", err)
+	}
+	return parseProbe(out)
+}
 
 // ProbeHost runs the probe phase.
 func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
@@ -140,6 +215,11 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 	if err != nil {
 		return Probe{}, fmt.Errorf("probe: %w", err)
 	}
+	return parseProbe(out)
+}
+
+// parseProbe reads probeScript's answer.
+func parseProbe(out []byte) (Probe, error) {
 	var lines []string
 	p := Probe{}
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
@@ -153,6 +233,25 @@ func ProbeHost(ctx context.Context, c *remote.Conn) (Probe, error) {
 		if line == "gzip=yes" {
 			p.Gzip = true
 			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok {
+			switch k {
+			case "nvidia":
+				p.NVIDIA = v
+				continue
+			case "cudart":
+				p.CUDARuntime = true
+				continue
+			case "vulkan":
+				p.Vulkan = true
+				continue
+			case "icd":
+				p.VulkanDrivers = append(p.VulkanDrivers, v)
+				continue
+			case "render":
+				p.RenderNodes, _ = strconv.Atoi(v)
+				continue
+			}
 		}
 		lines = append(lines, line)
 	}
@@ -263,14 +362,11 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	if err != nil {
 		return res, nil, err
 	}
-	plat := p.Platform()
-	engineSrc := a.Engines[plat]
-	if engineSrc == "" {
-		if engineSrc, err = a.Engine(ctx, plat); err != nil {
-			return res, nil, fmt.Errorf("engine bundle for %s: %w", plat, err)
-		}
-		phase("engine")
+	engineSrc, err := a.engineFor(ctx, p, opt, narrate)
+	if err != nil {
+		return res, nil, err
 	}
+	phase("engine")
 	need, err := sizeOf(agentSrc, workerSrc, engineSrc)
 	if err != nil {
 		return res, nil, err
@@ -324,6 +420,9 @@ func Up(ctx context.Context, c *remote.Conn, a Artifacts, opt Options) (Result, 
 	args := []string{"sh", "-c", `log=$1; shift; mkdir -p "$(dirname "$log")"; s=0; if [ -f "$log" ]; then s=$(wc -c <"$log"); fi; echo "$s"; setsid "$@" </dev/null >>"$log" 2>&1 &`, "sh",
 		l.LogPath(), l.AgentPath(rbee.Version), "serve", "--home", l.RbeeDir(), "--name", opt.Name,
 		"--worker-binary", l.WorkerPath(rbee.Version), "--engine", engineDir}
+	if a.SoftwareGPU {
+		args = append(args, "--software-gpu")
+	}
 	if opt.KeepAlive > 0 {
 		args = append(args, "--keep-alive", opt.KeepAlive.String())
 	}

@@ -102,6 +102,13 @@ type InstallPlan struct {
 	// started.
 	Reuse       bool          `json:"reuse"`
 	Engine      string        `json:"engine,omitempty"` // "" when this machine has no bundle for the host yet
+	// EngineKind is the engine the host would get ("cuda", "vulkan",
+	// "cpu"), EngineWhy why: what the probe found of its GPUs.
+	EngineKind string `json:"engine_kind"`
+	EngineWhy  string `json:"engine_why"`
+	// EnginePackage is the pinned package that engine comes from
+	// ("@node-llama-cpp/linux-x64-vulkan@3.22.1"); "" when none is pinned.
+	EnginePackage string `json:"engine_package,omitempty"`
 	Files       []PlannedFile `json:"files"`
 	Links       int           `json:"links,omitempty"`
 	UploadBytes int64         `json:"upload_bytes"`
@@ -148,6 +155,15 @@ type HostFacts struct {
 	NVML      string `json:"nvml,omitempty"`
 	FreeBytes uint64 `json:"free_bytes"` // in the home's file system, when probed
 	Home      string `json:"home,omitempty"`
+	// EngineKind is the engine the probe's GPU facts call for ("cuda",
+	// "vulkan", "cpu"), EngineWhy why; Engines the bundles the agent has
+	// (variant and backends, "v0.5.0-cpu-vulkan (cpu, vulkan)").
+	EngineKind string   `json:"engine_kind,omitempty"`
+	EngineWhy  string   `json:"engine_why,omitempty"`
+	Engines    []string `json:"engines,omitempty"`
+	// EngineDevices says what went wrong asking the engines' backends
+	// for their devices; "" when nothing did.
+	EngineDevices string `json:"engine_devices,omitempty"`
 }
 
 // Hives is the answer to GET /v1/hives.

@@ -70,7 +70,8 @@ func serve(args []string) error {
 		fetch     = fs.Bool("engine-fetch", false, "when no bundle fits a device, install the pinned one from the npm registry")
 		registry  = fs.String("engine-registry", "", "npm registry or mirror for --engine-fetch (default: $RBEE_NPM_REGISTRY, $NPM_CONFIG_REGISTRY, else registry.npmjs.org)")
 		archive   = fs.String("engine-archive", "", "local tarball (or URL) of the pinned package, for --engine-fetch instead of the registry")
-		engineGPU = fs.String("engine-gpu", "", "GPU bundle --engine-fetch installs for GPU devices (cuda; default: they use the CPU bundle)")
+		engineGPU = fs.String("engine-gpu", "", "GPU bundle --engine-fetch installs for GPU devices (cuda, vulkan; default: they use the CPU bundle)")
+		software  = fs.Bool("software-gpu", os.Getenv(agent.EnvSoftwareGPU) == "1", "list software GPUs (Mesa's llvmpipe) as devices, as RBEE_SOFTWARE_GPU=1 does")
 		keepAlive = fs.Duration("keep-alive", 5*time.Minute, "stop workers idle for this long (0 = never)")
 		ctxSize   = fs.Int("ctx-size", agent.DefaultCtxSize, "context size of the workers")
 		threads   = fs.Int("threads", 0, "CPU worker threads (0 = every CPU)")
@@ -82,6 +83,10 @@ func serve(args []string) error {
 			return nil
 		}
 		return err
+	}
+	if *software {
+		// The agent reads it where it lists devices.
+		os.Setenv(agent.EnvSoftwareGPU, "1")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("hive", *name)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -425,6 +425,13 @@ func writePlan(w io.Writer, prefix string, p *queenapi.InstallPlan) {
 		}
 		tw.Flush()
 	}
+	if p.EngineKind != "" {
+		pkg := ""
+		if p.EnginePackage != "" {
+			pkg = " (" + p.EnginePackage + ")"
+		}
+		fmt.Fprintf(&b, "engine: the %s build%s: %s\n", p.EngineKind, pkg, printable(p.EngineWhy))
+	}
 	if p.Engine == "" && !p.Reuse {
 		b.WriteString("engine bundle: none for this platform on this machine yet; rbee would get the pinned one first\n")
 	}
@@ -584,6 +591,15 @@ func (c hiveStatusCmd) Run(ctx context.Context, g *globals) error {
 		fmt.Printf("\nagent: %s\n", h.Version)
 		if f := h.Host; f != nil {
 			fmt.Printf("host: %s\n", printable(hostLine(f)))
+			if f.EngineKind != "" {
+				fmt.Printf("engine: the %s build for this host: %s\n", f.EngineKind, printable(f.EngineWhy))
+			}
+			if len(f.Engines) > 0 {
+				fmt.Printf("engines installed: %s\n", printable(strings.Join(f.Engines, "; ")))
+			}
+			if f.EngineDevices != "" {
+				fmt.Printf("engine devices: %s\n", printable(f.EngineDevices))
+			}
 		}
 		for _, d := range h.Devices {
 			line := fmt.Sprintf("device %s: %s, %s total, %s free", printable(d.ID), printable(d.Name), rbee.Bytes(d.TotalBytes), rbee.Bytes(d.FreeBytes))

@@ -99,6 +99,19 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	if cfg.EngineDir != "" {
 		a.Engines[plat] = cfg.EngineDir
 	}
+	// A host whose probe calls for a GPU engine gets the pinned package of
+	// its kind, or the bundle named here.
+	a.GPUEngines = map[string]string{}
+	for _, kind := range []string{"cuda", "vulkan"} {
+		if dir := os.Getenv("RBEE_ENGINE_" + strings.ToUpper(kind)); dir != "" {
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return cfg, exitf(rbee.ExitUsage, "", "RBEE_ENGINE_%s=%s: %v", strings.ToUpper(kind), dir, err)
+			}
+			a.GPUEngines[kind] = abs
+		}
+	}
+	a.SoftwareGPU = os.Getenv("RBEE_SOFTWARE_GPU") == "1"
 	if ents, err := os.ReadDir(filepath.Join(dir, "agents")); err == nil {
 		for _, e := range ents {
 			osName, arch, ok := strings.Cut(e.Name(), "-")

@@ -54,6 +54,29 @@ func EngineDir() (string, error) {
 	return filepath.Abs(dir)
 }
 
+// VulkanEngineDir returns the Vulkan engine bundle tests use:
+// $RBEE_TEST_VULKAN_ENGINE, else .rbee-dev/engine/llama-vulkan in the
+// repository (made by `make engine-vulkan`, which make test runs). It also
+// checks that a Vulkan driver is installed (Mesa's llvmpipe does).
+func VulkanEngineDir() (string, error) {
+	dir := os.Getenv("RBEE_TEST_VULKAN_ENGINE")
+	if dir == "" {
+		root, err := Root()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(root, ".rbee-dev", "engine", "llama-vulkan")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "libggml-vulkan.so")); err != nil {
+		return "", fmt.Errorf("no Vulkan engine bundle at %s: run `make engine-vulkan` (or set RBEE_TEST_VULKAN_ENGINE)", dir)
+	}
+	icds, _ := filepath.Glob("/usr/share/vulkan/icd.d/lvp_icd.*.json")
+	if len(icds) == 0 {
+		return "", fmt.Errorf("no llvmpipe Vulkan driver: apt-get install mesa-vulkan-drivers libvulkan1 (.ci/run does)")
+	}
+	return filepath.Abs(dir)
+}
+
 // WriteModel writes a generated model into dir and returns its path.
 func WriteModel(dir, name string, f *gguf.File) (string, error) {
 	path := filepath.Join(dir, name)

@@ -173,23 +173,48 @@ func (f *Fleet) removeWorkerType(w http.ResponseWriter, r *http.Request) {
 // localEngineArgs tell the local agent which engine to use: the one this
 // queen was given (an override), else its worker catalog's, with leave to
 // install the pinned bundle on first need — the CUDA one for GPUs where
-// this machine can run it.
-func (f *Fleet) localEngineArgs(ctx context.Context) []string {
+// this machine can run it. Where the probe finds a Vulkan GPU (and no
+// CUDA), the pinned Vulkan bundle is got first and given to the agent: its
+// backend is what lists the GPU.
+func (f *Fleet) localEngineArgs(ctx context.Context, ev Events) []string {
 	if f.cfg.EngineDir != "" {
 		return []string{"--engine", f.cfg.EngineDir}
 	}
 	args := []string{"--engine-fetch"}
+	cuda := f.localCUDA(ctx)
+	if !cuda {
+		if p, err := provision.ProbeLocal(ctx); err == nil {
+			if c := provision.ChooseEngine(p, softwareGPU()); c.GPU == "vulkan" {
+				ev.Narrate("engine_chosen", "this machine: the vulkan engine: "+c.Why)
+				dir := f.cfg.SSH.Artifacts.GPUEngines["vulkan"]
+				if dir == "" {
+					dir, err = f.hostEngine(ctx, p.Platform(), "vulkan", ev)
+				}
+				if err == nil {
+					args = append(args, "--engine", dir)
+				} else {
+					w := rbee.Narrate(me, "engine_fallback", fmt.Sprintf("this machine: no vulkan engine (%v): the CPU build instead", err))
+					w.Level = "warn"
+					ev.Send(w)
+				}
+			}
+		}
+	}
 	if f.cfg.EngineRegistry != "" {
 		args = append(args, "--engine-registry", f.cfg.EngineRegistry)
 	}
 	if f.cfg.EngineArchive != "" {
 		args = append(args, "--engine-archive", f.cfg.EngineArchive)
 	}
-	if f.localCUDA(ctx) {
+	if cuda {
 		args = append(args, "--engine-gpu", "cuda")
 	}
 	return args
 }
+
+// softwareGPU: RBEE_SOFTWARE_GPU=1 counts a software Vulkan driver
+// (llvmpipe) as a GPU.
+func softwareGPU() bool { return os.Getenv("RBEE_SOFTWARE_GPU") == "1" }
 
 // localCUDA reports whether this machine can run the CUDA bundle: an
 // NVIDIA driver new enough and the CUDA runtime it links, as rbee doctor
@@ -210,16 +235,23 @@ func (f *Fleet) localCUDA(ctx context.Context) bool {
 }
 
 // hostEngine returns a bundle to push to a host of plat that has none and
-// was given none: the pinned CPU package, fetched on this machine (the
+// was given none: the pinned package of its GPU kind ("" for the CPU one), fetched on this machine (the
 // tarball cached with the local hive's, checked against its pinned
 // integrity) and prepared under the queen's cache. Its download is
 // narrated.
-func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, ev Events) (string, error) {
+func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, gpu string, ev Events) (string, error) {
 	narrate := ev.Narrate
 	goos, goarch, _ := strings.Cut(plat, "/")
-	pkg, ok := enginefetch.For(goos, goarch, "")
+	pkg, ok := enginefetch.For(goos, goarch, gpu)
 	if !ok {
+		if gpu != "" {
+			return "", fmt.Errorf("no %s engine package is pinned for %s: name a bundle with RBEE_ENGINE_%s", gpu, plat, strings.ToUpper(gpu))
+		}
 		return "", fmt.Errorf("no engine package is pinned for %s: name a bundle with RBEE_ENGINE_%s", plat, strings.ToUpper(goos+"_"+goarch))
+	}
+	archive := f.cfg.EngineArchive
+	if gpu != "" {
+		archive = "" // the archive given is the CPU package: a GPU one comes from the registry
 	}
 	dir := filepath.Join(f.cfg.Home.Cache("engine-bundles"), strings.TrimSuffix(pkg.CacheName(), ".tgz"))
 	unlock, err := lockDir(ctx, dir)
@@ -231,10 +263,10 @@ func (f *Fleet) hostEngine(ctx context.Context, plat provision.Platform, ev Even
 		return dir, nil
 	}
 	narrate("engine_download", fmt.Sprintf("getting engine %s@%s (pinned) for %s from %s", pkg.Name, pkg.Version, plat,
-		cmp.Or(f.cfg.EngineArchive, pkg.TarballURL(f.cfg.EngineRegistry))))
+		cmp.Or(archive, pkg.TarballURL(f.cfg.EngineRegistry))))
 	var last time.Time
 	dir, err = enginefetch.Fetch(ctx, enginefetch.Options{
-		Package: pkg, Dir: dir, CacheDir: f.cfg.Home.Cache("npm"), Registry: f.cfg.EngineRegistry, Archive: f.cfg.EngineArchive,
+		Package: pkg, Dir: dir, CacheDir: f.cfg.Home.Cache("npm"), Registry: f.cfg.EngineRegistry, Archive: archive,
 		Progress: func(done, total int64) {
 			// A bar on a terminal; the client prints a line now and then
 			// elsewhere.

@@ -22,6 +22,7 @@ import (
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/catalog"
 	"github.com/rbee-dev/rbee/doctor"
+	"github.com/rbee-dev/rbee/enginefetch"
 	"github.com/rbee-dev/rbee/internal/proc"
 	"github.com/rbee-dev/rbee/inventory"
 	"github.com/rbee-dev/rbee/provision"
@@ -230,6 +231,10 @@ func (f *Fleet) planHive(ctx context.Context, ih inventory.Hive, acceptNew bool,
 	p := plan.Probe
 	out.OS, out.Arch, out.Libc, out.Libffi, out.FreeBytes, out.Home = p.OS, p.Arch, p.Libc, p.Libffi, p.FreeBytes, p.Home
 	out.Running, out.Reuse, out.Engine, out.Links = plan.Running, plan.Reuse, plan.Engine, plan.Links
+	out.EngineKind, out.EngineWhy = plan.Choice.Kind(), plan.Choice.Why
+	if pkg, ok := enginefetch.For(p.OS, p.Arch, plan.Choice.GPU); ok {
+		out.EnginePackage = pkg.Name + "@" + pkg.Version
+	}
 	out.Files = []queenapi.PlannedFile{}
 	for _, f := range plan.Files {
 		out.Files = append(out.Files, queenapi.PlannedFile{Name: f.Name, Path: f.Dst, Bytes: f.Bytes, Upload: f.Upload})
@@ -431,21 +436,39 @@ func (f *Fleet) hiveStatus(w http.ResponseWriter, r *http.Request) {
 // agent's NVML answer.
 func hostFacts(ctx context.Context, hc *Conn) *queenapi.HostFacts {
 	var f queenapi.HostFacts
+	var probe provision.Probe
+	probed := false
 	if hc.remote != nil {
-		p := hc.remote.res.Probe
+		probe, probed = hc.remote.res.Probe, true
+		p := probe
 		f = queenapi.HostFacts{OS: p.OS, Arch: p.Arch, Machine: p.Machine, Libc: p.Libc, Libffi: p.Libffi, FreeBytes: p.FreeBytes, Home: p.Home}
 	} else if rep, err := doctor.Run(ctx, doctor.Options{}); err == nil {
 		d := rep.Facts
 		f = queenapi.HostFacts{OS: d.OS, Arch: d.Arch, Machine: d.Machine, Libc: d.Libc, FreeBytes: d.FreeBytes, Home: d.Home}
 		f.Libffi = slices.ContainsFunc(d.Libraries, func(l doctor.Lib) bool { return l.Name == "libffi.so.8" && l.Path != "" })
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		probe, err = provision.ProbeLocal(pctx)
+		cancel()
+		probed = err == nil
+	}
+	if probed {
+		c := provision.ChooseEngine(probe, softwareGPU())
+		f.EngineKind, f.EngineWhy = c.Kind(), c.Why
 	}
 	f.OS, f.Arch = cmp.Or(f.OS, hc.handshake.OS), cmp.Or(f.Arch, hc.handshake.Arch)
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if devs, err := hc.client.Devices(dctx); err == nil {
-		f.NVML = devs.NVML
+		f.NVML, f.EngineDevices = devs.NVML, devs.Engines
 		if v, ok := strings.CutPrefix(devs.NVML, "driver "); ok {
 			f.NVIDIADriver = v
+		}
+	}
+	if ws, err := hc.client.WorkerBinaries(dctx); err == nil {
+		for _, wb := range ws {
+			if strings.HasPrefix(wb.Type, "engine") {
+				f.Engines = append(f.Engines, fmt.Sprintf("%s (%s)", wb.Version, strings.Join(wb.Capabilities, ", ")))
+			}
 		}
 	}
 	return &f

@@ -129,10 +129,10 @@ func (f *Fleet) remoteConnector(h inventory.Hive, acceptNew bool) connector {
 		dialTime := time.Since(dialStart)
 		step("the agent (probe, install, handshake)")
 		arts := f.cfg.SSH.Artifacts
-		arts.Engine = func(ctx context.Context, plat provision.Platform) (string, error) {
+		arts.Engine = func(ctx context.Context, plat provision.Platform, gpu string) (string, error) {
 			step("the engine bundle for " + plat + " (fetched on this machine)")
 			defer step("the agent (install, handshake)")
-			return f.hostEngine(ctx, plat, ev)
+			return f.hostEngine(ctx, plat, gpu, ev)
 		}
 		res, client, err := provision.Up(ctx, conn, arts, provision.Options{Name: h.Name, KeepAlive: f.cfg.KeepAlive, Narrate: narrate,
 			Progress: uploadProgress(ev, "agent_upload", "rbee to hive "+h.Name)})
@@ -177,7 +177,7 @@ func (f *Fleet) connectLocal(ctx context.Context, step func(string), ev Events) 
 			client.Close()
 			return nil, err
 		}
-		if h, err = f.startLocalHive(ctx, client); err != nil {
+		if h, err = f.startLocalHive(ctx, client, ev); err != nil {
 			client.Close()
 			return nil, err
 		}
@@ -185,7 +185,7 @@ func (f *Fleet) connectLocal(ctx context.Context, step func(string), ev Events) 
 	} else if err != nil {
 		narrate("hive_wake", "hive localhost is asleep, waking it")
 		step("starting the local agent")
-		if h, err = f.startLocalHive(ctx, client); err != nil {
+		if h, err = f.startLocalHive(ctx, client, ev); err != nil {
 			client.Close()
 			return nil, err
 		}
@@ -226,13 +226,13 @@ func replaceLocal(ctx context.Context, client *hiveapi.Client, hs hiveapi.Handsh
 }
 
 // startLocalHive starts rbee-hive and waits for its handshake.
-func (f *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client) (*Conn, error) {
+func (f *Fleet) startLocalHive(ctx context.Context, client *hiveapi.Client, ev Events) (*Conn, error) {
 	if f.cfg.HiveBin == "" {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "no rbee-hive binary configured")
 	}
 	args := []string{"serve", "--home", string(f.cfg.Home), "--name", LocalHive, "--worker-binary", f.cfg.WorkerBin,
 		"--keep-alive", f.cfg.KeepAlive.String()}
-	args = append(append(args, f.localEngineArgs(ctx)...), f.cfg.HiveArgs...)
+	args = append(append(args, f.localEngineArgs(ctx, ev)...), f.cfg.HiveArgs...)
 	p, err := proc.Start(f.cfg.HiveBin, args, proc.Options{Log: f.cfg.Home.Log("hive-localhost"), Setsid: true})
 	if err != nil {
 		return nil, rbee.Errorf(rbee.CodeHiveDown, "start hive localhost: %w", err)
