@@ -172,7 +172,12 @@ func TestSSHVulkanHost(t *testing.T) {
 // library path, as the probe reads them.
 func TestSSHEngineChoice(t *testing.T) {
 	t.Parallel()
-	fake := t.TempDir()
+	// The hosts' users must reach the fakes: t.TempDir's parent is 0700.
+	fake, err := os.MkdirTemp("", "rbee-fake-host-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(fake) })
 	bin, lib := filepath.Join(fake, "bin"), filepath.Join(fake, "lib")
 	for _, d := range []string{bin, lib} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -190,12 +195,15 @@ func TestSSHEngineChoice(t *testing.T) {
 	for _, p := range []string{fake, bin, lib} {
 		os.Chmod(p, 0o755)
 	}
-	nv := sshtest.Start(t, 1, sshtest.Options{ExtraConfig: "SetEnv PATH=" + bin + ":/usr/local/bin:/usr/bin:/bin LD_LIBRARY_PATH=" + lib + "\n"})[0]
-
+	// sshd reads ~/.ssh/environment after it sets PATH.
+	userEnv := sshtest.Options{ExtraConfig: "PermitUserEnvironment yes\n"}
+	hosts := sshtest.Start(t, 2, userEnv)
+	nv, arm := hosts[0], hosts[1]
 	armBin := filepath.Join(fake, "arm")
 	os.MkdirAll(armBin, 0o755)
 	write(filepath.Join(armBin, "uname"), "#!/bin/sh\ncase \"$1\" in -m) echo aarch64;; *) exec /bin/uname \"$@\";; esac\n", 0o755)
-	arm := sshtest.Start(t, 1, sshtest.Options{ExtraConfig: "SetEnv PATH=" + armBin + ":/usr/local/bin:/usr/bin:/bin\n"})[0]
+	write(filepath.Join(nv.Home, ".ssh", "environment"), "PATH="+bin+":/usr/local/bin:/usr/bin:/bin\nLD_LIBRARY_PATH="+lib+"\n", 0o644)
+	write(filepath.Join(arm.Home, ".ssh", "environment"), "PATH="+armBin+":/usr/local/bin:/usr/bin:/bin\n", 0o644)
 
 	e := newEnv(t, "RBEE_INVENTORY="+filepath.Join(t.TempDir(), "inventory.toml"))
 	for _, tt := range []struct {
@@ -208,13 +216,14 @@ func TestSSHEngineChoice(t *testing.T) {
 		r := e.rbee("hive", "add", target(tt.h), "--identity", tt.h.ClientKey, "--accept-new-host-key", "--dry-run", "--json")
 		var plan *queenapi.InstallPlan
 		for line := range strings.SplitSeq(r.stdout, "\n") {
-			var p queenapi.InstallPlan
-			if json.Unmarshal([]byte(line), &p) == nil && p.Hive != "" {
-				plan = &p
+			var ev rbee.Event
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.Action == queenapi.EventInstallPlan {
+				plan = &queenapi.InstallPlan{}
+				json.Unmarshal(ev.Data, plan)
 			}
 		}
 		if plan == nil || plan.EngineKind != tt.kind || plan.EnginePackage != tt.pkg || plan.EngineWhy != tt.why {
-			t.Errorf("hive add %s --dry-run: plan %+v; want the %s engine %s because %q\n%s", tt.h.Addr, plan, tt.kind, tt.pkg, tt.why, r.stderr)
+			t.Errorf("hive add %s --dry-run: exit %d, plan %+v; want the %s engine %s because %q\n%s\n%s", tt.h.Addr, r.code, plan, tt.kind, tt.pkg, tt.why, r.stdout, r.stderr)
 		}
 	}
 	e.stopQueen()

@@ -18,7 +18,7 @@ func TestCheckHost(t *testing.T) {
 	withEngine := builds
 	withEngine.Engines = map[Platform]string{plat: "/b/engine"}
 	fetcher := builds
-	fetcher.Engine = func(context.Context, Platform) (string, error) { return "/cache/engine", nil }
+	fetcher.Engine = func(context.Context, Platform, string) (string, error) { return "/cache/engine", nil }
 	linux := Probe{OS: "linux", Arch: "amd64", Machine: "x86_64", Libffi: true}
 	tests := []struct {
 		name   string

@@ -44,12 +44,17 @@ func ChooseEngine(p Probe, software bool) EngineChoice {
 	if p.OS != "linux" || p.Arch != "amd64" {
 		return EngineChoice{Why: fmt.Sprintf("%s/%s: only the CPU build is pinned for it", p.OS, p.Arch)}
 	}
+	// A hardware driver counts where there is hardware for it: a render
+	// node (AMD, Intel and others through the kernel's DRM), or a loaded
+	// NVIDIA driver for NVIDIA's. Mesa installs its drivers for every
+	// vendor whether or not the machine has such a GPU.
 	var hw, sw []string
 	for _, icd := range p.VulkanDrivers {
 		name := strings.TrimSuffix(strings.SplitN(icd, ".", 2)[0], "_icd")
-		if isSoftwareICD(icd) {
+		switch {
+		case isSoftwareICD(icd):
 			sw = append(sw, name)
-		} else {
+		case strings.HasPrefix(icd, "nvidia") && p.NVIDIA != "", !strings.HasPrefix(icd, "nvidia") && p.RenderNodes > 0:
 			hw = append(hw, name)
 		}
 	}
@@ -67,13 +72,15 @@ func ChooseEngine(p Probe, software bool) EngineChoice {
 	}
 	switch {
 	case p.Vulkan && len(hw) > 0:
-		notes = append(notes, fmt.Sprintf("Vulkan loader and driver %s", strings.Join(hw, ", ")))
+		notes = append(notes, fmt.Sprintf("Vulkan loader and driver %s, %d GPU render node(s)", strings.Join(hw, ", "), p.RenderNodes))
 		return EngineChoice{GPU: "vulkan", Why: strings.Join(notes, "; ")}
 	case p.Vulkan && len(sw) > 0 && software:
 		notes = append(notes, fmt.Sprintf("Vulkan loader and software driver %s (RBEE_SOFTWARE_GPU=1)", strings.Join(sw, ", ")))
 		return EngineChoice{GPU: "vulkan", Why: strings.Join(notes, "; ")}
 	case p.Vulkan && len(sw) > 0:
 		notes = append(notes, fmt.Sprintf("only the software Vulkan driver %s (RBEE_SOFTWARE_GPU=1 uses it)", strings.Join(sw, ", ")))
+	case p.Vulkan && len(p.VulkanDrivers) > 0:
+		notes = append(notes, "Vulkan drivers but no GPU for them (no /dev/dri render node)")
 	case p.Vulkan:
 		notes = append(notes, "a Vulkan loader but no Vulkan driver")
 	case len(hw) > 0:

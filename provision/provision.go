@@ -73,7 +73,8 @@ type Probe struct {
 	// /proc/driver/nvidia/version or nvidia-smi; "" without one.
 	NVIDIA string `json:",omitempty"`
 	// CUDARuntime: the CUDA 13 runtime the CUDA bundle links
-	// (libcudart.so.13, libcublas.so.13) is on the loader's path.
+	// (libcudart.so.13, libcublas.so.13) is on the loader's path
+	// (LD_LIBRARY_PATH, the system's directories, /usr/local/cuda).
 	CUDARuntime bool `json:",omitempty"`
 	// Vulkan: the Vulkan loader (libvulkan.so.1) is installed.
 	Vulkan bool `json:",omitempty"`
@@ -159,7 +160,7 @@ const probeScript = `uname -s; uname -m; (ldd --version 2>&1 || true) | head -n 
 	`v=$(sed -n 's/.*Kernel Module[ \t]*\([0-9][0-9.]*\).*/\1/p' /proc/driver/nvidia/version 2>/dev/null | head -n 1); ` +
 	`[ -z "$v" ] && command -v nvidia-smi >/dev/null 2>&1 && v=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1); ` +
 	`[ -n "$v" ] && echo "nvidia=$v"; ` +
-	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do [ -e "$d/libcudart.so.13" ] && [ -e "$d/libcublas.so.13" ] && { echo cudart=yes; break; }; done; ` +
+	`for d in $(printf '%s' "$LD_LIBRARY_PATH" | tr ':' ' ') /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do [ -e "$d/libcudart.so.13" ] && [ -e "$d/libcublas.so.13" ] && { echo cudart=yes; break; }; done; ` +
 	`for d in /lib /usr/lib /lib64 /usr/lib64 /lib/*-linux-gnu /usr/lib/*-linux-gnu; do [ -e "$d/libvulkan.so.1" ] && { echo vulkan=yes; break; }; done; ` +
 	`for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json; do [ -e "$f" ] && echo "icd=${f##*/}"; done; ` +
 	`n=0; for f in /dev/dri/renderD*; do [ -e "$f" ] && n=$((n+1)); done; echo "render=$n"; ` +
