@@ -31,7 +31,7 @@ type Device struct {
 	// Software marks a GPU that is a CPU in disguise (Mesa's llvmpipe):
 	// listed only with RBEE_SOFTWARE_GPU=1.
 	Software bool `json:"software,omitempty"`
-	Cores      int    `json:"cores,omitempty"`       // CPU only: usable CPUs
+	Cores    int  `json:"cores,omitempty"` // CPU only: usable CPUs
 	// Utilization (GPU busy, %) and TemperatureC are what the GPU's driver
 	// reports when it was probed; nil where it tells nothing.
 	Utilization  *int `json:"utilization_percent,omitempty"`

@@ -100,20 +100,20 @@ type InstallPlan struct {
 	Running string `json:"running_version,omitempty"`
 	// Reuse: that agent is this version, so nothing would be uploaded or
 	// started.
-	Reuse       bool          `json:"reuse"`
-	Engine      string        `json:"engine,omitempty"` // "" when this machine has no bundle for the host yet
+	Reuse  bool   `json:"reuse"`
+	Engine string `json:"engine,omitempty"` // "" when this machine has no bundle for the host yet
 	// EngineKind is the engine the host would get ("cuda", "vulkan",
 	// "cpu"), EngineWhy why: what the probe found of its GPUs.
 	EngineKind string `json:"engine_kind"`
 	EngineWhy  string `json:"engine_why"`
 	// EnginePackage is the pinned package that engine comes from
 	// ("@node-llama-cpp/linux-x64-vulkan@3.22.1"); "" when none is pinned.
-	EnginePackage string `json:"engine_package,omitempty"`
-	Files       []PlannedFile `json:"files"`
-	Links       int           `json:"links,omitempty"`
-	UploadBytes int64         `json:"upload_bytes"`
-	UploadFiles int           `json:"upload_files"`
-	Problem     string        `json:"problem,omitempty"` // why hive add would fail there
+	EnginePackage string        `json:"engine_package,omitempty"`
+	Files         []PlannedFile `json:"files"`
+	Links         int           `json:"links,omitempty"`
+	UploadBytes   int64         `json:"upload_bytes"`
+	UploadFiles   int           `json:"upload_files"`
+	Problem       string        `json:"problem,omitempty"` // why hive add would fail there
 }
 
 // PlannedFile is one file of an InstallPlan.
