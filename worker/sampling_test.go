@@ -142,6 +142,9 @@ func TestFieldsChangeOutput(t *testing.T) {
 	if again := complete(t, w.URL, base(nil)); again != ref {
 		t.Fatalf("the same request gave %q then %q: the reference is not reproducible", ref, again)
 	}
+	if len(ref) < 8 {
+		t.Fatalf("reference text %q is too short to take a stop string from", ref)
+	}
 	// A stop string: the first whole character after the fourth byte.
 	i := 4
 	for i < len(ref) && !utf8.RuneStart(ref[i]) {
