@@ -133,7 +133,9 @@ type openAIChunk struct {
 // rbee events.
 func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.InferRequest, warm bool, send func(rbee.Event) error, fail func(code, msg string)) {
 	info := wp.Info()
-	body := map[string]any{"stream": true}
+	// The usage comes in a chunk of its own after the last choice's finish
+	// chunk, only when asked for (OpenAI's include_usage).
+	body := map[string]any{"stream": true, "stream_options": map[string]any{"include_usage": true}}
 	if req.MaxTokens > 0 {
 		body["max_tokens"] = req.MaxTokens
 	}
@@ -198,6 +200,7 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 	}
 	wactor := "worker " + info.ID
 	rd := sse.NewReader(resp.Body)
+	var done *rbee.Done // sent at [DONE], once the usage chunk filled it in
 	for {
 		_, data, err := rd.NextRaw()
 		if err != nil {
@@ -206,6 +209,9 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 		}
 		wd.alive()
 		if string(data) == "[DONE]" {
+			if done != nil {
+				_ = send(rbee.Event{Type: rbee.EventDone, Time: time.Now(), Actor: wactor, Done: done})
+			}
 			return
 		}
 		var c openAIChunk
@@ -228,14 +234,15 @@ func (a *Agent) stream(ctx context.Context, wp *supervisor.Worker, req hiveapi.I
 				}
 			}
 			if ch.FinishReason != nil {
-				d := &rbee.Done{FinishReason: *ch.FinishReason, Hive: a.cfg.Name, Worker: info.ID, Device: info.Device, Warm: warm}
-				if c.Usage != nil {
-					d.PromptTokens, d.CompletionTokens = c.Usage.PromptTokens, c.Usage.CompletionTokens
-				}
-				if c.Timings != nil {
-					d.PromptMS, d.TokensPerSecond = c.Timings.PromptMS, c.Timings.PredictedPerSecond
-				}
-				_ = send(rbee.Event{Type: rbee.EventDone, Time: time.Now(), Actor: wactor, Done: d})
+				done = &rbee.Done{FinishReason: *ch.FinishReason, Hive: a.cfg.Name, Worker: info.ID, Device: info.Device, Warm: warm}
+			}
+		}
+		if done != nil {
+			if c.Usage != nil {
+				done.PromptTokens, done.CompletionTokens = c.Usage.PromptTokens, c.Usage.CompletionTokens
+			}
+			if c.Timings != nil {
+				done.PromptMS, done.TokensPerSecond = c.Timings.PromptMS, c.Timings.PredictedPerSecond
 			}
 		}
 	}

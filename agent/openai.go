@@ -20,7 +20,12 @@ import (
 // comes, status and all.
 func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 	endpoint := r.PathValue("endpoint")
-	if endpoint != "completions" && endpoint != "chat/completions" && endpoint != "embeddings" {
+	path := "/v1/" + endpoint
+	switch endpoint {
+	case "completions", "chat/completions", "embeddings":
+	case "tokenize", "detokenize": // llama-server's paths have no /v1
+		path = "/" + endpoint
+	default:
 		writeErr(w, http.StatusNotFound, rbee.CodeBadRequest, fmt.Sprintf("no OpenAI endpoint %q on the hive", endpoint))
 		return
 	}
@@ -51,7 +56,7 @@ func (a *Agent) openai(w http.ResponseWriter, r *http.Request) {
 	}
 	done := wp.Use()
 	defer done()
-	req, err := http.NewRequestWithContext(ctx, "POST", wp.URL("/v1/"+endpoint), r.Body)
+	req, err := http.NewRequestWithContext(ctx, "POST", wp.URL(path), r.Body)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

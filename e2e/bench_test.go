@@ -156,7 +156,8 @@ func workerTTFT(b *testing.B, sock string, maxTokens int) gen {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	defer c.CloseIdleConnections()
-	body, _ := json.Marshal(map[string]any{"prompt": "abc", "temperature": 0, "max_tokens": maxTokens, "stream": true})
+	body, _ := json.Marshal(map[string]any{"prompt": "abc", "temperature": 0, "max_tokens": maxTokens, "stream": true,
+		"stream_options": map[string]any{"include_usage": true}})
 	start := time.Now()
 	resp, err := c.Post("http://worker/v1/completions", "application/json", bytes.NewReader(body))
 	if err != nil {

@@ -1,9 +1,12 @@
 package llm
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -18,16 +21,67 @@ const (
 	FinishCancelled = "cancelled" // the caller's context ended
 )
 
-// SampleParams control one generation.
+// SampleParams control one generation. The sampler chain is llama.cpp's,
+// in llama-server's order: logit bias, penalties, top-k, typical, top-p,
+// min-p, temperature, then a seeded draw (or the most likely token left
+// when Temperature <= 0).
 type SampleParams struct {
 	MaxTokens   int     // 0 = until the context is full
 	Temperature float32 // <= 0 = greedy
 	TopP        float32 // 0 or >= 1 = off
 	TopK        int     // 0 = off
-	Seed        *uint32 // nil = random
-	Stop        []string
+	MinP        float32 // 0 = off
+	TypicalP    float32 // 0 or >= 1 = off
+	// RepeatPenalty divides (multiplies, when negative) the logit of each
+	// token seen in the last RepeatLastN tokens, prompt included; 0 or 1 =
+	// off. PresencePenalty is subtracted once from such a token's logit,
+	// FrequencyPenalty once per occurrence (OpenAI's penalties).
+	RepeatPenalty    float32
+	RepeatLastN      int // tokens the penalties look back over; -1 = the whole context
+	PresencePenalty  float32
+	FrequencyPenalty float32
+	// LogitBias is added to a token's logit before anything else
+	// (-100 in effect bans a token, +100 forces it).
+	LogitBias map[Token]float32
+	Seed      *uint32 // nil = random
+	Stop      []string
+	// Logprobs reports, with each sampled token, its log-probability and
+	// those of the TopLogprobs most likely tokens. They are the log-softmax
+	// of the model's raw logits, before the sampler chain (what
+	// llama-server reports by default).
+	Logprobs    bool
+	TopLogprobs int
 	IgnoreEOS   bool // keep generating past end of stream (benchmarks)
 	NoCache     bool // decode the whole prompt even if the slot holds a prefix of it
+}
+
+// penalties reports whether any of the penalties is on.
+func (p SampleParams) penalties() bool {
+	return (p.RepeatPenalty != 0 && p.RepeatPenalty != 1) || p.PresencePenalty != 0 || p.FrequencyPenalty != 0
+}
+
+// Piece is a piece of generated text and, when SampleParams.Logprobs asks
+// for them, the tokens sampled since the previous piece with their
+// log-probabilities. A piece may hold tokens and no text (a token whose
+// bytes are held back as part of a possible stop string or an incomplete
+// UTF-8 sequence).
+type Piece struct {
+	Text     string
+	Logprobs []TokenLogprob
+}
+
+// TokenLogprob is a sampled token's log-probability and the most likely
+// alternatives at its position, most likely first.
+type TokenLogprob struct {
+	TokenProb
+	Top []TokenProb
+}
+
+// TokenProb is a token, its bytes, and its log-probability.
+type TokenProb struct {
+	Token   Token
+	Bytes   []byte
+	Logprob float32
 }
 
 // Result sums up one generation.
@@ -64,7 +118,7 @@ func perSecond(n int, d time.Duration) float64 {
 // reached, emit returns an error, or ctx ends (the loop drops the request
 // before its next batch; the result then says FinishCancelled and the error
 // is ctx's).
-func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParams, emit func(string) error) (Result, error) {
+func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParams, emit func(Piece) error) (Result, error) {
 	res := Result{PromptTokens: len(prompt)}
 	if len(prompt) == 0 {
 		return res, fmt.Errorf("generate: empty prompt")
@@ -84,7 +138,12 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 	case <-s.m.quit:
 		return res, ErrClosed
 	}
-	out := newTextStream(p.Stop, emit)
+	var probs []TokenLogprob // sampled, not yet sent with a piece
+	out := newTextStream(p.Stop, func(text string) error {
+		pc := Piece{Text: text, Logprobs: probs}
+		probs = nil
+		return emit(pc)
+	})
 	var (
 		stopped bool  // a stop string ended the text, or emit failed
 		emitErr error // what emit returned
@@ -108,6 +167,9 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 				continue
 			}
 			n++
+			if ev.probs != nil {
+				probs = append(probs, s.m.tokenLogprob(ev.tok, ev.probs))
+			}
 			var hit bool
 			piece, hit, emitErr = s.m.writePiece(out, ev.tok, piece)
 			if hit || emitErr != nil {
@@ -124,7 +186,7 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 			return res, emitErr
 		case stopped:
 			res.CompletionTokens, res.FinishReason = n, FinishStop
-			return res, nil
+			return res, sendRest(probs, emit)
 		case ev.err != nil:
 			return res, ev.err
 		case res.FinishReason == FinishCancelled:
@@ -133,8 +195,100 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 		if err := out.flush(); err != nil {
 			return res, err
 		}
-		return res, nil
+		return res, sendRest(probs, emit)
 	}
+}
+
+// sendRest sends the log-probabilities of tokens whose text never came
+// out (the end of stream, or a stop string) in a piece without text.
+func sendRest(probs []TokenLogprob, emit func(Piece) error) error {
+	if len(probs) == 0 {
+		return nil
+	}
+	return emit(Piece{Logprobs: probs})
+}
+
+// tokenLogprob fills in the bytes of the tokens the loop reported.
+func (m *Model) tokenLogprob(tok llama.Token, p *tokenProbs) TokenLogprob {
+	lp := TokenLogprob{TokenProb: TokenProb{Token: tok, Bytes: m.TokenBytes(tok), Logprob: p.logprob}}
+	for _, t := range p.top {
+		lp.Top = append(lp.Top, TokenProb{Token: t.tok, Bytes: m.TokenBytes(t.tok), Logprob: t.logprob})
+	}
+	return lp
+}
+
+// TokenBytes returns the bytes a token stands for (special tokens as
+// their text).
+func (m *Model) TokenBytes(tok Token) []byte {
+	buf := make([]byte, 32)
+	n := llama.TokenToPiece(m.vocab, tok, buf, 0, true)
+	if n < 0 {
+		buf = make([]byte, -n)
+		n = llama.TokenToPiece(m.vocab, tok, buf, 0, true)
+	}
+	if n <= 0 {
+		return []byte{}
+	}
+	return buf[:n]
+}
+
+// tokenProbs is what the loop reports of a sampled token's distribution.
+type tokenProbs struct {
+	logprob float32
+	top     []tokenLogit
+}
+
+type tokenLogit struct {
+	tok     llama.Token
+	logprob float32
+}
+
+// logprobs returns tok's log-softmax in logits and the top n, most likely
+// first (ties by lower token id).
+func logprobs(logits []float32, tok llama.Token, n int) *tokenProbs {
+	maxL := float32(math.Inf(-1))
+	for _, l := range logits {
+		maxL = max(maxL, l)
+	}
+	var sum float64
+	for _, l := range logits {
+		sum += math.Exp(float64(l - maxL))
+	}
+	logZ := float64(maxL) + math.Log(sum)
+	lp := func(t llama.Token) float32 { return float32(float64(logits[t]) - logZ) }
+	p := &tokenProbs{}
+	if int(tok) >= 0 && int(tok) < len(logits) {
+		p.logprob = lp(tok)
+	}
+	if n <= 0 {
+		return p
+	}
+	n = min(n, len(logits))
+	top := make([]tokenLogit, 0, n+1)
+	better := func(a, b tokenLogit) bool {
+		return a.logprob > b.logprob || (a.logprob == b.logprob && a.tok < b.tok)
+	}
+	for i, l := range logits {
+		c := tokenLogit{tok: llama.Token(i), logprob: l}
+		if len(top) == n && !better(c, top[n-1]) {
+			continue
+		}
+		j := len(top)
+		top = append(top, c)
+		for j > 0 && better(c, top[j-1]) {
+			top[j] = top[j-1]
+			j--
+		}
+		top[j] = c
+		if len(top) > n {
+			top = top[:n]
+		}
+	}
+	for i := range top {
+		top[i].logprob = float32(float64(top[i].logprob) - logZ)
+	}
+	p.top = top
+	return p
 }
 
 // writePiece turns tok into text and writes it to out; hit reports a stop
@@ -152,17 +306,47 @@ func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte) ([]byte
 	return buf, hit, err
 }
 
-func newSampler(p SampleParams) llama.Sampler {
+// newSampler builds p's chain in llama-server's order (common/sampling.cpp:
+// logit bias, penalties, top-k, typical, top-p, min-p, temperature, dist).
+// At temperature 0 the filters still apply and the most likely token left
+// is taken, as llama-server's temp_ext(0) does. ctxSize resolves
+// RepeatLastN -1.
+func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 	chain := llama.SamplerChainInit(llama.SamplerChainDefaultParams())
-	if p.Temperature <= 0 {
-		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
-		return chain
+	if len(p.LogitBias) > 0 {
+		bias := make([]llama.LogitBias, 0, len(p.LogitBias))
+		for tok, b := range p.LogitBias {
+			bias = append(bias, llama.LogitBias{Token: tok, Bias: b})
+		}
+		slices.SortFunc(bias, func(a, b llama.LogitBias) int { return cmp.Compare(a.Token, b.Token) })
+		llama.SamplerChainAdd(chain, llama.SamplerInitLogitBias(int32(nVocab), int32(len(bias)), &bias[0]))
+	}
+	if p.penalties() {
+		lastN := p.RepeatLastN
+		if lastN < 0 {
+			lastN = ctxSize
+		}
+		repeat := p.RepeatPenalty
+		if repeat == 0 {
+			repeat = 1
+		}
+		llama.SamplerChainAdd(chain, llama.SamplerInitPenalties(int32(nVocab), int32(lastN), repeat, p.FrequencyPenalty, p.PresencePenalty))
 	}
 	if p.TopK > 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitTopK(int32(p.TopK)))
 	}
+	if p.TypicalP > 0 && p.TypicalP < 1 {
+		llama.SamplerChainAdd(chain, llama.SamplerInitTypical(p.TypicalP, 1))
+	}
 	if p.TopP > 0 && p.TopP < 1 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitTopP(p.TopP, 1))
+	}
+	if p.MinP > 0 {
+		llama.SamplerChainAdd(chain, llama.SamplerInitMinP(p.MinP, 1))
+	}
+	if p.Temperature <= 0 {
+		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
+		return chain
 	}
 	llama.SamplerChainAdd(chain, llama.SamplerInitTemp(p.Temperature))
 	seed := rand.Uint32()

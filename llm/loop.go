@@ -28,6 +28,7 @@ const eventBuffer = 64
 // event is a sampled token or, with final set, the end of a request.
 type event struct {
 	tok   llama.Token
+	probs *tokenProbs // with SampleParams.Logprobs
 	final bool
 	res   Result
 	err   error
@@ -183,7 +184,17 @@ func (m *Model) begin(mem llama.Memory, r *request) *request {
 		m.stats.hits.Add(1)
 		m.stats.cached.Add(int64(n))
 	}
-	r.smpl = newSampler(r.p)
+	r.smpl = newSampler(r.p, m.NVocab(), m.CtxSize)
+	if r.p.penalties() {
+		// As llama-server does, the penalties count the prompt's tokens.
+		from := 0
+		if r.p.RepeatLastN >= 0 {
+			from = max(len(r.prompt)-r.p.RepeatLastN, 0)
+		}
+		for _, t := range r.prompt[from:] {
+			llama.SamplerAccept(r.smpl, t)
+		}
+	}
 	r.start = time.Now()
 	return r
 }
@@ -299,6 +310,12 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 			continue
 		}
 		tok := llama.SamplerSample(r.smpl, m.lctx, r.logit)
+		var probs *tokenProbs
+		if r.p.Logprobs {
+			if logits, _ := llama.GetLogitsIth(m.lctx, r.logit, m.NVocab()); logits != nil {
+				probs = logprobs(logits, tok, r.p.TopLogprobs)
+			}
+		}
 		if r.gen == 0 {
 			r.first = now
 		}
@@ -308,7 +325,7 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 		}
 		r.gen++
 		r.last = now
-		r.out <- event{tok: tok} // fill left room for it and the final event
+		r.out <- event{tok: tok, probs: probs} // fill left room for it and the final event
 		if (r.p.MaxTokens > 0 && r.gen >= r.p.MaxTokens) || len(r.slot.cache) >= m.CtxSize {
 			m.finish(r, FinishLength, nil)
 			continue

@@ -210,9 +210,12 @@ func (q *Queen) PublicHandler() http.Handler {
 	mux.HandleFunc("GET /health", q.health)
 	q.door.Routes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		reply.Error(w, http.StatusNotFound, &rbee.Error{Code: rbee.CodeBadRequest,
-			Message: fmt.Sprintf("no route %s %s on the queen's TCP port", r.Method, r.URL.Path),
-			Hint:    "the control plane is the owner's unix socket (" + "~/.rbee/run/queen.sock" + "); rbee uses it for you"})
+		// OpenAI's error shape (a client of this port reads "type"), with
+		// rbee's code and hint.
+		reply.JSON(w, http.StatusNotFound, map[string]any{"error": map[string]any{
+			"message": fmt.Sprintf("no route %s %s on the queen's TCP port", r.Method, r.URL.Path),
+			"type":    "invalid_request_error", "param": nil, "code": rbee.CodeBadRequest,
+			"hint": "the control plane is the owner's unix socket (" + "~/.rbee/run/queen.sock" + "); rbee uses it for you"}})
 	})
 	return mux
 }

@@ -27,7 +27,7 @@ func alphabetFrom(last byte) string {
 // keeps the stream going on end-of-stream tokens, whose text is empty, so
 // the text is exact and the stream runs n decode steps.
 func longGreedy(prompt string, n int) map[string]any {
-	return greedy(prompt, map[string]any{"stream": true, "ignore_eos": true, "max_tokens": n})
+	return greedy(prompt, map[string]any{"stream": true, "ignore_eos": true, "max_tokens": n, "stream_options": map[string]any{"include_usage": true}})
 }
 
 type streamResult struct {
@@ -41,13 +41,13 @@ func readResult(t *testing.T, s *sseStream) streamResult {
 	t.Helper()
 	text, chunks, done := s.readAll(t, false)
 	r := streamResult{text: text, done: done}
-	if len(chunks) > 0 {
-		last := chunks[len(chunks)-1]
-		if len(last.Choices) > 0 && last.Choices[0].FinishReason != nil {
-			r.finish = *last.Choices[0].FinishReason
+	// The finish chunk, then (with include_usage) the usage chunk.
+	for _, c := range chunks {
+		if len(c.Choices) > 0 && c.Choices[0].FinishReason != nil {
+			r.finish = *c.Choices[0].FinishReason
 		}
-		if last.Usage != nil {
-			r.usage = last.Usage.CompletionTokens
+		if c.Usage != nil {
+			r.usage = c.Usage.CompletionTokens
 		}
 	}
 	return r

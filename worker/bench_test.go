@@ -141,7 +141,7 @@ func streamOnce(b *testing.B, url string) timing { return streamN(b, url, benchG
 // streamN streams a greedy generation of n tokens of benchPrompt.
 func streamN(b *testing.B, url string, n int) timing {
 	body, _ := json.Marshal(map[string]any{
-		"prompt": benchPrompt, "max_tokens": n, "temperature": 0, "ignore_eos": true, "stream": true,
+		"prompt": benchPrompt, "max_tokens": n, "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": map[string]any{"include_usage": true},
 	})
 	start := time.Now()
 	resp, err := http.Post(url+"/v1/completions", "application/json", bytes.NewReader(body))

@@ -23,7 +23,7 @@ func FuzzDecodeBody(f *testing.F) {
 			r := httptest.NewRequest("POST", "/v1/completions", strings.NewReader(body))
 			r.Header.Set("Content-Type", "application/json")
 			w := httptest.NewRecorder()
-			if e := decodeBody(w, r, v); e != nil {
+			if _, e := decodeBody(w, r, v); e != nil {
 				if e.Status < 400 || e.Status > 499 || e.Message == "" {
 					t.Fatalf("decodeBody(%q): error %+v is not a client error", body, e)
 				}

@@ -92,7 +92,11 @@ func (s *Server) embeddings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req embeddingRequest
-	if e := decodeBody(w, r, &req); e != nil {
+	fields, e := decodeBody(w, r, &req)
+	if e == nil {
+		e = onlyFields(fields, "model", "input", "encoding_format", "dimensions", "user")
+	}
+	if e != nil {
 		writeError(w, e)
 		return
 	}

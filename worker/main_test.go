@@ -20,6 +20,7 @@ var (
 	workerBin string // rbee-worker built for this test binary
 	engineDir string
 	alphabet  string // path of the alphabet model
+	random3m  string // path of the random-weight model (testmodel.Small)
 	tmpDir    string
 )
 
@@ -47,6 +48,9 @@ func setup(m *testing.M) (int, error) {
 		return 1, err
 	}
 	if alphabet, err = testenv.WriteModel(tmpDir, "alphabet.gguf", testmodel.Alphabet()); err != nil {
+		return 1, err
+	}
+	if random3m, err = testenv.WriteModel(tmpDir, "random-3m.gguf", testmodel.Random(testmodel.Small)); err != nil {
 		return 1, err
 	}
 	return m.Run(), nil
@@ -208,6 +212,7 @@ type chunk struct {
 	Object  string `json:"object"`
 	Model   string `json:"model"`
 	Choices []struct {
+		Index   int    `json:"index"`
 		Text    string `json:"text"`
 		Message *struct {
 			Role    string `json:"role"`
@@ -229,9 +234,10 @@ type chunk struct {
 		PredictedPerSecond float64 `json:"predicted_per_second"`
 	} `json:"timings"`
 	Error *struct {
-		Message string `json:"message"`
-		Type    string `json:"type"`
-		Code    string `json:"code"`
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    string  `json:"code"`
 	} `json:"error"`
 }
 

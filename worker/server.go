@@ -196,9 +196,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/models", s.models)
 	mux.HandleFunc("POST /v1/completions", s.completions)
 	mux.HandleFunc("POST /v1/chat/completions", s.chat)
+	mux.HandleFunc("GET /v1/models/{id...}", s.modelByID)
 	mux.HandleFunc("POST /v1/embeddings", s.embeddings)
+	mux.HandleFunc("POST /tokenize", s.tokenizeHandler)
+	mux.HandleFunc("POST /detokenize", s.detokenizeHandler)
+	routes := []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		for _, p := range []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings"} {
+		for _, p := range routes {
 			if r.URL.Path == p {
 				writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
 					Message: fmt.Sprintf("%s does not accept %s", p, r.Method)})
@@ -206,7 +210,7 @@ func (s *Server) Handler() http.Handler {
 			}
 		}
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "not_found",
-			Message: fmt.Sprintf("no route %s %s; this worker serves /health, /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings", r.Method, r.URL.Path)})
+			Message: fmt.Sprintf("no route %s %s; this worker serves %s and GET /v1/models/{id}", r.Method, r.URL.Path, strings.Join(routes, ", "))})
 	})
 	return mux
 }
@@ -281,12 +285,21 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) models(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"object": "list",
-		"data": []map[string]any{{
-			"id": s.cfg.ModelName, "object": "model", "created": s.started.Unix(), "owned_by": "rbee",
-		}},
-	})
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{s.modelObject()}})
+}
+
+func (s *Server) modelObject() map[string]any {
+	return map[string]any{"id": s.cfg.ModelName, "object": "model", "created": s.started.Unix(), "owned_by": "rbee"}
+}
+
+// modelByID answers GET /v1/models/{id}: the model when id is its name.
+func (s *Server) modelByID(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != s.cfg.ModelName {
+		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "model_not_found",
+			Message: fmt.Sprintf("the model %q does not exist here; this worker serves %q", id, s.cfg.ModelName)})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.modelObject())
 }
 
 // ready returns the model, or writes 503 when it is not loaded.
@@ -302,32 +315,64 @@ func (s *Server) ready(w http.ResponseWriter) *llm.Model {
 	return m
 }
 
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) *apiError {
+// decodeBody reads a JSON object into v and returns its fields as raw
+// JSON, for checkFields.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) (map[string]json.RawMessage, *apiError) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
+		return nil, &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
 			Message: fmt.Sprintf("Content-Type %q not supported; send application/json", ct)}
 	}
 	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	dec := json.NewDecoder(body)
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
+			return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
 				Message: fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes)}
 		}
 		if errors.Is(err, io.EOF) {
-			return invalid("", "invalid_json", "request body is empty; send a JSON object")
+			return nil, invalid("", "invalid_json", "request body is empty; send a JSON object")
 		}
-		return invalid("", "invalid_json", "request body is not valid JSON: %v", err)
+		return nil, invalid("", "invalid_json", "request body is not valid JSON: %v", err)
 	}
 	// Only white space may follow the object ("{}}" is not one JSON value;
 	// dec.More misses a stray closing delimiter).
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return invalid("", "invalid_json", "request body has data after the JSON object")
+		return nil, invalid("", "invalid_json", "request body has data after the JSON object")
 	}
 	// Read to EOF so the server notices a client that goes away.
 	_, _ = io.Copy(io.Discard, body)
-	return nil
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil || fields == nil {
+		return nil, invalid("", "invalid_json", "request body must be a JSON object")
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			// The shared fields sit in an embedded struct; the client
+			// knows them by their own name.
+			return nil, invalid(strings.TrimPrefix(te.Field, "sampling."), "invalid_json", "request body is not valid: %v", err)
+		}
+		return nil, invalid("", "invalid_json", "request body is not valid: %v", err)
+	}
+	return fields, nil
+}
+
+// job is one choice to generate: a prompt and the choice's index.
+type job struct {
+	index  int
+	prompt int // index of the prompt
+	tokens []llm.Token
+}
+
+// gen is what one request asks to generate, past its checks.
+type gen struct {
+	sampling
+	chat     bool
+	prompts  []string
+	logprobs bool
+	top      int // alternatives per token
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
@@ -336,11 +381,14 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req completionRequest
-	if e := decodeBody(w, r, &req); e != nil {
-		writeError(w, e)
-		return
+	fields, e := decodeBody(w, r, &req)
+	if e == nil {
+		e = checkFields(fields, false)
 	}
-	if e := req.validate(); e != nil {
+	if e == nil {
+		e = req.validate()
+	}
+	if e != nil {
 		writeError(w, e)
 		return
 	}
@@ -348,15 +396,25 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("prompt", "missing_prompt", "prompt is required"))
 		return
 	}
-	if len(*req.Prompt) > 1 {
-		writeError(w, invalid("prompt", "unsupported_value", "prompt arrays of %d strings are not supported; send one prompt per request", len(*req.Prompt)))
+	for i, p := range *req.Prompt {
+		if p == "" {
+			writeError(w, invalid("prompt", "missing_prompt", "prompt %d is empty", i))
+			return
+		}
+	}
+	if k := len(*req.Prompt) * req.n(); k > maxChoices {
+		writeError(w, invalid("prompt", "invalid_value", "%d prompts times n=%d is %d choices; at most %d per request", len(*req.Prompt), req.n(), k, maxChoices))
 		return
 	}
-	if (*req.Prompt)[0] == "" {
-		writeError(w, invalid("prompt", "missing_prompt", "prompt is empty"))
-		return
+	g := gen{sampling: req.sampling, prompts: *req.Prompt}
+	if req.Logprobs != nil {
+		if *req.Logprobs < 0 || *req.Logprobs > maxTopLogprobs {
+			writeError(w, invalid("logprobs", "invalid_value", "logprobs must be between 0 and %d, got %d", maxTopLogprobs, *req.Logprobs))
+			return
+		}
+		g.logprobs, g.top = true, *req.Logprobs
 	}
-	s.run(w, r, m, req.sampling, (*req.Prompt)[0], false)
+	s.run(w, r, m, g)
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
@@ -365,7 +423,11 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req chatRequest
-	if e := decodeBody(w, r, &req); e != nil {
+	fields, e := decodeBody(w, r, &req)
+	if e == nil {
+		e = checkFields(fields, true)
+	}
+	if e != nil {
 		writeError(w, e)
 		return
 	}
@@ -376,6 +438,18 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	g := gen{sampling: req.sampling, chat: true, logprobs: req.Logprobs}
+	if req.TopLogprobs != nil {
+		switch {
+		case *req.TopLogprobs < 0 || *req.TopLogprobs > maxTopLogprobs:
+			writeError(w, invalid("top_logprobs", "invalid_value", "top_logprobs must be between 0 and %d, got %d", maxTopLogprobs, *req.TopLogprobs))
+			return
+		case !req.Logprobs:
+			writeError(w, invalid("top_logprobs", "invalid_value", "top_logprobs needs logprobs: true"))
+			return
+		}
+		g.top = *req.TopLogprobs
+	}
 	if len(req.Messages) == 0 {
 		writeError(w, invalid("messages", "missing_messages", "messages is required and must not be empty"))
 		return
@@ -385,6 +459,11 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		if !chatRoles[msg.Role] {
 			writeError(w, invalid(fmt.Sprintf("messages[%d].role", i), "invalid_value",
 				"messages[%d].role %q is not one of system, developer, user, assistant, tool", i, msg.Role))
+			return
+		}
+		if msg.Content.badPart != "" {
+			writeError(w, invalid(fmt.Sprintf("messages[%d].content", i), "unsupported_content",
+				"messages[%d].content has a part of type %q; this worker takes text parts only", i, msg.Content.badPart))
 			return
 		}
 		if j := strings.IndexByte(msg.Content.text, 0); j >= 0 {
@@ -403,7 +482,8 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "chat_template", Message: err.Error()})
 		return
 	}
-	s.run(w, r, m, req.sampling, prompt, true)
+	g.prompts = []string{prompt}
+	s.run(w, r, m, g)
 }
 
 // tokenize turns a prompt into tokens for the model, or says why it cannot.
@@ -447,11 +527,16 @@ func (s *Server) leave() {
 	s.admitted.Add(-1)
 }
 
-// run admits the request, waits for a slot, generates and writes the
-// response or the stream.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req sampling, prompt string, chat bool) {
+// run admits the request, waits for a slot, generates every choice in it
+// one after the other, and writes the response or the stream.
+func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen) {
 	if m.Embeddings() {
 		writeError(w, invalid("", "unsupported_endpoint", "this worker was started with --embeddings and serves only POST /v1/embeddings"))
+		return
+	}
+	bias, apiErr := g.logitBias(m.NVocab())
+	if apiErr != nil {
+		writeError(w, apiErr)
 		return
 	}
 	// Admitted before tokenizing: Close waits for admitted requests before
@@ -460,10 +545,22 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 		return
 	}
 	defer s.leave()
-	tokens, apiErr := s.tokenize(m, "prompt", prompt)
-	if apiErr != nil {
-		writeError(w, apiErr)
-		return
+	var jobs []job
+	promptTokens := 0
+	for i, text := range g.prompts {
+		param := "prompt"
+		if len(g.prompts) > 1 {
+			param = fmt.Sprintf("prompt[%d]", i)
+		}
+		tokens, apiErr := s.tokenize(m, param, text)
+		if apiErr != nil {
+			writeError(w, apiErr)
+			return
+		}
+		promptTokens += len(tokens)
+		for k := range g.n() {
+			jobs = append(jobs, job{index: i*g.n() + k, prompt: i, tokens: tokens})
+		}
 	}
 
 	ctx, cancel := context.WithCancel(r.Context())
@@ -471,7 +568,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 	stopCut := context.AfterFunc(s.cutCtx, cancel)
 	defer stopCut()
 
-	slot, err := m.Acquire(ctx, tokens)
+	slot, err := m.Acquire(ctx, jobs[0].tokens)
 	if err != nil {
 		s.cancelled.Add(1)
 		if s.cutCtx.Err() != nil || errors.Is(err, llm.ErrClosed) {
@@ -489,89 +586,143 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, req s
 	}
 	defer release()
 
-	p := llm.SampleParams{Temperature: 1, Stop: req.Stop, IgnoreEOS: req.IgnoreEOS}
-	if req.MaxTokens != nil {
-		p.MaxTokens = *req.MaxTokens
-	}
-	if req.Temperature != nil {
-		p.Temperature = float32(*req.Temperature)
-	}
-	if req.TopP != nil {
-		p.TopP = float32(*req.TopP)
-	}
-	if req.TopK != nil {
-		p.TopK = *req.TopK
-	}
-	if req.Seed != nil {
-		seed := uint32(*req.Seed)
-		p.Seed = &seed
-	}
-	if req.CachePrompt != nil && !*req.CachePrompt {
-		p.NoCache = true
-	}
-
-	out := &responder{w: w, id: newID(chat), chat: chat, model: s.cfg.ModelName, created: time.Now().Unix(), stream: req.Stream}
+	out := &responder{w: w, id: newID(g.chat), chat: g.chat, model: s.cfg.ModelName, created: time.Now().Unix(),
+		stream: g.Stream, includeUsage: g.includeUsage(), logprobs: g.logprobs, top: g.top, choices: make([]*choiceOut, len(jobs))}
 	defer out.close()
-	res, err := slot.Generate(ctx, tokens, p, out.text)
-	// The slot is done with: free (with its cache) before the answer's
-	// last bytes go out, so a next turn sent the moment [DONE] is read
-	// finds it, not an empty slot.
-	release()
-	s.lastGen.Store(int64(res.CompletionTokens))
-	switch {
-	case err == nil:
-		s.served.Add(1)
-		out.finish(res)
-	case s.cutCtx.Err() != nil:
-		s.cancelled.Add(1)
-		out.fail(shuttingDown())
-	case r.Context().Err() != nil || out.writeErr != nil:
-		s.cancelled.Add(1) // the client went away: nothing to write to
-	default:
-		code := "generation_failed"
-		if errors.Is(err, llm.ErrPromptTooLong) {
-			code = "context_length_exceeded"
+	var total llm.Result
+	total.PromptTokens = promptTokens
+	cachedN, promptN := 0, 0 // over every run, for the timings
+	for i, jb := range jobs {
+		p := g.params()
+		p.LogitBias, p.Logprobs, p.TopLogprobs = bias, g.logprobs, g.top
+		if p.Seed != nil {
+			seed := *p.Seed + uint32(jb.index%g.n())
+			p.Seed = &seed
 		}
-		out.fail(&apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: code, Message: err.Error()})
+		c := &choiceOut{index: jb.index}
+		out.choices[i] = c
+		res, err := slot.Generate(ctx, jb.tokens, p, func(pc llm.Piece) error { return out.piece(c, pc) })
+		if i == len(jobs)-1 {
+			// The slot is done with: free (with its cache) before the
+			// answer's last bytes go out, so a next turn sent the moment
+			// [DONE] is read finds it, not an empty slot.
+			release()
+		}
+		total.CompletionTokens += res.CompletionTokens
+		if jb.index%g.n() == 0 {
+			total.CachedTokens += res.CachedTokens
+		}
+		cachedN += res.CachedTokens
+		promptN += res.PromptTokens - res.CachedTokens
+		total.PromptDuration += res.PromptDuration
+		total.GenDuration += res.GenDuration
+		s.lastGen.Store(int64(total.CompletionTokens))
+		s.log.Info("request", "id", out.id, "choice", jb.index, "slot", slot.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens,
+			"completion_tokens", res.CompletionTokens, "finish", res.FinishReason, "gen_tok_s", fmt.Sprintf("%.1f", res.GenPerSecond()), "stream", g.Stream)
+		switch {
+		case err == nil:
+			c.finish = res.FinishReason
+			out.finishChoice(c, res)
+			continue
+		case s.cutCtx.Err() != nil:
+			s.cancelled.Add(1)
+			out.fail(shuttingDown())
+		case r.Context().Err() != nil || out.writeErr != nil:
+			s.cancelled.Add(1) // the client went away: nothing to write to
+		default:
+			code := "generation_failed"
+			if errors.Is(err, llm.ErrPromptTooLong) {
+				code = "context_length_exceeded"
+			}
+			out.fail(&apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: code, Message: err.Error()})
+		}
+		return
 	}
-	s.log.Info("request", "id", out.id, "slot", slot.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens,
-		"completion_tokens", res.CompletionTokens, "finish", res.FinishReason, "gen_tok_s", fmt.Sprintf("%.1f", res.GenPerSecond()), "stream", req.Stream)
+	s.served.Add(1)
+	t := &timings{
+		CacheN: cachedN, PromptN: promptN, PromptMS: ms(total.PromptDuration), PromptPerSecond: perSecond(promptN, total.PromptDuration),
+		PredictedN: total.CompletionTokens, PredictedMS: ms(total.GenDuration), PredictedPerSecond: total.GenPerSecond(),
+	}
+	out.finish(total, t)
+}
+
+func perSecond(n int, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
 }
 
 func shuttingDown() *apiError {
 	return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "shutting_down", Message: "worker is shutting down"}
 }
 
-// responder writes either one JSON response or an SSE stream.
+// responder writes either one JSON response or an SSE stream. A stream
+// sends the choices one after the other, each chunk naming its index.
 type responder struct {
-	w        http.ResponseWriter
-	id       string
-	chat     bool
-	model    string
-	created  int64
-	stream   bool
-	started  bool // stream headers sent
-	buf      strings.Builder
-	out      *sse.Batcher // set by begin
-	writeErr error
+	w            http.ResponseWriter
+	id           string
+	chat         bool
+	model        string
+	created      int64
+	stream       bool
+	includeUsage bool // stream_options.include_usage: a last chunk with the usage
+	logprobs     bool
+	top          int
+	choices      []*choiceOut
+	out          *sse.Batcher // set by begin
+	writeErr     error
 }
 
-func (o *responder) chunk(text string, finish *string, u *usage, t *timings) response {
-	obj := "text_completion"
-	var choices any = []completionChoice{{Text: text, FinishReason: finish}}
-	if o.chat {
-		obj = "chat.completion.chunk"
-		d := &chatDelta{Content: text}
-		if !o.started {
-			d.Role = "assistant"
-		}
-		choices = []chatChoice{{Delta: d, FinishReason: finish}}
+// choiceOut is one choice as it is generated.
+type choiceOut struct {
+	index   int
+	text    strings.Builder
+	started bool // a chunk of it was sent
+	finish  string
+	timings *timings
+	chatLP  chatLogprobs
+	compLP  completionLogprobs
+	offset  int // bytes of tokens in compLP
+}
+
+// logprobsOf adds probs to c's logprobs and returns them in the endpoint's
+// shape (nil when none were asked for); with fresh, only probs.
+func (o *responder) logprobsOf(c *choiceOut, probs []llm.TokenLogprob, fresh bool) any {
+	if !o.logprobs {
+		return nil
 	}
-	return response{ID: o.id, Object: obj, Created: o.created, Model: o.model, Choices: choices, Usage: u, Timings: t}
+	if o.chat {
+		lp := &c.chatLP
+		if fresh {
+			lp = &chatLogprobs{}
+		}
+		if lp.Content == nil {
+			lp.Content = []chatTokenLogprob{}
+		}
+		appendChatLogprobs(lp, probs, o.top)
+		return lp
+	}
+	if fresh {
+		lp := &completionLogprobs{}
+		appendCompletionLogprobs(lp, probs, o.top, c.offset)
+		c.offset += tokenBytes(probs)
+		return lp
+	}
+	c.offset = appendCompletionLogprobs(&c.compLP, probs, o.top, c.offset)
+	return &c.compLP
+}
+
+func tokenBytes(probs []llm.TokenLogprob) int {
+	n := 0
+	for _, p := range probs {
+		n += len(p.Bytes)
+	}
+	return n
 }
 
 func (o *responder) begin() {
-	if o.started {
+	if o.out != nil {
 		return
 	}
 	h := o.w.Header()
@@ -608,45 +759,105 @@ func (o *responder) sendRaw(b []byte, urgent bool) error {
 	return o.writeErr
 }
 
-// text receives generated text from the engine.
-func (o *responder) text(t string) error {
+// chunk is a stream chunk of choice c.
+func (o *responder) chunk(c *choiceOut, text string, lp any, finish *string, t *timings) response {
+	if o.chat {
+		d := &chatDelta{Content: text}
+		if !c.started {
+			d.Role = "assistant"
+		}
+		return response{ID: o.id, Object: "chat.completion.chunk", Created: o.created, Model: o.model, Timings: t,
+			Choices: []chatChoice{{Index: c.index, Delta: d, Logprobs: lp, FinishReason: finish}}}
+	}
+	return response{ID: o.id, Object: "text_completion", Created: o.created, Model: o.model, Timings: t,
+		Choices: []completionChoice{{Index: c.index, Text: text, Logprobs: lp, FinishReason: finish}}}
+}
+
+// piece receives generated text of choice c from the engine.
+func (o *responder) piece(c *choiceOut, pc llm.Piece) error {
 	if !o.stream {
-		o.buf.WriteString(t)
+		c.text.WriteString(pc.Text)
+		o.logprobsOf(c, pc.Logprobs, false)
+		return nil
+	}
+	if pc.Text == "" && (!o.logprobs || len(pc.Logprobs) == 0) {
 		return nil
 	}
 	o.begin()
-	err := o.send(o.chunk(t, nil, nil, nil), false)
-	o.started = true
+	err := o.send(o.chunk(c, pc.Text, o.logprobsOf(c, pc.Logprobs, true), nil, nil), false)
+	c.started = true
 	return err
 }
 
-func (o *responder) finish(res llm.Result) {
-	reason := res.FinishReason
-	u := &usage{PromptTokens: res.PromptTokens, CompletionTokens: res.CompletionTokens, TotalTokens: res.PromptTokens + res.CompletionTokens,
-		PromptTokensDetails: &promptDetails{CachedTokens: res.CachedTokens}}
-	t := &timings{
+// finishChoice ends choice c: a stream gets its finish chunk, with the
+// choice's timings (llama-server's extension).
+func (o *responder) finishChoice(c *choiceOut, res llm.Result) {
+	c.timings = &timings{
 		CacheN:  res.CachedTokens,
 		PromptN: res.PromptTokens - res.CachedTokens, PromptMS: ms(res.PromptDuration), PromptPerSecond: res.PromptPerSecond(),
 		PredictedN: res.CompletionTokens, PredictedMS: ms(res.GenDuration), PredictedPerSecond: res.GenPerSecond(),
 	}
+	if !o.stream {
+		return
+	}
+	o.begin()
+	ch := o.chunk(c, "", nil, &c.finish, c.timings)
+	if o.chat {
+		ch.Choices = []chatChoice{{Index: c.index, Delta: &chatDelta{}, FinishReason: &c.finish}}
+	}
+	_ = o.send(ch, false)
+	c.started = true
+}
+
+// finish ends the answer: a stream with the usage chunk when it was asked
+// for (OpenAI's stream_options.include_usage: "choices" empty) and [DONE];
+// else the one response, with usage and timings.
+func (o *responder) finish(res llm.Result, t *timings) {
+	u := &usage{PromptTokens: res.PromptTokens, CompletionTokens: res.CompletionTokens, TotalTokens: res.PromptTokens + res.CompletionTokens,
+		PromptTokensDetails: &promptDetails{CachedTokens: res.CachedTokens}}
 	if o.stream {
 		o.begin()
-		c := o.chunk("", &reason, u, t)
-		if o.chat {
-			c.Choices = []chatChoice{{Delta: &chatDelta{}, FinishReason: &reason}}
+		if o.includeUsage {
+			var choices any = []completionChoice{}
+			if o.chat {
+				choices = []chatChoice{}
+			}
+			obj := "text_completion"
+			if o.chat {
+				obj = "chat.completion.chunk"
+			}
+			if o.send(response{ID: o.id, Object: obj, Created: o.created, Model: o.model, Choices: choices, Usage: u, Timings: t}, false) != nil {
+				return
+			}
 		}
-		if o.send(c, false) == nil {
-			_ = o.sendRaw([]byte("[DONE]"), true)
-		}
+		_ = o.sendRaw([]byte("[DONE]"), true)
 		return
 	}
 	resp := response{ID: o.id, Created: o.created, Model: o.model, Usage: u, Timings: t}
 	if o.chat {
 		resp.Object = "chat.completion"
-		resp.Choices = []chatChoice{{Message: &chatMessageOut{Role: "assistant", Content: o.buf.String()}, FinishReason: &reason}}
+		cs := make([]chatChoice, len(o.choices))
+		for i, c := range o.choices {
+			cs[i] = chatChoice{Index: c.index, Message: &chatMessageOut{Role: "assistant", Content: c.text.String()}, FinishReason: &c.finish}
+			if o.logprobs {
+				if c.chatLP.Content == nil {
+					c.chatLP.Content = []chatTokenLogprob{}
+				}
+				cs[i].Logprobs = &c.chatLP
+			}
+		}
+		resp.Choices = cs
 	} else {
 		resp.Object = "text_completion"
-		resp.Choices = []completionChoice{{Text: o.buf.String(), FinishReason: &reason}}
+		cs := make([]completionChoice, len(o.choices))
+		for i, c := range o.choices {
+			cs[i] = completionChoice{Index: c.index, Text: c.text.String(), FinishReason: &c.finish}
+			if o.logprobs {
+				appendCompletionLogprobs(&c.compLP, nil, 0, 0) // [] rather than null when no token came
+				cs[i].Logprobs = &c.compLP
+			}
+		}
+		resp.Choices = cs
 	}
 	writeJSON(o.w, http.StatusOK, resp)
 }
@@ -654,7 +865,7 @@ func (o *responder) finish(res llm.Result) {
 // fail reports an error: as the response when nothing was sent yet, else as
 // an error event followed by [DONE].
 func (o *responder) fail(e *apiError) {
-	if !o.stream || !o.started {
+	if !o.stream || o.out == nil {
 		writeError(o.w, e)
 		return
 	}

@@ -100,30 +100,50 @@ func TestAlphabet(t *testing.T) {
 	})
 
 	t.Run("stream", func(t *testing.T) {
-		s := openStream(t, w.URL, "/v1/completions", greedy("abc", map[string]any{"stream": true}))
-		defer s.close()
-		text, chunks, done := s.readAll(t, false)
-		if text != alphabetRest {
-			t.Errorf("streamed text = %q, want %q", text, alphabetRest)
-		}
-		if !done {
-			t.Error("stream did not end with [DONE]")
-		}
-		if len(chunks) < 2 {
-			t.Fatalf("got %d chunks, want one per token and a final one", len(chunks))
-		}
-		for i, c := range chunks {
-			if c.Object != "text_completion" || c.ID == "" || c.ID != chunks[0].ID || len(c.Choices) != 1 {
-				t.Fatalf("chunk %d: bad shape %+v", i, c)
+		// Usage comes in a chunk of its own, with no choices, only when
+		// stream_options.include_usage asks for it (OpenAI's behaviour).
+		for _, include := range []bool{false, true} {
+			req := greedy("abc", map[string]any{"stream": true})
+			if include {
+				req["stream_options"] = map[string]any{"include_usage": true}
 			}
-			last := i == len(chunks)-1
-			if (c.Choices[0].FinishReason != nil) != last {
-				t.Errorf("chunk %d: finish_reason set = %v, want only on the last", i, c.Choices[0].FinishReason != nil)
+			s := openStream(t, w.URL, "/v1/completions", req)
+			text, chunks, done := s.readAll(t, false)
+			s.close()
+			if text != alphabetRest {
+				t.Errorf("include_usage=%v: streamed text = %q, want %q", include, text, alphabetRest)
 			}
-		}
-		final := chunks[len(chunks)-1]
-		if final.Usage == nil || final.Usage.CompletionTokens != 23 || final.Timings == nil {
-			t.Errorf("final chunk lacks usage/timings: %+v", final)
+			if !done {
+				t.Errorf("include_usage=%v: stream did not end with [DONE]", include)
+			}
+			if include {
+				if len(chunks) == 0 {
+					t.Fatal("no chunks")
+				}
+				u := chunks[len(chunks)-1]
+				if len(u.Choices) != 0 || u.Usage == nil || u.Usage.CompletionTokens != 23 || u.Usage.PromptTokens != 4 {
+					t.Errorf("last chunk = %+v, want choices [] and usage 4/23", u)
+				}
+				chunks = chunks[:len(chunks)-1]
+			}
+			if len(chunks) < 2 {
+				t.Fatalf("got %d chunks, want one per token and a final one", len(chunks))
+			}
+			for i, c := range chunks {
+				if c.Object != "text_completion" || c.ID == "" || c.ID != chunks[0].ID || len(c.Choices) != 1 {
+					t.Fatalf("chunk %d: bad shape %+v", i, c)
+				}
+				last := i == len(chunks)-1
+				if (c.Choices[0].FinishReason != nil) != last {
+					t.Errorf("chunk %d: finish_reason set = %v, want only on the last", i, c.Choices[0].FinishReason != nil)
+				}
+				if c.Usage != nil {
+					t.Errorf("include_usage=%v: chunk %d has usage %+v; usage goes only in its own last chunk", include, i, c.Usage)
+				}
+			}
+			if final := chunks[len(chunks)-1]; final.Timings == nil {
+				t.Errorf("finish chunk lacks timings: %+v", final)
+			}
 		}
 	})
 
@@ -296,13 +316,15 @@ func TestBadRequests(t *testing.T) {
 		{"wrong field type", "POST", "/v1/completions", "application/json", `{"prompt":"a","max_tokens":"ten"}`, 400, "invalid_json"},
 		{"missing prompt", "POST", "/v1/completions", "application/json", `{"max_tokens":3}`, 400, "missing_prompt"},
 		{"empty prompt", "POST", "/v1/completions", "application/json", `{"prompt":""}`, 400, "missing_prompt"},
-		{"prompt batch", "POST", "/v1/completions", "application/json", `{"prompt":["a","b"]}`, 400, "unsupported_value"},
 		{"temperature", "POST", "/v1/completions", "application/json", `{"prompt":"a","temperature":3}`, 400, "invalid_value"},
 		{"max_tokens 0", "POST", "/v1/completions", "application/json", `{"prompt":"a","max_tokens":0}`, 400, "invalid_value"},
 		{"top_p", "POST", "/v1/completions", "application/json", `{"prompt":"a","top_p":0}`, 400, "invalid_value"},
 		{"top_k", "POST", "/v1/completions", "application/json", `{"prompt":"a","top_k":-1}`, 400, "invalid_value"},
 		{"seed", "POST", "/v1/completions", "application/json", `{"prompt":"a","seed":-4}`, 400, "invalid_value"},
-		{"n", "POST", "/v1/completions", "application/json", `{"prompt":"a","n":2}`, 400, "unsupported_value"},
+		{"n 0", "POST", "/v1/completions", "application/json", `{"prompt":"a","n":0}`, 400, "invalid_value"},
+		{"n too many", "POST", "/v1/completions", "application/json", `{"prompt":"a","n":17}`, 400, "invalid_value"},
+		{"choices too many", "POST", "/v1/completions", "application/json", `{"prompt":["a","b","c"],"n":6}`, 400, "invalid_value"},
+		{"empty prompt in array", "POST", "/v1/completions", "application/json", `{"prompt":["a",""]}`, 400, "missing_prompt"},
 		{"too many stops", "POST", "/v1/completions", "application/json", `{"prompt":"a","stop":["1","2","3","4","5"]}`, 400, "invalid_value"},
 		{"empty stop", "POST", "/v1/completions", "application/json", `{"prompt":"a","stop":""}`, 400, "invalid_value"},
 		{"prompt too long", "POST", "/v1/completions", "application/json", `{"prompt":"` + strings.Repeat("ab", 200) + `"}`, 400, "context_length_exceeded"},
@@ -310,7 +332,7 @@ func TestBadRequests(t *testing.T) {
 		{"body too large", "POST", "/v1/completions", "application/json", `{"prompt":"` + big + `"}`, 413, "body_too_large"},
 		{"no messages", "POST", "/v1/chat/completions", "application/json", `{"messages":[]}`, 400, "missing_messages"},
 		{"bad role", "POST", "/v1/chat/completions", "application/json", `{"messages":[{"role":"wizard","content":"hi"}]}`, 400, "invalid_value"},
-		{"image part", "POST", "/v1/chat/completions", "application/json", `{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, 400, "invalid_json"},
+		{"image part", "POST", "/v1/chat/completions", "application/json", `{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, 400, "unsupported_content"},
 		{"unknown route", "GET", "/v2/whatever", "", ``, 404, "not_found"},
 		{"wrong method", "GET", "/v1/completions", "", ``, 405, "method_not_allowed"},
 	}

@@ -191,6 +191,11 @@ func (dr *Door) Stale() { dr.router.stale() }
 // completions, embeddings, and the metrics.
 func (dr *Door) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", dr.openaiModels)
+	mux.HandleFunc("GET /v1/models/{id...}", dr.openaiModel)
+	// llama-server's tokenizer routes, at its paths; the body's "model"
+	// picks the replica as for a completion.
+	mux.HandleFunc("POST /tokenize", dr.openaiComplete("tokenize"))
+	mux.HandleFunc("POST /detokenize", dr.openaiComplete("detokenize"))
 	mux.HandleFunc("POST /v1/completions", dr.openaiComplete("completions"))
 	mux.HandleFunc("POST /v1/chat/completions", dr.openaiComplete("chat/completions"))
 	mux.HandleFunc("POST /v1/embeddings", dr.openaiComplete("embeddings"))

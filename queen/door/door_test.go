@@ -125,6 +125,10 @@ func (f *fakeFleet) openai(w http.ResponseWriter, r *http.Request, hive string) 
 		fmt.Fprintf(w, `{"error":{"code":"worker_failed","message":"worker %s stopped answering"}}`, id)
 		return
 	}
+	if ep := r.PathValue("endpoint"); ep == "tokenize" || ep == "detokenize" {
+		fmt.Fprintf(w, `{"endpoint":%q,"worker":%q}`, ep, id)
+		return
+	}
 	var req struct{ Stream bool }
 	_ = json.NewDecoder(r.Body).Decode(&req)
 	if req.Stream { // an endless stream, an event each few milliseconds, until the caller leaves
@@ -554,4 +558,41 @@ func TestDoorDrain(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// /tokenize and /detokenize go to a replica of the model the body names,
+// as a completion does; GET /v1/models/{id} answers for a listed model
+// and 404 for another.
+func TestDoorTokenizeAndModel(t *testing.T) {
+	t.Parallel()
+	f := newFakeFleet(t, map[string][]string{"h1": {"w1"}})
+	h := newTestDoor(t, f)
+	for _, ep := range []string{"tokenize", "detokenize"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/"+ep, strings.NewReader(`{"model":"alpha","content":"hi","tokens":[1]}`)))
+		want := fmt.Sprintf(`{"endpoint":%q,"worker":"h1/w1"}`, ep)
+		if rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != want {
+			t.Errorf("POST /%s: %d %s, want 200 %s", ep, rec.Code, rec.Body, want)
+		}
+	}
+	for _, tt := range []struct {
+		id   string
+		code int
+	}{{"alpha", 200}, {"nope", 404}} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/models/"+tt.id, nil))
+		var m struct {
+			ID    string `json:"id"`
+			Error *struct {
+				Type string `json:"type"`
+				Code string `json:"code"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil || rec.Code != tt.code {
+			t.Errorf("GET /v1/models/%s: %d %s, want %d", tt.id, rec.Code, rec.Body, tt.code)
+		}
+		if tt.code == 200 && m.ID != tt.id || tt.code == 404 && (m.Error == nil || m.Error.Type == "" || m.Error.Code != "model_not_found") {
+			t.Errorf("GET /v1/models/%s: %s", tt.id, rec.Body)
+		}
+	}
 }

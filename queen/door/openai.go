@@ -38,18 +38,43 @@ type oaiModel struct {
 // openaiModels lists every model the fleet can serve by the names clients
 // use: deployments, aliases, references, and file names of local models.
 func (dr *Door) openaiModels(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	snaps, _, err := dr.router.lookSnaps(ctx)
+	out, err := dr.modelList(r.Context())
 	if err != nil {
 		writeOAIError(w, err)
 		return
+	}
+	reply.JSON(w, http.StatusOK, map[string]any{"object": "list", "data": out})
+}
+
+// openaiModel serves GET /v1/models/{id}: the model as GET /v1/models
+// lists it, or 404.
+func (dr *Door) openaiModel(w http.ResponseWriter, r *http.Request) {
+	out, err := dr.modelList(r.Context())
+	if err != nil {
+		writeOAIError(w, err)
+		return
+	}
+	id := r.PathValue("id")
+	for _, m := range out {
+		if m.ID == id {
+			reply.JSON(w, http.StatusOK, m)
+			return
+		}
+	}
+	writeOAI(w, http.StatusNotFound, "invalid_request_error", rbee.CodeModelNotFound, fmt.Sprintf("the model %q does not exist (GET /v1/models lists those this key may use)", id))
+}
+
+// modelList is what GET /v1/models lists, sorted by id.
+func (dr *Door) modelList(ctx context.Context) ([]oaiModel, error) {
+	snaps, _, err := dr.router.lookSnaps(ctx)
+	if err != nil {
+		return nil, err
 	}
 	seen := map[string]bool{}
 	out := []oaiModel{}
 	deps, err := dr.router.deployments(ctx)
 	if err != nil {
-		writeOAIError(w, err)
-		return
+		return nil, err
 	}
 	for _, d := range deps {
 		if allows(ctx, d.Name) {
@@ -68,7 +93,7 @@ func (dr *Door) openaiModels(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	reply.JSON(w, http.StatusOK, map[string]any{"object": "list", "data": out})
+	return out, nil
 }
 
 // modelNames are the names a client may ask for a model by.
@@ -94,8 +119,8 @@ type doorHead struct {
 	} `json:"stream_options"`
 }
 
-// openaiComplete serves POST /v1/completions, /v1/chat/completions and
-// /v1/embeddings: the model is found by name (a deployment, or a name in
+// openaiComplete serves POST /v1/completions, /v1/chat/completions,
+// /v1/embeddings, /tokenize and /detokenize: the model is found by name (a deployment, or a name in
 // the fleet's catalogs, or a reference to download), the request goes to
 // the ready replica with the fewest requests in flight per slot — waiting
 // in the model's queue when every slot is taken; with no replica, one is
