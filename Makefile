@@ -2,6 +2,7 @@
 GO         ?= go
 DEV        ?= .rbee-dev
 ENGINE_DIR ?= $(DEV)/engine/llama-cpu
+VULKAN_DIR ?= $(DEV)/engine/llama-vulkan
 # RPC=1: make engine also builds llama.cpp's RPC backend and rpc-server
 # (needs g++ and git); the demos need neither.
 RPC        ?= 1
@@ -14,7 +15,7 @@ DEADCODE   ?= $(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build agents test check bench bench-scale anchors engine models demo worker-demo clean
+.PHONY: help build agents test check bench bench-scale anchors engine engine-vulkan models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,8 +29,8 @@ agents: build ## Cross-build the agent and worker for linux/arm64 into bin/agent
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/agents/linux-arm64/rbee-hive ./cmd/rbee-hive
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/agents/linux-arm64/rbee-worker ./cmd/rbee-worker
 
-test: engine ## Run every test (needs the engine bundle; fetched if missing)
-	$(GO) test $(TESTFLAGS) ./...
+test: engine engine-vulkan ## Run every test (needs the engine bundles, fetched if missing, and a Vulkan driver: Mesa's llvmpipe)
+	RBEE_TEST_VULKAN_ENGINE=$(abspath $(VULKAN_DIR)) $(GO) test $(TESTFLAGS) ./...
 
 check: ## gofmt, go vet, go mod tidy and deadcode must leave nothing to change
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
@@ -51,6 +52,9 @@ anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama
 
 engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR), with the RPC backend and rpc-server built from its source (RPC=0: without)
 	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache $(if $(filter 1,$(RPC)),-rpc ./scripts/rpc.sh)
+
+engine-vulkan: ## Get the llama.cpp Vulkan engine bundle (npm registry) into $(VULKAN_DIR): tests run it on Mesa's llvmpipe
+	$(GO) run ./internal/cmd/getengine -gpu vulkan -out $(VULKAN_DIR) -cache $(DEV)/cache
 
 models: engine ## Write the generated models into $(MODELS_DIR)
 	$(GO) run ./internal/cmd/mkmodels -out $(MODELS_DIR) -engine $(ENGINE_DIR)

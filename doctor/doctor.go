@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/rbee-dev/rbee/provision"
 	"github.com/rbee-dev/rbee/remote"
 )
 
@@ -43,16 +45,19 @@ type Report struct {
 
 // Facts are the probe's raw findings, for tools (hive status --json).
 type Facts struct {
-	OS           string   `json:"os,omitempty"`      // linux
-	Arch         string   `json:"arch,omitempty"`    // amd64
-	Machine      string   `json:"machine,omitempty"` // uname -m
-	Distro       string   `json:"distro,omitempty"`  // PRETTY_NAME of /etc/os-release
-	Libc         string   `json:"libc,omitempty"`    // "glibc 2.36", "musl"
-	Glibc        string   `json:"glibc,omitempty"`   // "2.36"
-	Libraries    []Lib    `json:"libraries"`         // each library the engine loads by name
-	Home         string   `json:"home,omitempty"`    // the user's home
-	HomeWritable bool     `json:"home_writable"`     // test -w on the home (and ~/.rbee when present)
-	FreeBytes    uint64   `json:"free_bytes"`        // free in the home's file system
+	OS        string `json:"os,omitempty"`      // linux
+	Arch      string `json:"arch,omitempty"`    // amd64
+	Machine   string `json:"machine,omitempty"` // uname -m
+	Distro    string `json:"distro,omitempty"`  // PRETTY_NAME of /etc/os-release
+	Libc      string `json:"libc,omitempty"`    // "glibc 2.36", "musl"
+	Glibc     string `json:"glibc,omitempty"`   // "2.36"
+	Libraries []Lib  `json:"libraries"`         // each library the engine loads by name
+	Home      string `json:"home,omitempty"`    // the user's home
+	// Engine is the engine build rbee gives the machine: cuda, vulkan or
+	// cpu (the gpu engine check says why).
+	Engine       string   `json:"engine,omitempty"`
+	HomeWritable bool     `json:"home_writable"` // test -w on the home (and ~/.rbee when present)
+	FreeBytes    uint64   `json:"free_bytes"`    // free in the home's file system
 	AuthMethod   string   `json:"auth_method,omitempty"`
 	HostKey      string   `json:"host_key,omitempty"` // "known", "recorded", "unknown", "changed"
 	Forwarding   string   `json:"forwarding,omitempty"`
@@ -179,6 +184,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	p := parseProbe(out)
 	evaluate(rep, p, opt)
+	checkEngineChoice(ctx, rep, run)
 	if c, ok := run.(*remote.Conn); ok && p.get("agent_socket") == "yes" {
 		checkAgentSocket(ctx, rep, c)
 	}
@@ -225,6 +231,26 @@ func checkHive(ctx context.Context, rep *Report, run runner, opt Options) error 
 	return nil
 }
 
+// checkEngineChoice says which engine build rbee gives this machine and
+// why: what the probe a connection runs finds of its GPUs (NVIDIA driver
+// and CUDA runtime, Vulkan loader and drivers, render nodes, arch).
+func checkEngineChoice(ctx context.Context, rep *Report, run runner) {
+	p, err := provision.ProbeWith(ctx, func(ctx context.Context, argv []string) ([]byte, error) {
+		return run.Run(ctx, argv, nil)
+	})
+	if err != nil {
+		rep.add(checkEngine, Warn, "", "the GPU probe failed: %v", err)
+		return
+	}
+	c := provision.ChooseEngine(p, os.Getenv("RBEE_SOFTWARE_GPU") == "1")
+	rep.Facts.Engine = c.Kind()
+	if c.GPU == "" && (p.NVIDIA != "" || p.RenderNodes > 0) {
+		rep.add(checkEngine, Warn, "see the reason: a GPU is there that no engine build can use yet", "the %s build: %s", c.Kind(), c.Why)
+		return
+	}
+	rep.add(checkEngine, OK, "", "the %s build: %s", c.Kind(), c.Why)
+}
+
 // checkAgentSocket settles the forwarding check where an agent already
 // runs: a streamlocal dial to its socket is exactly what rbee does.
 func checkAgentSocket(ctx context.Context, rep *Report, c *remote.Conn) {
@@ -263,13 +289,14 @@ const (
 	checkHome       = "home"
 	checkGPU        = "gpu"
 	checkCUDA       = "cuda runtime"
+	checkEngine     = "gpu engine"
 	checkInstalled  = "installed"
 	checkEngines    = "engines"
 	checkAgent      = "agent"
 )
 
 var allChecks = []string{checkReach, checkHostKey, checkAuth, checkForwarding, checkPlatform, checkGlibc,
-	checkLibs, checkDisk, checkHome, checkGPU, checkCUDA, checkInstalled, checkEngines, checkAgent}
+	checkLibs, checkDisk, checkHome, checkGPU, checkCUDA, checkEngine, checkInstalled, checkEngines, checkAgent}
 
 var reportOrder = slices.Insert(slices.Clone(allChecks), 4, checkProbe)
 

@@ -203,7 +203,14 @@ func (a Artifacts) engineFor(ctx context.Context, p Probe, opt Options, narrate 
 
 // ProbeLocal runs the probe on this machine, as ProbeHost does on a host.
 func ProbeLocal(ctx context.Context) (Probe, error) {
-	out, err := exec.CommandContext(ctx, "sh", "-c", probeScript).Output()
+	return ProbeWith(ctx, func(ctx context.Context, argv []string) ([]byte, error) {
+		return exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+	})
+}
+
+// ProbeWith runs the probe through run (argv: a constant sh -c script).
+func ProbeWith(ctx context.Context, run func(ctx context.Context, argv []string) ([]byte, error)) (Probe, error) {
+	out, err := run(ctx, []string{"sh", "-c", probeScript})
 	if err != nil {
 		return Probe{}, fmt.Errorf("probe: %w", err)
 	}

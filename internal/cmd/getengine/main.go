@@ -32,11 +32,21 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	pkg, ok := enginefetch.For(runtime.GOOS, runtime.GOARCH, "")
+	// -gpu picks the package before the other flags take its defaults.
+	gpu := ""
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "-gpu="); ok {
+			gpu = v
+		} else if a == "-gpu" && i+1 < len(args) {
+			gpu = args[i+1]
+		}
+	}
+	pkg, ok := enginefetch.For(runtime.GOOS, runtime.GOARCH, gpu)
 	if !ok {
-		return fmt.Errorf("no pinned engine package for %s/%s (see enginefetch.Packages)", runtime.GOOS, runtime.GOARCH)
+		return fmt.Errorf("no pinned engine package for %s/%s %q (see enginefetch.Packages)", runtime.GOOS, runtime.GOARCH, gpu)
 	}
 	flags := flag.NewFlagSet("getengine", flag.ContinueOnError)
+	flags.String("gpu", "", "GPU `kind` of the pinned package: \"\" (the CPU build), vulkan, cuda")
 	flags.SetOutput(stderr)
 	out := flags.String("out", filepath.Join(".rbee-dev", "engine", "llama-cpu"), "bundle `dir`ectory to prepare")
 	cacheDir := flags.String("cache", filepath.Join(".rbee-dev", "cache"), "`dir`ectory caching downloads")
@@ -45,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rpc := flags.String("rpc", "", "`script` that builds llama.cpp's RPC backend and server for the bundle (scripts/rpc.sh), added to it; \"\" leaves them out")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "usage: go run ./internal/cmd/getengine [flags]\n\n"+
-			"Fetches the pinned llama.cpp CPU build and prepares it as an engine bundle.\n\n")
+			"Fetches a pinned llama.cpp build (the CPU one unless -gpu) and prepares it as an engine bundle.\n\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
