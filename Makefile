@@ -15,7 +15,7 @@ DEADCODE   ?= $(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0
 
 export RBEE_ENGINE ?= $(abspath $(ENGINE_DIR))
 
-.PHONY: help build agents test check bench bench-scale anchors engine engine-vulkan models demo worker-demo clean
+.PHONY: help build agents test check bench bench-scale anchors engine engine-vulkan gpu-check models demo worker-demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ anchors: ## Build llama.cpp's llama-server and llama-bench (CPU) from node-llama
 
 engine: ## Get the llama.cpp CPU engine bundle (npm registry) into $(ENGINE_DIR), with the RPC backend and rpc-server built from its source (RPC=0: without)
 	$(GO) run ./internal/cmd/getengine -out $(ENGINE_DIR) -cache $(DEV)/cache $(if $(filter 1,$(RPC)),-rpc ./scripts/rpc.sh)
+
+gpu-check: build ## On a machine with an NVIDIA GPU: install the CUDA bundle as a hive does, run a worker on gpu0, compare NVML with the engine, tokens/s (scripts/gpu-check.sh)
+	./scripts/gpu-check.sh
 
 engine-vulkan: ## Get the llama.cpp Vulkan engine bundle (npm registry) into $(VULKAN_DIR): tests run it on Mesa's llvmpipe
 	$(GO) run ./internal/cmd/getengine -gpu vulkan -out $(VULKAN_DIR) -cache $(DEV)/cache
