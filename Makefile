@@ -40,8 +40,8 @@ check: ## gofmt, go vet, go mod tidy and deadcode must leave nothing to change
 	@out=$$($(DEADCODE) ./... | grep -Ev '^(internal/(sshtest|testenv|testmodel|gguf)|download/hubtest|gpu/gputest|enginefetch/npmtest)/'); \
 		if [ -n "$$out" ]; then echo "deadcode: unreachable code:"; echo "$$out"; exit 1; fi
 
-bench: engine models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, warm overhead through queen+hive, catalogs, bundles
-	RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) RBEE_BENCH_ANCHORS=$(abspath $(DEV)/anchors) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
+bench: engine engine-vulkan models anchors ## Benchmarks: rbee-worker vs llama-server (ratios), vs in-process yzma, Vulkan (llvmpipe) vs CPU, warm overhead through queen+hive, catalogs, bundles
+	RBEE_TEST_VULKAN_ENGINE=$(abspath $(VULKAN_DIR)) RBEE_BENCH_MODELS=$(abspath $(MODELS_DIR)) RBEE_BENCH_ANCHORS=$(abspath $(DEV)/anchors) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./worker/ ./e2e/
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./bundle/ ./catalog/ ./modelfile/ ./sse/ ./gpu/ ./remote/ ./download/ ./inventory/
 
 bench-scale: ## rbee up on HOSTS fresh sshd hosts of this machine (default 50): cold and warm up, rbee ps, the queen's peak RSS, bytes per host
