@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/internal/sshtest"
@@ -138,6 +142,22 @@ func TestVulkanTwoGPUs(t *testing.T) {
 	p := workerPlacement(t, filepath.Join(e.home, ".rbee"))
 	if !strings.HasPrefix(p, "Vulkan0:") || !strings.Contains(p, " Vulkan1:") || strings.Contains(p, "CPU") || strings.Contains(p, ";") {
 		t.Errorf("worker placement = %q, want one worker with layers on Vulkan0 and Vulkan1", p)
+	}
+
+	// The door places a deployment's replica the same way.
+	if r := e.rbee("model", "deploy", longModel, "--name", "split", "--hive", "localhost", "--device", "gpu0,gpu1"); r.code != 0 {
+		t.Fatalf("model deploy --device gpu0,gpu1: exit %d\n%s", r.code, r.stderr)
+	}
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+	got, err := c.Completions.New(context.Background(), openai.CompletionNewParams{
+		Model: "split", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("abc")}, Temperature: openai.Float(0), MaxTokens: openai.Int(5),
+	})
+	if err != nil || len(got.Choices) != 1 || got.Usage.CompletionTokens == 0 {
+		t.Fatalf("door completion on the split deployment: %v %+v", err, got)
+	}
+	ds := e.deployments(t)
+	if len(ds) != 1 || len(ds[0].Workers) != 1 || ds[0].Workers[0].Device != "gpu0,gpu1" {
+		t.Errorf("deployments = %+v, want one replica on gpu0,gpu1", ds)
 	}
 	e.stopQueen()
 }
