@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -246,6 +247,12 @@ var (
 func TestPrepare(t *testing.T) {
 	t.Parallel()
 	cudaLibs := append(cpuLibs(), entry{name: "libggml-cuda.so", body: "cuda"})
+	// The Vulkan package names its libraries libllama.vulkan.v0.5.0.so.
+	var vulkanLibs []entry
+	for _, e := range append(cpuLibs(), entry{name: "libggml-vulkan.so", body: "vulkan"}) {
+		e.name = strings.Replace(e.name, ".v0.5.0.so", ".vulkan.v0.5.0.so", 1)
+		vulkanLibs = append(vulkanLibs, e)
+	}
 	tests := []struct {
 		name         string
 		src          func(t *testing.T, dir string) string
@@ -317,6 +324,17 @@ func TestPrepare(t *testing.T) {
 			},
 			wantBackends: []string{"cpu", "cuda"},
 		},
+		{
+			name: "the vulkan package",
+			src: func(t *testing.T, dir string) string {
+				return writeTgz(t, filepath.Join(dir, "engine.tgz"), npmPackage(vulkanLibs))
+			},
+			wantFiles: []string{
+				"LICENSE", "libggml-base.so", "libggml-cpu-haswell.so", "libggml-cpu-x64.so", "libggml-vulkan.so",
+				"libggml.vulkan.v0.5.0.so", "libllama-common.so", "libllama.vulkan.v0.5.0.so",
+			},
+			wantBackends: []string{"cpu", "vulkan"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -332,8 +350,14 @@ func TestPrepare(t *testing.T) {
 			if got := fileNames(m); !slices.Equal(got, tt.wantFiles) {
 				t.Errorf("files: got %v, want %v", got, tt.wantFiles)
 			}
-			if !reflect.DeepEqual(m.Links, cpuLinks) {
-				t.Errorf("links: got %v, want %v", m.Links, cpuLinks)
+			wantLinks := maps.Clone(cpuLinks)
+			for name, want := range wantLinks {
+				if slices.Contains(tt.wantBackends, "vulkan") {
+					wantLinks[name] = strings.Replace(want, ".v0.5.0.so", ".vulkan.v0.5.0.so", 1)
+				}
+			}
+			if !reflect.DeepEqual(m.Links, wantLinks) {
+				t.Errorf("links: got %v, want %v", m.Links, wantLinks)
 			}
 			if !slices.Equal(m.Backends, tt.wantBackends) {
 				t.Errorf("backends: got %v, want %v", m.Backends, tt.wantBackends)
@@ -352,7 +376,7 @@ func TestPrepare(t *testing.T) {
 			if !reflect.DeepEqual(got.Files, m.Files) {
 				t.Errorf("Validate files: got %v, want %v", got.Files, m.Files)
 			}
-			for name, want := range cpuLinks {
+			for name, want := range wantLinks {
 				if target, err := os.Readlink(filepath.Join(dst, name)); err != nil || target != want {
 					t.Errorf("Readlink(%s): got %q, %v, want %q", name, target, err, want)
 				}

@@ -118,6 +118,25 @@ func TestVulkanLocal(t *testing.T) {
 	e.stopQueen()
 }
 
+// TestVulkanLocalChosen: with no engine named, the local hive gets the
+// engine its probe calls for — Vulkan here (llvmpipe, RBEE_SOFTWARE_GPU=1)
+// — says why, and runs the job on the GPU it lists.
+func TestVulkanLocalChosen(t *testing.T) {
+	t.Parallel()
+	vk, vars := vulkanEnv(t)
+	e := newEnv(t, append(vars, "RBEE_ENGINE=", "RBEE_ENGINE_VULKAN="+vk)...)
+	r := e.rbee("infer", "--hive", "localhost", "--device", "gpu0", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" || !strings.Contains(r.stderr, "this machine: the vulkan engine: Vulkan loader and software driver lvp") ||
+		!strings.Contains(r.stderr, "engine v0.5.0-cpu-vulkan") {
+		t.Fatalf("infer on gpu0 with the chosen engine: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	info := hiveStatus(t, e, "localhost")
+	if info.Host == nil || info.Host.EngineKind != "vulkan" || !strings.Contains(info.Host.EngineWhy, "lvp") {
+		t.Errorf("hive status localhost: host %+v, want the vulkan engine and why", info.Host)
+	}
+	e.stopQueen()
+}
+
 // TestVulkanTwoGPUs: a hive with two GPUs (llvmpipe named twice through
 // llama.cpp's GGML_VK_VISIBLE_DEVICES=0,0) runs one worker split across
 // both when asked for gpu0,gpu1, and --explain shows the split.

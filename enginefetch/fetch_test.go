@@ -31,6 +31,15 @@ func TestPackages(t *testing.T) {
 	if !ok || c.TarballPath() != "@node-llama-cpp/linux-x64-cuda/-/linux-x64-cuda-3.22.1.tgz" {
 		t.Errorf("For(linux, amd64, cuda): got %+v %v", c, ok)
 	}
+	if v, ok := enginefetch.For("linux", "amd64", "vulkan"); !ok || v.TarballPath() != "@node-llama-cpp/linux-x64-vulkan/-/linux-x64-vulkan-3.22.1.tgz" {
+		t.Errorf("For(linux, amd64, vulkan): got %+v %v", v, ok)
+	}
+	if a, ok := enginefetch.For("linux", "arm64", ""); !ok || a.TarballPath() != "@node-llama-cpp/linux-arm64/-/linux-arm64-3.22.1.tgz" {
+		t.Errorf("For(linux, arm64, cpu): got %+v %v", a, ok)
+	}
+	if _, ok := enginefetch.For("linux", "arm64", "vulkan"); ok {
+		t.Error("For(linux, arm64, vulkan): got a package, want none pinned")
+	}
 	if _, ok := enginefetch.For("darwin", "arm64", ""); ok {
 		t.Error("For(darwin, arm64): got a package, want none pinned")
 	}
