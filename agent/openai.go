@@ -94,7 +94,15 @@ func (a *Agent) startWorker(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, rbee.CodeModelNotFound, fmt.Sprintf("model %q is not in hive %s's catalog", req.Model, a.cfg.Name))
 		return
 	}
-	ws := workerStart{model: m, device: req.Device, reservation: req.Reservation, embeddings: req.Embeddings, deployment: req.Deployment}
+	if err := checkRPC(hiveapi.InferRequest{RPC: req.RPC, TensorSplit: req.TensorSplit}); err != nil {
+		if req.Reservation != "" {
+			a.vram.release(req.Reservation)
+		}
+		writeErr(w, http.StatusBadRequest, rbee.CodeBadRequest, err.Error())
+		return
+	}
+	ws := workerStart{model: m, device: req.Device, reservation: req.Reservation, embeddings: req.Embeddings, deployment: req.Deployment,
+		rpc: req.RPC, tensorSplit: req.TensorSplit}
 	wp, _, _, err := a.ensureWorker(ctx, ws, quietSend)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err)

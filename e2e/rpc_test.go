@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/gpu/gputest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/internal/testmodel"
@@ -512,6 +517,83 @@ func TestRPCSplitNeedsRPCEngine(t *testing.T) {
 	}
 	if r = e.rbee(args...); r.code != 0 || r.stdout != alphabetRest+"\n" {
 		t.Fatalf("split after the installs: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	e.stopQueen()
+}
+
+// TestDoorSplitsAcrossHosts: a deployment whose model no single device of
+// its hives holds is served through the door by one worker split across
+// two hosts (llama.cpp's RPC), as rbee infer serves it. The hosts' GPUs
+// are fakes (NVML) each with 70% of the room the model needs: the split
+// is planned on them; the processes run on the CPU bundle, for real.
+func TestDoorSplitsAcrossHosts(t *testing.T) {
+	t.Parallel()
+	needRPC(t)
+	model := random75m(t)
+	// What the model needs, as the queen estimates it, from a plain run.
+	e := newEnv(t, "RBEE_WORKER_THREADS=1")
+	r := e.rbee("infer", "--hive", "localhost", "--device", "cpu", "--explain", "--model", model, "--max-tokens", "1", "hello")
+	m := regexp.MustCompile(`needs about ([0-9.]+) MiB`).FindStringSubmatch(r.stderr)
+	if r.code != 0 || m == nil {
+		t.Fatalf("infer to learn the need: exit %d\n%s", r.code, r.stderr)
+	}
+	e.stopQueen()
+	need, _ := strconv.ParseFloat(m[1], 64)
+	gpuMiB := int(need * 0.7)
+
+	// The hosts' agents load the fake NVML (from a directory their users
+	// reach) with one GPU of gpuMiB each.
+	dir, err := os.MkdirTemp("", "rbee-fake-nvml-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	lib, err := os.ReadFile(fakeNVML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nvml := filepath.Join(dir, filepath.Base(fakeNVML))
+	if err := os.WriteFile(nvml, lib, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gpus := gputest.GPUsEnv(gputest.FakeGPU{Name: "NVIDIA Fake", TotalMiB: gpuMiB, FreeMiB: gpuMiB, ComputeCap: "8.6"})
+	hosts := sshtest.Start(t, 2, sshtest.Options{ExtraConfig: "PermitUserEnvironment yes\n"})
+	for _, h := range hosts {
+		env := "RBEE_NVML_LIBRARY=" + nvml + "\n" + gputest.EnvGPUs + "=" + gpus + "\n"
+		if err := os.WriteFile(filepath.Join(h.Home, ".ssh", "environment"), []byte(env), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e = newEnv(t, "RBEE_WORKER_THREADS=1", "RBEE_INVENTORY="+filepath.Join(t.TempDir(), "inventory.toml"))
+	for i, h := range hosts {
+		if r := e.addHive(h, fmt.Sprintf("h%d", i+1)); r.code != 0 {
+			t.Fatalf("hive add: exit %d\n%s", r.code, r.stderr)
+		}
+	}
+	// The model reaches h1 (a CPU run there), then the deployment keeps
+	// it on the hosts' GPUs.
+	if r := e.rbee("infer", "--hive", "h1", "--device", "cpu", "--model", model, "--max-tokens", "1", "hello"); r.code != 0 {
+		t.Fatalf("infer on h1: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.rbee("model", "deploy", model, "--name", "big", "--hive", "h1,h2", "--device", "gpu0"); r.code != 0 {
+		t.Fatalf("model deploy: exit %d\n%s", r.code, r.stderr)
+	}
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+	got, err := c.Completions.New(context.Background(), openai.CompletionNewParams{
+		Model: "big", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("hello")}, Temperature: openai.Float(0), MaxTokens: openai.Int(8),
+	})
+	if err != nil || len(got.Choices) != 1 || got.Usage.CompletionTokens == 0 {
+		t.Fatalf("door completion of the split deployment: %v %+v", err, got)
+	}
+	pid, eps := splitWorker(e, hosts)
+	servers := rpcServers(e, hosts)
+	if pid == 0 || len(eps) != 1 || len(servers) != 1 {
+		t.Fatalf("split worker %d with endpoints %v, RPC servers %v; want one worker reaching one RPC server on the other host", pid, eps, servers)
+	}
+	ds := e.deployments(t)
+	if len(ds) != 1 || len(ds[0].Workers) != 1 || ds[0].Workers[0].Device != "gpu0" {
+		t.Errorf("deployments = %+v, want one replica on gpu0", ds)
 	}
 	e.stopQueen()
 }

@@ -64,6 +64,10 @@ type StartWorkerRequest struct {
 	Reservation string `json:"reservation,omitempty"`
 	Embeddings  bool   `json:"embeddings,omitempty"`
 	Deployment  string `json:"deployment"`
+	// RPC and TensorSplit start a split's worker, as InferRequest's do:
+	// the front door serves a model across hives through one.
+	RPC         []string  `json:"rpc,omitempty"`
+	TensorSplit []float64 `json:"tensor_split,omitempty"`
 }
 
 // DeploymentRequest marks a running worker as kept loaded for a

@@ -125,10 +125,10 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 		ConnectTimeout: cfg.ConnectTimeout, Scheduler: cfg.Scheduler, Log: cfg.Log,
 		EngineRegistry: cfg.EngineRegistry, EngineArchive: cfg.EngineArchive,
 		Changed: func() { dr.Stale() }}, db)
-	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
-		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log}, q.fleet, db)
-	q.door = dr
 	q.splits = split.New(q.fleet, cfg.Log, cfg.RPCStall)
+	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
+		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log, Split: q.splits.Serve}, q.fleet, db)
+	q.door = dr
 	// The hives an earlier queen served are picked up again at once.
 	q.fleet.Reconnect(ctx)
 	return q, nil

@@ -69,6 +69,9 @@ type Config struct {
 	Pull bool
 	// RequestLog is the request log's file (JSON lines).
 	RequestLog string
+	// Split serves a model no single device holds from one worker split
+	// across hives (the queen's splitter); nil: such a model is refused.
+	Split func(ctx context.Context, spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot, device, deployment string, cause error) (fleet.SplitWorker, error)
 	Log        *slog.Logger
 }
 

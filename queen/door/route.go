@@ -483,6 +483,17 @@ func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, e
 	id := "place-" + hex.EncodeToString(b[:])
 	pl, err := dr.fleet.Place(ctx, fleet.PlaceJob{ID: id, Spec: g.spec, Device: o.device, Fleet: len(hives) > 1, Snaps: snaps,
 		Exclude: o.exclude, Embeddings: g.key.embeddings}, hives, fleet.Quiet{})
+	if rbee.CodeOf(err) == rbee.CodeNoRoom && dr.cfg.Split != nil && len(snaps) > 1 && !g.key.embeddings {
+		// No single device holds it: one worker split across hives, as
+		// `rbee infer` does (within a host the planner split it already).
+		sw, serr := dr.cfg.Split(ctx, g.spec, snaps, o.device, o.deployment, err)
+		if serr != nil {
+			return nil, serr
+		}
+		dr.log.Info("replica split", "model", fleet.ShownName(g.spec.Raw), "hive", sw.Hive, "worker", sw.Worker, "hives", strings.Join(sw.Hives, ","), "deployment", o.deployment)
+		return &replica{hive: sw.Hive, worker: sw.Worker, device: sw.Device, modelID: sw.ModelID, deployment: o.deployment,
+			slots: max(sw.Slots, 1), ready: true}, nil
+	}
 	if err != nil {
 		return nil, err
 	}

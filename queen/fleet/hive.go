@@ -227,3 +227,12 @@ func ShownName(s string) string {
 	}
 	return s
 }
+
+// SplitWorker is a worker that holds a model split across hives
+// (llama.cpp's RPC): the split's main hive runs it. The front door routes
+// to it as to any replica; the split lives as long as the worker.
+type SplitWorker struct {
+	Hive, Worker, Device, ModelID string
+	Slots                         int
+	Hives                         []string // every hive of the split, the main one first
+}

@@ -2,11 +2,15 @@ package split
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/hiveapi"
 	"github.com/rbee-dev/rbee/queen/fleet"
 	"github.com/rbee-dev/rbee/queenapi"
 	"github.com/rbee-dev/rbee/scheduler"
@@ -90,4 +94,56 @@ func schedHives(spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot) []schedu
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// Serve is the front door's split: a model no single device of the fleet
+// holds (cause is the planner's no-room error) served by one worker whose
+// layers spread over several hives, as Auto does for a job — a warm split
+// of the same model and hives first, else one set up now. Only devices
+// named device (when one is) take part. The worker is kept loaded for
+// deployment when one is given; the split ends when the worker does.
+func (sp *Splitter) Serve(ctx context.Context, spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot, device, deployment string, cause error) (fleet.SplitWorker, error) {
+	if len(snaps) < 2 || spec.Need == 0 {
+		return fleet.SplitWorker{}, cause
+	}
+	hives := schedHives(spec, snaps)
+	if device != "" {
+		for i := range hives {
+			hives[i].Devices = slices.DeleteFunc(slices.Clone(hives[i].Devices), func(d rbee.Device) bool { return d.ID != device })
+		}
+	}
+	plan, err := scheduler.PlanSplit(splitRequest(spec, nil), hives)
+	if err != nil {
+		return fleet.SplitWorker{}, &rbee.Error{Code: rbee.CodeNoRoom, Message: fmt.Sprintf("%v; %v", cause, err), Err: err,
+			Hint: "pick a smaller quantization, or free memory on the hives"}
+	}
+	names := plan.Hives()
+	key := splitKey(spec, names)
+	if s := sp.warm(key); s != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return fleet.SplitWorker{Hive: s.main, Worker: s.worker, Device: s.device, ModelID: s.model, Slots: 1, Hives: names}, nil
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	id := "door-split-" + hex.EncodeToString(b[:])
+	sp.log.Info("door split", "model", fleet.ShownName(spec.Raw), "plan", strings.ReplaceAll(plan.Explain(), "\n", ";"))
+	s, model, reservation, err := sp.setUpSplit(ctx, id, spec, plan, key, fleet.Quiet{})
+	if err != nil {
+		return fleet.SplitWorker{}, err
+	}
+	s.mu.Lock()
+	s.model = model.ID
+	s.mu.Unlock()
+	info, err := s.mainHC.Client().StartWorker(ctx, hiveapi.StartWorkerRequest{Model: model.ID, Device: s.device, Reservation: reservation,
+		Deployment: deployment, RPC: s.endpoints, TensorSplit: plan.Shares()})
+	if err != nil {
+		s.end()
+		if hive, why, ok := s.lostNow(); ok {
+			return fleet.SplitWorker{}, rbee.Errorf(rbee.CodeWorkerCrashed, "the split lost hive %s while the worker started: %v", hive, why)
+		}
+		return fleet.SplitWorker{}, fleet.HiveError(err)
+	}
+	s.setWorker(info.ID)
+	return fleet.SplitWorker{Hive: s.main, Worker: info.ID, Device: info.Device, ModelID: model.ID, Slots: max(info.Slots, 1), Hives: names}, nil
 }
