@@ -72,7 +72,7 @@ type Config struct {
 	// Split serves a model no single device holds from one worker split
 	// across hives (the queen's splitter); nil: such a model is refused.
 	Split func(ctx context.Context, spec *fleet.ModelSpec, snaps map[string]fleet.Snapshot, device, deployment string, cause error) (fleet.SplitWorker, error)
-	Log        *slog.Logger
+	Log   *slog.Logger
 }
 
 // Door is the OpenAI-compatible front door: its routes, the router and
