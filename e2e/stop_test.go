@@ -105,7 +105,7 @@ func openDoorStream(t *testing.T, e *env, maxTokens int) (*bufio.Reader, func())
 	if r := e.rbee("infer", "--model", longModel, "--temperature", "0", "--max-tokens", "1", "hello"); r.code != 0 {
 		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
 	}
-	body := fmt.Sprintf(`{"model":"random-3m.gguf","prompt":"hello","max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true}`, maxTokens)
+	body := fmt.Sprintf(`{"model":"random-3m.gguf","prompt":"hello","max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, maxTokens)
 	resp, err := http.Post("http://"+e.queen+"/v1/completions", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)

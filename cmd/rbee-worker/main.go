@@ -73,6 +73,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "rbee-worker: %v\nhint: rbee-worker --help lists the flags\n", err)
 		os.Exit(2)
 	}
+	if c.Model == "" && !c.ListDevices {
+		fmt.Fprintf(os.Stderr, "rbee-worker: missing flags: --model=STRING (the GGUF file to serve)\nhint: rbee-worker --help lists the flags\n")
+		os.Exit(2)
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "rbee-worker: %v\n", err)
 		os.Exit(1)
@@ -90,9 +94,6 @@ func run(c cli) error {
 	}
 	if c.ListDevices {
 		return listDevices(c.Engine)
-	}
-	if c.Model == "" {
-		return errors.New("--model is required: the GGUF file to serve")
 	}
 	if err := llm.CheckGGUF(c.Model); err != nil {
 		return err
