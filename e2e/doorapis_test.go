@@ -143,7 +143,9 @@ func TestResponsesAPI(t *testing.T) {
 		{`{"model":"random-3m.gguf","input":"abc","max_output_tokens":0}`, "max_output_tokens"}, // the worker's refusal, renamed
 	} {
 		code, body := e.post("/v1/responses", tt.body)
-		var eb struct{ Error struct{ Param, Message string } }
+		var eb struct {
+			Error struct{ Param, Message string }
+		}
 		if err := json.Unmarshal([]byte(body), &eb); err != nil || code != http.StatusBadRequest || eb.Error.Param != tt.param {
 			t.Errorf("%s: %d %s, want 400 naming %s", tt.body, code, body, tt.param)
 		}
