@@ -105,6 +105,13 @@ func responsesToChat(raw map[string]json.RawMessage, req responsesRequest) ([]by
 		chat["stream_options"] = map[string]bool{"include_usage": true}
 	}
 	if req.Text != nil {
+		var sub map[string]json.RawMessage
+		_ = json.Unmarshal(raw["text"], &sub)
+		for k := range sub {
+			if k != "format" && k != "verbosity" {
+				return nil, &fieldError{param: "text." + k, code: "unsupported_parameter", msg: fmt.Sprintf("request field \"text.%s\" is not supported: text takes format", k)}
+			}
+		}
 		if req.Text.Verbosity != nil {
 			return nil, &fieldError{param: "text.verbosity", code: "unsupported_parameter", msg: "text.verbosity is not supported: the door's models have no verbosity setting"}
 		}

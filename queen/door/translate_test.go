@@ -47,6 +47,7 @@ func TestResponsesToChat(t *testing.T) {
 		{name: "image", body: `{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"x"}]}]}`, param: "input[0].content[0]"},
 		{name: "item reference", body: `{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}`, param: "input[0]"},
 		{name: "no input", body: `{"model":"m"}`, param: "input"},
+		{name: "text field", body: `{"model":"m","input":"x","text":{"colour":"red"}}`, param: "text.colour"},
 		{name: "verbosity", body: `{"model":"m","input":"x","text":{"verbosity":"low"}}`, param: "text.verbosity"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
