@@ -263,6 +263,40 @@ func TestOpenAIKeys(t *testing.T) {
 			t.Errorf("app2's model list shows a model it may not use")
 		}
 	}
+	// The keys guard every door route: the Responses API, llama-server's
+	// tokenizer and Ollama's routes (in Ollama's error shape) too.
+	for _, tt := range []struct {
+		path, key, body string
+		want            int
+	}{
+		{"/api/tags", "", "", http.StatusUnauthorized},
+		{"/tokenize", "", `{"model":"alphabet.gguf","content":"abc"}`, http.StatusUnauthorized},
+		{"/v1/models/alphabet.gguf", "", "", http.StatusUnauthorized},
+		{"/api/generate", k2, `{"model":"alphabet.gguf","prompt":"abc","raw":true,"stream":false}`, http.StatusForbidden},
+		{"/v1/responses", k2, `{"model":"alphabet.gguf","input":"abc"}`, http.StatusForbidden},
+		{"/api/generate", k1, `{"model":"alphabet.gguf","prompt":"abc","raw":true,"stream":false,"options":{"temperature":0}}`, http.StatusOK},
+		{"/v1/models/alphabet.gguf", k1, "", http.StatusOK},
+	} {
+		method, body := "GET", io.Reader(nil)
+		if tt.body != "" {
+			method, body = "POST", strings.NewReader(tt.body)
+		}
+		req, _ := http.NewRequest(method, "http://"+e.queen+tt.path, body)
+		req.Header.Set("Content-Type", "application/json")
+		if tt.key != "" {
+			req.Header.Set("Authorization", "Bearer "+tt.key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ollamaShape := strings.HasPrefix(string(b), `{"error":"`)
+		if resp.StatusCode != tt.want || (tt.want != http.StatusOK && ollamaShape != strings.HasPrefix(tt.path, "/api/")) {
+			t.Errorf("%s %s with key %q: %d %s, want %d", method, tt.path, tt.key, resp.StatusCode, b, tt.want)
+		}
+	}
 	if resp, err := http.Get("http://" + e.queen + "/health"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("/health needs no key: %v", err)
 	}

@@ -133,7 +133,7 @@ type TCPConfig struct {
 // only to requests a web page could not have made (door.Fence: the Host
 // names this queen, no foreign Origin; door.RequireJSON: JSON bodies at
 // the door); the front door
-// (models, completions, embeddings, /metrics) to anyone on loopback when
+// (door.IsRoute: its OpenAI and Ollama routes, /metrics) to anyone on loopback when
 // neither a token nor keys are configured, else to requests bearing the
 // token or an API key (door.Guard); the control routes only with the token.
 func (q *Queen) TCPHandler(cfg TCPConfig) http.Handler {
@@ -143,12 +143,11 @@ func (q *Queen) TCPHandler(cfg TCPConfig) http.Handler {
 	if cfg.Token != "" {
 		control = RequireToken(cfg.Token, q.ControlHandler())
 	}
-	doorPaths := map[string]bool{"/v1/models": true, "/v1/completions": true, "/v1/chat/completions": true, "/v1/embeddings": true, "/metrics": true}
 	return door.Fence(cfg.Fence, cfg.Listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/health":
 			public.ServeHTTP(w, r)
-		case doorPaths[r.URL.Path]:
+		case door.IsRoute(r.URL.Path):
 			guarded.ServeHTTP(w, r)
 		case control != nil:
 			control.ServeHTTP(w, r)

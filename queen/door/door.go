@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -190,8 +191,9 @@ func (dr *Door) Top() (models []queenapi.TopModel, inFlight map[string]int, gene
 // changed through the queen (a pull, a push, an alias, a removal).
 func (dr *Door) Stale() { dr.router.stale() }
 
-// Routes adds the OpenAI-compatible routes: models, completions, chat
-// completions, embeddings, and the metrics.
+// Routes adds the door's public routes: OpenAI's models, completions,
+// chat completions, embeddings and responses, llama-server's tokenizer,
+// Ollama's API, and the metrics.
 func (dr *Door) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", dr.openaiModels)
 	mux.HandleFunc("GET /v1/models/{id...}", dr.openaiModel)
@@ -202,7 +204,27 @@ func (dr *Door) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", dr.openaiComplete("completions"))
 	mux.HandleFunc("POST /v1/chat/completions", dr.openaiComplete("chat/completions"))
 	mux.HandleFunc("POST /v1/embeddings", dr.openaiComplete("embeddings"))
+	mux.HandleFunc("POST /v1/responses", dr.responses)
+	// Ollama's API, for apps built for Ollama.
+	mux.HandleFunc("GET /api/tags", dr.ollamaTags)
+	mux.HandleFunc("POST /api/show", dr.ollamaShow)
+	mux.HandleFunc("POST /api/chat", dr.ollamaComplete(true))
+	mux.HandleFunc("POST /api/generate", dr.ollamaComplete(false))
+	mux.HandleFunc("POST /api/embed", dr.ollamaEmbed)
+	mux.HandleFunc("GET /api/ps", dr.ollamaPS)
+	mux.HandleFunc("GET /api/version", ollamaVersionRoute)
 	mux.Handle("GET /metrics", dr.metrics.handler())
+}
+
+// IsRoute reports whether path is one of the door's public routes (those
+// Routes adds): the queen's TCP port serves them to API key holders.
+func IsRoute(path string) bool {
+	switch path {
+	case "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/tokenize", "/detokenize", "/metrics",
+		"/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/ps", "/api/version":
+		return true
+	}
+	return strings.HasPrefix(path, "/v1/models/")
 }
 
 // AdminRoutes adds the owner's routes of the door: rbee ps and the

@@ -59,14 +59,14 @@ func Fence(cfg FenceConfig, listen string, next http.Handler) http.Handler {
 			return
 		}
 		if !hosts[hostOnly(r.Host)] {
-			writeOAI(w, http.StatusForbidden, "invalid_request_error", "host_not_allowed",
+			refuse(w, r, http.StatusForbidden, "invalid_request_error", "host_not_allowed",
 				"this queen does not answer to host "+quoteHost(r.Host)+"; if it is this machine's name, start the queen with --door-host "+hostOnly(r.Host)+" (RBEE_DOOR_HOSTS)")
 			return
 		}
 		origin := r.Header.Get("Origin")
 		if origin != "" {
 			if !slices.Contains(cfg.Origins, origin) {
-				writeOAI(w, http.StatusForbidden, "invalid_request_error", "origin_not_allowed",
+				refuse(w, r, http.StatusForbidden, "invalid_request_error", "origin_not_allowed",
 					"web pages of "+origin+" may not call this queen; to let them, start the queen with --cors-origin "+origin+" (RBEE_CORS_ORIGINS)")
 				return
 			}
@@ -91,7 +91,7 @@ func Fence(cfg FenceConfig, listen string, next http.Handler) http.Handler {
 func RequireJSON(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost && !isJSON(r.Header.Get("Content-Type")) {
-			writeOAI(w, http.StatusUnsupportedMediaType, "invalid_request_error", "unsupported_media_type",
+			refuse(w, r, http.StatusUnsupportedMediaType, "invalid_request_error", "unsupported_media_type",
 				"the body must be JSON: send Content-Type: application/json")
 			return
 		}

@@ -101,13 +101,13 @@ func Guard(token string, keys []APIKey, log *slog.Logger, next http.Handler) htt
 		}
 		if match == nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rbee"`)
-			writeOAI(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "this queen needs an API key: send Authorization: Bearer KEY")
+			refuse(w, r, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "this queen needs an API key: send Authorization: Bearer KEY")
 			return
 		}
 		if r.URL.Path == "/metrics" && len(match.Models) > 0 {
 			// The metrics name every model and hive: not for a key that
 			// may see only some.
-			writeOAI(w, http.StatusForbidden, "invalid_request_error", "metrics_not_allowed",
+			refuse(w, r, http.StatusForbidden, "invalid_request_error", "metrics_not_allowed",
 				fmt.Sprintf("key %s is limited to some models; /metrics needs the token or a key for every model", match.ID))
 			return
 		}

@@ -120,24 +120,14 @@ type doorHead struct {
 }
 
 // openaiComplete serves POST /v1/completions, /v1/chat/completions,
-// /v1/embeddings, /tokenize and /detokenize: the model is found by name (a deployment, or a name in
-// the fleet's catalogs, or a reference to download), the request goes to
-// the ready replica with the fewest requests in flight per slot — waiting
-// in the model's queue when every slot is taken; with no replica, one is
-// placed exactly as `rbee infer` places a job —, and the worker's answer
-// streams back as it comes, at the client's pace. A replica that fails
-// before the first byte is dropped and the request tried on another.
+// /v1/embeddings, /tokenize and /detokenize: the body goes to the worker as
+// it came (see serve), its answer back with the model named as the client
+// named it.
 func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 	embeddings := endpoint == "embeddings"
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOpenAIBody))
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				writeOAI(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "body_too_large", fmt.Sprintf("request body larger than %d bytes", maxOpenAIBody))
-				return
-			}
-			writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", err.Error())
+		body, ok := readBody(w, r, oaiErrors{})
+		if !ok {
 			return
 		}
 		var head doorHead
@@ -145,115 +135,214 @@ func (dr *Door) openaiComplete(endpoint string) http.HandlerFunc {
 			writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "the body must be a JSON object naming a model")
 			return
 		}
-		ctx, done, ok := dr.begin(r)
-		if !ok {
-			writeShuttingDown(w)
-			return
-		}
-		defer done()
-		fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
-		w = fb
-		// The queen's grace period ended while this request was served:
-		// say so, in the shape the client reads at this point.
-		defer func() {
-			if !errors.Is(context.Cause(ctx), ErrShuttingDown) || fb.complete {
-				return
-			}
-			if !fb.wrote {
-				writeShuttingDown(w)
-				return
-			}
-			writeStreamError(w, rbee.CodeQueenDown, "the queen is shutting down: the request was not completed; send it again once the queen is back")
-		}()
-		// A name no hive knows is counted as "unknown": clients must not
-		// be able to grow the metrics without bound.
-		label := "unknown"
-		var replica string
-		var use tokenUse
-		defer func() {
-			entry := requestEntry{Time: fb.start, Model: head.Model, Replica: replica, TokensIn: use.PromptTokens, TokensOut: use.CompletionTokens,
-				TTFTMS: float64(fb.first.Microseconds()) / 1e3, DurationMS: float64(time.Since(fb.start).Microseconds()) / 1e3, Status: fb.status}
-			if k, ok := ctx.Value(keyCtx{}).(*APIKey); ok {
-				entry.Key = k.ID
-			}
-			dr.reqlog.write(entry)
-			dr.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
-			dr.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
-			if fb.status < 300 && fb.first > 0 {
-				dr.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
-			}
-			dr.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
-			dr.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
-			if replica != "" && use.CompletionTokens > 0 {
-				dr.router.counted(replica, use.CompletionTokens)
-			}
-		}()
-		if !allows(ctx, head.Model) {
-			writeOAI(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", fmt.Sprintf("this API key may not use model %q", head.Model))
-			return
-		}
-		spec, fetch, err := dr.resolve(ctx, head.Model, dr.cfg.Pull)
-		if err != nil {
-			writeOAIError(w, err)
-			return
-		}
-		if !fetch { // a name to fetch is no label until a hive holds it
-			label = head.Model
-		}
+		api := &openaiAPI{model: head.Model}
 		// Usage is asked of the worker for every stream (the metrics and
 		// the request log count tokens); a client that did not ask for it
 		// does not get it.
-		strip := false
 		if head.Stream && !embeddings && (head.StreamOptions == nil || !head.StreamOptions.IncludeUsage) {
 			if b, ok := withUsage(body); ok {
-				body, strip = b, true
+				body, api.strip = b, true
 			}
 		}
-		g := dr.router.group(spec, embeddings)
-		dr.metrics.running.WithLabelValues(label).Inc()
-		defer dr.metrics.running.WithLabelValues(label).Dec()
-		waiting := func(d int) { dr.metrics.waiting.WithLabelValues(label).Add(float64(d)) }
-		var lastErr error
-		for try := 0; try < 3; try++ {
-			rp, err := dr.router.acquire(ctx, g, waiting)
-			if err != nil {
-				if ctx.Err() == nil {
-					writeQueueError(w, head.Model, err, dr.router)
-				}
-				return
-			}
-			resp, err := dr.sendTo(ctx, rp, endpoint, body)
-			if err != nil {
-				// Nothing was written: another replica may answer.
-				dr.log.Warn("replica failed before answering", "replica", rp.id(), "err", err)
-				dr.router.release(g, rp, true)
-				lastErr = err
-				if ctx.Err() != nil {
-					return
-				}
-				continue
-			}
-			replica = rp.id()
-			for _, h := range []string{"Content-Type", "Retry-After", "Cache-Control"} {
-				if v := resp.Header.Get(h); v != "" {
-					w.Header().Set(h, v)
-				}
-			}
-			w.Header().Set("Rbee-Replica", replica)
-			w.WriteHeader(resp.StatusCode)
-			complete := renameModel(w, resp, head.Model, &use, strip)
-			resp.Body.Close()
-			fb.complete = complete
-			broken := !complete && ctx.Err() == nil
-			if broken {
-				dr.log.Warn("replica failed mid-answer", "replica", rp.id())
-				writeStreamError(w, rbee.CodeWorkerCrashed, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
-			}
-			dr.router.release(g, rp, broken)
+		dr.serve(w, r, exchange{model: head.Model, endpoint: endpoint, body: body, embeddings: embeddings, api: api})
+	}
+}
+
+// readBody reads a door request's body, bounded by maxOpenAIBody; ok false
+// means the client was answered (413, 400).
+func readBody(w http.ResponseWriter, r *http.Request, api errorWriter) (body []byte, ok bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOpenAIBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			api.fail(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "body_too_large", "", fmt.Sprintf("request body larger than %d bytes", maxOpenAIBody))
+			return nil, false
+		}
+		api.fail(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "", err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// errorWriter writes the door's own errors in one of its APIs' shapes.
+type errorWriter interface {
+	// fail answers with an error; param names the request field at
+	// fault ("" for none).
+	fail(w http.ResponseWriter, status int, typ, code, param, msg string)
+}
+
+// dialect is one of the APIs the door speaks (OpenAI's, its Responses
+// API, Ollama's): its errors, and the worker's answer passed back in it.
+// One serves one request (it may keep the state of a stream).
+type dialect interface {
+	errorWriter
+	// answer writes the worker's response, status line included, and
+	// counts its tokens in use; complete reports whether all of it came.
+	answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) (complete bool)
+	// broken ends an answer already under way that will not be completed.
+	broken(w http.ResponseWriter, code, msg string)
+}
+
+// exchange is one request the door routes: the name the client asked for,
+// the worker's endpoint and the body it gets, and the API the client
+// speaks. refuse, when set, is the door's own 400 for a field the
+// translation to the worker cannot carry: answered once the model is
+// known, counted like the worker's refusals.
+type exchange struct {
+	model      string
+	endpoint   string
+	body       []byte
+	embeddings bool
+	api        dialect
+	refuse     *fieldError
+}
+
+// fieldError refuses a request field (400, the field named).
+type fieldError struct {
+	param, code, msg string
+}
+
+// oaiErrors writes OpenAI's error shape.
+type oaiErrors struct{}
+
+func (oaiErrors) fail(w http.ResponseWriter, status int, typ, code, param, msg string) {
+	writeOAIParam(w, status, typ, code, param, msg)
+}
+
+// openaiAPI passes the worker's OpenAI answer on with the model named as
+// the client named it; with strip, the usage-only event the door asked
+// for is dropped.
+type openaiAPI struct {
+	oaiErrors
+	model string
+	strip bool
+}
+
+func (a *openaiAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
+	copyHeaders(w, resp)
+	w.WriteHeader(resp.StatusCode)
+	return renameModel(w, resp, a.model, use, a.strip)
+}
+
+func (a *openaiAPI) broken(w http.ResponseWriter, code, msg string) { writeStreamError(w, code, msg) }
+
+// copyHeaders passes on the worker's headers a client reads.
+func copyHeaders(w http.ResponseWriter, resp *http.Response) {
+	for _, h := range []string{"Content-Type", "Retry-After", "Cache-Control"} {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+}
+
+// serve routes one request: the model is found by name (a deployment, or
+// a name in the fleet's catalogs, or a reference to download), the
+// request goes to the ready replica with the fewest requests in flight
+// per slot — waiting in the model's queue when every slot is taken; with
+// no replica, one is placed exactly as `rbee infer` places a job —, and
+// the worker's answer streams back as it comes, at the client's pace,
+// through the exchange's API. A replica that fails before the first byte
+// is dropped and the request tried on another. Every request is counted
+// in the metrics and the request log.
+func (dr *Door) serve(w http.ResponseWriter, r *http.Request, x exchange) {
+	api := x.api
+	ctx, done, ok := dr.begin(r)
+	if !ok {
+		writeShuttingDown(w, api)
+		return
+	}
+	defer done()
+	fb := &firstByte{ResponseWriter: w, start: time.Now(), status: http.StatusOK}
+	w = fb
+	// The queen's grace period ended while this request was served:
+	// say so, in the shape the client reads at this point.
+	defer func() {
+		if !errors.Is(context.Cause(ctx), ErrShuttingDown) || fb.complete {
 			return
 		}
-		writeOAIError(w, (&rbee.Error{Code: rbee.CodeWorkerFailed, Message: fmt.Sprintf("no replica of %s answered: %v", head.Model, lastErr), Err: lastErr}))
+		if !fb.wrote {
+			writeShuttingDown(w, api)
+			return
+		}
+		api.broken(w, rbee.CodeQueenDown, "the queen is shutting down: the request was not completed; send it again once the queen is back")
+	}()
+	// A name no hive knows is counted as "unknown": clients must not
+	// be able to grow the metrics without bound.
+	label := "unknown"
+	var replica string
+	var use tokenUse
+	defer func() {
+		entry := requestEntry{Time: fb.start, Model: x.model, Replica: replica, TokensIn: use.PromptTokens, TokensOut: use.CompletionTokens,
+			TTFTMS: float64(fb.first.Microseconds()) / 1e3, DurationMS: float64(time.Since(fb.start).Microseconds()) / 1e3, Status: fb.status}
+		if k, ok := ctx.Value(keyCtx{}).(*APIKey); ok {
+			entry.Key = k.ID
+		}
+		dr.reqlog.write(entry)
+		dr.metrics.requests.WithLabelValues(label, strconv.Itoa(fb.status)).Inc()
+		dr.metrics.duration.WithLabelValues(label).Observe(time.Since(fb.start).Seconds())
+		if fb.status < 300 && fb.first > 0 {
+			dr.metrics.ttft.WithLabelValues(label).Observe(fb.first.Seconds())
+		}
+		dr.metrics.promptTokens.WithLabelValues(label).Add(float64(use.PromptTokens))
+		dr.metrics.genTokens.WithLabelValues(label).Add(float64(use.CompletionTokens))
+		if replica != "" && use.CompletionTokens > 0 {
+			dr.router.counted(replica, use.CompletionTokens)
+		}
+	}()
+	if !allows(ctx, x.model) {
+		api.fail(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "", fmt.Sprintf("this API key may not use model %q", x.model))
+		return
 	}
+	spec, fetch, err := dr.resolve(ctx, x.model, dr.cfg.Pull)
+	if err != nil {
+		writeErrorAs(w, api, err)
+		return
+	}
+	if !fetch { // a name to fetch is no label until a hive holds it
+		label = x.model
+	}
+	if f := x.refuse; f != nil {
+		api.fail(w, http.StatusBadRequest, "invalid_request_error", f.code, f.param, f.msg)
+		return
+	}
+	g := dr.router.group(spec, x.embeddings)
+	dr.metrics.running.WithLabelValues(label).Inc()
+	defer dr.metrics.running.WithLabelValues(label).Dec()
+	waiting := func(d int) { dr.metrics.waiting.WithLabelValues(label).Add(float64(d)) }
+	var lastErr error
+	for try := 0; try < 3; try++ {
+		rp, err := dr.router.acquire(ctx, g, waiting)
+		if err != nil {
+			if ctx.Err() == nil {
+				writeQueueError(w, api, x.model, err, dr.router)
+			}
+			return
+		}
+		resp, err := dr.sendTo(ctx, rp, x.endpoint, x.body)
+		if err != nil {
+			// Nothing was written: another replica may answer.
+			dr.log.Warn("replica failed before answering", "replica", rp.id(), "err", err)
+			dr.router.release(g, rp, true)
+			lastErr = err
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		replica = rp.id()
+		w.Header().Set("Rbee-Replica", replica)
+		complete := api.answer(w, resp, &use)
+		resp.Body.Close()
+		fb.complete = complete
+		broken := !complete && ctx.Err() == nil
+		if broken {
+			dr.log.Warn("replica failed mid-answer", "replica", rp.id())
+			api.broken(w, rbee.CodeWorkerCrashed, fmt.Sprintf("replica %s stopped mid-answer; the request was not completed", rp.describe()))
+		}
+		dr.router.release(g, rp, broken)
+		return
+	}
+	writeErrorAs(w, api, (&rbee.Error{Code: rbee.CodeWorkerFailed, Message: fmt.Sprintf("no replica of %s answered: %v", x.model, lastErr), Err: lastErr}))
 }
 
 // sendTo passes the request to replica rp through its hive. An error
@@ -322,20 +411,20 @@ func withUsage(body []byte) ([]byte, bool) {
 
 // writeQueueError answers a request the queue could not serve: 429 with
 // Retry-After when it is full, 503 when no slot freed in time.
-func writeQueueError(w http.ResponseWriter, model string, err error, rt *router) {
+func writeQueueError(w http.ResponseWriter, api errorWriter, model string, err error, rt *router) {
 	switch {
 	case errors.Is(err, errQueueFull):
 		w.Header().Set("Retry-After", "1")
-		writeOAI(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full",
+		api.fail(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full", "",
 			fmt.Sprintf("model %s: every replica is busy and %d requests already wait; retry later", model, rt.depth))
 	case errors.Is(err, errQueueTimeout):
 		w.Header().Set("Retry-After", "5")
-		writeOAI(w, http.StatusServiceUnavailable, "server_error", "queue_timeout",
+		api.fail(w, http.StatusServiceUnavailable, "server_error", "queue_timeout", "",
 			fmt.Sprintf("model %s: no replica could take the request within %s", model, rt.wait))
 	case errors.Is(err, context.Canceled):
 		// the client left
 	default:
-		writeOAIError(w, err)
+		writeErrorAs(w, api, err)
 	}
 }
 
@@ -439,23 +528,22 @@ func renameModel(w http.ResponseWriter, resp *http.Response, name string, use *t
 // with pull, a reference (hf:…, https://…) the chosen hive will download
 // (fetch is then true).
 func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]fleet.Snapshot, pull bool) (spec *fleet.ModelSpec, fetch bool, err error) {
+	if m, ok := findModel(snaps, name); ok {
+		spec := &fleet.ModelSpec{Raw: m.Ref, SHA256: m.SHA256, Size: m.Size, Need: m.EstimateBytes, CtxSize: m.CtxSize, Weights: m.WeightsBytes}
+		if ref, err := download.ParseRef(m.Ref); err == nil {
+			spec.Ref = &ref // another hive may fetch it (or copy it from this one)
+		}
+		if filepath.IsAbs(m.Ref) {
+			if st, err := os.Stat(m.Ref); err == nil && st.Mode().IsRegular() {
+				spec.Path = m.Ref // still on this machine: pushed to a hive that lacks it
+			}
+		}
+		return spec, false, nil
+	}
 	var known []string
 	for _, s := range snaps {
 		for _, m := range s.Models {
-			names := modelNames(m)
-			known = append(known, names...)
-			if m.ID == name || m.Alias == name || m.Ref == name || (filepath.IsAbs(m.Ref) && filepath.Base(m.Ref) == name) {
-				spec := &fleet.ModelSpec{Raw: m.Ref, SHA256: m.SHA256, Size: m.Size, Need: m.EstimateBytes, CtxSize: m.CtxSize, Weights: m.WeightsBytes}
-				if ref, err := download.ParseRef(m.Ref); err == nil {
-					spec.Ref = &ref // another hive may fetch it (or copy it from this one)
-				}
-				if filepath.IsAbs(m.Ref) {
-					if st, err := os.Stat(m.Ref); err == nil && st.Mode().IsRegular() {
-						spec.Path = m.Ref // still on this machine: pushed to a hive that lacks it
-					}
-				}
-				return spec, false, nil
-			}
+			known = append(known, modelNames(m)...)
 		}
 	}
 	sort.Strings(known)
@@ -471,16 +559,33 @@ func (dr *Door) modelByName(ctx context.Context, name string, snaps map[string]f
 	return nil, false, notFound.WithHint("rbee model pull REF --alias NAME gives a model a name clients can use")
 }
 
+// findModel finds a model by a name a client may use: an alias, a
+// reference, a catalog id or a local model's file name.
+func findModel(snaps map[string]fleet.Snapshot, name string) (hiveapi.Model, bool) {
+	for _, s := range snaps {
+		for _, m := range s.Models {
+			if m.ID == name || m.Alias == name || m.Ref == name || (filepath.IsAbs(m.Ref) && filepath.Base(m.Ref) == name) {
+				return m, true
+			}
+		}
+	}
+	return hiveapi.Model{}, false
+}
+
 // writeShuttingDown refuses a request the queen will not serve: it is
 // stopping (503, Retry-After: a client retries against the next queen).
-func writeShuttingDown(w http.ResponseWriter) {
+func writeShuttingDown(w http.ResponseWriter, api errorWriter) {
 	w.Header().Set("Retry-After", "5")
-	writeOAI(w, http.StatusServiceUnavailable, "server_error", rbee.CodeQueenDown, "the queen is shutting down; retry in a few seconds")
+	api.fail(w, http.StatusServiceUnavailable, "server_error", rbee.CodeQueenDown, "", "the queen is shutting down; retry in a few seconds")
 }
 
 // writeOAIError answers with OpenAI's error shape and the status that
 // matches rbee's code.
-func writeOAIError(w http.ResponseWriter, err error) {
+func writeOAIError(w http.ResponseWriter, err error) { writeErrorAs(w, oaiErrors{}, err) }
+
+// writeErrorAs answers with api's error shape and the status that matches
+// rbee's code.
+func writeErrorAs(w http.ResponseWriter, api errorWriter, err error) {
 	code := rbee.CodeOf(err)
 	status, typ := http.StatusInternalServerError, "server_error"
 	switch code {
@@ -498,9 +603,19 @@ func writeOAIError(w http.ResponseWriter, err error) {
 	if h := rbee.HintOf(err); h != "" {
 		msg += " (" + h + ")"
 	}
-	writeOAI(w, status, typ, code, msg)
+	api.fail(w, status, typ, code, "", msg)
 }
 
 func writeOAI(w http.ResponseWriter, status int, typ, code, msg string) {
-	reply.JSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
+	writeOAIParam(w, status, typ, code, "", msg)
+}
+
+// writeOAIParam writes OpenAI's error shape; param names the request field
+// at fault ("" = null).
+func writeOAIParam(w http.ResponseWriter, status int, typ, code, param, msg string) {
+	var p any
+	if param != "" {
+		p = param
+	}
+	reply.JSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": p, "code": code}})
 }

@@ -1,0 +1,636 @@
+package door
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rbee-dev/rbee/hiveapi"
+	"github.com/rbee-dev/rbee/queen/fleet"
+	"github.com/rbee-dev/rbee/queen/internal/reply"
+)
+
+// ollamaVersion is the Ollama release whose API the door's /api routes
+// follow (docs/api.md); clients gate features on it.
+const ollamaVersion = "0.9.0"
+
+// ollamaOptions maps Ollama's options (Modelfile parameters) to the
+// worker's request fields; any other option is refused.
+var ollamaOptions = map[string]string{
+	"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed", "num_predict": "max_tokens",
+	"stop": "stop", "min_p": "min_p", "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
+	"frequency_penalty": "frequency_penalty", "typical_p": "typical_p", "repeat_last_n": "repeat_last_n",
+}
+
+// ollamaRename names Ollama's fields for the worker's, in its errors.
+var ollamaRename = func() map[string]string {
+	m := map[string]string{"response_format": "format"}
+	for o, f := range ollamaOptions {
+		m[f] = "options." + o
+	}
+	return m
+}()
+
+var (
+	ollamaShared = []string{"model", "format", "options", "stream", "keep_alive"}
+	// ollamaChatFields and ollamaGenerateFields are the fields of
+	// /api/chat and /api/generate (the README's table says the same).
+	ollamaChatFields = fieldCheck{
+		honoured: append([]string{"messages"}, ollamaShared...),
+		nothing:  map[string][]string{"tools": {"[]"}, "think": {"false"}},
+		why:      map[string]string{"tools": "tool calling is not supported yet", "think": "the door's models do not think aloud"},
+	}
+	ollamaGenerateFields = fieldCheck{
+		honoured: append([]string{"prompt", "system", "raw"}, ollamaShared...),
+		nothing: map[string][]string{"suffix": {`""`}, "images": {"[]"}, "template": {`""`}, "context": {"[]"},
+			"think": {"false"}},
+		why: map[string]string{"suffix": "no fill-in-the-middle", "images": "the door's models take text",
+			"template": "the model's own chat template is used (or raw: true)", "context": "no context is returned; send the conversation to /api/chat",
+			"think": "the door's models do not think aloud"},
+	}
+	ollamaEmbedFields = fieldCheck{
+		honoured: []string{"model", "input", "dimensions", "keep_alive"},
+		nothing:  map[string][]string{"truncate": {"false"}, "options": {"{}"}},
+		why: map[string]string{"truncate": "an input longer than the context is an error; send truncate: false",
+			"options": "embeddings take no options"},
+	}
+)
+
+// ollamaErrors writes Ollama's error shape, {"error": "message"}.
+type ollamaErrors struct{}
+
+func (ollamaErrors) fail(w http.ResponseWriter, status int, _, _, _, msg string) {
+	reply.JSON(w, status, map[string]string{"error": msg})
+}
+
+// refuse answers a door request the guards refuse, in the shape of the
+// API its path belongs to.
+func refuse(w http.ResponseWriter, r *http.Request, status int, typ, code, msg string) {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		ollamaErrors{}.fail(w, status, typ, code, "", msg)
+		return
+	}
+	writeOAI(w, status, typ, code, msg)
+}
+
+// ollamaHead is what /api/chat, /api/generate and /api/embed share.
+type ollamaHead struct {
+	Model   string                     `json:"model"`
+	Stream  *bool                      `json:"stream"`
+	Options map[string]json.RawMessage `json:"options"`
+	Format  json.RawMessage            `json:"format"`
+}
+
+// ollamaComplete serves Ollama's POST /api/chat and /api/generate: the
+// request becomes a chat completion on the worker (a completion for a raw
+// generate), routed like any other, and the answer Ollama's NDJSON stream
+// (the default) or one object.
+func (dr *Door) ollamaComplete(chat bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, ok := readBody(w, r, ollamaErrors{})
+		if !ok {
+			return
+		}
+		var raw map[string]json.RawMessage
+		var head ollamaHead
+		if json.Unmarshal(body, &raw) != nil || json.Unmarshal(body, &head) != nil || head.Model == "" {
+			ollamaErrors{}.fail(w, http.StatusBadRequest, "", "", "", "the body must be a JSON object naming a model")
+			return
+		}
+		stream := head.Stream == nil || *head.Stream
+		api := &ollamaAPI{model: head.Model, chat: chat, stream: stream, start: time.Now()}
+		endpoint, out, refuse := ollamaToWorker(raw, head, chat, stream)
+		dr.serve(w, r, exchange{model: head.Model, endpoint: endpoint, body: out, api: api, refuse: refuse})
+	}
+}
+
+// ollamaToWorker translates /api/chat or /api/generate to the worker's
+// endpoint and body, or says which field it cannot carry.
+func ollamaToWorker(raw map[string]json.RawMessage, head ollamaHead, chat, stream bool) (endpoint string, body []byte, refuse *fieldError) {
+	check := ollamaGenerateFields
+	if chat {
+		check = ollamaChatFields
+	}
+	if f := check.check(raw); f != nil {
+		return "", nil, f
+	}
+	out := map[string]any{"model": head.Model}
+	if f := ollamaSampling(out, head); f != nil {
+		return "", nil, f
+	}
+	if stream {
+		out["stream"] = true
+		out["stream_options"] = map[string]bool{"include_usage": true}
+	}
+	endpoint = "chat/completions"
+	switch {
+	case chat:
+		msgs, f := ollamaMessages(raw["messages"])
+		if f != nil {
+			return "", nil, f
+		}
+		out["messages"] = msgs
+	default:
+		var g struct {
+			Prompt string `json:"prompt"`
+			System string `json:"system"`
+			Raw    bool   `json:"raw"`
+		}
+		if err := json.Unmarshal(mustJSON(raw), &g); err != nil {
+			return "", nil, &fieldError{param: "prompt", code: "invalid_value", msg: "prompt and system must be strings, raw a boolean"}
+		}
+		if g.Raw {
+			if g.System != "" {
+				return "", nil, &fieldError{param: "system", code: "unsupported_value", msg: "system is not used with raw: true (the prompt is sent as it is); put it in the prompt"}
+			}
+			endpoint, out["prompt"] = "completions", g.Prompt
+			break
+		}
+		var msgs []map[string]string
+		if g.System != "" {
+			msgs = append(msgs, map[string]string{"role": "system", "content": g.System})
+		}
+		out["messages"] = append(msgs, map[string]string{"role": "user", "content": g.Prompt})
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return "", nil, &fieldError{param: "options", code: "invalid_value", msg: err.Error()}
+	}
+	return endpoint, b, nil
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// ollamaSampling sets the worker's sampling fields from options and
+// format.
+func ollamaSampling(out map[string]any, head ollamaHead) *fieldError {
+	keys := make([]string, 0, len(head.Options))
+	for k := range head.Options {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		field, ok := ollamaOptions[k]
+		if !ok {
+			known := make([]string, 0, len(ollamaOptions))
+			for o := range ollamaOptions {
+				known = append(known, o)
+			}
+			sort.Strings(known)
+			return &fieldError{param: "options." + k, code: "unsupported_parameter",
+				msg: fmt.Sprintf("option %q is not supported; the options honoured are %s", k, strings.Join(known, ", "))}
+		}
+		v := head.Options[k]
+		if k == "num_predict" {
+			var n int
+			if json.Unmarshal(v, &n) == nil && n < 0 {
+				continue // -1 (no limit), -2 (fill the context): the worker's default
+			}
+		}
+		if compactJSON(v) != "null" {
+			out[field] = v
+		}
+	}
+	f := compactJSON(head.Format)
+	switch {
+	case head.Format == nil || f == "null" || f == `""`:
+	case f == `"json"`:
+		out["response_format"] = map[string]string{"type": "json_object"}
+	case strings.HasPrefix(f, "{"):
+		out["response_format"] = map[string]any{"type": "json_schema", "json_schema": map[string]any{"name": "format", "schema": head.Format, "strict": true}}
+	default:
+		return &fieldError{param: "format", code: "invalid_value", msg: fmt.Sprintf("format %.100s: want \"json\" or a JSON schema", f)}
+	}
+	return nil
+}
+
+// ollamaMessages turns /api/chat's messages into chat messages.
+func ollamaMessages(raw json.RawMessage) ([]map[string]string, *fieldError) {
+	var msgs []struct {
+		Role      string          `json:"role"`
+		Content   string          `json:"content"`
+		Images    json.RawMessage `json:"images"`
+		ToolCalls json.RawMessage `json:"tool_calls"`
+		ToolName  string          `json:"tool_name"`
+		Thinking  string          `json:"thinking"`
+	}
+	if raw == nil {
+		return nil, &fieldError{param: "messages", code: "missing_required_parameter", msg: "messages is required"}
+	}
+	if err := json.Unmarshal(raw, &msgs); err != nil {
+		return nil, &fieldError{param: "messages", code: "invalid_value", msg: "messages must be a list of {role, content} with string content"}
+	}
+	out := make([]map[string]string, 0, len(msgs))
+	for i, m := range msgs {
+		at := fmt.Sprintf("messages[%d]", i)
+		switch {
+		case m.Images != nil && compactJSON(m.Images) != "null" && compactJSON(m.Images) != "[]":
+			return nil, &fieldError{param: at + ".images", code: "unsupported_content", msg: at + ".images: the door's models take text"}
+		case m.ToolCalls != nil && compactJSON(m.ToolCalls) != "null" && compactJSON(m.ToolCalls) != "[]", m.ToolName != "":
+			return nil, &fieldError{param: at + ".tool_calls", code: "unsupported_parameter", msg: at + ": tool calling is not supported yet"}
+		case m.Thinking != "":
+			return nil, &fieldError{param: at + ".thinking", code: "unsupported_parameter", msg: at + ".thinking: the door's models do not think aloud"}
+		}
+		out = append(out, map[string]string{"role": m.Role, "content": m.Content})
+	}
+	return out, nil
+}
+
+// ollamaAPI writes the worker's answer as Ollama's: NDJSON lines of
+// message (chat) or response (generate) pieces and a last line with
+// done, done_reason and the counts; or one object.
+type ollamaAPI struct {
+	ollamaErrors
+	model   string
+	chat    bool
+	stream  bool
+	start   time.Time
+	started bool // the first line went out
+}
+
+// ollamaReply is one line (or the one object) of /api/chat and
+// /api/generate.
+type ollamaReply struct {
+	Model              string            `json:"model"`
+	CreatedAt          string            `json:"created_at"`
+	Message            map[string]string `json:"message,omitempty"`
+	Response           *string           `json:"response,omitempty"`
+	Done               bool              `json:"done"`
+	DoneReason         string            `json:"done_reason,omitempty"`
+	TotalDuration      int64             `json:"total_duration,omitempty"`
+	LoadDuration       *int64            `json:"load_duration,omitempty"`
+	PromptEvalCount    *int              `json:"prompt_eval_count,omitempty"`
+	PromptEvalDuration *int64            `json:"prompt_eval_duration,omitempty"`
+	EvalCount          *int              `json:"eval_count,omitempty"`
+	EvalDuration       *int64            `json:"eval_duration,omitempty"`
+}
+
+// piece is a line carrying text.
+func (a *ollamaAPI) piece(text string) ollamaReply {
+	r := ollamaReply{Model: a.model, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+	if a.chat {
+		r.Message = map[string]string{"role": "assistant", "content": text}
+	} else {
+		r.Response = &text
+	}
+	return r
+}
+
+// last is the line that ends the answer, with the worker's counts and
+// timings (Ollama's durations are in nanoseconds; the load is the
+// placement's, which the door does not split out: 0).
+func (a *ollamaAPI) last(text, finish string, ans *chatAnswer) ollamaReply {
+	r := a.piece(text)
+	r.Done, r.DoneReason = true, finish
+	if r.DoneReason == "" {
+		r.DoneReason = "stop"
+	}
+	r.TotalDuration = time.Since(a.start).Nanoseconds()
+	zero := int64(0)
+	r.LoadDuration = &zero
+	if u := ans.Usage; u != nil {
+		r.PromptEvalCount, r.EvalCount = &u.PromptTokens, &u.CompletionTokens
+	}
+	if t := ans.Timings; t != nil {
+		p, e := int64(t.PromptMS*1e6), int64(t.PredictedMS*1e6)
+		r.PromptEvalDuration, r.EvalDuration = &p, &e
+	}
+	return r
+}
+
+func (a *ollamaAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
+	if resp.StatusCode != http.StatusOK {
+		e := workerFailure(resp, ollamaRename)
+		a.fail(w, resp.StatusCode, "", "", "", e.Message)
+		return true
+	}
+	if !a.stream {
+		var ans chatAnswer
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&ans); err != nil {
+			return false
+		}
+		ans.count(use)
+		reply.JSON(w, http.StatusOK, a.last(ans.text(), ans.finish(), &ans))
+		return true
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	a.started = true
+	enc := json.NewEncoder(w)
+	var finish string
+	var final *chatAnswer
+	failed := false
+	done, _ := readSSE(resp.Body, func(data []byte) error {
+		var ev chatAnswer
+		if json.Unmarshal(data, &ev) != nil {
+			return nil
+		}
+		if ev.Error != nil {
+			failed = true
+			renameParam(ev.Error, ollamaRename)
+			a.broken(w, ev.Error.Code, ev.Error.Message)
+			return nil
+		}
+		if f := ev.finish(); f != "" {
+			finish = f
+		}
+		if ev.Usage != nil {
+			ev.count(use)
+			final = &ev
+		}
+		if d := ev.text(); d != "" {
+			if err := enc.Encode(a.piece(d)); err != nil {
+				return err
+			}
+			flush(w)
+		}
+		return nil
+	})
+	if !done {
+		return false
+	}
+	if !failed {
+		if final == nil {
+			final = &chatAnswer{}
+		}
+		_ = enc.Encode(a.last("", finish, final))
+		flush(w)
+	}
+	return true
+}
+
+// broken ends a stream with Ollama's error line; an answer not yet
+// started gets a 503.
+func (a *ollamaAPI) broken(w http.ResponseWriter, _, msg string) {
+	if !a.started {
+		a.fail(w, http.StatusServiceUnavailable, "", "", "", msg)
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	flush(w)
+}
+
+// ollamaEmbed serves Ollama's POST /api/embed: the input (a string or a
+// list) goes to an embeddings replica, its vectors come back as
+// Ollama's embeddings.
+func (dr *Door) ollamaEmbed(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r, ollamaErrors{})
+	if !ok {
+		return
+	}
+	var raw map[string]json.RawMessage
+	var head ollamaHead
+	if json.Unmarshal(body, &raw) != nil || json.Unmarshal(body, &head) != nil || head.Model == "" {
+		ollamaErrors{}.fail(w, http.StatusBadRequest, "", "", "", "the body must be a JSON object naming a model")
+		return
+	}
+	out := map[string]any{"model": head.Model}
+	copyField(out, "input", raw, "input")
+	copyField(out, "dimensions", raw, "dimensions")
+	refuse := ollamaEmbedFields.check(raw)
+	b, _ := json.Marshal(out)
+	dr.serve(w, r, exchange{model: head.Model, endpoint: "embeddings", body: b, embeddings: true, refuse: refuse,
+		api: &ollamaEmbedAPI{model: head.Model, start: time.Now()}})
+}
+
+// ollamaEmbedAPI writes the worker's embeddings as /api/embed's answer.
+type ollamaEmbedAPI struct {
+	ollamaErrors
+	model string
+	start time.Time
+}
+
+func (a *ollamaEmbedAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
+	if resp.StatusCode != http.StatusOK {
+		e := workerFailure(resp, nil)
+		a.fail(w, resp.StatusCode, "", "", "", e.Message)
+		return true
+	}
+	var emb struct {
+		Data []struct {
+			Index     int             `json:"index"`
+			Embedding json.RawMessage `json:"embedding"`
+		} `json:"data"`
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&emb); err != nil {
+		return false
+	}
+	use.PromptTokens = emb.Usage.PromptTokens
+	sort.Slice(emb.Data, func(i, j int) bool { return emb.Data[i].Index < emb.Data[j].Index })
+	vecs := make([]json.RawMessage, len(emb.Data))
+	for i, d := range emb.Data {
+		vecs[i] = d.Embedding
+	}
+	reply.JSON(w, http.StatusOK, map[string]any{"model": a.model, "embeddings": vecs, "total_duration": time.Since(a.start).Nanoseconds(),
+		"load_duration": 0, "prompt_eval_count": emb.Usage.PromptTokens})
+	return true
+}
+
+func (a *ollamaEmbedAPI) broken(w http.ResponseWriter, _, msg string) {
+	a.fail(w, http.StatusServiceUnavailable, "", "", "", msg)
+}
+
+// ollamaModel is a model as /api/tags, /api/ps and /api/show list it.
+type ollamaModel struct {
+	Name          string        `json:"name"`
+	Model         string        `json:"model"`
+	ModifiedAt    *time.Time    `json:"modified_at,omitempty"`
+	Size          int64         `json:"size"`
+	Digest        string        `json:"digest"`
+	Details       ollamaDetails `json:"details"`
+	ExpiresAt     *time.Time    `json:"expires_at,omitempty"`
+	SizeVRAM      *int64        `json:"size_vram,omitempty"`
+	ContextLength int           `json:"context_length,omitempty"`
+}
+
+type ollamaDetails struct {
+	ParentModel       string   `json:"parent_model"`
+	Format            string   `json:"format"`
+	Family            string   `json:"family"`
+	Families          []string `json:"families"`
+	ParameterSize     string   `json:"parameter_size"`
+	QuantizationLevel string   `json:"quantization_level"`
+}
+
+func detailsOf(m hiveapi.Model) ollamaDetails {
+	d := ollamaDetails{Format: "gguf", Family: m.Arch, Families: []string{}, ParameterSize: humanParams(m.Params), QuantizationLevel: m.Quant}
+	if m.Arch != "" {
+		d.Families = []string{m.Arch}
+	}
+	return d
+}
+
+// humanParams writes a parameter count as Ollama does: 8.0B, 135.3M.
+func humanParams(n uint64) string {
+	switch {
+	case n == 0:
+		return ""
+	case n >= 1e9:
+		return fmt.Sprintf("%.1fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
+
+// ollamaModels lists the models by the names GET /v1/models gives them,
+// each with what the hives' catalogs say of it.
+// The catalogs' entries come in the same order.
+func (dr *Door) ollamaModels(r *http.Request) ([]ollamaModel, []hiveapi.Model, error) {
+	ctx := r.Context()
+	names, err := dr.modelList(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	snaps, _, err := dr.router.lookSnaps(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	deps, err := dr.router.deployments(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := []ollamaModel{}
+	var hms []hiveapi.Model
+	for _, n := range names {
+		name := n.ID
+		for _, d := range deps {
+			if d.Name == n.ID {
+				name = d.Model
+			}
+		}
+		m, ok := findModel(snaps, name)
+		if !ok {
+			continue // a deployment of a model no hive holds now
+		}
+		at := m.Added
+		out = append(out, ollamaModel{Name: n.ID, Model: n.ID, ModifiedAt: &at, Size: m.Size, Digest: m.SHA256, Details: detailsOf(m)})
+		hms = append(hms, m)
+	}
+	return out, hms, nil
+}
+
+// ollamaTags serves GET /api/tags: every model the fleet can serve.
+func (dr *Door) ollamaTags(w http.ResponseWriter, r *http.Request) {
+	ms, _, err := dr.ollamaModels(r)
+	if err != nil {
+		writeErrorAs(w, ollamaErrors{}, err)
+		return
+	}
+	reply.JSON(w, http.StatusOK, map[string]any{"models": ms})
+}
+
+// ollamaShow serves POST /api/show: a model's details and what the hives'
+// catalogs know of its GGUF (architecture, parameters, context).
+func (dr *Door) ollamaShow(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r, ollamaErrors{})
+	if !ok {
+		return
+	}
+	var req struct {
+		Model   string `json:"model"`
+		Name    string `json:"name"` // the older field
+		Verbose bool   `json:"verbose"`
+	}
+	if json.Unmarshal(body, &req) != nil || req.Model+req.Name == "" {
+		ollamaErrors{}.fail(w, http.StatusBadRequest, "", "", "", "the body must be a JSON object naming a model")
+		return
+	}
+	if req.Model == "" {
+		req.Model = req.Name
+	}
+	ms, hms, err := dr.ollamaModels(r)
+	if err != nil {
+		writeErrorAs(w, ollamaErrors{}, err)
+		return
+	}
+	i := slices.IndexFunc(ms, func(m ollamaModel) bool { return m.Name == req.Model })
+	if i < 0 {
+		ollamaErrors{}.fail(w, http.StatusNotFound, "", "", "", fmt.Sprintf("model '%s' not found", req.Model))
+		return
+	}
+	m := hms[i]
+	info := map[string]any{"general.architecture": m.Arch, "general.parameter_count": m.Params}
+	if m.Arch != "" && m.CtxTrain > 0 {
+		info[m.Arch+".context_length"] = m.CtxTrain
+	}
+	caps := []string{"completion", "embedding"}
+	if strings.Contains(m.Arch, "bert") {
+		caps = []string{"embedding"}
+	}
+	reply.JSON(w, http.StatusOK, map[string]any{"modelfile": "", "parameters": "", "template": "", "details": ms[i].Details,
+		"model_info": info, "capabilities": caps, "modified_at": ms[i].ModifiedAt})
+}
+
+// ollamaPS serves GET /api/ps: the models loaded on the fleet's workers,
+// one entry a model, with the memory its workers hold and when the last
+// of them unloads (a deployment's never do: the far future).
+func (dr *Door) ollamaPS(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	snaps, _, err := dr.router.lookSnaps(ctx)
+	if err != nil {
+		writeErrorAs(w, ollamaErrors{}, err)
+		return
+	}
+	byModel := map[string]*ollamaModel{}
+	never := time.Date(2318, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, s := range snaps {
+		for _, wi := range s.Workers {
+			m, ok := findModel(map[string]fleet.Snapshot{"": s}, wi.ModelID)
+			if !ok {
+				continue
+			}
+			name := wi.Deployment
+			if name == "" {
+				if ns := modelNames(m); len(ns) > 0 {
+					name = ns[0]
+				}
+			}
+			if name == "" || !allows(ctx, name) {
+				continue
+			}
+			expires := wi.LastUsed.Add(dr.cfg.KeepAlive)
+			if wi.Deployment != "" {
+				expires = never
+			}
+			vram := int64(0)
+			if wi.Device != "cpu" {
+				vram = int64(wi.MemoryBytes)
+			}
+			if e, ok := byModel[name]; ok {
+				e.Size += int64(wi.MemoryBytes)
+				*e.SizeVRAM += vram
+				if expires.After(*e.ExpiresAt) {
+					e.ExpiresAt = &expires
+				}
+				continue
+			}
+			byModel[name] = &ollamaModel{Name: name, Model: name, Size: int64(wi.MemoryBytes), Digest: m.SHA256, Details: detailsOf(m),
+				ExpiresAt: &expires, SizeVRAM: &vram, ContextLength: m.CtxSize}
+		}
+	}
+	out := []ollamaModel{}
+	for _, m := range byModel {
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	reply.JSON(w, http.StatusOK, map[string]any{"models": out})
+}
+
+// ollamaVersionRoute serves GET /api/version.
+func ollamaVersionRoute(w http.ResponseWriter, _ *http.Request) {
+	reply.JSON(w, http.StatusOK, map[string]string{"version": ollamaVersion})
+}

@@ -1,0 +1,454 @@
+package door
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/rbee-dev/rbee/queen/internal/reply"
+)
+
+// responsesFields are the fields of POST /v1/responses: honoured, harmless
+// (bookkeeping for the caller's side), or accepted only when they ask for
+// nothing. The README's table says the same for users.
+var responsesFields = fieldCheck{
+	honoured: []string{"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "text"},
+	harmless: []string{"user", "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
+		"parallel_tool_calls", "stream_options"},
+	nothing: map[string][]string{
+		"store": {"false"}, "tools": {"[]"}, "tool_choice": {`"none"`, `"auto"`}, "include": {"[]"},
+		"truncation": {`"disabled"`}, "background": {"false"}, "top_logprobs": {"0"}, "max_tool_calls": {},
+		"previous_response_id": {}, "conversation": {}, "reasoning": {}, "prompt": {},
+	},
+	why: map[string]string{
+		"store":                "this door keeps no responses to retrieve later; send store: false or leave it out",
+		"previous_response_id": "this door keeps no responses; send the conversation's messages in input",
+		"conversation":         "this door keeps no conversations; send the conversation's messages in input",
+		"tools":                "tool calling is not supported yet",
+		"tool_choice":          "tool calling is not supported yet",
+		"include":              "there is nothing more to include",
+		"reasoning":            "the door's models have no reasoning settings",
+		"prompt":               "the door keeps no prompt templates",
+		"background":           "responses are answered in the foreground only",
+		"truncation":           "the input is never truncated (a prompt longer than the context is an error)",
+		"max_tool_calls":       "tool calling is not supported yet",
+		"top_logprobs":         "log probabilities are not returned by /v1/responses (use /v1/chat/completions)",
+	},
+}
+
+// responsesRename names the Responses API's fields for the chat
+// completion's, in the worker's errors.
+var responsesRename = map[string]string{"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
+
+// responsesRequest is what the door reads of POST /v1/responses.
+type responsesRequest struct {
+	Model           string   `json:"model"`
+	Instructions    *string  `json:"instructions"`
+	MaxOutputTokens *int     `json:"max_output_tokens"`
+	Temperature     *float64 `json:"temperature"`
+	TopP            *float64 `json:"top_p"`
+	Stream          bool     `json:"stream"`
+	Text            *struct {
+		Format    json.RawMessage `json:"format"`
+		Verbosity *string         `json:"verbosity"`
+	} `json:"text"`
+}
+
+// responses serves POST /v1/responses (OpenAI's Responses API, the part
+// its SDKs and the Vercel AI SDK use for text): the input becomes a chat
+// completion on the worker, routed like any other, and its answer a
+// response object or the Responses API's stream of events.
+func (dr *Door) responses(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r, oaiErrors{})
+	if !ok {
+		return
+	}
+	var raw map[string]json.RawMessage
+	var req responsesRequest
+	if json.Unmarshal(body, &raw) != nil || json.Unmarshal(body, &req) != nil || req.Model == "" {
+		writeOAI(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "the body must be a JSON object naming a model")
+		return
+	}
+	chat, refuse := responsesToChat(raw, req)
+	api := &responsesAPI{req: req, id: "resp_" + randomHex(24), msgID: "msg_" + randomHex(24), created: time.Now().Unix(), text: json.RawMessage(`{"format":{"type":"text"}}`)}
+	if req.Text != nil && req.Text.Format != nil {
+		api.text, _ = json.Marshal(map[string]json.RawMessage{"format": req.Text.Format})
+	}
+	dr.serve(w, r, exchange{model: req.Model, endpoint: "chat/completions", body: chat, api: api, refuse: refuse})
+}
+
+// responsesToChat translates a Responses API request to the worker's chat
+// completion, or says which field it cannot carry.
+func responsesToChat(raw map[string]json.RawMessage, req responsesRequest) ([]byte, *fieldError) {
+	if f := responsesFields.check(raw); f != nil {
+		return nil, f
+	}
+	var msgs []map[string]string
+	if req.Instructions != nil && *req.Instructions != "" {
+		msgs = append(msgs, map[string]string{"role": "system", "content": *req.Instructions})
+	}
+	in, f := responsesInput(raw["input"])
+	if f != nil {
+		return nil, f
+	}
+	msgs = append(msgs, in...)
+	chat := map[string]any{"model": req.Model, "messages": msgs}
+	copyField(chat, "max_tokens", raw, "max_output_tokens")
+	copyField(chat, "temperature", raw, "temperature")
+	copyField(chat, "top_p", raw, "top_p")
+	if req.Stream {
+		chat["stream"] = true
+		chat["stream_options"] = map[string]bool{"include_usage": true}
+	}
+	if req.Text != nil {
+		var sub map[string]json.RawMessage
+		_ = json.Unmarshal(raw["text"], &sub)
+		for k := range sub {
+			if k != "format" && k != "verbosity" {
+				return nil, &fieldError{param: "text." + k, code: "unsupported_parameter", msg: fmt.Sprintf("request field \"text.%s\" is not supported: text takes format", k)}
+			}
+		}
+		if req.Text.Verbosity != nil {
+			return nil, &fieldError{param: "text.verbosity", code: "unsupported_parameter", msg: "text.verbosity is not supported: the door's models have no verbosity setting"}
+		}
+		rf, f := responsesFormat(req.Text.Format)
+		if f != nil {
+			return nil, f
+		}
+		if rf != nil {
+			chat["response_format"] = rf
+		}
+	}
+	b, err := json.Marshal(chat)
+	if err != nil {
+		return nil, &fieldError{param: "input", code: "invalid_value", msg: err.Error()}
+	}
+	return b, nil
+}
+
+// responsesFormat maps text.format to the chat completion's
+// response_format (nil for text); the worker refuses what it cannot do.
+func responsesFormat(raw json.RawMessage) (any, *fieldError) {
+	if raw == nil || compactJSON(raw) == "null" {
+		return nil, nil
+	}
+	var f struct {
+		Type        string          `json:"type"`
+		Name        string          `json:"name"`
+		Description string          `json:"description"`
+		Schema      json.RawMessage `json:"schema"`
+		Strict      *bool           `json:"strict"`
+	}
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return nil, &fieldError{param: "text.format", code: "invalid_value", msg: "text.format must be an object with a type"}
+	}
+	switch f.Type {
+	case "text":
+		return nil, nil
+	case "json_object":
+		return map[string]string{"type": "json_object"}, nil
+	case "json_schema":
+		js := map[string]any{"name": f.Name, "schema": f.Schema}
+		if f.Description != "" {
+			js["description"] = f.Description
+		}
+		if f.Strict != nil {
+			js["strict"] = *f.Strict
+		}
+		return map[string]any{"type": "json_schema", "json_schema": js}, nil
+	}
+	return nil, &fieldError{param: "text.format", code: "unsupported_value", msg: fmt.Sprintf("text.format type %q is not supported (text, json_object, json_schema)", f.Type)}
+}
+
+// responsesInput turns input (a string, or a list of message items) into
+// chat messages.
+func responsesInput(raw json.RawMessage) ([]map[string]string, *fieldError) {
+	if raw == nil || compactJSON(raw) == "null" {
+		return nil, &fieldError{param: "input", code: "missing_required_parameter", msg: "input is required: a string or a list of messages"}
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return []map[string]string{{"role": "user", "content": s}}, nil
+	}
+	var items []struct {
+		Type    string          `json:"type"`
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, &fieldError{param: "input", code: "invalid_value", msg: "input must be a string or a list of message items"}
+	}
+	var msgs []map[string]string
+	for i, it := range items {
+		at := fmt.Sprintf("input[%d]", i)
+		if it.Type != "" && it.Type != "message" {
+			return nil, &fieldError{param: at, code: "unsupported_value",
+				msg: fmt.Sprintf("%s: item type %q is not supported; only messages (this door runs no tools and keeps no items to refer to; with the Vercel AI SDK set providerOptions.openai.store to false)", at, it.Type)}
+		}
+		switch it.Role {
+		case "user", "system", "developer", "assistant":
+		default:
+			return nil, &fieldError{param: at + ".role", code: "invalid_value", msg: fmt.Sprintf("%s.role %q: want user, system, developer or assistant", at, it.Role)}
+		}
+		text, f := responsesContent(it.Content, at+".content")
+		if f != nil {
+			return nil, f
+		}
+		msgs = append(msgs, map[string]string{"role": it.Role, "content": text})
+	}
+	return msgs, nil
+}
+
+// responsesContent is a message's text: a string, or text parts
+// (input_text, and output_text in the assistant's turns).
+func responsesContent(raw json.RawMessage, at string) (string, *fieldError) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", &fieldError{param: at, code: "invalid_value", msg: at + " must be a string or a list of content parts"}
+	}
+	var text string
+	for j, p := range parts {
+		if p.Type != "input_text" && p.Type != "output_text" {
+			return "", &fieldError{param: fmt.Sprintf("%s[%d]", at, j), code: "unsupported_content",
+				msg: fmt.Sprintf("%s[%d]: content type %q is not supported; the door's models take text (input_text)", at, j, p.Type)}
+		}
+		text += p.Text
+	}
+	return text, nil
+}
+
+// The Responses API's objects, as the SDKs read them.
+type (
+	respObject struct {
+		ID                 string            `json:"id"`
+		Object             string            `json:"object"`
+		CreatedAt          int64             `json:"created_at"`
+		Status             string            `json:"status"`
+		Background         bool              `json:"background"`
+		Error              *respError        `json:"error"`
+		IncompleteDetails  *respIncomplete   `json:"incomplete_details"`
+		Instructions       *string           `json:"instructions"`
+		MaxOutputTokens    *int              `json:"max_output_tokens"`
+		Model              string            `json:"model"`
+		Output             []respItem        `json:"output"`
+		ParallelToolCalls  bool              `json:"parallel_tool_calls"`
+		PreviousResponseID *string           `json:"previous_response_id"`
+		Reasoning          map[string]any    `json:"reasoning"`
+		Store              bool              `json:"store"`
+		Temperature        float64           `json:"temperature"`
+		Text               json.RawMessage   `json:"text"`
+		ToolChoice         string            `json:"tool_choice"`
+		Tools              []any             `json:"tools"`
+		TopP               float64           `json:"top_p"`
+		Truncation         string            `json:"truncation"`
+		Usage              *respUsage        `json:"usage"`
+		Metadata           map[string]string `json:"metadata"`
+	}
+	respError struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	respIncomplete struct {
+		Reason string `json:"reason"`
+	}
+	respItem struct {
+		ID      string     `json:"id"`
+		Type    string     `json:"type"`
+		Status  string     `json:"status"`
+		Role    string     `json:"role"`
+		Content []respPart `json:"content"`
+	}
+	respPart struct {
+		Type        string `json:"type"`
+		Text        string `json:"text"`
+		Annotations []any  `json:"annotations"`
+		Logprobs    []any  `json:"logprobs"`
+	}
+	respUsage struct {
+		InputTokens        int            `json:"input_tokens"`
+		InputTokensDetails map[string]int `json:"input_tokens_details"`
+		OutputTokens       int            `json:"output_tokens"`
+		OutputDetails      map[string]int `json:"output_tokens_details"`
+		TotalTokens        int            `json:"total_tokens"`
+	}
+)
+
+// responsesAPI writes the worker's chat completion as a response object,
+// or its stream as the Responses API's events.
+type responsesAPI struct {
+	oaiErrors
+	req          responsesRequest
+	id, msgID    string
+	created      int64
+	text         json.RawMessage // the response's text config: the format asked for
+	seq          int             // the stream's next sequence_number
+	started      bool            // the stream's first events went out
+	out          string          // the text so far
+	finishReason string
+	usage        *respUsage
+}
+
+func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
+	if resp.StatusCode != http.StatusOK {
+		e := workerFailure(resp, responsesRename)
+		a.fail(w, resp.StatusCode, e.Type, e.Code, deref(e.Param), e.Message)
+		return true
+	}
+	if !a.req.Stream {
+		var ans chatAnswer
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&ans); err != nil {
+			return false
+		}
+		ans.count(use)
+		a.out, a.finishReason = ans.text(), ans.finish()
+		a.setUsage(&ans)
+		reply.JSON(w, http.StatusOK, a.object())
+		return true
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	a.started = true
+	obj := a.object()
+	obj.Status, obj.Output, obj.Usage = "in_progress", []respItem{}, nil
+	a.event(w, "response.created", map[string]any{"response": obj})
+	a.event(w, "response.in_progress", map[string]any{"response": obj})
+	a.event(w, "response.output_item.added", map[string]any{"output_index": 0,
+		"item": respItem{ID: a.msgID, Type: "message", Status: "in_progress", Role: "assistant", Content: []respPart{}}})
+	a.event(w, "response.content_part.added", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "part": textPart("")})
+	flush(w)
+	failed := false
+	done, _ := readSSE(resp.Body, func(data []byte) error {
+		var ev chatAnswer
+		if json.Unmarshal(data, &ev) != nil {
+			return nil
+		}
+		if ev.Error != nil {
+			failed = true
+			renameParam(ev.Error, responsesRename)
+			a.fail1(w, ev.Error.Code, ev.Error.Message, deref(ev.Error.Param))
+			return nil
+		}
+		ev.count(use)
+		a.setUsage(&ev)
+		if f := ev.finish(); f != "" {
+			a.finishReason = f
+		}
+		if d := ev.text(); d != "" {
+			a.out += d
+			a.event(w, "response.output_text.delta", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "delta": d, "logprobs": []any{}})
+			flush(w)
+		}
+		return nil
+	})
+	if !done {
+		return false
+	}
+	if failed {
+		return true
+	}
+	a.event(w, "response.output_text.done", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "text": a.out, "logprobs": []any{}})
+	a.event(w, "response.content_part.done", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "part": textPart(a.out)})
+	obj = a.object()
+	a.event(w, "response.output_item.done", map[string]any{"output_index": 0, "item": obj.Output[0]})
+	end := "response.completed"
+	if obj.Status == "incomplete" {
+		end = "response.incomplete"
+	}
+	a.event(w, end, map[string]any{"response": obj})
+	flush(w)
+	return true
+}
+
+// broken ends a stream with an error event and the failed response; an
+// answer not yet started gets a 503.
+func (a *responsesAPI) broken(w http.ResponseWriter, code, msg string) {
+	if !a.started {
+		a.fail(w, http.StatusServiceUnavailable, "server_error", code, "", msg)
+		return
+	}
+	a.fail1(w, code, msg, "")
+}
+
+// fail1 ends a stream with OpenAI's error event and response.failed.
+func (a *responsesAPI) fail1(w http.ResponseWriter, code, msg, param string) {
+	var p any
+	if param != "" {
+		p = param
+	}
+	a.event(w, "error", map[string]any{"code": code, "message": msg, "param": p})
+	obj := a.object()
+	obj.Status, obj.Error, obj.IncompleteDetails = "failed", &respError{Code: code, Message: msg}, nil
+	a.event(w, "response.failed", map[string]any{"response": obj})
+	flush(w)
+}
+
+// event writes one event of the stream, numbered.
+func (a *responsesAPI) event(w http.ResponseWriter, typ string, fields map[string]any) {
+	fields["type"] = typ
+	fields["sequence_number"] = a.seq
+	a.seq++
+	b, _ := json.Marshal(fields)
+	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typ, b)
+}
+
+func (a *responsesAPI) setUsage(ans *chatAnswer) {
+	if u := ans.Usage; u != nil {
+		cached := 0
+		if u.PromptTokensDetails != nil {
+			cached = u.PromptTokensDetails.CachedTokens
+		}
+		a.usage = &respUsage{InputTokens: u.PromptTokens, InputTokensDetails: map[string]int{"cached_tokens": cached},
+			OutputTokens: u.CompletionTokens, OutputDetails: map[string]int{"reasoning_tokens": 0}, TotalTokens: u.PromptTokens + u.CompletionTokens}
+	}
+}
+
+// object is the response as it stands: completed, or incomplete when the
+// worker stopped at max_output_tokens.
+func (a *responsesAPI) object() respObject {
+	o := respObject{ID: a.id, Object: "response", CreatedAt: a.created, Status: "completed", Instructions: a.req.Instructions,
+		MaxOutputTokens: a.req.MaxOutputTokens, Model: a.req.Model, Reasoning: map[string]any{"effort": nil, "summary": nil},
+		Temperature: 1, Text: a.text, ToolChoice: "auto", Tools: []any{}, TopP: 1, Truncation: "disabled", Usage: a.usage, Metadata: map[string]string{}}
+	if a.req.Temperature != nil {
+		o.Temperature = *a.req.Temperature
+	}
+	if a.req.TopP != nil {
+		o.TopP = *a.req.TopP
+	}
+	itemStatus := "completed"
+	if a.finishReason == "length" {
+		o.Status, itemStatus = "incomplete", "incomplete"
+		o.IncompleteDetails = &respIncomplete{Reason: "max_output_tokens"}
+	}
+	o.Output = []respItem{{ID: a.msgID, Type: "message", Status: itemStatus, Role: "assistant", Content: []respPart{textPart(a.out)}}}
+	return o
+}
+
+func textPart(text string) respPart {
+	return respPart{Type: "output_text", Text: text, Annotations: []any{}, Logprobs: []any{}}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// randomHex is n random bytes in hex (ids of responses and items).
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
