@@ -3,6 +3,7 @@ package llm
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -53,6 +54,32 @@ type SampleParams struct {
 	TopLogprobs int
 	IgnoreEOS   bool // keep generating past end of stream (benchmarks)
 	NoCache     bool // decode the whole prompt even if the slot holds a prefix of it
+	// Grammar, a GBNF grammar (llama.cpp's format) starting at rule
+	// "root", allows only the tokens that keep the text within it, and end
+	// of stream only once the text is complete. Empty = no grammar.
+	Grammar string
+}
+
+// ErrGrammar means a grammar does not parse.
+var ErrGrammar = errors.New("grammar does not parse")
+
+// CheckGrammar reports whether llama.cpp takes grammar (GBNF, starting at
+// rule "root") for this model's vocabulary; the error wraps ErrGrammar.
+func (m *Model) CheckGrammar(grammar string) error {
+	g, err := m.grammarSampler(grammar)
+	llama.SamplerFree(g)
+	return err
+}
+
+func (m *Model) grammarSampler(grammar string) (llama.Sampler, error) {
+	if strings.IndexByte(grammar, 0) >= 0 {
+		return 0, fmt.Errorf("%w: it holds a NUL byte", ErrGrammar)
+	}
+	g := llama.SamplerInitGrammar(m.vocab, grammar, "root")
+	if g == 0 {
+		return 0, fmt.Errorf("%w: a syntax error, an undefined rule, left recursion, or no rule root", ErrGrammar)
+	}
+	return g, nil
 }
 
 // penalties reports whether any of the penalties is on.
@@ -129,13 +156,19 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 	if s.m.embeddings {
 		return res, ErrEmbeddingsOnly
 	}
-	r := &request{slot: s, prompt: prompt, p: p, out: make(chan event, eventBuffer)}
+	smpl, err := s.m.newSampler(p, prompt)
+	if err != nil {
+		return res, err
+	}
+	r := &request{slot: s, prompt: prompt, p: p, smpl: smpl, out: make(chan event, eventBuffer)}
 	select {
-	case s.m.submit <- r:
+	case s.m.submit <- r: // the loop owns smpl now
 	case <-ctx.Done():
+		llama.SamplerFree(smpl)
 		res.FinishReason = FinishCancelled
 		return res, ctx.Err()
 	case <-s.m.quit:
+		llama.SamplerFree(smpl)
 		return res, ErrClosed
 	}
 	var probs []TokenLogprob // sampled, not yet sent with a piece
@@ -307,11 +340,21 @@ func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte) ([]byte
 }
 
 // newSampler builds p's chain in llama-server's order (common/sampling.cpp:
-// logit bias, penalties, top-k, typical, top-p, min-p, temperature, dist).
-// At temperature 0 the filters still apply and the most likely token left
-// is taken, as llama-server's temp_ext(0) does. ctxSize resolves
-// RepeatLastN -1.
-func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
+// logit bias, grammar, penalties, top-k, typical, top-p, min-p,
+// temperature, dist). The grammar comes before the filters so that they
+// only ever see tokens it allows, and the draw cannot take a token it
+// forbids. At temperature 0 the filters still apply and the most likely
+// token left is taken, as llama-server's temp_ext(0) does. The penalties
+// count the prompt's tokens, as llama-server's do.
+func (m *Model) newSampler(p SampleParams, prompt []llama.Token) (llama.Sampler, error) {
+	var grammar llama.Sampler
+	if p.Grammar != "" {
+		var err error
+		if grammar, err = m.grammarSampler(p.Grammar); err != nil {
+			return 0, err
+		}
+	}
+	nVocab := m.NVocab()
 	chain := llama.SamplerChainInit(llama.SamplerChainDefaultParams())
 	if len(p.LogitBias) > 0 {
 		bias := make([]llama.LogitBias, 0, len(p.LogitBias))
@@ -321,16 +364,29 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 		slices.SortFunc(bias, func(a, b llama.LogitBias) int { return cmp.Compare(a.Token, b.Token) })
 		llama.SamplerChainAdd(chain, llama.SamplerInitLogitBias(int32(nVocab), int32(len(bias)), &bias[0]))
 	}
+	if grammar != 0 {
+		llama.SamplerChainAdd(chain, grammar)
+	}
 	if p.penalties() {
 		lastN := p.RepeatLastN
 		if lastN < 0 {
-			lastN = ctxSize
+			lastN = m.CtxSize
 		}
 		repeat := p.RepeatPenalty
 		if repeat == 0 {
 			repeat = 1
 		}
-		llama.SamplerChainAdd(chain, llama.SamplerInitPenalties(int32(nVocab), int32(lastN), repeat, p.FrequencyPenalty, p.PresencePenalty))
+		pen := llama.SamplerInitPenalties(int32(nVocab), int32(lastN), repeat, p.FrequencyPenalty, p.PresencePenalty)
+		// The prompt goes to the penalties alone: the grammar starts
+		// with the answer.
+		from := 0
+		if p.RepeatLastN >= 0 {
+			from = max(len(prompt)-p.RepeatLastN, 0)
+		}
+		for _, t := range prompt[from:] {
+			llama.SamplerAccept(pen, t)
+		}
+		llama.SamplerChainAdd(chain, pen)
 	}
 	if p.TopK > 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitTopK(int32(p.TopK)))
@@ -346,7 +402,7 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 	}
 	if p.Temperature <= 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
-		return chain
+		return chain, nil
 	}
 	llama.SamplerChainAdd(chain, llama.SamplerInitTemp(p.Temperature))
 	seed := rand.Uint32()
@@ -354,7 +410,7 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 		seed = *p.Seed
 	}
 	llama.SamplerChainAdd(chain, llama.SamplerInitDist(seed))
-	return chain
+	return chain, nil
 }
 
 // textStream turns token bytes into text for emit: it holds back an

@@ -42,19 +42,19 @@ type request struct {
 	out    chan event
 	cancel atomic.Bool // set by the caller; the loop drops the request before its next batch
 
+	smpl llama.Sampler // built by Generate, owned (and freed) by the loop
+
 	// Owned by the loop.
-	smpl      llama.Sampler
-	next      int         // prompt tokens in the cache so far
-	pending   llama.Token // sampled, not yet decoded
-	hasTok    bool
-	logit     int32 // batch index of this request's logits; -1 when none
-	inBatch   bool
-	gen       int
-	cached    int
-	start     time.Time
-	first     time.Time
-	last      time.Time
-	finishErr error
+	next    int         // prompt tokens in the cache so far
+	pending llama.Token // sampled, not yet decoded
+	hasTok  bool
+	logit   int32 // batch index of this request's logits; -1 when none
+	inBatch bool
+	gen     int
+	cached  int
+	start   time.Time
+	first   time.Time
+	last    time.Time
 }
 
 type embedRequest struct {
@@ -183,17 +183,6 @@ func (m *Model) begin(mem llama.Memory, r *request) *request {
 	if n > 0 {
 		m.stats.hits.Add(1)
 		m.stats.cached.Add(int64(n))
-	}
-	r.smpl = newSampler(r.p, m.NVocab(), m.CtxSize)
-	if r.p.penalties() {
-		// As llama-server does, the penalties count the prompt's tokens.
-		from := 0
-		if r.p.RepeatLastN >= 0 {
-			from = max(len(r.prompt)-r.p.RepeatLastN, 0)
-		}
-		for _, t := range r.prompt[from:] {
-			llama.SamplerAccept(r.smpl, t)
-		}
 	}
 	r.start = time.Now()
 	return r
