@@ -344,6 +344,9 @@ func (s *sampling) responseFormat() *apiError {
 	_ = json.Unmarshal(rf["type"], &typ)
 	allowed := map[string][]string{"text": {"type"}, "json_object": {"type", "schema"}, "json_schema": {"type", "json_schema"}}
 	keys, ok := allowed[typ]
+	if rf["type"] == nil {
+		return invalid(f+".type", "invalid_value", "response_format.type is required: text, json_object or json_schema")
+	}
 	if !ok {
 		return invalid(f+".type", "invalid_value", "response_format.type %s is not one of text, json_object, json_schema", rf["type"])
 	}
