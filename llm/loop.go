@@ -42,7 +42,10 @@ type request struct {
 	out    chan event
 	cancel atomic.Bool // set by the caller; the loop drops the request before its next batch
 
-	smpl llama.Sampler // built by Generate, owned (and freed) by the loop
+	// Built by Generate, owned (and freed) by the loop.
+	smpl    llama.Sampler
+	grammar llama.Sampler     // 0 without SampleParams.Grammar
+	cur     []llama.TokenData // candidates, with a grammar
 
 	// Owned by the loop.
 	next    int         // prompt tokens in the cache so far
@@ -298,7 +301,11 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 			kept = append(kept, r)
 			continue
 		}
-		tok := llama.SamplerSample(r.smpl, m.lctx, r.logit)
+		tok, serr := m.sample(r)
+		if serr != nil {
+			m.finish(r, FinishStop, serr)
+			continue
+		}
 		var probs *tokenProbs
 		if r.p.Logprobs {
 			if logits, _ := llama.GetLogitsIth(m.lctx, r.logit, m.NVocab()); logits != nil {
@@ -327,7 +334,7 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 
 // finish ends r: its slot keeps what was decoded as its cache.
 func (m *Model) finish(r *request, reason string, err error) {
-	llama.SamplerFree(r.smpl)
+	r.freeSamplers()
 	res := Result{CachedTokens: r.cached, CompletionTokens: r.gen, FinishReason: reason}
 	if r.first.IsZero() {
 		res.PromptDuration = time.Since(r.start)
@@ -336,6 +343,12 @@ func (m *Model) finish(r *request, reason string, err error) {
 		res.GenDuration = r.last.Sub(r.first)
 	}
 	r.out <- event{final: true, res: res, err: err}
+}
+
+func (r *request) freeSamplers() {
+	llama.SamplerFree(r.smpl)
+	llama.SamplerFree(r.grammar)
+	r.smpl, r.grammar = 0, 0
 }
 
 func (m *Model) finishAll(active []*request) {

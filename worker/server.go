@@ -636,14 +636,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 		case r.Context().Err() != nil || out.writeErr != nil:
 			s.cancelled.Add(1) // the client went away: nothing to write to
 		default:
-			code := "generation_failed"
+			e := &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "generation_failed", Message: err.Error()}
 			switch {
 			case errors.Is(err, llm.ErrPromptTooLong):
-				code = "context_length_exceeded"
+				e.Code = "context_length_exceeded"
 			case errors.Is(err, llm.ErrGrammar):
-				code = "invalid_grammar"
+				e = invalid(g.gbnfField, "invalid_grammar", "%s: %v", g.gbnfField, err)
 			}
-			out.fail(&apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: code, Message: err.Error()})
+			out.fail(e)
 		}
 		return
 	}

@@ -234,6 +234,14 @@ func TestGrammarField(t *testing.T) {
 				if len(text) != 4 || strings.Trim(text[:3], "abc") != "" || text[3] != '.' || finish != "stop" {
 					t.Errorf("stream=%t: got %q finish %q, want three of a, b, c then . and stop", stream, text, finish)
 				}
+				// A grammar no token of the vocabulary can follow (the
+				// NUL byte's token has no text) ends the request with a
+				// 400; llama.cpp would abort the process on its pick.
+				b := body(map[string]any{"grammar": `root ::= [\x00] "a"`, "stream": stream})
+				resp, data := post(t, w.URL, path, b)
+				if code, param := apiErr(t, data); resp.StatusCode != 400 || code != "invalid_grammar" || param != "grammar" || !strings.Contains(string(data), "allows no token") {
+					t.Errorf("stream=%t: dead-end grammar: got %d %s, want 400 invalid_grammar", stream, resp.StatusCode, data)
+				}
 				schema := `{"type":"object","properties":{"a":{"type":"string","maxLength":50}},"required":["a"]}`
 				text, finish = answer(t, w.URL, path, body(map[string]any{"json_schema": json.RawMessage(schema), "max_tokens": 4}), stream)
 				if finish != "length" || !strings.HasPrefix(text, `{`) {
