@@ -3,6 +3,7 @@ package llm
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -53,6 +54,32 @@ type SampleParams struct {
 	TopLogprobs int
 	IgnoreEOS   bool // keep generating past end of stream (benchmarks)
 	NoCache     bool // decode the whole prompt even if the slot holds a prefix of it
+	// Grammar, a GBNF grammar (llama.cpp's format) starting at rule
+	// "root", allows only the tokens that keep the text within it, and end
+	// of stream only once the text is complete. Empty = no grammar.
+	Grammar string
+}
+
+// ErrGrammar means a grammar does not parse.
+var ErrGrammar = errors.New("grammar does not parse")
+
+// CheckGrammar reports whether llama.cpp takes grammar (GBNF, starting at
+// rule "root") for this model's vocabulary; the error wraps ErrGrammar.
+func (m *Model) CheckGrammar(grammar string) error {
+	g, err := m.grammarSampler(grammar)
+	llama.SamplerFree(g)
+	return err
+}
+
+func (m *Model) grammarSampler(grammar string) (llama.Sampler, error) {
+	if strings.IndexByte(grammar, 0) >= 0 {
+		return 0, fmt.Errorf("%w: it holds a NUL byte", ErrGrammar)
+	}
+	g := llama.SamplerInitGrammar(m.vocab, grammar, "root")
+	if g == 0 {
+		return 0, fmt.Errorf("%w: a syntax error, an undefined rule, left recursion, or no rule root", ErrGrammar)
+	}
+	return g, nil
 }
 
 // penalties reports whether any of the penalties is on.
@@ -129,13 +156,19 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 	if s.m.embeddings {
 		return res, ErrEmbeddingsOnly
 	}
-	r := &request{slot: s, prompt: prompt, p: p, out: make(chan event, eventBuffer)}
+	smpl, grammar, err := s.m.newSampler(p, prompt)
+	if err != nil {
+		return res, err
+	}
+	r := &request{slot: s, prompt: prompt, p: p, smpl: smpl, grammar: grammar, out: make(chan event, eventBuffer)}
 	select {
-	case s.m.submit <- r:
+	case s.m.submit <- r: // the loop owns the samplers now
 	case <-ctx.Done():
+		r.freeSamplers()
 		res.FinishReason = FinishCancelled
 		return res, ctx.Err()
 	case <-s.m.quit:
+		r.freeSamplers()
 		return res, ErrClosed
 	}
 	var probs []TokenLogprob // sampled, not yet sent with a piece
@@ -307,12 +340,19 @@ func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte) ([]byte
 }
 
 // newSampler builds p's chain in llama-server's order (common/sampling.cpp:
-// logit bias, penalties, top-k, typical, top-p, min-p, temperature, dist).
-// At temperature 0 the filters still apply and the most likely token left
-// is taken, as llama-server's temp_ext(0) does. ctxSize resolves
-// RepeatLastN -1.
-func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
-	chain := llama.SamplerChainInit(llama.SamplerChainDefaultParams())
+// logit bias, penalties, top-k, typical, top-p, min-p, temperature, dist),
+// and p's grammar sampler, kept apart as llama-server keeps it (see
+// Model.sample). At temperature 0 the filters still apply and the most
+// likely token left is taken, as llama-server's temp_ext(0) does. The
+// penalties count the prompt's tokens, as llama-server's do.
+func (m *Model) newSampler(p SampleParams, prompt []llama.Token) (chain, grammar llama.Sampler, err error) {
+	if p.Grammar != "" {
+		if grammar, err = m.grammarSampler(p.Grammar); err != nil {
+			return 0, 0, err
+		}
+	}
+	nVocab := m.NVocab()
+	chain = llama.SamplerChainInit(llama.SamplerChainDefaultParams())
 	if len(p.LogitBias) > 0 {
 		bias := make([]llama.LogitBias, 0, len(p.LogitBias))
 		for tok, b := range p.LogitBias {
@@ -324,13 +364,21 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 	if p.penalties() {
 		lastN := p.RepeatLastN
 		if lastN < 0 {
-			lastN = ctxSize
+			lastN = m.CtxSize
 		}
 		repeat := p.RepeatPenalty
 		if repeat == 0 {
 			repeat = 1
 		}
-		llama.SamplerChainAdd(chain, llama.SamplerInitPenalties(int32(nVocab), int32(lastN), repeat, p.FrequencyPenalty, p.PresencePenalty))
+		pen := llama.SamplerInitPenalties(int32(nVocab), int32(lastN), repeat, p.FrequencyPenalty, p.PresencePenalty)
+		from := 0
+		if p.RepeatLastN >= 0 {
+			from = max(len(prompt)-p.RepeatLastN, 0)
+		}
+		for _, t := range prompt[from:] {
+			llama.SamplerAccept(pen, t)
+		}
+		llama.SamplerChainAdd(chain, pen)
 	}
 	if p.TopK > 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitTopK(int32(p.TopK)))
@@ -346,7 +394,7 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 	}
 	if p.Temperature <= 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
-		return chain
+		return chain, grammar, nil
 	}
 	llama.SamplerChainAdd(chain, llama.SamplerInitTemp(p.Temperature))
 	seed := rand.Uint32()
@@ -354,7 +402,64 @@ func newSampler(p SampleParams, nVocab, ctxSize int) llama.Sampler {
 		seed = *p.Seed
 	}
 	llama.SamplerChainAdd(chain, llama.SamplerInitDist(seed))
-	return chain
+	return chain, grammar, nil
+}
+
+// errNoToken means the grammar allows no token of the vocabulary.
+var errNoToken = fmt.Errorf("%w: it allows no token of this model's vocabulary here", ErrGrammar)
+
+// sample picks r's next token from the logits at r.logit. With a grammar
+// it does what llama-server's common_sampler does: the chain's pick is
+// taken when the grammar allows it (one token checked, not the whole
+// vocabulary); else the grammar masks the vocabulary and the chain picks
+// again among what is left. Either way the token is one the grammar
+// allows, or an error: llama.cpp aborts the process when its grammar
+// accepts a token it forbids.
+func (m *Model) sample(r *request) (llama.Token, error) {
+	if r.grammar == 0 {
+		return llama.SamplerSample(r.smpl, m.lctx, r.logit), nil
+	}
+	logits, _ := llama.GetLogitsIth(m.lctx, r.logit, m.NVocab())
+	if logits == nil {
+		return 0, fmt.Errorf("sample: no logits at batch index %d", r.logit)
+	}
+	cur := r.candidates(logits)
+	llama.SamplerApply(r.smpl, cur)
+	if cur.Selected >= 0 && cur.Selected < int64(cur.Size) {
+		tok := r.cur[cur.Selected].Id
+		one := []llama.TokenData{{Id: tok, Logit: 1}}
+		llama.SamplerApply(r.grammar, &llama.TokenDataArray{Data: &one[0], Size: 1, Selected: -1})
+		if !math.IsInf(float64(one[0].Logit), -1) {
+			llama.SamplerAccept(r.grammar, tok)
+			llama.SamplerAccept(r.smpl, tok)
+			return tok, nil
+		}
+	}
+	cur = r.candidates(logits)
+	llama.SamplerApply(r.grammar, cur)
+	if !slices.ContainsFunc(r.cur, func(d llama.TokenData) bool { return !math.IsInf(float64(d.Logit), -1) }) {
+		return 0, errNoToken
+	}
+	llama.SamplerApply(r.smpl, cur)
+	if cur.Selected < 0 || cur.Selected >= int64(cur.Size) || math.IsInf(float64(r.cur[cur.Selected].Logit), -1) {
+		return 0, errNoToken
+	}
+	tok := r.cur[cur.Selected].Id
+	llama.SamplerAccept(r.grammar, tok)
+	llama.SamplerAccept(r.smpl, tok)
+	return tok, nil
+}
+
+// candidates fills r.cur with logits, as llama_sampler_sample does.
+func (r *request) candidates(logits []float32) *llama.TokenDataArray {
+	if cap(r.cur) < len(logits) {
+		r.cur = make([]llama.TokenData, len(logits))
+	}
+	r.cur = r.cur[:len(logits)]
+	for i, l := range logits {
+		r.cur[i] = llama.TokenData{Id: llama.Token(i), Logit: l}
+	}
+	return &llama.TokenDataArray{Data: &r.cur[0], Size: uint64(len(r.cur)), Selected: -1}
 }
 
 // textStream turns token bytes into text for emit: it holds back an

@@ -42,19 +42,22 @@ type request struct {
 	out    chan event
 	cancel atomic.Bool // set by the caller; the loop drops the request before its next batch
 
+	// Built by Generate, owned (and freed) by the loop.
+	smpl    llama.Sampler
+	grammar llama.Sampler     // 0 without SampleParams.Grammar
+	cur     []llama.TokenData // candidates, with a grammar
+
 	// Owned by the loop.
-	smpl      llama.Sampler
-	next      int         // prompt tokens in the cache so far
-	pending   llama.Token // sampled, not yet decoded
-	hasTok    bool
-	logit     int32 // batch index of this request's logits; -1 when none
-	inBatch   bool
-	gen       int
-	cached    int
-	start     time.Time
-	first     time.Time
-	last      time.Time
-	finishErr error
+	next    int         // prompt tokens in the cache so far
+	pending llama.Token // sampled, not yet decoded
+	hasTok  bool
+	logit   int32 // batch index of this request's logits; -1 when none
+	inBatch bool
+	gen     int
+	cached  int
+	start   time.Time
+	first   time.Time
+	last    time.Time
 }
 
 type embedRequest struct {
@@ -184,17 +187,6 @@ func (m *Model) begin(mem llama.Memory, r *request) *request {
 		m.stats.hits.Add(1)
 		m.stats.cached.Add(int64(n))
 	}
-	r.smpl = newSampler(r.p, m.NVocab(), m.CtxSize)
-	if r.p.penalties() {
-		// As llama-server does, the penalties count the prompt's tokens.
-		from := 0
-		if r.p.RepeatLastN >= 0 {
-			from = max(len(r.prompt)-r.p.RepeatLastN, 0)
-		}
-		for _, t := range r.prompt[from:] {
-			llama.SamplerAccept(r.smpl, t)
-		}
-	}
 	r.start = time.Now()
 	return r
 }
@@ -309,7 +301,11 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 			kept = append(kept, r)
 			continue
 		}
-		tok := llama.SamplerSample(r.smpl, m.lctx, r.logit)
+		tok, serr := m.sample(r)
+		if serr != nil {
+			m.finish(r, FinishStop, serr)
+			continue
+		}
 		var probs *tokenProbs
 		if r.p.Logprobs {
 			if logits, _ := llama.GetLogitsIth(m.lctx, r.logit, m.NVocab()); logits != nil {
@@ -338,7 +334,7 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 
 // finish ends r: its slot keeps what was decoded as its cache.
 func (m *Model) finish(r *request, reason string, err error) {
-	llama.SamplerFree(r.smpl)
+	r.freeSamplers()
 	res := Result{CachedTokens: r.cached, CompletionTokens: r.gen, FinishReason: reason}
 	if r.first.IsZero() {
 		res.PromptDuration = time.Since(r.start)
@@ -347,6 +343,12 @@ func (m *Model) finish(r *request, reason string, err error) {
 		res.GenDuration = r.last.Sub(r.first)
 	}
 	r.out <- event{final: true, res: res, err: err}
+}
+
+func (r *request) freeSamplers() {
+	llama.SamplerFree(r.smpl)
+	llama.SamplerFree(r.grammar)
+	r.smpl, r.grammar = 0, 0
 }
 
 func (m *Model) finishAll(active []*request) {

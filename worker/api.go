@@ -2,11 +2,13 @@ package worker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/rbee-dev/rbee/grammar"
 	"github.com/rbee-dev/rbee/llm"
 )
 
@@ -77,6 +79,16 @@ type sampling struct {
 	// CachePrompt false decodes the whole prompt even when a slot holds a
 	// prefix of it (llama-server's extension; default true).
 	CachePrompt *bool `json:"cache_prompt"`
+	// Structured output: OpenAI's response_format, or llama-server's
+	// grammar (GBNF) and json_schema; at most one of them.
+	ResponseFormat json.RawMessage `json:"response_format"`
+	Grammar        *string         `json:"grammar"`
+	JSONSchema     json.RawMessage `json:"json_schema"`
+
+	// Set by validate: the grammar the answer must follow, and the field
+	// it came from.
+	gbnf      string
+	gbnfField string
 }
 
 type completionRequest struct {
@@ -155,6 +167,7 @@ var (
 		"typical_p": true, "repeat_penalty": true, "repeat_last_n": true, "presence_penalty": true,
 		"frequency_penalty": true, "logit_bias": true, "seed": true, "stop": true, "stream": true,
 		"stream_options": true, "n": true, "ignore_eos": true, "cache_prompt": true, "logprobs": true,
+		"response_format": true, "grammar": true, "json_schema": true,
 	}
 	honouredChat       = map[string]bool{"messages": true, "max_completion_tokens": true, "top_logprobs": true}
 	honouredCompletion = map[string]bool{"prompt": true}
@@ -169,8 +182,7 @@ var (
 )
 
 // checkFields refuses a field the worker does not honour, and values of
-// half-honoured fields it cannot serve (a response_format other than
-// text, tools, echo...).
+// half-honoured fields it cannot serve (tools, echo...).
 func checkFields(raw map[string]json.RawMessage, chat bool) *apiError {
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
@@ -183,14 +195,6 @@ func checkFields(raw map[string]json.RawMessage, chat bool) *apiError {
 		switch {
 		case honoured[k] || harmless[k] || (chat && honouredChat[k]) || (!chat && honouredCompletion[k]):
 			continue
-		case k == "response_format" && chat:
-			var rf struct {
-				Type string `json:"type"`
-			}
-			if null || (json.Unmarshal(raw[k], &rf) == nil && rf.Type == "text") {
-				continue
-			}
-			return invalid(k, "unsupported_value", "response_format %s is not supported yet; this worker answers with text only (response_format {\"type\":\"text\"})", v)
 		case (k == "tools" || k == "functions") && chat:
 			if null || v == "[]" {
 				continue
@@ -293,6 +297,105 @@ func (s *sampling) validate() *apiError {
 			return invalid("stop", "invalid_value", "stop strings must not be empty")
 		}
 	}
+	return s.structured()
+}
+
+// structured turns response_format, grammar or json_schema into the
+// grammar the answer must follow (s.gbnf).
+func (s *sampling) structured() *apiError {
+	isSet := func(raw json.RawMessage) bool { return raw != nil && strings.TrimSpace(string(raw)) != "null" }
+	var set []string
+	if isSet(s.ResponseFormat) {
+		if e := s.responseFormat(); e != nil {
+			return e
+		}
+		if s.gbnf != "" {
+			set = append(set, "response_format")
+		}
+	}
+	if s.Grammar != nil && *s.Grammar != "" {
+		s.gbnf, s.gbnfField = *s.Grammar, "grammar"
+		set = append(set, "grammar")
+	}
+	if isSet(s.JSONSchema) {
+		if e := s.schema("json_schema", s.JSONSchema, false); e != nil {
+			return e
+		}
+		set = append(set, "json_schema")
+	}
+	if len(set) > 1 {
+		return invalid(set[1], "invalid_value", "%s and %s each set the answer's grammar; send one of them", set[0], set[1])
+	}
+	if s.gbnf != "" && s.IgnoreEOS {
+		return invalid("ignore_eos", "invalid_value", "ignore_eos cannot go with %s: once the answer is complete, the grammar allows only the end of stream", s.gbnfField)
+	}
+	return nil
+}
+
+// responseFormat reads OpenAI's response_format: text, json_object (with
+// llama-server's "schema" extension) or json_schema.
+func (s *sampling) responseFormat() *apiError {
+	const f = "response_format"
+	var rf map[string]json.RawMessage
+	if err := json.Unmarshal(s.ResponseFormat, &rf); err != nil {
+		return invalid(f, "invalid_value", "response_format must be an object such as {\"type\":\"json_object\"}")
+	}
+	var typ string
+	_ = json.Unmarshal(rf["type"], &typ)
+	allowed := map[string][]string{"text": {"type"}, "json_object": {"type", "schema"}, "json_schema": {"type", "json_schema"}}
+	keys, ok := allowed[typ]
+	if rf["type"] == nil {
+		return invalid(f+".type", "invalid_value", "response_format.type is required: text, json_object or json_schema")
+	}
+	if !ok {
+		return invalid(f+".type", "invalid_value", "response_format.type %s is not one of text, json_object, json_schema", rf["type"])
+	}
+	for k := range rf {
+		if !slices.Contains(keys, k) {
+			return invalid(f+"."+k, "unsupported_parameter", "response_format.%s is not supported with type %s", k, typ)
+		}
+	}
+	switch typ {
+	case "json_object":
+		if rf["schema"] != nil {
+			return s.schema(f+".schema", rf["schema"], false)
+		}
+		s.gbnf, s.gbnfField = grammar.JSONObject(), f
+	case "json_schema":
+		var js map[string]json.RawMessage
+		if err := json.Unmarshal(rf["json_schema"], &js); err != nil || js == nil {
+			return invalid(f+".json_schema", "invalid_value", "response_format.json_schema must be an object with the schema: {\"name\":…,\"schema\":{…},\"strict\":true}")
+		}
+		for k := range js {
+			if k != "name" && k != "description" && k != "schema" && k != "strict" {
+				return invalid(f+".json_schema."+k, "unsupported_parameter", "response_format.json_schema.%s is not supported (name, description, schema and strict are)", k)
+			}
+		}
+		if js["schema"] == nil {
+			return invalid(f+".json_schema.schema", "invalid_value", "response_format.json_schema.schema is required: the JSON Schema of the answer")
+		}
+		var strict bool
+		if js["strict"] != nil {
+			if err := json.Unmarshal(js["strict"], &strict); err != nil {
+				return invalid(f+".json_schema.strict", "invalid_value", "response_format.json_schema.strict must be true or false")
+			}
+		}
+		return s.schema(f+".json_schema.schema", js["schema"], strict)
+	}
+	return nil
+}
+
+// schema turns a JSON Schema from field into s.gbnf.
+func (s *sampling) schema(field string, raw json.RawMessage, strict bool) *apiError {
+	g, err := grammar.FromSchema(raw, strict)
+	if err != nil {
+		var se *grammar.SchemaError
+		if errors.As(err, &se) {
+			return invalid(field, "unsupported_schema", "%s: %v", field, err)
+		}
+		return invalid(field, "invalid_value", "%s: %v", field, err)
+	}
+	s.gbnf, s.gbnfField = g, field
 	return nil
 }
 
@@ -354,6 +457,7 @@ func (s *sampling) params() llm.SampleParams {
 	if s.CachePrompt != nil && !*s.CachePrompt {
 		p.NoCache = true
 	}
+	p.Grammar = s.gbnf
 	return p
 }
 

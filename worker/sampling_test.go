@@ -47,7 +47,6 @@ func TestRefusedFields(t *testing.T) {
 		{"/v1/chat/completions", "tools", []map[string]any{{"type": "function", "function": map[string]any{"name": "f"}}}, "unsupported_parameter"},
 		{"/v1/chat/completions", "tool_choice", "required", "unsupported_parameter"},
 		{"/v1/chat/completions", "functions", []map[string]any{{"name": "f"}}, "unsupported_parameter"},
-		{"/v1/chat/completions", "response_format", map[string]any{"type": "json_object"}, "unsupported_value"},
 		{"/v1/chat/completions", "modalities", []string{"text", "audio"}, "unsupported_value"},
 		{"/v1/chat/completions", "audio", map[string]any{"voice": "alloy"}, "unsupported_parameter"},
 		{"/v1/chat/completions", "prediction", map[string]any{"type": "content", "content": "x"}, "unsupported_parameter"},

@@ -539,6 +539,12 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 		writeError(w, apiErr)
 		return
 	}
+	if g.gbnf != "" {
+		if err := m.CheckGrammar(g.gbnf); err != nil {
+			writeError(w, invalid(g.gbnfField, "invalid_grammar", "%s: %v", g.gbnfField, err))
+			return
+		}
+	}
 	// Admitted before tokenizing: Close waits for admitted requests before
 	// it frees the model the tokenizer reads.
 	if !s.admit(w) {
@@ -630,11 +636,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 		case r.Context().Err() != nil || out.writeErr != nil:
 			s.cancelled.Add(1) // the client went away: nothing to write to
 		default:
-			code := "generation_failed"
-			if errors.Is(err, llm.ErrPromptTooLong) {
-				code = "context_length_exceeded"
+			e := &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "generation_failed", Message: err.Error()}
+			switch {
+			case errors.Is(err, llm.ErrPromptTooLong):
+				e.Code = "context_length_exceeded"
+			case errors.Is(err, llm.ErrGrammar):
+				e = invalid(g.gbnfField, "invalid_grammar", "%s: %v", g.gbnfField, err)
 			}
-			out.fail(&apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: code, Message: err.Error()})
+			out.fail(e)
 		}
 		return
 	}
