@@ -387,7 +387,7 @@ func TestOpenAIQueueTimeout(t *testing.T) {
 		}()
 	}
 	waitFor(t, "every slot is taken", func() bool {
-		return strings.Contains(e.metrics(t), fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alphabet.gguf",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
+		return strings.Contains(e.metrics(t), fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alpha",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
 	})
 	_, err := streamText(ctx, c, "alpha")
 	var apiErr *openai.Error

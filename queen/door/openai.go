@@ -306,6 +306,9 @@ func (dr *Door) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 		return
 	}
 	g := dr.router.group(spec, x.embeddings)
+	if !fetch {
+		dr.router.named(g, label) // its replicas' series carry the same label
+	}
 	dr.metrics.running.WithLabelValues(label).Inc()
 	defer dr.metrics.running.WithLabelValues(label).Dec()
 	waiting := func(d int) { dr.metrics.waiting.WithLabelValues(label).Add(float64(d)) }

@@ -1,6 +1,7 @@
 package door
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -75,6 +76,10 @@ type group struct {
 	wake     chan struct{}       // closed (and replaced) when a slot frees or replicas change
 	placing  *placeCall          // a first replica being started for a request
 	deployed bool                // a deployment keeps it: requests wait for its replicas
+	// label is the name clients last asked for the model by (an alias, a
+	// deployment, a file name): the model label of its replicas' metrics,
+	// the same as its requests'. "" until a request came.
+	label string
 	// deployErr is the deployment's last failure to place a replica: with
 	// none ready, a request fails with it at once instead of waiting.
 	deployErr error
@@ -133,6 +138,13 @@ func (rt *router) group(spec *fleet.ModelSpec, embeddings bool) *group {
 		}
 	}
 	return g
+}
+
+// named records the name a request asked for g's model by.
+func (rt *router) named(g *group, label string) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	g.label = label
 }
 
 // lookSnaps returns snapshots of hives no older than two refreshes, taken
@@ -639,7 +651,7 @@ func (rt *router) stats() []replicaStat {
 	defer rt.mu.Unlock()
 	var out []replicaStat
 	for _, g := range rt.groups {
-		name := fleet.ShownName(g.spec.Raw)
+		name := cmp.Or(g.label, fleet.ShownName(g.spec.Raw))
 		for _, r := range g.replicas {
 			out = append(out, replicaStat{model: name, hive: r.hive, worker: r.worker, device: r.device, deployment: r.deployment, slots: r.slots, inflight: r.inflight})
 		}
