@@ -260,11 +260,11 @@ type Health struct {
 	// renders with Jinja (generic, hermes, llama3, mistral); absent when
 	// tools are refused.
 	ToolFormat string `json:"tool_format,omitempty"`
-	CtxSize      int    `json:"ctx_size,omitempty"`
-	Threads      int    `json:"threads,omitempty"`
-	Slots        int    `json:"slots"`
-	Embeddings   bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
-	NEmbd        int    `json:"n_embd,omitempty"`
+	CtxSize    int    `json:"ctx_size,omitempty"`
+	Threads    int    `json:"threads,omitempty"`
+	Slots      int    `json:"slots"`
+	Embeddings bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
+	NEmbd      int    `json:"n_embd,omitempty"`
 	// Placement lists the devices holding the model's layers: one for a
 	// model on one device, this process's and the RPC servers' for a
 	// split one.
