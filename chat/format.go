@@ -61,7 +61,7 @@ const (
 func (f Format) Grammar(tools []Tool, required, parallel bool) (string, error) {
 	gt := make([]grammar.Tool, len(tools))
 	for i, t := range tools {
-		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters}
+		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters, Strict: t.Strict}
 	}
 	lit := grammar.Literal
 	keys := grammar.CallKeys{Name: "name", Arguments: "arguments"}

@@ -36,6 +36,7 @@ type ToolCall struct {
 type Tool struct {
 	Name       string
 	Parameters json.RawMessage
+	Strict     bool // OpenAI's strict mode for the parameters' schema
 	Raw        json.RawMessage
 }
 

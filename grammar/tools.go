@@ -8,10 +8,12 @@ import (
 )
 
 // Tool is a function a model may call: its name and the JSON Schema of
-// its arguments (nil: an object with no properties).
+// its arguments (nil: an object with no properties); Strict is OpenAI's
+// strict mode for them (see FromSchema).
 type Tool struct {
 	Name       string
 	Parameters json.RawMessage
+	Strict     bool
 }
 
 // CallKeys names the two members of a call object written as JSON:
@@ -44,7 +46,7 @@ func ToolCalls(tools []Tool, keys CallKeys, root string) (string, error) {
 		if err := json.Unmarshal(params, &doc); err != nil {
 			return "", &SchemaError{Path: t.Name + "#", Reason: fmt.Sprintf("is not JSON: %v", err)}
 		}
-		c := &converter{b: b, root: doc, refs: map[string]string{}}
+		c := &converter{b: b, root: doc, strict: t.Strict, refs: map[string]string{}}
 		args, err := c.visit(params, "tool-"+t.Name+"-args", "#")
 		if err != nil {
 			var se *SchemaError

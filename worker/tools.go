@@ -103,7 +103,13 @@ func parseTool(raw json.RawMessage, param string) (chat.Tool, *apiError) {
 			return chat.Tool{}, invalid(param+".function."+k, "unsupported_parameter", "%s.function.%s is not supported (name, description, parameters and strict are)", param, k)
 		}
 	}
-	return chat.Tool{Name: name, Parameters: t.Function["parameters"], Raw: raw}, nil
+	var strict bool
+	if s := t.Function["strict"]; s != nil && string(s) != "null" {
+		if err := json.Unmarshal(s, &strict); err != nil {
+			return chat.Tool{}, invalid(param+".function.strict", "invalid_value", "%s.function.strict must be true or false", param)
+		}
+	}
+	return chat.Tool{Name: name, Parameters: t.Function["parameters"], Strict: strict, Raw: raw}, nil
 }
 
 // chatMessages checks the messages and turns them into the template's.
