@@ -280,6 +280,8 @@ func TestToolsRefused(t *testing.T) {
 			"function": map[string]any{"name": "f", "returns": "x"}}}}, "tools[0].function.returns"},
 		{"schema the grammar cannot take", w.URL, map[string]any{"messages": user, "tool_choice": "required", "tools": []map[string]any{{"type": "function",
 			"function": map[string]any{"name": "f", "parameters": map[string]any{"type": "object", "patternProperties": map[string]any{}}}}}}, "tools"},
+		{"strict with additionalProperties", w.URL, map[string]any{"messages": user, "tool_choice": "required", "tools": []map[string]any{{"type": "function",
+			"function": map[string]any{"name": "f", "strict": true, "parameters": map[string]any{"type": "object", "additionalProperties": true}}}}}, "tools"},
 		{"response_format beside a forced call", w.URL, map[string]any{"messages": user, "tools": toolDefs(), "tool_choice": "required",
 			"response_format": map[string]any{"type": "json_object"}}, "response_format"},
 		{"deprecated functions", w.URL, map[string]any{"messages": user, "functions": []map[string]any{{"name": "f"}}}, "functions"},
