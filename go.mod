@@ -6,6 +6,7 @@ require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/NVIDIA/go-nvml v0.13.4-1
 	github.com/alecthomas/kong v1.17.0
+	github.com/ardanlabs/jinja v1.8.0
 	github.com/charmbracelet/bubbletea v1.3.10
 	github.com/ebitengine/purego v0.10.0
 	github.com/gpustack/gguf-parser-go v0.28.1

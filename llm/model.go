@@ -64,6 +64,7 @@ type Model struct {
 	vocab     llama.Vocab
 	template  string
 	templName string // "model" or FallbackChatTemplate
+	templSrc  string // the GGUF's tokenizer.chat_template, "" when none
 	desc      string
 	params    uint64
 	size      uint64
@@ -195,6 +196,7 @@ func (e *Engine) LoadModel(ctx context.Context, path string, opt ModelOptions) (
 	m.size = llama.ModelSize(mdl)
 	m.nEmbd = int(llama.ModelNEmbd(mdl))
 	m.template = llama.ModelChatTemplate(mdl, "")
+	m.templSrc = m.template
 	m.templName = "model"
 	if m.template == "" || applyTemplate(m.template, []Message{{Role: "user", Content: "x"}}, true) == "" {
 		m.template, m.templName = FallbackChatTemplate, FallbackChatTemplate
@@ -394,6 +396,28 @@ func applyTemplate(tmpl string, msgs []Message, addAssistant bool) string {
 		return ""
 	}
 	return string(buf[:got])
+}
+
+// ChatTemplate is what rendering the model's own chat template (with a
+// Jinja engine, beside llama.cpp's built-in templates) needs.
+type ChatTemplate struct {
+	Source   string // tokenizer.chat_template; "" when the GGUF has none
+	BOS, EOS string // the texts of the begin and end of stream tokens
+	// AddBOS says that tokenizing adds the begin-of-stream token itself:
+	// a rendered prompt that starts with BOS must lose it.
+	AddBOS bool
+}
+
+// ChatTemplate returns the model's chat template and special tokens.
+func (m *Model) ChatTemplate() ChatTemplate {
+	text := func(t llama.Token) string {
+		if t < 0 {
+			return ""
+		}
+		return llama.VocabGetText(m.vocab, t)
+	}
+	return ChatTemplate{Source: m.templSrc, BOS: text(llama.VocabBOS(m.vocab)), EOS: text(llama.VocabEOS(m.vocab)),
+		AddBOS: llama.VocabGetAddBOS(m.vocab)}
 }
 
 // Token is a token id of the model's vocabulary.

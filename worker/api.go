@@ -139,14 +139,31 @@ func (c *chatContent) UnmarshalJSON(b []byte) error {
 type chatMessage struct {
 	Role    string      `json:"role"`
 	Content chatContent `json:"content"`
+	// An assistant's calls, and the call a tool message answers.
+	ToolCalls  []toolCallIn `json:"tool_calls"`
+	ToolCallID string       `json:"tool_call_id"`
+	Name       string       `json:"name"`
+}
+
+// toolCallIn is a call in an assistant message of the conversation.
+type toolCallIn struct {
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Function struct {
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"` // a JSON string of the object (OpenAI), or the object
+	} `json:"function"`
 }
 
 type chatRequest struct {
 	sampling
-	Messages            []chatMessage `json:"messages"`
-	MaxCompletionTokens *int          `json:"max_completion_tokens"`
-	Logprobs            bool          `json:"logprobs"`
-	TopLogprobs         *int          `json:"top_logprobs"`
+	Messages            []chatMessage   `json:"messages"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Logprobs            bool            `json:"logprobs"`
+	TopLogprobs         *int            `json:"top_logprobs"`
+	Tools               json.RawMessage `json:"tools"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	ParallelToolCalls   *bool           `json:"parallel_tool_calls"`
 }
 
 var chatRoles = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true}
@@ -169,15 +186,15 @@ var (
 		"stream_options": true, "n": true, "ignore_eos": true, "cache_prompt": true, "logprobs": true,
 		"response_format": true, "grammar": true, "json_schema": true,
 	}
-	honouredChat       = map[string]bool{"messages": true, "max_completion_tokens": true, "top_logprobs": true}
+	honouredChat = map[string]bool{"messages": true, "max_completion_tokens": true, "top_logprobs": true,
+		"tools": true, "tool_choice": true, "parallel_tool_calls": true}
 	honouredCompletion = map[string]bool{"prompt": true}
 	// harmless are accepted and have nothing to change here: bookkeeping
 	// for the caller's side (user, metadata, store, service_tier,
-	// prompt_cache_key, safety_identifier), or options that only matter
-	// with tools, which are refused (parallel_tool_calls).
+	// prompt_cache_key, safety_identifier).
 	harmless = map[string]bool{
 		"user": true, "metadata": true, "store": true, "service_tier": true, "prompt_cache_key": true,
-		"safety_identifier": true, "parallel_tool_calls": true,
+		"safety_identifier": true,
 	}
 )
 
@@ -195,16 +212,16 @@ func checkFields(raw map[string]json.RawMessage, chat bool) *apiError {
 		switch {
 		case honoured[k] || harmless[k] || (chat && honouredChat[k]) || (!chat && honouredCompletion[k]):
 			continue
-		case (k == "tools" || k == "functions") && chat:
+		case k == "functions" && chat:
 			if null || v == "[]" {
 				continue
 			}
-			return invalid(k, "unsupported_parameter", "%s (tool calling) is not supported yet by this worker", k)
-		case (k == "tool_choice" || k == "function_call") && chat:
+			return invalid(k, "unsupported_parameter", "functions (OpenAI's deprecated form) is not supported; send tools")
+		case k == "function_call" && chat:
 			if null || v == `"none"` || v == `"auto"` {
 				continue
 			}
-			return invalid(k, "unsupported_parameter", "%s %s is not supported yet: this worker does not call tools", k, v)
+			return invalid(k, "unsupported_parameter", "function_call (OpenAI's deprecated form) is not supported; send tool_choice")
 		case k == "modalities" && chat:
 			if null || v == `["text"]` {
 				continue
@@ -503,15 +520,41 @@ type completionChoice struct {
 }
 
 type chatDelta struct {
-	Role    string `json:"role,omitempty"`
-	Content string `json:"content,omitempty"`
+	Role      string          `json:"role,omitempty"`
+	Content   string          `json:"content,omitempty"`
+	ToolCalls []toolCallDelta `json:"tool_calls,omitempty"`
 }
 
 // chatMessageOut is a response's message: content is always there, a
-// string, empty when the model said nothing.
+// string, empty when the model said nothing, null when it only called
+// tools.
 type chatMessageOut struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
+	Role      string        `json:"role"`
+	Content   *string       `json:"content"`
+	ToolCalls []toolCallOut `json:"tool_calls,omitempty"`
+}
+
+type toolCallOut struct {
+	ID       string       `json:"id"`
+	Type     string       `json:"type"`
+	Function functionCall `json:"function"`
+}
+
+type functionCall struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"` // a JSON object, as text
+}
+
+// toolCallDelta is a piece of a streamed call (OpenAI's shape): the first
+// names the call, the next carry its arguments.
+type toolCallDelta struct {
+	Index    int    `json:"index"`
+	ID       string `json:"id,omitempty"`
+	Type     string `json:"type,omitempty"`
+	Function struct {
+		Name      string  `json:"name,omitempty"`
+		Arguments *string `json:"arguments,omitempty"`
+	} `json:"function"`
 }
 
 type chatChoice struct {

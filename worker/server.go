@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rbee-dev/rbee/chat"
 	"github.com/rbee-dev/rbee/llm"
 	"github.com/rbee-dev/rbee/modelfile"
 	"github.com/rbee-dev/rbee/sse"
@@ -65,6 +66,10 @@ type Server struct {
 	loadErr error
 	model   *llm.Model
 	engine  *llm.Engine
+	// tmpl is the model's chat template compiled for Jinja; nil, with
+	// tmplErr saying why, when it does not compile or there is none.
+	tmpl    *chat.Template
+	tmplErr error
 
 	// cut ends running generations (shutdown); active counts handlers
 	// that use the model so Close can wait for them.
@@ -111,7 +116,31 @@ func (s *Server) Load(ctx context.Context) error {
 	}
 	s.state, s.model = StateReady, m
 	s.cfg.Slots = m.Slots()
+	s.tmpl, s.tmplErr = compileTemplate(m.ChatTemplate())
+	if s.tmpl != nil {
+		s.log.Info("chat template", "renderer", "jinja", "tool_format", s.tmpl.Format().String())
+	} else {
+		s.log.Warn("chat template: not rendered with Jinja, llama.cpp's built-in templating is used and tools are refused", "reason", s.tmplErr)
+	}
 	return nil
+}
+
+func compileTemplate(ct llm.ChatTemplate) (*chat.Template, error) {
+	if ct.Source == "" {
+		return nil, errors.New("the model has no chat template (tokenizer.chat_template)")
+	}
+	t, err := chat.Compile(ct.Source, ct.BOS, ct.EOS)
+	if err != nil {
+		return nil, fmt.Errorf("the model's chat template does not compile: %w", err)
+	}
+	return t, nil
+}
+
+// template returns the compiled chat template, or why there is none.
+func (s *Server) template() (*chat.Template, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tmpl, s.tmplErr
 }
 
 func (s *Server) load(ctx context.Context) (*llm.Model, error) {
@@ -200,7 +229,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/embeddings", s.embeddings)
 	mux.HandleFunc("POST /tokenize", s.tokenizeHandler)
 	mux.HandleFunc("POST /detokenize", s.detokenizeHandler)
-	routes := []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
+	mux.HandleFunc("POST /apply-template", s.applyTemplate)
+	routes := []string{"/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/tokenize", "/detokenize", "/apply-template"}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		for _, p := range routes {
 			if r.URL.Path == p {
@@ -226,11 +256,15 @@ type Health struct {
 	// ChatTemplate is "model" when the GGUF carries a template llama.cpp
 	// applies, else the fallback's name (llm.FallbackChatTemplate).
 	ChatTemplate string `json:"chat_template,omitempty"`
-	CtxSize      int    `json:"ctx_size,omitempty"`
-	Threads      int    `json:"threads,omitempty"`
-	Slots        int    `json:"slots"`
-	Embeddings   bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
-	NEmbd        int    `json:"n_embd,omitempty"`
+	// ToolFormat is the tool-call syntax of the template's family when it
+	// renders with Jinja (generic, hermes, llama3, mistral); absent when
+	// tools are refused.
+	ToolFormat string `json:"tool_format,omitempty"`
+	CtxSize    int    `json:"ctx_size,omitempty"`
+	Threads    int    `json:"threads,omitempty"`
+	Slots      int    `json:"slots"`
+	Embeddings bool   `json:"embeddings,omitempty"` // started to serve /v1/embeddings
+	NEmbd      int    `json:"n_embd,omitempty"`
 	// Placement lists the devices holding the model's layers: one for a
 	// model on one device, this process's and the RPC servers' for a
 	// split one.
@@ -265,6 +299,9 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		h.Embeddings, h.NEmbd = s.model.Embeddings(), s.model.NEmbd()
 		h.Batches = s.model.Stats()
 		h.Placement = s.model.Placement
+	}
+	if s.tmpl != nil {
+		h.ToolFormat = s.tmpl.Format().String()
 	}
 	s.mu.Unlock()
 	running := int(s.running.Load())
@@ -372,7 +409,8 @@ type gen struct {
 	chat     bool
 	prompts  []string
 	logprobs bool
-	top      int // alternatives per token
+	top      int      // alternatives per token
+	tools    *toolUse // chat: read tool calls out of the answer
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
@@ -450,38 +488,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		}
 		g.top = *req.TopLogprobs
 	}
-	if len(req.Messages) == 0 {
-		writeError(w, invalid("messages", "missing_messages", "messages is required and must not be empty"))
+	prompt, tools, e := s.chatPrompt(m, &req)
+	if e != nil {
+		writeError(w, e)
 		return
 	}
-	msgs := make([]llm.Message, len(req.Messages))
-	for i, msg := range req.Messages {
-		if !chatRoles[msg.Role] {
-			writeError(w, invalid(fmt.Sprintf("messages[%d].role", i), "invalid_value",
-				"messages[%d].role %q is not one of system, developer, user, assistant, tool", i, msg.Role))
-			return
-		}
-		if msg.Content.badPart != "" {
-			writeError(w, invalid(fmt.Sprintf("messages[%d].content", i), "unsupported_content",
-				"messages[%d].content has a part of type %q; this worker takes text parts only", i, msg.Content.badPart))
-			return
-		}
-		if j := strings.IndexByte(msg.Content.text, 0); j >= 0 {
-			writeError(w, invalid(fmt.Sprintf("messages[%d].content", i), "invalid_value",
-				"messages[%d].content contains a NUL byte (at byte %d), which the model's tokenizer cannot take", i, j))
-			return
-		}
-		role := msg.Role
-		if role == "developer" {
-			role = "system"
-		}
-		msgs[i] = llm.Message{Role: role, Content: msg.Content.text}
-	}
-	prompt, err := m.ApplyChat(msgs)
-	if err != nil {
-		writeError(w, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "chat_template", Message: err.Error()})
-		return
-	}
+	g.sampling, g.tools = req.sampling, tools
 	g.prompts = []string{prompt}
 	s.run(w, r, m, g)
 }
@@ -593,7 +605,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 	defer release()
 
 	out := &responder{w: w, id: newID(g.chat), chat: g.chat, model: s.cfg.ModelName, created: time.Now().Unix(),
-		stream: g.Stream, includeUsage: g.includeUsage(), logprobs: g.logprobs, top: g.top, choices: make([]*choiceOut, len(jobs))}
+		stream: g.Stream, includeUsage: g.includeUsage(), logprobs: g.logprobs, top: g.top, tools: g.tools, choices: make([]*choiceOut, len(jobs))}
 	defer out.close()
 	var total llm.Result
 	total.PromptTokens = promptTokens
@@ -606,6 +618,9 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 			p.Seed = &seed
 		}
 		c := &choiceOut{index: jb.index}
+		if g.tools != nil {
+			c.calls = g.tools.format.NewStream()
+		}
 		out.choices[i] = c
 		res, err := slot.Generate(ctx, jb.tokens, p, func(pc llm.Piece) error { return out.piece(c, pc) })
 		if i == len(jobs)-1 {
@@ -678,6 +693,7 @@ type responder struct {
 	includeUsage bool // stream_options.include_usage: a last chunk with the usage
 	logprobs     bool
 	top          int
+	tools        *toolUse // read tool calls out of the answers
 	choices      []*choiceOut
 	out          *sse.Batcher // set by begin
 	writeErr     error
@@ -693,6 +709,11 @@ type choiceOut struct {
 	chatLP  chatLogprobs
 	compLP  completionLogprobs
 	offset  int // bytes of tokens in compLP
+	// calls reads the tool calls as the answer is generated; content and
+	// toolCalls are what it found when the choice ended.
+	calls     *chat.Stream
+	content   string
+	toolCalls []toolCallOut
 }
 
 // logprobsOf adds probs to c's logprobs and returns them in the endpoint's
@@ -789,11 +810,15 @@ func (o *responder) piece(c *choiceOut, pc llm.Piece) error {
 		o.logprobsOf(c, pc.Logprobs, false)
 		return nil
 	}
-	if pc.Text == "" && (!o.logprobs || len(pc.Logprobs) == 0) {
+	text := pc.Text
+	if c.calls != nil {
+		text = c.calls.Feed(text) // what may go out before a call
+	}
+	if text == "" && (!o.logprobs || len(pc.Logprobs) == 0) {
 		return nil
 	}
 	o.begin()
-	err := o.send(o.chunk(c, pc.Text, o.logprobsOf(c, pc.Logprobs, true), nil, nil), false)
+	err := o.send(o.chunk(c, text, o.logprobsOf(c, pc.Logprobs, true), nil, nil), false)
 	c.started = true
 	return err
 }
@@ -806,16 +831,66 @@ func (o *responder) finishChoice(c *choiceOut, res llm.Result) {
 		PromptN: res.PromptTokens - res.CachedTokens, PromptMS: ms(res.PromptDuration), PromptPerSecond: res.PromptPerSecond(),
 		PredictedN: res.CompletionTokens, PredictedMS: ms(res.GenDuration), PredictedPerSecond: res.GenPerSecond(),
 	}
+	rest := o.readCalls(c)
 	if !o.stream {
 		return
 	}
 	o.begin()
+	if rest != "" {
+		_ = o.send(o.chunk(c, rest, nil, nil, nil), false)
+		c.started = true
+	}
+	for i, tc := range c.toolCalls {
+		for _, d := range callDeltas(i, tc) {
+			ch := o.chunk(c, "", nil, nil, nil)
+			ch.Choices.([]chatChoice)[0].Delta.ToolCalls = []toolCallDelta{d}
+			_ = o.send(ch, false)
+			c.started = true
+		}
+	}
 	ch := o.chunk(c, "", nil, &c.finish, c.timings)
 	if o.chat {
 		ch.Choices = []chatChoice{{Index: c.index, Delta: &chatDelta{}, FinishReason: &c.finish}}
 	}
 	_ = o.send(ch, false)
 	c.started = true
+}
+
+// readCalls reads choice c's tool calls once it has ended: they go to
+// c.toolCalls, the content to c.content, and a choice that called ends
+// with "tool_calls". It returns the content not yet streamed.
+func (o *responder) readCalls(c *choiceOut) string {
+	if c.calls == nil {
+		return ""
+	}
+	rest, calls := c.calls.Finish()
+	if o.stream {
+		c.content = rest
+	} else {
+		c.content, calls = o.tools.format.Parse(c.text.String())
+	}
+	for _, tc := range calls {
+		id := tc.ID
+		if id == "" {
+			id = o.tools.format.CallID()
+		}
+		c.toolCalls = append(c.toolCalls, toolCallOut{ID: id, Type: "function", Function: functionCall{Name: tc.Name, Arguments: tc.Arguments}})
+	}
+	if len(calls) > 0 {
+		c.finish = "tool_calls"
+	}
+	return rest
+}
+
+// callDeltas streams one call in OpenAI's shape: its id, type and name
+// with empty arguments, then the arguments.
+func callDeltas(index int, tc toolCallOut) []toolCallDelta {
+	empty, args := "", tc.Function.Arguments
+	first := toolCallDelta{Index: index, ID: tc.ID, Type: tc.Type}
+	first.Function.Name, first.Function.Arguments = tc.Function.Name, &empty
+	next := toolCallDelta{Index: index}
+	next.Function.Arguments = &args
+	return []toolCallDelta{first, next}
 }
 
 // finish ends the answer: a stream with the usage chunk when it was asked
@@ -847,7 +922,15 @@ func (o *responder) finish(res llm.Result, t *timings) {
 		resp.Object = "chat.completion"
 		cs := make([]chatChoice, len(o.choices))
 		for i, c := range o.choices {
-			cs[i] = chatChoice{Index: c.index, Message: &chatMessageOut{Role: "assistant", Content: c.text.String()}, FinishReason: &c.finish}
+			content := c.text.String()
+			if c.calls != nil {
+				content = c.content
+			}
+			msg := &chatMessageOut{Role: "assistant", Content: &content, ToolCalls: c.toolCalls}
+			if len(c.toolCalls) > 0 && content == "" {
+				msg.Content = nil
+			}
+			cs[i] = chatChoice{Index: c.index, Message: msg, FinishReason: &c.finish}
 			if o.logprobs {
 				if c.chatLP.Content == nil {
 					c.chatLP.Content = []chatTokenLogprob{}
