@@ -60,7 +60,7 @@ type router struct {
 	// request goes to them, even while a snapshot still shows them.
 	retiring map[string]string
 	kick     chan struct{}
-	closed  bool // no new placements: the queen is closing
+	closed   bool // no new placements: the queen is closing
 }
 
 // groupKey names what replicas serve: a model (sha256, or the reference
