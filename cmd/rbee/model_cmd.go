@@ -141,7 +141,7 @@ func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
 type modelDeployCmd struct {
 	Model      string        `arg:"" predictor:"model" help:"Alias, reference, catalog id or local file name of the model."`
 	Name       string        `help:"The name clients ask for (default: the model's name as given)."`
-	Replicas   int           `short:"n" help:"Workers to keep loaded, one per device (default 1; the same as --min N --max N)."`
+	Replicas   *int          `short:"n" help:"Workers to keep loaded, one per device (default 1; the same as --min N --max N)."`
 	Min        int           `help:"Least workers to keep loaded (default 1 with --max)."`
 	Max        int           `help:"Most workers: the door adds one (on a free device) while requests wait longer than the queen's --scale-wait, and stops those above --min idle for the keep-alive (default: --min)."`
 	Hive       []string      `predictor:"hive" sep:"," help:"Only these hives (repeat or comma-separate; default: any)."`
@@ -249,10 +249,10 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 // bounds are the replicas asked for: --replicas N is --min N --max N.
 func (c modelDeployCmd) bounds() (lo, hi int, err error) {
 	switch {
-	case c.Replicas != 0 && (c.Min != 0 || c.Max != 0):
+	case c.Replicas != nil && (c.Min != 0 || c.Max != 0):
 		return 0, 0, exitf(rbee.ExitUsage, "e.g. --replicas 2, or --min 1 --max 4", "--replicas is a fixed number: give it or --min/--max, not both")
-	case c.Replicas != 0:
-		lo, hi = c.Replicas, c.Replicas
+	case c.Replicas != nil:
+		lo, hi = *c.Replicas, *c.Replicas
 	default:
 		lo, hi = max(c.Min, 1), c.Max
 		if hi == 0 {
@@ -260,8 +260,8 @@ func (c modelDeployCmd) bounds() (lo, hi int, err error) {
 		}
 	}
 	switch {
-	case c.Replicas != 0 && (lo < 1 || lo > 64):
-		return 0, 0, exitf(rbee.ExitUsage, "e.g. --replicas 2", "--replicas %d: 1 to 64", c.Replicas)
+	case c.Replicas != nil && (lo < 1 || lo > 64):
+		return 0, 0, exitf(rbee.ExitUsage, "e.g. --replicas 2", "--replicas %d: 1 to 64", lo)
 	case c.Min < 0 || lo > 64 || hi < lo || hi > 64:
 		return 0, 0, exitf(rbee.ExitUsage, "e.g. --min 1 --max 4", "--min %d --max %d: 1 <= min <= max <= 64", lo, hi)
 	}
