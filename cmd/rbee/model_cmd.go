@@ -332,10 +332,10 @@ func (c modelDeploymentsCmd) Run(ctx context.Context, g *globals) error {
 }
 
 // lastScale is a deployment's last scale event for a table: "added
-// h2/gpu0 12s ago: 3 requests waited 2.4s", or "-".
+// h2/gpu0: 3 requests waited 2.4s (12s ago)", or "-".
 func lastScale(ev *queenapi.ScaleEvent) string {
 	if ev == nil {
 		return "-"
 	}
-	return fmt.Sprintf("%s %s/%s %s ago: %s", ev.Action, printable(ev.Hive), ev.Device, time.Since(ev.At).Round(time.Second), printable(ev.Detail))
+	return fmt.Sprintf("%s (%s ago)", printable(ev.String()), time.Since(ev.At).Round(time.Second))
 }
