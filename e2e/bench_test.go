@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -152,12 +153,19 @@ func relay(s *queenapi.Stream, f func(rbee.Event) error) error {
 
 // workerTTFT asks the worker directly on its unix socket.
 func workerTTFT(b *testing.B, sock string, maxTokens int) gen {
+	return workerGen(b, sock, maxTokens, nil)
+}
+
+// workerGen is workerTTFT with more fields in the request (extra).
+func workerGen(b *testing.B, sock string, maxTokens int, extra map[string]any) gen {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	defer c.CloseIdleConnections()
-	body, _ := json.Marshal(map[string]any{"prompt": "abc", "temperature": 0, "max_tokens": maxTokens, "stream": true,
-		"stream_options": map[string]any{"include_usage": true}})
+	req := map[string]any{"prompt": "abc", "temperature": 0, "max_tokens": maxTokens, "stream": true,
+		"stream_options": map[string]any{"include_usage": true}}
+	maps.Copy(req, extra)
+	body, _ := json.Marshal(req)
 	start := time.Now()
 	resp, err := c.Post("http://worker/v1/completions", "application/json", bytes.NewReader(body))
 	if err != nil {

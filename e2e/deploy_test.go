@@ -16,6 +16,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/rbee-dev/rbee/gpu/gputest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/queenapi"
 )
@@ -399,6 +400,122 @@ func TestOpenAIQueueTimeout(t *testing.T) {
 	for range ws[0].Slots {
 		if err := <-held; err != nil {
 			t.Errorf("a request that held a slot: %v", err)
+		}
+	}
+	e.stopQueen()
+}
+
+// TestOpenAIDeploymentScales: a deployment of min 1, max 2 on a hive with
+// two GPUs that each hold one one-slot worker (fake NVML; the workers run
+// on the CPU). While its replica is held (SIGSTOP), a burst of requests
+// waits past --scale-wait: a second replica is added on the other GPU and
+// serves them, and both replicas served some. Idle for the keep-alive, the
+// added one is stopped: back to min. rbee model deployments, rbee ps and
+// the metrics say what happened and why.
+func TestOpenAIDeploymentScales(t *testing.T) {
+	t.Parallel()
+	gpus := gputest.GPUsEnv(
+		gputest.FakeGPU{Name: "NVIDIA Fake A", TotalMiB: 68, FreeMiB: 68, ComputeCap: "8.6"},
+		gputest.FakeGPU{Name: "NVIDIA Fake B", TotalMiB: 68, FreeMiB: 68, ComputeCap: "8.6"},
+	)
+	e := newEnv(t, gputest.EnvGPUs+"="+gpus, "RBEE_SCALE_WAIT=500ms", "RBEE_KEEP_ALIVE=3s", "RBEE_QUEUE_WAIT=120s", "RBEE_WORKER_STALL=5m")
+	e.vars = append(e.vars, "RBEE_NVML_LIBRARY="+fakeNVML) // later entries win
+	if r := e.rbee("model", "pull", alphabet, "--alias", "alpha"); r.code != 0 {
+		t.Fatalf("model pull: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, args := range [][]string{{"--replicas", "2", "--max", "3"}, {"--min", "3", "--max", "2"}} {
+		if r := e.rbee(append([]string{"model", "deploy", "alpha", "--name", "chat"}, args...)...); r.code != 2 {
+			t.Errorf("model deploy %v: exit %d, want 2 (usage)\n%s", args, r.code, r.stderr)
+		}
+	}
+	r := e.rbee("model", "deploy", "alpha", "--name", "chat", "--min", "1", "--max", "2")
+	if r.code != 0 || !strings.Contains(r.stdout, "1/1 replicas ready (up to 2 while requests wait)") {
+		t.Fatalf("model deploy: exit %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	ds := e.deployments(t)
+	if len(ds) != 1 || ds[0].Min != 1 || ds[0].Max != 2 || len(ds[0].Workers) != 1 || ds[0].Workers[0].Slots != 1 ||
+		!strings.HasPrefix(ds[0].Workers[0].Device, "gpu") {
+		t.Fatalf("deployments = %+v, want one one-slot replica on a GPU, min 1 max 2", ds)
+	}
+	first := ds[0].Workers[0]
+	var pid int
+	for _, w := range e.workers() {
+		if w.ID == first.Worker {
+			pid = w.PID
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("worker %s not on the hive", first.Worker)
+	}
+
+	// The replica held, a burst waits past --scale-wait.
+	signal(t, pid, syscall.SIGSTOP)
+	ctx := context.Background()
+	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
+	const burst = 8
+	done := make(chan error, burst)
+	for range burst {
+		go func() {
+			text, err := streamText(ctx, c, "chat")
+			if err == nil && text != alphabetRest {
+				err = fmt.Errorf("text %q, want %q", text, alphabetRest)
+			}
+			done <- err
+		}()
+	}
+	// One request holds the stopped replica's slot; the others are served
+	// by the added one.
+	for i := range burst - 1 {
+		if err := <-done; err != nil {
+			t.Errorf("request %d of the burst: %v", i, err)
+		}
+	}
+	signal(t, pid, syscall.SIGCONT)
+	if err := <-done; err != nil {
+		t.Errorf("the request on the held replica: %v", err)
+	}
+	ds = e.deployments(t)
+	if len(ds) != 1 || len(ds[0].Workers) != 2 || ds[0].Ready != 2 || ds[0].Workers[0].Device == ds[0].Workers[1].Device {
+		t.Fatalf("deployments after the burst = %+v, want 2 ready replicas on two devices", ds)
+	}
+	if ev := ds[0].LastScale; ev == nil || ev.Action != "added" || ev.Reason != "queue" || !strings.Contains(ev.Detail, "requests waited") {
+		t.Errorf("last scale %+v, want a replica added because requests waited", ev)
+	}
+	var ps queenapi.Processes
+	if r := e.rbee("ps", "--json"); r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil {
+		t.Fatalf("ps: exit %d\n%s", r.code, r.stderr)
+	}
+	var served []int64
+	for _, p := range ps.Processes {
+		if p.Deployment == "chat" {
+			served = append(served, p.Served)
+		}
+	}
+	if len(served) != 2 || served[0] == 0 || served[1] == 0 || served[0]+served[1] < burst {
+		t.Errorf("requests served per replica %v, want both to serve some of %d", served, burst)
+	}
+	if r := e.rbee("ps"); r.code != 0 || !strings.Contains(r.stdout, "deployment chat: 2/2 ready (min 1, max 2); last scale: added localhost/gpu") {
+		t.Errorf("ps: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// Idle for the keep-alive: the added replica goes, back to min.
+	waitFor(t, "an idle replica is removed", func() bool {
+		ds := e.deployments(t)
+		return len(ds) == 1 && len(ds[0].Workers) == 1 && ds[0].LastScale != nil && ds[0].LastScale.Action == "removed"
+	})
+	ds = e.deployments(t)
+	if ev := ds[0].LastScale; ev.Reason != "idle" || !strings.HasPrefix(ev.Detail, "idle ") || ds[0].Ready != 1 {
+		t.Errorf("deployments = %+v, last scale %+v: want one ready replica left, the other removed as idle", ds, ev)
+	}
+	waitFor(t, "the removed replica's worker exits", func() bool { return len(e.workers()) == 1 })
+	if r := e.rbee("model", "deployments"); r.code != 0 || !strings.Contains(r.stdout, "1-2") || !strings.Contains(r.stdout, ": idle ") {
+		t.Errorf("model deployments: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	m := e.metrics(t)
+	for _, want := range []string{`rbee_door_replicas_added_total{model="chat",reason="min"} 1`, `rbee_door_replicas_added_total{model="chat",reason="queue"} 1`,
+		`rbee_door_replicas_removed_total{model="chat",reason="idle"} 1`, `rbee_deployment_replicas_wanted{deployment="chat"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, "replicas"))
 		}
 	}
 	e.stopQueen()

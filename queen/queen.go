@@ -65,6 +65,10 @@ type Config struct {
 	// for how long (then 503). Defaults DefaultQueueDepth, DefaultQueueWait.
 	QueueDepth int
 	QueueWait  time.Duration
+	// ScaleWait is how long a deployment's requests may wait in the front
+	// door's queue before it adds a replica (up to its max); default
+	// door.DefaultScaleWait.
+	ScaleWait time.Duration
 	// DoorPull lets front-door clients name models to download (see
 	// door.Config.Pull); off by default.
 	DoorPull bool
@@ -126,7 +130,7 @@ func New(ctx context.Context, cfg Config) (*Queen, error) {
 		EngineRegistry: cfg.EngineRegistry, EngineArchive: cfg.EngineArchive,
 		Changed: func() { dr.Stale() }}, db)
 	q.splits = split.New(q.fleet, cfg.Log, cfg.RPCStall)
-	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
+	dr = door.New(door.Config{QueueDepth: cfg.QueueDepth, QueueWait: cfg.QueueWait, ScaleWait: cfg.ScaleWait, KeepAlive: cfg.KeepAlive, Pull: cfg.DoorPull,
 		ConnectTimeout: cfg.ConnectTimeout, RequestLog: cfg.Home.Log("requests"), Log: cfg.Log, Split: q.splits.Serve}, q.fleet, db)
 	q.door = dr
 	// The hives an earlier queen served are picked up again at once.

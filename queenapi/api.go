@@ -236,14 +236,20 @@ type Process struct {
 type Processes struct {
 	Processes []Process `json:"processes"`
 	Skipped   []string  `json:"skipped,omitempty"` // hives that did not answer, with why
+	// Deployments are the deployments with their replicas and their last
+	// scale event: why a worker is there or went.
+	Deployments []Deployment `json:"deployments,omitempty"`
 }
 
 // DeployRequest declares a deployment (PUT /v1/deployments/{name}): the
-// model stays loaded with Replicas workers, one per device.
+// model stays loaded with Min to Max workers, one per device; Replicas
+// alone is a fixed number (Min = Max = Replicas).
 type DeployRequest struct {
 	Name       string   `json:"name"`
 	Model      string   `json:"model"` // alias, reference, catalog id or local file name
-	Replicas   int      `json:"replicas"`
+	Replicas   int      `json:"replicas,omitempty"`
+	Min        int      `json:"min_replicas,omitempty"`
+	Max        int      `json:"max_replicas,omitempty"`
 	Hives      []string `json:"hives,omitempty"`  // only these hives; none = any
 	Device     string   `json:"device,omitempty"` // only this device ("cpu", "gpu0"); "" = the scheduler's pick
 	Embeddings bool     `json:"embeddings,omitempty"`
@@ -253,7 +259,9 @@ type DeployRequest struct {
 type Deployment struct {
 	Name       string    `json:"name"`
 	Model      string    `json:"model"`
-	Replicas   int       `json:"replicas"` // wanted
+	Replicas   int       `json:"replicas"` // wanted now: Min, more while requests wait, up to Max
+	Min        int       `json:"min_replicas"`
+	Max        int       `json:"max_replicas"`
 	Ready      int       `json:"ready"`
 	Hives      []string  `json:"hives,omitempty"`
 	Device     string    `json:"device,omitempty"`
@@ -261,6 +269,31 @@ type Deployment struct {
 	Created    time.Time `json:"created"`
 	Workers    []Replica `json:"workers"`
 	Error      string    `json:"error,omitempty"` // the last failure to start a replica
+	// LastScale is the last replica the door added or removed, with why;
+	// nil when none since the queen started.
+	LastScale *ScaleEvent `json:"last_scale,omitempty"`
+}
+
+// ScaleEvent is the front door adding a replica to a deployment or
+// removing one, and why.
+type ScaleEvent struct {
+	At     time.Time `json:"at"`
+	Action string    `json:"action"` // "added" or "removed"
+	Hive   string    `json:"hive"`
+	Worker string    `json:"worker"`
+	Device string    `json:"device"`
+	// Reason is the rule: "queue" (requests waited longer than the scale
+	// wait), "min" (below the minimum: a first or a replacement replica),
+	// "idle" (above the minimum and idle for the keep-alive), "max" (above
+	// a lowered maximum).
+	Reason string `json:"reason"`
+	Detail string `json:"detail"` // e.g. "3 requests waited 2.4s", "idle 5m0s"
+}
+
+// String is the event as rbee ps shows it: "added h2/gpu0: 3 requests
+// waited 2.4s".
+func (e ScaleEvent) String() string {
+	return e.Action + " " + e.Hive + "/" + e.Device + ": " + e.Detail
 }
 
 // Replica is one worker of a deployment.

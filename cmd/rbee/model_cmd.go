@@ -22,7 +22,7 @@ type modelCmd struct {
 	Pull        modelPullCmd        `cmd:"" help:"Download a model onto a hive (resumable, verified), or name a local GGUF."`
 	Ls          modelLsCmd          `cmd:"" help:"List a hive's models."`
 	Rm          modelRmCmd          `cmd:"" help:"Remove a model from a hive."`
-	Deploy      modelDeployCmd      `cmd:"" help:"Keep a model loaded with N replicas for the OpenAI front door."`
+	Deploy      modelDeployCmd      `cmd:"" help:"Keep a model loaded with N replicas (or --min to --max, following the queue) for the OpenAI front door."`
 	Undeploy    modelUndeployCmd    `cmd:"" help:"Remove a deployment (its workers unload when idle)."`
 	Deployments modelDeploymentsCmd `cmd:"" help:"List the deployments and their replicas."`
 }
@@ -141,7 +141,9 @@ func (c modelRmCmd) Run(ctx context.Context, g *globals) error {
 type modelDeployCmd struct {
 	Model      string        `arg:"" predictor:"model" help:"Alias, reference, catalog id or local file name of the model."`
 	Name       string        `help:"The name clients ask for (default: the model's name as given)."`
-	Replicas   int           `short:"n" default:"1" help:"Workers to keep loaded, one per device."`
+	Replicas   *int          `short:"n" help:"Workers to keep loaded, one per device (default 1; the same as --min N --max N)."`
+	Min        int           `help:"Least workers to keep loaded (default 1 with --max)."`
+	Max        int           `help:"Most workers: the door adds one (on a free device) while requests wait longer than the queen's --scale-wait, and stops those above --min idle for the keep-alive (default: --min)."`
 	Hive       []string      `predictor:"hive" sep:"," help:"Only these hives (repeat or comma-separate; default: any)."`
 	Device     string        `help:"Only this device on each hive (cpu, gpu0, …; default: the scheduler's pick)."`
 	Embeddings bool          `help:"The replicas serve /v1/embeddings (rbee-worker --embeddings)."`
@@ -157,15 +159,24 @@ queen finds the running replicas again (none is loaded twice) and replaces
 replicas that died. Requests go to the ready replica with the fewest
 requests in flight per slot.
 
+With --min and --max the replicas follow the queue: when requests wait
+longer than the queen's --scale-wait (2s) and a device is free (one that
+holds no replica of it, on the deployment's hives and device), a replica
+is added, up to --max; a replica above --min that served nothing for the
+keep-alive is stopped. rbee model deployments and rbee ps show the last
+such event and why; /metrics counts them.
+
 Examples:
   rbee model deploy qwen --replicas 2
+  rbee model deploy qwen --min 1 --max 4
   rbee model deploy hf:ORG/REPO:Q4_K_M --name chat --hive gpu-box,server --device gpu0
   rbee model deployments`
 }
 
 func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
-	if c.Replicas < 1 || c.Replicas > 64 {
-		return exitf(rbee.ExitUsage, "e.g. --replicas 2", "--replicas %d: 1 to 64", c.Replicas)
+	lo, hi, err := c.bounds()
+	if err != nil {
+		return err
 	}
 	name := c.Name
 	if name == "" {
@@ -178,7 +189,7 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	if err := qc.Deploy(ctx, queenapi.DeployRequest{Name: name, Model: c.Model, Replicas: c.Replicas, Hives: c.Hive, Device: c.Device, Embeddings: c.Embeddings}); err != nil {
+	if err := qc.Deploy(ctx, queenapi.DeployRequest{Name: name, Model: c.Model, Min: lo, Max: hi, Hives: c.Hive, Device: c.Device, Embeddings: c.Embeddings}); err != nil {
 		return queenError(g, err)
 	}
 	var last queenapi.Deployment
@@ -197,15 +208,15 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 				last = d
 			}
 		}
-		if last.Ready >= last.Replicas || !time.Now().Before(deadline) {
+		if last.Ready >= last.Min || !time.Now().Before(deadline) {
 			break
 		}
 		switch {
 		case c.JSON:
 		case tty:
-			fmt.Fprintf(os.Stderr, "\r%s: %d/%d replicas ready", printable(name), last.Ready, last.Replicas)
+			fmt.Fprintf(os.Stderr, "\r%s: %d/%d replicas ready", printable(name), last.Ready, last.Min)
 		case last.Ready != said:
-			fmt.Fprintf(os.Stderr, "%s: %d/%d replicas ready\n", printable(name), last.Ready, last.Replicas)
+			fmt.Fprintf(os.Stderr, "%s: %d/%d replicas ready\n", printable(name), last.Ready, last.Min)
 			said = last.Ready
 		}
 		select {
@@ -220,8 +231,12 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 	if tty {
 		fmt.Fprintf(os.Stderr, "\r\033[K")
 	}
-	fmt.Printf("deployment %s: %d/%d replicas ready\n", printable(name), last.Ready, last.Replicas)
-	if last.Ready < last.Replicas && c.Wait > 0 {
+	scales := ""
+	if last.Max > last.Min {
+		scales = fmt.Sprintf(" (up to %d while requests wait)", last.Max)
+	}
+	fmt.Printf("deployment %s: %d/%d replicas ready%s\n", printable(name), last.Ready, last.Min, scales)
+	if last.Ready < last.Min && c.Wait > 0 {
 		msg := "not every replica is ready yet; rbee model deployments shows them"
 		if last.Error != "" {
 			msg = last.Error
@@ -229,6 +244,28 @@ func (c modelDeployCmd) Run(ctx context.Context, g *globals) error {
 		return exitf(rbee.ExitNoRoom, "rbee model deployments shows the replicas; rbee model undeploy "+name+" removes it", "deployment %s: %s", printable(name), printable(msg))
 	}
 	return nil
+}
+
+// bounds are the replicas asked for: --replicas N is --min N --max N.
+func (c modelDeployCmd) bounds() (lo, hi int, err error) {
+	switch {
+	case c.Replicas != nil && (c.Min != 0 || c.Max != 0):
+		return 0, 0, exitf(rbee.ExitUsage, "e.g. --replicas 2, or --min 1 --max 4", "--replicas is a fixed number: give it or --min/--max, not both")
+	case c.Replicas != nil:
+		lo, hi = *c.Replicas, *c.Replicas
+	default:
+		lo, hi = max(c.Min, 1), c.Max
+		if hi == 0 {
+			hi = lo
+		}
+	}
+	switch {
+	case c.Replicas != nil && (lo < 1 || lo > 64):
+		return 0, 0, exitf(rbee.ExitUsage, "e.g. --replicas 2", "--replicas %d: 1 to 64", lo)
+	case c.Min < 0 || lo > 64 || hi < lo || hi > 64:
+		return 0, 0, exitf(rbee.ExitUsage, "e.g. --min 1 --max 4", "--min %d --max %d: 1 <= min <= max <= 64", lo, hi)
+	}
+	return lo, hi, nil
 }
 
 type modelUndeployCmd struct {
@@ -260,8 +297,9 @@ type modelDeploymentsCmd struct {
 }
 
 func (modelDeploymentsCmd) Help() string {
-	return `Each deployment with its replicas: hive/device (worker requests-in-flight/slots),
-and the last failure to start one.
+	return `Each deployment with its replicas: ready of wanted, min-max,
+hive/device (worker requests-in-flight/slots), the last replica the door
+added or removed and why, and the last failure to start one.
 
 Examples:
   rbee model deployments
@@ -281,14 +319,23 @@ func (c modelDeploymentsCmd) Run(ctx context.Context, g *globals) error {
 		return printJSON(ds.Deployments)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tMODEL\tREADY\tHIVES\tDEVICE\tREPLICAS\tERROR")
+	fmt.Fprintln(tw, "NAME\tMODEL\tREADY\tMIN-MAX\tHIVES\tDEVICE\tREPLICAS\tLAST SCALE\tERROR")
 	for _, d := range ds.Deployments {
 		var reps []string
 		for _, r := range d.Workers {
 			reps = append(reps, fmt.Sprintf("%s/%s(%s %d/%d)", r.Hive, r.Device, r.Worker, r.InFlight, r.Slots))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", printable(d.Name), printable(d.Model), d.Ready, d.Replicas,
-			cmp.Or(printable(strings.Join(d.Hives, ",")), "any"), cmp.Or(d.Device, "any"), cmp.Or(strings.Join(reps, " "), "-"), printable(d.Error))
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d-%d\t%s\t%s\t%s\t%s\t%s\n", printable(d.Name), printable(d.Model), d.Ready, d.Replicas, d.Min, d.Max,
+			cmp.Or(printable(strings.Join(d.Hives, ",")), "any"), cmp.Or(d.Device, "any"), cmp.Or(strings.Join(reps, " "), "-"), lastScale(d.LastScale), printable(d.Error))
 	}
 	return tw.Flush()
+}
+
+// lastScale is a deployment's last scale event for a table: "added
+// h2/gpu0: 3 requests waited 2.4s (12s ago)", or "-".
+func lastScale(ev *queenapi.ScaleEvent) string {
+	if ev == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%s ago)", printable(ev.String()), time.Since(ev.At).Round(time.Second))
 }

@@ -19,7 +19,9 @@ func (c *psCmd) Help() string {
 	return `Every worker across the fleet, asked of each hive now: hive, device, model,
 the memory its hive holds for it,
 slots busy of its total, requests served, how long until the keep-alive
-unloads it, and the deployment that keeps it loaded.
+unloads it, and the deployment that keeps it loaded; then each deployment's
+replicas (ready of wanted, min-max) and the last replica the door added or
+removed, with why.
 
 Examples:
   rbee ps
@@ -57,6 +59,12 @@ func (c *psCmd) Run(ctx context.Context, g *globals) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for i, d := range ps.Deployments {
+		if i == 0 {
+			fmt.Println()
+		}
+		fmt.Printf("deployment %s: %d/%d ready (min %d, max %d); last scale: %s\n", printable(d.Name), d.Ready, d.Replicas, d.Min, d.Max, lastScale(d.LastScale))
 	}
 	for _, s := range ps.Skipped {
 		fmt.Fprintf(os.Stderr, "rbee: %s\n", printable(s))

@@ -45,6 +45,7 @@ type queenConfig struct {
 	// The OpenAI front door's queue per model.
 	QueueDepth int           `name:"queue-depth" default:"128" env:"RBEE_QUEUE_DEPTH" help:"Front door: requests per model that may wait for a free slot; the next is answered 429."`
 	QueueWait  time.Duration `name:"queue-wait" default:"10m" env:"RBEE_QUEUE_WAIT" help:"Front door: how long a request may wait for a free slot before it is answered 503 (10m: as long as OpenAI's clients wait)."`
+	ScaleWait  time.Duration `name:"scale-wait" default:"2s" env:"RBEE_SCALE_WAIT" help:"Front door: add a replica to a deployment (up to its --max) when its requests wait for a slot this long and a device is free."`
 	DoorPull   bool          `name:"door-pull" env:"RBEE_DOOR_PULL" help:"Front door: let clients name a model to download (hf:…, https://…) that no hive holds; off, they use only what the fleet has."`
 	RPCStall   time.Duration `name:"rpc-stall" default:"2m" env:"RBEE_RPC_STALL" help:"A split fails, naming the hive, when an RPC server owes its worker an answer for this long."`
 }
@@ -131,7 +132,10 @@ func (c queenConfig) build(g *globals) (queen.Config, error) {
 	if c.QueueDepth < 1 {
 		return cfg, exitf(rbee.ExitUsage, "e.g. --queue-depth 128", "--queue-depth %d: at least 1", c.QueueDepth)
 	}
-	cfg.QueueDepth, cfg.QueueWait, cfg.DoorPull, cfg.RPCStall = c.QueueDepth, c.QueueWait, c.DoorPull, c.RPCStall
+	if c.ScaleWait <= 0 {
+		return cfg, exitf(rbee.ExitUsage, "e.g. --scale-wait 2s", "--scale-wait %s: more than 0", c.ScaleWait)
+	}
+	cfg.QueueDepth, cfg.QueueWait, cfg.ScaleWait, cfg.DoorPull, cfg.RPCStall = c.QueueDepth, c.QueueWait, c.ScaleWait, c.DoorPull, c.RPCStall
 	return cfg, nil
 }
 

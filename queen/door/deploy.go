@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -19,17 +20,28 @@ import (
 	"github.com/rbee-dev/rbee/queenapi"
 )
 
-// deployer keeps the deployments: each model stays loaded with its number
-// of replicas, one per device, on the hives it is pinned to. Workers that
-// already run are adopted (a warm worker of the model, or one a queen
-// before this one started for the deployment: the hive remembers), dead
-// ones are replaced, extra ones handed back to the keep-alive.
+// deployer keeps the deployments: each model stays loaded with at least
+// its min replicas, one per device, on the hives it is pinned to. Workers
+// that already run are adopted (a warm worker of the model, or one a
+// queen before this one started for the deployment: the hive remembers),
+// dead ones are replaced, those above the max handed back to the
+// keep-alive. Between min and max it follows the queue (scale.go).
 type deployer struct {
 	rt *router
 
 	mu       sync.Mutex
 	starting map[string]bool   // a replica being placed, by deployment
 	errs     map[string]string // the last placement failure, by deployment
+	kept     map[string]keptDeployment
+	last     map[string]queenapi.ScaleEvent // the last replica added or removed, by deployment
+	retryAt  map[string]time.Time           // no replica for the queue before this: none fitted
+}
+
+// keptDeployment is a deployment as the last keep found it, with its
+// model's group.
+type keptDeployment struct {
+	dep catalog.Deployment
+	g   *group
 }
 
 // groupOf resolves a deployment's model with the snapshots at hand.
@@ -58,6 +70,9 @@ func (d *deployer) keep(ctx context.Context, deps []catalog.Deployment) {
 			continue
 		}
 		kept[g] = true
+		d.mu.Lock()
+		d.kept[dep.Name] = keptDeployment{dep: dep, g: g}
+		d.mu.Unlock()
 		d.rt.mu.Lock()
 		g.deployed = true
 		d.rt.mu.Unlock()
@@ -68,6 +83,15 @@ func (d *deployer) keep(ctx context.Context, deps []catalog.Deployment) {
 		g.deployed = kept[g]
 	}
 	d.rt.mu.Unlock()
+	d.mu.Lock()
+	for name := range d.kept {
+		if !names[name] {
+			delete(d.kept, name)
+			delete(d.last, name)
+			delete(d.retryAt, name)
+		}
+	}
+	d.mu.Unlock()
 	d.unmarkOrphans(ctx, names)
 }
 
@@ -87,41 +111,57 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 			free = append(free, r)
 		}
 	}
-	exclude := g.inUse()
+	exclude := rt.inUse(g)
 	rt.mu.Unlock()
 	sort.Slice(mine, func(i, j int) bool { return mine[i].inflight < mine[j].inflight })
-	// Too many: the least busy go back to the keep-alive.
-	for len(mine) > dep.Replicas {
+	// Too many (the max was lowered): the least busy go back to the
+	// keep-alive.
+	for len(mine) > dep.Max {
 		r := mine[0]
 		mine = mine[1:]
-		d.mark(ctx, r, "")
+		if d.mark(ctx, r, "") {
+			d.event(dep, r, "removed", reasonMax, fmt.Sprintf("above max %d", dep.Max))
+		}
 	}
 	// Too few: warm workers of the model are adopted first.
-	for len(mine) < dep.Replicas && len(free) > 0 {
+	for len(mine) < dep.Min && len(free) > 0 {
 		r := free[0]
 		free = free[1:]
 		if d.mark(ctx, r, dep.Name) {
 			mine = append(mine, r)
 		}
 	}
-	if len(mine) >= dep.Replicas {
+	if len(mine) >= dep.Min {
 		d.setErr(dep.Name, nil)
 		return
 	}
+	d.startReplica(dep, g, exclude, reasonMin, fmt.Sprintf("min %d, %d running", dep.Min, len(mine)))
+}
+
+// Reasons of scale events (metrics labels, queenapi.ScaleEvent.Reason).
+const (
+	reasonMin   = "min"
+	reasonQueue = "queue"
+	reasonIdle  = "idle"
+	reasonMax   = "max"
+)
+
+// startReplica places one more replica of dep in the background unless
+// one is being placed already. A replica for the queue (reasonQueue)
+// needs a free device; when none is, the deployment is as it was and
+// the door tries again after scaleRetry. Any other failure is the
+// deployment's error.
+func (d *deployer) startReplica(dep catalog.Deployment, g *group, exclude map[string]bool, reason, detail string) {
+	rt := d.rt
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	d.mu.Lock()
-	if d.starting[dep.Name] {
-		d.mu.Unlock()
+	defer d.mu.Unlock()
+	if rt.closed || d.starting[dep.Name] {
 		return
 	}
 	d.starting[dep.Name] = true
-	d.mu.Unlock()
-	rt.mu.Lock()
-	if rt.closed {
-		rt.mu.Unlock()
-		return
-	}
 	rt.wg.Add(1)
-	rt.mu.Unlock()
 	go func() {
 		defer rt.wg.Done()
 		defer func() {
@@ -131,7 +171,14 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 		}()
 		pctx, cancel := context.WithTimeout(rt.ctx, placeTimeout)
 		defer cancel()
-		r, err := rt.place(pctx, g, placeOpts{deployment: dep.Name, hives: dep.Hives, device: dep.Device, exclude: exclude})
+		r, err := rt.place(pctx, g, placeOpts{deployment: dep.Name, hives: dep.Hives, device: dep.Device, exclude: exclude, noSplit: reason == reasonQueue})
+		if err != nil && reason == reasonQueue {
+			rt.door.log.Info("no replica added", "deployment", dep.Name, "wanted_for", detail, "err", err)
+			d.mu.Lock()
+			d.retryAt[dep.Name] = time.Now().Add(scaleRetry)
+			d.mu.Unlock()
+			return
+		}
 		if err != nil {
 			rt.door.log.Warn("deployment replica", "deployment", dep.Name, "err", err)
 			d.setErr(dep.Name, err)
@@ -144,13 +191,16 @@ func (d *deployer) keepOne(ctx context.Context, dep catalog.Deployment, g *group
 		d.setErr(dep.Name, nil)
 		rt.mu.Lock()
 		g.deployErr = nil
+		r.lastUsed = time.Now()
 		if old, ok := g.replicas[r.id()]; ok {
 			old.deployment, old.ready, old.slots = r.deployment, r.ready, r.slots
+			old.lastUsed = r.lastUsed
 		} else {
 			g.replicas[r.id()] = r
 		}
 		g.broadcast()
 		rt.mu.Unlock()
+		d.event(dep, r, "added", reason, detail)
 		select {
 		case rt.kick <- struct{}{}: // more may be missing
 		default:
@@ -210,7 +260,7 @@ func (d *deployer) status(ctx context.Context) ([]queenapi.Deployment, error) {
 	}
 	out := []queenapi.Deployment{}
 	for _, dep := range deps {
-		s := queenapi.Deployment{Name: dep.Name, Model: dep.Model, Replicas: dep.Replicas, Hives: dep.Hives, Device: dep.Device,
+		s := queenapi.Deployment{Name: dep.Name, Model: dep.Model, Min: dep.Min, Max: dep.Max, Hives: dep.Hives, Device: dep.Device,
 			Embeddings: dep.Embeddings, Created: dep.Created, Workers: []queenapi.Replica{}}
 		d.rt.mu.Lock()
 		for _, g := range d.rt.groups {
@@ -229,7 +279,15 @@ func (d *deployer) status(ctx context.Context) ([]queenapi.Deployment, error) {
 		})
 		d.mu.Lock()
 		s.Error = d.errs[dep.Name]
+		pending := 0
+		if d.starting[dep.Name] {
+			pending = 1
+		}
+		if ev, ok := d.last[dep.Name]; ok {
+			s.LastScale = &ev
+		}
 		d.mu.Unlock()
+		s.Replicas = max(dep.Min, min(dep.Max, len(s.Workers)+pending))
 		out = append(out, s)
 	}
 	return out, nil
@@ -266,7 +324,10 @@ func (dr *Door) putDeployment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	dep := catalog.Deployment{Name: req.Name, Model: req.Model, Replicas: req.Replicas, Hives: req.Hives, Device: req.Device, Embeddings: req.Embeddings}
+	if req.Replicas > 0 {
+		req.Min, req.Max = req.Replicas, req.Replicas
+	}
+	dep := catalog.Deployment{Name: req.Name, Model: req.Model, Min: req.Min, Max: req.Max, Hives: req.Hives, Device: req.Device, Embeddings: req.Embeddings}
 	if _, err := dr.deploy.groupOf(ctx, dep); err != nil {
 		status := http.StatusBadGateway
 		if rbee.CodeOf(err) == rbee.CodeModelNotFound || rbee.CodeOf(err) == rbee.CodeBadRequest {
@@ -279,7 +340,7 @@ func (dr *Door) putDeployment(w http.ResponseWriter, r *http.Request) {
 		reply.Error(w, http.StatusInternalServerError, err)
 		return
 	}
-	dr.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "replicas", dep.Replicas)
+	dr.log.Info("deployment recorded", "deployment", dep.Name, "model", dep.Model, "min", dep.Min, "max", dep.Max)
 	dr.router.changed()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -289,7 +350,11 @@ func checkDeploy(req queenapi.DeployRequest) error {
 	switch {
 	case req.Model == "":
 		return rbee.Errorf(rbee.CodeBadRequest, "a deployment needs a model")
-	case req.Replicas < 1 || req.Replicas > 64:
+	case req.Replicas != 0 && (req.Min != 0 || req.Max != 0):
+		return rbee.Errorf(rbee.CodeBadRequest, "replicas (a fixed number) or min_replicas and max_replicas, not both")
+	case req.Replicas == 0 && (req.Min < 1 || req.Max < req.Min || req.Max > 64):
+		return rbee.Errorf(rbee.CodeBadRequest, "replicas: min_replicas 1 to 64 and max_replicas min_replicas to 64, not %d and %d", req.Min, req.Max)
+	case req.Replicas != 0 && (req.Replicas < 1 || req.Replicas > 64):
 		return rbee.Errorf(rbee.CodeBadRequest, "replicas must be 1 to 64, not %d", req.Replicas)
 	case req.Name == "" || len(req.Name) > 128 || strings.ContainsAny(req.Name, "/ ,") ||
 		strings.ContainsFunc(req.Name, unicode.IsControl) || !utf8.ValidString(req.Name):

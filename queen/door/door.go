@@ -58,8 +58,13 @@ type Config struct {
 	// long (then 503). Defaults DefaultQueueDepth, DefaultQueueWait.
 	QueueDepth int
 	QueueWait  time.Duration
+	// ScaleWait is how long a deployment's first queued request may wait
+	// before the door adds a replica (up to the deployment's max) on a
+	// free device. Default DefaultScaleWait.
+	ScaleWait time.Duration
 	// KeepAlive is the hives' keep-alive (rbee ps says when an idle
-	// worker unloads).
+	// worker unloads); a deployment's replicas above its min go when idle
+	// this long (0: they stay).
 	KeepAlive time.Duration
 	// ConnectTimeout bounds the background refresh of the hives' workers
 	// (with two seconds more).
@@ -107,13 +112,17 @@ func New(cfg Config, f Fleet, db Store) *Door {
 	if cfg.QueueWait <= 0 {
 		cfg.QueueWait = DefaultQueueWait
 	}
+	if cfg.ScaleWait <= 0 {
+		cfg.ScaleWait = DefaultScaleWait
+	}
 	dr := &Door{cfg: cfg, fleet: f, db: db, log: cfg.Log, reqlog: &reqLog{path: cfg.RequestLog},
 		inflight: map[*http.Request]context.CancelCauseFunc{}}
 	dr.metrics = newMetrics(dr)
 	rctx, stop := context.WithCancel(context.Background())
 	dr.stop = stop
 	dr.router = newRouter(rctx, dr, cfg.QueueDepth, cfg.QueueWait)
-	dr.deploy = &deployer{rt: dr.router, starting: map[string]bool{}, errs: map[string]string{}}
+	dr.deploy = &deployer{rt: dr.router, starting: map[string]bool{}, errs: map[string]string{}, kept: map[string]keptDeployment{},
+		last: map[string]queenapi.ScaleEvent{}, retryAt: map[string]time.Time{}}
 	dr.router.wg.Add(1)
 	go dr.router.run()
 	return dr

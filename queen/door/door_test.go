@@ -77,6 +77,7 @@ type fakeFleet struct {
 	served  []string // hive/worker of each request the agent answered
 	gone    map[string]bool
 	started int
+	stopped []string // hive/worker of each worker the agents stopped
 }
 
 func alphaModel() hiveapi.Model {
@@ -102,6 +103,8 @@ func newFakeFleet(t *testing.T, workers map[string][]string) *fakeFleet {
 		mux := http.NewServeMux()
 		mux.HandleFunc("POST /v1/openai/{endpoint...}", func(w http.ResponseWriter, r *http.Request) { f.openai(w, r, name) })
 		mux.HandleFunc("POST /v1/workers", func(w http.ResponseWriter, r *http.Request) { f.startWorker(w, r, name) })
+		mux.HandleFunc("PUT /v1/workers/{id}/deployment", func(w http.ResponseWriter, r *http.Request) { f.setDeployment(w, r, name) })
+		mux.HandleFunc("DELETE /v1/workers/{id}", func(w http.ResponseWriter, r *http.Request) { f.stopWorker(w, r, name) })
 		srv := httptest.NewServer(mux)
 		t.Cleanup(srv.Close)
 		f.agents[name] = srv
@@ -158,10 +161,43 @@ func (f *fakeFleet) startWorker(w http.ResponseWriter, r *http.Request, hive str
 	f.started++
 	wi := worker(fmt.Sprintf("w-new%d", f.started))
 	f.mu.Unlock()
-	wi.Device = req.Device
+	wi.Device, wi.Deployment = req.Device, req.Deployment
 	f.hive(hive).addWorker(wi)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(wi)
+}
+
+// setDeployment marks a worker kept for a deployment, as the hive does.
+func (f *fakeFleet) setDeployment(w http.ResponseWriter, r *http.Request, hive string) {
+	var req hiveapi.DeploymentRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	h := f.hive(hive)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.snap.Workers {
+		if h.snap.Workers[i].ID == r.PathValue("id") {
+			h.snap.Workers[i].Deployment = req.Deployment
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	http.Error(w, "no such worker", http.StatusNotFound)
+}
+
+// stopWorker stops a worker: it is gone from the next snapshot.
+func (f *fakeFleet) stopWorker(w http.ResponseWriter, r *http.Request, hive string) {
+	id := r.PathValue("id")
+	h := f.hive(hive)
+	h.mu.Lock()
+	h.snap.Workers = slices.DeleteFunc(h.snap.Workers, func(wi rbee.WorkerInfo) bool { return wi.ID == id })
+	h.mu.Unlock()
+	f.mu.Lock()
+	f.stopped = append(f.stopped, hive+"/"+id)
+	f.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (f *fakeFleet) hive(name string) *fakeHive {
@@ -202,7 +238,8 @@ func (f *fakeFleet) Snapshots(ctx context.Context, hives []fleet.Hive, ev fleet.
 	return out, nil
 }
 
-// Place puts every new replica on h1's CPU.
+// Place puts a new replica on the CPU of the first hive (h1, then h2)
+// the job does not exclude; with both excluded no device has room.
 func (f *fakeFleet) Place(_ context.Context, job fleet.PlaceJob, _ []fleet.Hive, _ fleet.Events) (fleet.Placement, error) {
 	f.mu.Lock()
 	f.places++
@@ -210,7 +247,12 @@ func (f *fakeFleet) Place(_ context.Context, job fleet.PlaceJob, _ []fleet.Hive,
 	if job.Spec.SHA256 != alphaSHA {
 		return fleet.Placement{}, rbee.Errorf(rbee.CodeDownload, "fetch %s: tls: handshake failure", job.Spec.Raw)
 	}
-	return fleet.Placement{Hive: f.hive("h1"), Model: alphaModel(), Device: "cpu", Reservation: "res-1"}, nil
+	for _, h := range f.hives {
+		if !job.Exclude[h.name+"/cpu"] {
+			return fleet.Placement{Hive: h, Model: alphaModel(), Device: "cpu", Reservation: "res-1"}, nil
+		}
+	}
+	return fleet.Placement{}, rbee.Errorf(rbee.CodeNoRoom, "no device has room for alpha")
 }
 
 // ParseModel takes any reference: its fetch fails later, in Place.

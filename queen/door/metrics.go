@@ -22,6 +22,9 @@ type metrics struct {
 	waiting  *prometheus.GaugeVec
 	// promptTokens and genTokens count the tokens of answered requests.
 	promptTokens, genTokens *prometheus.CounterVec
+	// added and removed count the deployments' replicas the door started
+	// or stopped, by deployment and reason (queenapi.ScaleEvent.Reason).
+	added, removed *prometheus.CounterVec
 }
 
 func newMetrics(dr *Door) *metrics {
@@ -42,7 +45,11 @@ func newMetrics(dr *Door) *metrics {
 		Help: "Prompt tokens of answered front-door requests, by model."}, []string{"model"})
 	m.genTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_generation_tokens_total",
 		Help: "Generated tokens of answered front-door requests, by model."}, []string{"model"})
-	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, m.waiting, m.promptTokens, m.genTokens, catalogCollector{door: dr})
+	m.added = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_door_replicas_added_total",
+		Help: "Replicas the front door added to a deployment, by deployment and reason (min: below the minimum; queue: requests waited longer than --scale-wait)."}, []string{"model", "reason"})
+	m.removed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_door_replicas_removed_total",
+		Help: "Replicas the front door removed from a deployment, by deployment and reason (idle: above the minimum and idle for the keep-alive; max: above a lowered maximum)."}, []string{"model", "reason"})
+	m.reg.MustRegister(m.running, m.requests, m.duration, m.ttft, m.waiting, m.promptTokens, m.genTokens, m.added, m.removed, catalogCollector{door: dr})
 	return m
 }
 
@@ -58,7 +65,9 @@ var (
 	slotsDesc    = prometheus.NewDesc("rbee_worker_slots", "Slots (requests decoded at once) of each replica the front door routes to.", []string{"hive", "worker", "model"}, nil)
 	slotsBusy    = prometheus.NewDesc("rbee_worker_slots_busy", "Front-door requests in flight on each replica.", []string{"hive", "worker", "model"}, nil)
 	replicasDesc = prometheus.NewDesc("rbee_deployment_replicas", "Ready replicas of each deployment.", []string{"deployment"}, nil)
-	wantedDesc   = prometheus.NewDesc("rbee_deployment_replicas_wanted", "Replicas each deployment asks for.", []string{"deployment"}, nil)
+	wantedDesc   = prometheus.NewDesc("rbee_deployment_replicas_wanted", "Replicas each deployment wants now: its min, more while requests wait, up to its max.", []string{"deployment"}, nil)
+	minDesc      = prometheus.NewDesc("rbee_deployment_replicas_min", "The least replicas each deployment keeps.", []string{"deployment"}, nil)
+	maxDesc      = prometheus.NewDesc("rbee_deployment_replicas_max", "The most replicas each deployment gets while requests wait.", []string{"deployment"}, nil)
 )
 
 // catalogCollector reports what the hive catalog and the worker registry
@@ -74,6 +83,8 @@ func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- slotsBusy
 	ch <- replicasDesc
 	ch <- wantedDesc
+	ch <- minDesc
+	ch <- maxDesc
 }
 
 func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
@@ -92,6 +103,8 @@ func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, d := range deps {
 			ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(d.Ready), d.Name)
 			ch <- prometheus.MustNewConstMetric(wantedDesc, prometheus.GaugeValue, float64(d.Replicas), d.Name)
+			ch <- prometheus.MustNewConstMetric(minDesc, prometheus.GaugeValue, float64(d.Min), d.Name)
+			ch <- prometheus.MustNewConstMetric(maxDesc, prometheus.GaugeValue, float64(d.Max), d.Name)
 		}
 	}
 	for _, h := range hs {

@@ -48,6 +48,9 @@ func (dr *Door) ps(w http.ResponseWriter, r *http.Request) {
 			out.Processes = append(out.Processes, p)
 		}
 	}
+	if ds, err := dr.deploy.status(ctx); err == nil && len(ds) > 0 {
+		out.Deployments = ds
+	}
 	sort.Slice(out.Processes, func(i, j int) bool {
 		a, b := out.Processes[i], out.Processes[j]
 		if a.Hive != b.Hive {

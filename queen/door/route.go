@@ -56,8 +56,12 @@ type router struct {
 	deps    []catalog.Deployment // cached; depsOK false = read again
 	depsOK  bool
 	used    time.Time // last door request
-	kick    chan struct{}
-	closed  bool // no new placements: the queen is closing
+	// retiring are the workers being stopped as idle above their
+	// deployment's min, by hive/worker, with their hive/device: no
+	// request goes to them, even while a snapshot still shows them.
+	retiring map[string]string
+	kick     chan struct{}
+	closed   bool // no new placements: the queen is closing
 }
 
 // groupKey names what replicas serve: a model (sha256, or the reference
@@ -105,13 +109,14 @@ type replica struct {
 	deployment                    string
 	slots, inflight               int
 	ready                         bool
-	generated                     int64 // tokens of the requests it answered
+	generated                     int64     // tokens of the requests it answered
+	lastUsed                      time.Time // a request began or ended on it, or it joined
 }
 
 func (r *replica) id() string { return r.hive + "/" + r.worker }
 
 func newRouter(ctx context.Context, door *Door, depth int, wait time.Duration) *router {
-	return &router{door: door, depth: depth, wait: wait, ctx: ctx, groups: map[groupKey]*group{}, kick: make(chan struct{}, 1)}
+	return &router{door: door, depth: depth, wait: wait, ctx: ctx, groups: map[groupKey]*group{}, retiring: map[string]string{}, kick: make(chan struct{}, 1)}
 }
 
 // keyOf is the group key of a model spec.
@@ -229,6 +234,12 @@ func (rt *router) refresh(ctx context.Context, hives []fleet.Hive) (map[string]f
 			g.broadcast()
 		}
 	}
+	for id := range rt.retiring { // stopped: the hive no longer shows it
+		hive, worker, _ := strings.Cut(id, "/")
+		if s, ok := snaps[hive]; ok && !slices.ContainsFunc(s.Workers, func(w rbee.WorkerInfo) bool { return w.ID == worker }) {
+			delete(rt.retiring, id)
+		}
+	}
 	return snaps, nil
 }
 
@@ -241,10 +252,13 @@ func (rt *router) syncGroup(g *group, name string, s fleet.Snapshot) (changed bo
 			continue
 		}
 		id := name + "/" + w.ID
+		if _, ok := rt.retiring[id]; ok {
+			continue
+		}
 		seen[id] = true
 		r, ok := g.replicas[id]
 		if !ok {
-			r = &replica{hive: name, worker: w.ID, device: w.Device, modelID: w.ModelID}
+			r = &replica{hive: name, worker: w.ID, device: w.Device, modelID: w.ModelID, lastUsed: time.Now()}
 			g.replicas[id] = r
 			changed = true
 		}
@@ -309,9 +323,9 @@ func (g *group) readyCount() int {
 	return n
 }
 
-// ticket is one request's place in a group's queue. Not zero-sized:
-// pointers to zero-sized values may all be equal.
-type ticket struct{ _ byte }
+// ticket is one request's place in a group's queue: since when it waits
+// (the deployer adds a replica when the first waited too long).
+type ticket struct{ since time.Time }
 
 // acquire returns a replica with a slot for one request, waiting in g's
 // queue when every slot is taken: first come, first served (a request
@@ -323,7 +337,7 @@ type ticket struct{ _ byte }
 func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)) (*replica, error) {
 	timer := time.NewTimer(rt.wait)
 	defer timer.Stop()
-	me := &ticket{}
+	me := &ticket{since: time.Now()}
 	queued := false
 	leave := func() { // the caller holds rt.mu
 		if i := slices.Index(g.queue, me); i >= 0 {
@@ -347,6 +361,7 @@ func (rt *router) acquire(ctx context.Context, g *group, waiting func(delta int)
 		if len(g.queue) == 0 || (queued && g.queue[0] == me) {
 			if r := g.pick(); r != nil {
 				r.inflight++
+				r.lastUsed = time.Now()
 				if queued {
 					leave()
 				}
@@ -404,6 +419,7 @@ func (rt *router) release(g *group, r *replica, failed bool) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	r.inflight--
+	r.lastUsed = time.Now()
 	if failed {
 		r.ready = false
 		delete(g.replicas, r.id())
@@ -434,6 +450,7 @@ func (rt *router) startPlace(g *group) *placeCall {
 		rt.mu.Lock()
 		g.placing = nil
 		if err == nil {
+			r.lastUsed = time.Now()
 			g.replicas[r.id()] = r
 			g.placeErr, g.placeFails = nil, 0
 		} else if rt.ctx.Err() == nil {
@@ -459,12 +476,15 @@ func (rt *router) backoff(n int) time.Duration {
 }
 
 // placeOpts narrow a placement: the deployment the worker is kept for,
-// the hives and device it may use, the devices that already hold one.
+// the hives and device it may use, the devices that already hold one,
+// and whether a model no single device holds may be split across hives
+// (not for a replica added for the queue: it wants a free device).
 type placeOpts struct {
 	deployment string
 	hives      []string
 	device     string
 	exclude    map[string]bool // "hive/device"
+	noSplit    bool
 }
 
 // place puts one worker of g's model where `rbee infer` would (a warm
@@ -495,7 +515,7 @@ func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, e
 	id := "place-" + hex.EncodeToString(b[:])
 	pl, err := dr.fleet.Place(ctx, fleet.PlaceJob{ID: id, Spec: g.spec, Device: o.device, Fleet: len(hives) > 1, Snaps: snaps,
 		Exclude: o.exclude, Embeddings: g.key.embeddings}, hives, fleet.Quiet{})
-	if rbee.CodeOf(err) == rbee.CodeNoRoom && dr.cfg.Split != nil && len(snaps) > 1 && !g.key.embeddings {
+	if rbee.CodeOf(err) == rbee.CodeNoRoom && dr.cfg.Split != nil && len(snaps) > 1 && !g.key.embeddings && !o.noSplit {
 		// No single device holds it: one worker split across hives, as
 		// `rbee infer` does (within a host the planner split it already).
 		sw, serr := dr.cfg.Split(ctx, g.spec, snaps, o.device, o.deployment, err)
@@ -542,15 +562,22 @@ func (rt *router) place(ctx context.Context, g *group, o placeOpts) (*replica, e
 
 // run refreshes the replicas every refreshEvery (sooner when a replica
 // failed) while the door was used in the last minute or deployments
-// exist, and keeps the deployments.
+// exist, and keeps the deployments; between, it scales them with their
+// queues (a look at what the router holds, a quarter of the scale wait
+// apart).
 func (rt *router) run() {
 	defer rt.wg.Done()
 	tick := time.NewTicker(refreshEvery)
 	defer tick.Stop()
+	scaleTick := time.NewTicker(min(max(rt.door.cfg.ScaleWait/4, 50*time.Millisecond), time.Second))
+	defer scaleTick.Stop()
 	for {
 		select {
 		case <-rt.ctx.Done():
 			return
+		case <-scaleTick.C:
+			rt.door.deploy.scale(time.Now())
+			continue
 		case <-tick.C:
 		case <-rt.kick:
 		}
@@ -581,13 +608,16 @@ func (rt *router) run() {
 	}
 }
 
-// inUse lists the devices that hold a worker of g, as "hive/device"
-// (placement excludes them: one replica per device). The caller holds
-// rt.mu.
-func (g *group) inUse() map[string]bool {
+// inUse lists the devices that hold a worker of g, or one being stopped,
+// as "hive/device" (placement excludes them: one replica per device). The
+// caller holds rt.mu.
+func (rt *router) inUse(g *group) map[string]bool {
 	out := map[string]bool{}
 	for _, r := range g.replicas {
 		out[r.hive+"/"+r.device] = true
+	}
+	for _, dev := range rt.retiring {
+		out[dev] = true
 	}
 	return out
 }
