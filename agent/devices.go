@@ -238,45 +238,44 @@ func mergeDevices(nvml []rbee.Device, eng []engineDevice) []rbee.Device {
 			rest = append(rest, d)
 		}
 	}
-	used := map[int]bool{}
+	// CUDA first: CUDA and NVML number the GPUs alike (PCI bus order).
+	others := eng[:0:0]
 	for _, e := range eng {
 		if backendKind(e.Name) != "cuda" {
+			others = append(others, e)
 			continue
 		}
-		i, err := strconv.Atoi(strings.TrimPrefix(e.Name, "CUDA"))
-		if err == nil && i < len(gpus) && !used[i] {
-			gpus[i].Backend, used[i] = e.Name, true
+		if i, err := strconv.Atoi(strings.TrimPrefix(e.Name, "CUDA")); err == nil && i < len(gpus) {
+			gpus[i].Backend = e.Name
+		} else {
+			others = append(others, e) // one NVML does not list
 		}
 	}
+	// Another backend's device that bears an NVML GPU's name is that GPU
+	// (each GPU claimed once per backend): it drives it when CUDA does not.
+	claimed := map[string]bool{} // "vulkan/0"
 	var extra []rbee.Device
-	for _, e := range eng {
-		if backendKind(e.Name) == "cuda" {
-			if i, err := strconv.Atoi(strings.TrimPrefix(e.Name, "CUDA")); err == nil && i < len(gpus) {
-				continue
-			}
-		}
-		if i := slices.IndexFunc(gpus, func(g rbee.Device) bool {
-			return g.Name == e.Description && !strings.HasPrefix(g.Backend, backendKindName(e.Name))
-		}); i >= 0 && backendKind(e.Name) != "cuda" {
-			if gpus[i].Backend == "" {
-				gpus[i].Backend = e.Name
-			}
+	for _, e := range others {
+		kind := backendKind(e.Name)
+		i := slices.IndexFunc(gpus, func(g rbee.Device) bool { return g.Name == e.Description && !claimed[kind+"/"+g.ID] })
+		if i < 0 {
+			extra = append(extra, rbee.Device{Kind: rbee.DeviceGPU, Name: e.Description, TotalBytes: e.TotalBytes, FreeBytes: e.FreeBytes,
+				Backend: e.Name, Software: isSoftware(e.Description)})
 			continue
 		}
-		extra = append(extra, rbee.Device{Kind: rbee.DeviceGPU, Name: e.Description, TotalBytes: e.TotalBytes, FreeBytes: e.FreeBytes,
-			Backend: e.Name, Software: isSoftware(e.Description)})
+		claimed[kind+"/"+gpus[i].ID] = true
+		if gpus[i].Backend == "" {
+			gpus[i].Backend = e.Name
+		}
 	}
 	out := append(gpus, extra...)
 	for i := range out {
-		if out[i].ID == "" || i >= len(gpus) {
+		if out[i].ID == "" { // a GPU NVML does not see, numbered after its
 			out[i].ID, out[i].Index = fmt.Sprintf("gpu%d", i), i
 		}
 	}
 	return append(out, rest...)
 }
-
-// backendKindName is a backend name's prefix: "Vulkan" for "Vulkan0".
-func backendKindName(name string) string { return strings.TrimRight(name, "0123456789") }
 
 // reserveSplit is the VRAM checker for one worker split across several
 // GPUs of this host ("gpu0,gpu1"): the bytes are shared by room, each

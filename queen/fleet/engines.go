@@ -207,6 +207,9 @@ func (f *Fleet) localEngineArgs(ctx context.Context, ev Events) []string {
 		args = append(args, "--engine-archive", f.cfg.EngineArchive)
 	}
 	if cuda {
+		if dir := f.cfg.SSH.Artifacts.GPUEngines["cuda"]; dir != "" {
+			args = append(args, "--engine", dir) // RBEE_ENGINE_CUDA: this machine's too
+		}
 		args = append(args, "--engine-gpu", "cuda")
 	}
 	return args
