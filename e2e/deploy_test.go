@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/gpu/gputest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -338,6 +342,18 @@ func (e *env) metrics(t *testing.T) string {
 	return string(b)
 }
 
+// logTails is the end of every log of the env's home, for a failure.
+func (e *env) logTails(n int) string {
+	home := cmp.Or(e.rbeeHome, filepath.Join(e.home, ".rbee"))
+	logs, _ := filepath.Glob(filepath.Join(rbee.Home(home).LogDir(), "*.log"))
+	var b strings.Builder
+	for _, l := range logs {
+		data, _ := os.ReadFile(l)
+		fmt.Fprintf(&b, "--- %s:\n%s\n", filepath.Base(l), tail(string(data), n))
+	}
+	return b.String()
+}
+
 func grepLines(s string, subs ...string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
@@ -387,8 +403,12 @@ func TestOpenAIQueueTimeout(t *testing.T) {
 			held <- err
 		}()
 	}
-	waitFor(t, "every slot is taken", func() bool {
-		return strings.Contains(e.metrics(t), fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alpha",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
+	var last string
+	waitForOr(t, "every slot is taken", func() bool {
+		last = e.metrics(t)
+		return strings.Contains(last, fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alpha",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
+	}, func() string {
+		return fmt.Sprintf("workers %+v\nmetrics:\n%s\n%s", ws, grepLines(last, "slots", "waiting", "running", "requests_total"), e.logTails(4000))
 	})
 	_, err := streamText(ctx, c, "alpha")
 	var apiErr *openai.Error

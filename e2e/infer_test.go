@@ -433,10 +433,16 @@ func exitCode(err error) int {
 // waitFor polls cond (bounded) where no signal exists to wait on.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	waitForOr(t, what, cond, func() string { return "" })
+}
+
+// waitForOr is waitFor that says what it saw last when it times out.
+func waitForOr(t *testing.T, what string, cond func() bool, seen func() string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
+			t.Fatalf("timed out waiting until %s\n%s", what, seen())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

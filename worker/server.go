@@ -623,10 +623,12 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, m *llm.Model, g gen
 		}
 		out.choices[i] = c
 		res, err := slot.Generate(ctx, jb.tokens, p, func(pc llm.Piece) error { return out.piece(c, pc) })
-		if i == len(jobs)-1 {
+		if err == nil && i == len(jobs)-1 {
 			// The slot is done with: free (with its cache) before the
 			// answer's last bytes go out, so a next turn sent the moment
-			// [DONE] is read finds it, not an empty slot.
+			// [DONE] is read finds it, not an empty slot. A failed run
+			// frees it on return, after it is counted: whoever sees the
+			// slot free sees the count.
 			release()
 		}
 		total.CompletionTokens += res.CompletionTokens
