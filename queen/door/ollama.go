@@ -1,6 +1,7 @@
 package door
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,9 +42,9 @@ var (
 	// ollamaChatFields and ollamaGenerateFields are the fields of
 	// /api/chat and /api/generate (the README's table says the same).
 	ollamaChatFields = fieldCheck{
-		honoured: append([]string{"messages"}, ollamaShared...),
-		nothing:  map[string][]string{"tools": {"[]"}, "think": {"false"}},
-		why:      map[string]string{"tools": "tool calling is not supported yet", "think": "the door's models do not think aloud"},
+		honoured: append([]string{"messages", "tools"}, ollamaShared...),
+		nothing:  map[string][]string{"think": {"false"}},
+		why:      map[string]string{"think": "the door's models do not think aloud"},
 	}
 	ollamaGenerateFields = fieldCheck{
 		honoured: append([]string{"prompt", "system", "raw"}, ollamaShared...),
@@ -135,6 +136,9 @@ func ollamaToWorker(raw map[string]json.RawMessage, head ollamaHead, chat, strea
 			return "", nil, f
 		}
 		out["messages"] = msgs
+		if t := raw["tools"]; t != nil && compactJSON(t) != "null" {
+			out["tools"] = t // OpenAI's shape already: the worker checks each
+		}
 	default:
 		var g struct {
 			Prompt string `json:"prompt"`
@@ -151,11 +155,11 @@ func ollamaToWorker(raw map[string]json.RawMessage, head ollamaHead, chat, strea
 			endpoint, out["prompt"] = "completions", g.Prompt
 			break
 		}
-		var msgs []map[string]string
+		var msgs []map[string]any
 		if g.System != "" {
-			msgs = append(msgs, map[string]string{"role": "system", "content": g.System})
+			msgs = append(msgs, map[string]any{"role": "system", "content": g.System})
 		}
-		out["messages"] = append(msgs, map[string]string{"role": "user", "content": g.Prompt})
+		out["messages"] = append(msgs, map[string]any{"role": "user", "content": g.Prompt})
 	}
 	b, err := json.Marshal(out)
 	if err != nil {
@@ -212,36 +216,100 @@ func ollamaSampling(out map[string]any, head ollamaHead) *fieldError {
 	return nil
 }
 
-// ollamaMessages turns /api/chat's messages into chat messages.
-func ollamaMessages(raw json.RawMessage) ([]map[string]string, *fieldError) {
+// ollamaMessages turns /api/chat's messages into chat messages: an
+// assistant's tool_calls (arguments as an object) get ids if they have
+// none, and a tool message the id of the call it answers (the first
+// unanswered call of its tool_name, else the first unanswered).
+func ollamaMessages(raw json.RawMessage) ([]map[string]any, *fieldError) {
 	var msgs []struct {
 		Role      string          `json:"role"`
 		Content   string          `json:"content"`
 		Images    json.RawMessage `json:"images"`
-		ToolCalls json.RawMessage `json:"tool_calls"`
-		ToolName  string          `json:"tool_name"`
-		Thinking  string          `json:"thinking"`
+		ToolCalls []struct {
+			ID       string `json:"id"`
+			Function struct {
+				Name      string          `json:"name"`
+				Arguments json.RawMessage `json:"arguments"`
+			} `json:"function"`
+		} `json:"tool_calls"`
+		ToolName string `json:"tool_name"`
+		Thinking string `json:"thinking"`
 	}
 	if raw == nil {
 		return nil, &fieldError{param: "messages", code: "missing_required_parameter", msg: "messages is required"}
 	}
 	if err := json.Unmarshal(raw, &msgs); err != nil {
-		return nil, &fieldError{param: "messages", code: "invalid_value", msg: "messages must be a list of {role, content} with string content"}
+		return nil, &fieldError{param: "messages", code: "invalid_value", msg: "messages must be a list of {role, content} with string content (tool_calls: [{function: {name, arguments}}])"}
 	}
-	out := make([]map[string]string, 0, len(msgs))
+	type pending struct{ id, name string }
+	var open []pending // calls not answered yet
+	out := make([]map[string]any, 0, len(msgs))
 	for i, m := range msgs {
 		at := fmt.Sprintf("messages[%d]", i)
 		switch {
 		case m.Images != nil && compactJSON(m.Images) != "null" && compactJSON(m.Images) != "[]":
 			return nil, &fieldError{param: at + ".images", code: "unsupported_content", msg: at + ".images: the door's models take text"}
-		case m.ToolCalls != nil && compactJSON(m.ToolCalls) != "null" && compactJSON(m.ToolCalls) != "[]", m.ToolName != "":
-			return nil, &fieldError{param: at + ".tool_calls", code: "unsupported_parameter", msg: at + ": tool calling is not supported yet"}
 		case m.Thinking != "":
 			return nil, &fieldError{param: at + ".thinking", code: "unsupported_parameter", msg: at + ".thinking: the door's models do not think aloud"}
 		}
-		out = append(out, map[string]string{"role": m.Role, "content": m.Content})
+		msg := map[string]any{"role": m.Role, "content": m.Content}
+		if len(m.ToolCalls) > 0 {
+			calls := make([]any, 0, len(m.ToolCalls))
+			for j, c := range m.ToolCalls {
+				id := cmp.Or(c.ID, fmt.Sprintf("call_%d_%d", i, j))
+				args := c.Function.Arguments
+				if args == nil || compactJSON(args) == "null" {
+					args = json.RawMessage(`{}`)
+				}
+				calls = append(calls, map[string]any{"id": id, "type": "function", "function": map[string]any{"name": c.Function.Name, "arguments": args}})
+				open = append(open, pending{id, c.Function.Name})
+			}
+			msg["tool_calls"] = calls
+		}
+		if m.Role == "tool" {
+			k := slices.IndexFunc(open, func(p pending) bool { return p.name == m.ToolName })
+			if k < 0 && len(open) > 0 {
+				k = 0
+			}
+			if k >= 0 {
+				msg["tool_call_id"] = open[k].id
+				m.ToolName = cmp.Or(m.ToolName, open[k].name)
+				open = slices.Delete(open, k, k+1)
+			}
+			if m.ToolName != "" {
+				msg["name"] = m.ToolName
+			}
+		} else if m.ToolName != "" {
+			return nil, &fieldError{param: at + ".tool_name", code: "invalid_value", msg: at + ".tool_name: only tool messages name a tool"}
+		}
+		out = append(out, msg)
 	}
 	return out, nil
+}
+
+// ollamaCall is a tool call in Ollama's shape: the arguments an object.
+type ollamaCall struct {
+	ID       string `json:"id,omitempty"`
+	Function struct {
+		Index     int             `json:"index"`
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
+	} `json:"function"`
+}
+
+// ollamaCalls turns the worker's calls into Ollama's.
+func ollamaCalls(calls []toolCall) []ollamaCall {
+	var out []ollamaCall
+	for i, c := range calls {
+		oc := ollamaCall{ID: c.ID}
+		oc.Function.Index, oc.Function.Name = i, c.Name
+		oc.Function.Arguments = json.RawMessage(c.Arguments)
+		if !json.Valid(oc.Function.Arguments) {
+			oc.Function.Arguments = mustJSON(c.Arguments) // as a string, rather than lost
+		}
+		out = append(out, oc)
+	}
+	return out
 }
 
 // ollamaAPI writes the worker's answer as Ollama's: NDJSON lines of
@@ -259,25 +327,32 @@ type ollamaAPI struct {
 // ollamaReply is one line (or the one object) of /api/chat and
 // /api/generate.
 type ollamaReply struct {
-	Model              string            `json:"model"`
-	CreatedAt          string            `json:"created_at"`
-	Message            map[string]string `json:"message,omitempty"`
-	Response           *string           `json:"response,omitempty"`
-	Done               bool              `json:"done"`
-	DoneReason         string            `json:"done_reason,omitempty"`
-	TotalDuration      int64             `json:"total_duration,omitempty"`
-	LoadDuration       *int64            `json:"load_duration,omitempty"`
-	PromptEvalCount    *int              `json:"prompt_eval_count,omitempty"`
-	PromptEvalDuration *int64            `json:"prompt_eval_duration,omitempty"`
-	EvalCount          *int              `json:"eval_count,omitempty"`
-	EvalDuration       *int64            `json:"eval_duration,omitempty"`
+	Model              string         `json:"model"`
+	CreatedAt          string         `json:"created_at"`
+	Message            *ollamaMessage `json:"message,omitempty"`
+	Response           *string        `json:"response,omitempty"`
+	Done               bool           `json:"done"`
+	DoneReason         string         `json:"done_reason,omitempty"`
+	TotalDuration      int64          `json:"total_duration,omitempty"`
+	LoadDuration       *int64         `json:"load_duration,omitempty"`
+	PromptEvalCount    *int           `json:"prompt_eval_count,omitempty"`
+	PromptEvalDuration *int64         `json:"prompt_eval_duration,omitempty"`
+	EvalCount          *int           `json:"eval_count,omitempty"`
+	EvalDuration       *int64         `json:"eval_duration,omitempty"`
+}
+
+// ollamaMessage is /api/chat's answer message.
+type ollamaMessage struct {
+	Role      string       `json:"role"`
+	Content   string       `json:"content"`
+	ToolCalls []ollamaCall `json:"tool_calls,omitempty"`
 }
 
 // piece is a line carrying text.
 func (a *ollamaAPI) piece(text string) ollamaReply {
 	r := ollamaReply{Model: a.model, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 	if a.chat {
-		r.Message = map[string]string{"role": "assistant", "content": text}
+		r.Message = &ollamaMessage{Role: "assistant", Content: text}
 	} else {
 		r.Response = &text
 	}
@@ -290,8 +365,8 @@ func (a *ollamaAPI) piece(text string) ollamaReply {
 func (a *ollamaAPI) last(text, finish string, ans *chatAnswer) ollamaReply {
 	r := a.piece(text)
 	r.Done, r.DoneReason = true, finish
-	if r.DoneReason == "" {
-		r.DoneReason = "stop"
+	if r.DoneReason == "" || r.DoneReason == "tool_calls" {
+		r.DoneReason = "stop" // Ollama's, after a call too
 	}
 	r.TotalDuration = time.Since(a.start).Nanoseconds()
 	zero := int64(0)
@@ -318,7 +393,11 @@ func (a *ollamaAPI) answer(w http.ResponseWriter, resp *http.Response, use *toke
 			return false
 		}
 		ans.count(use)
-		reply.JSON(w, http.StatusOK, a.last(ans.text(), ans.finish(), &ans))
+		r := a.last(ans.text(), ans.finish(), &ans)
+		if calls := ans.calls(); len(calls) > 0 && r.Message != nil {
+			r.Message.ToolCalls = ollamaCalls(calls)
+		}
+		reply.JSON(w, http.StatusOK, r)
 		return true
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -327,6 +406,7 @@ func (a *ollamaAPI) answer(w http.ResponseWriter, resp *http.Response, use *toke
 	enc := json.NewEncoder(w)
 	var finish string
 	var final *chatAnswer
+	var calls []toolCall // gathered from the deltas: one line when whole
 	failed := false
 	done, _ := readSSE(resp.Body, func(data []byte) error {
 		var ev chatAnswer
@@ -352,10 +432,21 @@ func (a *ollamaAPI) answer(w http.ResponseWriter, resp *http.Response, use *toke
 			}
 			flush(w)
 		}
+		for _, d := range ev.callDeltas() {
+			if d.ID != "" || len(calls) == 0 {
+				calls = append(calls, toolCall{ID: d.ID, Name: d.Function.Name})
+			}
+			calls[len(calls)-1].Arguments += d.Function.Arguments
+		}
 		return nil
 	})
 	if !done {
 		return false
+	}
+	if !failed && len(calls) > 0 && a.chat {
+		r := a.piece("")
+		r.Message.ToolCalls = ollamaCalls(calls)
+		_ = enc.Encode(r)
 	}
 	if !failed {
 		if final == nil {

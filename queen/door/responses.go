@@ -16,11 +16,12 @@ import (
 // (bookkeeping for the caller's side), or accepted only when they ask for
 // nothing. The README's table says the same for users.
 var responsesFields = fieldCheck{
-	honoured: []string{"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "text"},
+	honoured: []string{"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "text",
+		"tools", "tool_choice", "parallel_tool_calls"},
 	harmless: []string{"user", "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
-		"parallel_tool_calls", "stream_options"},
+		"stream_options"},
 	nothing: map[string][]string{
-		"store": {"false"}, "tools": {"[]"}, "tool_choice": {`"none"`, `"auto"`}, "include": {"[]"},
+		"store": {"false"}, "include": {"[]"},
 		"truncation": {`"disabled"`}, "background": {"false"}, "top_logprobs": {"0"}, "max_tool_calls": {},
 		"previous_response_id": {}, "conversation": {}, "reasoning": {}, "prompt": {},
 	},
@@ -28,14 +29,12 @@ var responsesFields = fieldCheck{
 		"store":                "this door keeps no responses to retrieve later; send store: false or leave it out",
 		"previous_response_id": "this door keeps no responses; send the conversation's messages in input",
 		"conversation":         "this door keeps no conversations; send the conversation's messages in input",
-		"tools":                "tool calling is not supported yet",
-		"tool_choice":          "tool calling is not supported yet",
 		"include":              "there is nothing more to include",
 		"reasoning":            "the door's models have no reasoning settings",
 		"prompt":               "the door keeps no prompt templates",
 		"background":           "responses are answered in the foreground only",
 		"truncation":           "the input is never truncated (a prompt longer than the context is an error)",
-		"max_tool_calls":       "tool calling is not supported yet",
+		"max_tool_calls":       "the number of tool calls is not bounded here (parallel_tool_calls: false asks for one at most)",
 		"top_logprobs":         "log probabilities are not returned by /v1/responses (use /v1/chat/completions)",
 	},
 }
@@ -52,7 +51,11 @@ type responsesRequest struct {
 	Temperature     *float64 `json:"temperature"`
 	TopP            *float64 `json:"top_p"`
 	Stream          bool     `json:"stream"`
-	Text            *struct {
+	// Tools and ToolChoice are echoed in the response as sent.
+	Tools             json.RawMessage `json:"tools"`
+	ToolChoice        json.RawMessage `json:"tool_choice"`
+	ParallelToolCalls *bool           `json:"parallel_tool_calls"`
+	Text              *struct {
 		Format    json.RawMessage `json:"format"`
 		Verbosity *string         `json:"verbosity"`
 	} `json:"text"`
@@ -87,9 +90,9 @@ func responsesToChat(raw map[string]json.RawMessage, req responsesRequest) ([]by
 	if f := responsesFields.check(raw); f != nil {
 		return nil, f
 	}
-	var msgs []map[string]string
+	var msgs []map[string]any
 	if req.Instructions != nil && *req.Instructions != "" {
-		msgs = append(msgs, map[string]string{"role": "system", "content": *req.Instructions})
+		msgs = append(msgs, map[string]any{"role": "system", "content": *req.Instructions})
 	}
 	in, f := responsesInput(raw["input"])
 	if f != nil {
@@ -100,6 +103,10 @@ func responsesToChat(raw map[string]json.RawMessage, req responsesRequest) ([]by
 	copyField(chat, "max_tokens", raw, "max_output_tokens")
 	copyField(chat, "temperature", raw, "temperature")
 	copyField(chat, "top_p", raw, "top_p")
+	copyField(chat, "parallel_tool_calls", raw, "parallel_tool_calls")
+	if f := responsesTools(chat, raw); f != nil {
+		return nil, f
+	}
 	if req.Stream {
 		chat["stream"] = true
 		chat["stream_options"] = map[string]bool{"include_usage": true}
@@ -164,30 +171,60 @@ func responsesFormat(raw json.RawMessage) (any, *fieldError) {
 	return nil, &fieldError{param: "text.format", code: "unsupported_value", msg: fmt.Sprintf("text.format type %q is not supported (text, json_object, json_schema)", f.Type)}
 }
 
-// responsesInput turns input (a string, or a list of message items) into
-// chat messages.
-func responsesInput(raw json.RawMessage) ([]map[string]string, *fieldError) {
+// responsesInput turns input (a string, or a list of items: messages,
+// the model's function calls and their outputs) into chat messages.
+func responsesInput(raw json.RawMessage) ([]map[string]any, *fieldError) {
 	if raw == nil || compactJSON(raw) == "null" {
 		return nil, &fieldError{param: "input", code: "missing_required_parameter", msg: "input is required: a string or a list of messages"}
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		return []map[string]string{{"role": "user", "content": s}}, nil
+		return []map[string]any{{"role": "user", "content": s}}, nil
 	}
 	var items []struct {
-		Type    string          `json:"type"`
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
+		Type      string          `json:"type"`
+		Role      string          `json:"role"`
+		Content   json.RawMessage `json:"content"`
+		CallID    string          `json:"call_id"`
+		Name      string          `json:"name"`
+		Arguments string          `json:"arguments"`
+		Output    json.RawMessage `json:"output"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, &fieldError{param: "input", code: "invalid_value", msg: "input must be a string or a list of message items"}
+		return nil, &fieldError{param: "input", code: "invalid_value", msg: "input must be a string or a list of items (messages, function_call, function_call_output)"}
 	}
-	var msgs []map[string]string
+	var msgs []map[string]any
 	for i, it := range items {
 		at := fmt.Sprintf("input[%d]", i)
-		if it.Type != "" && it.Type != "message" {
+		switch it.Type {
+		case "", "message":
+		case "function_call":
+			// The model's call, as a chat assistant message's tool_calls
+			// (calls in a row, and the text before them, make one turn).
+			if it.CallID == "" || it.Name == "" {
+				return nil, &fieldError{param: at, code: "invalid_value", msg: at + ": a function_call item needs call_id and name"}
+			}
+			call := map[string]any{"id": it.CallID, "type": "function", "function": map[string]string{"name": it.Name, "arguments": it.Arguments}}
+			if n := len(msgs); n > 0 && msgs[n-1]["role"] == "assistant" {
+				calls, _ := msgs[n-1]["tool_calls"].([]any)
+				msgs[n-1]["tool_calls"] = append(calls, call)
+				continue
+			}
+			msgs = append(msgs, map[string]any{"role": "assistant", "content": "", "tool_calls": []any{call}})
+			continue
+		case "function_call_output":
+			if it.CallID == "" {
+				return nil, &fieldError{param: at + ".call_id", code: "invalid_value", msg: at + ": a function_call_output item needs the call_id it answers"}
+			}
+			out, f := responsesContent(it.Output, at+".output")
+			if f != nil {
+				return nil, f
+			}
+			msgs = append(msgs, map[string]any{"role": "tool", "tool_call_id": it.CallID, "content": out})
+			continue
+		default:
 			return nil, &fieldError{param: at, code: "unsupported_value",
-				msg: fmt.Sprintf("%s: item type %q is not supported; only messages (this door runs no tools and keeps no items to refer to; with the Vercel AI SDK set providerOptions.openai.store to false)", at, it.Type)}
+				msg: fmt.Sprintf("%s: item type %q is not supported; messages, function_call and function_call_output are (this door keeps no items to refer to; with the Vercel AI SDK set providerOptions.openai.store to false)", at, it.Type)}
 		}
 		switch it.Role {
 		case "user", "system", "developer", "assistant":
@@ -198,9 +235,61 @@ func responsesInput(raw json.RawMessage) ([]map[string]string, *fieldError) {
 		if f != nil {
 			return nil, f
 		}
-		msgs = append(msgs, map[string]string{"role": it.Role, "content": text})
+		msgs = append(msgs, map[string]any{"role": it.Role, "content": text})
 	}
 	return msgs, nil
+}
+
+// responsesTools sets the chat completion's tools and tool_choice from
+// the Responses API's (function tools, flat: {type, name, description,
+// parameters, strict}).
+func responsesTools(chat map[string]any, raw map[string]json.RawMessage) *fieldError {
+	if t := raw["tools"]; t != nil && compactJSON(t) != "null" {
+		var tools []map[string]json.RawMessage
+		if err := json.Unmarshal(t, &tools); err != nil {
+			return &fieldError{param: "tools", code: "invalid_value", msg: "tools must be a list of {\"type\":\"function\",\"name\":…,\"parameters\":{…}}"}
+		}
+		out := make([]any, 0, len(tools))
+		for i, tool := range tools {
+			at := fmt.Sprintf("tools[%d]", i)
+			var typ string
+			_ = json.Unmarshal(tool["type"], &typ)
+			if typ != "function" {
+				return &fieldError{param: at + ".type", code: "unsupported_value",
+					msg: fmt.Sprintf("%s.type %q is not supported: the door runs no hosted tools; the model calls functions (type function) that the client runs", at, typ)}
+			}
+			fn := map[string]json.RawMessage{}
+			for k, v := range tool {
+				switch k {
+				case "type":
+				case "name", "description", "parameters", "strict":
+					fn[k] = v
+				default:
+					return &fieldError{param: at + "." + k, code: "unsupported_parameter", msg: fmt.Sprintf("%s.%s is not supported (name, description, parameters and strict are)", at, k)}
+				}
+			}
+			out = append(out, map[string]any{"type": "function", "function": fn})
+		}
+		chat["tools"] = out
+	}
+	tc := raw["tool_choice"]
+	if tc == nil || compactJSON(tc) == "null" {
+		return nil
+	}
+	var s string
+	if json.Unmarshal(tc, &s) == nil {
+		chat["tool_choice"] = s // none, auto, required: the worker checks
+		return nil
+	}
+	var obj struct {
+		Type string `json:"type"`
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(tc, &obj); err != nil || obj.Type != "function" || obj.Name == "" {
+		return &fieldError{param: "tool_choice", code: "unsupported_value", msg: "tool_choice must be none, auto, required or {\"type\":\"function\",\"name\":…}"}
+	}
+	chat["tool_choice"] = map[string]any{"type": "function", "function": map[string]string{"name": obj.Name}}
+	return nil
 }
 
 // responsesContent is a message's text: a string, or text parts
@@ -209,6 +298,9 @@ func responsesContent(raw json.RawMessage, at string) (string, *fieldError) {
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
+	}
+	if raw == nil {
+		return "", &fieldError{param: at, code: "missing_required_parameter", msg: at + " is required"}
 	}
 	var parts []struct {
 		Type string `json:"type"`
@@ -241,15 +333,15 @@ type (
 		Instructions       *string           `json:"instructions"`
 		MaxOutputTokens    *int              `json:"max_output_tokens"`
 		Model              string            `json:"model"`
-		Output             []respItem        `json:"output"`
+		Output             []any             `json:"output"` // respMessage and respCall items
 		ParallelToolCalls  bool              `json:"parallel_tool_calls"`
 		PreviousResponseID *string           `json:"previous_response_id"`
 		Reasoning          map[string]any    `json:"reasoning"`
 		Store              bool              `json:"store"`
 		Temperature        float64           `json:"temperature"`
 		Text               json.RawMessage   `json:"text"`
-		ToolChoice         string            `json:"tool_choice"`
-		Tools              []any             `json:"tools"`
+		ToolChoice         json.RawMessage   `json:"tool_choice"`
+		Tools              json.RawMessage   `json:"tools"`
 		TopP               float64           `json:"top_p"`
 		Truncation         string            `json:"truncation"`
 		Usage              *respUsage        `json:"usage"`
@@ -262,12 +354,22 @@ type (
 	respIncomplete struct {
 		Reason string `json:"reason"`
 	}
-	respItem struct {
+	respMessage struct {
 		ID      string     `json:"id"`
-		Type    string     `json:"type"`
+		Type    string     `json:"type"` // message
 		Status  string     `json:"status"`
 		Role    string     `json:"role"`
 		Content []respPart `json:"content"`
+	}
+	// respCall is a function call the model made: the client runs it and
+	// sends a function_call_output item with its call_id.
+	respCall struct {
+		ID        string `json:"id"`
+		Type      string `json:"type"` // function_call
+		Status    string `json:"status"`
+		CallID    string `json:"call_id"`
+		Name      string `json:"name"`
+		Arguments string `json:"arguments"`
 	}
 	respPart struct {
 		Type        string `json:"type"`
@@ -285,7 +387,8 @@ type (
 )
 
 // responsesAPI writes the worker's chat completion as a response object,
-// or its stream as the Responses API's events.
+// or its stream as the Responses API's events: text as a message item,
+// each tool call as a function_call item after it.
 type responsesAPI struct {
 	oaiErrors
 	req          responsesRequest
@@ -294,9 +397,16 @@ type responsesAPI struct {
 	text         json.RawMessage // the response's text config: the format asked for
 	seq          int             // the stream's next sequence_number
 	started      bool            // the stream's first events went out
-	out          string          // the text so far
+	out          string          // the message's text so far
 	finishReason string
 	usage        *respUsage
+	// The stream's output items: those done, the message while its text
+	// comes (msgOpen), the call whose arguments come (call, by the
+	// worker's index callIndex).
+	items     []any
+	msgOpen   bool
+	call      *respCall
+	callIndex int
 }
 
 func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
@@ -313,6 +423,13 @@ func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *t
 		ans.count(use)
 		a.out, a.finishReason = ans.text(), ans.finish()
 		a.setUsage(&ans)
+		calls := ans.calls()
+		if a.out != "" || len(calls) == 0 {
+			a.items = append(a.items, a.message())
+		}
+		for _, c := range calls {
+			a.items = append(a.items, respCall{ID: "fc_" + randomHex(24), Type: "function_call", Status: "completed", CallID: c.ID, Name: c.Name, Arguments: c.Arguments})
+		}
 		reply.JSON(w, http.StatusOK, a.object())
 		return true
 	}
@@ -321,12 +438,9 @@ func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *t
 	w.WriteHeader(http.StatusOK)
 	a.started = true
 	obj := a.object()
-	obj.Status, obj.Output, obj.Usage = "in_progress", []respItem{}, nil
+	obj.Status, obj.Output, obj.Usage = "in_progress", []any{}, nil
 	a.event(w, "response.created", map[string]any{"response": obj})
 	a.event(w, "response.in_progress", map[string]any{"response": obj})
-	a.event(w, "response.output_item.added", map[string]any{"output_index": 0,
-		"item": respItem{ID: a.msgID, Type: "message", Status: "in_progress", Role: "assistant", Content: []respPart{}}})
-	a.event(w, "response.content_part.added", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "part": textPart("")})
 	flush(w)
 	failed := false
 	done, _ := readSSE(resp.Body, func(data []byte) error {
@@ -346,10 +460,15 @@ func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *t
 			a.finishReason = f
 		}
 		if d := ev.text(); d != "" {
+			a.closeCall(w)
+			a.openMessage(w)
 			a.out += d
-			a.event(w, "response.output_text.delta", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "delta": d, "logprobs": []any{}})
-			flush(w)
+			a.event(w, "response.output_text.delta", map[string]any{"item_id": a.msgID, "output_index": len(a.items), "content_index": 0, "delta": d, "logprobs": []any{}})
 		}
+		for _, d := range ev.callDeltas() {
+			a.callDelta(w, d)
+		}
+		flush(w)
 		return nil
 	})
 	if !done {
@@ -358,10 +477,12 @@ func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *t
 	if failed {
 		return true
 	}
-	a.event(w, "response.output_text.done", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "text": a.out, "logprobs": []any{}})
-	a.event(w, "response.content_part.done", map[string]any{"item_id": a.msgID, "output_index": 0, "content_index": 0, "part": textPart(a.out)})
+	a.closeCall(w)
+	if len(a.items) == 0 {
+		a.openMessage(w) // an empty answer is an empty message
+	}
+	a.closeMessage(w)
 	obj = a.object()
-	a.event(w, "response.output_item.done", map[string]any{"output_index": 0, "item": obj.Output[0]})
 	end := "response.completed"
 	if obj.Status == "incomplete" {
 		end = "response.incomplete"
@@ -369,6 +490,69 @@ func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *t
 	a.event(w, end, map[string]any{"response": obj})
 	flush(w)
 	return true
+}
+
+// openMessage starts the message item, once.
+func (a *responsesAPI) openMessage(w http.ResponseWriter) {
+	if a.msgOpen {
+		return
+	}
+	a.msgOpen = true
+	a.event(w, "response.output_item.added", map[string]any{"output_index": len(a.items),
+		"item": respMessage{ID: a.msgID, Type: "message", Status: "in_progress", Role: "assistant", Content: []respPart{}}})
+	a.event(w, "response.content_part.added", map[string]any{"item_id": a.msgID, "output_index": len(a.items), "content_index": 0, "part": textPart("")})
+}
+
+// closeMessage ends the open message item.
+func (a *responsesAPI) closeMessage(w http.ResponseWriter) {
+	if !a.msgOpen {
+		return
+	}
+	a.msgOpen = false
+	at := len(a.items)
+	a.event(w, "response.output_text.done", map[string]any{"item_id": a.msgID, "output_index": at, "content_index": 0, "text": a.out, "logprobs": []any{}})
+	a.event(w, "response.content_part.done", map[string]any{"item_id": a.msgID, "output_index": at, "content_index": 0, "part": textPart(a.out)})
+	m := a.message()
+	a.items = append(a.items, m)
+	a.event(w, "response.output_item.done", map[string]any{"output_index": at, "item": m})
+}
+
+// callDelta carries a piece of a tool call: a new call (its id and name)
+// ends the message or the call before it; its arguments come as deltas.
+func (a *responsesAPI) callDelta(w http.ResponseWriter, d toolCallWire) {
+	if a.call == nil || d.Index != a.callIndex {
+		a.closeMessage(w)
+		a.closeCall(w)
+		a.call, a.callIndex = &respCall{ID: "fc_" + randomHex(24), Type: "function_call", Status: "in_progress", CallID: d.ID, Name: d.Function.Name}, d.Index
+		a.event(w, "response.output_item.added", map[string]any{"output_index": len(a.items), "item": *a.call})
+	}
+	if d.Function.Arguments != "" {
+		a.call.Arguments += d.Function.Arguments
+		a.event(w, "response.function_call_arguments.delta", map[string]any{"item_id": a.call.ID, "output_index": len(a.items), "delta": d.Function.Arguments})
+	}
+}
+
+// closeCall ends the call whose arguments were coming.
+func (a *responsesAPI) closeCall(w http.ResponseWriter) {
+	if a.call == nil {
+		return
+	}
+	c := *a.call
+	a.call = nil
+	c.Status = "completed"
+	at := len(a.items)
+	a.event(w, "response.function_call_arguments.done", map[string]any{"item_id": c.ID, "output_index": at, "arguments": c.Arguments})
+	a.items = append(a.items, c)
+	a.event(w, "response.output_item.done", map[string]any{"output_index": at, "item": c})
+}
+
+// message is the message item as it stands.
+func (a *responsesAPI) message() respMessage {
+	status := "completed"
+	if a.finishReason == "length" {
+		status = "incomplete"
+	}
+	return respMessage{ID: a.msgID, Type: "message", Status: status, Role: "assistant", Content: []respPart{textPart(a.out)}}
 }
 
 // broken ends a stream with an error event and the failed response; an
@@ -415,23 +599,39 @@ func (a *responsesAPI) setUsage(ans *chatAnswer) {
 }
 
 // object is the response as it stands: completed, or incomplete when the
-// worker stopped at max_output_tokens.
+// worker stopped at max_output_tokens; its output the items done and the
+// one under way.
 func (a *responsesAPI) object() respObject {
 	o := respObject{ID: a.id, Object: "response", CreatedAt: a.created, Status: "completed", Instructions: a.req.Instructions,
 		MaxOutputTokens: a.req.MaxOutputTokens, Model: a.req.Model, Reasoning: map[string]any{"effort": nil, "summary": nil},
-		Temperature: 1, Text: a.text, ToolChoice: "auto", Tools: []any{}, TopP: 1, Truncation: "disabled", Usage: a.usage, Metadata: map[string]string{}}
+		Temperature: 1, Text: a.text, ToolChoice: json.RawMessage(`"auto"`), Tools: json.RawMessage(`[]`), TopP: 1, Truncation: "disabled",
+		Usage: a.usage, Metadata: map[string]string{}}
 	if a.req.Temperature != nil {
 		o.Temperature = *a.req.Temperature
 	}
 	if a.req.TopP != nil {
 		o.TopP = *a.req.TopP
 	}
-	itemStatus := "completed"
+	if t := a.req.Tools; t != nil && compactJSON(t) != "null" {
+		o.Tools = t
+	}
+	if t := a.req.ToolChoice; t != nil && compactJSON(t) != "null" {
+		o.ToolChoice = t
+	}
+	if p := a.req.ParallelToolCalls; p != nil {
+		o.ParallelToolCalls = *p
+	}
 	if a.finishReason == "length" {
-		o.Status, itemStatus = "incomplete", "incomplete"
+		o.Status = "incomplete"
 		o.IncompleteDetails = &respIncomplete{Reason: "max_output_tokens"}
 	}
-	o.Output = []respItem{{ID: a.msgID, Type: "message", Status: itemStatus, Role: "assistant", Content: []respPart{textPart(a.out)}}}
+	o.Output = append([]any{}, a.items...)
+	if a.msgOpen {
+		o.Output = append(o.Output, a.message())
+	}
+	if a.call != nil {
+		o.Output = append(o.Output, *a.call)
+	}
 	return o
 }
 

@@ -21,10 +21,12 @@ type chatAnswer struct {
 	Choices []struct {
 		Text    string `json:"text"` // a completion's
 		Message struct {
-			Content string `json:"content"`
+			Content   string         `json:"content"`
+			ToolCalls []toolCallWire `json:"tool_calls"`
 		} `json:"message"`
 		Delta struct {
-			Content string `json:"content"`
+			Content   string         `json:"content"`
+			ToolCalls []toolCallWire `json:"tool_calls"`
 		} `json:"delta"`
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
@@ -57,6 +59,44 @@ func (a *chatAnswer) text() string {
 	}
 	c := a.Choices[0]
 	return c.Message.Content + c.Delta.Content + c.Text
+}
+
+// toolCallWire is a tool call of a worker's chat answer: whole in a
+// message, or a piece of one in a stream's delta (index says which call;
+// its id and name come first, its arguments in pieces).
+type toolCallWire struct {
+	Index    int    `json:"index"`
+	ID       string `json:"id"`
+	Function struct {
+		Name      string `json:"name"`
+		Arguments string `json:"arguments"`
+	} `json:"function"`
+}
+
+// toolCall is one call the model made, as gathered.
+type toolCall struct {
+	ID, Name, Arguments string
+}
+
+// calls is the first choice's tool calls of a whole message.
+func (a *chatAnswer) calls() []toolCall {
+	if len(a.Choices) == 0 {
+		return nil
+	}
+	var out []toolCall
+	for _, c := range a.Choices[0].Message.ToolCalls {
+		out = append(out, toolCall{ID: c.ID, Name: c.Function.Name, Arguments: c.Function.Arguments})
+	}
+	return out
+}
+
+// callDeltas is the first choice's pieces of tool calls in a stream
+// event.
+func (a *chatAnswer) callDeltas() []toolCallWire {
+	if len(a.Choices) == 0 {
+		return nil
+	}
+	return a.Choices[0].Delta.ToolCalls
 }
 
 // finish is the first choice's finish reason, "" while it goes on.

@@ -38,8 +38,23 @@ func TestResponsesToChat(t *testing.T) {
 		{name: "json schema", body: `{"model":"m","input":"x","text":{"format":{"type":"json_schema","name":"r","schema":{"type":"object"},"strict":true}}}`,
 			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","response_format":{"json_schema":{"name":"r","schema":{"type":"object"},"strict":true},"type":"json_schema"}}`},
 		{name: "text format", body: `{"model":"m","input":"x","text":{"format":{"type":"text"}},"tools":[],"tool_choice":"auto","metadata":{"a":"b"}}`,
-			want: `{"messages":[{"content":"x","role":"user"}],"model":"m"}`},
-		{name: "tools", body: `{"model":"m","input":"x","tools":[{"type":"function","name":"f"}]}`, param: "tools"},
+			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","tool_choice":"auto","tools":[]}`},
+		{name: "tools, a call and its output",
+			body: `{"model":"m","input":[{"role":"user","content":"w?"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"let me see"}]},` +
+				`{"type":"function_call","id":"fc_1","call_id":"c1","name":"f","arguments":"{\"a\":1}","status":"completed"},{"type":"function_call","call_id":"c2","name":"f","arguments":"{}"},` +
+				`{"type":"function_call_output","call_id":"c1","output":"21"},{"type":"function_call_output","call_id":"c2","output":[{"type":"input_text","text":"22"}]}],` +
+				`"tools":[{"type":"function","name":"f","description":"d","parameters":{"type":"object"},"strict":true}],"tool_choice":{"type":"function","name":"f"},"parallel_tool_calls":true}`,
+			want: `{"messages":[{"content":"w?","role":"user"},{"content":"let me see","role":"assistant","tool_calls":[{"function":{"arguments":"{\"a\":1}","name":"f"},"id":"c1","type":"function"},{"function":{"arguments":"{}","name":"f"},"id":"c2","type":"function"}]},` +
+				`{"content":"21","role":"tool","tool_call_id":"c1"},{"content":"22","role":"tool","tool_call_id":"c2"}],"model":"m","parallel_tool_calls":true,` +
+				`"tool_choice":{"function":{"name":"f"},"type":"function"},"tools":[{"function":{"description":"d","name":"f","parameters":{"type":"object"},"strict":true},"type":"function"}]}`},
+		{name: "required", body: `{"model":"m","input":"x","tools":[{"type":"function","name":"f"}],"tool_choice":"required"}`,
+			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","tool_choice":"required","tools":[{"function":{"name":"f"},"type":"function"}]}`},
+		{name: "hosted tool", body: `{"model":"m","input":"x","tools":[{"type":"web_search"}]}`, param: "tools[0].type"},
+		{name: "tool field", body: `{"model":"m","input":"x","tools":[{"type":"function","name":"f","colour":"red"}]}`, param: "tools[0].colour"},
+		{name: "tool choice", body: `{"model":"m","input":"x","tool_choice":{"type":"allowed_tools","tools":[]}}`, param: "tool_choice"},
+		{name: "call without id", body: `{"model":"m","input":[{"type":"function_call","name":"f","arguments":"{}"}]}`, param: "input[0]"},
+		{name: "output without id", body: `{"model":"m","input":[{"type":"function_call_output","output":"x"}]}`, param: "input[0].call_id"},
+		{name: "max tool calls", body: `{"model":"m","input":"x","max_tool_calls":2}`, param: "max_tool_calls"},
 		{name: "previous response", body: `{"model":"m","input":"x","previous_response_id":"resp_1"}`, param: "previous_response_id"},
 		{name: "store", body: `{"model":"m","input":"x","store":true}`, param: "store"},
 		{name: "reasoning", body: `{"model":"m","input":"x","reasoning":{"effort":"low"}}`, param: "reasoning"},
@@ -147,6 +162,65 @@ func TestResponsesStream(t *testing.T) {
 	}
 }
 
+// TestResponsesToolCalls: the worker's tool calls become function_call
+// items after the message, whole or streamed as the Responses API's
+// events (the item added, its arguments in deltas, done).
+func TestResponsesToolCalls(t *testing.T) {
+	stream := "data: " + `{"choices":[{"index":0,"delta":{"role":"assistant","content":"hm"}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"get","arguments":""}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"x\":"}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"put","arguments":"{}"}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}` + "\n\n" +
+		"data: " + `{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}` + "\n\ndata: [DONE]\n\n"
+	rec := httptest.NewRecorder()
+	a := &responsesAPI{req: responsesRequest{Model: "m", Stream: true, Tools: json.RawMessage(`[{"type":"function","name":"get"},{"type":"function","name":"put"}]`)},
+		id: "resp_1", msgID: "msg_1", text: json.RawMessage(`{"format":{"type":"text"}}`)}
+	if !a.answer(rec, &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader(stream))}, &tokenUse{}) {
+		t.Fatal("not complete")
+	}
+	types, data := sseEvents(t, rec.Body.String())
+	want := []string{"response.created", "response.in_progress",
+		"response.output_item.added", "response.content_part.added", "response.output_text.delta",
+		"response.output_text.done", "response.content_part.done", "response.output_item.done",
+		"response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+		"response.function_call_arguments.done", "response.output_item.done",
+		"response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.done", "response.output_item.done",
+		"response.completed"}
+	if !reflect.DeepEqual(types, want) {
+		t.Fatalf("events\n%v, want\n%v", types, want)
+	}
+	if it := data[8]["item"].(map[string]any); it["type"] != "function_call" || it["call_id"] != "call_a" || it["name"] != "get" || data[8]["output_index"] != 1.0 {
+		t.Errorf("first call added: %v", data[8])
+	}
+	if data[11]["arguments"] != `{"x":1}` || data[11]["output_index"] != 1.0 || data[15]["arguments"] != "{}" || data[15]["output_index"] != 2.0 {
+		t.Errorf("arguments done: %v, %v", data[11], data[15])
+	}
+	final := data[len(data)-1]["response"].(map[string]any)
+	out := final["output"].([]any)
+	if len(out) != 3 || out[0].(map[string]any)["type"] != "message" || out[1].(map[string]any)["arguments"] != `{"x":1}` ||
+		out[2].(map[string]any)["call_id"] != "call_b" || out[2].(map[string]any)["status"] != "completed" || final["status"] != "completed" {
+		t.Errorf("final output %v", out)
+	}
+	if tools := final["tools"].([]any); len(tools) != 2 {
+		t.Errorf("tools echoed %v", final["tools"])
+	}
+
+	// Whole: only the call (no text, no empty message).
+	rec = httptest.NewRecorder()
+	a = &responsesAPI{req: responsesRequest{Model: "m"}, id: "resp_2", msgID: "msg_2"}
+	body := `{"choices":[{"index":0,"message":{"role":"assistant","content":"","tool_calls":[{"id":"call_c","type":"function","function":{"name":"get","arguments":"{\"x\":2}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`
+	a.answer(rec, &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader(body))}, &tokenUse{})
+	var r struct {
+		Status string
+		Output []respCall
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil || r.Status != "completed" || len(r.Output) != 1 || r.Output[0].Type != "function_call" ||
+		r.Output[0].CallID != "call_c" || r.Output[0].Arguments != `{"x":2}` || !strings.HasPrefix(r.Output[0].ID, "fc_") {
+		t.Errorf("whole: %s", rec.Body)
+	}
+}
+
 // TestResponsesErrors: the worker's refusal names the Responses API's
 // field; a stream cut short says so with an error event.
 func TestResponsesErrors(t *testing.T) {
@@ -194,7 +268,14 @@ func TestOllamaToWorker(t *testing.T) {
 			want: `{"model":"m","prompt":"p","response_format":{"type":"json_object"}}`},
 		{name: "unknown option", chat: true, body: `{"model":"m","messages":[],"options":{"num_ctx":4096}}`, param: "options.num_ctx"},
 		{name: "images", chat: true, body: `{"model":"m","messages":[{"role":"user","content":"x","images":["aGk="]}]}`, param: "messages[0].images"},
-		{name: "tools", chat: true, body: `{"model":"m","messages":[],"tools":[{"type":"function"}]}`, param: "tools"},
+		{name: "tools", chat: true, endpoint: "chat/completions",
+			body: `{"model":"m","stream":false,"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],"messages":[{"role":"user","content":"w?"},` +
+				`{"role":"assistant","content":"","tool_calls":[{"function":{"name":"put","arguments":{}}},{"function":{"name":"get","arguments":{"x":1}}}]},` +
+				`{"role":"tool","content":"got","tool_name":"get"},{"role":"tool","content":"put"}]}`,
+			want: `{"messages":[{"content":"w?","role":"user"},{"content":"","role":"assistant","tool_calls":[{"function":{"arguments":{},"name":"put"},"id":"call_1_0","type":"function"},` +
+				`{"function":{"arguments":{"x":1},"name":"get"},"id":"call_1_1","type":"function"}]},{"content":"got","name":"get","role":"tool","tool_call_id":"call_1_1"},` +
+				`{"content":"put","name":"put","role":"tool","tool_call_id":"call_1_0"}],"model":"m","tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]}`},
+		{name: "tool name on a user", chat: true, body: `{"model":"m","messages":[{"role":"user","content":"x","tool_name":"f"}]}`, param: "messages[0].tool_name"},
 		{name: "template", body: `{"model":"m","prompt":"p","template":"{{.Prompt}}"}`, param: "template"},
 		{name: "bad format", body: `{"model":"m","prompt":"p","format":"yaml"}`, param: "format"},
 		{name: "unknown", body: `{"model":"m","prompt":"p","frobnicate":true}`, param: "frobnicate"},
@@ -218,6 +299,57 @@ func TestOllamaToWorker(t *testing.T) {
 }
 
 // TestOllamaStream: the worker's stream becomes NDJSON lines that each
+// TestOllamaToolCalls: the worker's tool calls come back in Ollama's
+// shape (arguments an object), streamed as one line once whole, and the
+// answer is done with "stop".
+func TestOllamaToolCalls(t *testing.T) {
+	stream := "data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"get","arguments":""}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"x\":1}"}}]}}]}` + "\n\n" +
+		"data: " + `{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}` + "\n\n" +
+		"data: " + `{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}` + "\n\ndata: [DONE]\n\n"
+	type line struct {
+		Message struct {
+			Content   string
+			ToolCalls []struct {
+				ID       string
+				Function struct {
+					Name      string
+					Arguments map[string]any
+				}
+			} `json:"tool_calls"`
+		}
+		Done       bool
+		DoneReason string `json:"done_reason"`
+	}
+	rec := httptest.NewRecorder()
+	a := &ollamaAPI{model: "m", chat: true, stream: true}
+	if !a.answer(rec, &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader(stream))}, &tokenUse{}) {
+		t.Fatal("not complete")
+	}
+	lines := strings.Split(strings.TrimSpace(rec.Body.String()), "\n")
+	var got []line
+	for _, l := range lines {
+		var r line
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		got = append(got, r)
+	}
+	if len(got) != 2 || len(got[0].Message.ToolCalls) != 1 || got[0].Message.ToolCalls[0].Function.Name != "get" ||
+		got[0].Message.ToolCalls[0].Function.Arguments["x"] != 1.0 || got[0].Message.ToolCalls[0].ID != "call_a" || !got[1].Done || got[1].DoneReason != "stop" {
+		t.Errorf("stream: %s", rec.Body)
+	}
+
+	rec = httptest.NewRecorder()
+	a = &ollamaAPI{model: "m", chat: true}
+	body := `{"choices":[{"index":0,"message":{"role":"assistant","content":"","tool_calls":[{"id":"call_c","type":"function","function":{"name":"get","arguments":"{\"x\":2}"}}]},"finish_reason":"tool_calls"}]}`
+	a.answer(rec, &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader(body))}, &tokenUse{})
+	var r line
+	if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil || !r.Done || r.DoneReason != "stop" || len(r.Message.ToolCalls) != 1 || r.Message.ToolCalls[0].Function.Arguments["x"] != 2.0 {
+		t.Errorf("whole: %s", rec.Body)
+	}
+}
+
 // parse, pieces first, then done with the counts and durations.
 func TestOllamaStream(t *testing.T) {
 	for _, chat := range []bool{true, false} {
@@ -292,7 +424,10 @@ func TestDoorResponsesAndOllamaRoutes(t *testing.T) {
 		return rec
 	}
 	rec := post("/v1/responses", `{"model":"alpha","input":"hi"}`)
-	var r respObject
+	var r struct {
+		respObject
+		Output []respMessage `json:"output"`
+	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil || rec.Code != 200 || r.Status != "completed" || r.Model != "alpha" ||
 		len(r.Output) != 1 || r.Output[0].Content[0].Text != "from h1/w1" || r.Usage.TotalTokens != 5 || !strings.HasPrefix(r.ID, "resp_") {
 		t.Errorf("responses: %d %s", rec.Code, rec.Body)
@@ -308,8 +443,8 @@ func TestDoorResponsesAndOllamaRoutes(t *testing.T) {
 	}
 	// Refused fields: 400 naming them, after the model is known (counted
 	// under it), in each API's shape.
-	rec = post("/v1/responses", `{"model":"alpha","input":"hi","tools":[{"type":"function","name":"f"}]}`)
-	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"param":"tools"`) {
+	rec = post("/v1/responses", `{"model":"alpha","input":"hi","tools":[{"type":"web_search"}]}`)
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"param":"tools[0].type"`) {
 		t.Errorf("responses with tools: %d %s", rec.Code, rec.Body)
 	}
 	rec = post("/api/generate", `{"model":"alpha","prompt":"hi","options":{"mirostat":1}}`)
