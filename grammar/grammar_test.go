@@ -1,9 +1,11 @@
 package grammar
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -146,6 +148,21 @@ func TestSchemaDocuments(t *testing.T) {
 		{`{"type":"string","format":"date-time"}`, false, []string{`"2024-01-02T03:04:05Z"`, `"2024-01-02T23:59:59.123+05:30"`},
 			[]string{`"2024-01-02 03:04:05Z"`, `"2024-01-02T24:00:00Z"`, `"2024-01-02T03:04:05"`}},
 		{`{"type":"string","format":"uuid"}`, false, []string{`"123e4567-e89b-12d3-a456-426614174000"`}, []string{`"123e4567e89b12d3a456426614174000"`}},
+		{`{"type":"string","pattern":"^[A-Z]{3}-[0-9]{2}$"}`, false, []string{`"ABC-12"`}, []string{`"AB-12"`, `"abc-12"`, `"ABC-123"`, `"xABC-12"`}},
+		{`{"type":"string","pattern":"ab"}`, false, []string{`"ab"`, `"xxab yy"`, `"\"ab\\"`}, []string{`"a b"`, `"xy"`}},
+		{`{"type":"string","pattern":"^[a\"\\\\]+$"}`, false, []string{`"a"`, `"a\"\\"`, `"\"\""`}, []string{`"b"`, `""`, `"a\n"`}},
+		{`{"type":"string","pattern":"(?i)^abc$"}`, false, []string{`"abc"`, `"AbC"`}, []string{`"abd"`}},
+		{`{"type":"string","pattern":"^(foo|bar)?baz\\.$"}`, false, []string{`"baz."`, `"foobaz."`, `"barbaz."`}, []string{`"fobaz."`, `"baz"`, `"bazx"`}},
+		{`{"type":"string","pattern":"^[^0-9]{2}\\d$"}`, false, []string{`"ab1"`, `"- 9"`}, []string{`"1b1"`, `"abc"`, `"ab"`}},
+		{`{"type":"string","pattern":"^é.$"}`, false, []string{`"éa"`}, []string{`"ea"`, `"é"`}},
+		{`{"type":"string","format":"email"}`, false, []string{`"a.b@example.com"`, `"x+y_z@mail.example.org"`},
+			[]string{`"a@b"`, `"a..b@x.com"`, `"@x.com"`, `"a@-x.com"`, `"a b@x.com"`}},
+		{`{"type":"string","format":"ipv4"}`, false, []string{`"192.168.0.1"`, `"0.0.0.0"`, `"255.255.255.255"`}, []string{`"256.1.1.1"`, `"01.1.1.1"`, `"1.1.1"`}},
+		{`{"type":"string","format":"uri"}`, false, []string{`"https://example.com/a/b"`, `"http://x.org"`}, []string{`"example.com"`, `"ftp://x.org"`}},
+		{`{"type":"number","minimum":0,"maximum":1}`, false, []string{`0`, `1`, `0.5`, `0.25`}, []string{`1.5`, `-0.1`, `2`, `1e0`, `-0`}},
+		{`{"type":"number","exclusiveMinimum":0,"maximum":100}`, false, []string{`0.5`, `100`, `99.99`, `1`}, []string{`0`, `-1`, `100.5`, `0.0`}},
+		{`{"minimum":-90,"maximum":90}`, false, []string{`-90`, `-89.5`, `45.25`, `90`, `0`, `-0.5`}, []string{`-90.5`, `90.1`, `-91`}},
+		{`{"type":"number","exclusiveMaximum":-3}`, false, []string{`-4`, `-3.5`, `-1000000.125`}, []string{`-3`, `-2.5`, `0`}},
 		{`{"$defs":{"p":{"type":"object","properties":{"x":{"type":"integer","minimum":0,"maximum":3}},"required":["x"]}},
 			"type":"object","properties":{"from":{"$ref":"#/$defs/p"},"to":{"$ref":"#/$defs/p"}},"required":["from","to"]}`, false,
 			[]string{`{"from":{"x":0},"to":{"x":3}}`}, []string{`{"from":{"x":4},"to":{"x":3}}`}},
@@ -182,15 +199,22 @@ func TestSchemaRefused(t *testing.T) {
 		path    string
 		keyword string
 	}{
-		{`{"type":"string","pattern":"^a$"}`, false, "#", "pattern"},
 		{`{"type":"object","properties":{"a":{"type":"integer","multipleOf":2}}}`, false, "#/properties/a", "multipleOf"},
+		{`{"type":"string","pattern":"\\bword\\b"}`, false, "#", "pattern"},
+		{`{"type":"string","pattern":"^(?=a)b$"}`, false, "#", "pattern"},
+		{`{"type":"string","pattern":"a^b"}`, false, "#", "pattern"},
+		{`{"type":"string","pattern":"^[\u0000-\u001f]$"}`, false, "#", "pattern"},
+		{`{"type":"string","pattern":"^a+$","maxLength":3}`, false, "#", "maxLength"},
+		{`{"anyOf":[{"type":"string"},{"type":"string","pattern":7}]}`, false, "#/anyOf/1", "pattern"},
+		{`{"type":"string","format":"ipv6"}`, false, "#", "format"},
+		{`{"type":"string","format":"email","pattern":"x"}`, false, "#", "pattern"},
+		{`{"type":"number","maximum":0.5}`, false, "#", "maximum"},
+		{`{"type":"number","minimum":2,"exclusiveMaximum":2}`, false, "#", "minimum"},
 		{`{"allOf":[{"type":"object"}]}`, false, "#", "allOf"},
 		{`{"not":{"type":"string"}}`, false, "#", "not"},
 		{`{"type":"array","uniqueItems":true}`, false, "#", "uniqueItems"},
 		{`{"type":"object","minProperties":1}`, false, "#", "minProperties"},
 		{`{"type":"object","patternProperties":{"^a":{}}}`, false, "#", "patternProperties"},
-		{`{"type":"string","format":"email"}`, false, "#", "format"},
-		{`{"type":"number","maximum":1}`, false, "#", "maximum"},
 		{`{"type":"integer","minimum":5,"maximum":4}`, false, "#", "minimum"},
 		{`{"type":"integer","minimum":1e20}`, false, "#", "minimum"},
 		{`{"type":"string","maxLength":20000}`, false, "#", "maxLength"},
@@ -205,7 +229,6 @@ func TestSchemaRefused(t *testing.T) {
 		{`{"$ref":"#/$defs/missing"}`, false, "#", "$ref"},
 		{`{"$ref":"other.json"}`, false, "#", "$ref"},
 		{`{"$ref":"#/$defs/a","type":"object","$defs":{"a":{}}}`, false, "#", "type"},
-		{`{"anyOf":[{"type":"string"},{"type":"string","pattern":"x"}]}`, false, "#/anyOf/1", "pattern"},
 		{`{"anyOf":[]}`, false, "#", "anyOf"},
 		{`{"enum":["a"],"minLength":1}`, false, "#", "minLength"},
 		{`{"$defs":{"a":{"if":{}}},"$ref":"#/$defs/a"}`, false, "#/$defs/a", "if"},
@@ -222,6 +245,88 @@ func TestSchemaRefused(t *testing.T) {
 			}
 			if se.Path != tt.path || se.Keyword != tt.keyword {
 				t.Errorf("got path %q keyword %q (%v), want %q %q", se.Path, se.Keyword, err, tt.path, tt.keyword)
+			}
+		})
+	}
+}
+
+// TestNumberRanges: a number schema with whole bounds allows exactly the
+// numbers within them, among the decimals it writes (no exponent, no
+// trailing zero).
+func TestNumberRanges(t *testing.T) {
+	t.Parallel()
+	for _, b := range []string{`"minimum":-3,"maximum":4`, `"exclusiveMinimum":-3,"exclusiveMaximum":4`, `"minimum":2`, `"exclusiveMaximum":-2`,
+		`"minimum":0,"exclusiveMaximum":1`, `"exclusiveMinimum":-1,"maximum":0`, `"minimum":-7,"maximum":-5`} {
+		t.Run(b, func(t *testing.T) {
+			t.Parallel()
+			var bounds map[string]float64
+			if err := json.Unmarshal([]byte("{"+b+"}"), &bounds); err != nil {
+				t.Fatal(err)
+			}
+			g, err := FromSchema([]byte(`{"type":"number",`+b+`}`), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			re := toRegexp(t, g)
+			for n := -120; n <= 120; n++ {
+				v := float64(n) / 8
+				in := true
+				if m, ok := bounds["minimum"]; ok && v < m {
+					in = false
+				}
+				if m, ok := bounds["exclusiveMinimum"]; ok && v <= m {
+					in = false
+				}
+				if m, ok := bounds["maximum"]; ok && v > m {
+					in = false
+				}
+				if m, ok := bounds["exclusiveMaximum"]; ok && v >= m {
+					in = false
+				}
+				doc := strconv.FormatFloat(v, 'f', -1, 64)
+				if doc == "-0" {
+					continue
+				}
+				if got := re.MatchString(doc); got != in {
+					t.Errorf("%s: match %t, want %t", doc, got, in)
+				}
+			}
+		})
+	}
+}
+
+// TestPatterns: a pattern's grammar allows the JSON strings whose content
+// the pattern matches (Go's regexp says which), among every string of up
+// to four characters of a small alphabet.
+func TestPatterns(t *testing.T) {
+	t.Parallel()
+	const alphabet = "aB1-. \""
+	var all []string
+	var grow func(s string)
+	grow = func(s string) {
+		all = append(all, s)
+		if len(s) == 4 {
+			return
+		}
+		for _, c := range alphabet {
+			grow(s + string(c))
+		}
+	}
+	grow("")
+	for _, p := range []string{`^a+$`, `^[a-z]*\d?$`, `a.`, `^(a|B1)+-?$`, `^[^a]{1,3}$`, `^.\.$`, `^[\\"]{2}`, `1$`, `^(?i)ab$`, `^a{2,}$`, `^(|a)b?$`} {
+		t.Run(p, func(t *testing.T) {
+			t.Parallel()
+			schema, _ := json.Marshal(map[string]string{"type": "string", "pattern": p})
+			g, err := FromSchema(schema, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			re, want := toRegexp(t, g), regexp.MustCompile(p)
+			for _, s := range all {
+				doc, _ := json.Marshal(s)
+				if got := re.MatchString(string(doc)); got != want.MatchString(s) {
+					t.Fatalf("%s: grammar match %t, pattern %t; grammar:\n%s", doc, got, !got, g)
+				}
 			}
 		})
 	}

@@ -46,6 +46,9 @@ func TestLlamaParses(t *testing.T) {
 		`{"type":"object","properties":{"d":{"type":"string","format":"date"},"t":{"type":"string","format":"time"},"u":{"type":"string","format":"uuid"}}}`,
 		`{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},"kids":{"type":"array","items":{"$ref":"#/$defs/node"}}},"required":["v"]}},"$ref":"#/$defs/node"}`,
 		`{"type":"object","properties":{"root":{"type":"string"},"space":{"type":"string"},"a b/c~d":{"type":"string"},"é":{}},"required":["root"]}`,
+		`{"type":"object","properties":{"code":{"type":"string","pattern":"^[A-Z]{3}-\\d{2}(?i:x)?$"},"q":{"type":"string","pattern":"[\\\\\"^\\]-]é."}}}`,
+		`{"type":"object","properties":{"e":{"type":"string","format":"email"},"h":{"type":"string","format":"hostname"},"i":{"type":"string","format":"ipv4"},"u":{"type":"string","format":"uri"}}}`,
+		`{"type":"object","properties":{"p":{"type":"number","minimum":0,"maximum":1},"lat":{"type":"number","exclusiveMinimum":-90,"exclusiveMaximum":90},"n":{"type":"number","exclusiveMaximum":-3}}}`,
 		`true`,
 		`{}`,
 	}

@@ -45,13 +45,14 @@ var keywordTypes = map[string]string{
 	"type": "", "enum": "", "const": "", "anyOf": "", "oneOf": "", "$ref": "",
 	"properties": "object", "required": "object", "additionalProperties": "object",
 	"items": "array", "prefixItems": "array", "minItems": "array", "maxItems": "array",
-	"format": "string", "minLength": "string", "maxLength": "string",
+	"format": "string", "minLength": "string", "maxLength": "string", "pattern": "string",
 	"minimum": "integer", "maximum": "integer", "exclusiveMinimum": "integer", "exclusiveMaximum": "integer",
 }
 
 var types = []string{"object", "array", "string", "number", "integer", "boolean", "null"}
 
-// formats are the string formats FromSchema writes a grammar for.
+// formats are the string formats FromSchema writes a primitive rule for
+// (patternFormats has the others).
 var formats = map[string]string{"date": "date-string", "time": "time-string", "date-time": "date-time-string", "uuid": "uuid"}
 
 // FromSchema returns a grammar for the JSON documents schema allows: types
@@ -60,8 +61,9 @@ var formats = map[string]string{"date": "date-string", "time": "time-string", "d
 // and additionalProperties; items and prefixItems; minItems and maxItems;
 // enum and const; anyOf and oneOf (as anyOf: an answer may fit more than
 // one); $ref to a JSON pointer in the schema ("#/$defs/name"); string
-// formats date, time, date-time and uuid; minLength and maxLength;
-// minimum, maximum and their exclusive forms for integers. An object
+// formats date, time, date-time, uuid, email, hostname, ipv4, uri and
+// url; pattern; minLength and maxLength; minimum, maximum and their
+// exclusive forms for integers, and for numbers when they are whole. An object
 // allows only its listed properties unless additionalProperties says
 // otherwise; strict (OpenAI's strict mode) refuses additionalProperties
 // other than false. Annotations (title, description, default, ...) are
@@ -273,11 +275,7 @@ func (c *converter) typed(s schemaObj, t, name, path string) (string, error) {
 	case "integer":
 		return c.integer(s, name, path)
 	case "number":
-		for _, k := range []string{"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} {
-			if s[k] != nil {
-				return "", &SchemaError{Path: path, Keyword: k, Reason: "is supported for type integer only, not number"}
-			}
-		}
+		return c.number(s, name, path)
 	}
 	return c.b.add(ruleName(name), c.b.primitive(t)), nil
 }
@@ -421,15 +419,31 @@ func (c *converter) str(s schemaObj, name, path string) (string, error) {
 			return "", &SchemaError{Path: path, Keyword: "format", Reason: "must be a string"}
 		}
 		prim, ok := formats[format]
-		if !ok {
-			return "", &SchemaError{Path: path, Keyword: "format", Reason: fmt.Sprintf("%q is not supported (date, time, date-time and uuid are)", format)}
+		re, isPattern := patternFormats[format]
+		if !ok && !isPattern {
+			return "", &SchemaError{Path: path, Keyword: "format", Reason: fmt.Sprintf("%q is not supported (date, time, date-time, uuid, email, hostname, ipv4, uri and url are)", format)}
 		}
-		for _, o := range []string{"minLength", "maxLength"} {
+		for _, o := range []string{"minLength", "maxLength", "pattern"} {
 			if s[o] != nil {
 				return "", &SchemaError{Path: path, Keyword: o, Reason: "beside format is not supported"}
 			}
 		}
+		if isPattern {
+			return c.pattern(re, name, path)
+		}
 		return c.b.add(ruleName(name), c.b.primitive(prim)), nil
+	}
+	if p := s["pattern"]; p != nil {
+		var re string
+		if err := json.Unmarshal(p, &re); err != nil {
+			return "", &SchemaError{Path: path, Keyword: "pattern", Reason: "must be a string"}
+		}
+		for _, o := range []string{"minLength", "maxLength"} {
+			if s[o] != nil {
+				return "", &SchemaError{Path: path, Keyword: o, Reason: "beside pattern is not supported (bound the length in the pattern)"}
+			}
+		}
+		return c.pattern(re, name, path)
 	}
 	if s["minLength"] == nil && s["maxLength"] == nil {
 		return c.b.add(ruleName(name), c.b.primitive("string")), nil
@@ -511,6 +525,74 @@ func (c *converter) integer(s schemaObj, name, path string) (string, error) {
 		return "", &SchemaError{Path: path, Keyword: "minimum", Reason: fmt.Sprintf("no integer lies between the bounds (%d to %d)", int64(lo), int64(hi))}
 	}
 	return c.b.add(ruleName(name), "( "+intRange(int64(lo), int64(hi))+" ) "+c.b.primitive("space")), nil
+}
+
+// number adds the rule of a number within bounds that are whole numbers:
+// the integers in range, and the decimals between them, written without
+// an exponent and with a last digit other than 0, so that a decimal is
+// never a bound itself (an exclusive bound holds).
+func (c *converter) number(s schemaObj, name, path string) (string, error) {
+	type bound struct {
+		v         float64
+		set, excl bool
+	}
+	var lo, hi bound
+	for _, k := range []string{"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"} {
+		if s[k] == nil {
+			continue
+		}
+		var v float64
+		if err := json.Unmarshal(s[k], &v); err != nil {
+			return "", &SchemaError{Path: path, Keyword: k, Reason: "must be a number"}
+		}
+		if v != math.Trunc(v) || math.Abs(v) > maxMagnitude {
+			return "", &SchemaError{Path: path, Keyword: k, Reason: fmt.Sprintf("%g is not supported for a number: a bound must be a whole number within ±%d", v, int64(maxMagnitude))}
+		}
+		excl := strings.HasPrefix(k, "exclusive")
+		if strings.HasSuffix(k, "inimum") {
+			if !lo.set || v > lo.v || (v == lo.v && excl) {
+				lo = bound{v, true, excl}
+			}
+		} else if !hi.set || v < hi.v || (v == hi.v && excl) {
+			hi = bound{v, true, excl}
+		}
+	}
+	if !lo.set && !hi.set {
+		return c.b.add(ruleName(name), c.b.primitive("number")), nil
+	}
+	l, h := int64(-maxMagnitude), int64(maxMagnitude)
+	if lo.set {
+		l = int64(lo.v)
+	}
+	if hi.set {
+		h = int64(hi.v)
+	}
+	const frac = `"." [0-9]{0,15} [1-9]`
+	var alts []string
+	il, ih := l, h
+	if lo.excl {
+		il++
+	}
+	if hi.excl {
+		ih--
+	}
+	if il <= ih {
+		alts = append(alts, intRange(il, ih))
+	}
+	if a, b := max(l, 0), h-1; a <= b { // k.f with k ≥ 0: above k, below k+1
+		alts = append(alts, "( "+natRange(a, b)+" ) "+frac)
+	}
+	a := int64(0)
+	if h < 0 {
+		a = -h
+	}
+	if b := min(-l-1, int64(maxMagnitude)); a <= b { // -k.f: below -k, above -(k+1)
+		alts = append(alts, `"-" ( `+natRange(a, b)+" ) "+frac)
+	}
+	if len(alts) == 0 {
+		return "", &SchemaError{Path: path, Keyword: "minimum", Reason: "no number lies between the bounds"}
+	}
+	return c.b.add(ruleName(name), "( "+strings.Join(alts, " | ")+" ) "+c.b.primitive("space")), nil
 }
 
 // intRange matches the decimal integers from lo to hi.

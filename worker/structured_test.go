@@ -41,6 +41,12 @@ var structuredSchemas = []struct {
 	{"$ref and dates", `{"$defs":{"when":{"type":"string","format":"date-time"}},"type":"object","properties":{
 		"start":{"$ref":"#/$defs/when"},"day":{"type":"string","format":"date"},"at":{"type":"string","format":"time"}},
 		"required":["start","day","at"]}`},
+	{"patterns, formats and number ranges", `{"type":"object","properties":{
+		"code":{"type":"string","pattern":"^[A-Z]{3}-[0-9]{2}$"},"tag":{"type":"string","pattern":"^(?i)ab[^0-9\\s]{0,3}$"},
+		"email":{"type":"string","format":"email"},"site":{"type":"string","format":"uri"},"ip":{"type":"string","format":"ipv4"},
+		"host":{"type":"string","format":"hostname"},"p":{"type":"number","minimum":0,"maximum":1},
+		"t":{"type":"number","exclusiveMinimum":-10,"exclusiveMaximum":10}},
+		"required":["code","tag","email","site","ip","host","p","t"],"additionalProperties":false}`},
 }
 
 // validator compiles a schema with format assertions on.
@@ -268,15 +274,15 @@ func TestStructuredRefused(t *testing.T) {
 		param   string
 		keyword string // in the message
 	}{
-		{"pattern", "/v1/chat/completions", map[string]any{"response_format": js(`{"type":"object","properties":{"a":{"type":"string","pattern":"^a+$"}}}`)},
+		{"pattern", "/v1/chat/completions", map[string]any{"response_format": js(`{"type":"object","properties":{"a":{"type":"string","pattern":"\\bword"}}}`)},
 			"unsupported_schema", "response_format.json_schema.schema", "pattern"},
-		{"format email", "/v1/chat/completions", map[string]any{"response_format": js(`{"type":"string","format":"email"}`)},
-			"unsupported_schema", "response_format.json_schema.schema", "email"},
+		{"format ipv6", "/v1/chat/completions", map[string]any{"response_format": js(`{"type":"string","format":"ipv6"}`)},
+			"unsupported_schema", "response_format.json_schema.schema", "ipv6"},
 		{"multipleOf", "/v1/completions", map[string]any{"json_schema": json.RawMessage(`{"type":"integer","multipleOf":3}`)},
 			"unsupported_schema", "json_schema", "multipleOf"},
 		{"allOf", "/v1/completions", map[string]any{"response_format": map[string]any{"type": "json_object", "schema": json.RawMessage(`{"allOf":[{"type":"object"}]}`)}},
 			"unsupported_schema", "response_format.schema", "allOf"},
-		{"number minimum", "/v1/completions", map[string]any{"json_schema": json.RawMessage(`{"type":"number","minimum":0}`)},
+		{"number minimum", "/v1/completions", map[string]any{"json_schema": json.RawMessage(`{"type":"number","minimum":0.5}`)},
 			"unsupported_schema", "json_schema", "minimum"},
 		{"strict extra properties", "/v1/chat/completions", map[string]any{"response_format": map[string]any{"type": "json_schema",
 			"json_schema": map[string]any{"name": "x", "strict": true, "schema": json.RawMessage(`{"type":"object","additionalProperties":true}`)}}},
