@@ -98,6 +98,40 @@ func (f Format) Grammar(tools []Tool, required, parallel bool) (string, error) {
 	return grammar.ToolCalls(gt, keys, root)
 }
 
+// LazyGrammar returns, for tool_choice auto, the word that opens a call in
+// the family's syntax and the grammar of what follows it: one call (or
+// more when parallel) of one of tools, closed as the family closes it.
+// The text before the word is free. Families without such a word
+// (Llama 3's bare JSON, Generic's grammar that always applies) give "".
+func (f Format) LazyGrammar(tools []Tool, parallel bool) (trigger, g string, err error) {
+	gt := make([]grammar.Tool, len(tools))
+	for i, t := range tools {
+		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters, Strict: t.Strict}
+	}
+	lit := grammar.Literal
+	keys := grammar.CallKeys{Name: "name", Arguments: "arguments"}
+	var root string
+	switch f {
+	case Hermes:
+		trigger = hermesOpen
+		root = `"\n"? call "\n"? ` + lit(hermesClose)
+		if parallel {
+			root += ` ( "\n" ` + lit(hermesOpen) + ` "\n"? call "\n"? ` + lit(hermesClose) + " )*"
+		}
+	case Mistral:
+		trigger = mistralTag
+		root = lit("[") + " space call "
+		if parallel {
+			root += `( "," space call )* `
+		}
+		root += `"]"`
+	default:
+		return "", "", nil
+	}
+	g, err = grammar.ToolCalls(gt, keys, root)
+	return trigger, g, err
+}
+
 // Parse reads the calls out of a whole answer: the content is the text
 // outside them. An answer without a well-formed call is all content.
 func (f Format) Parse(text string) (content string, calls []ToolCall) {

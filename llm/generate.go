@@ -58,6 +58,13 @@ type SampleParams struct {
 	// "root", allows only the tokens that keep the text within it, and end
 	// of stream only once the text is complete. Empty = no grammar.
 	Grammar string
+	// GrammarTrigger makes Grammar lazy: the text is free (end of stream
+	// included) until it ends with this word at a token's end; from there
+	// on Grammar applies, starting after the word (a tool call's opening
+	// tag, with the call's grammar after it). A word that ends inside a
+	// token does not trigger: llama.cpp's own lazy grammar would then be
+	// fed the token's rest, and abort the process if it does not fit.
+	GrammarTrigger string
 }
 
 // ErrGrammar means a grammar does not parse.
@@ -349,6 +356,11 @@ func (m *Model) newSampler(p SampleParams, prompt []llama.Token) (chain, grammar
 	if p.Grammar != "" {
 		if grammar, err = m.grammarSampler(p.Grammar); err != nil {
 			return 0, 0, err
+		}
+		if p.GrammarTrigger != "" {
+			// Checked now, started by the loop when the word comes.
+			llama.SamplerFree(grammar)
+			grammar = 0
 		}
 	}
 	nVocab := m.NVocab()

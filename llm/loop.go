@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -44,8 +45,9 @@ type request struct {
 
 	// Built by Generate, owned (and freed) by the loop.
 	smpl    llama.Sampler
-	grammar llama.Sampler     // 0 without SampleParams.Grammar
+	grammar llama.Sampler     // 0 without SampleParams.Grammar (or before its trigger)
 	cur     []llama.TokenData // candidates, with a grammar
+	tail    []byte            // the generated text's end, while a lazy grammar waits for its trigger
 
 	// Owned by the loop.
 	next    int         // prompt tokens in the cache so far
@@ -319,6 +321,12 @@ func (m *Model) decodeAndSample(mem llama.Memory, active []*request) []*request 
 			m.finish(r, FinishStop, nil)
 			continue
 		}
+		if r.grammar == 0 && r.p.GrammarTrigger != "" {
+			if err := m.watchTrigger(r, tok); err != nil {
+				m.finish(r, FinishStop, err)
+				continue
+			}
+		}
 		r.gen++
 		r.last = now
 		r.out <- event{tok: tok, probs: probs} // fill left room for it and the final event
@@ -343,6 +351,36 @@ func (m *Model) finish(r *request, reason string, err error) {
 		res.GenDuration = r.last.Sub(r.first)
 	}
 	r.out <- event{final: true, res: res, err: err}
+}
+
+// watchTrigger adds tok's text to r's tail and starts r's grammar when
+// the text ends with its trigger word.
+func (m *Model) watchTrigger(r *request, tok llama.Token) error {
+	var buf [64]byte
+	piece := buf[:]
+	n := llama.TokenToPiece(m.vocab, tok, piece, 0, false)
+	if n < 0 {
+		piece = make([]byte, -n)
+		n = llama.TokenToPiece(m.vocab, tok, piece, 0, false)
+	}
+	if n <= 0 {
+		return nil
+	}
+	trigger := r.p.GrammarTrigger
+	r.tail = append(r.tail, piece[:n]...)
+	if !bytes.HasSuffix(r.tail, []byte(trigger)) {
+		if keep := len(trigger) - 1; len(r.tail) > keep {
+			r.tail = append(r.tail[:0], r.tail[len(r.tail)-keep:]...)
+		}
+		return nil
+	}
+	r.tail = nil
+	g, err := m.grammarSampler(r.p.Grammar)
+	if err != nil {
+		return err
+	}
+	r.grammar = g
+	return nil
 }
 
 func (r *request) freeSamplers() {

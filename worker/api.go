@@ -89,6 +89,9 @@ type sampling struct {
 	// it came from.
 	gbnf      string
 	gbnfField string
+	// gbnfTrigger makes gbnf lazy: it applies once the text ends with
+	// this word (a tool call's opening tag, with tool_choice auto).
+	gbnfTrigger string
 }
 
 type completionRequest struct {
@@ -474,7 +477,7 @@ func (s *sampling) params() llm.SampleParams {
 	if s.CachePrompt != nil && !*s.CachePrompt {
 		p.NoCache = true
 	}
-	p.Grammar = s.gbnf
+	p.Grammar, p.GrammarTrigger = s.gbnf, s.gbnfTrigger
 	return p
 }
 

@@ -245,6 +245,16 @@ func (s *Server) chatPrompt(m *llm.Model, req *chatRequest) (string, *toolUse, *
 			return "", nil, invalid("ignore_eos", "invalid_value", "ignore_eos cannot go with tools: once the call is complete, the grammar allows only the end of stream")
 		}
 		req.gbnf, req.gbnfField = g, "tools"
+	} else if tr.choice == "auto" && req.gbnf == "" && !req.IgnoreEOS {
+		// The model chooses; once it opens a call, the call follows the
+		// tools' schemas (llama-server's lazy grammar).
+		trigger, lazy, err := f.LazyGrammar(grammarTools, tr.parallel)
+		if err != nil {
+			return "", nil, invalid("tools", "unsupported_schema", "tools: the parameters of %v", err)
+		}
+		if lazy != "" {
+			req.gbnf, req.gbnfField, req.gbnfTrigger = lazy, "tools", trigger
+		}
 	}
 	return prompt, &toolUse{format: f}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -207,6 +208,49 @@ func TestToolCalls(t *testing.T) {
 						}
 					})
 				}
+			}
+		})
+	}
+}
+
+// TestLazyToolGrammar: with tool_choice auto the model writes freely,
+// and once it opens a call (its family's opening tag, one token as in
+// real models' vocabularies) the call follows the tools' schemas, as
+// llama-server's lazy grammar makes it. A logit bias makes the random
+// model open a call at once and keeps pushing the tag: without the lazy
+// grammar it writes the tag over and over and no call is read.
+func TestLazyToolGrammar(t *testing.T) {
+	t.Parallel()
+	schemas := map[string]string{"get_weather": weatherParams, "get_time": timeParams}
+	for _, fam := range []struct{ name, tmpl, tag string }{
+		{"qwen", testmodel.QwenTemplate, "<tool_call>"},
+		{"mistral", testmodel.MistralTemplate, "[TOOL_CALLS]"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			t.Parallel()
+			spec := testmodel.Small
+			spec.Name, spec.ChatTmpl, spec.Tokens = "random-3m-lazy-"+fam.name, fam.tmpl, []string{fam.tag}
+			path, err := testenv.WriteModel(t.TempDir(), spec.Name+".gguf", testmodel.Random(spec))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := startWorker(t, "--model", path, "--slots", "2", "--ctx-size", "2048")
+			for _, stream := range []bool{false, true} {
+				t.Run(fmt.Sprintf("stream=%t", stream), func(t *testing.T) {
+					t.Parallel()
+					body := map[string]any{"temperature": 0, "max_tokens": 300, "tools": toolDefs(), "tool_choice": "auto",
+						"logit_bias": map[string]float64{strconv.Itoa(testmodel.VocabSize): 100},
+						"messages":   []map[string]any{{"role": "user", "content": "What is the weather in Paris?"}}}
+					content, calls, finish := toolAnswer(t, w.URL, body, stream)
+					if finish != "tool_calls" || len(calls) != 1 {
+						t.Fatalf("finish %q, calls %+v, content %q: want one call", finish, calls, content)
+					}
+					schema, ok := schemas[calls[0].Name]
+					if !ok {
+						t.Fatalf("called %q, which is not a tool", calls[0].Name)
+					}
+					validate(t, validator(t, schema), calls[0].Arguments)
+				})
 			}
 		})
 	}

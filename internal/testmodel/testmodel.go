@@ -23,14 +23,18 @@ func ByteToken(b byte) int { return tokenByte0 + int(b) }
 
 // Spec describes a llama-architecture model.
 type Spec struct {
-	Name      string
-	Embd      int // embedding width; divisible by Heads
-	FF        int // feed-forward width
-	Layers    int
-	Heads     int
-	HeadsKV   int
-	CtxTrain  int
-	ChatTmpl  string // tokenizer.chat_template; empty for none
+	Name     string
+	Embd     int // embedding width; divisible by Heads
+	FF       int // feed-forward width
+	Layers   int
+	Heads    int
+	HeadsKV  int
+	CtxTrain int
+	ChatTmpl string // tokenizer.chat_template; empty for none
+	// Tokens are user-defined tokens after the byte vocabulary (ids from
+	// VocabSize on): a tool call's opening tag as one token, as real
+	// models have it.
+	Tokens    []string
 	RandSeed  uint64 // seed for random weights
 	RandScale float32
 }
@@ -39,8 +43,11 @@ type Spec struct {
 func (s Spec) Params() int64 {
 	embdKV := s.Embd / s.Heads * s.HeadsKV
 	perLayer := 2*s.Embd*s.Embd + 2*s.Embd*embdKV + 3*s.Embd*s.FF + 2*s.Embd
-	return int64(2*VocabSize*s.Embd + s.Embd + s.Layers*perLayer)
+	return int64(2*s.vocabSize()*s.Embd + s.Embd + s.Layers*perLayer)
 }
+
+// vocabSize is the number of tokens, with s.Tokens.
+func (s Spec) vocabSize() int { return VocabSize + len(s.Tokens) }
 
 // Standard specs. Small is for tests (about 3M parameters), Bench for
 // benchmarks (about 75M). Row widths are multiples of 256 where a K-quant
@@ -52,7 +59,7 @@ var (
 
 // vocab returns the byte-level SentencePiece vocabulary: <unk>, <s>, </s>,
 // the 256 byte tokens and "▁" so that spaces round-trip as text.
-func vocab() (tokens []string, scores []float32, types []int32) {
+func vocab(extra []string) (tokens []string, scores []float32, types []int32) {
 	tokens = []string{"<unk>", "<s>", "</s>"}
 	types = []int32{2, 3, 3} // unknown, control, control
 	for b := 0; b < 256; b++ {
@@ -61,6 +68,10 @@ func vocab() (tokens []string, scores []float32, types []int32) {
 	}
 	tokens = append(tokens, "\u2581")
 	types = append(types, 1) // normal
+	for _, t := range extra {
+		tokens = append(tokens, t)
+		types = append(types, 4) // user-defined
+	}
 	scores = make([]float32, len(tokens))
 	return tokens, scores, types
 }
@@ -80,8 +91,8 @@ func header(f *gguf.File, s Spec, desc string) {
 	f.Uint32("llama.rope.dimension_count", uint32(s.Embd/s.Heads))
 	f.Float32("llama.rope.freq_base", 10000)
 	f.Float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-	f.Uint32("llama.vocab_size", VocabSize)
-	tokens, scores, types := vocab()
+	f.Uint32("llama.vocab_size", uint32(s.vocabSize()))
+	tokens, scores, types := vocab(s.Tokens)
 	f.String("tokenizer.ggml.model", "llama")
 	f.Strings("tokenizer.ggml.tokens", tokens)
 	f.Float32s("tokenizer.ggml.scores", scores)
@@ -140,13 +151,13 @@ func Random(s Spec) *gguf.File {
 	}
 	f := gguf.New()
 	header(f, s, fmt.Sprintf("rbee random-weight test model, %d parameters", s.Params()))
-	E, V := uint64(s.Embd), uint64(VocabSize)
-	f.Tensor("token_embd.weight", []uint64{E, V}, fill(s.Embd*VocabSize))
+	E, V := uint64(s.Embd), uint64(s.vocabSize())
+	f.Tensor("token_embd.weight", []uint64{E, V}, fill(s.Embd*s.vocabSize()))
 	for i := 0; i < s.Layers; i++ {
 		layerTensors(f, s, i, fill, false)
 	}
 	f.Tensor("output_norm.weight", []uint64{E}, ones(s.Embd))
-	f.Tensor("output.weight", []uint64{E, V}, fill(s.Embd*VocabSize))
+	f.Tensor("output.weight", []uint64{E, V}, fill(s.Embd*s.vocabSize()))
 	return f
 }
 
