@@ -59,10 +59,6 @@ const (
 // without, "" (the model chooses freely and calls are read from its text)
 // except for Generic, whose answer is always JSON: a call or a response.
 func (f Format) Grammar(tools []Tool, required, parallel bool) (string, error) {
-	gt := make([]grammar.Tool, len(tools))
-	for i, t := range tools {
-		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters, Strict: t.Strict}
-	}
 	lit := grammar.Literal
 	keys := grammar.CallKeys{Name: "name", Arguments: "arguments"}
 	var root string
@@ -95,7 +91,16 @@ func (f Format) Grammar(tools []Tool, required, parallel bool) (string, error) {
 		}
 		root += `"]"`
 	}
-	return grammar.ToolCalls(gt, keys, root)
+	return grammar.ToolCalls(grammarTools(tools), keys, root)
+}
+
+// grammarTools are tools as package grammar takes them.
+func grammarTools(tools []Tool) []grammar.Tool {
+	gt := make([]grammar.Tool, len(tools))
+	for i, t := range tools {
+		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters, Strict: t.Strict}
+	}
+	return gt
 }
 
 // LazyGrammar returns, for tool_choice auto, the word that opens a call in
@@ -104,10 +109,6 @@ func (f Format) Grammar(tools []Tool, required, parallel bool) (string, error) {
 // The text before the word is free. Families without such a word
 // (Llama 3's bare JSON, Generic's grammar that always applies) give "".
 func (f Format) LazyGrammar(tools []Tool, parallel bool) (trigger, g string, err error) {
-	gt := make([]grammar.Tool, len(tools))
-	for i, t := range tools {
-		gt[i] = grammar.Tool{Name: t.Name, Parameters: t.Parameters, Strict: t.Strict}
-	}
 	lit := grammar.Literal
 	keys := grammar.CallKeys{Name: "name", Arguments: "arguments"}
 	var root string
@@ -128,7 +129,7 @@ func (f Format) LazyGrammar(tools []Tool, parallel bool) (trigger, g string, err
 	default:
 		return "", "", nil
 	}
-	g, err = grammar.ToolCalls(gt, keys, root)
+	g, err = grammar.ToolCalls(grammarTools(tools), keys, root)
 	return trigger, g, err
 }
 

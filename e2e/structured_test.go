@@ -12,6 +12,30 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
+// compileSchema compiles a JSON Schema for checking answers (formats
+// asserted), and returns it as a map for the SDK's parameters too.
+func compileSchema(t *testing.T, schema string) (*jsonschema.Schema, map[string]any) {
+	t.Helper()
+	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp := jsonschema.NewCompiler()
+	comp.AssertFormat()
+	if err := comp.AddResource("s.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	sch, err := comp.Compile("s.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(schema), &m); err != nil {
+		t.Fatal(err)
+	}
+	return sch, m
+}
+
 // TestDoorStructuredOutput: through the door, with the official Go SDK, a
 // random-weight model answers JSON that parses and fits the schema asked
 // for (response_format json_schema, strict), streamed and not, and a JSON
@@ -25,22 +49,7 @@ func TestDoorStructuredOutput(t *testing.T) {
 	const schema = `{"type":"object","properties":{"name":{"type":"string","maxLength":12},
 		"age":{"type":"integer","minimum":0,"maximum":120},"tags":{"type":"array","items":{"enum":["a","b","c"]},"maxItems":3}},
 		"required":["name","age","tags"],"additionalProperties":false}`
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	comp := jsonschema.NewCompiler()
-	if err := comp.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	sch, err := comp.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var schemaMap map[string]any
-	if err := json.Unmarshal([]byte(schema), &schemaMap); err != nil {
-		t.Fatal(err)
-	}
+	sch, schemaMap := compileSchema(t, schema)
 	c := openai.NewClient(option.WithBaseURL("http://"+e.queen+"/v1/"), option.WithAPIKey("unused-on-loopback"), option.WithMaxRetries(0))
 	ctx := context.Background()
 	params := openai.ChatCompletionNewParams{

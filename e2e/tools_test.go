@@ -44,22 +44,7 @@ func TestDoorToolCalls(t *testing.T) {
 		t.Fatalf("infer: exit %d\n%s", r.code, r.stderr)
 	}
 	model := filepath.Base(path)
-	var params map[string]any
-	if err := json.Unmarshal([]byte(weatherTool), &params); err != nil {
-		t.Fatal(err)
-	}
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(weatherTool))
-	if err != nil {
-		t.Fatal(err)
-	}
-	comp := jsonschema.NewCompiler()
-	if err := comp.AddResource("weather.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	sch, err := comp.Compile("weather.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sch, params := compileSchema(t, weatherTool)
 	checkArgs := func(how, name, args string) {
 		t.Helper()
 		if name != "get_weather" {
