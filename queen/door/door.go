@@ -222,6 +222,11 @@ func (dr *Door) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/embed", dr.ollamaEmbed)
 	mux.HandleFunc("GET /api/ps", dr.ollamaPS)
 	mux.HandleFunc("GET /api/version", ollamaVersionRoute)
+	mux.HandleFunc("GET /{$}", ollamaRoot) // GET serves HEAD too
+	mux.HandleFunc("POST /api/pull", dr.ollamaPull)
+	for _, route := range []string{"POST /api/push", "POST /api/create", "POST /api/copy", "DELETE /api/delete", "POST /api/blobs/{digest}", "HEAD /api/blobs/{digest}"} {
+		mux.HandleFunc(route, ollamaManage)
+	}
 	mux.Handle("GET /metrics", dr.metrics.handler())
 }
 
@@ -230,10 +235,11 @@ func (dr *Door) Routes(mux *http.ServeMux) {
 func IsRoute(path string) bool {
 	switch path {
 	case "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/tokenize", "/detokenize", "/metrics",
-		"/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/ps", "/api/version":
+		"/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/ps", "/api/version",
+		"/", "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete":
 		return true
 	}
-	return strings.HasPrefix(path, "/v1/models/")
+	return strings.HasPrefix(path, "/v1/models/") || strings.HasPrefix(path, "/api/blobs/")
 }
 
 // AdminRoutes adds the owner's routes of the door: rbee ps and the

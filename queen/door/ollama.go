@@ -658,7 +658,7 @@ func (dr *Door) ollamaShow(w http.ResponseWriter, r *http.Request) {
 	if m.Arch != "" && m.CtxTrain > 0 {
 		info[m.Arch+".context_length"] = m.CtxTrain
 	}
-	caps := []string{"completion", "embedding"}
+	caps := []string{"completion", "tools", "embedding"} // tools: through the model's own template, or the generic format
 	if strings.Contains(m.Arch, "bert") {
 		caps = []string{"embedding"}
 	}
@@ -722,6 +722,58 @@ func (dr *Door) ollamaPS(w http.ResponseWriter, r *http.Request) {
 }
 
 // ollamaVersionRoute serves GET /api/version.
+// ollamaRoot answers GET and HEAD / as Ollama does: clients check that
+// the server runs.
+func ollamaRoot(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = io.WriteString(w, "Ollama is running")
+}
+
+// ollamaPull serves POST /api/pull: the door downloads nothing (the
+// fleet's owner pulls models), so a model the fleet holds is "pulled"
+// already; any other is refused, saying how to get it.
+func (dr *Door) ollamaPull(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r, ollamaErrors{})
+	if !ok {
+		return
+	}
+	var req struct {
+		Model  string `json:"model"`
+		Name   string `json:"name"`
+		Stream *bool  `json:"stream"`
+	}
+	if json.Unmarshal(body, &req) != nil || req.Model+req.Name == "" {
+		ollamaErrors{}.fail(w, http.StatusBadRequest, "", "", "", "the body must be a JSON object naming a model")
+		return
+	}
+	name := cmp.Or(req.Model, req.Name)
+	if !allows(r.Context(), name) {
+		ollamaErrors{}.fail(w, http.StatusForbidden, "", "", "", fmt.Sprintf("this API key may not use model %q", name))
+		return
+	}
+	if _, fetch, err := dr.resolve(r.Context(), name, false); err != nil || fetch {
+		ollamaErrors{}.fail(w, http.StatusNotFound, "", "", "", fmt.Sprintf("model %q is not on the fleet, and rbee's front door downloads nothing: "+
+			"the fleet's owner runs rbee model pull REF --alias %s", name, name))
+		return
+	}
+	if req.Stream != nil && !*req.Stream {
+		reply.JSON(w, http.StatusOK, map[string]string{"status": "success"})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	_ = json.NewEncoder(w).Encode(map[string]string{"status": "success"})
+}
+
+// ollamaManage refuses Ollama's model management routes: the fleet's
+// owner manages models with rbee.
+func ollamaManage(w http.ResponseWriter, r *http.Request) {
+	ollamaErrors{}.fail(w, http.StatusNotImplemented, "", "", "", fmt.Sprintf("%s %s is not served by rbee's front door: models are managed by the fleet's owner "+
+		"(rbee model pull, rbee model rm, rbee model alias)", r.Method, r.URL.Path))
+}
+
 func ollamaVersionRoute(w http.ResponseWriter, _ *http.Request) {
 	reply.JSON(w, http.StatusOK, map[string]string{"version": ollamaVersion})
 }

@@ -451,6 +451,25 @@ func TestDoorResponsesAndOllamaRoutes(t *testing.T) {
 	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `{"error":"option \"mirostat\" is not supported`) {
 		t.Errorf("generate with mirostat: %d %s", rec.Code, rec.Body)
 	}
+	// Ollama's heartbeat, pull of a model the fleet holds, management.
+	for _, method := range []string{"GET", "HEAD"} {
+		rec = httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, "/", nil))
+		if want := map[string]string{"GET": "Ollama is running", "HEAD": ""}[method]; rec.Code != 200 || rec.Body.String() != want {
+			t.Errorf("%s /: %d %q", method, rec.Code, rec.Body)
+		}
+	}
+	if rec = post("/api/pull", `{"model":"alpha"}`); rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != `{"status":"success"}` {
+		t.Errorf("pull of a model the fleet holds: %d %s", rec.Code, rec.Body)
+	}
+	if rec = post("/api/pull", `{"model":"hf:a/b:x.gguf","stream":false}`); rec.Code != 404 || !strings.Contains(rec.Body.String(), "rbee model pull") {
+		t.Errorf("pull of another model: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("DELETE", "/api/delete", strings.NewReader(`{"model":"alpha"}`)))
+	if rec.Code != 501 || !strings.Contains(rec.Body.String(), "rbee model rm") {
+		t.Errorf("delete: %d %s", rec.Code, rec.Body)
+	}
 	rec = post("/api/chat", `{"model":"nope","messages":[]}`)
 	if rec.Code != 404 || !strings.HasPrefix(rec.Body.String(), `{"error":"model \"nope\" is not on any hive`) {
 		t.Errorf("unknown model: %d %s", rec.Code, rec.Body)
@@ -471,7 +490,7 @@ func TestDoorResponsesAndOllamaRoutes(t *testing.T) {
 		tags.Models[0].Digest != alphaSHA || tags.Models[0].Details.Format != "gguf" || tags.Models[0].Size != 1<<20 {
 		t.Errorf("tags: %s", rec.Body)
 	}
-	if rec := post("/api/show", `{"model":"alpha.gguf"}`); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"capabilities":["completion","embedding"]`) {
+	if rec := post("/api/show", `{"model":"alpha.gguf"}`); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"capabilities":["completion","tools","embedding"]`) {
 		t.Errorf("show: %d %s", rec.Code, rec.Body)
 	}
 	if rec := post("/api/show", `{"model":"beta"}`); rec.Code != 404 || rec.Body.String() != `{"error":"model 'beta' not found"}`+"\n" {
