@@ -553,6 +553,9 @@ func TestOpenAIDeploymentScales(t *testing.T) {
 	if r := e.rbee("ps"); r.code != 0 || !strings.Contains(r.stdout, "deployment chat: 1/1 ready (min 1, max 2); last scale: removed localhost/gpu") {
 		t.Errorf("ps: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	if r := e.rbee("top", "--once"); r.code != 0 || !regexp.MustCompile(`(?m)^chat +alpha +1/1 +1-2 +removed localhost/gpu\d: idle \d+s`).MatchString(r.stdout) {
+		t.Errorf("top: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	waitFor(t, "the removed replica's worker exits", func() bool { return len(e.workers()) == 1 })
 	if r := e.rbee("model", "deployments"); r.code != 0 || !strings.Contains(r.stdout, "1-2") || !strings.Contains(r.stdout, ": idle ") {
 		t.Errorf("model deployments: exit %d\n%s%s", r.code, r.stdout, r.stderr)

@@ -277,6 +277,9 @@ func (q *Queen) top(w http.ResponseWriter, r *http.Request) {
 	if out.Models == nil {
 		out.Models = []queenapi.TopModel{}
 	}
+	if ds, err := q.door.Deployments(r.Context()); err == nil && len(ds) > 0 {
+		out.Deployments = ds
+	}
 	for _, wi := range q.fleet.Workers() {
 		k := wi.Hive + "/" + wi.ID
 		out.Workers = append(out.Workers, queenapi.TopWorker{WorkerInfo: wi, InFlight: doorIn[k] + jobIn[k], Generated: doorGen[k] + jobGen[k]})

@@ -318,6 +318,9 @@ type Top struct {
 	Hives   []HiveInfo  `json:"hives"` // devices as last probed
 	Workers []TopWorker `json:"workers"`
 	Models  []TopModel  `json:"models"` // the front door's
+	// Deployments are the door's deployments: replicas, min-max, and the
+	// last replica added or removed and why.
+	Deployments []Deployment `json:"deployments,omitempty"`
 }
 
 // TopWorker is one worker of the registry, with what the queen counted of

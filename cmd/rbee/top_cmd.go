@@ -235,6 +235,13 @@ func (v topView) frame(t queenapi.Top, prev *queenapi.Top, width int) []string {
 		rows = append(rows, []string{name, fmt.Sprint(m.Waiting), fmt.Sprint(m.InFlight), fmt.Sprint(m.Replicas), fmt.Sprint(m.Ready), fmt.Sprint(m.Slots), kept})
 	}
 	out = append(append(out, ""), table(rows)...)
+	if len(t.Deployments) > 0 {
+		rows = [][]string{{"DEPLOYMENT", "MODEL", "READY", "MIN-MAX", "LAST SCALE"}}
+		for _, d := range t.Deployments {
+			rows = append(rows, []string{printable(d.Name), printable(d.Model), fmt.Sprintf("%d/%d", d.Ready, d.Replicas), fmt.Sprintf("%d-%d", d.Min, d.Max), lastScale(d.LastScale)})
+		}
+		out = append(append(out, ""), table(rows)...)
+	}
 	if width > 0 {
 		for i, l := range out {
 			out[i] = cut(l, width)

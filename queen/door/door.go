@@ -196,6 +196,12 @@ func (dr *Door) Top() (models []queenapi.TopModel, inFlight map[string]int, gene
 	return dr.router.top()
 }
 
+// Deployments is the deployments' state as the door holds it (no hive is
+// asked): replicas, min-max, the last scale event.
+func (dr *Door) Deployments(ctx context.Context) ([]queenapi.Deployment, error) {
+	return dr.deploy.status(ctx)
+}
+
 // Stale makes the next lookup take fresh snapshots: a hive's catalog
 // changed through the queen (a pull, a push, an alias, a removal).
 func (dr *Door) Stale() { dr.router.stale() }
