@@ -42,7 +42,7 @@ var annotations = map[string]bool{
 // keywordTypes says which instance types a supported keyword constrains
 // ("" for keywords of any type).
 var keywordTypes = map[string]string{
-	"type": "", "enum": "", "const": "", "anyOf": "", "oneOf": "", "$ref": "",
+	"type": "", "enum": "", "const": "", "anyOf": "", "oneOf": "", "$ref": "", "allOf": "",
 	"properties": "object", "required": "object", "additionalProperties": "object",
 	"items": "array", "prefixItems": "array", "minItems": "array", "maxItems": "array",
 	"format": "string", "minLength": "string", "maxLength": "string", "pattern": "string",
@@ -143,6 +143,15 @@ func (c *converter) visit(raw json.RawMessage, name, path string) (string, error
 		return nil
 	}
 	switch {
+	case s["allOf"] != nil:
+		if err := alone("allOf"); err != nil {
+			return "", err
+		}
+		merged, err := c.allOf(s["allOf"], path)
+		if err != nil {
+			return "", err
+		}
+		return c.visit(merged, name, path)
 	case s["$ref"] != nil:
 		if err := alone("$ref"); err != nil {
 			return "", err
@@ -682,31 +691,11 @@ func (c *converter) ref(raw json.RawMessage, name, path string) (string, error) 
 	if r, ok := c.refs[ref]; ok {
 		return r, nil
 	}
-	if ref != "#" && !strings.HasPrefix(ref, "#/") {
-		return "", &SchemaError{Path: path, Keyword: "$ref", Reason: fmt.Sprintf("%q is not supported: only references within the schema (#/$defs/name) are", ref)}
-	}
-	target := c.root
-	parts := strings.Split(ref, "/")[1:]
-	for _, p := range parts {
-		p = strings.ReplaceAll(strings.ReplaceAll(p, "~1", "/"), "~0", "~")
-		var ok bool
-		switch t := target.(type) {
-		case map[string]any:
-			target, ok = t[p]
-		case []any:
-			i, err := strconv.Atoi(p)
-			if ok = err == nil && i >= 0 && i < len(t); ok {
-				target = t[i]
-			}
-		}
-		if !ok {
-			return "", &SchemaError{Path: path, Keyword: "$ref", Reason: fmt.Sprintf("%q points to nothing in the schema", ref)}
-		}
-	}
-	b, err := json.Marshal(target)
+	b, err := c.resolve(raw, path)
 	if err != nil {
-		return "", &SchemaError{Path: path, Keyword: "$ref", Reason: err.Error()}
+		return "", err
 	}
+	parts := strings.Split(ref, "/")[1:]
 	refName := "ref"
 	if len(parts) > 0 {
 		refName = parts[len(parts)-1]
@@ -719,6 +708,139 @@ func (c *converter) ref(raw json.RawMessage, name, path string) (string, error) 
 	}
 	c.b.rules[r] = body
 	return r, nil
+}
+
+// allOf returns the one schema a list of schemas that must all hold
+// amounts to: the schema itself when there is one (Pydantic's wrapping of
+// a $ref with a description), else objects merged (their properties, each
+// named once or the same everywhere, and their required names). Anything
+// else would need a grammar for an intersection: refused.
+func (c *converter) allOf(raw json.RawMessage, path string) (json.RawMessage, error) {
+	var subs []json.RawMessage
+	if err := json.Unmarshal(raw, &subs); err != nil || len(subs) == 0 {
+		return nil, &SchemaError{Path: path, Keyword: "allOf", Reason: "must be a non-empty array of schemas"}
+	}
+	if len(subs) == 1 {
+		return subs[0], nil
+	}
+	refuse := func(i int, why string) error {
+		return &SchemaError{Path: fmt.Sprintf("%s/allOf/%d", path, i), Keyword: "allOf", Reason: why}
+	}
+	props := map[string]json.RawMessage{}
+	var order, required []string
+	for i, sub := range subs {
+		var so schemaObj
+		if err := json.Unmarshal(sub, &so); err != nil || so == nil {
+			return nil, refuse(i, "is supported for object schemas only")
+		}
+		if ref := so["$ref"]; ref != nil && len(so) == 1 {
+			target, err := c.resolve(ref, path)
+			if err != nil {
+				return nil, err
+			}
+			so = nil
+			if err := json.Unmarshal(target, &so); err != nil || so == nil {
+				return nil, refuse(i, "is supported for object schemas only")
+			}
+		}
+		for k, v := range so {
+			switch {
+			case annotations[k]:
+			case k == "type" && compactJSON(v) == `"object"`:
+			case k == "required":
+				var req []string
+				if err := json.Unmarshal(v, &req); err != nil {
+					return nil, refuse(i, "required must be an array of property names")
+				}
+				for _, r := range req {
+					if !slices.Contains(required, r) {
+						required = append(required, r)
+					}
+				}
+			case k == "properties":
+				keys, err := objectKeys(v)
+				if err != nil {
+					return nil, refuse(i, "properties must be an object of schemas")
+				}
+				var ps map[string]json.RawMessage
+				_ = json.Unmarshal(v, &ps)
+				for _, key := range keys {
+					if old, ok := props[key]; ok {
+						if compactJSON(old) != compactJSON(ps[key]) {
+							return nil, refuse(i, fmt.Sprintf("gives property %q another schema than an earlier one: not supported", key))
+						}
+						continue
+					}
+					props[key] = ps[key]
+					order = append(order, key)
+				}
+			default:
+				return nil, refuse(i, fmt.Sprintf("with %q: allOf of several schemas is supported for objects of properties and required only", k))
+			}
+		}
+	}
+	var b bytes.Buffer
+	b.WriteString(`{"type":"object","properties":{`)
+	for i, key := range order {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(key)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(props[key])
+	}
+	b.WriteString("}")
+	if len(required) > 0 {
+		r, _ := json.Marshal(required)
+		b.WriteString(`,"required":`)
+		b.Write(r)
+	}
+	b.WriteString("}")
+	return b.Bytes(), nil
+}
+
+// compactJSON is raw without insignificant white space.
+func compactJSON(raw json.RawMessage) string {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
+}
+
+// resolve returns the schema a $ref points to within the schema ("#",
+// "#/$defs/x").
+func (c *converter) resolve(raw json.RawMessage, path string) (json.RawMessage, error) {
+	var ref string
+	if err := json.Unmarshal(raw, &ref); err != nil {
+		return nil, &SchemaError{Path: path, Keyword: "$ref", Reason: "must be a string"}
+	}
+	if ref != "#" && !strings.HasPrefix(ref, "#/") {
+		return nil, &SchemaError{Path: path, Keyword: "$ref", Reason: fmt.Sprintf("%q is not supported: only references within the schema (#/$defs/name) are", ref)}
+	}
+	target := c.root
+	for _, p := range strings.Split(ref, "/")[1:] {
+		p = strings.ReplaceAll(strings.ReplaceAll(p, "~1", "/"), "~0", "~")
+		var ok bool
+		switch t := target.(type) {
+		case map[string]any:
+			target, ok = t[p]
+		case []any:
+			i, err := strconv.Atoi(p)
+			if ok = err == nil && i >= 0 && i < len(t); ok {
+				target = t[i]
+			}
+		}
+		if !ok {
+			return nil, &SchemaError{Path: path, Keyword: "$ref", Reason: fmt.Sprintf("%q points to nothing in the schema", ref)}
+		}
+	}
+	b, err := json.Marshal(target)
+	if err != nil {
+		return nil, &SchemaError{Path: path, Keyword: "$ref", Reason: err.Error()}
+	}
+	return b, nil
 }
 
 // jsonLiteral returns a GBNF literal of the JSON value raw, compacted.

@@ -280,7 +280,7 @@ func TestStructuredRefused(t *testing.T) {
 			"unsupported_schema", "response_format.json_schema.schema", "ipv6"},
 		{"multipleOf", "/v1/completions", map[string]any{"json_schema": json.RawMessage(`{"type":"integer","multipleOf":3}`)},
 			"unsupported_schema", "json_schema", "multipleOf"},
-		{"allOf", "/v1/completions", map[string]any{"response_format": map[string]any{"type": "json_object", "schema": json.RawMessage(`{"allOf":[{"type":"object"}]}`)}},
+		{"allOf", "/v1/completions", map[string]any{"response_format": map[string]any{"type": "json_object", "schema": json.RawMessage(`{"allOf":[{"type":"string"},{"minLength":2}]}`)}},
 			"unsupported_schema", "response_format.schema", "allOf"},
 		{"number minimum", "/v1/completions", map[string]any{"json_schema": json.RawMessage(`{"type":"number","minimum":0.5}`)},
 			"unsupported_schema", "json_schema", "minimum"},
