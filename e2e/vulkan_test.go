@@ -14,6 +14,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/rbee-dev/rbee"
+	"github.com/rbee-dev/rbee/enginefetch"
+	"github.com/rbee-dev/rbee/enginefetch/npmtest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -264,6 +266,41 @@ func TestSSHEngineChoice(t *testing.T) {
 		if plan == nil || plan.EngineKind != tt.kind || plan.EnginePackage != tt.pkg || plan.EngineWhy != tt.why {
 			t.Errorf("hive add %s --dry-run: exit %d, plan %+v; want the %s engine %s because %q\n%s\n%s", tt.h.Addr, r.code, plan, tt.kind, tt.pkg, tt.why, r.stdout, r.stderr)
 		}
+	}
+	e.stopQueen()
+}
+
+// TestVulkanFetchedOnFirstInfer: a user with nothing set on a machine with
+// a Vulkan driver: the local hive's probe calls for the Vulkan engine,
+// which the first job fetches from the registry (a stand-in serving the
+// real pinned package) and installs, and answers on gpu0.
+func TestVulkanFetchedOnFirstInfer(t *testing.T) {
+	t.Parallel()
+	_, vars := vulkanEnv(t)
+	root, err := testenv.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg := enginefetch.LinuxAMD64Vulkan
+	tgz, err := os.ReadFile(filepath.Join(root, ".rbee-dev", "cache", pkg.CacheName()))
+	if err != nil {
+		t.Fatalf("the pinned Vulkan tarball: %v (run `make engine-vulkan`)", err)
+	}
+	reg := npmtest.NewRegistry(t, map[enginefetch.Package][]byte{pkg: tgz})
+	e := newEnv(t, append(vars, noEngine(reg)...)...)
+	r := e.rbee("infer", "--device", "gpu0", "--model", alphabet, "--temperature", "0", "abc")
+	if r.code != 0 || r.stdout != alphabetRest+"\n" {
+		t.Fatalf("first infer: exit %d stdout %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	inOrder(t, r.stderr,
+		"this machine: the vulkan engine: Vulkan loader and software driver lvp",
+		"getting engine "+pkg.Name+"@"+pkg.Version+" (pinned) for linux/amd64 from "+reg.URL,
+		"has 2 device(s): gpu0 llvmpipe",
+		"is ready on gpu0",
+		"engine node-llama-cpp-linux-x64-vulkan-3.22.1)",
+	)
+	if got := reg.Hits(); got != 1 {
+		t.Errorf("registry downloads: got %d, want 1", got)
 	}
 	e.stopQueen()
 }
