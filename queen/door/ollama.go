@@ -275,6 +275,8 @@ func ollamaMessages(raw json.RawMessage) ([]map[string]any, *fieldError) {
 				msg["tool_call_id"] = open[k].id
 				m.ToolName = cmp.Or(m.ToolName, open[k].name)
 				open = slices.Delete(open, k, k+1)
+			} else {
+				msg["tool_call_id"] = fmt.Sprintf("call_%d", i) // a result of no call in the history: rendered as it is
 			}
 			if m.ToolName != "" {
 				msg["name"] = m.ToolName

@@ -275,6 +275,8 @@ func TestOllamaToWorker(t *testing.T) {
 			want: `{"messages":[{"content":"w?","role":"user"},{"content":"","role":"assistant","tool_calls":[{"function":{"arguments":{},"name":"put"},"id":"call_1_0","type":"function"},` +
 				`{"function":{"arguments":{"x":1},"name":"get"},"id":"call_1_1","type":"function"}]},{"content":"got","name":"get","role":"tool","tool_call_id":"call_1_1"},` +
 				`{"content":"put","name":"put","role":"tool","tool_call_id":"call_1_0"}],"model":"m","tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]}`},
+		{name: "a tool result of no call", chat: true, endpoint: "chat/completions", body: `{"model":"m","stream":false,"messages":[{"role":"tool","content":"21"}]}`,
+			want: `{"messages":[{"content":"21","role":"tool","tool_call_id":"call_0"}],"model":"m"}`},
 		{name: "tool name on a user", chat: true, body: `{"model":"m","messages":[{"role":"user","content":"x","tool_name":"f"}]}`, param: "messages[0].tool_name"},
 		{name: "template", body: `{"model":"m","prompt":"p","template":"{{.Prompt}}"}`, param: "template"},
 		{name: "bad format", body: `{"model":"m","prompt":"p","format":"yaml"}`, param: "format"},
