@@ -2,6 +2,7 @@ package chat_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -111,6 +112,9 @@ func TestParse(t *testing.T) {
 		{"generic calls", chat.Generic, `{"tool_calls": [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"y": [1]}}]}`, "", []call{{"a", `{}`}, {"b", `{"y":[1]}`}}},
 		{"generic response", chat.Generic, `{"response": "Sunny."}`, "Sunny.", nil},
 		{"generic not JSON", chat.Generic, `Sunny.`, "Sunny.", nil},
+		{"hermes arguments first, strings with braces", chat.Hermes,
+			"<tool_call>\n{\"arguments\": {\"q\": \"a {b} \\\"c\\\" ]\", \"n\": [1, {\"k\": null}]}, \"name\": \"search\"}\n</tool_call>", "",
+			[]call{{"search", `{"q":"a {b} \"c\" ]","n":[1,{"k":null}]}`}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,13 +134,41 @@ func TestParse(t *testing.T) {
 			// content given out before them never holds a call's text.
 			s := tt.f.NewStream()
 			var sent strings.Builder
+			ids := 0
+			newID := func() string { ids++; return fmt.Sprint("id", ids) }
+			type streamed struct{ id, name, args string }
+			var deltas []streamed
 			for i := 0; i < len(tt.text); i += 3 {
 				sent.WriteString(s.Feed(tt.text[i:min(i+3, len(tt.text))]))
+				for _, d := range s.Deltas(newID) {
+					if d.Index == len(deltas) {
+						deltas = append(deltas, streamed{id: d.ID, name: d.Name})
+						if d.ID == "" || d.Name == "" || d.Arguments != "" {
+							t.Errorf("a call's first delta %+v, want its id and name only", d)
+						}
+						continue
+					}
+					if d.Index != len(deltas)-1 || d.ID != "" || d.Name != "" {
+						t.Fatalf("delta %+v after %d calls: want arguments of the last", d, len(deltas))
+					}
+					deltas[d.Index].args += d.Arguments
+				}
 			}
 			rest, scalls := s.Finish()
 			sent.WriteString(rest)
 			if len(scalls) != len(calls) {
 				t.Fatalf("streamed: %d calls, want %d", len(scalls), len(calls))
+			}
+			// The deltas said each call's name as it came, and its
+			// arguments as the whole answer has them (those written as a
+			// JSON string come whole at the end).
+			if len(deltas) != len(scalls) {
+				t.Fatalf("deltas of %d calls %+v, want %d", len(deltas), deltas, len(scalls))
+			}
+			for i, d := range deltas {
+				if d.name != scalls[i].Name || (d.args != "" && d.args != scalls[i].Arguments) {
+					t.Errorf("call %d streamed as %s(%s), whole %s(%s)", i, d.name, d.args, scalls[i].Name, scalls[i].Arguments)
+				}
 			}
 			if strings.TrimSpace(sent.String()) != content {
 				t.Errorf("streamed content %q, want %q", sent.String(), content)

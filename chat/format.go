@@ -330,10 +330,28 @@ type Stream struct {
 	buf  bytes.Buffer
 	sent int  // bytes of buf given out as content
 	held bool // a call (or, for Generic, the JSON answer) has begun
+	// The calls' JSON is followed from scanAt (after the marker) as it
+	// comes; scanned bytes of it were read.
+	scan    callScanner
+	scanAt  int
+	scanned int
 }
 
 // NewStream returns a Stream for an answer in format f.
 func (f Format) NewStream() *Stream { return &Stream{f: f, held: f == Generic} }
+
+// Deltas returns the pieces of calls that the text fed so far completes:
+// each call's id (from newID) and name once its name is read, then its
+// arguments (compact JSON) as they come. Arguments the model writes as a
+// JSON string come whole with Finish.
+func (s *Stream) Deltas(newID func() string) []CallDelta {
+	if !s.held {
+		return nil
+	}
+	b := s.buf.Bytes()[s.scanAt+s.scanned:]
+	s.scanned += len(b)
+	return s.scan.feed(string(b), newID)
+}
 
 // Feed takes the next piece of the answer and returns the content that
 // may go out now.
@@ -350,7 +368,7 @@ func (s *Stream) Feed(text string) string {
 			return ""
 		}
 		if strings.HasPrefix(t, "{") {
-			s.held = true
+			s.held = true // scanned from the start
 			return ""
 		}
 	}
@@ -358,6 +376,7 @@ func (s *Stream) Feed(text string) string {
 	if i := strings.Index(rest, marker); i >= 0 {
 		s.held = true
 		s.sent += i
+		s.scanAt = s.sent + len(marker)
 		return rest[:i]
 	}
 	// Keep back a tail that may be the start of the marker.

@@ -716,6 +716,9 @@ type choiceOut struct {
 	calls     *chat.Stream
 	content   string
 	toolCalls []toolCallOut
+	// streamed are the calls whose deltas went out as they were
+	// generated: their ids and the arguments sent so far.
+	streamed []toolCallOut
 }
 
 // logprobsOf adds probs to c's logprobs and returns them in the endpoint's
@@ -813,16 +816,38 @@ func (o *responder) piece(c *choiceOut, pc llm.Piece) error {
 		return nil
 	}
 	text := pc.Text
+	var deltas []chat.CallDelta
 	if c.calls != nil {
 		text = c.calls.Feed(text) // what may go out before a call
+		deltas = c.calls.Deltas(o.tools.format.CallID)
 	}
-	if text == "" && (!o.logprobs || len(pc.Logprobs) == 0) {
-		return nil
+	if text != "" || (o.logprobs && len(pc.Logprobs) > 0) {
+		o.begin()
+		if err := o.send(o.chunk(c, text, o.logprobsOf(c, pc.Logprobs, true), nil, nil), false); err != nil {
+			return err
+		}
+		c.started = true
 	}
-	o.begin()
-	err := o.send(o.chunk(c, text, o.logprobsOf(c, pc.Logprobs, true), nil, nil), false)
-	c.started = true
-	return err
+	for _, d := range deltas {
+		// A call's id and name as soon as they are read, then its
+		// arguments as they come (OpenAI's tool-call deltas).
+		td := toolCallDelta{Index: d.Index}
+		args := d.Arguments
+		if d.Index == len(c.streamed) {
+			c.streamed = append(c.streamed, toolCallOut{ID: d.ID, Type: "function", Function: functionCall{Name: d.Name}})
+			td.ID, td.Type, td.Function.Name = d.ID, "function", d.Name
+		}
+		c.streamed[d.Index].Function.Arguments += args
+		td.Function.Arguments = &args
+		o.begin()
+		ch := o.chunk(c, "", nil, nil, nil)
+		ch.Choices.([]chatChoice)[0].Delta.ToolCalls = []toolCallDelta{td}
+		if err := o.send(ch, false); err != nil {
+			return err
+		}
+		c.started = true
+	}
+	return nil
 }
 
 // finishChoice ends choice c: a stream gets its finish chunk, with the
@@ -843,7 +868,7 @@ func (o *responder) finishChoice(c *choiceOut, res llm.Result) {
 		c.started = true
 	}
 	for i, tc := range c.toolCalls {
-		for _, d := range callDeltas(i, tc) {
+		for _, d := range callDeltas(i, tc, c.streamed) {
 			ch := o.chunk(c, "", nil, nil, nil)
 			ch.Choices.([]chatChoice)[0].Delta.ToolCalls = []toolCallDelta{d}
 			_ = o.send(ch, false)
@@ -871,28 +896,52 @@ func (o *responder) readCalls(c *choiceOut) string {
 	} else {
 		c.content, calls = o.tools.format.Parse(c.text.String())
 	}
-	for _, tc := range calls {
+	for i, tc := range calls {
 		id := tc.ID
+		if i < len(c.streamed) {
+			id = c.streamed[i].ID // the id the client has
+		}
 		if id == "" {
 			id = o.tools.format.CallID()
 		}
 		c.toolCalls = append(c.toolCalls, toolCallOut{ID: id, Type: "function", Function: functionCall{Name: tc.Name, Arguments: tc.Arguments}})
 	}
-	if len(calls) > 0 {
+	switch {
+	case len(calls) > 0:
 		c.finish = "tool_calls"
+	case len(c.streamed) > 0:
+		// Deltas of a call went out and the model stopped before it
+		// ended (max_tokens): the answer stays a cut call, as OpenAI's
+		// is, not text.
+		rest, c.content = "", ""
 	}
 	return rest
 }
 
-// callDeltas streams one call in OpenAI's shape: its id, type and name
-// with empty arguments, then the arguments.
-func callDeltas(index int, tc toolCallOut) []toolCallDelta {
-	empty, args := "", tc.Function.Arguments
-	first := toolCallDelta{Index: index, ID: tc.ID, Type: tc.Type}
-	first.Function.Name, first.Function.Arguments = tc.Function.Name, &empty
-	next := toolCallDelta{Index: index}
-	next.Function.Arguments = &args
-	return []toolCallDelta{first, next}
+// callDeltas is what is left to stream of call index in OpenAI's shape:
+// its id, type and name with empty arguments, then the arguments; of a
+// call streamed as it was generated (streamed), the arguments it lacks.
+func callDeltas(index int, tc toolCallOut, streamed []toolCallOut) []toolCallDelta {
+	args := tc.Function.Arguments
+	var out []toolCallDelta
+	if index < len(streamed) {
+		sent := streamed[index].Function.Arguments
+		if !strings.HasPrefix(args, sent) {
+			return nil // cannot be taken back; the whole answer has the same call
+		}
+		args = args[len(sent):]
+	} else {
+		empty := ""
+		first := toolCallDelta{Index: index, ID: tc.ID, Type: tc.Type}
+		first.Function.Name, first.Function.Arguments = tc.Function.Name, &empty
+		out = append(out, first)
+	}
+	if args != "" {
+		next := toolCallDelta{Index: index}
+		next.Function.Arguments = &args
+		out = append(out, next)
+	}
+	return out
 }
 
 // finish ends the answer: a stream with the usage chunk when it was asked

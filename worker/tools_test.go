@@ -52,6 +52,7 @@ func toolDefs() []map[string]any {
 
 type gotCall struct {
 	ID, Type, Name, Arguments string
+	Pieces                    int // deltas that carried a piece of the arguments
 }
 
 // toolAnswer posts a chat request and returns the first choice's
@@ -95,7 +96,7 @@ func toolAnswer(t *testing.T, url string, body map[string]any, stream bool) (str
 		m := a.Choices[0].Message
 		var calls []gotCall
 		for _, c := range m.ToolCalls {
-			calls = append(calls, gotCall{c.ID, c.Type, c.Function.Name, *c.Function.Arguments})
+			calls = append(calls, gotCall{ID: c.ID, Type: c.Type, Name: c.Function.Name, Arguments: *c.Function.Arguments})
 		}
 		content := ""
 		if m.Content != nil {
@@ -147,6 +148,9 @@ func toolAnswer(t *testing.T, url string, body map[string]any, stream bool) (str
 				}
 				if d.Function.Arguments != nil {
 					calls[d.Index].Arguments += *d.Function.Arguments
+					if *d.Function.Arguments != "" {
+						calls[d.Index].Pieces++
+					}
 				}
 			}
 		}
@@ -200,6 +204,9 @@ func TestToolCalls(t *testing.T) {
 							t.Fatalf("called %q, which is not a tool", c.Name)
 						}
 						validate(t, validator(t, schema), c.Arguments)
+						if stream && c.Pieces < 2 {
+							t.Errorf("the arguments came in %d delta(s), want them in pieces as they are generated", c.Pieces)
+						}
 						if c.Type != "function" {
 							t.Errorf("type %q, want function", c.Type)
 						}
