@@ -16,14 +16,20 @@ import (
 // engine` cached) as the npm registry would: no network in tests.
 func engineRegistry(t *testing.T) *npmtest.Registry {
 	t.Helper()
+	return packageRegistry(t, enginefetch.LinuxAMD64)
+}
+
+// packageRegistry serves the real pinned package pkg from the cache the
+// Makefile's engine targets fill.
+func packageRegistry(t *testing.T, pkg enginefetch.Package) *npmtest.Registry {
+	t.Helper()
 	root, err := testenv.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkg := enginefetch.LinuxAMD64
 	tgz, err := os.ReadFile(filepath.Join(root, ".rbee-dev", "cache", pkg.CacheName()))
 	if err != nil {
-		t.Fatalf("the pinned engine tarball: %v (run `make engine`)", err)
+		t.Fatalf("the pinned %s tarball: %v (run `make engine engine-vulkan`)", pkg.Name, err)
 	}
 	return npmtest.NewRegistry(t, map[enginefetch.Package][]byte{pkg: tgz})
 }

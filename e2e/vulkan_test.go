@@ -15,7 +15,6 @@ import (
 
 	"github.com/rbee-dev/rbee"
 	"github.com/rbee-dev/rbee/enginefetch"
-	"github.com/rbee-dev/rbee/enginefetch/npmtest"
 	"github.com/rbee-dev/rbee/internal/sshtest"
 	"github.com/rbee-dev/rbee/internal/testenv"
 	"github.com/rbee-dev/rbee/queenapi"
@@ -277,16 +276,8 @@ func TestSSHEngineChoice(t *testing.T) {
 func TestVulkanFetchedOnFirstInfer(t *testing.T) {
 	t.Parallel()
 	_, vars := vulkanEnv(t)
-	root, err := testenv.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
 	pkg := enginefetch.LinuxAMD64Vulkan
-	tgz, err := os.ReadFile(filepath.Join(root, ".rbee-dev", "cache", pkg.CacheName()))
-	if err != nil {
-		t.Fatalf("the pinned Vulkan tarball: %v (run `make engine-vulkan`)", err)
-	}
-	reg := npmtest.NewRegistry(t, map[enginefetch.Package][]byte{pkg: tgz})
+	reg := packageRegistry(t, pkg)
 	e := newEnv(t, append(vars, noEngine(reg)...)...)
 	r := e.rbee("infer", "--device", "gpu0", "--model", alphabet, "--temperature", "0", "abc")
 	if r.code != 0 || r.stdout != alphabetRest+"\n" {
