@@ -103,6 +103,20 @@ func grammarTools(tools []Tool) []grammar.Tool {
 	return gt
 }
 
+// Markers are the words of the family's call syntax that models write as
+// one special token: the answer must show them for its calls to be read.
+func (f Format) Markers() []string {
+	switch f {
+	case Hermes:
+		return []string{hermesOpen, hermesClose}
+	case Llama3:
+		return []string{pythonTag}
+	case Mistral:
+		return []string{mistralTag}
+	}
+	return nil
+}
+
 // LazyGrammar returns, for tool_choice auto, the word that opens a call in
 // the family's syntax and the grammar of what follows it: one call (or
 // more when parallel) of one of tools, closed as the family closes it.

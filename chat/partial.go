@@ -68,6 +68,9 @@ func (s *callScanner) feed(b string, newID func() string) []CallDelta {
 			out = append(out, CallDelta{Index: i, Arguments: string(c.args[c.sentArgs:])})
 			c.sentArgs = len(c.args)
 		}
+		if c.stringArg {
+			break // its arguments come whole at the end: the next calls wait for them
+		}
 	}
 	return out
 }

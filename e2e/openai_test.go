@@ -276,6 +276,10 @@ func TestOpenAIKeys(t *testing.T) {
 		{"/v1/responses", k2, `{"model":"alphabet.gguf","input":"abc"}`, http.StatusForbidden},
 		{"/api/generate", k1, `{"model":"alphabet.gguf","prompt":"abc","raw":true,"stream":false,"options":{"temperature":0}}`, http.StatusOK},
 		{"/v1/models/alphabet.gguf", k1, "", http.StatusOK},
+		{"/", "", "", http.StatusOK}, // Ollama's heartbeat, open as Ollama's is
+		{"/api/pull", "", `{"model":"alphabet.gguf"}`, http.StatusUnauthorized},
+		{"/api/pull", k2, `{"model":"alphabet.gguf"}`, http.StatusForbidden},
+		{"/api/pull", k1, `{"model":"alphabet.gguf","stream":false}`, http.StatusOK},
 	} {
 		method, body := "GET", io.Reader(nil)
 		if tt.body != "" {

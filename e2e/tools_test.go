@@ -122,6 +122,9 @@ func TestDoorToolCalls(t *testing.T) {
 		MaxOutputTokens: openai.Int(200),
 		Tools:           []responses.ToolUnionParam{{OfFunction: &responses.FunctionToolParam{Name: "get_weather", Parameters: params, Strict: openai.Bool(true)}}},
 		ToolChoice:      responses.ResponseNewParamsToolChoiceUnion{OfToolChoiceMode: openai.Opt(responses.ToolChoiceOptionsRequired)},
+		// One call, as the chat completion above makes (its default):
+		// the same prompt and grammar, so the same arguments.
+		ParallelToolCalls: openai.Bool(false),
 	}
 	resp, err := c.Responses.New(ctx, rp)
 	if err != nil || resp.Status != "completed" {

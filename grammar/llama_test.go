@@ -49,6 +49,7 @@ func TestLlamaParses(t *testing.T) {
 		`{"type":"object","properties":{"code":{"type":"string","pattern":"^[A-Z]{3}-\\d{2}(?i:x)?$"},"q":{"type":"string","pattern":"[\\\\\"^\\]-]é."}}}`,
 		`{"type":"object","properties":{"e":{"type":"string","format":"email"},"h":{"type":"string","format":"hostname"},"i":{"type":"string","format":"ipv4"},"u":{"type":"string","format":"uri"}}}`,
 		`{"type":"object","properties":{"p":{"type":"number","minimum":0,"maximum":1},"lat":{"type":"number","exclusiveMinimum":-90,"exclusiveMaximum":90},"n":{"type":"number","exclusiveMaximum":-3}}}`,
+		`{"type":"string","pattern":"^(a|b?c)+(x*y){2,}(z?){1,3}$"}`,
 		`true`,
 		`{}`,
 	}

@@ -21,8 +21,10 @@ var patternFormats = map[string]string{
 }
 
 const (
-	hostLabel  = `[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?`
-	hostLabels = hostLabel + `(\.` + hostLabel + `){1,3}`
+	hostLabel = `[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?`
+	// hostLabels end in a top-level domain of letters, as validators of
+	// e-mail addresses want it.
+	hostLabels = hostLabel + `(\.` + hostLabel + `){0,2}\.[a-z]{2,10}`
 	octet      = `(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])`
 )
 
@@ -142,6 +144,9 @@ func (pc *patternConv) conv(re *syntax.Regexp) (string, error) {
 		}
 		return out, nil
 	case syntax.OpStar, syntax.OpPlus, syntax.OpQuest:
+		if re.Op != syntax.OpQuest && canEmpty(re.Sub[0]) {
+			return "", pc.refuse("repeats without bound a part that can match nothing (%s), which llama.cpp's grammar cannot take: write the part so that it matches at least one character", re.Sub[0])
+		}
 		g, err := pc.conv(re.Sub[0])
 		if err != nil || g == "" {
 			return "", err
@@ -155,6 +160,9 @@ func (pc *patternConv) conv(re *syntax.Regexp) (string, error) {
 		if re.Min > maxRepeat || re.Max > maxRepeat {
 			return "", pc.refuse("repeats more than %d times, the most supported", maxRepeat)
 		}
+		if re.Max < 0 && canEmpty(re.Sub[0]) {
+			return "", pc.refuse("repeats without bound a part that can match nothing (%s), which llama.cpp's grammar cannot take: write the part so that it matches at least one character", re.Sub[0])
+		}
 		return repeat(g, re.Min, re.Max, ""), nil
 	case syntax.OpBeginLine, syntax.OpBeginText, syntax.OpEndLine, syntax.OpEndText:
 		return "", pc.refuse("has ^ or $ inside it: only a leading ^ and a trailing $ are supported")
@@ -162,6 +170,35 @@ func (pc *patternConv) conv(re *syntax.Regexp) (string, error) {
 		return "", pc.refuse(`has \b or \B, which is not supported`)
 	}
 	return "", pc.refuse("uses %v, which is not supported", re.Op)
+}
+
+// canEmpty reports whether re matches the empty string.
+func canEmpty(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText,
+		syntax.OpWordBoundary, syntax.OpNoWordBoundary, syntax.OpStar, syntax.OpQuest:
+		return true
+	case syntax.OpLiteral:
+		return len(re.Rune) == 0
+	case syntax.OpCapture, syntax.OpPlus:
+		return canEmpty(re.Sub[0])
+	case syntax.OpRepeat:
+		return re.Min == 0 || canEmpty(re.Sub[0])
+	case syntax.OpConcat:
+		for _, s := range re.Sub {
+			if !canEmpty(s) {
+				return false
+			}
+		}
+		return true
+	case syntax.OpAlternate:
+		for _, s := range re.Sub {
+			if canEmpty(s) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // class writes a character class (pairs of inclusive rune ranges) as JSON

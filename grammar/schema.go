@@ -432,9 +432,20 @@ func (c *converter) str(s schemaObj, name, path string) (string, error) {
 		if !ok && !isPattern {
 			return "", &SchemaError{Path: path, Keyword: "format", Reason: fmt.Sprintf("%q is not supported (date, time, date-time, uuid, email, hostname, ipv4, uri and url are)", format)}
 		}
-		for _, o := range []string{"minLength", "maxLength", "pattern"} {
+		for _, o := range []string{"minLength", "maxLength"} {
 			if s[o] != nil {
 				return "", &SchemaError{Path: path, Keyword: o, Reason: "beside format is not supported"}
+			}
+		}
+		if p := s["pattern"]; p != nil {
+			// Zod writes both (z.email(), z.uuid()): the pattern when
+			// it converts (every answer fits it; the format's own rule
+			// would not promise that), else the format's rule.
+			var own string
+			if json.Unmarshal(p, &own) == nil {
+				if r, err := c.pattern(own, name, path); err == nil {
+					return r, nil
+				}
 			}
 		}
 		if isPattern {

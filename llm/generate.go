@@ -65,6 +65,30 @@ type SampleParams struct {
 	// token does not trigger: llama.cpp's own lazy grammar would then be
 	// fed the token's rest, and abort the process if it does not fit.
 	GrammarTrigger string
+	// Preserve are words the answer shows even when the model writes them
+	// as one special token, which is otherwise left out of the text
+	// (llama-server's preserved tokens): a tool call's marker, such as
+	// Mistral's [TOOL_CALLS], which the call's reader needs.
+	Preserve []string
+}
+
+// preserved returns the special tokens of words, each a word the
+// tokenizer reads as one token that is left out of the text when not
+// rendered as special.
+func (m *Model) preserved(words []string) map[llama.Token]bool {
+	var out map[llama.Token]bool
+	var buf [64]byte
+	for _, w := range words {
+		toks := llama.Tokenize(m.vocab, w, false, true)
+		if len(toks) != 1 || llama.TokenToPiece(m.vocab, toks[0], buf[:], 0, false) != 0 {
+			continue
+		}
+		if out == nil {
+			out = map[llama.Token]bool{}
+		}
+		out[toks[0]] = true
+	}
+	return out
 }
 
 // ErrGrammar means a grammar does not parse.
@@ -167,7 +191,7 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 	if err != nil {
 		return res, err
 	}
-	r := &request{slot: s, prompt: prompt, p: p, smpl: smpl, grammar: grammar, out: make(chan event, eventBuffer)}
+	r := &request{slot: s, prompt: prompt, p: p, smpl: smpl, grammar: grammar, out: make(chan event, eventBuffer), special: s.m.preserved(p.Preserve)}
 	select {
 	case s.m.submit <- r: // the loop owns the samplers now
 	case <-ctx.Done():
@@ -211,7 +235,7 @@ func (s *Slot) Generate(ctx context.Context, prompt []llama.Token, p SampleParam
 				probs = append(probs, s.m.tokenLogprob(ev.tok, ev.probs))
 			}
 			var hit bool
-			piece, hit, emitErr = s.m.writePiece(out, ev.tok, piece)
+			piece, hit, emitErr = s.m.writePiece(out, ev.tok, piece, r.special[ev.tok])
 			if hit || emitErr != nil {
 				stopped = true
 				r.cancel.Store(true)
@@ -333,11 +357,11 @@ func logprobs(logits []float32, tok llama.Token, n int) *tokenProbs {
 
 // writePiece turns tok into text and writes it to out; hit reports a stop
 // string.
-func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte) ([]byte, bool, error) {
-	n := llama.TokenToPiece(m.vocab, tok, buf, 0, false)
+func (m *Model) writePiece(out *textStream, tok llama.Token, buf []byte, special bool) ([]byte, bool, error) {
+	n := llama.TokenToPiece(m.vocab, tok, buf, 0, special)
 	if n < 0 {
 		buf = make([]byte, -n)
-		n = llama.TokenToPiece(m.vocab, tok, buf, 0, false)
+		n = llama.TokenToPiece(m.vocab, tok, buf, 0, special)
 	}
 	if n <= 0 {
 		return buf, false, nil

@@ -45,9 +45,10 @@ type request struct {
 
 	// Built by Generate, owned (and freed) by the loop.
 	smpl    llama.Sampler
-	grammar llama.Sampler     // 0 without SampleParams.Grammar (or before its trigger)
-	cur     []llama.TokenData // candidates, with a grammar
-	tail    []byte            // the generated text's end, while a lazy grammar waits for its trigger
+	grammar llama.Sampler        // 0 without SampleParams.Grammar (or before its trigger)
+	cur     []llama.TokenData    // candidates, with a grammar
+	tail    []byte               // the generated text's end, while a lazy grammar waits for its trigger
+	special map[llama.Token]bool // special tokens shown as text (SampleParams.Preserve); read-only
 
 	// Owned by the loop.
 	next    int         // prompt tokens in the cache so far
@@ -358,10 +359,11 @@ func (m *Model) finish(r *request, reason string, err error) {
 func (m *Model) watchTrigger(r *request, tok llama.Token) error {
 	var buf [64]byte
 	piece := buf[:]
-	n := llama.TokenToPiece(m.vocab, tok, piece, 0, false)
+	special := r.special[tok]
+	n := llama.TokenToPiece(m.vocab, tok, piece, 0, special)
 	if n < 0 {
 		piece = make([]byte, -n)
-		n = llama.TokenToPiece(m.vocab, tok, piece, 0, false)
+		n = llama.TokenToPiece(m.vocab, tok, piece, 0, special)
 	}
 	if n <= 0 {
 		return nil

@@ -129,7 +129,8 @@ type TCPConfig struct {
 	Fence  door.FenceConfig
 }
 
-// TCPHandler serves the queen's TCP port: /health open; everything else
+// TCPHandler serves the queen's TCP port: /health and / (Ollama's
+// heartbeat) open; everything else
 // only to requests a web page could not have made (door.Fence: the Host
 // names this queen, no foreign Origin; door.RequireJSON: JSON bodies at
 // the door); the front door
@@ -145,8 +146,8 @@ func (q *Queen) TCPHandler(cfg TCPConfig) http.Handler {
 	}
 	return door.Fence(cfg.Fence, cfg.Listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
-		case r.URL.Path == "/health":
-			public.ServeHTTP(w, r)
+		case r.URL.Path == "/health", r.URL.Path == "/":
+			public.ServeHTTP(w, r) // "/": Ollama's heartbeat, open as Ollama's is
 		case door.IsRoute(r.URL.Path):
 			guarded.ServeHTTP(w, r)
 		case control != nil:

@@ -92,6 +92,9 @@ type sampling struct {
 	// gbnfTrigger makes gbnf lazy: it applies once the text ends with
 	// this word (a tool call's opening tag, with tool_choice auto).
 	gbnfTrigger string
+	// preserve are the call syntax's words the answer shows even as
+	// special tokens (tools offered).
+	preserve []string
 }
 
 type completionRequest struct {
@@ -477,7 +480,7 @@ func (s *sampling) params() llm.SampleParams {
 	if s.CachePrompt != nil && !*s.CachePrompt {
 		p.NoCache = true
 	}
-	p.Grammar, p.GrammarTrigger = s.gbnf, s.gbnfTrigger
+	p.Grammar, p.GrammarTrigger, p.Preserve = s.gbnf, s.gbnfTrigger, s.preserve
 	return p
 }
 

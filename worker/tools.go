@@ -224,6 +224,7 @@ func (s *Server) chatPrompt(m *llm.Model, req *chatRequest) (string, *toolUse, *
 		return prompt, nil, nil
 	}
 	f := tmpl.Format()
+	req.preserve = f.Markers()
 	grammarTools := tr.tools
 	if tr.choice == "function" {
 		i := slices.IndexFunc(tr.tools, func(t chat.Tool) bool { return t.Name == tr.named })
@@ -247,12 +248,19 @@ func (s *Server) chatPrompt(m *llm.Model, req *chatRequest) (string, *toolUse, *
 		req.gbnf, req.gbnfField = g, "tools"
 	} else if tr.choice == "auto" && req.gbnf == "" && !req.IgnoreEOS {
 		// The model chooses; once it opens a call, the call follows the
-		// tools' schemas (llama-server's lazy grammar).
-		trigger, lazy, err := f.LazyGrammar(grammarTools, tr.parallel)
-		if err != nil {
-			return "", nil, invalid("tools", "unsupported_schema", "tools: the parameters of %v", err)
+		// tools' schemas (llama-server's lazy grammar). Calls the model
+		// writes freely were all read before: several are allowed unless
+		// the request says otherwise. Tools whose schemas the grammar
+		// cannot take leave the calls unconstrained, read as written.
+		parallel := req.ParallelToolCalls == nil || *req.ParallelToolCalls
+		trigger, lazy, err := f.LazyGrammar(grammarTools, parallel)
+		if err == nil && lazy != "" {
+			err = m.CheckGrammar(lazy)
 		}
-		if lazy != "" {
+		switch {
+		case err != nil:
+			s.log.Info("tools: calls are read as the model writes them, without a grammar", "reason", err)
+		case lazy != "":
 			req.gbnf, req.gbnfField, req.gbnfTrigger = lazy, "tools", trigger
 		}
 	}

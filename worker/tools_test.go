@@ -229,14 +229,25 @@ func TestToolCalls(t *testing.T) {
 func TestLazyToolGrammar(t *testing.T) {
 	t.Parallel()
 	schemas := map[string]string{"get_weather": weatherParams, "get_time": timeParams}
-	for _, fam := range []struct{ name, tmpl, tag string }{
-		{"qwen", testmodel.QwenTemplate, "<tool_call>"},
-		{"mistral", testmodel.MistralTemplate, "[TOOL_CALLS]"},
+	// Qwen's <tool_call> is an added token written as text, Mistral's
+	// [TOOL_CALLS] a control token that llama.cpp leaves out of text
+	// unless the answer asks to keep it.
+	for _, fam := range []struct {
+		name, tmpl, tag string
+		control         bool
+	}{
+		{"qwen", testmodel.QwenTemplate, "<tool_call>", false},
+		{"mistral", testmodel.MistralTemplate, "[TOOL_CALLS]", true},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
 			t.Parallel()
 			spec := testmodel.Small
-			spec.Name, spec.ChatTmpl, spec.Tokens = "random-3m-lazy-"+fam.name, fam.tmpl, []string{fam.tag}
+			spec.Name, spec.ChatTmpl = "random-3m-lazy-"+fam.name, fam.tmpl
+			if fam.control {
+				spec.Control = []string{fam.tag}
+			} else {
+				spec.Tokens = []string{fam.tag}
+			}
 			path, err := testenv.WriteModel(t.TempDir(), spec.Name+".gguf", testmodel.Random(spec))
 			if err != nil {
 				t.Fatal(err)
@@ -245,7 +256,7 @@ func TestLazyToolGrammar(t *testing.T) {
 			for _, stream := range []bool{false, true} {
 				t.Run(fmt.Sprintf("stream=%t", stream), func(t *testing.T) {
 					t.Parallel()
-					body := map[string]any{"temperature": 0, "max_tokens": 300, "tools": toolDefs(), "tool_choice": "auto",
+					body := map[string]any{"temperature": 0, "max_tokens": 300, "tools": toolDefs(), "tool_choice": "auto", "parallel_tool_calls": false,
 						"logit_bias": map[string]float64{strconv.Itoa(testmodel.VocabSize): 100},
 						"messages":   []map[string]any{{"role": "user", "content": "What is the weather in Paris?"}}}
 					content, calls, finish := toolAnswer(t, w.URL, body, stream)
@@ -258,6 +269,15 @@ func TestLazyToolGrammar(t *testing.T) {
 					}
 					validate(t, validator(t, schema), calls[0].Arguments)
 				})
+			}
+			// A tool whose schema the grammar cannot take: the calls are
+			// read as written, the request is served.
+			odd := []map[string]any{{"type": "function", "function": map[string]any{"name": "tag",
+				"parameters": json.RawMessage(`{"type":"object","properties":{"tags":{"type":"array","items":{"type":"string"},"uniqueItems":true}}}`)}}}
+			resp, data := post(t, w.URL, "/v1/chat/completions", map[string]any{"temperature": 0, "max_tokens": 8, "tools": odd, "tool_choice": "auto",
+				"messages": []map[string]any{{"role": "user", "content": "Tag it."}}})
+			if resp.StatusCode != 200 {
+				t.Errorf("auto with a schema the grammar cannot take: %d %s", resp.StatusCode, data)
 			}
 		})
 	}

@@ -34,7 +34,10 @@ type Spec struct {
 	// Tokens are user-defined tokens after the byte vocabulary (ids from
 	// VocabSize on): a tool call's opening tag as one token, as real
 	// models have it.
-	Tokens    []string
+	Tokens []string
+	// Control tokens come after Tokens: special tokens that llama.cpp
+	// leaves out of text unless asked (Mistral's [TOOL_CALLS] is one).
+	Control   []string
 	RandSeed  uint64 // seed for random weights
 	RandScale float32
 }
@@ -47,7 +50,7 @@ func (s Spec) Params() int64 {
 }
 
 // vocabSize is the number of tokens, with s.Tokens.
-func (s Spec) vocabSize() int { return VocabSize + len(s.Tokens) }
+func (s Spec) vocabSize() int { return VocabSize + len(s.Tokens) + len(s.Control) }
 
 // Standard specs. Small is for tests (about 3M parameters), Bench for
 // benchmarks (about 75M). Row widths are multiples of 256 where a K-quant
@@ -59,7 +62,7 @@ var (
 
 // vocab returns the byte-level SentencePiece vocabulary: <unk>, <s>, </s>,
 // the 256 byte tokens and "▁" so that spaces round-trip as text.
-func vocab(extra []string) (tokens []string, scores []float32, types []int32) {
+func vocab(extra, control []string) (tokens []string, scores []float32, types []int32) {
 	tokens = []string{"<unk>", "<s>", "</s>"}
 	types = []int32{2, 3, 3} // unknown, control, control
 	for b := 0; b < 256; b++ {
@@ -71,6 +74,10 @@ func vocab(extra []string) (tokens []string, scores []float32, types []int32) {
 	for _, t := range extra {
 		tokens = append(tokens, t)
 		types = append(types, 4) // user-defined
+	}
+	for _, t := range control {
+		tokens = append(tokens, t)
+		types = append(types, 3) // control
 	}
 	scores = make([]float32, len(tokens))
 	return tokens, scores, types
@@ -92,7 +99,7 @@ func header(f *gguf.File, s Spec, desc string) {
 	f.Float32("llama.rope.freq_base", 10000)
 	f.Float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
 	f.Uint32("llama.vocab_size", uint32(s.vocabSize()))
-	tokens, scores, types := vocab(s.Tokens)
+	tokens, scores, types := vocab(s.Tokens, s.Control)
 	f.String("tokenizer.ggml.model", "llama")
 	f.Strings("tokenizer.ggml.tokens", tokens)
 	f.Float32s("tokenizer.ggml.scores", scores)

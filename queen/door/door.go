@@ -242,7 +242,7 @@ func IsRoute(path string) bool {
 	switch path {
 	case "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/tokenize", "/detokenize", "/metrics",
 		"/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/ps", "/api/version",
-		"/", "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete":
+		"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete":
 		return true
 	}
 	return strings.HasPrefix(path, "/v1/models/") || strings.HasPrefix(path, "/api/blobs/")

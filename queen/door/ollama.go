@@ -137,7 +137,8 @@ func ollamaToWorker(raw map[string]json.RawMessage, head ollamaHead, chat, strea
 		}
 		out["messages"] = msgs
 		if t := raw["tools"]; t != nil && compactJSON(t) != "null" {
-			out["tools"] = t // OpenAI's shape already: the worker checks each
+			out["tools"] = t                  // OpenAI's shape already: the worker checks each
+			out["parallel_tool_calls"] = true // Ollama reads every call the model makes
 		}
 	default:
 		var g struct {
@@ -435,10 +436,15 @@ func (a *ollamaAPI) answer(w http.ResponseWriter, resp *http.Response, use *toke
 			flush(w)
 		}
 		for _, d := range ev.callDeltas() {
-			if d.ID != "" || len(calls) == 0 {
-				calls = append(calls, toolCall{ID: d.ID, Name: d.Function.Name})
+			if d.Index < 0 || d.Index > 64 {
+				continue
 			}
-			calls[len(calls)-1].Arguments += d.Function.Arguments
+			for len(calls) <= d.Index {
+				calls = append(calls, toolCall{})
+			}
+			c := &calls[d.Index]
+			c.ID, c.Name = cmp.Or(c.ID, d.ID), cmp.Or(c.Name, d.Function.Name)
+			c.Arguments += d.Function.Arguments
 		}
 		return nil
 	})

@@ -107,6 +107,9 @@ func responsesToChat(raw map[string]json.RawMessage, req responsesRequest) ([]by
 	if f := responsesTools(chat, raw); f != nil {
 		return nil, f
 	}
+	if _, set := chat["parallel_tool_calls"]; !set && chat["tools"] != nil {
+		chat["parallel_tool_calls"] = true // the Responses API's default
+	}
 	if req.Stream {
 		chat["stream"] = true
 		chat["stream_options"] = map[string]bool{"include_usage": true}
@@ -407,6 +410,7 @@ type responsesAPI struct {
 	msgOpen   bool
 	call      *respCall
 	callIndex int
+	closed    int // calls (by the worker's index) closed: below it
 }
 
 func (a *responsesAPI) answer(w http.ResponseWriter, resp *http.Response, use *tokenUse) bool {
@@ -520,6 +524,9 @@ func (a *responsesAPI) closeMessage(w http.ResponseWriter) {
 // callDelta carries a piece of a tool call: a new call (its id and name)
 // ends the message or the call before it; its arguments come as deltas.
 func (a *responsesAPI) callDelta(w http.ResponseWriter, d toolCallWire) {
+	if d.Index < a.closed {
+		return // a call already closed: the worker streams calls in order
+	}
 	if a.call == nil || d.Index != a.callIndex {
 		a.closeMessage(w)
 		a.closeCall(w)
@@ -538,10 +545,10 @@ func (a *responsesAPI) closeCall(w http.ResponseWriter) {
 		return
 	}
 	c := *a.call
-	a.call = nil
+	a.call, a.closed = nil, a.callIndex+1
 	c.Status = "completed"
 	at := len(a.items)
-	a.event(w, "response.function_call_arguments.done", map[string]any{"item_id": c.ID, "output_index": at, "arguments": c.Arguments})
+	a.event(w, "response.function_call_arguments.done", map[string]any{"item_id": c.ID, "output_index": at, "name": c.Name, "arguments": c.Arguments})
 	a.items = append(a.items, c)
 	a.event(w, "response.output_item.done", map[string]any{"output_index": at, "item": c})
 }
@@ -618,6 +625,7 @@ func (a *responsesAPI) object() respObject {
 	if t := a.req.ToolChoice; t != nil && compactJSON(t) != "null" {
 		o.ToolChoice = t
 	}
+	o.ParallelToolCalls = true // the Responses API's default
 	if p := a.req.ParallelToolCalls; p != nil {
 		o.ParallelToolCalls = *p
 	}

@@ -38,7 +38,7 @@ func TestResponsesToChat(t *testing.T) {
 		{name: "json schema", body: `{"model":"m","input":"x","text":{"format":{"type":"json_schema","name":"r","schema":{"type":"object"},"strict":true}}}`,
 			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","response_format":{"json_schema":{"name":"r","schema":{"type":"object"},"strict":true},"type":"json_schema"}}`},
 		{name: "text format", body: `{"model":"m","input":"x","text":{"format":{"type":"text"}},"tools":[],"tool_choice":"auto","metadata":{"a":"b"}}`,
-			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","tool_choice":"auto","tools":[]}`},
+			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","parallel_tool_calls":true,"tool_choice":"auto","tools":[]}`},
 		{name: "tools, a call and its output",
 			body: `{"model":"m","input":[{"role":"user","content":"w?"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"let me see"}]},` +
 				`{"type":"function_call","id":"fc_1","call_id":"c1","name":"f","arguments":"{\"a\":1}","status":"completed"},{"type":"function_call","call_id":"c2","name":"f","arguments":"{}"},` +
@@ -48,7 +48,7 @@ func TestResponsesToChat(t *testing.T) {
 				`{"content":"21","role":"tool","tool_call_id":"c1"},{"content":"22","role":"tool","tool_call_id":"c2"}],"model":"m","parallel_tool_calls":true,` +
 				`"tool_choice":{"function":{"name":"f"},"type":"function"},"tools":[{"function":{"description":"d","name":"f","parameters":{"type":"object"},"strict":true},"type":"function"}]}`},
 		{name: "required", body: `{"model":"m","input":"x","tools":[{"type":"function","name":"f"}],"tool_choice":"required"}`,
-			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","tool_choice":"required","tools":[{"function":{"name":"f"},"type":"function"}]}`},
+			want: `{"messages":[{"content":"x","role":"user"}],"model":"m","parallel_tool_calls":true,"tool_choice":"required","tools":[{"function":{"name":"f"},"type":"function"}]}`},
 		{name: "hosted tool", body: `{"model":"m","input":"x","tools":[{"type":"web_search"}]}`, param: "tools[0].type"},
 		{name: "tool field", body: `{"model":"m","input":"x","tools":[{"type":"function","name":"f","colour":"red"}]}`, param: "tools[0].colour"},
 		{name: "tool choice", body: `{"model":"m","input":"x","tool_choice":{"type":"allowed_tools","tools":[]}}`, param: "tool_choice"},
@@ -274,7 +274,7 @@ func TestOllamaToWorker(t *testing.T) {
 				`{"role":"tool","content":"got","tool_name":"get"},{"role":"tool","content":"put"}]}`,
 			want: `{"messages":[{"content":"w?","role":"user"},{"content":"","role":"assistant","tool_calls":[{"function":{"arguments":{},"name":"put"},"id":"call_1_0","type":"function"},` +
 				`{"function":{"arguments":{"x":1},"name":"get"},"id":"call_1_1","type":"function"}]},{"content":"got","name":"get","role":"tool","tool_call_id":"call_1_1"},` +
-				`{"content":"put","name":"put","role":"tool","tool_call_id":"call_1_0"}],"model":"m","tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]}`},
+				`{"content":"put","name":"put","role":"tool","tool_call_id":"call_1_0"}],"model":"m","parallel_tool_calls":true,"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]}`},
 		{name: "a tool result of no call", chat: true, endpoint: "chat/completions", body: `{"model":"m","stream":false,"messages":[{"role":"tool","content":"21"}]}`,
 			want: `{"messages":[{"content":"21","role":"tool","tool_call_id":"call_0"}],"model":"m"}`},
 		{name: "tool name on a user", chat: true, body: `{"model":"m","messages":[{"role":"user","content":"x","tool_name":"f"}]}`, param: "messages[0].tool_name"},
