@@ -419,7 +419,20 @@ func TestOpenAIQueueTimeout(t *testing.T) {
 		last = e.metrics(t)
 		return strings.Contains(last, fmt.Sprintf(`rbee_worker_slots_busy{hive="localhost",model="alpha",worker="%s"} %d`, ws[0].ID, ws[0].Slots))
 	}, func() string {
-		return fmt.Sprintf("workers %+v\nmetrics:\n%s\n%s", ws, grepLines(last, "slots", "waiting", "running", "requests_total"), e.logTails(4000))
+		// Held requests that ended already say why the slots are not all
+		// taken.
+		var ended []string
+		for len(ended) < cap(held) {
+			select {
+			case err := <-held:
+				ended = append(ended, fmt.Sprint(err))
+				continue
+			default:
+			}
+			break
+		}
+		return fmt.Sprintf("workers %+v\nheld requests ended: %q\nworkers now %+v\nmetrics:\n%s\n%s", ws, ended, e.workers(),
+			grepLines(last, "slots", "waiting", "running", "requests_total"), e.logTails(4000))
 	})
 	_, err = streamText(ctx, c, "alpha")
 	var apiErr *openai.Error
