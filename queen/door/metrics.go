@@ -88,17 +88,15 @@ func (c catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	hs, err := c.door.db.Hives(ctx)
-	if err != nil {
-		return
-	}
-	workers := c.door.fleet.WorkerCounts()
+	// The door's own figures first: a catalog slow to answer must not
+	// take them out of a scrape.
 	for _, r := range c.door.router.stats() {
 		ch <- prometheus.MustNewConstMetric(slotsDesc, prometheus.GaugeValue, float64(r.slots), r.hive, r.worker, r.model)
 		ch <- prometheus.MustNewConstMetric(slotsBusy, prometheus.GaugeValue, float64(r.inflight), r.hive, r.worker, r.model)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	workers := c.door.fleet.WorkerCounts()
 	if deps, err := c.door.deploy.status(ctx); err == nil {
 		for _, d := range deps {
 			ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(d.Ready), d.Name)
@@ -106,6 +104,10 @@ func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(minDesc, prometheus.GaugeValue, float64(d.Min), d.Name)
 			ch <- prometheus.MustNewConstMetric(maxDesc, prometheus.GaugeValue, float64(d.Max), d.Name)
 		}
+	}
+	hs, err := c.door.db.Hives(ctx)
+	if err != nil {
+		return
 	}
 	for _, h := range hs {
 		up := 0.0
