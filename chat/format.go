@@ -274,15 +274,24 @@ func parseMistral(text string) (string, []ToolCall, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return "", nil, errors.New("text after the calls")
 	}
+	calls, err := readCalls(raws)
+	if err != nil {
+		return "", nil, err
+	}
+	return strings.TrimSpace(text[:i]), calls, nil
+}
+
+// readCalls turns calls as models write them into ToolCalls.
+func readCalls(raws []rawCall) ([]ToolCall, error) {
 	calls := make([]ToolCall, len(raws))
 	for k, r := range raws {
 		c, err := r.call()
 		if err != nil {
-			return "", nil, err
+			return nil, err
 		}
 		calls[k] = c
 	}
-	return strings.TrimSpace(text[:i]), calls, nil
+	return calls, nil
 }
 
 func parseGeneric(text string) (string, []ToolCall, error) {
@@ -308,15 +317,8 @@ func parseGeneric(text string) (string, []ToolCall, error) {
 		}
 		return *ans.Response, nil, nil
 	}
-	calls := make([]ToolCall, len(raws))
-	for k, r := range raws {
-		c, err := r.call()
-		if err != nil {
-			return "", nil, err
-		}
-		calls[k] = c
-	}
-	return "", calls, nil
+	calls, err := readCalls(raws)
+	return "", calls, err
 }
 
 // CallID returns a new id for a call the model made: "call_" and 24 hex
